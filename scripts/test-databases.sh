@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# Throwaway PostgreSQL servers for the test suite, on Debian 12 (bookworm).
+#
+#   tsdb       PostgreSQL 17 + TimescaleDB (preloaded) + pgvector   port 55432
+#   nopreload  the same binaries, TimescaleDB installed but NOT preloaded
+#              (pgvector usable, TimescaleDB unusable: the Railway case)   port 55433
+#   pg15       Debian 12's own PostgreSQL 15, no extensions at all   port 55415
+#
+# PostgreSQL 17, TimescaleDB and pgvector come from Debian 13 (trixie) .debs
+# unpacked into a private prefix with their own libc (bookworm has no
+# TimescaleDB or pgvector packages); nothing is installed system-wide except
+# postgresql-15 when missing and one system user (PostgreSQL refuses root).
+#
+#   usage: test-databases.sh setup|start|stop|env
+#   `start` prints the environment the tests read (TEST_DATABASE_URL_*).
+set -euo pipefail
+
+ROOT=${VP_PG_ROOT:-/tmp/victron-poller-pg}
+RUNAS=${VP_PG_USER:-pgtest}
+SUITE=trixie
+PFX=$ROOT/prefix
+BIN17=$PFX/usr/lib/postgresql/17/bin
+LIB=$PFX/usr/lib/x86_64-linux-gnu
+BIN15=/usr/lib/postgresql/15/bin
+APT=$ROOT/apt
+
+declare -A PORT=([tsdb]=55432 [nopreload]=55433 [pg15]=55415)
+
+aptx() {
+  apt-get -q \
+    -o Dir::Etc::SourceList="$APT/sources.list" -o Dir::Etc::SourceParts=/dev/null \
+    -o Dir::State::Lists="$APT/lists" -o Dir::Cache="$APT/cache" \
+    -o Dir::State::status=/dev/null \
+    -o Dir::Etc::Preferences=/dev/null -o Dir::Etc::PreferencesParts=/dev/null \
+    -o APT::Sandbox::User=root \
+    -o Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false \
+    -o Acquire::IndexTargets::deb::DEP-11-icons::DefaultEnabled=false \
+    -o Acquire::IndexTargets::deb::DEP-11-icons-small::DefaultEnabled=false \
+    "$@"
+}
+
+PKGS="postgresql-17 postgresql-client-17 postgresql-17-timescaledb postgresql-17-pgvector libpq5
+ libc6 libgcc-s1 libstdc++6 zlib1g libzstd1 liblz4-1 libxxhash0 liblzma5 libxml2 libicu76
+ libssl3t64 libgssapi-krb5-2 libkrb5-3 libk5crypto3 libkrb5support0 libcom-err2 libkeyutils1
+ libldap2 libsasl2-2 libpam0g libaudit1 libcap-ng0 libsystemd0 libcap2
+ libreadline8t64 libtinfo6 libuuid1 patchelf"
+
+setup_pg17() {
+  [ -x "$BIN17/postgres" ] && "$BIN17/postgres" -V >/dev/null 2>&1 && return 0
+  rm -rf "$APT" "$PFX"
+  mkdir -p "$APT/lists/partial" "$APT/cache/archives/partial" "$APT/debs" "$PFX"
+  cat >"$APT/sources.list" <<EOF
+deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian $SUITE main
+deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian-security $SUITE-security main
+EOF
+  aptx update >/dev/null
+  # shellcheck disable=SC2086
+  (cd "$APT/debs" && aptx download $PKGS >/dev/null)
+  for d in "$APT"/debs/*.deb; do dpkg-deb -x "$d" "$PFX"; done
+  for f in "$BIN17"/*; do
+    if [ "$(head -c4 "$f" | tail -c3)" = ELF ]; then
+      "$LIB/ld-linux-x86-64.so.2" --library-path "$LIB" "$PFX/usr/bin/patchelf" \
+        --set-interpreter "$LIB/ld-linux-x86-64.so.2" --force-rpath --set-rpath "$LIB" "$f"
+    fi
+  done
+  rm -f "$PFX/usr/lib/postgresql/17/lib/llvmjit.so" # needs libLLVM; JIT is off anyway
+  "$BIN17/postgres" -V >/dev/null
+}
+
+setup_pg15() {
+  [ -x "$BIN15/postgres" ] && return 0
+  export DEBIAN_FRONTEND=noninteractive
+  # Keep the package from creating and starting a system cluster of its own.
+  mkdir -p /etc/postgresql-common/createcluster.d
+  echo "create_main_cluster = false" >/etc/postgresql-common/createcluster.d/victron-poller-tests.conf
+  apt-get update -q >/dev/null
+  apt-get install -y -q --no-install-recommends postgresql-15 >/dev/null
+}
+
+setup() {
+  setup_pg17
+  setup_pg15
+  id -u "$RUNAS" >/dev/null 2>&1 ||
+    useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin "$RUNAS"
+  chmod 755 "$ROOT"
+}
+
+bin_of() { if [ "$1" = pg15 ]; then echo "$BIN15"; else echo "$BIN17"; fi; }
+
+start_one() {
+  local name=$1 bin data port preload
+  bin=$(bin_of "$name")
+  data=$ROOT/data-$name
+  port=${PORT[$name]}
+  preload=""
+  [ "$name" = tsdb ] && preload="timescaledb"
+  if [ ! -f "$data/PG_VERSION" ]; then
+    rm -rf "$data"
+    install -d -m 700 -o "$RUNAS" "$data"
+    runuser -u "$RUNAS" -- "$bin/initdb" -D "$data" -U postgres --auth=trust -E UTF8 \
+      --locale=C --no-sync >"$ROOT/initdb-$name.log"
+    cat >>"$data/postgresql.conf" <<EOF
+port = $port
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$data'
+shared_preload_libraries = '$preload'
+timescaledb.telemetry_level = off
+jit = off
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+max_connections = 200
+EOF
+    [ -z "$preload" ] && sed -i '/timescaledb.telemetry_level/d' "$data/postgresql.conf"
+  fi
+  if ! runuser -u "$RUNAS" -- "$bin/pg_ctl" -D "$data" status >/dev/null 2>&1; then
+    runuser -u "$RUNAS" -- "$bin/pg_ctl" -D "$data" -l "$data/server.log" -w -t 60 start >/dev/null
+  fi
+}
+
+stop_one() {
+  local name=$1 data=$ROOT/data-$1
+  [ -f "$data/postmaster.pid" ] &&
+    runuser -u "$RUNAS" -- "$(bin_of "$name")/pg_ctl" -D "$data" -m fast -w stop >/dev/null || true
+}
+
+env_lines() {
+  echo "TEST_DATABASE_URL_TSDB=postgres://postgres@127.0.0.1:${PORT[tsdb]}/postgres"
+  echo "TEST_DATABASE_URL_NOPRELOAD=postgres://postgres@127.0.0.1:${PORT[nopreload]}/postgres"
+  echo "TEST_DATABASE_URL_PG15=postgres://postgres@127.0.0.1:${PORT[pg15]}/postgres"
+  echo "TEST_PG_CTL_TSDB=runuser -u $RUNAS -- $BIN17/pg_ctl -D $ROOT/data-tsdb"
+}
+
+start() {
+  setup
+  for n in tsdb nopreload pg15; do start_one "$n"; done
+  env_lines
+}
+
+stop() { for n in tsdb nopreload pg15; do stop_one "$n"; done; }
+
+case "${1:-start}" in
+  setup) setup ;;
+  start) start ;;
+  stop) stop ;;
+  env) env_lines ;;
+  *) echo "usage: $0 setup|start|stop|env" >&2; exit 2 ;;
+esac

@@ -1,0 +1,46 @@
+//! `victron-poller check-config`: load and validate the configuration, print
+//! the effective settings without secrets. Backs systemd's `ExecStartPre=`.
+
+use std::path::Path;
+
+use super::Exit;
+use crate::config::{Config, LogFormat};
+
+/// Runs `check-config`.
+pub fn exec(config: &Config, path: Option<&Path>) -> anyhow::Result<Exit> {
+    let source = path.map_or_else(
+        || "no file (defaults and environment)".to_string(),
+        |p| p.display().to_string(),
+    );
+    println!("configuration OK: {source}");
+    match &config.database {
+        Some(db) => {
+            println!("  database.url                 {}", db.redacted_url());
+            println!(
+                "  database.password            {}",
+                if db.password().is_some() {
+                    "set (hidden)"
+                } else {
+                    "not set"
+                }
+            );
+            println!(
+                "  database.connect_timeout_ms  {}",
+                db.connect_timeout.as_millis()
+            );
+            println!("  database.max_connections     {}", db.max_connections);
+        }
+        None => println!("  database.url                 not set"),
+    }
+    println!(
+        "  retention.window_hours       {}",
+        config.retention.window.as_secs() / 3600
+    );
+    let format = match config.log.format {
+        LogFormat::Text => "text",
+        LogFormat::Json => "json",
+    };
+    println!("  log.format                   {format}");
+    println!("  log.level                    {}", config.log.level);
+    Ok(Exit::Ok)
+}

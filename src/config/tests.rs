@@ -1,0 +1,229 @@
+//! Table-driven tests of configuration loading and validation.
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::*;
+
+const EXAMPLE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/config/victron-poller.example.toml"
+);
+
+fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+        .collect()
+}
+
+fn file(contents: &str) -> tempfile::NamedTempFile {
+    let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    f.write_all(contents.as_bytes()).unwrap();
+    f
+}
+
+fn problems(result: Result<Config, ConfigError>) -> Vec<ConfigProblem> {
+    match result {
+        Err(ConfigError::Invalid(p)) => p,
+        other => panic!("expected invalid configuration, got {other:?}"),
+    }
+}
+
+#[test]
+fn example_file_loads_and_documents_every_key() {
+    let config = Config::load_with_env(Some(Path::new(EXAMPLE)), env(&[])).unwrap();
+    let db = config.database.expect("the example sets database.url");
+    assert_eq!(
+        db.redacted_url(),
+        "postgres://victron@db.example.net:5432/ranch"
+    );
+    assert_eq!(db.connect_timeout, Duration::from_millis(5000));
+    assert_eq!(config.retention.window, Duration::from_secs(72 * 3600));
+
+    let text = std::fs::read_to_string(EXAMPLE).unwrap();
+    for known in KNOWN_KEYS {
+        let (section, key) = known.key.split_once('.').unwrap();
+        assert!(
+            text.contains(&format!("[{section}]")),
+            "example lacks section [{section}]"
+        );
+        assert!(
+            text.lines().any(|l| {
+                let l = l.trim_start_matches(['#', ' ']);
+                l.starts_with(&format!("{key} =")) || l.starts_with(&format!("{key}="))
+            }),
+            "example does not document {}",
+            known.key
+        );
+    }
+}
+
+#[test]
+fn defaults_apply_without_a_file() {
+    let config = Config::load_with_env(None, env(&[])).unwrap();
+    assert!(config.database.is_none());
+    assert_eq!(config.retention.window, Duration::from_secs(72 * 3600));
+    assert_eq!(config.log.format, LogFormat::Text);
+    assert_eq!(config.log.level, "info");
+}
+
+#[test]
+fn environment_overrides_the_file() {
+    let f = file("[database]\nurl = \"postgres://a@h/db\"\nmax_connections = 2\n");
+    let config = Config::load_with_env(
+        Some(f.path()),
+        env(&[
+            ("VICTRON_POLLER_DATABASE__MAX_CONNECTIONS", "9"),
+            ("VICTRON_POLLER_LOG__FORMAT", "json"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(config.database.unwrap().max_connections, 9);
+    assert_eq!(config.log.format, LogFormat::Json);
+}
+
+#[test]
+fn database_url_env_is_honoured_below_the_prefixed_variable() {
+    let railway = env(&[(
+        "DATABASE_URL",
+        "postgresql://u:p%40ss@railway.internal:5432/railway",
+    )]);
+    let db = Config::load_with_env(None, railway.clone())
+        .unwrap()
+        .database
+        .unwrap();
+    assert_eq!(
+        db.redacted_url(),
+        "postgresql://u@railway.internal:5432/railway"
+    );
+    assert_eq!(
+        db.password().unwrap().expose(),
+        "p@ss",
+        "percent-encoding is decoded"
+    );
+
+    let mut both = railway;
+    both.insert(
+        "VICTRON_POLLER_DATABASE__URL".into(),
+        "postgres://x@other/db".into(),
+    );
+    let db = Config::load_with_env(None, both).unwrap().database.unwrap();
+    assert_eq!(db.redacted_url(), "postgres://x@other/db");
+
+    let f = file("[database]\nurl = \"postgres://file@filehost/db\"\n");
+    let db = Config::load_with_env(
+        Some(f.path()),
+        env(&[("DATABASE_URL", "postgres://e@envhost/db")]),
+    )
+    .unwrap()
+    .database
+    .unwrap();
+    assert_eq!(
+        db.redacted_url(),
+        "postgres://e@envhost/db",
+        "environment beats the file"
+    );
+}
+
+#[test]
+fn password_key_overrides_the_url_password_and_never_shows() {
+    let config = Config::load_with_env(
+        None,
+        env(&[
+            ("DATABASE_URL", "postgres://u:urlsecret@h/db"),
+            ("VICTRON_POLLER_DATABASE__PASSWORD", "keysecret"),
+        ]),
+    )
+    .unwrap();
+    let debug = format!("{config:?}");
+    assert!(
+        !debug.contains("urlsecret") && !debug.contains("keysecret"),
+        "{debug}"
+    );
+    assert_eq!(
+        config.database.unwrap().password().unwrap().expose(),
+        "keysecret"
+    );
+}
+
+#[test]
+fn every_problem_is_reported_at_once_naming_its_key() {
+    let f = file(
+        "[database]\nurl = \"postgres://u:hunter2@h/db\"\nmax_connections = 0\nconnect_timeout_ms = \"soon\"\n\
+         [retention]\nwindow_hour = 72\n[log]\nformat = \"xml\"\n[extra]\nthing = 1\n",
+    );
+    let found = problems(Config::load_with_env(
+        Some(f.path()),
+        env(&[("VICTRON_POLLER_LOG__LEVL", "debug")]),
+    ));
+    let keys: Vec<&str> = found.iter().map(|p| p.key.as_str()).collect();
+    for expected in [
+        "database.max_connections",
+        "database.connect_timeout_ms",
+        "retention.window_hour",
+        "log.format",
+        "extra.thing",
+        "log.levl",
+    ] {
+        assert!(
+            keys.contains(&expected),
+            "{expected} not reported in {found:?}"
+        );
+    }
+    assert_eq!(found.len(), 6, "{found:?}");
+    let text = ConfigError::Invalid(found.clone()).to_string();
+    assert!(!text.contains("hunter2"));
+    assert!(
+        text.contains("did you mean `retention.window_hours`?"),
+        "{text}"
+    );
+    assert!(
+        text.contains("from environment variable VICTRON_POLLER_LOG__LEVL"),
+        "{text}"
+    );
+    assert!(text.contains("out of range"), "{text}");
+}
+
+#[test]
+fn bad_urls_are_rejected_without_echoing_them() {
+    for (url, expected) in [
+        ("mysql://u:hunter2@h/db", "scheme `mysql` is not supported"),
+        ("not a url hunter2", "not a valid URL"),
+        ("postgres://u:hunter2@/db", "empty host"),
+    ] {
+        let found = problems(Config::load_with_env(None, env(&[("DATABASE_URL", url)])));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].key, "database.url");
+        assert!(
+            found[0].message.contains(expected),
+            "{url}: {}",
+            found[0].message
+        );
+        assert!(!found[0].message.contains("hunter2"));
+    }
+}
+
+#[test]
+fn a_missing_or_malformed_file_is_a_file_error() {
+    let missing = PathBuf::from("/nonexistent/victron-poller.toml");
+    assert!(matches!(
+        Config::load_with_env(Some(&missing), env(&[])),
+        Err(ConfigError::File { .. })
+    ));
+    let f = file("[database\nurl = \"postgres://u:hunter2@h/db\"\n");
+    match Config::load_with_env(Some(f.path()), env(&[])) {
+        Err(e @ ConfigError::File { .. }) => assert!(!e.to_string().contains("hunter2"), "{e}"),
+        other => panic!("expected a file error, got {other:?}"),
+    }
+}
+
+#[test]
+fn env_var_names_follow_the_documented_pattern() {
+    assert_eq!(
+        env_var_for("database.connect_timeout_ms"),
+        "VICTRON_POLLER_DATABASE__CONNECT_TIMEOUT_MS"
+    );
+}

@@ -1,0 +1,156 @@
+//! PostgreSQL access: connecting with typed, password-free errors, the
+//! embedded migrations, the reconcile step and the inspection of the schema
+//! state that `migrate` and `status` report.
+//!
+//! Nothing here prints; callers decide how to show the results.
+
+pub mod migrate;
+pub mod reconcile;
+pub mod server;
+
+use std::str::FromStr;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+
+use crate::config::DatabaseConfig;
+
+/// Why the database could not be used. Messages never hold a password.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// No server answered: refused, unreachable, DNS failure or timeout.
+    #[error("cannot reach the database at {target}: {reason}")]
+    Unreachable {
+        /// The redacted URL.
+        target: String,
+        /// What the network said.
+        reason: String,
+    },
+    /// The server refused the credentials.
+    #[error("the database at {target} refused the credentials: {reason}")]
+    Authentication {
+        /// The redacted URL.
+        target: String,
+        /// The server's message.
+        reason: String,
+    },
+    /// The server answered but refused the connection for another reason
+    /// (no such database, too many connections, TLS required ...).
+    #[error("the database at {target} refused the connection: {reason}")]
+    Refused {
+        /// The redacted URL.
+        target: String,
+        /// The server's message.
+        reason: String,
+    },
+    /// A statement failed.
+    #[error("database error: {0}")]
+    Query(#[from] sqlx::Error),
+}
+
+/// The options to connect with: the URL's settings plus the configured password.
+pub fn connect_options(config: &DatabaseConfig) -> Result<PgConnectOptions, DbError> {
+    let mut options =
+        PgConnectOptions::from_str(config.url_without_password().as_str()).map_err(|e| {
+            DbError::Refused {
+                target: config.redacted_url(),
+                reason: format!(
+                    "invalid connection settings: {}",
+                    redact(&e.to_string(), config)
+                ),
+            }
+        })?;
+    if let Some(password) = config.password() {
+        options = options.password(password.expose());
+    }
+    Ok(options.application_name("victron-poller"))
+}
+
+/// Opens a pool and proves it works with one connection.
+pub async fn connect(config: &DatabaseConfig) -> Result<PgPool, DbError> {
+    let options = connect_options(config)?;
+    let pool = PgPoolOptions::new()
+        .max_connections(config.max_connections)
+        .acquire_timeout(config.connect_timeout)
+        .connect_lazy_with(options);
+    match pool.acquire().await {
+        Ok(conn) => drop(conn),
+        Err(e) => return Err(classify_connect_error(e, config)),
+    }
+    Ok(pool)
+}
+
+/// Sorts a connection failure into the cases a user acts on differently.
+pub fn classify_connect_error(error: sqlx::Error, config: &DatabaseConfig) -> DbError {
+    let target = config.redacted_url();
+    match &error {
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            let reason = redact(db.message(), config);
+            // 28P01 invalid_password, 28000 invalid_authorization_specification
+            if code == "28P01" || code == "28000" {
+                DbError::Authentication { target, reason }
+            } else {
+                DbError::Refused { target, reason }
+            }
+        }
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_) => {
+            let reason = match &error {
+                sqlx::Error::PoolTimedOut => format!(
+                    "no connection within {} ms",
+                    config.connect_timeout.as_millis()
+                ),
+                other => redact(&other.to_string(), config),
+            };
+            DbError::Unreachable { target, reason }
+        }
+        other => DbError::Refused {
+            target,
+            reason: redact(&other.to_string(), config),
+        },
+    }
+}
+
+/// Removes the password from a message, should a driver ever echo it.
+fn redact(message: &str, config: &DatabaseConfig) -> String {
+    match config.password() {
+        Some(p) if !p.expose().is_empty() => message.replace(p.expose(), "***"),
+        _ => message.to_string(),
+    }
+}
+
+/// The schema state that `status` shows and tests check.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SchemaReport {
+    /// The database, redacted.
+    pub database: String,
+    /// The server's capabilities.
+    pub server: server::ServerInfo,
+    /// Applied versus embedded migrations.
+    pub migrations: migrate::MigrationStatus,
+    /// How readings are stored and expired.
+    pub storage_mode: server::StorageMode,
+    /// The server-dependent schema objects.
+    pub schema: server::SchemaState,
+    /// Features this database runs without.
+    pub degraded: Vec<server::Degraded>,
+}
+
+impl SchemaReport {
+    /// Reads the schema state without changing anything.
+    pub async fn collect(
+        conn: &mut sqlx::PgConnection,
+        config: &DatabaseConfig,
+    ) -> Result<Self, sqlx::Error> {
+        let server = server::ServerInfo::probe(conn).await?;
+        let migrations = migrate::status(conn).await?;
+        let schema = server::SchemaState::inspect(conn, &server).await?;
+        Ok(Self {
+            database: config.redacted_url(),
+            storage_mode: server.storage_mode(),
+            degraded: schema.degraded(&server),
+            migrations,
+            schema,
+            server,
+        })
+    }
+}

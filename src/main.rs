@@ -1,0 +1,29 @@
+//! The `victron-poller` binary: parse the command line, run it, map the
+//! outcome to an exit code. Everything else lives in the library.
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use victron_poller::cli::{self, Cli, Exit};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("victron-poller: error: cannot start the async runtime: {e}");
+            return Exit::Attention.into();
+        }
+    };
+    match runtime.block_on(cli::run(cli)) {
+        Ok(exit) => exit.into(),
+        Err(error) => {
+            eprintln!("victron-poller: error: {error:#}");
+            cli::exit_for(&error).into()
+        }
+    }
+}
