@@ -12,7 +12,8 @@
 # postgresql-15 when missing and one system user (PostgreSQL refuses root).
 #
 #   usage: test-databases.sh setup|start|stop|env
-#   `start` prints the environment the tests read (TEST_DATABASE_URL_*).
+#   `start` (re)creates and starts all three and prints the environment the
+#   tests read (TEST_DATABASE_URL_*), one KEY=value per line.
 set -euo pipefail
 
 ROOT=${VP_PG_ROOT:-/tmp/victron-poller-pg}
@@ -112,10 +113,15 @@ full_page_writes = off
 max_connections = 200
 EOF
     [ -z "$preload" ] && sed -i '/timescaledb.telemetry_level/d' "$data/postgresql.conf"
+    # Members of vp_password_auth must give a real password (trust for the
+    # rest): the tests need a server that can refuse credentials.
+    sed -i '1i host all +vp_password_auth 127.0.0.1/32 scram-sha-256' "$data/pg_hba.conf"
   fi
   if ! runuser -u "$RUNAS" -- "$bin/pg_ctl" -D "$data" status >/dev/null 2>&1; then
     runuser -u "$RUNAS" -- "$bin/pg_ctl" -D "$data" -l "$data/server.log" -w -t 60 start >/dev/null
   fi
+  "$bin/psql" -X -q "postgres://postgres@127.0.0.1:$port/postgres" -c \
+    "DO \$\$ BEGIN CREATE ROLE vp_password_auth NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END \$\$"
 }
 
 stop_one() {
@@ -128,11 +134,13 @@ env_lines() {
   echo "TEST_DATABASE_URL_TSDB=postgres://postgres@127.0.0.1:${PORT[tsdb]}/postgres"
   echo "TEST_DATABASE_URL_NOPRELOAD=postgres://postgres@127.0.0.1:${PORT[nopreload]}/postgres"
   echo "TEST_DATABASE_URL_PG15=postgres://postgres@127.0.0.1:${PORT[pg15]}/postgres"
-  echo "TEST_PG_CTL_TSDB=runuser -u $RUNAS -- $BIN17/pg_ctl -D $ROOT/data-tsdb"
 }
 
 start() {
   setup
+  stop
+  # A fresh cluster every time: tests start from a known server state.
+  rm -rf "$ROOT"/data-*
   for n in tsdb nopreload pg15; do start_one "$n"; done
   env_lines
 }

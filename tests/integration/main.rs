@@ -1,2 +1,14 @@
-//! x
-fn main() {}
+//! The integration test binary: real PostgreSQL servers (started by
+//! `scripts/test`), real processes.
+
+// Test code: `pub` items are shared between the test modules only.
+#![allow(unreachable_pub)]
+
+mod helpers;
+
+/// Bad config, unreachable or refusing databases: exit codes and messages.
+mod cli;
+/// Adopting a database built by the legacy Python runner.
+mod legacy_adoption;
+/// Migrations on the three server flavours: catalog, degraded features, idempotence.
+mod schema;

@@ -1,0 +1,230 @@
+//! The binary as a user runs it: exit codes, one-line errors, and no password
+//! in any output.
+
+use crate::helpers::{Flavour, TestDb, run_cli, texts};
+
+const SECRET: &str = "hunter2-secret";
+
+fn assert_one_line_without_secret(stderr: &str) {
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "one line expected: {stderr}"
+    );
+    assert!(!stderr.contains(SECRET), "the password leaked: {stderr}");
+}
+
+#[test]
+fn bad_config_names_every_key_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[database]\nurl = \"postgres://u:{SECRET}@localhost/db\"\nmax_connections = -3\n\
+             [retention]\nwindow_hours = \"three days\"\n[poller]\ninterval = 5\n"
+        ),
+    )
+    .unwrap();
+    let output = run_cli(&["--config", path.to_str().unwrap(), "check-config"], &[]);
+    let (_, stderr) = texts(&output);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert_one_line_without_secret(&stderr);
+    for key in [
+        "database.max_connections",
+        "retention.window_hours",
+        "poller.interval",
+    ] {
+        assert!(stderr.contains(key), "{key} not named: {stderr}");
+    }
+
+    let missing = run_cli(
+        &[
+            "--config",
+            "/nonexistent/victron-poller.toml",
+            "check-config",
+        ],
+        &[],
+    );
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(
+        texts(&missing)
+            .1
+            .contains("/nonexistent/victron-poller.toml")
+    );
+
+    let bad_env = run_cli(&["check-config"], &[("VICTRON_POLLER_LOG__FORMAT", "xml")]);
+    assert_eq!(bad_env.status.code(), Some(2));
+    assert!(texts(&bad_env).1.contains("log.format"));
+}
+
+#[test]
+fn check_config_shows_settings_without_the_password() {
+    let output = run_cli(
+        &["check-config"],
+        &[(
+            "DATABASE_URL",
+            &format!("postgres://ranch:{SECRET}@db.example.net:5432/ranch"),
+        )],
+    );
+    let (stdout, stderr) = texts(&output);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(
+        stdout.contains("postgres://ranch@db.example.net:5432/ranch"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("set (hidden)"), "{stdout}");
+    assert!(!stdout.contains(SECRET) && !stderr.contains(SECRET));
+}
+
+#[test]
+fn no_database_configured_is_a_config_error() {
+    let output = run_cli(&["migrate"], &[]);
+    let (_, stderr) = texts(&output);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("database.url"), "{stderr}");
+}
+
+#[test]
+fn unreachable_database_exits_3_without_the_password() {
+    // Port 1 on loopback: nothing listens there.
+    let url = format!("postgres://postgres:{SECRET}@127.0.0.1:1/postgres");
+    for command in [&["migrate"][..], &["migrate", "--check"], &["status"]] {
+        let output = run_cli(command, &[("DATABASE_URL", &url)]);
+        let (_, stderr) = texts(&output);
+        assert_eq!(output.status.code(), Some(3), "{command:?}: {stderr}");
+        assert_one_line_without_secret(&stderr);
+        assert!(
+            stderr
+                .contains("cannot reach the database at postgres://postgres@127.0.0.1:1/postgres"),
+            "{stderr}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn wrong_password_exits_3_without_the_password() {
+    let db = TestDb::create(Flavour::Plain).await;
+    let role = format!("{}_user", db.name);
+    db.execute(&format!(
+        "CREATE ROLE {role} LOGIN PASSWORD 'right-password' IN ROLE vp_password_auth;
+         GRANT ALL ON DATABASE {} TO {role}",
+        db.name
+    ))
+    .await;
+    let base = db.url.replace("postgres@", &format!("{role}:{{}}@"));
+
+    let wrong = run_cli(
+        &["status"],
+        &[("DATABASE_URL", &base.replace("{}", SECRET))],
+    );
+    let (_, stderr) = texts(&wrong);
+    assert_eq!(wrong.status.code(), Some(3), "{stderr}");
+    assert_one_line_without_secret(&stderr);
+    assert!(stderr.contains("refused the credentials"), "{stderr}");
+    assert!(
+        stderr.contains("password authentication failed"),
+        "{stderr}"
+    );
+
+    // The password given separately from the URL is used, and also never shown.
+    let separate = run_cli(
+        &["status"],
+        &[
+            ("DATABASE_URL", &base.replace(":{}", "")),
+            ("VICTRON_POLLER_DATABASE__PASSWORD", SECRET),
+        ],
+    );
+    assert_eq!(separate.status.code(), Some(3));
+    assert_one_line_without_secret(&texts(&separate).1);
+
+    // The right password gets through: the failure above was the password.
+    let right = run_cli(
+        &["status"],
+        &[("DATABASE_URL", &base.replace("{}", "right-password"))],
+    );
+    let (stdout, stderr) = texts(&right);
+    assert_eq!(
+        right.status.code(),
+        Some(1),
+        "pending migrations: {stdout}{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn migrate_check_and_status_report_pending_then_current() {
+    let db = TestDb::create(Flavour::Timescale).await;
+    let env = [("DATABASE_URL", db.url.as_str())];
+
+    let check = run_cli(&["migrate", "--check"], &env);
+    let (stdout, _) = texts(&check);
+    assert_eq!(check.status.code(), Some(1), "{stdout}");
+    assert_eq!(
+        stdout.matches("pending").count(),
+        victron_poller::db::migrate::embedded().len()
+    );
+
+    let status = run_cli(&["status"], &env);
+    assert_eq!(status.status.code(), Some(1));
+    assert!(
+        texts(&status).0.contains("migrations   0 of"),
+        "{}",
+        texts(&status).0
+    );
+
+    let migrate = run_cli(&["migrate"], &env);
+    let (stdout, stderr) = texts(&migrate);
+    assert_eq!(migrate.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("applied   0005_victron_views.sql"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("storage   timescaledb-apache"), "{stdout}");
+    assert_eq!(
+        stdout.matches("degraded  ").count(),
+        1,
+        "one line per degraded feature: {stdout}"
+    );
+
+    let check = run_cli(&["migrate", "--check"], &env);
+    assert_eq!(check.status.code(), Some(0), "{}", texts(&check).0);
+
+    let json = run_cli(&["status", "--json"], &env);
+    assert_eq!(json.status.code(), Some(0));
+    let value: serde_json::Value =
+        serde_json::from_slice(&json.stdout).expect("status --json is JSON");
+    assert_eq!(value["storage_mode"], "timescaledb-apache");
+    assert_eq!(value["migrations"]["pending"].as_array().unwrap().len(), 0);
+    assert_eq!(value["degraded"][0]["feature"], "retention policy");
+    assert_eq!(value["schema"]["hypertables"].as_array().unwrap().len(), 4);
+}
+
+#[tokio::test]
+async fn status_reports_each_flavour_s_degraded_features() {
+    for (flavour, storage, degraded) in [
+        (
+            Flavour::NoPreload,
+            "postgres",
+            &["hypertables", "retention policy"][..],
+        ),
+        (
+            Flavour::Plain,
+            "postgres",
+            &["hypertables", "retention policy", "vector search"][..],
+        ),
+    ] {
+        let db = TestDb::create(flavour).await;
+        db.migrate().await;
+        let output = run_cli(&["status", "--json"], &[("DATABASE_URL", &db.url)]);
+        assert_eq!(output.status.code(), Some(0), "{flavour:?}");
+        let value: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(value["storage_mode"], storage, "{flavour:?}");
+        let features: Vec<&str> = value["degraded"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["feature"].as_str().unwrap())
+            .collect();
+        assert_eq!(features, degraded, "{flavour:?}");
+    }
+}

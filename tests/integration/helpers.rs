@@ -1,0 +1,193 @@
+//! Shared test plumbing: the three real PostgreSQL servers started by
+//! `scripts/test`, a fresh database per test, the built binary, and a catalog
+//! snapshot to compare schemas.
+//!
+//! A test that cannot reach its server fails with a message saying how to
+//! start the servers; it never passes silently.
+
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use sqlx::{Connection, PgConnection};
+use victron_poller::config::{Config, DatabaseConfig};
+
+/// The server flavours of `schema.md`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavour {
+    /// PostgreSQL 17 + TimescaleDB (preloaded, Apache edition) + pgvector.
+    Timescale,
+    /// The same server binaries, TimescaleDB installed but not preloaded.
+    NoPreload,
+    /// Debian 12's PostgreSQL 15 without extensions.
+    Plain,
+}
+
+impl Flavour {
+    pub const ALL: [Flavour; 3] = [Flavour::Timescale, Flavour::NoPreload, Flavour::Plain];
+
+    fn env_var(self) -> &'static str {
+        match self {
+            Flavour::Timescale => "TEST_DATABASE_URL_TSDB",
+            Flavour::NoPreload => "TEST_DATABASE_URL_NOPRELOAD",
+            Flavour::Plain => "TEST_DATABASE_URL_PG15",
+        }
+    }
+
+    /// The admin URL of this flavour's server.
+    pub fn server_url(self) -> String {
+        std::env::var(self.env_var()).unwrap_or_else(|_| {
+            panic!(
+                "{} is not set: run the suite with scripts/test, which starts the test servers",
+                self.env_var()
+            )
+        })
+    }
+
+    pub fn has_vector(self) -> bool {
+        self != Flavour::Plain
+    }
+}
+
+/// A database created for one test on one server.
+#[derive(Debug)]
+pub struct TestDb {
+    pub flavour: Flavour,
+    pub name: String,
+    pub url: String,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+impl TestDb {
+    /// Creates an empty database with a unique name.
+    pub async fn create(flavour: Flavour) -> TestDb {
+        let server = flavour.server_url();
+        let name = format!(
+            "vp_{}_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst),
+            chrono::Utc::now().timestamp_micros() % 1_000_000
+        );
+        let mut admin = PgConnection::connect(&server).await.unwrap_or_else(|e| {
+            panic!("cannot reach the {flavour:?} test server at {server}: {e}")
+        });
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .expect("CREATE DATABASE");
+        let url = format!("{}/{name}", server.rsplit_once('/').unwrap().0);
+        TestDb { flavour, name, url }
+    }
+
+    /// A new connection to this database.
+    pub async fn connect(&self) -> PgConnection {
+        PgConnection::connect(&self.url)
+            .await
+            .expect("connect to test database")
+    }
+
+    /// The library's database settings for this database.
+    pub fn database_config(&self) -> DatabaseConfig {
+        let env = [("DATABASE_URL".to_string(), self.url.clone())].into();
+        Config::load_with_env(None, env).unwrap().database.unwrap()
+    }
+
+    /// Runs one or more SQL statements (simple protocol).
+    pub async fn execute(&self, sql: &str) {
+        let mut conn = self.connect().await;
+        sqlx::raw_sql(sql)
+            .execute(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{e}: {sql}"));
+    }
+
+    pub async fn scalar_i64(&self, sql: &str) -> i64 {
+        let mut conn = self.connect().await;
+        sqlx::query_scalar(sql)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{e}: {sql}"))
+    }
+
+    pub async fn strings(&self, sql: &str) -> Vec<String> {
+        let mut conn = self.connect().await;
+        sqlx::query_scalar(sql)
+            .fetch_all(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{e}: {sql}"))
+    }
+
+    /// `migrate` through the library, as the CLI does it.
+    pub async fn migrate(&self) -> victron_poller::db::migrate::MigrateReport {
+        let mut conn = self.connect().await;
+        victron_poller::db::migrate::migrate(&mut conn, std::time::Duration::from_secs(72 * 3600))
+            .await
+            .unwrap_or_else(|e| panic!("migrate on {:?} failed: {e}", self.flavour))
+    }
+
+    /// Every schema object that migrate or reconcile could change, as text.
+    pub async fn catalog_snapshot(&self) -> Vec<String> {
+        let mut rows = self
+            .strings(
+                "SELECT 'column ' || table_schema || '.' || table_name || '.' || column_name || ' '
+                        || format_type(a.atttypid, a.atttypmod) || ' null=' || is_nullable
+                        || ' default=' || coalesce(column_default, '')
+                 FROM information_schema.columns c
+                 JOIN pg_attribute a ON a.attrelid = (quote_ident(table_schema) || '.' || quote_ident(table_name))::regclass
+                                    AND a.attname = c.column_name
+                 WHERE table_schema IN ('public', 'agent_metrics', 'victron')
+                 UNION ALL
+                 SELECT 'index ' || schemaname || '.' || indexname || ' ' || indexdef FROM pg_indexes
+                 WHERE schemaname IN ('public', 'agent_metrics', 'victron')
+                 UNION ALL
+                 SELECT 'constraint ' || conrelid::regclass::text || '.' || conname || ' ' || pg_get_constraintdef(oid)
+                 FROM pg_constraint WHERE connamespace IN (SELECT oid FROM pg_namespace WHERE nspname IN ('public', 'agent_metrics', 'victron'))
+                 UNION ALL
+                 SELECT 'view ' || schemaname || '.' || viewname || ' ' || definition FROM pg_views
+                 WHERE schemaname IN ('public', 'agent_metrics', 'victron')
+                 UNION ALL
+                 SELECT 'trigger ' || tgrelid::regclass::text || '.' || tgname FROM pg_trigger WHERE NOT tgisinternal
+                 UNION ALL
+                 SELECT 'extension ' || extname || ' ' || extversion FROM pg_extension
+                 UNION ALL
+                 SELECT 'migration ' || version || ' ' || success FROM public._sqlx_migrations",
+            )
+            .await;
+        if self.flavour == Flavour::Timescale {
+            rows.extend(
+                self.strings(
+                    "SELECT 'hypertable ' || hypertable_schema || '.' || hypertable_name || ' ' || d.time_interval::text
+                     FROM timescaledb_information.hypertables h JOIN timescaledb_information.dimensions d
+                     USING (hypertable_schema, hypertable_name)
+                     UNION ALL
+                     SELECT 'job ' || proc_name || ' ' || coalesce(hypertable_name::text, '')
+                     FROM timescaledb_information.jobs",
+                )
+                .await,
+            );
+        }
+        rows.sort();
+        rows
+    }
+}
+
+/// Runs the built binary with a clean environment plus `env`.
+pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_victron-poller"));
+    command
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command.output().expect("run victron-poller")
+}
+
+/// Standard output and error of a finished command, as text.
+pub fn texts(output: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
