@@ -42,5 +42,26 @@ pub fn exec(config: &Config, path: Option<&Path>) -> anyhow::Result<Exit> {
     };
     println!("  log.format                   {format}");
     println!("  log.level                    {}", config.log.level);
+    println!(
+        "  site.installation_id         {}",
+        config.site.installation_id.as_deref().unwrap_or("not set")
+    );
+    for (i, gx) in config.gx.iter().enumerate() {
+        println!(
+            "  gx[{i}]                        {}:{} every {} ms, timeout {} ms",
+            gx.host,
+            gx.port,
+            gx.poll_interval.as_millis(),
+            gx.request_timeout.as_millis()
+        );
+        for device in &gx.devices {
+            println!(
+                "    {:<26} {} on unit id {}",
+                device.name,
+                device.class.as_str(),
+                device.unit_id
+            );
+        }
+    }
     Ok(Exit::Ok)
 }

@@ -13,44 +13,62 @@ pub struct KnownKey {
 
 /// Every key the configuration accepts.
 pub const KNOWN_KEYS: &[KnownKey] = &[
-    KnownKey {
-        key: "database.url",
-        default: "none (DATABASE_URL is honoured)",
-    },
-    KnownKey {
-        key: "database.password",
-        default: "none (taken from the URL)",
-    },
-    KnownKey {
-        key: "database.connect_timeout_ms",
-        default: "5000",
-    },
-    KnownKey {
-        key: "database.max_connections",
-        default: "4",
-    },
-    KnownKey {
-        key: "retention.window_hours",
-        default: "72",
-    },
-    KnownKey {
-        key: "log.format",
-        default: "text",
-    },
-    KnownKey {
-        key: "log.level",
-        default: "info",
-    },
+    key("database.url", "none (DATABASE_URL is honoured)"),
+    key("database.password", "none (taken from the URL)"),
+    key("database.connect_timeout_ms", "5000"),
+    key("database.max_connections", "4"),
+    key("site.installation_id", "none"),
+    key("retention.window_hours", "72"),
+    key("log.format", "text"),
+    key("log.level", "info"),
+    key("gx[].host", "required"),
+    key("gx[].port", "502"),
+    key("gx[].poll_interval_ms", "5000"),
+    key("gx[].request_timeout_ms", "1000"),
+    key("gx[].reconnect_min_ms", "500"),
+    key("gx[].reconnect_max_ms", "30000"),
+    key("gx[].devices[].name", "required"),
+    key("gx[].devices[].class", "required"),
+    key(
+        "gx[].devices[].unit_id",
+        "100 for class system, else required",
+    ),
 ];
+
+const fn key(key: &'static str, default: &'static str) -> KnownKey {
+    KnownKey { key, default }
+}
 
 /// The known key closest to a misspelt one, if any is close enough.
 pub(super) fn closest(unknown: &str) -> Option<&'static str> {
+    let unknown = without_indexes(unknown);
     KNOWN_KEYS
         .iter()
-        .map(|k| (edit_distance(unknown, k.key), k.key))
+        .map(|k| (edit_distance(&unknown, k.key), k.key))
         .filter(|(d, _)| *d <= 3)
         .min_by_key(|(d, _)| *d)
         .map(|(_, k)| k)
+}
+
+/// `gx[0].devices[12].name` → `gx[].devices[].name`.
+pub(super) fn without_indexes(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    let mut in_index = false;
+    for c in key.chars() {
+        match c {
+            '[' => {
+                in_index = true;
+                out.push('[');
+            }
+            ']' => {
+                in_index = false;
+                out.push(']');
+            }
+            _ if in_index => {}
+            _ => out.push(c),
+        }
+    }
+    out
 }
 
 /// Levenshtein distance between two short strings.
@@ -80,5 +98,9 @@ mod tests {
         );
         assert_eq!(closest("log.levle"), Some("log.level"));
         assert_eq!(closest("completely.different"), None);
+        assert_eq!(
+            closest("gx[3].devices[0].unitid"),
+            Some("gx[].devices[].unit_id")
+        );
     }
 }

@@ -9,13 +9,15 @@
 //! password) never appear in a message or in `Debug` output.
 
 mod keys;
+mod reader;
+mod validate;
 
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
-use config::{Environment, File, FileFormat, Value, ValueKind};
+use config::{Environment, File, FileFormat};
 use url::Url;
 
 pub use keys::KNOWN_KEYS;
@@ -34,6 +36,97 @@ pub struct Config {
     pub retention: RetentionConfig,
     /// Log output.
     pub log: LogConfig,
+    /// The site these readings belong to.
+    pub site: SiteConfig,
+    /// GX devices polled over Modbus-TCP, with the devices behind each.
+    pub gx: Vec<GxConfig>,
+}
+
+/// The site: what every reading is labelled with.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SiteConfig {
+    /// Stored in each reading's `installation_id` (`site.installation_id`).
+    pub installation_id: Option<String>,
+}
+
+/// One GX device (Cerbo GX, Venus GX ...) reached over Modbus-TCP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GxConfig {
+    /// IP address or host name (`gx[].host`).
+    pub host: String,
+    /// TCP port (`gx[].port`, default 502).
+    pub port: u16,
+    /// Time between the starts of two polls (`gx[].poll_interval_ms`, default 5000).
+    pub poll_interval: Duration,
+    /// Longest wait for one reply (`gx[].request_timeout_ms`, default 1000).
+    pub request_timeout: Duration,
+    /// First reconnect delay after a transport failure (`gx[].reconnect_min_ms`, default 500).
+    pub reconnect_min: Duration,
+    /// Longest reconnect delay (`gx[].reconnect_max_ms`, default 30000).
+    pub reconnect_max: Duration,
+    /// The devices read through this GX, polled in this order.
+    pub devices: Vec<ModbusDeviceConfig>,
+}
+
+/// One device behind a GX.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModbusDeviceConfig {
+    /// The stable identity stored with every reading (`name`).
+    pub name: String,
+    /// Which GX service it is read through (`class`).
+    pub class: ModbusClass,
+    /// The Modbus unit id the GX lists for it (`unit_id`; 100 for the system).
+    pub unit_id: u8,
+}
+
+/// The GX service a device is read through; it decides the registers and the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ModbusClass {
+    /// `com.victronenergy.system`: the GX's overview (unit id 100).
+    System,
+    /// `com.victronenergy.battery`: BMV, SmartShunt, Lynx, BMS.
+    Battery,
+    /// `com.victronenergy.solarcharger`: MPPT solar chargers.
+    SolarCharger,
+    /// `com.victronenergy.vebus`: Multi, Quattro, MultiPlus inverter/chargers.
+    VeBus,
+}
+
+impl ModbusClass {
+    /// Every class, in a fixed order.
+    pub const ALL: [ModbusClass; 4] =
+        [Self::System, Self::Battery, Self::SolarCharger, Self::VeBus];
+
+    /// Parses the configuration name.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "system" => Some(Self::System),
+            "battery" => Some(Self::Battery),
+            "solarcharger" => Some(Self::SolarCharger),
+            "vebus" => Some(Self::VeBus),
+            _ => None,
+        }
+    }
+
+    /// The configuration name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::System => "system",
+            Self::Battery => "battery",
+            Self::SolarCharger => "solarcharger",
+            Self::VeBus => "vebus",
+        }
+    }
+
+    /// The D-Bus service type whose registers are read.
+    pub fn service(self) -> &'static str {
+        match self {
+            Self::System => "com.victronenergy.system",
+            Self::Battery => "com.victronenergy.battery",
+            Self::SolarCharger => "com.victronenergy.solarcharger",
+            Self::VeBus => "com.victronenergy.vebus",
+        }
+    }
 }
 
 /// Where and how to reach PostgreSQL.
@@ -169,7 +262,7 @@ impl Config {
             path: path.map(|p| p.display().to_string()).unwrap_or_default(),
             reason: redact_file_error(&e.to_string()),
         })?;
-        validate(&raw, &prefixed_names)
+        validate::validate(raw, prefixed_names)
     }
 
     /// Whether a PostgreSQL database is configured.
@@ -209,220 +302,6 @@ impl fmt::Debug for DatabaseConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("max_connections", &self.max_connections)
             .finish()
-    }
-}
-
-/// Collects every problem while turning raw values into a [`Config`].
-struct Validator<'a> {
-    raw: &'a config::Config,
-    problems: Vec<ConfigProblem>,
-}
-
-impl Validator<'_> {
-    fn problem(&mut self, key: &str, message: impl Into<String>) {
-        self.problems.push(ConfigProblem {
-            key: key.to_string(),
-            message: message.into(),
-        });
-    }
-
-    /// A raw value, `None` when the key is not set anywhere.
-    fn value(&self, key: &str) -> Option<Value> {
-        self.raw.get::<Value>(key).ok()
-    }
-
-    fn string(&mut self, key: &str, secret: bool) -> Option<String> {
-        let value = self.value(key)?;
-        match value.kind {
-            ValueKind::String(s) => Some(s),
-            ValueKind::Table(_) | ValueKind::Array(_) | ValueKind::Nil => {
-                self.problem(key, "expected a string");
-                None
-            }
-            other if secret => {
-                let _ = other;
-                self.problem(key, "expected a string");
-                None
-            }
-            other => Some(other.to_string()),
-        }
-    }
-
-    /// A whole number within `range`, with its unit for messages.
-    fn integer(&mut self, key: &str, default: u64, min: u64, max: u64) -> u64 {
-        let Some(value) = self.value(key) else {
-            return default;
-        };
-        let parsed = match &value.kind {
-            ValueKind::I64(n) => u64::try_from(*n).ok(),
-            ValueKind::I128(n) => u64::try_from(*n).ok(),
-            ValueKind::U64(n) => Some(*n),
-            ValueKind::U128(n) => u64::try_from(*n).ok(),
-            ValueKind::String(s) => s.trim().parse::<u64>().ok(),
-            _ => None,
-        };
-        match parsed {
-            Some(n) if (min..=max).contains(&n) => n,
-            Some(n) => {
-                self.problem(key, format!("{n} is out of range (allowed {min} to {max})"));
-                default
-            }
-            None => {
-                self.problem(
-                    key,
-                    format!("expected a whole number, found {}", describe(&value.kind)),
-                );
-                default
-            }
-        }
-    }
-}
-
-fn describe(kind: &ValueKind) -> String {
-    match kind {
-        ValueKind::String(s) => format!("\"{s}\""),
-        ValueKind::Table(_) => "a table".into(),
-        ValueKind::Array(_) => "a list".into(),
-        ValueKind::Nil => "nothing".into(),
-        other => other.to_string(),
-    }
-}
-
-fn validate(raw: &config::Config, env_vars: &[String]) -> Result<Config, ConfigError> {
-    let mut v = Validator {
-        raw,
-        problems: Vec::new(),
-    };
-
-    for key in unknown_keys(raw) {
-        let hint = keys::closest(&key)
-            .map(|known| format!("; did you mean `{known}`?"))
-            .unwrap_or_default();
-        let var = env_var_for(&key);
-        let origin = if env_vars.contains(&var) {
-            format!(" (from environment variable {var})")
-        } else {
-            String::new()
-        };
-        v.problem(&key, format!("unknown key{origin}{hint}"));
-    }
-
-    let database = database(&mut v);
-    let window_hours = v.integer("retention.window_hours", 72, 1, 24 * 365 * 10);
-    let log = log(&mut v);
-
-    if v.problems.is_empty() {
-        Ok(Config {
-            database,
-            retention: RetentionConfig {
-                window: Duration::from_secs(window_hours * 3600),
-            },
-            log,
-        })
-    } else {
-        Err(ConfigError::Invalid(v.problems))
-    }
-}
-
-fn database(v: &mut Validator<'_>) -> Option<DatabaseConfig> {
-    let connect_timeout_ms = v.integer("database.connect_timeout_ms", 5000, 1, 600_000);
-    let max_connections = v.integer("database.max_connections", 4, 1, 1000);
-    let password = v
-        .string("database.password", true)
-        .filter(|p| !p.is_empty());
-    let url = v
-        .string("database.url", true)
-        .filter(|u| !u.trim().is_empty());
-    let Some(url) = url else {
-        if password.is_some() {
-            v.problem("database.password", "is set but database.url is not");
-        }
-        return None;
-    };
-    let mut url = match Url::parse(url.trim()) {
-        Ok(url) => url,
-        // The parser's message never quotes the input, so no secret leaks.
-        Err(e) => {
-            v.problem("database.url", format!("not a valid URL ({e})"));
-            return None;
-        }
-    };
-    if !matches!(url.scheme(), "postgres" | "postgresql") {
-        v.problem(
-            "database.url",
-            format!(
-                "scheme `{}` is not supported (use postgres://)",
-                url.scheme()
-            ),
-        );
-        return None;
-    }
-    if url.host_str().is_none_or(str::is_empty) {
-        v.problem("database.url", "has no host");
-        return None;
-    }
-    let url_password = url.password().map(|p| {
-        percent_encoding::percent_decode_str(p)
-            .decode_utf8_lossy()
-            .into_owned()
-    });
-    let _ = url.set_password(None);
-    Some(DatabaseConfig {
-        url,
-        password: password.or(url_password).map(Secret),
-        connect_timeout: Duration::from_millis(connect_timeout_ms),
-        max_connections: u32::try_from(max_connections).unwrap_or(u32::MAX),
-    })
-}
-
-fn log(v: &mut Validator<'_>) -> LogConfig {
-    let format = match v.string("log.format", false).as_deref() {
-        None | Some("text") => LogFormat::Text,
-        Some("json") => LogFormat::Json,
-        Some(other) => {
-            v.problem(
-                "log.format",
-                format!("\"{other}\" is not a log format (use \"text\" or \"json\")"),
-            );
-            LogFormat::Text
-        }
-    };
-    let level = v
-        .string("log.level", false)
-        .unwrap_or_else(|| "info".into());
-    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&level) {
-        v.problem(
-            "log.level",
-            format!("\"{level}\" is not a log filter ({e})"),
-        );
-    }
-    LogConfig { format, level }
-}
-
-/// Every leaf key that is set but not known.
-fn unknown_keys(raw: &config::Config) -> Vec<String> {
-    let mut found = Vec::new();
-    if let Ok(table) = raw.clone().try_deserialize::<config::Map<String, Value>>() {
-        walk("", &table, &mut found);
-    }
-    found.retain(|key| !KNOWN_KEYS.iter().any(|k| k.key == key));
-    found.sort();
-    found
-}
-
-fn walk(prefix: &str, table: &config::Map<String, Value>, found: &mut Vec<String>) {
-    for (name, value) in table {
-        let key = if prefix.is_empty() {
-            name.clone()
-        } else {
-            format!("{prefix}.{name}")
-        };
-        match &value.kind {
-            ValueKind::Table(inner) if !KNOWN_KEYS.iter().any(|k| k.key == key) => {
-                walk(&key, inner, found);
-            }
-            _ => found.push(key),
-        }
     }
 }
 

@@ -43,13 +43,19 @@ fn example_file_loads_and_documents_every_key() {
     assert_eq!(db.connect_timeout, Duration::from_millis(5000));
     assert_eq!(config.retention.window, Duration::from_secs(72 * 3600));
 
+    assert_eq!(config.site.installation_id.as_deref(), Some("ranch"));
+    assert_eq!(config.gx.len(), 1);
+    assert_eq!(config.gx[0].devices.len(), 4);
+
     let text = std::fs::read_to_string(EXAMPLE).unwrap();
     for known in KNOWN_KEYS {
-        let (section, key) = known.key.split_once('.').unwrap();
-        assert!(
-            text.contains(&format!("[{section}]")),
-            "example lacks section [{section}]"
-        );
+        let (section, key) = known.key.rsplit_once('.').unwrap();
+        let header = if section.ends_with("[]") {
+            format!("[[{}]]", section.replace("[]", ""))
+        } else {
+            format!("[{section}]")
+        };
+        assert!(text.contains(&header), "example lacks section {header}");
         assert!(
             text.lines().any(|l| {
                 let l = l.trim_start_matches(['#', ' ']);
@@ -226,4 +232,51 @@ fn env_var_names_follow_the_documented_pattern() {
         env_var_for("database.connect_timeout_ms"),
         "VICTRON_POLLER_DATABASE__CONNECT_TIMEOUT_MS"
     );
+}
+
+#[test]
+fn gx_devices_are_validated_with_their_full_keys() {
+    let f = file(
+        "[[gx]]\nhost = \"10.0.0.5\"\n\
+         [[gx.devices]]\nname = \"bank\"\nclass = \"battery\"\nunit_id = 226\n\
+         [[gx.devices]]\nname = \"bank\"\nclass = \"battery\"\nunit_id = 300\n\
+         [[gx.devices]]\nname = \"has space\"\nclass = \"inverter\"\n\
+         [[gx.devices]]\nname = \"sys\"\nclass = \"system\"\nunitid = 100\n\
+         [[gx]]\nport = 70000\n",
+    );
+    let found = problems(Config::load_with_env(Some(f.path()), env(&[])));
+    let text: Vec<String> = found.iter().map(ToString::to_string).collect();
+    for expected in [
+        "gx[0].devices[1].unit_id: 300 is out of range (0 to 247)",
+        "gx[0].devices[2].name: \"has space\" is not a device name",
+        "gx[0].devices[2].class: \"inverter\" is not a device class",
+        "gx[0].devices[3].unitid: unknown key; did you mean `gx[].devices[].unit_id`?",
+        "gx[1].port: 70000 is out of range",
+        "gx[1].devices: no device configured",
+        "gx[1].host: not set",
+    ] {
+        assert!(
+            text.iter().any(|t| t.starts_with(expected)),
+            "{expected} not in {text:#?}"
+        );
+    }
+}
+
+#[test]
+fn gx_defaults_and_duplicate_names() {
+    let f = file(
+        "[[gx]]\nhost = \"gx.local\"\n[[gx.devices]]\nname = \"sys\"\nclass = \"system\"\n\
+         [[gx]]\nhost = \"gx2.local\"\n[[gx.devices]]\nname = \"sys\"\nclass = \"vebus\"\nunit_id = 227\n",
+    );
+    let found = problems(Config::load_with_env(Some(f.path()), env(&[])));
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].key, "gx[1].devices[0].name");
+
+    let f =
+        file("[[gx]]\nhost = \"gx.local\"\n[[gx.devices]]\nname = \"sys\"\nclass = \"system\"\n");
+    let config = Config::load_with_env(Some(f.path()), env(&[])).unwrap();
+    let gx = &config.gx[0];
+    assert_eq!((gx.port, gx.devices[0].unit_id), (502, 100));
+    assert_eq!(gx.poll_interval, Duration::from_secs(5));
+    assert_eq!(gx.request_timeout, Duration::from_secs(1));
 }

@@ -1,0 +1,216 @@
+//! Reading raw configuration values key by key: each `take_*` removes the key
+//! from its table and records a problem (naming the full key) instead of
+//! failing, so that every problem of a file is reported at once. What is left
+//! in a table after its owner has taken its keys is unknown.
+
+use config::{Map, Value, ValueKind};
+
+use super::ConfigProblem;
+use super::keys;
+
+/// Problems found so far, with where environment variables set keys.
+pub(super) struct Problems {
+    pub(super) list: Vec<ConfigProblem>,
+    env_vars: Vec<String>,
+}
+
+impl Problems {
+    pub(super) fn new(env_vars: Vec<String>) -> Self {
+        Self {
+            list: Vec::new(),
+            env_vars,
+        }
+    }
+
+    pub(super) fn push(&mut self, key: &str, message: impl Into<String>) {
+        self.list.push(ConfigProblem {
+            key: key.to_string(),
+            message: message.into(),
+        });
+    }
+}
+
+/// One table of the configuration and its dotted path (`gx[0]`).
+pub(super) struct Table {
+    path: String,
+    entries: Map<String, Value>,
+}
+
+impl Table {
+    pub(super) fn new(path: impl Into<String>, entries: Map<String, Value>) -> Self {
+        Self {
+            path: path.into(),
+            entries,
+        }
+    }
+
+    /// The full key of `name` in this table.
+    pub(super) fn key(&self, name: &str) -> String {
+        if self.path.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.path)
+        }
+    }
+
+    fn take(&mut self, name: &str) -> Option<Value> {
+        self.entries.remove(name)
+    }
+
+    /// A string; secrets are never quoted back.
+    pub(super) fn string(&mut self, name: &str, problems: &mut Problems) -> Option<String> {
+        let value = self.take(name)?;
+        match value.kind {
+            ValueKind::String(s) => Some(s),
+            ValueKind::Table(_) | ValueKind::Array(_) | ValueKind::Nil => {
+                problems.push(&self.key(name), "expected a string");
+                None
+            }
+            other => Some(other.to_string()),
+        }
+    }
+
+    /// A whole number in `min..=max`; `default` when absent or invalid.
+    pub(super) fn integer(
+        &mut self,
+        name: &str,
+        default: u64,
+        min: u64,
+        max: u64,
+        problems: &mut Problems,
+    ) -> u64 {
+        self.integer_opt(name, min, max, problems)
+            .unwrap_or(default)
+    }
+
+    /// A whole number in `min..=max`, or `None` when absent or invalid.
+    pub(super) fn integer_opt(
+        &mut self,
+        name: &str,
+        min: u64,
+        max: u64,
+        problems: &mut Problems,
+    ) -> Option<u64> {
+        let value = self.take(name)?;
+        let parsed = match &value.kind {
+            ValueKind::I64(n) => u64::try_from(*n).map_err(|_| n.to_string()),
+            ValueKind::I128(n) => u64::try_from(*n).map_err(|_| n.to_string()),
+            ValueKind::U64(n) => Ok(*n),
+            ValueKind::U128(n) => u64::try_from(*n).map_err(|_| n.to_string()),
+            ValueKind::String(s) => s.trim().parse::<u64>().map_err(|_| format!("\"{s}\"")),
+            other => Err(describe(other)),
+        };
+        match parsed {
+            Ok(n) if (min..=max).contains(&n) => Some(n),
+            Ok(n) => {
+                problems.push(
+                    &self.key(name),
+                    format!("{n} is out of range ({min} to {max})"),
+                );
+                None
+            }
+            Err(found) if found.starts_with('-') => {
+                problems.push(
+                    &self.key(name),
+                    format!("{found} is out of range ({min} to {max})"),
+                );
+                None
+            }
+            Err(found) => {
+                problems.push(
+                    &self.key(name),
+                    format!("expected a whole number, found {found}"),
+                );
+                None
+            }
+        }
+    }
+
+    /// A sub-table (`[database]`); an empty one when absent.
+    pub(super) fn table(&mut self, name: &str, problems: &mut Problems) -> Table {
+        let key = self.key(name);
+        match self.take(name).map(|v| v.kind) {
+            None => Table::new(key, Map::new()),
+            Some(ValueKind::Table(entries)) => Table::new(key, entries),
+            Some(other) => {
+                problems.push(
+                    &key,
+                    format!("expected a table, found {}", describe(&other)),
+                );
+                Table::new(key, Map::new())
+            }
+        }
+    }
+
+    /// An array of tables (`[[gx]]`); empty when absent.
+    pub(super) fn tables(&mut self, name: &str, problems: &mut Problems) -> Vec<Table> {
+        let key = self.key(name);
+        match self.take(name).map(|v| v.kind) {
+            None => Vec::new(),
+            Some(ValueKind::Array(items)) => items
+                .into_iter()
+                .enumerate()
+                .filter_map(|(i, item)| match item.kind {
+                    ValueKind::Table(entries) => Some(Table::new(format!("{key}[{i}]"), entries)),
+                    other => {
+                        problems.push(
+                            &format!("{key}[{i}]"),
+                            format!("expected a table, found {}", describe(&other)),
+                        );
+                        None
+                    }
+                })
+                .collect(),
+            Some(other) => {
+                problems.push(
+                    &key,
+                    format!("expected a list of tables, found {}", describe(&other)),
+                );
+                Vec::new()
+            }
+        }
+    }
+
+    /// Reports every key nobody took as unknown, with a suggestion.
+    pub(super) fn finish(self, problems: &mut Problems) {
+        let mut leftover: Vec<String> = Vec::new();
+        collect_leaves(&self.path, self.entries, &mut leftover);
+        leftover.sort();
+        for key in leftover {
+            let hint = keys::closest(&key)
+                .map(|known| format!("; did you mean `{known}`?"))
+                .unwrap_or_default();
+            let var = super::env_var_for(&key);
+            let origin = if problems.env_vars.contains(&var) {
+                format!(" (from environment variable {var})")
+            } else {
+                String::new()
+            };
+            problems.push(&key, format!("unknown key{origin}{hint}"));
+        }
+    }
+}
+
+fn collect_leaves(prefix: &str, entries: Map<String, Value>, out: &mut Vec<String>) {
+    for (name, value) in entries {
+        let key = if prefix.is_empty() {
+            name
+        } else {
+            format!("{prefix}.{name}")
+        };
+        match value.kind {
+            ValueKind::Table(inner) if !inner.is_empty() => collect_leaves(&key, inner, out),
+            _ => out.push(key),
+        }
+    }
+}
+
+pub(super) fn describe(kind: &ValueKind) -> String {
+    match kind {
+        ValueKind::String(s) => format!("\"{s}\""),
+        ValueKind::Table(_) => "a table".into(),
+        ValueKind::Array(_) => "a list".into(),
+        ValueKind::Nil => "nothing".into(),
+        other => other.to_string(),
+    }
+}

@@ -1,0 +1,264 @@
+//! Raw configuration values → the typed [`Config`]: defaults, ranges, and the
+//! cross-key checks (unique device names). Every problem is collected.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use url::Url;
+
+use super::reader::{Problems, Table};
+use super::{
+    Config, ConfigError, DatabaseConfig, GxConfig, LogConfig, LogFormat, ModbusClass,
+    ModbusDeviceConfig, RetentionConfig, Secret, SiteConfig,
+};
+
+pub(super) fn validate(raw: config::Config, env_vars: Vec<String>) -> Result<Config, ConfigError> {
+    let mut problems = Problems::new(env_vars);
+    let entries = raw
+        .try_deserialize::<config::Map<String, config::Value>>()
+        .unwrap_or_default();
+    let mut root = Table::new("", entries);
+
+    let mut t = root.table("database", &mut problems);
+    let database = database(&mut t, &mut problems);
+    t.finish(&mut problems);
+
+    let mut t = root.table("site", &mut problems);
+    let site = SiteConfig {
+        installation_id: t
+            .string("installation_id", &mut problems)
+            .filter(|s| !s.is_empty()),
+    };
+    if site
+        .installation_id
+        .as_ref()
+        .is_some_and(|s| s.chars().count() > 100)
+    {
+        problems.push("site.installation_id", "longer than 100 characters");
+    }
+    t.finish(&mut problems);
+
+    let mut t = root.table("retention", &mut problems);
+    let window_hours = t.integer("window_hours", 72, 1, 24 * 365 * 10, &mut problems);
+    t.finish(&mut problems);
+
+    let mut t = root.table("log", &mut problems);
+    let log = log(&mut t, &mut problems);
+    t.finish(&mut problems);
+
+    let gx: Vec<GxConfig> = root
+        .tables("gx", &mut problems)
+        .into_iter()
+        .filter_map(|table| gx(table, &mut problems))
+        .collect();
+    check_device_names(&gx, &mut problems);
+
+    root.finish(&mut problems);
+
+    if problems.list.is_empty() {
+        Ok(Config {
+            database,
+            retention: RetentionConfig {
+                window: Duration::from_secs(window_hours * 3600),
+            },
+            log,
+            site,
+            gx,
+        })
+    } else {
+        Err(ConfigError::Invalid(problems.list))
+    }
+}
+
+fn database(t: &mut Table, problems: &mut Problems) -> Option<DatabaseConfig> {
+    let connect_timeout_ms = t.integer("connect_timeout_ms", 5000, 1, 600_000, problems);
+    let max_connections = t.integer("max_connections", 4, 1, 1000, problems);
+    let password = t.string("password", problems).filter(|p| !p.is_empty());
+    let url_key = t.key("url");
+    let Some(url) = t.string("url", problems).filter(|u| !u.trim().is_empty()) else {
+        if password.is_some() {
+            problems.push(&t.key("password"), "is set but database.url is not");
+        }
+        return None;
+    };
+    let mut url = match Url::parse(url.trim()) {
+        Ok(url) => url,
+        // The parser's message never quotes the input, so no secret leaks.
+        Err(e) => {
+            problems.push(&url_key, format!("not a valid URL ({e})"));
+            return None;
+        }
+    };
+    if !matches!(url.scheme(), "postgres" | "postgresql") {
+        let scheme = url.scheme();
+        problems.push(
+            &url_key,
+            format!("scheme `{scheme}` is not supported (use postgres://)"),
+        );
+        return None;
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        problems.push(&url_key, "has no host");
+        return None;
+    }
+    let url_password = url.password().map(|p| {
+        percent_encoding::percent_decode_str(p)
+            .decode_utf8_lossy()
+            .into_owned()
+    });
+    let _ = url.set_password(None);
+    Some(DatabaseConfig {
+        url,
+        password: password.or(url_password).map(Secret),
+        connect_timeout: Duration::from_millis(connect_timeout_ms),
+        max_connections: u32::try_from(max_connections).unwrap_or(u32::MAX),
+    })
+}
+
+fn log(t: &mut Table, problems: &mut Problems) -> LogConfig {
+    let format = match t.string("format", problems).as_deref() {
+        None | Some("text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some(other) => {
+            let message = format!("\"{other}\" is not a log format (use \"text\" or \"json\")");
+            problems.push(&t.key("format"), message);
+            LogFormat::Text
+        }
+    };
+    let level = t.string("level", problems).unwrap_or_else(|| "info".into());
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&level) {
+        problems.push(
+            &t.key("level"),
+            format!("\"{level}\" is not a log filter ({e})"),
+        );
+    }
+    LogConfig { format, level }
+}
+
+fn gx(mut t: Table, problems: &mut Problems) -> Option<GxConfig> {
+    let host_key = t.key("host");
+    let host = t.string("host", problems).map(|h| h.trim().to_string());
+    let port = t.integer("port", 502, 1, 65_535, problems);
+    let poll_interval_ms = t.integer("poll_interval_ms", 5000, 100, 3_600_000, problems);
+    let request_timeout_ms = t.integer("request_timeout_ms", 1000, 10, 60_000, problems);
+    let reconnect_min_ms = t.integer("reconnect_min_ms", 500, 10, 3_600_000, problems);
+    let reconnect_max_ms = t.integer("reconnect_max_ms", 30_000, 10, 3_600_000, problems);
+    if reconnect_max_ms < reconnect_min_ms {
+        problems.push(
+            &t.key("reconnect_max_ms"),
+            format!("{reconnect_max_ms} is below reconnect_min_ms ({reconnect_min_ms})"),
+        );
+    }
+    let devices_key = t.key("devices");
+    let before = problems.list.len();
+    let devices: Vec<ModbusDeviceConfig> = t
+        .tables("devices", problems)
+        .into_iter()
+        .filter_map(|d| modbus_device(d, problems))
+        .collect();
+    if devices.is_empty() && problems.list.len() == before {
+        problems.push(&devices_key, "no device configured for this GX");
+    }
+    t.finish(problems);
+    let Some(host) = host.filter(|h| !h.is_empty()) else {
+        problems.push(&host_key, "not set (the GX's IP address or host name)");
+        return None;
+    };
+    Some(GxConfig {
+        host,
+        port: u16::try_from(port).unwrap_or(502),
+        poll_interval: Duration::from_millis(poll_interval_ms),
+        request_timeout: Duration::from_millis(request_timeout_ms),
+        reconnect_min: Duration::from_millis(reconnect_min_ms),
+        reconnect_max: Duration::from_millis(reconnect_max_ms),
+        devices,
+    })
+}
+
+fn modbus_device(mut t: Table, problems: &mut Problems) -> Option<ModbusDeviceConfig> {
+    let name_key = t.key("name");
+    let class_key = t.key("class");
+    let unit_key = t.key("unit_id");
+    let name = t.string("name", problems);
+    let class_name = t.string("class", problems);
+    let before = problems.list.len();
+    let unit_id = t.integer_opt("unit_id", 0, 247, problems);
+    let unit_invalid = problems.list.len() > before;
+    t.finish(problems);
+
+    let name = match name {
+        Some(n) if valid_device_name(&n) => Some(n),
+        Some(n) => {
+            let message =
+                format!("\"{n}\" is not a device name (1 to 64 letters, digits, '-', '_' or '.')");
+            problems.push(&name_key, message);
+            None
+        }
+        None => {
+            problems.push(
+                &name_key,
+                "not set (the device's stable name, e.g. \"house-bank\")",
+            );
+            None
+        }
+    };
+    let class = match class_name.as_deref() {
+        Some(text) => {
+            let class = ModbusClass::parse(text);
+            if class.is_none() {
+                let message = format!(
+                    "\"{text}\" is not a device class (use system, battery, solarcharger or vebus)"
+                );
+                problems.push(&class_key, message);
+            }
+            class
+        }
+        None => {
+            problems.push(
+                &class_key,
+                "not set (system, battery, solarcharger or vebus)",
+            );
+            None
+        }
+    };
+    let unit_id = match (unit_id, class) {
+        (Some(u), _) => Some(u),
+        (None, _) if unit_invalid => None,
+        // The system service always answers on unit id 100.
+        (None, Some(ModbusClass::System)) => Some(100),
+        (None, _) => {
+            problems.push(
+                &unit_key,
+                "not set (the GX lists it under Settings, Services, Modbus TCP, Available services)",
+            );
+            None
+        }
+    };
+    Some(ModbusDeviceConfig {
+        name: name?,
+        class: class?,
+        unit_id: u8::try_from(unit_id?).ok()?,
+    })
+}
+
+fn valid_device_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+fn check_device_names(gx: &[GxConfig], problems: &mut Problems) {
+    let mut seen = HashSet::new();
+    for (g, gx) in gx.iter().enumerate() {
+        for (d, device) in gx.devices.iter().enumerate() {
+            if !seen.insert(device.name.as_str()) {
+                let message = format!(
+                    "\"{}\" is used by another device (names identify devices)",
+                    device.name
+                );
+                problems.push(&format!("gx[{g}].devices[{d}].name"), message);
+            }
+        }
+    }
+}
