@@ -23,3 +23,7 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod logging;
+pub mod reading;
+pub mod registers;
+pub mod sources;
+pub mod status;

@@ -1,0 +1,241 @@
+//! The reading: one wide row for one device at one measurement time, the
+//! contract between sources (Modbus, VE.Direct) and stores. Which columns
+//! exist, and with which type, is defined here once per reading table; the
+//! migrations create the same columns (an integration test holds them to it).
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+
+/// The reading tables of schema `victron`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ReadingTable {
+    /// `victron.battery_readings`: battery monitors.
+    Battery,
+    /// `victron.solar_readings`: MPPT solar chargers.
+    Solar,
+    /// `victron.inverter_readings`: inverters and inverter/chargers.
+    Inverter,
+    /// `victron.system_readings`: the GX system overview.
+    System,
+}
+
+impl ReadingTable {
+    /// Every table.
+    pub const ALL: [ReadingTable; 4] = [Self::Battery, Self::Solar, Self::Inverter, Self::System];
+
+    /// The table name in schema `victron`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Battery => "battery_readings",
+            Self::Solar => "solar_readings",
+            Self::Inverter => "inverter_readings",
+            Self::System => "system_readings",
+        }
+    }
+
+    /// The value columns (all but the common ones), with their kind.
+    pub fn columns(self) -> &'static [(&'static str, ColumnKind)] {
+        use ColumnKind::{Float, Int, Text};
+        match self {
+            Self::Battery => &[
+                ("soc", Float),
+                ("voltage", Float),
+                ("current", Float),
+                ("power", Float),
+                ("state", Text),
+                ("temperature", Float),
+                ("consumed_ah", Float),
+                ("time_to_go_s", Float),
+                ("starter_voltage", Float),
+                ("midpoint_voltage", Float),
+                ("midpoint_deviation_pct", Float),
+                ("min_cell_voltage", Float),
+                ("max_cell_voltage", Float),
+                ("state_of_health_pct", Float),
+                ("alarm", Text),
+                ("product_id", Int),
+            ],
+            Self::Solar => &[
+                ("battery_voltage", Float),
+                ("battery_current", Float),
+                ("battery_temperature", Float),
+                ("pv_voltage", Float),
+                ("pv_current", Float),
+                ("pv_power", Float),
+                ("load_current", Float),
+                ("yield_today_kwh", Float),
+                ("yield_yesterday_kwh", Float),
+                ("yield_total_kwh", Float),
+                ("max_power_today_w", Float),
+                ("max_power_yesterday_w", Float),
+                ("charge_state", Text),
+                ("mppt_mode", Text),
+                ("error_code", Int),
+                ("error", Text),
+                ("product_id", Int),
+            ],
+            Self::Inverter => &[
+                ("ac_in_l1_voltage", Float),
+                ("ac_in_l1_current", Float),
+                ("ac_in_l1_frequency", Float),
+                ("ac_in_l1_power", Float),
+                ("ac_in_l2_voltage", Float),
+                ("ac_in_l2_current", Float),
+                ("ac_in_l2_frequency", Float),
+                ("ac_in_l2_power", Float),
+                ("ac_in_l3_voltage", Float),
+                ("ac_in_l3_current", Float),
+                ("ac_in_l3_frequency", Float),
+                ("ac_in_l3_power", Float),
+                ("ac_out_l1_voltage", Float),
+                ("ac_out_l1_current", Float),
+                ("ac_out_l1_frequency", Float),
+                ("ac_out_l1_power", Float),
+                ("ac_out_l2_voltage", Float),
+                ("ac_out_l2_current", Float),
+                ("ac_out_l2_frequency", Float),
+                ("ac_out_l2_power", Float),
+                ("ac_out_l3_voltage", Float),
+                ("ac_out_l3_current", Float),
+                ("ac_out_l3_frequency", Float),
+                ("ac_out_l3_power", Float),
+                ("dc_voltage", Float),
+                ("dc_current", Float),
+                ("soc", Float),
+                ("state", Text),
+                ("mode", Text),
+                ("active_input", Text),
+                ("alarms", Text),
+                ("error_code", Int),
+                ("product_id", Int),
+            ],
+            Self::System => &[
+                ("ac_consumption_l1_power", Float),
+                ("ac_consumption_l2_power", Float),
+                ("ac_consumption_l3_power", Float),
+                ("grid_l1_power", Float),
+                ("grid_l2_power", Float),
+                ("grid_l3_power", Float),
+                ("genset_l1_power", Float),
+                ("genset_l2_power", Float),
+                ("genset_l3_power", Float),
+                ("pv_on_output_l1_power", Float),
+                ("pv_on_output_l2_power", Float),
+                ("pv_on_output_l3_power", Float),
+                ("pv_on_input_l1_power", Float),
+                ("pv_on_input_l2_power", Float),
+                ("pv_on_input_l3_power", Float),
+                ("dc_pv_power", Float),
+                ("dc_pv_current", Float),
+                ("dc_system_power", Float),
+                ("battery_voltage", Float),
+                ("battery_current", Float),
+                ("battery_power", Float),
+                ("battery_soc", Float),
+                ("battery_state", Text),
+                ("battery_consumed_ah", Float),
+                ("battery_time_to_go_s", Float),
+                ("active_input_source", Text),
+            ],
+        }
+    }
+
+    /// The kind of column `name`, if the table has it.
+    pub fn column_kind(self, name: &str) -> Option<ColumnKind> {
+        self.columns()
+            .iter()
+            .find(|(c, _)| *c == name)
+            .map(|(_, k)| *k)
+    }
+}
+
+impl fmt::Display for ReadingTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The SQL type family of a value column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnKind {
+    /// `double precision`.
+    Float,
+    /// `integer`.
+    Int,
+    /// `text` or `varchar`.
+    Text,
+}
+
+/// A column value. A column that is absent from a reading is NULL.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    /// A measured quantity in SI units (V, A, W, °C, %, Ah, kWh, s, Hz).
+    Float(f64),
+    /// A code or identifier.
+    Int(i64),
+    /// A state or enum text.
+    Text(String),
+}
+
+/// Where a reading came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SourceKind {
+    /// A GX over Modbus-TCP.
+    Modbus,
+    /// A VE.Direct device over serial or TCP.
+    VeDirect,
+}
+
+impl SourceKind {
+    /// The `source` column's text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Modbus => "modbus",
+            Self::VeDirect => "vedirect",
+        }
+    }
+}
+
+/// One device's values at one measurement time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reading {
+    /// The device's configured name (its stable identity).
+    pub device: String,
+    /// The table the row belongs to.
+    pub table: ReadingTable,
+    /// Modbus or VE.Direct.
+    pub source: SourceKind,
+    /// When the values were measured (the read completed), UTC.
+    pub measured_at: DateTime<Utc>,
+    /// Column values; columns not listed are NULL. Names are from
+    /// [`ReadingTable::columns`].
+    pub values: Vec<(&'static str, Value)>,
+}
+
+impl Reading {
+    /// The value of `column`, if present.
+    pub fn get(&self, column: &str) -> Option<&Value> {
+        self.values
+            .iter()
+            .find(|(c, _)| *c == column)
+            .map(|(_, v)| v)
+    }
+
+    /// The value of a float column, if present.
+    pub fn float(&self, column: &str) -> Option<f64> {
+        match self.get(column)? {
+            Value::Float(v) => Some(*v),
+            Value::Int(v) => Some(*v as f64),
+            Value::Text(_) => None,
+        }
+    }
+
+    /// The value of a text column, if present.
+    pub fn text(&self, column: &str) -> Option<&str> {
+        match self.get(column)? {
+            Value::Text(t) => Some(t),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! Sources produce readings: the Modbus-TCP poller for GX devices (and,
+//! later, VE.Direct). What they share: the fixed-rate schedule.
+
+pub mod modbus;
+
+use std::time::Duration;
+
+use tokio::time::{Instant, sleep_until};
+
+/// A fixed-rate schedule on the monotonic clock: ticks fall on
+/// start + k × period and nowhere else. A slow poll does not shift later
+/// ticks, and grid points that passed while a poll ran late are skipped, not
+/// fired late or in a burst. The first tick is immediate.
+#[derive(Debug)]
+pub struct Ticker {
+    start: Instant,
+    period: Duration,
+    next: u64,
+    skipped: u64,
+}
+
+impl Ticker {
+    /// A schedule starting now.
+    pub fn new(period: Duration) -> Self {
+        Self {
+            start: Instant::now(),
+            period: period.max(Duration::from_millis(1)),
+            next: 0,
+            skipped: 0,
+        }
+    }
+
+    /// Waits for the next grid point that is not in the past; returns it.
+    pub async fn tick(&mut self) -> Instant {
+        let elapsed = Instant::now().saturating_duration_since(self.start);
+        let period = self.period.as_nanos();
+        // The first grid point at or after now.
+        let due = u64::try_from(elapsed.as_nanos().div_ceil(period)).unwrap_or(u64::MAX);
+        let k = self.next.max(due);
+        self.skipped += k - self.next;
+        self.next = k.saturating_add(1);
+        let offset = u64::try_from(period.saturating_mul(u128::from(k))).unwrap_or(u64::MAX);
+        let at = self.start + Duration::from_nanos(offset);
+        sleep_until(at).await;
+        at
+    }
+
+    /// Grid points skipped so far because a poll overran them.
+    pub fn skipped(&self) -> u64 {
+        self.skipped
+    }
+}
+
+/// The schedule every source polls on.
+pub fn ticker(period: Duration) -> Ticker {
+    Ticker::new(period)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::sleep;
+
+    /// Under a paused clock: a poll that overruns by 2.5 periods is followed
+    /// by one tick on the original grid, not by a burst of three.
+    #[tokio::test(start_paused = true)]
+    async fn ticks_stay_on_the_grid_and_skip_missed_ones() {
+        let period = Duration::from_millis(1000);
+        let start = Instant::now();
+        let mut ticker = ticker(period);
+        let mut ticks = Vec::new();
+        for n in 0..8 {
+            ticker.tick().await;
+            ticks.push(start.elapsed().as_millis());
+            // Normal polls take 100 ms; the third one stalls for 2.5 s.
+            let work = if n == 2 { 2600 } else { 100 };
+            sleep(Duration::from_millis(work)).await;
+        }
+        assert_eq!(ticks, vec![0, 1000, 2000, 5000, 6000, 7000, 8000, 9000]);
+        assert_eq!(ticker.skipped(), 2, "the grid points at 3 s and 4 s were skipped");
+        // No drift: after many periods the tick is still exactly on the grid.
+        for _ in 0..1000 {
+            ticker.tick().await;
+            sleep(Duration::from_millis(333)).await;
+        }
+        ticker.tick().await;
+        assert_eq!(start.elapsed().as_millis() % 1000, 0);
+    }
+}

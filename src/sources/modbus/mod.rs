@@ -1,0 +1,474 @@
+//! The Modbus-TCP source: one task per GX, one TCP connection, one request at
+//! a time, a timeout on every request. Polls run on fixed-rate monotonic
+//! ticks. Each device is read in the fewest blocks its [`FieldMap`] plans;
+//! exception 0x02 makes that device fall back to finer blocks (remembered),
+//! 0x0A marks it unavailable without touching the others, and a transport
+//! error or timeout drops the connection, which is re-opened with capped
+//! exponential backoff plus jitter.
+//!
+//! Readings go to a channel; status goes to the [`StatusBoard`].
+
+pub mod fields;
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use chrono::Utc;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, timeout};
+use tokio_modbus::client::{Context, Reader};
+use tokio_modbus::slave::SlaveContext;
+use tokio_modbus::{ExceptionCode, Slave};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{GxConfig, ModbusDeviceConfig};
+use crate::reading::{Reading, SourceKind};
+use crate::registers::plan::{Block, Coalescing, plan};
+use crate::registers::{RegisterList, decode};
+use crate::status::{ErrorClass, StatusBoard};
+pub use fields::FieldMap;
+
+/// Why one request (or the connection) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PollError {
+    /// No TCP connection could be opened.
+    #[error("cannot connect to {address}: {source}")]
+    Connect {
+        /// host:port.
+        address: String,
+        /// The socket error.
+        source: io::Error,
+    },
+    /// No reply within the request timeout.
+    #[error("no reply within {0:?}")]
+    Timeout(Duration),
+    /// The connection broke, or the reply was malformed or mismatched.
+    #[error("transport error: {0}")]
+    Transport(#[from] tokio_modbus::Error),
+    /// The GX answered with an exception.
+    #[error("exception {:#04x} ({})", u8::from(*.0), exception_name(*.0))]
+    Exception(ExceptionCode),
+}
+
+/// The GX's meaning of an exception code.
+pub fn exception_name(code: ExceptionCode) -> &'static str {
+    match code {
+        ExceptionCode::IllegalFunction => "illegal function",
+        ExceptionCode::IllegalDataAddress => "illegal data address: a register is not mapped",
+        ExceptionCode::IllegalDataValue => "illegal data value: bad quantity",
+        ExceptionCode::GatewayPathUnavailable => {
+            "gateway path unavailable: no such device on this unit id, or it is offline"
+        }
+        ExceptionCode::GatewayTargetDevice => "gateway target device failed to respond",
+        _ => "unexpected exception",
+    }
+}
+
+impl PollError {
+    /// The status class of this error.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Self::Connect { .. } => ErrorClass::Connect,
+            Self::Timeout(_) => ErrorClass::Timeout,
+            Self::Transport(_) => ErrorClass::Transport,
+            Self::Exception(
+                ExceptionCode::GatewayPathUnavailable | ExceptionCode::GatewayTargetDevice,
+            ) => ErrorClass::Unavailable,
+            Self::Exception(_) => ErrorClass::Exception,
+        }
+    }
+
+    /// Whether the connection can no longer be trusted (a late reply would
+    /// be taken for the next request's).
+    pub fn drops_connection(&self) -> bool {
+        !matches!(self, Self::Exception(_))
+    }
+}
+
+/// One device's read plan.
+#[derive(Debug)]
+struct DevicePlan {
+    config: ModbusDeviceConfig,
+    map: FieldMap,
+    level: Coalescing,
+    blocks: Vec<Block>,
+    /// Blocks the GX refused even alone (0x02 at the finest level): skipped.
+    unsupported: Vec<Block>,
+    address: String,
+}
+
+impl DevicePlan {
+    fn replan(&mut self, list: &RegisterList) {
+        self.blocks = plan(
+            &self.map.needs(),
+            self.config.class.service(),
+            list,
+            self.level,
+        )
+        .into_iter()
+        .filter(|b| !self.unsupported.contains(b))
+        .collect();
+    }
+}
+
+/// What one poll cycle did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CycleReport {
+    /// Read requests sent (including failed ones).
+    pub requests: u32,
+    /// Readings produced.
+    pub readings: u32,
+    /// Devices that failed.
+    pub failed: u32,
+    /// Whether the cycle was skipped while waiting to reconnect.
+    pub skipped: bool,
+}
+
+/// Polls one GX.
+pub struct GxPoller {
+    host: String,
+    port: u16,
+    poll_interval: Duration,
+    request_timeout: Duration,
+    backoff_builder: ExponentialBuilder,
+    /// The reconnect delays; `None` while connected or before the first failure.
+    backoff: Option<ExponentialBackoff>,
+    /// No connection attempt before this instant.
+    next_connect: Option<Instant>,
+    connection: Option<Context>,
+    devices: Vec<DevicePlan>,
+    list: &'static RegisterList,
+    status: StatusBoard,
+    readings: mpsc::Sender<Reading>,
+}
+
+impl std::fmt::Debug for GxPoller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GxPoller")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("connected", &self.connection.is_some())
+            .field("devices", &self.devices)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GxPoller {
+    /// Prepares the poller; nothing is connected yet.
+    pub fn new(config: &GxConfig, status: StatusBoard, readings: mpsc::Sender<Reading>) -> Self {
+        let list = RegisterList::victron();
+        let devices = config
+            .devices
+            .iter()
+            .map(|device| {
+                let map = FieldMap::resolve(device.class, list)
+                    .expect("every built-in field resolves (checked by a unit test)");
+                let address = format!("{}:{}/{}", config.host, config.port, device.unit_id);
+                status.register(&device.name, SourceKind::Modbus, address.clone());
+                let mut plan = DevicePlan {
+                    config: device.clone(),
+                    map,
+                    level: Coalescing::AcrossMapped,
+                    blocks: Vec::new(),
+                    unsupported: Vec::new(),
+                    address,
+                };
+                plan.replan(list);
+                plan
+            })
+            .collect();
+        Self {
+            host: config.host.clone(),
+            port: config.port,
+            poll_interval: config.poll_interval,
+            request_timeout: config.request_timeout,
+            backoff_builder: ExponentialBuilder::default()
+                .with_min_delay(config.reconnect_min)
+                .with_max_delay(config.reconnect_max)
+                .with_factor(2.0)
+                .with_jitter()
+                .without_max_times(),
+            backoff: None,
+            next_connect: None,
+            connection: None,
+            devices,
+            list,
+            status,
+            readings,
+        }
+    }
+
+    /// Requests one full cycle takes with the current plans.
+    pub fn planned_requests(&self) -> usize {
+        self.devices.iter().map(|d| d.blocks.len()).sum()
+    }
+
+    /// Polls on fixed-rate ticks until `cancel` fires; a poll in progress
+    /// finishes first (the safe point).
+    pub async fn run(mut self, cancel: CancellationToken) {
+        let mut ticker = crate::sources::ticker(self.poll_interval);
+        loop {
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => break,
+                _ = ticker.tick() => {}
+            }
+            self.poll_once().await;
+        }
+        tracing::debug!(gx = %self.host, "Modbus poller stopped.");
+    }
+
+    /// One poll of every device.
+    pub async fn poll_once(&mut self) -> CycleReport {
+        let mut report = CycleReport::default();
+        if self.connection.is_none() {
+            if self.next_connect.is_some_and(|at| Instant::now() < at) {
+                report.skipped = true;
+                return report;
+            }
+            if let Err(error) = self.connect().await {
+                self.fail_all(0, &error, &mut report);
+                self.schedule_reconnect();
+                return report;
+            }
+        }
+        for index in 0..self.devices.len() {
+            match self.poll_device(index, &mut report).await {
+                Ok(()) => {}
+                Err(error) if error.drops_connection() => {
+                    self.connection = None;
+                    self.fail_all(index, &error, &mut report);
+                    self.schedule_reconnect();
+                    break;
+                }
+                Err(error) => {
+                    report.failed += 1;
+                    let name = &self.devices[index].config.name;
+                    self.status
+                        .failure(name, Utc::now(), error.class(), &error.to_string());
+                }
+            }
+        }
+        report
+    }
+
+    /// Marks devices `from..` failed with `error`.
+    fn fail_all(&mut self, from: usize, error: &PollError, report: &mut CycleReport) {
+        let now = Utc::now();
+        for device in &self.devices[from..] {
+            report.failed += 1;
+            self.status
+                .failure(&device.config.name, now, error.class(), &error.to_string());
+        }
+    }
+
+    fn schedule_reconnect(&mut self) {
+        let builder = self.backoff_builder;
+        let delay = self
+            .backoff
+            .get_or_insert_with(|| builder.build())
+            .next()
+            .unwrap_or(Duration::from_secs(30));
+        self.next_connect = Some(Instant::now() + delay);
+        for device in &self.devices {
+            self.status
+                .update(&device.config.name, |s| s.backoff = delay);
+        }
+    }
+
+    async fn connect(&mut self) -> Result<(), PollError> {
+        let address = format!("{}:{}", self.host, self.port);
+        let connect_error = |source| PollError::Connect {
+            address: address.clone(),
+            source,
+        };
+        let stream = timeout(self.request_timeout, async {
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((self.host.as_str(), self.port))
+                .await?
+                .collect();
+            let mut last = io::Error::new(io::ErrorKind::NotFound, "no address for host");
+            for addr in addrs {
+                match TcpStream::connect(addr).await {
+                    Ok(stream) => return Ok(stream),
+                    Err(e) => last = e,
+                }
+            }
+            Err(last)
+        })
+        .await
+        .map_err(|_| connect_error(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")))?
+        .map_err(connect_error)?;
+        stream.set_nodelay(true).map_err(connect_error)?;
+        self.connection = Some(tokio_modbus::client::tcp::attach(stream));
+        self.backoff = None;
+        self.next_connect = None;
+        tracing::info!(gx = %address, "Connected to the GX.");
+        self.read_firmware().await;
+        Ok(())
+    }
+
+    /// Reads the GX firmware (registers 834–835 of the system service).
+    async fn read_firmware(&mut self) {
+        let Ok(words) = self
+            .read(
+                100,
+                Block {
+                    start: 834,
+                    count: 2,
+                },
+            )
+            .await
+        else {
+            return;
+        };
+        let version = firmware_text(&words);
+        for device in &self.devices {
+            self.status
+                .update(&device.config.name, |s| s.firmware = Some(version.clone()));
+        }
+    }
+
+    async fn read(&mut self, unit: u8, block: Block) -> Result<Vec<u16>, PollError> {
+        let Some(context) = self.connection.as_mut() else {
+            return Err(PollError::Transport(tokio_modbus::Error::Transport(
+                io::Error::new(io::ErrorKind::NotConnected, "not connected"),
+            )));
+        };
+        context.set_slave(Slave(unit));
+        let reply = timeout(
+            self.request_timeout,
+            context.read_holding_registers(block.start, block.count),
+        )
+        .await
+        .map_err(|_| PollError::Timeout(self.request_timeout))?;
+        match reply {
+            Ok(Ok(words)) if words.len() == usize::from(block.count) => Ok(words),
+            Ok(Ok(words)) => Err(PollError::Transport(tokio_modbus::Error::Transport(
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("asked for {} registers, got {}", block.count, words.len()),
+                ),
+            ))),
+            Ok(Err(code)) => Err(PollError::Exception(code)),
+            Err(e) => Err(PollError::Transport(e)),
+        }
+    }
+
+    async fn poll_device(
+        &mut self,
+        index: usize,
+        report: &mut CycleReport,
+    ) -> Result<(), PollError> {
+        let unit = self.devices[index].config.unit_id;
+        let mut words: Vec<(Block, Vec<u16>)> = Vec::new();
+        let mut next = 0;
+        while next < self.devices[index].blocks.len() {
+            let block = self.devices[index].blocks[next];
+            report.requests += 1;
+            match self.read(unit, block).await {
+                Ok(w) => {
+                    words.push((block, w));
+                    next += 1;
+                }
+                Err(PollError::Exception(ExceptionCode::IllegalDataAddress)) => {
+                    let device = &mut self.devices[index];
+                    if let Some(finer) = device.level.finer() {
+                        tracing::info!(
+                            device = %device.config.name,
+                            block_start = block.start,
+                            block_count = block.count,
+                            level = ?finer,
+                            "The GX refused a block read (0x02); reading this device in smaller blocks."
+                        );
+                        device.level = finer;
+                        device.replan(self.list);
+                        words.clear();
+                        next = 0;
+                    } else {
+                        tracing::warn!(
+                            device = %device.config.name,
+                            register = block.start,
+                            "This GX does not map a register; its column stays empty."
+                        );
+                        device.unsupported.push(block);
+                        device.blocks.remove(next);
+                    }
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        let device = &self.devices[index];
+        if words.is_empty() {
+            return Err(PollError::Exception(ExceptionCode::IllegalDataAddress));
+        }
+        let measured_at = Utc::now();
+        let reading = Reading {
+            device: device.config.name.clone(),
+            table: fields::table(device.config.class),
+            source: SourceKind::Modbus,
+            measured_at,
+            values: device.map.decode(&words),
+        };
+        self.status.success(&device.config.name, measured_at);
+        report.readings += 1;
+        // A closed channel means shutdown: the reading has nowhere to go.
+        let _ = self.readings.send(reading).await;
+        Ok(())
+    }
+
+    /// The address of each device, for messages.
+    pub fn device_addresses(&self) -> Vec<(String, String)> {
+        self.devices
+            .iter()
+            .map(|d| (d.config.name.clone(), d.address.clone()))
+            .collect()
+    }
+}
+
+/// Register 834 (major/minor as hex digits) and 835 (beta number, 0 for a
+/// release) as a version text, e.g. `v3.42` or `v3.50~12`.
+pub fn firmware_text(words: &[u16]) -> String {
+    let major_minor = words.first().copied().unwrap_or_default();
+    let beta = words.get(1).copied().unwrap_or_default();
+    let [major, minor] = major_minor.to_be_bytes();
+    let mut text = format!("v{major:x}.{minor:02x}");
+    if beta != 0 {
+        text.push_str(&format!("~{beta}"));
+    }
+    text
+}
+
+/// The words a register list row holds in `words`, decoded (for the probe).
+pub fn decode_first(list: &RegisterList, address: u16, words: &[u16]) -> Option<decode::Decoded> {
+    let register = list.covering(address)?;
+    decode::decode(register, words.get(..usize::from(register.ty.words()))?).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn firmware_renders_as_hex_digits() {
+        assert_eq!(firmware_text(&[0x0342, 0]), "v3.42");
+        assert_eq!(firmware_text(&[0x0350, 12]), "v3.50~12");
+    }
+
+    #[test]
+    fn error_classes() {
+        assert_eq!(
+            PollError::Exception(ExceptionCode::GatewayPathUnavailable).class(),
+            ErrorClass::Unavailable
+        );
+        assert!(!PollError::Exception(ExceptionCode::IllegalDataAddress).drops_connection());
+        assert!(PollError::Timeout(Duration::from_secs(1)).drops_connection());
+        let text = PollError::Exception(ExceptionCode::GatewayPathUnavailable).to_string();
+        assert!(
+            text.starts_with("exception 0x0a (gateway path unavailable"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,228 @@
+//! Live status of every configured device, shared between the sources that
+//! update it and whoever reports it (`status`, the database status rows, the
+//! health endpoint). Also the one place that logs device state changes: a
+//! device going down or coming back is logged once, not every failed poll.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::reading::SourceKind;
+
+/// What went wrong, in the classes an operator acts on differently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorClass {
+    /// No TCP connection (refused, unreachable, DNS).
+    Connect,
+    /// No reply in time.
+    Timeout,
+    /// The connection broke or a reply was malformed.
+    Transport,
+    /// The GX has no such device on this unit id, or it is offline (0x0A/0x0B).
+    Unavailable,
+    /// The GX refused the request (0x01/0x02/0x03 ...).
+    Exception,
+    /// The data could not be decoded.
+    Decode,
+    /// A serial port or stream problem.
+    Port,
+}
+
+impl ErrorClass {
+    /// The name stored in `device_status.last_error_class`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Timeout => "timeout",
+            Self::Transport => "transport",
+            Self::Unavailable => "unavailable",
+            Self::Exception => "exception",
+            Self::Decode => "decode",
+            Self::Port => "port",
+        }
+    }
+}
+
+/// One device's status.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeviceStatus {
+    /// The configured name.
+    pub device: String,
+    /// Modbus or VE.Direct.
+    #[serde(serialize_with = "source_name")]
+    pub source: SourceKind,
+    /// host:port/unit id, or a serial path.
+    pub address: String,
+    /// Victron product id, when known.
+    pub product_id: Option<i64>,
+    /// Product name, when known.
+    pub product_name: Option<String>,
+    /// Serial number, when known.
+    pub serial: Option<String>,
+    /// Firmware version (for Modbus devices: the GX's, register 834).
+    pub firmware: Option<String>,
+    /// Last poll attempt.
+    pub last_attempt: Option<DateTime<Utc>>,
+    /// Last successful poll.
+    pub last_success: Option<DateTime<Utc>>,
+    /// Last error message.
+    pub last_error: Option<String>,
+    /// Last error class.
+    pub last_error_class: Option<ErrorClass>,
+    /// Failed polls since the last success.
+    pub consecutive_failures: u32,
+    /// Polls (attempts) since start.
+    pub polls: u64,
+    /// Failed polls since start.
+    pub failures: u64,
+    /// Current reconnect delay (0 when connected).
+    pub backoff: Duration,
+}
+
+fn source_name<S: serde::Serializer>(source: &SourceKind, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(source.as_str())
+}
+
+impl DeviceStatus {
+    /// Whether the last poll succeeded.
+    pub fn is_healthy(&self) -> bool {
+        self.last_success.is_some() && self.consecutive_failures == 0
+    }
+}
+
+/// The status of every device, cheap to clone and share.
+#[derive(Debug, Clone, Default)]
+pub struct StatusBoard {
+    devices: Arc<Mutex<BTreeMap<String, DeviceStatus>>>,
+}
+
+impl StatusBoard {
+    /// An empty board.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, DeviceStatus>> {
+        // A panic elsewhere must not take status down with it.
+        self.devices
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Registers a device before its first poll.
+    pub fn register(&self, device: &str, source: SourceKind, address: String) {
+        self.lock()
+            .entry(device.to_string())
+            .or_insert_with(|| DeviceStatus {
+                device: device.to_string(),
+                source,
+                address,
+                product_id: None,
+                product_name: None,
+                serial: None,
+                firmware: None,
+                last_attempt: None,
+                last_success: None,
+                last_error: None,
+                last_error_class: None,
+                consecutive_failures: 0,
+                polls: 0,
+                failures: 0,
+                backoff: Duration::ZERO,
+            });
+    }
+
+    /// Records a successful poll; logs the recovery of a failing device.
+    pub fn success(&self, device: &str, at: DateTime<Utc>) {
+        let mut devices = self.lock();
+        let Some(status) = devices.get_mut(device) else {
+            return;
+        };
+        if status.consecutive_failures > 0 {
+            tracing::info!(
+                device,
+                failed_polls = status.consecutive_failures,
+                "Device is back."
+            );
+        } else if status.last_success.is_none() {
+            tracing::info!(device, address = %status.address, "Device answered its first poll.");
+        }
+        status.last_attempt = Some(at);
+        status.last_success = Some(at);
+        status.consecutive_failures = 0;
+        status.polls += 1;
+        status.backoff = Duration::ZERO;
+    }
+
+    /// Records a failed poll; logs only the first failure of a run.
+    pub fn failure(&self, device: &str, at: DateTime<Utc>, class: ErrorClass, error: &str) {
+        let mut devices = self.lock();
+        let Some(status) = devices.get_mut(device) else {
+            return;
+        };
+        if status.consecutive_failures == 0 || status.last_error_class != Some(class) {
+            tracing::warn!(
+                device,
+                error_class = class.as_str(),
+                error,
+                "Device is down."
+            );
+        }
+        status.last_attempt = Some(at);
+        status.last_error = Some(error.to_string());
+        status.last_error_class = Some(class);
+        status.consecutive_failures = status.consecutive_failures.saturating_add(1);
+        status.polls += 1;
+        status.failures += 1;
+    }
+
+    /// Updates identity fields and the reconnect delay.
+    pub fn update(&self, device: &str, change: impl FnOnce(&mut DeviceStatus)) {
+        if let Some(status) = self.lock().get_mut(device) {
+            change(status);
+        }
+    }
+
+    /// A copy of one device's status.
+    pub fn get(&self, device: &str) -> Option<DeviceStatus> {
+        self.lock().get(device).cloned()
+    }
+
+    /// A copy of every device's status, by name.
+    pub fn snapshot(&self) -> Vec<DeviceStatus> {
+        self.lock().values().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_count_until_a_success() {
+        let board = StatusBoard::new();
+        board.register("bank", SourceKind::Modbus, "gx:502/226".into());
+        let t = Utc::now();
+        board.failure("bank", t, ErrorClass::Unavailable, "exception 0x0A");
+        board.failure("bank", t, ErrorClass::Unavailable, "exception 0x0A");
+        let s = board.get("bank").unwrap();
+        assert_eq!((s.consecutive_failures, s.failures, s.polls), (2, 2, 2));
+        assert!(!s.is_healthy());
+        board.success("bank", t);
+        let s = board.get("bank").unwrap();
+        assert_eq!((s.consecutive_failures, s.failures, s.polls), (0, 2, 3));
+        assert!(s.is_healthy());
+        assert_eq!(
+            s.last_error_class,
+            Some(ErrorClass::Unavailable),
+            "the last error is kept"
+        );
+        // Unknown devices are ignored, not created.
+        board.success("nope", t);
+        assert_eq!(board.snapshot().len(), 1);
+    }
+}
