@@ -25,5 +25,6 @@ pub mod db;
 pub mod logging;
 pub mod reading;
 pub mod registers;
+pub mod simulator;
 pub mod sources;
 pub mod status;

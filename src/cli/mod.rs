@@ -4,6 +4,8 @@
 
 pub mod check_config;
 pub mod migrate;
+pub mod probe;
+pub mod simulate;
 pub mod status;
 
 use std::path::PathBuf;
@@ -61,16 +63,33 @@ pub enum Command {
     CheckConfig,
     /// Show the database schema state: migrations, storage mode, degraded features.
     Status(status::StatusArgs),
+    /// Run a built-in device simulator (for demos and tests).
+    Simulate(simulate::SimulateArgs),
+    /// Discover which unit ids of a GX answer, and print a configuration snippet.
+    Probe(probe::ProbeArgs),
 }
 
 /// Runs the parsed command line; errors carry their context for the user.
 pub async fn run(cli: Cli) -> anyhow::Result<Exit> {
-    let config = Config::load(cli.config.as_deref())?;
-    crate::logging::init(&config.log);
+    let path = cli.config.as_deref();
+    let configured = || -> Result<Config, ConfigError> {
+        let config = Config::load(path)?;
+        crate::logging::init(&config.log);
+        Ok(config)
+    };
     match cli.command {
-        Command::Migrate(args) => migrate::exec(&config, args).await,
-        Command::CheckConfig => check_config::exec(&config, cli.config.as_deref()),
-        Command::Status(args) => status::exec(&config, args).await,
+        Command::Migrate(args) => migrate::exec(&configured()?, args).await,
+        Command::CheckConfig => check_config::exec(&configured()?, path),
+        Command::Status(args) => status::exec(&configured()?, args).await,
+        // Simulators and the probe need no configuration.
+        Command::Simulate(args) => {
+            crate::logging::init(&crate::config::LogConfig::default());
+            simulate::exec(args).await
+        }
+        Command::Probe(args) => {
+            crate::logging::init(&crate::config::LogConfig::default());
+            probe::exec(args).await
+        }
     }
 }
 

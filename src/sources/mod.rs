@@ -77,7 +77,11 @@ mod tests {
             sleep(Duration::from_millis(work)).await;
         }
         assert_eq!(ticks, vec![0, 1000, 2000, 5000, 6000, 7000, 8000, 9000]);
-        assert_eq!(ticker.skipped(), 2, "the grid points at 3 s and 4 s were skipped");
+        assert_eq!(
+            ticker.skipped(),
+            2,
+            "the grid points at 3 s and 4 s were skipped"
+        );
         // No drift: after many periods the tick is still exactly on the grid.
         for _ in 0..1000 {
             ticker.tick().await;

@@ -9,6 +9,7 @@
 //! Readings go to a channel; status goes to the [`StatusBoard`].
 
 pub mod fields;
+pub mod probe;
 
 use std::io;
 use std::net::SocketAddr;

@@ -1,0 +1,162 @@
+//! `victron-poller simulate gx`: run the built-in GX simulator until Ctrl-C,
+//! with faults from flags or from a small line-based control port:
+//!
+//! ```text
+//! offline 226 | online 226 | delay 500 | drop | hole 782 783 | clear
+//! ```
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+
+use super::Exit;
+use crate::simulator::gx::{self, GxSimOptions, SimHandle};
+
+/// What to simulate.
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// The simulated device.
+    #[command(subcommand)]
+    pub target: SimulateTarget,
+}
+
+/// Simulators.
+#[derive(Debug, Subcommand)]
+pub enum SimulateTarget {
+    /// A GX device's Modbus-TCP server: system (unit 100), battery monitor
+    /// (226), solar charger (224), VE.Bus inverter/charger (227).
+    Gx(GxArgs),
+}
+
+/// Options of `simulate gx`.
+#[derive(Debug, Args)]
+pub struct GxArgs {
+    /// Address to listen on (port 0 picks a free port; the address is printed).
+    #[arg(long, default_value = "127.0.0.1:5020")]
+    pub listen: SocketAddr,
+    /// Keep values fixed instead of moving over time.
+    #[arg(long = "static")]
+    pub fixed: bool,
+    /// Start with this unit id offline (exception 0x0A); repeatable.
+    #[arg(long, value_name = "UNIT")]
+    pub offline: Vec<u8>,
+    /// Delay every reply by this many milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub delay_ms: u64,
+    /// Answer 0x02 for reads touching START-END (older firmware's holes); repeatable.
+    #[arg(long, value_name = "START-END", value_parser = parse_range)]
+    pub hole: Vec<(u16, u16)>,
+    /// Also listen for fault commands on this address (one command per line).
+    #[arg(long, value_name = "ADDR")]
+    pub control: Option<SocketAddr>,
+}
+
+fn parse_range(text: &str) -> Result<(u16, u16), String> {
+    let (a, b) = text.split_once('-').unwrap_or((text, text));
+    let a: u16 = a
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{a}` is not a register address"))?;
+    let b: u16 = b
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{b}` is not a register address"))?;
+    if b < a {
+        return Err(format!("{b} is before {a}"));
+    }
+    Ok((a, b))
+}
+
+/// Runs `simulate`.
+pub async fn exec(args: SimulateArgs) -> anyhow::Result<Exit> {
+    let SimulateTarget::Gx(args) = args.target;
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("Failed to listen on {}", args.listen))?;
+    let options = GxSimOptions {
+        animate: !args.fixed,
+        ..GxSimOptions::default()
+    };
+    let units = options
+        .units
+        .iter()
+        .map(|(unit, class)| format!("{unit} {}", class.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let handle = gx::start(listener, options)?;
+    for unit in &args.offline {
+        handle.set_offline(*unit, true);
+    }
+    handle.set_delay(Duration::from_millis(args.delay_ms));
+    for (a, b) in &args.hole {
+        handle.add_hole(*a, *b);
+    }
+    println!(
+        "GX simulator listening on {} (units: {units})",
+        handle.addr()
+    );
+    if let Some(control) = args.control {
+        let listener = TcpListener::bind(control)
+            .await
+            .with_context(|| format!("Failed to listen on {control}"))?;
+        println!("control port on {}", listener.local_addr()?);
+        let handle = std::sync::Arc::new(handle);
+        tokio::spawn(serve_control(listener, std::sync::Arc::clone(&handle)));
+        tokio::signal::ctrl_c().await?;
+        return Ok(Exit::Ok);
+    }
+    tokio::signal::ctrl_c().await?;
+    drop(handle);
+    Ok(Exit::Ok)
+}
+
+async fn serve_control(listener: TcpListener, handle: std::sync::Arc<SimHandle>) {
+    while let Ok((stream, _)) = listener.accept().await {
+        let handle = std::sync::Arc::clone(&handle);
+        tokio::spawn(async move {
+            let (read, mut write) = stream.into_split();
+            let mut lines = BufReader::new(read).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let answer = match control_command(&handle, &line) {
+                    Ok(()) => "ok\n".to_string(),
+                    Err(e) => format!("error: {e}\n"),
+                };
+                if write.write_all(answer.as_bytes()).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+}
+
+/// Applies one control command to the simulator.
+pub fn control_command(handle: &SimHandle, line: &str) -> Result<(), String> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let number = |i: usize| -> Result<u64, String> {
+        words
+            .get(i)
+            .ok_or_else(|| "missing number".to_string())?
+            .parse()
+            .map_err(|_| format!("`{}` is not a number", words[i]))
+    };
+    let unit = |i: usize| -> Result<u8, String> {
+        u8::try_from(number(i)?).map_err(|_| "unit ids go up to 247".to_string())
+    };
+    let address = |i: usize| -> Result<u16, String> {
+        u16::try_from(number(i)?).map_err(|_| "addresses go up to 65535".to_string())
+    };
+    match words.first().copied() {
+        Some("offline") => handle.set_offline(unit(1)?, true),
+        Some("online") => handle.set_offline(unit(1)?, false),
+        Some("delay") => handle.set_delay(Duration::from_millis(number(1)?)),
+        Some("drop") => handle.drop_connections(),
+        Some("hole") => handle.add_hole(address(1)?, address(2)?),
+        Some("clear") => handle.clear_faults(),
+        _ => return Err("commands: offline U, online U, delay MS, drop, hole A B, clear".into()),
+    }
+    Ok(())
+}
