@@ -10,5 +10,7 @@ mod helpers;
 mod cli;
 /// Adopting a database built by the legacy Python runner.
 mod legacy_adoption;
+/// The Modbus-TCP source against the GX simulator and misbehaving servers.
+mod modbus_source;
 /// Migrations on the three server flavours: catalog, degraded features, idempotence.
 mod schema;

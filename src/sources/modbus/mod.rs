@@ -20,9 +20,9 @@ use chrono::Utc;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
-use tokio_modbus::client::{Context, Reader};
+use tokio_modbus::client::{Client, Context};
 use tokio_modbus::slave::SlaveContext;
-use tokio_modbus::{ExceptionCode, Slave};
+use tokio_modbus::{ExceptionCode, Request, Response, Slave};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{GxConfig, ModbusDeviceConfig};
@@ -208,8 +208,8 @@ impl GxPoller {
     }
 
     /// Polls on fixed-rate ticks until `cancel` fires; a poll in progress
-    /// finishes first (the safe point).
-    pub async fn run(mut self, cancel: CancellationToken) {
+    /// finishes first (the safe point). Gives the poller back.
+    pub async fn run(mut self, cancel: CancellationToken) -> Self {
         let mut ticker = crate::sources::ticker(self.poll_interval);
         loop {
             tokio::select! {
@@ -220,6 +220,7 @@ impl GxPoller {
             self.poll_once().await;
         }
         tracing::debug!(gx = %self.host, "Modbus poller stopped.");
+        self
     }
 
     /// One poll of every device.
@@ -339,23 +340,9 @@ impl GxPoller {
             )));
         };
         context.set_slave(Slave(unit));
-        let reply = timeout(
-            self.request_timeout,
-            context.read_holding_registers(block.start, block.count),
-        )
-        .await
-        .map_err(|_| PollError::Timeout(self.request_timeout))?;
-        match reply {
-            Ok(Ok(words)) if words.len() == usize::from(block.count) => Ok(words),
-            Ok(Ok(words)) => Err(PollError::Transport(tokio_modbus::Error::Transport(
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("asked for {} registers, got {}", block.count, words.len()),
-                ),
-            ))),
-            Ok(Err(code)) => Err(PollError::Exception(code)),
-            Err(e) => Err(PollError::Transport(e)),
-        }
+        timeout(self.request_timeout, read_registers(context, block))
+            .await
+            .map_err(|_| PollError::Timeout(self.request_timeout))?
     }
 
     async fn poll_device(
@@ -426,6 +413,37 @@ impl GxPoller {
             .iter()
             .map(|d| (d.config.name.clone(), d.address.clone()))
             .collect()
+    }
+}
+
+/// Reads `block` with function 0x03 through the lower-level `Client::call`,
+/// checking the reply's length itself: tokio-modbus's `read_holding_registers`
+/// only `debug_assert`s it, which would panic on a short reply from the network.
+pub async fn read_registers(context: &mut Context, block: Block) -> Result<Vec<u16>, PollError> {
+    let request = Request::ReadHoldingRegisters(block.start, block.count);
+    match Client::call(context, request).await {
+        Ok(Ok(Response::ReadHoldingRegisters(words)))
+            if words.len() == usize::from(block.count) =>
+        {
+            Ok(words)
+        }
+        Ok(Ok(other)) => Err(PollError::Transport(tokio_modbus::Error::Transport(
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "asked for {} registers at {}, got {}",
+                    block.count,
+                    block.start,
+                    match other {
+                        Response::ReadHoldingRegisters(words) =>
+                            format!("{} registers", words.len()),
+                        other => format!("{other:?}"),
+                    }
+                ),
+            ),
+        ))),
+        Ok(Err(code)) => Err(PollError::Exception(code)),
+        Err(e) => Err(PollError::Transport(e)),
     }
 }
 

@@ -9,11 +9,13 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 use tokio::time::{MissedTickBehavior, interval, timeout};
-use tokio_modbus::client::{Context, Reader};
+use tokio_modbus::client::Context;
 use tokio_modbus::slave::SlaveContext;
 use tokio_modbus::{ExceptionCode, Slave};
 
+use super::{PollError, read_registers};
 use crate::config::ModbusClass;
+use crate::registers::plan::Block;
 
 /// Victron's default unit id table (unit id, device instance, remark).
 const UNIT_ID_TABLE: &str = include_str!("../../../data/victron/unitid2di.csv");
@@ -96,17 +98,17 @@ pub async fn probe(
             pace.tick().await;
             report.requests += 1;
             context.set_slave(Slave(unit));
-            let reply = timeout(
-                request_timeout,
-                context.read_holding_registers(probe_register(class), 1),
-            )
-            .await;
+            let block = Block {
+                start: probe_register(class),
+                count: 1,
+            };
+            let reply = timeout(request_timeout, read_registers(&mut context, block)).await;
             match reply {
-                Ok(Ok(Ok(_)) | Ok(Err(ExceptionCode::IllegalDataAddress))) => {
+                Ok(Ok(_) | Err(PollError::Exception(ExceptionCode::IllegalDataAddress))) => {
                     failures_in_a_row = 0;
                     report.found.push((unit, class));
                 }
-                Ok(Ok(Err(_))) => failures_in_a_row = 0,
+                Ok(Err(PollError::Exception(_))) => failures_in_a_row = 0,
                 Ok(Err(error)) => {
                     failures_in_a_row += 1;
                     if failures_in_a_row >= 3 {
