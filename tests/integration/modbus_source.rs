@@ -182,7 +182,10 @@ async fn an_offline_unit_is_reported_and_the_others_keep_their_schedule() {
 
     let bank = status.get("bank").unwrap();
     assert_eq!(bank.last_error_class, Some(ErrorClass::Unavailable));
-    assert!(bank.last_error.as_deref().unwrap().contains("0x0a"), "{bank:?}");
+    assert!(
+        bank.last_error.as_deref().unwrap().contains("0x0a"),
+        "{bank:?}"
+    );
     assert_eq!(bank.consecutive_failures as u64, bank.polls, "{bank:?}");
     let readings = drain(&mut rx);
     assert!(readings.iter().all(|r| r.device != "bank"));

@@ -207,6 +207,14 @@ impl GxPoller {
         self.devices.iter().map(|d| d.blocks.len()).sum()
     }
 
+    /// The current read plan: (unit id, block) in the order a cycle sends them.
+    pub fn read_plan(&self) -> Vec<(u8, Block)> {
+        self.devices
+            .iter()
+            .flat_map(|d| d.blocks.iter().map(|b| (d.config.unit_id, *b)))
+            .collect()
+    }
+
     /// Polls on fixed-rate ticks until `cancel` fires; a poll in progress
     /// finishes first (the safe point). Gives the poller back.
     pub async fn run(mut self, cancel: CancellationToken) -> Self {
