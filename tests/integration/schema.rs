@@ -503,3 +503,30 @@ async fn reading_inserts_are_idempotent_on_every_flavour() {
         );
     }
 }
+
+/// The reading model and the migrations agree on every value column.
+#[tokio::test]
+async fn every_reading_column_exists_with_its_type() {
+    use victron_poller::reading::{ColumnKind, ReadingTable};
+    for flavour in [Flavour::Timescale, Flavour::Plain] {
+        let db = TestDb::create(flavour).await;
+        db.migrate().await;
+        let actual = columns(&db).await;
+        for table in ReadingTable::ALL {
+            let have = &actual[&format!("victron.{}", table.name())];
+            for (column, kind) in table.columns() {
+                let ty = have
+                    .iter()
+                    .find(|(c, _)| c == column)
+                    .map(|(_, t)| t.as_str())
+                    .unwrap_or_else(|| panic!("{table}.{column} missing"));
+                let ok = match kind {
+                    ColumnKind::Float => ty == "double precision",
+                    ColumnKind::Int => ty == "integer",
+                    ColumnKind::Text => ty == "text" || ty.starts_with("character varying"),
+                };
+                assert!(ok, "{table}.{column} is {ty}, the model says {kind:?}");
+            }
+        }
+    }
+}
