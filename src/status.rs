@@ -81,6 +81,8 @@ pub struct DeviceStatus {
     pub failures: u64,
     /// Current reconnect delay (0 when connected).
     pub backoff: Duration,
+    /// Frames dropped for a failed checksum (VE.Direct).
+    pub corrupt_blocks: u64,
 }
 
 fn source_name<S: serde::Serializer>(source: &SourceKind, s: S) -> Result<S::Ok, S::Error> {
@@ -133,6 +135,7 @@ impl StatusBoard {
                 polls: 0,
                 failures: 0,
                 backoff: Duration::ZERO,
+                corrupt_blocks: 0,
             });
     }
 

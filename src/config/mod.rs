@@ -40,6 +40,45 @@ pub struct Config {
     pub site: SiteConfig,
     /// GX devices polled over Modbus-TCP, with the devices behind each.
     pub gx: Vec<GxConfig>,
+    /// Devices read over VE.Direct (serial port or TCP bridge).
+    pub vedirect: Vec<VeDirectConfig>,
+}
+
+/// One VE.Direct device: a battery monitor, MPPT or Phoenix inverter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VeDirectConfig {
+    /// The stable identity stored with every reading (`vedirect[].name`).
+    pub name: String,
+    /// Where its stream comes from (`path` or `address`).
+    pub port: VeDirectPort,
+    /// How often a reading is emitted (`poll_interval_ms`, default 5000);
+    /// 0 emits every complete snapshot (about once a second).
+    pub poll_interval: Duration,
+    /// Reopen the port when no valid block arrives for this long
+    /// (`silence_timeout_ms`, default 10000).
+    pub silence_timeout: Duration,
+    /// First reopen delay (`reconnect_min_ms`, default 500).
+    pub reconnect_min: Duration,
+    /// Longest reopen delay (`reconnect_max_ms`, default 30000).
+    pub reconnect_max: Duration,
+}
+
+/// Where a VE.Direct stream comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VeDirectPort {
+    /// A serial device, e.g. `/dev/serial/by-id/usb-VictronEnergy_…` (19200 8N1).
+    Serial(String),
+    /// A serial-to-network bridge (ser2net, ESP32 firmware): `host:port`.
+    Tcp(String),
+}
+
+impl fmt::Display for VeDirectPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Serial(path) => f.write_str(path),
+            Self::Tcp(address) => write!(f, "tcp://{address}"),
+        }
+    }
 }
 
 /// The site: what every reading is labelled with.

@@ -9,7 +9,7 @@ use url::Url;
 use super::reader::{Problems, Table};
 use super::{
     Config, ConfigError, DatabaseConfig, GxConfig, LogConfig, LogFormat, ModbusClass,
-    ModbusDeviceConfig, RetentionConfig, Secret, SiteConfig,
+    ModbusDeviceConfig, RetentionConfig, Secret, SiteConfig, VeDirectConfig, VeDirectPort,
 };
 
 pub(super) fn validate(raw: config::Config, env_vars: Vec<String>) -> Result<Config, ConfigError> {
@@ -51,7 +51,12 @@ pub(super) fn validate(raw: config::Config, env_vars: Vec<String>) -> Result<Con
         .into_iter()
         .filter_map(|table| gx(table, &mut problems))
         .collect();
-    check_device_names(&gx, &mut problems);
+    let vedirect: Vec<VeDirectConfig> = root
+        .tables("vedirect", &mut problems)
+        .into_iter()
+        .filter_map(|table| vedirect(table, &mut problems))
+        .collect();
+    check_device_names(&gx, &vedirect, &mut problems);
 
     root.finish(&mut problems);
 
@@ -64,6 +69,7 @@ pub(super) fn validate(raw: config::Config, env_vars: Vec<String>) -> Result<Con
             log,
             site,
             gx,
+            vedirect,
         })
     } else {
         Err(ConfigError::Invalid(problems.list))
@@ -248,17 +254,92 @@ fn valid_device_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
-fn check_device_names(gx: &[GxConfig], problems: &mut Problems) {
+fn vedirect(mut t: Table, problems: &mut Problems) -> Option<VeDirectConfig> {
+    let name_key = t.key("name");
+    let name = t.string("name", problems);
+    let path = t.string("path", problems).filter(|p| !p.trim().is_empty());
+    let address = t
+        .string("address", problems)
+        .filter(|a| !a.trim().is_empty());
+    let poll_interval_ms = t.integer("poll_interval_ms", 5000, 0, 3_600_000, problems);
+    let silence_timeout_ms = t.integer("silence_timeout_ms", 10_000, 1000, 3_600_000, problems);
+    let reconnect_min_ms = t.integer("reconnect_min_ms", 500, 10, 3_600_000, problems);
+    let reconnect_max_ms = t.integer("reconnect_max_ms", 30_000, 10, 3_600_000, problems);
+    let port_key = t.key("path");
+    t.finish(problems);
+    let port = match (path, address) {
+        (Some(path), None) => Some(VeDirectPort::Serial(path)),
+        (None, Some(address))
+            if address
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()) =>
+        {
+            Some(VeDirectPort::Tcp(address))
+        }
+        (None, Some(address)) => {
+            problems.push(
+                &port_key.replace(".path", ".address"),
+                format!("\"{address}\" is not host:port"),
+            );
+            None
+        }
+        (Some(_), Some(_)) => {
+            problems.push(
+                &port_key,
+                "set either path (serial) or address (TCP bridge), not both",
+            );
+            None
+        }
+        (None, None) => {
+            problems.push(
+                &port_key,
+                "not set (a serial device such as /dev/serial/by-id/…, or address = \"host:port\")",
+            );
+            None
+        }
+    };
+    let name = match name {
+        Some(n) if valid_device_name(&n) => Some(n),
+        Some(n) => {
+            let message =
+                format!("\"{n}\" is not a device name (1 to 64 letters, digits, '-', '_' or '.')");
+            problems.push(&name_key, message);
+            None
+        }
+        None => {
+            problems.push(
+                &name_key,
+                "not set (the device's stable name, e.g. \"house-bank\")",
+            );
+            None
+        }
+    };
+    Some(VeDirectConfig {
+        name: name?,
+        port: port?,
+        poll_interval: Duration::from_millis(poll_interval_ms),
+        silence_timeout: Duration::from_millis(silence_timeout_ms),
+        reconnect_min: Duration::from_millis(reconnect_min_ms),
+        reconnect_max: Duration::from_millis(reconnect_max_ms.max(reconnect_min_ms)),
+    })
+}
+
+fn check_device_names(gx: &[GxConfig], vedirect: &[VeDirectConfig], problems: &mut Problems) {
     let mut seen = HashSet::new();
-    for (g, gx) in gx.iter().enumerate() {
-        for (d, device) in gx.devices.iter().enumerate() {
-            if !seen.insert(device.name.as_str()) {
-                let message = format!(
-                    "\"{}\" is used by another device (names identify devices)",
-                    device.name
-                );
-                problems.push(&format!("gx[{g}].devices[{d}].name"), message);
-            }
+    let modbus = gx.iter().enumerate().flat_map(|(g, gx)| {
+        gx.devices
+            .iter()
+            .enumerate()
+            .map(move |(d, device)| (format!("gx[{g}].devices[{d}].name"), device.name.as_str()))
+    });
+    let serial = vedirect
+        .iter()
+        .enumerate()
+        .map(|(v, device)| (format!("vedirect[{v}].name"), device.name.as_str()));
+    for (key, name) in modbus.chain(serial) {
+        if !seen.insert(name) {
+            let message = format!("\"{name}\" is used by another device (names identify devices)");
+            problems.push(&key, message);
         }
     }
 }

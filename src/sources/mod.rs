@@ -1,7 +1,8 @@
-//! Sources produce readings: the Modbus-TCP poller for GX devices (and,
-//! later, VE.Direct). What they share: the fixed-rate schedule.
+//! Sources produce readings: the Modbus-TCP poller for GX devices and the
+//! VE.Direct reader for serial devices. What they share: the fixed-rate schedule.
 
 pub mod modbus;
+pub mod vedirect;
 
 use std::time::Duration;
 

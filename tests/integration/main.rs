@@ -14,3 +14,5 @@ mod legacy_adoption;
 mod modbus_source;
 /// Migrations on the three server flavours: catalog, degraded features, idempotence.
 mod schema;
+/// The VE.Direct decoder on real captures; the source over a pty and TCP.
+mod vedirect_source;

@@ -1,0 +1,601 @@
+//! The VE.Direct stream decoder: bytes in, checksum-verified text blocks and
+//! HEX frames out (a [`tokio_util::codec::Decoder`]).
+//!
+//! - A text block is `\r\n<label>\t<value>` fields ending with
+//!   `\r\nChecksum\t<byte>`; the 8-bit sum of its bytes, from the `\r` of its
+//!   first field to the checksum byte, is 0. Bytes before that `\r` (junk, a
+//!   cut-off block) are not part of it.
+//! - A `:` anywhere except in the checksum position starts a HEX frame that
+//!   runs to `\n`. It is taken out of the text (not summed, not part of a
+//!   field) and checked with the 0x55 rule, so async HEX frames straight after
+//!   a checksum, or even inside a block, never spoil the text.
+//! - A block that fails its checksum is dropped whole and counted; a block,
+//!   label, value or HEX frame past its size bound is abandoned and the
+//!   decoder resynchronises on the next line start.
+
+use bytes::{Buf, BytesMut};
+use tokio_util::codec::Decoder;
+
+/// Longest block kept, in bytes (real blocks are under 300).
+pub const MAX_BLOCK: usize = 1024;
+/// Longest label (`Checksum`, `AC_OUT_V`: 8).
+pub const MAX_LABEL: usize = 16;
+/// Longest value (`SmartShunt 500A/50mV`: 20).
+pub const MAX_VALUE: usize = 64;
+/// Longest HEX frame, `:` to `\n`.
+pub const MAX_HEX: usize = 512;
+/// Most fields in one block.
+pub const MAX_FIELDS: usize = 48;
+
+/// A checksum-verified text block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TextBlock {
+    /// The block's text bytes (HEX frames removed), checksum byte last.
+    bytes: Vec<u8>,
+    /// (label start, label end, value end) offsets into `bytes`; the value
+    /// starts after the tab at `label end`.
+    fields: Vec<(u16, u16, u16)>,
+}
+
+impl TextBlock {
+    /// The fields in order, as raw bytes (the checksum field excluded).
+    pub fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.fields.iter().map(|&(l, t, v)| {
+            (
+                &self.bytes[usize::from(l)..usize::from(t)],
+                &self.bytes[usize::from(t) + 1..usize::from(v)],
+            )
+        })
+    }
+
+    /// The value of `label`, if the block has it.
+    pub fn get(&self, label: &str) -> Option<&[u8]> {
+        self.fields()
+            .find(|(l, _)| *l == label.as_bytes())
+            .map(|(_, v)| v)
+    }
+
+    /// The block's bytes as sent (HEX frames removed).
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// A HEX protocol frame whose 0x55 check passed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HexFrame {
+    /// The command or response nibble (`7` get reply, `A` async ...).
+    pub command: u8,
+    /// The payload bytes, without the check byte.
+    pub payload: Vec<u8>,
+}
+
+impl HexFrame {
+    /// The register id of a get/set/async reply (little-endian first two bytes).
+    pub fn register(&self) -> Option<u16> {
+        Some(u16::from_le_bytes([
+            *self.payload.first()?,
+            *self.payload.get(1)?,
+        ]))
+    }
+}
+
+/// One item of the stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// A text block with a valid checksum.
+    Block(TextBlock),
+    /// A HEX frame with a valid check.
+    Hex(HexFrame),
+}
+
+/// What the decoder dropped, for status and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DecodeStats {
+    /// Text blocks that reached their checksum and passed it.
+    pub blocks_valid: u64,
+    /// Text blocks that reached their checksum and failed it (dropped).
+    pub blocks_invalid: u64,
+    /// HEX frames that passed their check.
+    pub hex_valid: u64,
+    /// HEX frames that failed their check or were malformed (dropped).
+    pub hex_invalid: u64,
+    /// Partial blocks or frames abandoned for exceeding a size bound.
+    pub resyncs: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Between blocks: waiting for a line start.
+    Idle,
+    /// Saw `\r` between blocks; a `\n` starts a block.
+    IdleCr,
+    /// Reading a label.
+    Label,
+    /// Reading a value.
+    Value,
+    /// The next byte is the checksum byte, whatever it is.
+    ChecksumByte,
+}
+
+/// The decoder. Holds the partial block across calls.
+#[derive(Debug)]
+pub struct VeDirectCodec {
+    state: State,
+    /// Where to go back to after a HEX frame, when inside one.
+    in_hex: Option<State>,
+    hex: Vec<u8>,
+    block: Vec<u8>,
+    fields: Vec<(u16, u16, u16)>,
+    sum: u8,
+    label_start: usize,
+    tab_at: usize,
+    /// The last broken block's checksum byte was a CR: a LF completes a line start.
+    pending_cr: bool,
+    /// The current block broke the line structure (an empty or odd label, a
+    /// bare LF): it is rejected even if its 8-bit sum happens to be 0.
+    malformed: bool,
+    stats: DecodeStats,
+}
+
+impl Default for VeDirectCodec {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl VeDirectCodec {
+    /// A decoder at the start of a stream.
+    pub fn new() -> Self {
+        Self {
+            state: State::Idle,
+            in_hex: None,
+            hex: Vec::with_capacity(128),
+            block: Vec::with_capacity(MAX_BLOCK),
+            fields: Vec::with_capacity(MAX_FIELDS),
+            sum: 0,
+            label_start: 0,
+            tab_at: 0,
+            pending_cr: false,
+            malformed: false,
+            stats: DecodeStats::default(),
+        }
+    }
+
+    /// What was decoded and dropped so far.
+    pub fn stats(&self) -> DecodeStats {
+        self.stats
+    }
+
+    /// Forgets a partial block (after a gap in the stream, e.g. a reopen).
+    pub fn reset(&mut self) {
+        self.state = State::Idle;
+        self.in_hex = None;
+        self.hex.clear();
+        self.pending_cr = false;
+        self.clear_block();
+    }
+
+    fn clear_block(&mut self) {
+        self.block.clear();
+        self.fields.clear();
+        self.sum = 0;
+    }
+
+    fn begin_block(&mut self, line_start: &[u8]) {
+        self.clear_block();
+        self.malformed = line_start != b"\r\n";
+        self.block.extend_from_slice(line_start);
+        self.sum = line_start.iter().fold(0u8, |s, b| s.wrapping_add(*b));
+        self.label_start = self.block.len();
+        self.state = State::Label;
+    }
+
+    fn abandon(&mut self) {
+        self.stats.resyncs += 1;
+        self.clear_block();
+        self.state = State::Idle;
+    }
+
+    /// Feeds one byte; returns a frame when one completes.
+    #[inline]
+    fn feed(&mut self, b: u8) -> Option<Frame> {
+        if let Some(resume) = self.in_hex {
+            return self.feed_hex(b, resume);
+        }
+        if b == b':' && self.state != State::ChecksumByte {
+            self.in_hex = Some(self.state);
+            self.hex.clear();
+            return None;
+        }
+        self.feed_text(b)
+    }
+
+    fn feed_text(&mut self, b: u8) -> Option<Frame> {
+        match self.state {
+            State::Idle => match b {
+                b'\r' => self.state = State::IdleCr,
+                b'\n' if std::mem::take(&mut self.pending_cr) => self.begin_block(b"\r\n"),
+                b'\n' => self.begin_block(b"\n"),
+                _ => {}
+            },
+            State::IdleCr => match b {
+                b'\n' => self.begin_block(b"\r\n"),
+                b'\r' => {}
+                _ => self.state = State::Idle,
+            },
+            State::Label => {
+                self.push(b);
+                match b {
+                    b'\t' => {
+                        self.tab_at = self.block.len() - 1;
+                        let label = &self.block[self.label_start..self.tab_at];
+                        if label == b"PID" {
+                            // PID opens every block: whatever came before it is not part of it.
+                            self.restart_at_field();
+                        }
+                        let label = &self.block[self.label_start..self.tab_at];
+                        if label.is_empty()
+                            || !label
+                                .iter()
+                                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'#' | b'_'))
+                        {
+                            self.malformed = true;
+                        }
+                        self.state = if label.eq_ignore_ascii_case(b"Checksum") {
+                            State::ChecksumByte
+                        } else {
+                            State::Value
+                        };
+                    }
+                    // A line break inside a label: a new label starts after it.
+                    b'\n' => {
+                        self.malformed = true;
+                        self.label_start = self.block.len();
+                    }
+                    b'\r' => self.malformed = true,
+                    _ if self.block.len() - self.label_start > MAX_LABEL => self.abandon(),
+                    _ => {}
+                }
+            }
+            State::Value => {
+                self.push(b);
+                match b {
+                    b'\n' => {
+                        let end = self.block.len() - 1;
+                        let end = if self.block[end - 1] == b'\r' {
+                            end - 1
+                        } else {
+                            // A bare LF: no real device ends a line this way.
+                            self.malformed = true;
+                            end
+                        };
+                        if self.fields.len() >= MAX_FIELDS || self.block.len() > MAX_BLOCK {
+                            // Too long to be a block; this line end may start the next one.
+                            let line_start: &[u8] = if self.block[self.block.len() - 2] == b'\r' {
+                                b"\r\n"
+                            } else {
+                                b"\n"
+                            };
+                            self.abandon();
+                            self.begin_block(line_start);
+                            return None;
+                        }
+                        self.fields.push((
+                            offset(self.label_start),
+                            offset(self.tab_at),
+                            offset(end.max(self.tab_at + 1)),
+                        ));
+                        self.label_start = self.block.len();
+                        self.state = State::Label;
+                    }
+                    _ if self.block.len() - self.tab_at > MAX_VALUE + 2 => {
+                        self.abandon();
+                        // A CR here may be the first half of the next line start.
+                        if b == b'\r' {
+                            self.state = State::IdleCr;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            State::ChecksumByte => {
+                self.push(b);
+                let valid = self.sum == 0 && !self.malformed;
+                self.state = State::Idle;
+                if valid {
+                    self.stats.blocks_valid += 1;
+                    let block = TextBlock {
+                        bytes: std::mem::replace(&mut self.block, Vec::with_capacity(MAX_BLOCK)),
+                        fields: std::mem::take(&mut self.fields),
+                    };
+                    self.sum = 0;
+                    return Some(Frame::Block(block));
+                }
+                self.stats.blocks_invalid += 1;
+                // The "checksum byte" of a broken block may be the next line's CR.
+                self.pending_cr = b == b'\r';
+                self.clear_block();
+            }
+        }
+        None
+    }
+
+    /// Drops everything before the current field's line start.
+    fn restart_at_field(&mut self) {
+        let start = self.label_start;
+        let line = if start >= 2 && &self.block[start - 2..start] == b"\r\n" {
+            start - 2
+        } else {
+            start.saturating_sub(1)
+        };
+        if line == 0 && self.fields.is_empty() {
+            return;
+        }
+        self.stats.resyncs += 1;
+        self.block.drain(..line);
+        self.malformed = !self.block.starts_with(b"\r\n");
+        self.fields.clear();
+        self.sum = self.block.iter().fold(0u8, |s, b| s.wrapping_add(*b));
+        self.label_start -= line;
+        self.tab_at -= line;
+    }
+
+    #[inline]
+    fn push(&mut self, b: u8) {
+        self.block.push(b);
+        self.sum = self.sum.wrapping_add(b);
+    }
+
+    fn feed_hex(&mut self, b: u8, resume: State) -> Option<Frame> {
+        let end_of_frame = b == b'\n' || b == b'\r';
+        if !end_of_frame && hex_digit(b).is_some() && self.hex.len() < MAX_HEX {
+            self.hex.push(b);
+            return None;
+        }
+        self.in_hex = None;
+        self.state = resume;
+        let frame = if end_of_frame {
+            parse_hex(&self.hex)
+        } else {
+            None
+        };
+        let result = match frame {
+            Some(frame) => {
+                self.stats.hex_valid += 1;
+                Some(Frame::Hex(frame))
+            }
+            None => {
+                self.stats.hex_invalid += 1;
+                None
+            }
+        };
+        if b != b'\n' {
+            // Not part of the frame (a CR, or the byte that showed this was no
+            // frame): the text gets it back, so a line start is never lost.
+            let text = self.feed(b);
+            return result.or(text);
+        }
+        result
+    }
+}
+
+fn offset(at: usize) -> u16 {
+    u16::try_from(at).unwrap_or(u16::MAX)
+}
+
+/// Parses and checks the hex digits of a HEX frame (between `:` and the line end).
+fn parse_hex(text: &[u8]) -> Option<HexFrame> {
+    let (&first, rest) = text.split_first()?;
+    let command = hex_digit(first)?;
+    if rest.is_empty() || rest.len() % 2 != 0 {
+        return None;
+    }
+    let mut bytes = Vec::with_capacity(rest.len() / 2);
+    for pair in rest.chunks_exact(2) {
+        bytes.push(hex_digit(pair[0])? << 4 | hex_digit(pair[1])?);
+    }
+    let sum = bytes.iter().fold(command, |s, b| s.wrapping_add(*b));
+    if sum != 0x55 {
+        return None;
+    }
+    bytes.pop();
+    Some(HexFrame {
+        command,
+        payload: bytes,
+    })
+}
+
+fn hex_digit(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    }
+}
+
+impl Decoder for VeDirectCodec {
+    type Item = Frame;
+    type Error = std::io::Error;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, std::io::Error> {
+        let mut used = 0;
+        let mut found = None;
+        for &b in src.iter() {
+            used += 1;
+            if let Some(frame) = self.feed(b) {
+                found = Some(frame);
+                break;
+            }
+        }
+        src.advance(used);
+        Ok(found)
+    }
+}
+
+/// Decodes a whole byte slice (captures, tests, benchmarks).
+pub fn decode_all(codec: &mut VeDirectCodec, bytes: &[u8]) -> Vec<Frame> {
+    bytes.iter().filter_map(|&b| codec.feed(b)).collect()
+}
+
+/// Builds a valid text block from fields (simulator and tests).
+pub fn encode_block(fields: &[(&str, &str)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    for (label, value) in fields {
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(label.as_bytes());
+        out.push(b'\t');
+        out.extend_from_slice(value.as_bytes());
+    }
+    out.extend_from_slice(b"\r\nChecksum\t");
+    let sum = out.iter().fold(0u8, |s, b| s.wrapping_add(*b));
+    out.push(0u8.wrapping_sub(sum));
+    out
+}
+
+/// Builds a valid HEX frame (`:` … `\n`).
+pub fn encode_hex(command: u8, payload: &[u8]) -> Vec<u8> {
+    let sum = payload
+        .iter()
+        .fold(command & 0x0F, |s, b| s.wrapping_add(*b));
+    let check = 0x55u8.wrapping_sub(sum);
+    let mut text = format!(":{:X}", command & 0x0F);
+    for b in payload.iter().chain(std::iter::once(&check)) {
+        text.push_str(&format!("{b:02X}"));
+    }
+    text.push('\n');
+    text.into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blocks(frames: &[Frame]) -> Vec<&TextBlock> {
+        frames
+            .iter()
+            .filter_map(|f| match f {
+                Frame::Block(b) => Some(b),
+                Frame::Hex(_) => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_block_with_its_checksum() {
+        let bytes = encode_block(&[
+            ("PID", "0x203"),
+            ("V", "26201"),
+            ("BMV", "SmartShunt 500A/50mV"),
+        ]);
+        let mut codec = VeDirectCodec::new();
+        let frames = decode_all(&mut codec, &bytes);
+        let block = blocks(&frames)[0];
+        assert_eq!(block.get("V"), Some(&b"26201"[..]));
+        assert_eq!(block.get("BMV"), Some(&b"SmartShunt 500A/50mV"[..]));
+        assert_eq!(block.fields().count(), 3);
+        assert_eq!(codec.stats().blocks_valid, 1);
+    }
+
+    #[test]
+    fn a_wrong_checksum_drops_the_whole_block() {
+        let mut bytes = encode_block(&[("V", "12000"), ("I", "-100")]);
+        *bytes.last_mut().unwrap() ^= 1;
+        let mut codec = VeDirectCodec::new();
+        assert!(decode_all(&mut codec, &bytes).is_empty());
+        assert_eq!(
+            (codec.stats().blocks_valid, codec.stats().blocks_invalid),
+            (0, 1)
+        );
+    }
+
+    #[test]
+    fn junk_before_a_block_is_not_part_of_it() {
+        let mut bytes = vec![0xB4, b'x', 0];
+        bytes.extend(encode_block(&[("V", "12000")]));
+        let mut codec = VeDirectCodec::new();
+        assert_eq!(blocks(&decode_all(&mut codec, &bytes)).len(), 1);
+    }
+
+    #[test]
+    fn hex_frames_between_and_inside_blocks_are_taken_out() {
+        let hex = encode_hex(0xA, &[0x50, 0x10, 0x00, 0x01, 0x02]);
+        let block = encode_block(&[("V", "12000"), ("I", "-100")]);
+        // Straight after the checksum byte, and between two fields.
+        let mut bytes = block.clone();
+        bytes.extend_from_slice(&hex);
+        let split = block.iter().position(|b| *b == b'I').unwrap() - 2;
+        bytes.extend_from_slice(&block[..split]);
+        bytes.extend_from_slice(&hex);
+        bytes.extend_from_slice(&block[split..]);
+        let mut codec = VeDirectCodec::new();
+        let frames = decode_all(&mut codec, &bytes);
+        assert_eq!(blocks(&frames).len(), 2);
+        let hexes: Vec<_> = frames
+            .iter()
+            .filter(|f| matches!(f, Frame::Hex(_)))
+            .collect();
+        assert_eq!(hexes.len(), 2);
+        if let Frame::Hex(h) = hexes[0] {
+            assert_eq!((h.command, h.register()), (0xA, Some(0x1050)));
+        }
+    }
+
+    #[test]
+    fn a_colon_checksum_byte_is_not_a_hex_frame() {
+        // Find a value that makes the checksum byte ':'.
+        let bytes = (0..200_000)
+            .map(|n| encode_block(&[("V", &n.to_string())]))
+            .find(|b| *b.last().unwrap() == b':')
+            .unwrap();
+        let mut with_hex = bytes.clone();
+        with_hex.extend(encode_hex(0xA, &[0x4F, 0x10, 0x00]));
+        with_hex.extend(&bytes);
+        let mut codec = VeDirectCodec::new();
+        let frames = decode_all(&mut codec, &with_hex);
+        assert_eq!(blocks(&frames).len(), 2);
+        assert_eq!(codec.stats().hex_valid, 1);
+    }
+
+    #[test]
+    fn the_faq_hex_examples_check() {
+        assert_eq!(encode_hex(7, &[0x00, 0x10, 0x00]), b":70010003E\n");
+        let mut codec = VeDirectCodec::new();
+        let frames = decode_all(&mut codec, b":7001000C80076\n:7FF0F0040\n:7FF0F0041\n");
+        assert_eq!(frames.len(), 2);
+        assert_eq!(codec.stats().hex_invalid, 1);
+        let Frame::Hex(reply) = &frames[0] else {
+            panic!()
+        };
+        assert_eq!(reply.payload, vec![0x00, 0x10, 0x00, 0xC8, 0x00]);
+    }
+
+    #[test]
+    fn oversized_garbage_is_abandoned_and_the_next_block_recovered() {
+        let mut bytes = b"\r\nV\t".to_vec();
+        bytes.extend(std::iter::repeat_n(b'9', 5000));
+        bytes.extend(encode_block(&[("V", "12000")]));
+        let mut codec = VeDirectCodec::new();
+        let frames = decode_all(&mut codec, &bytes);
+        assert_eq!(blocks(&frames).len(), 1);
+        assert!(codec.stats().resyncs >= 1);
+    }
+
+    #[test]
+    fn the_tokio_decoder_yields_across_chunk_boundaries() {
+        let mut bytes = encode_block(&[("V", "12000")]);
+        bytes.extend(encode_hex(0xA, &[1, 2]));
+        bytes.extend(encode_block(&[("V", "12001")]));
+        let mut codec = VeDirectCodec::new();
+        let mut out = Vec::new();
+        let mut buf = BytesMut::new();
+        for chunk in bytes.chunks(7) {
+            buf.extend_from_slice(chunk);
+            while let Some(frame) = codec.decode(&mut buf).unwrap() {
+                out.push(frame);
+            }
+        }
+        assert_eq!(out.len(), 3);
+    }
+}

@@ -1,0 +1,706 @@
+//! VE.Direct labels → typed values in SI units, enums to text, product ids to
+//! names; merging a device's consecutive blocks into one snapshot; and the
+//! snapshot → reading-table row mapping (the product id decides the table).
+//!
+//! Units: mV → V, mA → A, mAh → Ah, ‰ → %, minutes → s (`TTG -1` = NULL),
+//! 0.01 kWh → kWh, 0.01 V and 0.1 A for inverter AC output.
+
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+
+use super::codec::TextBlock;
+use crate::reading::{ReadingTable, Value};
+
+/// A typed field value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Typed {
+    /// A quantity in SI units.
+    Number(f64),
+    /// A whole number without unit (counts, codes, bitmasks).
+    Int(i64),
+    /// ON/OFF.
+    Bool(bool),
+    /// Text (serial number, model, firmware, enum texts).
+    Text(String),
+    /// A number the device marks as not applicable (`TTG -1`).
+    None,
+}
+
+/// How a label's value is read.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    /// Decimal integer × factor → SI number.
+    Scaled(f64),
+    /// Decimal integer, kept as is.
+    Int,
+    /// `0x` hex integer.
+    Hex,
+    /// ON/OFF.
+    OnOff,
+    /// Text.
+    Text,
+    /// Minutes, −1 = infinite.
+    Minutes,
+}
+
+/// Every label of the notes, with how to read it.
+const LABELS: &[(&str, Kind)] = &[
+    ("V", Kind::Scaled(0.001)),
+    ("V2", Kind::Scaled(0.001)),
+    ("V3", Kind::Scaled(0.001)),
+    ("VS", Kind::Scaled(0.001)),
+    ("VM", Kind::Scaled(0.001)),
+    ("DM", Kind::Scaled(0.1)),
+    ("VPV", Kind::Scaled(0.001)),
+    ("PPV", Kind::Scaled(1.0)),
+    ("I", Kind::Scaled(0.001)),
+    ("I2", Kind::Scaled(0.001)),
+    ("I3", Kind::Scaled(0.001)),
+    ("IL", Kind::Scaled(0.001)),
+    ("LOAD", Kind::OnOff),
+    ("T", Kind::Scaled(1.0)),
+    ("P", Kind::Scaled(1.0)),
+    ("CE", Kind::Scaled(0.001)),
+    ("SOC", Kind::Scaled(0.1)),
+    ("TTG", Kind::Minutes),
+    ("Alarm", Kind::OnOff),
+    ("Relay", Kind::OnOff),
+    ("AR", Kind::Int),
+    ("OR", Kind::Hex),
+    ("H1", Kind::Scaled(0.001)),
+    ("H2", Kind::Scaled(0.001)),
+    ("H3", Kind::Scaled(0.001)),
+    ("H4", Kind::Int),
+    ("H5", Kind::Int),
+    ("H6", Kind::Scaled(0.001)),
+    ("H7", Kind::Scaled(0.001)),
+    ("H8", Kind::Scaled(0.001)),
+    ("H9", Kind::Scaled(1.0)),
+    ("H10", Kind::Int),
+    ("H11", Kind::Int),
+    ("H12", Kind::Int),
+    ("H13", Kind::Int),
+    ("H14", Kind::Int),
+    ("H15", Kind::Scaled(0.001)),
+    ("H16", Kind::Scaled(0.001)),
+    ("H17", Kind::Scaled(0.01)),
+    ("H18", Kind::Scaled(0.01)),
+    ("H19", Kind::Scaled(0.01)),
+    ("H20", Kind::Scaled(0.01)),
+    ("H21", Kind::Scaled(1.0)),
+    ("H22", Kind::Scaled(0.01)),
+    ("H23", Kind::Scaled(1.0)),
+    ("HSDS", Kind::Int),
+    ("ERR", Kind::Int),
+    ("CS", Kind::Int),
+    ("MPPT", Kind::Int),
+    ("MODE", Kind::Int),
+    ("WARN", Kind::Int),
+    ("MON", Kind::Int),
+    ("AC_OUT_V", Kind::Scaled(0.01)),
+    ("AC_OUT_I", Kind::Scaled(0.1)),
+    ("AC_OUT_S", Kind::Scaled(1.0)),
+    ("DC_IN_V", Kind::Scaled(0.01)),
+    ("DC_IN_I", Kind::Scaled(0.1)),
+    ("DC_IN_P", Kind::Scaled(1.0)),
+    ("PID", Kind::Hex),
+    ("SER#", Kind::Text),
+    ("FW", Kind::Text),
+    ("FWE", Kind::Text),
+    ("BMV", Kind::Text),
+    ("HC#", Kind::Text),
+];
+
+/// The number of known labels (the snapshot's slots).
+const SLOTS: usize = LABELS.len();
+
+fn slot(label: &[u8]) -> Option<usize> {
+    LABELS.iter().position(|(l, _)| l.as_bytes() == label)
+}
+
+fn parse_int(value: &[u8]) -> Option<i64> {
+    let text = std::str::from_utf8(value).ok()?.trim();
+    text.parse::<i64>().ok()
+}
+
+fn parse_hex(value: &[u8]) -> Option<i64> {
+    let text = std::str::from_utf8(value).ok()?.trim();
+    let digits = text
+        .strip_prefix("0x")
+        .or_else(|| text.strip_prefix("0X"))?;
+    i64::from_str_radix(digits, 16).ok()
+}
+
+/// Types one field; `None` when the value does not parse.
+fn typed(kind: Kind, value: &[u8]) -> Option<Typed> {
+    Some(match kind {
+        Kind::Scaled(factor) => Typed::Number(parse_int(value)? as f64 * factor),
+        Kind::Int => Typed::Int(parse_int(value)?),
+        Kind::Hex => Typed::Int(parse_hex(value)?),
+        Kind::OnOff => match value {
+            b"ON" => Typed::Bool(true),
+            b"OFF" => Typed::Bool(false),
+            _ => return None,
+        },
+        Kind::Text => Typed::Text(value.iter().map(|b| char::from(*b)).collect()),
+        Kind::Minutes => match parse_int(value)? {
+            -1 => Typed::None,
+            minutes => Typed::Number(minutes as f64 * 60.0),
+        },
+    })
+}
+
+/// A device's latest values, merged from consecutive valid blocks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    values: [Option<Typed>; SLOTS],
+    /// Labels the table does not know, counted not kept.
+    pub unknown_labels: u32,
+    /// Fields whose value did not parse (left empty).
+    pub bad_values: u32,
+    /// Blocks merged into it.
+    pub blocks: u32,
+    /// When its last block arrived.
+    pub received_at: DateTime<Utc>,
+}
+
+impl Snapshot {
+    fn empty(at: DateTime<Utc>) -> Self {
+        Self {
+            values: std::array::from_fn(|_| None),
+            unknown_labels: 0,
+            bad_values: 0,
+            blocks: 0,
+            received_at: at,
+        }
+    }
+
+    /// Types a single block into a fresh snapshot.
+    pub fn from_block(block: &TextBlock, at: DateTime<Utc>) -> Self {
+        let mut snapshot = Self::empty(at);
+        snapshot.merge(block, at);
+        snapshot
+    }
+
+    /// Adds a block's fields (later values win).
+    pub fn merge(&mut self, block: &TextBlock, at: DateTime<Utc>) {
+        for (label, value) in block.fields() {
+            match slot(label) {
+                Some(i) => match typed(LABELS[i].1, value) {
+                    Some(v) => self.values[i] = Some(v),
+                    None => self.bad_values += 1,
+                },
+                None => self.unknown_labels += 1,
+            }
+        }
+        self.blocks += 1;
+        self.received_at = at;
+    }
+
+    /// The typed value of `label`.
+    pub fn get(&self, label: &str) -> Option<&Typed> {
+        self.values[slot(label.as_bytes())?].as_ref()
+    }
+
+    fn number(&self, label: &str) -> Option<f64> {
+        match self.get(label)? {
+            Typed::Number(n) => Some(*n),
+            Typed::Int(n) => Some(*n as f64),
+            _ => None,
+        }
+    }
+
+    fn int(&self, label: &str) -> Option<i64> {
+        match self.get(label)? {
+            Typed::Int(n) => Some(*n),
+            _ => None,
+        }
+    }
+
+    fn text(&self, label: &str) -> Option<&str> {
+        match self.get(label)? {
+            Typed::Text(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// The product id (`PID`).
+    pub fn product_id(&self) -> Option<i64> {
+        self.int("PID")
+    }
+
+    /// The serial number (`SER#`).
+    pub fn serial(&self) -> Option<&str> {
+        self.text("SER#")
+    }
+
+    /// The firmware version as `x.yy` (`FW 0308` → 3.08, `FW 159` → 1.59).
+    pub fn firmware(&self) -> Option<String> {
+        let fw = self.text("FW").or_else(|| self.text("FWE"))?.trim();
+        let digits = fw.trim_start_matches('0');
+        match digits.len() {
+            0 => Some("0.00".into()),
+            1 | 2 => Some(format!("0.{digits:0>2}")),
+            n => Some(format!("{}.{}", &digits[..n - 2], &digits[n - 2..])),
+        }
+    }
+
+    /// Which reading table this device's rows go to: from the product id,
+    /// else from the fields it sends.
+    pub fn table(&self) -> Option<ReadingTable> {
+        if let Some(pid) = self.product_id() {
+            if let Some(table) = table_of_product(pid) {
+                return Some(table);
+            }
+        }
+        if self.get("SOC").is_some() || self.get("CE").is_some() {
+            Some(ReadingTable::Battery)
+        } else if self.get("PPV").is_some() || self.get("VPV").is_some() {
+            Some(ReadingTable::Solar)
+        } else if self.get("AC_OUT_V").is_some() {
+            Some(ReadingTable::Inverter)
+        } else {
+            None
+        }
+    }
+
+    /// The reading-table columns of this snapshot for `table`.
+    pub fn columns(&self, table: ReadingTable) -> Vec<(&'static str, Value)> {
+        let mut out: Vec<(&'static str, Value)> = Vec::with_capacity(16);
+        let mut num = |column: &'static str, v: Option<f64>| {
+            if let Some(v) = v.filter(|v| v.is_finite()) {
+                out.push((column, Value::Float(v)));
+            }
+        };
+        match table {
+            ReadingTable::Battery => {
+                num("voltage", self.number("V"));
+                num("current", self.number("I"));
+                num("power", self.number("P"));
+                num("consumed_ah", self.number("CE"));
+                num("soc", self.number("SOC"));
+                num("time_to_go_s", self.number("TTG"));
+                num("temperature", self.number("T"));
+                num("starter_voltage", self.number("VS"));
+                num("midpoint_voltage", self.number("VM"));
+                num("midpoint_deviation_pct", self.number("DM"));
+                if let Some(current) = self.number("I") {
+                    let band = crate::sources::modbus::fields::BATTERY_IDLE_BAND_A;
+                    let state = if current > band {
+                        "charging"
+                    } else if current < -band {
+                        "discharging"
+                    } else {
+                        "idle"
+                    };
+                    out.push(("state", Value::Text(state.into())));
+                }
+                if let Some(Typed::Bool(on)) = self.get("Alarm") {
+                    let reasons = if *on {
+                        alarm_reasons(self.int("AR").unwrap_or(0))
+                    } else {
+                        String::new()
+                    };
+                    out.push(("alarm", Value::Text(reasons)));
+                }
+            }
+            ReadingTable::Solar => {
+                num("battery_voltage", self.number("V"));
+                num("battery_current", self.number("I"));
+                num("pv_voltage", self.number("VPV"));
+                num("pv_power", self.number("PPV"));
+                let pv_current = match (self.number("PPV"), self.number("VPV")) {
+                    (Some(p), Some(v)) if v > 0.5 => Some(p / v),
+                    _ => None,
+                };
+                num("pv_current", pv_current);
+                num("load_current", self.number("IL"));
+                num("yield_total_kwh", self.number("H19"));
+                num("yield_today_kwh", self.number("H20"));
+                num("max_power_today_w", self.number("H21"));
+                num("yield_yesterday_kwh", self.number("H22"));
+                num("max_power_yesterday_w", self.number("H23"));
+                if let Some(cs) = self.int("CS") {
+                    out.push(("charge_state", Value::Text(state_text(cs))));
+                }
+                if let Some(mode) = self.int("MPPT") {
+                    out.push(("mppt_mode", Value::Text(mppt_text(mode))));
+                }
+                if let Some(err) = self.int("ERR") {
+                    out.push(("error_code", Value::Int(err)));
+                    out.push(("error", Value::Text(error_text(err))));
+                }
+            }
+            ReadingTable::Inverter => {
+                num("ac_out_l1_voltage", self.number("AC_OUT_V"));
+                num("ac_out_l1_current", self.number("AC_OUT_I"));
+                num("dc_voltage", self.number("V"));
+                num("dc_current", self.number("I"));
+                if let Some(cs) = self.int("CS") {
+                    out.push(("state", Value::Text(state_text(cs))));
+                }
+                if let Some(mode) = self.int("MODE") {
+                    out.push(("mode", Value::Text(mode_text(mode))));
+                }
+                let bits = self.int("AR").unwrap_or(0) | self.int("WARN").unwrap_or(0);
+                if self.get("AR").is_some() || self.get("WARN").is_some() {
+                    out.push(("alarms", Value::Text(alarm_reasons(bits))));
+                }
+            }
+            ReadingTable::System => {}
+        }
+        if let Some(pid) = self.product_id() {
+            out.push(("product_id", Value::Int(pid)));
+        }
+        out
+    }
+}
+
+/// Merges a device's consecutive blocks: a block with `PID` starts a new
+/// snapshot; the blocks after it (a BMV's history block, an MPPT's second
+/// half) join it. A snapshot is complete when the next one starts, or as
+/// soon as it has as many blocks as the device's last complete cycle had.
+#[derive(Debug, Default)]
+pub struct Merger {
+    open: Option<Snapshot>,
+    blocks_per_cycle: Option<u32>,
+    /// The latest complete snapshot.
+    complete: Option<Snapshot>,
+    /// When the latest block arrived (monotonic, for silence detection).
+    pub last_block: Option<Instant>,
+}
+
+impl Merger {
+    /// A merger with nothing seen.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a valid block; returns true when a snapshot just completed.
+    pub fn push(&mut self, block: &TextBlock, at: DateTime<Utc>) -> bool {
+        self.last_block = Some(Instant::now());
+        let starts_cycle = block.get("PID").is_some();
+        let mut completed = false;
+        if starts_cycle {
+            if let Some(previous) = self.open.take() {
+                self.blocks_per_cycle = Some(previous.blocks);
+                self.complete = Some(previous);
+                completed = true;
+            }
+            self.open = Some(Snapshot::from_block(block, at));
+        } else if let Some(open) = self.open.as_mut() {
+            open.merge(block, at);
+        } else {
+            // A continuation without its cycle's first block: nothing to join.
+            return false;
+        }
+        if let (Some(open), Some(expected)) = (self.open.as_ref(), self.blocks_per_cycle) {
+            if open.blocks >= expected {
+                self.complete = self.open.take();
+                completed = true;
+            }
+        }
+        completed
+    }
+
+    /// Forgets the open snapshot (a gap in the stream broke the cycle).
+    pub fn break_cycle(&mut self) {
+        self.open = None;
+    }
+
+    /// The latest complete snapshot.
+    pub fn latest(&self) -> Option<&Snapshot> {
+        self.complete.as_ref()
+    }
+}
+
+/// The table a product id's rows belong in.
+pub fn table_of_product(pid: i64) -> Option<ReadingTable> {
+    match pid {
+        0x0203..=0x0205 | 0xA381..=0xA38F => Some(ReadingTable::Battery),
+        0x0300 | 0xA040..=0xA0FF | 0xA100..=0xA1FF => Some(ReadingTable::Solar),
+        0xA200..=0xA2FF => Some(ReadingTable::Inverter),
+        _ => None,
+    }
+}
+
+/// A product name for the ids the notes list.
+pub fn product_name(pid: i64) -> Option<&'static str> {
+    Some(match pid {
+        0x0203 => "BMV-700",
+        0x0204 => "BMV-702",
+        0x0205 => "BMV-700H",
+        0xA381 => "BMV-712 Smart",
+        0xA382 => "BMV-710H Smart",
+        0xA383 => "BMV-712 Smart Rev2",
+        0xA389 => "SmartShunt 500A/50mV",
+        0xA38A => "SmartShunt 1000A/50mV",
+        0xA38B => "SmartShunt 2000A/50mV",
+        0xA042 => "BlueSolar MPPT 75/15",
+        0xA04C => "BlueSolar MPPT 75/10",
+        0xA053 => "SmartSolar MPPT 75/15",
+        0xA05F => "SmartSolar MPPT 100/20",
+        0xA060 => "SmartSolar MPPT 100/20 48V",
+        0xA075 => "SmartSolar MPPT 75/15 rev2",
+        0xA201 => "Phoenix Inverter 12V 250VA 230V",
+        0xA3F0 => "Orion XS",
+        0xA040..=0xA07E => "MPPT solar charger",
+        0xA100..=0xA1FF => "MPPT solar charger (VE.Can)",
+        0xA200..=0xA2FF => "Phoenix inverter",
+        _ => return None,
+    })
+}
+
+/// `CS`: state of operation.
+pub fn state_text(cs: i64) -> String {
+    match cs {
+        0 => "Off",
+        1 => "Low power",
+        2 => "Fault",
+        3 => "Bulk",
+        4 => "Absorption",
+        5 => "Float",
+        6 => "Storage",
+        7 => "Equalize (manual)",
+        9 => "Inverting",
+        11 => "Power supply",
+        245 => "Starting up",
+        246 => "Repeated absorption",
+        247 => "Auto equalize / recondition",
+        248 => "BatterySafe",
+        252 => "External control",
+        other => return format!("unknown ({other})"),
+    }
+    .to_string()
+}
+
+/// `ERR`: charger error code.
+pub fn error_text(err: i64) -> String {
+    match err {
+        0 => "No error",
+        2 => "Battery voltage too high",
+        17 => "Charger temperature too high",
+        18 => "Charger over-current",
+        19 => "Charger current reversed",
+        20 => "Bulk time limit exceeded",
+        21 => "Current sensor issue",
+        26 => "Terminals overheated",
+        28 => "Converter issue",
+        33 => "Input voltage too high (solar panel)",
+        34 => "Input current too high (solar panel)",
+        38 => "Input shutdown (battery voltage too high)",
+        39 => "Input shutdown (current flow while off)",
+        65 => "Lost communication with a device",
+        66 => "Synchronised charging configuration issue",
+        67 => "BMS connection lost",
+        68 => "Network misconfigured",
+        116 => "Factory calibration data lost",
+        117 => "Invalid or incompatible firmware",
+        119 => "User settings invalid",
+        other => return format!("unknown ({other})"),
+    }
+    .to_string()
+}
+
+/// `MPPT`: tracker mode.
+pub fn mppt_text(mode: i64) -> String {
+    match mode {
+        0 => "Off",
+        1 => "Voltage or current limited",
+        2 => "MPP tracker active",
+        other => return format!("unknown ({other})"),
+    }
+    .to_string()
+}
+
+/// `MODE`: device mode.
+pub fn mode_text(mode: i64) -> String {
+    match mode {
+        0 => "Off",
+        2 => "On",
+        4 => "Off",
+        5 => "Eco",
+        0xFD => "Hibernate",
+        other => return format!("unknown ({other})"),
+    }
+    .to_string()
+}
+
+/// `AR` / `WARN`: alarm reason bits, as comma-separated names.
+pub fn alarm_reasons(bits: i64) -> String {
+    const NAMES: [&str; 14] = [
+        "LowVoltage",
+        "HighVoltage",
+        "LowSoc",
+        "LowStarterVoltage",
+        "HighStarterVoltage",
+        "LowTemperature",
+        "HighTemperature",
+        "MidVoltage",
+        "Overload",
+        "DcRipple",
+        "LowAcOutVoltage",
+        "HighAcOutVoltage",
+        "ShortCircuit",
+        "BmsLockout",
+    ];
+    NAMES
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| bits >> i & 1 == 1)
+        .map(|(_, n)| *n)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// `OR`: off reason bits, as comma-separated names.
+pub fn off_reasons(bits: i64) -> String {
+    const NAMES: [&str; 9] = [
+        "No input power",
+        "Switched off (power switch)",
+        "Switched off (device mode)",
+        "Remote input",
+        "Protection active",
+        "Pay-as-you-go",
+        "BMS",
+        "Engine shutdown detection",
+        "Analysing input voltage",
+    ];
+    NAMES
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| bits >> i & 1 == 1)
+        .map(|(_, n)| *n)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// `MON`: DC monitor mode.
+pub fn monitor_mode_text(mon: i64) -> String {
+    match mon {
+        -9 => "Solar charger",
+        -8 => "Wind turbine",
+        -7 => "Shaft generator",
+        -6 => "Alternator",
+        -5 => "Fuel cell",
+        -4 => "Water generator",
+        -3 => "DC/DC charger",
+        -2 => "AC charger",
+        -1 => "Generic source",
+        0 => "Battery monitor",
+        1 => "Generic load",
+        2 => "Electric drive",
+        3 => "Fridge",
+        4 => "Water pump",
+        5 => "Bilge pump",
+        6 => "DC system",
+        7 => "Inverter",
+        8 => "Water heater",
+        other => return format!("unknown ({other})"),
+    }
+    .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sources::vedirect::codec::{Frame, VeDirectCodec, decode_all, encode_block};
+
+    fn block(fields: &[(&str, &str)]) -> TextBlock {
+        match decode_all(&mut VeDirectCodec::new(), &encode_block(fields)).remove(0) {
+            Frame::Block(b) => b,
+            Frame::Hex(_) => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn units_become_si() {
+        let s = Snapshot::from_block(
+            &block(&[
+                ("PID", "0x203"),
+                ("V", "12065"),
+                ("I", "-7625"),
+                ("P", "-92"),
+                ("CE", "-65473"),
+                ("SOC", "839"),
+                ("TTG", "-1"),
+                ("Alarm", "OFF"),
+                ("AR", "0"),
+                ("FW", "0308"),
+                ("H6", "-2316635"),
+                ("H17", "12345"),
+            ]),
+            Utc::now(),
+        );
+        assert_eq!(s.get("V"), Some(&Typed::Number(12.065)));
+        assert_eq!(s.get("I"), Some(&Typed::Number(-7.625)));
+        assert_eq!(s.get("CE"), Some(&Typed::Number(-65.473)));
+        assert_eq!(s.get("SOC"), Some(&Typed::Number(83.9)));
+        assert_eq!(s.get("TTG"), Some(&Typed::None));
+        assert_eq!(s.get("H6"), Some(&Typed::Number(-2316.635)));
+        assert_eq!(s.get("H17"), Some(&Typed::Number(123.45)));
+        assert_eq!(s.product_id(), Some(0x203));
+        assert_eq!(s.firmware().as_deref(), Some("3.08"));
+        assert_eq!(s.table(), Some(ReadingTable::Battery));
+        let cols = s.columns(ReadingTable::Battery);
+        assert!(cols.contains(&("soc", Value::Float(83.9))));
+        assert!(cols.contains(&("state", Value::Text("discharging".into()))));
+        assert!(cols.contains(&("alarm", Value::Text(String::new()))));
+        assert!(
+            !cols.iter().any(|(c, _)| *c == "time_to_go_s"),
+            "TTG -1 is NULL"
+        );
+    }
+
+    #[test]
+    fn enums_become_text() {
+        assert_eq!(state_text(3), "Bulk");
+        assert_eq!(state_text(99), "unknown (99)");
+        assert_eq!(error_text(33), "Input voltage too high (solar panel)");
+        assert_eq!(mppt_text(2), "MPP tracker active");
+        assert_eq!(alarm_reasons(1 | 64), "LowVoltage,HighTemperature");
+        assert_eq!(off_reasons(1), "No input power");
+        assert_eq!(monitor_mode_text(-9), "Solar charger");
+        assert_eq!(mode_text(2), "On");
+        assert_eq!(product_name(0xA05F), Some("SmartSolar MPPT 100/20"));
+        assert_eq!(table_of_product(0xA389), Some(ReadingTable::Battery));
+        assert_eq!(table_of_product(0xA201), Some(ReadingTable::Inverter));
+    }
+
+    #[test]
+    fn bad_values_are_counted_and_left_empty() {
+        let s = Snapshot::from_block(
+            &block(&[("V", "12x"), ("SOC", "99999999999999999999"), ("ZZZ", "1")]),
+            Utc::now(),
+        );
+        assert_eq!((s.bad_values, s.unknown_labels), (2, 1));
+        assert_eq!(s.get("V"), None);
+    }
+
+    #[test]
+    fn a_bmv_cycle_of_two_blocks_merges_into_one_snapshot() {
+        let main = block(&[("PID", "0x203"), ("V", "12000"), ("SOC", "900")]);
+        let history = block(&[("H1", "-1000"), ("H4", "7")]);
+        let mut merger = Merger::new();
+        assert!(!merger.push(&main, Utc::now()));
+        assert!(!merger.push(&history, Utc::now()));
+        assert!(
+            merger.latest().is_none(),
+            "the cycle's length is not known yet"
+        );
+        assert!(
+            merger.push(&main, Utc::now()),
+            "the next main block completes the cycle"
+        );
+        let s = merger.latest().unwrap();
+        assert_eq!((s.blocks, s.get("H4")), (2, Some(&Typed::Int(7))));
+        // Now the cycle length (2) is known: the history block completes it.
+        assert!(merger.push(&history, Utc::now()));
+        assert_eq!(merger.latest().unwrap().blocks, 2);
+        // A history block with no main block before it joins nothing.
+        let mut fresh = Merger::new();
+        assert!(!fresh.push(&history, Utc::now()));
+        assert!(fresh.latest().is_none());
+    }
+}

@@ -1,0 +1,252 @@
+//! The VE.Direct source: one task per serial port or TCP bridge, reading the
+//! device's text stream through [`codec::VeDirectCodec`], merging each
+//! cycle's blocks into a snapshot ([`fields::Merger`]) and emitting one
+//! reading per poll interval: the latest complete snapshot, stamped with the
+//! time its last block arrived. EOF, a read error, or a port silent for too
+//! long reopens it with capped exponential backoff plus jitter.
+
+pub mod codec;
+pub mod fields;
+
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt as _;
+use tokio::io::AsyncRead;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{VeDirectConfig, VeDirectPort};
+use crate::reading::{Reading, SourceKind};
+use crate::status::{ErrorClass, StatusBoard};
+use codec::{DecodeStats, Frame, VeDirectCodec};
+use fields::{Merger, product_name};
+
+/// VE.Direct's line settings: 19200 baud, 8N1, no flow control.
+pub const BAUD_RATE: u32 = 19_200;
+
+type Port = Pin<Box<dyn AsyncRead + Send>>;
+
+/// Reads one VE.Direct device.
+#[derive(Debug)]
+pub struct VeDirectSource {
+    config: VeDirectConfig,
+    status: StatusBoard,
+    readings: mpsc::Sender<Reading>,
+    merger: Merger,
+    /// Decode counters over every open of the port.
+    stats: DecodeStats,
+    /// The received-at time of the last emitted snapshot.
+    last_emitted: Option<DateTime<Utc>>,
+    /// When the port went down, while it is down.
+    down_since: Option<Instant>,
+    warned_unknown_product: bool,
+}
+
+impl VeDirectSource {
+    /// Prepares the source; the port is opened by [`Self::run`].
+    pub fn new(
+        config: &VeDirectConfig,
+        status: StatusBoard,
+        readings: mpsc::Sender<Reading>,
+    ) -> Self {
+        status.register(&config.name, SourceKind::VeDirect, config.port.to_string());
+        Self {
+            config: config.clone(),
+            status,
+            readings,
+            merger: Merger::new(),
+            stats: DecodeStats::default(),
+            last_emitted: None,
+            down_since: None,
+            warned_unknown_product: false,
+        }
+    }
+
+    /// Decode counters so far.
+    pub fn stats(&self) -> DecodeStats {
+        self.stats
+    }
+
+    async fn open(&self) -> std::io::Result<Port> {
+        match &self.config.port {
+            VeDirectPort::Serial(path) => {
+                use tokio_serial::SerialPortBuilderExt as _;
+                let port = tokio_serial::new(path, BAUD_RATE)
+                    .data_bits(tokio_serial::DataBits::Eight)
+                    .parity(tokio_serial::Parity::None)
+                    .stop_bits(tokio_serial::StopBits::One)
+                    .flow_control(tokio_serial::FlowControl::None)
+                    .open_native_async()
+                    .map_err(std::io::Error::from)?;
+                Ok(Box::pin(port))
+            }
+            VeDirectPort::Tcp(address) => {
+                let stream = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    TcpStream::connect(address.as_str()),
+                )
+                .await
+                .map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
+                })??;
+                Ok(Box::pin(stream))
+            }
+        }
+    }
+
+    /// Reads until `cancel` fires, reopening the port as needed. Gives the
+    /// source back.
+    pub async fn run(mut self, cancel: CancellationToken) -> Self {
+        let builder = ExponentialBuilder::default()
+            .with_min_delay(self.config.reconnect_min)
+            .with_max_delay(self.config.reconnect_max)
+            .with_jitter()
+            .without_max_times();
+        let mut delays = builder.build();
+        loop {
+            let outcome = match self.open().await {
+                Ok(port) => {
+                    delays = builder.build();
+                    self.read_port(port, &cancel).await
+                }
+                Err(error) => Err((
+                    ErrorClass::Port,
+                    format!("cannot open {}: {error}", self.config.port),
+                )),
+            };
+            if cancel.is_cancelled() {
+                break;
+            }
+            let Err((class, message)) = outcome else {
+                break;
+            };
+            self.merger.break_cycle();
+            self.down_since.get_or_insert_with(Instant::now);
+            self.status
+                .failure(&self.config.name, Utc::now(), class, &message);
+            let delay = delays.next().unwrap_or(self.config.reconnect_max);
+            self.status.update(&self.config.name, |s| s.backoff = delay);
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+        self
+    }
+
+    /// Reads an open port until it fails, falls silent, or `cancel` fires.
+    async fn read_port(
+        &mut self,
+        port: Port,
+        cancel: &CancellationToken,
+    ) -> Result<(), (ErrorClass, String)> {
+        let mut frames = FramedRead::new(port, VeDirectCodec::new());
+        let mut ticker = crate::sources::ticker(self.config.poll_interval);
+        let opened = Instant::now();
+        let mut last_stats = DecodeStats::default();
+        loop {
+            // A port open since, or a last block at, `last_data`: silent too long → reopen.
+            let last_data = self
+                .merger
+                .last_block
+                .filter(|t| *t > opened)
+                .unwrap_or(opened);
+            let silence_deadline = last_data + self.config.silence_timeout;
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => return Ok(()),
+                frame = frames.next() => {
+                    match frame {
+                        Some(Ok(Frame::Block(block))) => {
+                            if self.merger.push(&block, Utc::now()) && self.config.poll_interval.is_zero() {
+                                self.emit().await;
+                            }
+                        }
+                        Some(Ok(Frame::Hex(_))) => {}
+                        Some(Err(error)) => return Err((ErrorClass::Port, format!("read error: {error}"))),
+                        None => return Err((ErrorClass::Port, "the port closed (end of stream)".into())),
+                    }
+                    let now = frames.decoder().stats();
+                    self.count(now, &mut last_stats);
+                }
+                _ = ticker.tick(), if !self.config.poll_interval.is_zero() => self.emit().await,
+                () = tokio::time::sleep_until(silence_deadline.into()) => {
+                    let silent_for = last_data.elapsed();
+                    return Err((
+                        ErrorClass::Timeout,
+                        format!("no valid block for {:.1} s", silent_for.as_secs_f64()),
+                    ));
+                }
+            }
+        }
+    }
+
+    fn count(&mut self, now: DecodeStats, last: &mut DecodeStats) {
+        let corrupt = now.blocks_invalid - last.blocks_invalid;
+        if corrupt > 0 {
+            self.status
+                .update(&self.config.name, |s| s.corrupt_blocks += corrupt);
+        }
+        self.stats.blocks_valid += now.blocks_valid - last.blocks_valid;
+        self.stats.blocks_invalid += corrupt;
+        self.stats.hex_valid += now.hex_valid - last.hex_valid;
+        self.stats.hex_invalid += now.hex_invalid - last.hex_invalid;
+        self.stats.resyncs += now.resyncs - last.resyncs;
+        *last = now;
+    }
+
+    /// Sends the latest complete snapshot, if it is new.
+    async fn emit(&mut self) {
+        let Some(snapshot) = self.merger.latest() else {
+            return;
+        };
+        if self.last_emitted == Some(snapshot.received_at) {
+            return;
+        }
+        let Some(table) = snapshot.table() else {
+            if !self.warned_unknown_product {
+                self.warned_unknown_product = true;
+                tracing::warn!(
+                    device = %self.config.name,
+                    product_id = ?snapshot.product_id(),
+                    "Unknown VE.Direct product: no reading table for it; its data is not stored."
+                );
+            }
+            return;
+        };
+        let reading = Reading {
+            device: self.config.name.clone(),
+            table,
+            source: SourceKind::VeDirect,
+            measured_at: snapshot.received_at,
+            values: snapshot.columns(table),
+        };
+        let (pid, serial, firmware) = (
+            snapshot.product_id(),
+            snapshot.serial().map(str::to_string),
+            snapshot.firmware(),
+        );
+        self.last_emitted = Some(snapshot.received_at);
+        if let Some(since) = self.down_since.take() {
+            tracing::info!(
+                device = %self.config.name,
+                gap_s = since.elapsed().as_secs_f64(),
+                "VE.Direct data is flowing again."
+            );
+        }
+        self.status.update(&self.config.name, |s| {
+            s.product_id = pid;
+            s.product_name = pid.and_then(product_name).map(str::to_string);
+            s.serial = serial;
+            s.firmware = firmware;
+        });
+        self.status.success(&self.config.name, reading.measured_at);
+        // A closed channel means shutdown: the reading has nowhere to go.
+        let _ = self.readings.send(reading).await;
+    }
+}
