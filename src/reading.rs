@@ -3,6 +3,7 @@
 //! exist, and with which type, is defined here once per reading table; the
 //! migrations create the same columns (an integration test holds them to it).
 
+use std::borrow::Cow;
 use std::fmt;
 
 use chrono::{DateTime, Utc};
@@ -174,8 +175,8 @@ pub enum Value {
     Float(f64),
     /// A code or identifier.
     Int(i64),
-    /// A state or enum text.
-    Text(String),
+    /// A state or enum text (borrowed when it is one of a fixed set).
+    Text(Cow<'static, str>),
 }
 
 /// Where a reading came from.

@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 
 use super::Exit;
 use crate::simulator::gx::{self, GxSimOptions, SimHandle};
+use crate::simulator::vedirect::{SimDevice, VeDirectSim};
 
 /// What to simulate.
 #[derive(Debug, Args)]
@@ -30,6 +31,29 @@ pub enum SimulateTarget {
     /// A GX device's Modbus-TCP server: system (unit 100), battery monitor
     /// (226), solar charger (224), VE.Bus inverter/charger (227).
     Gx(GxArgs),
+    /// A VE.Direct device's text stream, on a pseudo-terminal it creates (the
+    /// path is printed) or to every client of a TCP listener.
+    Vedirect(VeDirectArgs),
+}
+
+/// Options of `simulate vedirect`.
+#[derive(Debug, Args)]
+pub struct VeDirectArgs {
+    /// The device.
+    #[arg(long, value_enum, default_value = "bmv")]
+    pub device: SimDevice,
+    /// Serve TCP clients on this address instead of a pseudo-terminal.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Time between cycles, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub interval_ms: u64,
+    /// Share of blocks (0 to 1) sent with a flipped bit.
+    #[arg(long, default_value_t = 0.0)]
+    pub corrupt_rate: f64,
+    /// Seed of the value noise and the corruption.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
 }
 
 /// Options of `simulate gx`.
@@ -73,7 +97,69 @@ fn parse_range(text: &str) -> Result<(u16, u16), String> {
 
 /// Runs `simulate`.
 pub async fn exec(args: SimulateArgs) -> anyhow::Result<Exit> {
-    let SimulateTarget::Gx(args) = args.target;
+    match args.target {
+        SimulateTarget::Gx(args) => exec_gx(args).await,
+        SimulateTarget::Vedirect(args) => exec_vedirect(args).await,
+    }
+}
+
+async fn exec_vedirect(args: VeDirectArgs) -> anyhow::Result<Exit> {
+    let mut sim = VeDirectSim::new(args.device, args.corrupt_rate, args.seed);
+    let interval = Duration::from_millis(args.interval_ms.max(10));
+    let mut ticker = crate::sources::ticker(interval);
+    if let Some(listen) = args.listen {
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("Failed to listen on {listen}"))?;
+        println!(
+            "VE.Direct {} simulator on tcp://{}",
+            format!("{:?}", args.device).to_lowercase(),
+            listener.local_addr()?
+        );
+        let (tx, _) = tokio::sync::broadcast::channel::<std::sync::Arc<Vec<u8>>>(64);
+        let clients = tx.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut rx = clients.subscribe();
+                tokio::spawn(async move {
+                    while let Ok(bytes) = rx.recv().await {
+                        if stream.write_all(&bytes).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => { let _ = tx.send(std::sync::Arc::new(sim.next_cycle())); }
+                result = tokio::signal::ctrl_c() => { result?; return Ok(Exit::Ok); }
+            }
+        }
+    }
+    let (mut master, slave) =
+        tokio_serial::SerialStream::pair().context("Failed to create a pseudo-terminal")?;
+    let path = tokio_serial::SerialPort::name(&slave).unwrap_or_default();
+    println!(
+        "VE.Direct {} simulator on {path}",
+        format!("{:?}", args.device).to_lowercase()
+    );
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                // With nobody reading, the pty fills up: drop what does not
+                // fit in time, as a device keeps talking to an unplugged cable.
+                let cycle = sim.next_cycle();
+                let _ = tokio::time::timeout(interval, master.write_all(&cycle)).await;
+            }
+            result = tokio::signal::ctrl_c() => { result?; break; }
+        }
+    }
+    drop(slave);
+    Ok(Exit::Ok)
+}
+
+async fn exec_gx(args: GxArgs) -> anyhow::Result<Exit> {
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("Failed to listen on {}", args.listen))?;

@@ -1,4 +1,6 @@
 //! Built-in simulators for demos and tests: a GX device's Modbus-TCP server
-//! ([`gx`]). They speak the real protocols over real sockets.
+//! ([`gx`]) and a VE.Direct device's text stream ([`vedirect`]). They speak
+//! the real protocols over real sockets and pseudo-terminals.
 
 pub mod gx;
+pub mod vedirect;

@@ -6,6 +6,8 @@
 //! and so is a 0 in a field that only some devices of the class have (the GX
 //! answers 0, not an error, for values a device lacks).
 
+use std::borrow::Cow;
+
 use crate::config::ModbusClass;
 use crate::reading::{ReadingTable, Value};
 use crate::registers::decode::{Decoded, decode, raw_integer};
@@ -413,7 +415,7 @@ impl FieldMap {
                     let text = register
                         .enum_text(raw as i64)
                         .map_or_else(|| format!("unknown ({raw})"), str::to_string);
-                    values.push((field.spec.column, Value::Text(text)));
+                    values.push((field.spec.column, Value::Text(text.into())));
                 }
                 Kind::Code => values.push((field.spec.column, Value::Int(raw as i64))),
                 Kind::Alarm => {
@@ -432,7 +434,7 @@ impl FieldMap {
                         alarms.push((field.spec.column, text));
                     }
                     if !values.iter().any(|(c, _)| *c == field.spec.column) {
-                        values.push((field.spec.column, Value::Text(String::new())));
+                        values.push((field.spec.column, Value::Text(Cow::Borrowed(""))));
                     }
                 }
                 Kind::Phases => phases = Some(number),
@@ -440,6 +442,7 @@ impl FieldMap {
         }
         for (column, text) in alarms {
             if let Some((_, Value::Text(joined))) = values.iter_mut().find(|(c, _)| *c == column) {
+                let joined = joined.to_mut();
                 if !joined.is_empty() {
                     joined.push(',');
                 }
@@ -472,7 +475,7 @@ impl FieldMap {
                     } else {
                         "idle"
                     };
-                    values.push(("state", Value::Text(state.into())));
+                    values.push(("state", Value::Text(Cow::Borrowed(state))));
                 }
             }
             ModbusClass::VeBus => {
@@ -722,6 +725,6 @@ mod tests {
             "{values:?}"
         );
         assert!(values.contains(&("mode", Value::Text("On".into()))));
-        assert!(values.contains(&("alarms", Value::Text(String::new()))));
+        assert!(values.contains(&("alarms", Value::Text("".into()))));
     }
 }

@@ -30,21 +30,25 @@ pub const MAX_FIELDS: usize = 48;
 /// A checksum-verified text block.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TextBlock {
-    /// The block's text bytes (HEX frames removed), checksum byte last.
+    /// The block's text bytes (HEX frames removed), from the `\r\n` of its
+    /// first field to the checksum byte. Well-formed: every field line is
+    /// `<label>\t<value>` and ends with `\r\n`.
     bytes: Vec<u8>,
-    /// (label start, label end, value end) offsets into `bytes`; the value
-    /// starts after the tab at `label end`.
-    fields: Vec<(u16, u16, u16)>,
 }
 
 impl TextBlock {
     /// The fields in order, as raw bytes (the checksum field excluded).
     pub fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.fields.iter().map(|&(l, t, v)| {
-            (
-                &self.bytes[usize::from(l)..usize::from(t)],
-                &self.bytes[usize::from(t) + 1..usize::from(v)],
-            )
+        // The checksum line is always the last 12 bytes: CR LF, the 8
+        // letters of "Checksum", a tab and the checksum byte.
+        let body = self
+            .bytes
+            .get(2..self.bytes.len().saturating_sub(10))
+            .unwrap_or_default();
+        body.split(|b| *b == b'\n').filter_map(|line| {
+            let line = line.strip_suffix(b"\r")?;
+            let tab = line.iter().position(|b| *b == b'\t')?;
+            Some((&line[..tab], &line[tab + 1..]))
         })
     }
 
@@ -126,7 +130,8 @@ pub struct VeDirectCodec {
     in_hex: Option<State>,
     hex: Vec<u8>,
     block: Vec<u8>,
-    fields: Vec<(u16, u16, u16)>,
+    /// Fields completed in the current block.
+    fields: usize,
     sum: u8,
     label_start: usize,
     tab_at: usize,
@@ -152,7 +157,7 @@ impl VeDirectCodec {
             in_hex: None,
             hex: Vec::with_capacity(128),
             block: Vec::with_capacity(MAX_BLOCK),
-            fields: Vec::with_capacity(MAX_FIELDS),
+            fields: 0,
             sum: 0,
             label_start: 0,
             tab_at: 0,
@@ -178,7 +183,7 @@ impl VeDirectCodec {
 
     fn clear_block(&mut self) {
         self.block.clear();
-        self.fields.clear();
+        self.fields = 0;
         self.sum = 0;
     }
 
@@ -195,6 +200,74 @@ impl VeDirectCodec {
         self.stats.resyncs += 1;
         self.clear_block();
         self.state = State::Idle;
+    }
+
+    /// Decodes from the start of `bytes` up to and including the first byte
+    /// that completes a frame; returns how many bytes it used and the frame.
+    /// Runs of ordinary bytes inside labels and values, and between blocks,
+    /// are handled a slice at a time.
+    pub fn scan(&mut self, bytes: &[u8]) -> (usize, Option<Frame>) {
+        self.scan_with(bytes, false)
+    }
+
+    /// As [`Self::scan`]; with `more_to_come`, a block start whose block is
+    /// not complete in `bytes` yet is left unconsumed (the caller comes back
+    /// with more bytes) so that it can still take the fast path.
+    fn scan_with(&mut self, bytes: &[u8], more_to_come: bool) -> (usize, Option<Frame>) {
+        let mut i = 0;
+        while i < bytes.len() {
+            if self.in_hex.is_none() && self.state == State::Idle && !self.pending_cr {
+                // Between blocks: jump to the next byte that matters.
+                let Some(skip) = memchr::memchr3(b'\r', b'\n', b':', &bytes[i..]) else {
+                    return (bytes.len(), None);
+                };
+                i += skip;
+                match fast_block(&bytes[i..]) {
+                    Fast::Block(used, block) => {
+                        self.stats.blocks_valid += 1;
+                        return (i + used, Some(Frame::Block(block)));
+                    }
+                    Fast::Incomplete if more_to_come => return (i, None),
+                    Fast::Incomplete | Fast::No => {}
+                }
+            }
+            if self.in_hex.is_none() {
+                let rest = &bytes[i..];
+                let run = rest
+                    .iter()
+                    .position(|&b| matches!(b, b'\t' | b'\r' | b'\n' | b':'))
+                    .unwrap_or(rest.len());
+                if run > 0 {
+                    match self.state {
+                        State::Idle => {
+                            i += run;
+                            continue;
+                        }
+                        State::Label | State::Value => {
+                            let chunk = &rest[..run];
+                            self.block.extend_from_slice(chunk);
+                            self.sum = chunk.iter().fold(self.sum, |s, b| s.wrapping_add(*b));
+                            let too_long = match self.state {
+                                State::Label => self.block.len() - self.label_start > MAX_LABEL,
+                                _ => self.block.len() - self.tab_at > MAX_VALUE + 2,
+                            };
+                            if too_long {
+                                self.abandon();
+                            }
+                            i += run;
+                            continue;
+                        }
+                        State::IdleCr | State::ChecksumByte => {}
+                    }
+                }
+            }
+            let frame = self.feed(bytes[i]);
+            i += 1;
+            if frame.is_some() {
+                return (i, frame);
+            }
+        }
+        (i, None)
     }
 
     /// Feeds one byte; returns a frame when one completes.
@@ -262,15 +335,11 @@ impl VeDirectCodec {
                 self.push(b);
                 match b {
                     b'\n' => {
-                        let end = self.block.len() - 1;
-                        let end = if self.block[end - 1] == b'\r' {
-                            end - 1
-                        } else {
+                        if self.block[self.block.len() - 2] != b'\r' {
                             // A bare LF: no real device ends a line this way.
                             self.malformed = true;
-                            end
-                        };
-                        if self.fields.len() >= MAX_FIELDS || self.block.len() > MAX_BLOCK {
+                        }
+                        if self.fields >= MAX_FIELDS || self.block.len() > MAX_BLOCK {
                             // Too long to be a block; this line end may start the next one.
                             let line_start: &[u8] = if self.block[self.block.len() - 2] == b'\r' {
                                 b"\r\n"
@@ -281,11 +350,7 @@ impl VeDirectCodec {
                             self.begin_block(line_start);
                             return None;
                         }
-                        self.fields.push((
-                            offset(self.label_start),
-                            offset(self.tab_at),
-                            offset(end.max(self.tab_at + 1)),
-                        ));
+                        self.fields += 1;
                         self.label_start = self.block.len();
                         self.state = State::Label;
                     }
@@ -305,11 +370,11 @@ impl VeDirectCodec {
                 self.state = State::Idle;
                 if valid {
                     self.stats.blocks_valid += 1;
+                    // Exact-size copies; the working buffers keep their capacity.
                     let block = TextBlock {
-                        bytes: std::mem::replace(&mut self.block, Vec::with_capacity(MAX_BLOCK)),
-                        fields: std::mem::take(&mut self.fields),
+                        bytes: self.block.clone(),
                     };
-                    self.sum = 0;
+                    self.clear_block();
                     return Some(Frame::Block(block));
                 }
                 self.stats.blocks_invalid += 1;
@@ -329,13 +394,13 @@ impl VeDirectCodec {
         } else {
             start.saturating_sub(1)
         };
-        if line == 0 && self.fields.is_empty() {
+        if line == 0 && self.fields == 0 {
             return;
         }
         self.stats.resyncs += 1;
         self.block.drain(..line);
         self.malformed = !self.block.starts_with(b"\r\n");
-        self.fields.clear();
+        self.fields = 0;
         self.sum = self.block.iter().fold(0u8, |s, b| s.wrapping_add(*b));
         self.label_start -= line;
         self.tab_at -= line;
@@ -380,8 +445,105 @@ impl VeDirectCodec {
     }
 }
 
-fn offset(at: usize) -> u16 {
-    u16::try_from(at).unwrap_or(u16::MAX)
+/// The bytes that matter inside a block's fields.
+static SPECIAL: [bool; 256] = {
+    let mut table = [false; 256];
+    table[b'\t' as usize] = true;
+    table[b'\n' as usize] = true;
+    table[b':' as usize] = true;
+    table
+};
+
+/// The common case in one go: a complete, well-formed block with a valid
+/// checksum starting at `bytes[0..2] == "\r\n"`, with no HEX frame inside.
+/// Returns `None` whenever anything is unusual (incomplete, corrupt, a `:`,
+/// an odd line), and the byte-at-a-time state machine decides instead, so
+/// both paths yield exactly the same blocks.
+fn fast_block(bytes: &[u8]) -> Fast {
+    const END: &[u8] = b"\r\nChecksum\t";
+    if bytes.len() < 2 {
+        return Fast::Incomplete;
+    }
+    if !bytes.starts_with(b"\r\n") {
+        return Fast::No;
+    }
+    let window = &bytes[..bytes.len().min(MAX_BLOCK + 1)];
+    let Some(at) = memchr::memmem::find(window, END) else {
+        return if window.len() <= MAX_BLOCK {
+            Fast::Incomplete
+        } else {
+            Fast::No
+        };
+    };
+    let end = at + END.len() + 1;
+    if end > bytes.len() {
+        return Fast::Incomplete;
+    }
+    if end > MAX_BLOCK {
+        return Fast::No;
+    }
+    match checked_block(&bytes[..end], at) {
+        Some(block) => Fast::Block(end, block),
+        None => Fast::No,
+    }
+}
+
+/// What the fast path made of a block start.
+enum Fast {
+    /// A valid block of this many bytes.
+    Block(usize, TextBlock),
+    /// The block may be complete once more bytes arrive.
+    Incomplete,
+    /// Not a block the fast path takes: the state machine decides.
+    No,
+}
+
+/// Checks a candidate block (`END` at `at`) and builds it.
+fn checked_block(block: &[u8], at: usize) -> Option<TextBlock> {
+    if block.iter().fold(0u8, |s, b| s.wrapping_add(*b)) != 0 {
+        return None;
+    }
+    // The fields: stop only at tabs, line feeds and colons.
+    let mut fields = 0;
+    let mut line = 2;
+    let mut tab = 0;
+    for (k, &b) in block[2..at + 2].iter().enumerate() {
+        if !SPECIAL[usize::from(b)] {
+            continue;
+        }
+        let i = k + 2;
+        match b {
+            b'\t' if tab == 0 => tab = i,
+            b'\t' => {}
+            b'\n' => {
+                if tab == 0 || block[i - 1] != b'\r' || fields >= MAX_FIELDS {
+                    return None;
+                }
+                let label = &block[line..tab];
+                if label.is_empty()
+                    || label.len() > MAX_LABEL
+                    || i - 1 - (tab + 1) > MAX_VALUE
+                    || !label
+                        .iter()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'#' | b'_'))
+                    || (label == b"PID" && fields > 0)
+                    || label.eq_ignore_ascii_case(b"Checksum")
+                {
+                    return None;
+                }
+                fields += 1;
+                line = i + 1;
+                tab = 0;
+            }
+            _ => return None,
+        }
+    }
+    if line != at + 2 {
+        return None;
+    }
+    Some(TextBlock {
+        bytes: block.to_vec(),
+    })
 }
 
 /// Parses and checks the hex digits of a HEX frame (between `:` and the line end).
@@ -420,23 +582,35 @@ impl Decoder for VeDirectCodec {
     type Error = std::io::Error;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, std::io::Error> {
-        let mut used = 0;
-        let mut found = None;
-        for &b in src.iter() {
-            used += 1;
-            if let Some(frame) = self.feed(b) {
-                found = Some(frame);
-                break;
-            }
-        }
+        let (used, frame) = self.scan_with(src, true);
         src.advance(used);
-        Ok(found)
+        Ok(frame)
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, std::io::Error> {
+        // At the end of the stream nothing more comes: finish what is there.
+        let (used, frame) = self.scan_with(src, false);
+        src.advance(used);
+        Ok(frame)
     }
 }
 
-/// Decodes a whole byte slice (captures, tests, benchmarks).
+/// Decodes a whole byte slice (captures, tests).
 pub fn decode_all(codec: &mut VeDirectCodec, bytes: &[u8]) -> Vec<Frame> {
-    bytes.iter().filter_map(|&b| codec.feed(b)).collect()
+    let mut frames = Vec::new();
+    decode_each(codec, bytes, |frame| frames.push(frame));
+    frames
+}
+
+/// Decodes a byte slice, handing each frame to `on_frame` as it completes.
+pub fn decode_each(codec: &mut VeDirectCodec, mut bytes: &[u8], mut on_frame: impl FnMut(Frame)) {
+    while !bytes.is_empty() {
+        let (used, frame) = codec.scan(bytes);
+        bytes = &bytes[used..];
+        if let Some(frame) = frame {
+            on_frame(frame);
+        }
+    }
 }
 
 /// Builds a valid text block from fields (simulator and tests).
@@ -597,5 +771,70 @@ mod tests {
             }
         }
         assert_eq!(out.len(), 3);
+    }
+
+    /// Byte at a time, never the fast path.
+    fn decode_bytewise(bytes: &[u8]) -> (Vec<Frame>, DecodeStats) {
+        let mut codec = VeDirectCodec::new();
+        let frames = bytes.iter().filter_map(|&b| codec.feed(b)).collect();
+        (frames, codec.stats())
+    }
+
+    fn pieces() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let block = (0u32..100_000, 0usize..4).prop_map(|(n, kind)| match kind {
+            0 => encode_block(&[("PID", "0x203"), ("V", &n.to_string()), ("SOC", "900")]),
+            1 => encode_block(&[("H1", &format!("-{n}")), ("H2", "0")]),
+            2 => encode_hex(0xA, &[0x50, 0x10, (n & 0xFF) as u8]),
+            _ => {
+                let mut b = encode_block(&[("V", &n.to_string())]);
+                let at = b.len() / 2;
+                b[at] ^= 0x20;
+                b
+            }
+        });
+        let noise = proptest::collection::vec(
+            prop_oneof![
+                Just(b'\r'),
+                Just(b'\n'),
+                Just(b'\t'),
+                Just(b':'),
+                any::<u8>()
+            ],
+            0..8,
+        );
+        proptest::collection::vec(prop_oneof![block, noise], 0..40).prop_map(|parts| parts.concat())
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(400))]
+
+        /// The fast path changes nothing: same frames and counts as byte at a time,
+        /// whether the input comes whole or in small chunks.
+        #[test]
+        fn the_fast_path_agrees_with_the_state_machine(bytes in pieces(), chunk in 1usize..64) {
+            let (expected, expected_stats) = decode_bytewise(&bytes);
+            let mut codec = VeDirectCodec::new();
+            let whole = decode_all(&mut codec, &bytes);
+            proptest::prop_assert_eq!(&whole, &expected);
+            proptest::prop_assert_eq!(codec.stats(), expected_stats);
+
+            let mut codec = VeDirectCodec::new();
+            let mut buffer = BytesMut::new();
+            let mut chunked = Vec::new();
+            for piece in bytes.chunks(chunk) {
+                buffer.extend_from_slice(piece);
+                while let Some(frame) = codec.decode(&mut buffer).unwrap() {
+                    chunked.push(frame);
+                }
+            }
+            while let Some(frame) = codec.decode_eof(&mut buffer).unwrap() {
+                chunked.push(frame);
+                if buffer.is_empty() {
+                    break;
+                }
+            }
+            proptest::prop_assert_eq!(&chunked, &expected);
+        }
     }
 }

@@ -5,7 +5,7 @@
 //! Units: mV → V, mA → A, mAh → Ah, ‰ → %, minutes → s (`TTG -1` = NULL),
 //! 0.01 kWh → kWh, 0.01 V and 0.1 A for inverter AC output.
 
-use std::time::Instant;
+use std::borrow::Cow;
 
 use chrono::{DateTime, Utc};
 
@@ -112,16 +112,99 @@ const LABELS: &[(&str, Kind)] = &[
     ("HC#", Kind::Text),
 ];
 
-/// The number of known labels (the snapshot's slots).
+/// The number of known labels (the snapshot's slots; at most 64, one bit each).
 const SLOTS: usize = LABELS.len();
+const _: () = assert!(SLOTS <= 64);
 
 fn slot(label: &[u8]) -> Option<usize> {
-    LABELS.iter().position(|(l, _)| l.as_bytes() == label)
+    // A match compiles to a decision tree: much faster than scanning LABELS.
+    // A unit test holds it to LABELS' order.
+    Some(match label {
+        b"V" => 0,
+        b"V2" => 1,
+        b"V3" => 2,
+        b"VS" => 3,
+        b"VM" => 4,
+        b"DM" => 5,
+        b"VPV" => 6,
+        b"PPV" => 7,
+        b"I" => 8,
+        b"I2" => 9,
+        b"I3" => 10,
+        b"IL" => 11,
+        b"LOAD" => 12,
+        b"T" => 13,
+        b"P" => 14,
+        b"CE" => 15,
+        b"SOC" => 16,
+        b"TTG" => 17,
+        b"Alarm" => 18,
+        b"Relay" => 19,
+        b"AR" => 20,
+        b"OR" => 21,
+        b"H1" => 22,
+        b"H2" => 23,
+        b"H3" => 24,
+        b"H4" => 25,
+        b"H5" => 26,
+        b"H6" => 27,
+        b"H7" => 28,
+        b"H8" => 29,
+        b"H9" => 30,
+        b"H10" => 31,
+        b"H11" => 32,
+        b"H12" => 33,
+        b"H13" => 34,
+        b"H14" => 35,
+        b"H15" => 36,
+        b"H16" => 37,
+        b"H17" => 38,
+        b"H18" => 39,
+        b"H19" => 40,
+        b"H20" => 41,
+        b"H21" => 42,
+        b"H22" => 43,
+        b"H23" => 44,
+        b"HSDS" => 45,
+        b"ERR" => 46,
+        b"CS" => 47,
+        b"MPPT" => 48,
+        b"MODE" => 49,
+        b"WARN" => 50,
+        b"MON" => 51,
+        b"AC_OUT_V" => 52,
+        b"AC_OUT_I" => 53,
+        b"AC_OUT_S" => 54,
+        b"DC_IN_V" => 55,
+        b"DC_IN_I" => 56,
+        b"DC_IN_P" => 57,
+        b"PID" => 58,
+        b"SER#" => 59,
+        b"FW" => 60,
+        b"FWE" => 61,
+        b"BMV" => 62,
+        b"HC#" => 63,
+        _ => return None,
+    })
 }
 
+/// A decimal integer, optionally negative; `None` on anything else or overflow.
 fn parse_int(value: &[u8]) -> Option<i64> {
-    let text = std::str::from_utf8(value).ok()?.trim();
-    text.parse::<i64>().ok()
+    let (negative, digits) = match value.split_first()? {
+        (b'-', rest) => (true, rest),
+        _ => (false, value),
+    };
+    if digits.is_empty() {
+        return None;
+    }
+    let mut n: i64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        n = n.checked_mul(10)?.checked_add(i64::from(d - b'0'))?;
+    }
+    Some(if negative { -n } else { n })
 }
 
 fn parse_hex(value: &[u8]) -> Option<i64> {
@@ -132,29 +215,54 @@ fn parse_hex(value: &[u8]) -> Option<i64> {
     i64::from_str_radix(digits, 16).ok()
 }
 
-/// Types one field; `None` when the value does not parse.
-fn typed(kind: Kind, value: &[u8]) -> Option<Typed> {
-    Some(match kind {
-        Kind::Scaled(factor) => Typed::Number(parse_int(value)? as f64 * factor),
-        Kind::Int => Typed::Int(parse_int(value)?),
-        Kind::Hex => Typed::Int(parse_hex(value)?),
+/// Types one field into `slot`, reusing a text's allocation; false when the
+/// value does not parse.
+fn type_into(kind: Kind, value: &[u8], slot: &mut Option<Typed>) -> bool {
+    let typed = match kind {
+        Kind::Scaled(factor) => parse_int(value).map(|n| Typed::Number(n as f64 * factor)),
+        Kind::Int => parse_int(value).map(Typed::Int),
+        Kind::Hex => parse_hex(value).map(Typed::Int),
         Kind::OnOff => match value {
-            b"ON" => Typed::Bool(true),
-            b"OFF" => Typed::Bool(false),
-            _ => return None,
+            b"ON" => Some(Typed::Bool(true)),
+            b"OFF" => Some(Typed::Bool(false)),
+            _ => None,
         },
-        Kind::Text => Typed::Text(value.iter().map(|b| char::from(*b)).collect()),
-        Kind::Minutes => match parse_int(value)? {
+        Kind::Text => {
+            let mut text = match slot.take() {
+                Some(Typed::Text(mut text)) => {
+                    text.clear();
+                    text
+                }
+                _ => String::with_capacity(value.len()),
+            };
+            match std::str::from_utf8(value) {
+                Ok(utf8) if value.is_ascii() => text.push_str(utf8),
+                // Latin-1, byte by byte.
+                _ => text.extend(value.iter().map(|b| char::from(*b))),
+            }
+            Some(Typed::Text(text))
+        }
+        Kind::Minutes => parse_int(value).map(|minutes| match minutes {
             -1 => Typed::None,
             minutes => Typed::Number(minutes as f64 * 60.0),
-        },
-    })
+        }),
+    };
+    match typed {
+        Some(typed) => {
+            *slot = Some(typed);
+            true
+        }
+        None => false,
+    }
 }
 
 /// A device's latest values, merged from consecutive valid blocks.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Snapshot {
-    values: [Option<Typed>; SLOTS],
+    /// One slot per label; a slot counts only while its `present` bit is set
+    /// (slots keep their allocations across cycles).
+    values: Box<[Option<Typed>; SLOTS]>,
+    present: u64,
     /// Labels the table does not know, counted not kept.
     pub unknown_labels: u32,
     /// Fields whose value did not parse (left empty).
@@ -168,12 +276,22 @@ pub struct Snapshot {
 impl Snapshot {
     fn empty(at: DateTime<Utc>) -> Self {
         Self {
-            values: std::array::from_fn(|_| None),
+            values: Box::new(std::array::from_fn(|_| None)),
+            present: 0,
             unknown_labels: 0,
             bad_values: 0,
             blocks: 0,
             received_at: at,
         }
+    }
+
+    /// Empties the snapshot for reuse.
+    fn reset(&mut self, at: DateTime<Utc>) {
+        self.present = 0;
+        self.unknown_labels = 0;
+        self.bad_values = 0;
+        self.blocks = 0;
+        self.received_at = at;
     }
 
     /// Types a single block into a fresh snapshot.
@@ -187,10 +305,14 @@ impl Snapshot {
     pub fn merge(&mut self, block: &TextBlock, at: DateTime<Utc>) {
         for (label, value) in block.fields() {
             match slot(label) {
-                Some(i) => match typed(LABELS[i].1, value) {
-                    Some(v) => self.values[i] = Some(v),
-                    None => self.bad_values += 1,
-                },
+                Some(i) => {
+                    if type_into(LABELS[i].1, value, &mut self.values[i]) {
+                        self.present |= 1 << i;
+                    } else {
+                        self.present &= !(1 << i);
+                        self.bad_values += 1;
+                    }
+                }
                 None => self.unknown_labels += 1,
             }
         }
@@ -200,7 +322,11 @@ impl Snapshot {
 
     /// The typed value of `label`.
     pub fn get(&self, label: &str) -> Option<&Typed> {
-        self.values[slot(label.as_bytes())?].as_ref()
+        let i = slot(label.as_bytes())?;
+        if self.present >> i & 1 == 0 {
+            return None;
+        }
+        self.values[i].as_ref()
     }
 
     fn number(&self, label: &str) -> Option<f64> {
@@ -294,7 +420,7 @@ impl Snapshot {
                     } else {
                         "idle"
                     };
-                    out.push(("state", Value::Text(state.into())));
+                    out.push(("state", Value::Text(Cow::Borrowed(state))));
                 }
                 if let Some(Typed::Bool(on)) = self.get("Alarm") {
                     let reasons = if *on {
@@ -302,7 +428,7 @@ impl Snapshot {
                     } else {
                         String::new()
                     };
-                    out.push(("alarm", Value::Text(reasons)));
+                    out.push(("alarm", Value::Text(Cow::Owned(reasons))));
                 }
             }
             ReadingTable::Solar => {
@@ -345,7 +471,7 @@ impl Snapshot {
                 }
                 let bits = self.int("AR").unwrap_or(0) | self.int("WARN").unwrap_or(0);
                 if self.get("AR").is_some() || self.get("WARN").is_some() {
-                    out.push(("alarms", Value::Text(alarm_reasons(bits))));
+                    out.push(("alarms", Value::Text(Cow::Owned(alarm_reasons(bits)))));
                 }
             }
             ReadingTable::System => {}
@@ -367,8 +493,6 @@ pub struct Merger {
     blocks_per_cycle: Option<u32>,
     /// The latest complete snapshot.
     complete: Option<Snapshot>,
-    /// When the latest block arrived (monotonic, for silence detection).
-    pub last_block: Option<Instant>,
 }
 
 impl Merger {
@@ -379,25 +503,41 @@ impl Merger {
 
     /// Adds a valid block; returns true when a snapshot just completed.
     pub fn push(&mut self, block: &TextBlock, at: DateTime<Utc>) -> bool {
-        self.last_block = Some(Instant::now());
-        let starts_cycle = block.get("PID").is_some();
+        // PID is always a block's first field.
+        let starts_cycle = block
+            .fields()
+            .next()
+            .is_some_and(|(label, _)| label == b"PID");
         let mut completed = false;
         if starts_cycle {
-            if let Some(previous) = self.open.take() {
-                self.blocks_per_cycle = Some(previous.blocks);
-                self.complete = Some(previous);
-                completed = true;
+            match self.open.as_mut() {
+                Some(open) => {
+                    // Reuse the storage: the open snapshot becomes the complete one.
+                    self.blocks_per_cycle = Some(open.blocks);
+                    match self.complete.as_mut() {
+                        Some(complete) => std::mem::swap(complete, open),
+                        None => self.complete = Some(open.clone()),
+                    }
+                    open.reset(at);
+                    open.merge(block, at);
+                    completed = true;
+                }
+                None => self.open = Some(Snapshot::from_block(block, at)),
             }
-            self.open = Some(Snapshot::from_block(block, at));
         } else if let Some(open) = self.open.as_mut() {
             open.merge(block, at);
         } else {
             // A continuation without its cycle's first block: nothing to join.
             return false;
         }
-        if let (Some(open), Some(expected)) = (self.open.as_ref(), self.blocks_per_cycle) {
+        if let (Some(open), Some(expected)) = (self.open.as_mut(), self.blocks_per_cycle) {
             if open.blocks >= expected {
-                self.complete = self.open.take();
+                match self.complete.as_mut() {
+                    Some(complete) => std::mem::swap(complete, open),
+                    None => self.complete = Some(open.clone()),
+                }
+                // Nothing is open until the next cycle's first block.
+                self.open = None;
                 completed = true;
             }
         }
@@ -453,8 +593,8 @@ pub fn product_name(pid: i64) -> Option<&'static str> {
 }
 
 /// `CS`: state of operation.
-pub fn state_text(cs: i64) -> String {
-    match cs {
+pub fn state_text(cs: i64) -> Cow<'static, str> {
+    Cow::Borrowed(match cs {
         0 => "Off",
         1 => "Low power",
         2 => "Fault",
@@ -470,14 +610,13 @@ pub fn state_text(cs: i64) -> String {
         247 => "Auto equalize / recondition",
         248 => "BatterySafe",
         252 => "External control",
-        other => return format!("unknown ({other})"),
-    }
-    .to_string()
+        other => return Cow::Owned(format!("unknown ({other})")),
+    })
 }
 
 /// `ERR`: charger error code.
-pub fn error_text(err: i64) -> String {
-    match err {
+pub fn error_text(err: i64) -> Cow<'static, str> {
+    Cow::Borrowed(match err {
         0 => "No error",
         2 => "Battery voltage too high",
         17 => "Charger temperature too high",
@@ -498,33 +637,30 @@ pub fn error_text(err: i64) -> String {
         116 => "Factory calibration data lost",
         117 => "Invalid or incompatible firmware",
         119 => "User settings invalid",
-        other => return format!("unknown ({other})"),
-    }
-    .to_string()
+        other => return Cow::Owned(format!("unknown ({other})")),
+    })
 }
 
 /// `MPPT`: tracker mode.
-pub fn mppt_text(mode: i64) -> String {
-    match mode {
+pub fn mppt_text(mode: i64) -> Cow<'static, str> {
+    Cow::Borrowed(match mode {
         0 => "Off",
         1 => "Voltage or current limited",
         2 => "MPP tracker active",
-        other => return format!("unknown ({other})"),
-    }
-    .to_string()
+        other => return Cow::Owned(format!("unknown ({other})")),
+    })
 }
 
 /// `MODE`: device mode.
-pub fn mode_text(mode: i64) -> String {
-    match mode {
+pub fn mode_text(mode: i64) -> Cow<'static, str> {
+    Cow::Borrowed(match mode {
         0 => "Off",
         2 => "On",
         4 => "Off",
         5 => "Eco",
         0xFD => "Hibernate",
-        other => return format!("unknown ({other})"),
-    }
-    .to_string()
+        other => return Cow::Owned(format!("unknown ({other})")),
+    })
 }
 
 /// `AR` / `WARN`: alarm reason bits, as comma-separated names.
@@ -577,8 +713,8 @@ pub fn off_reasons(bits: i64) -> String {
 }
 
 /// `MON`: DC monitor mode.
-pub fn monitor_mode_text(mon: i64) -> String {
-    match mon {
+pub fn monitor_mode_text(mon: i64) -> Cow<'static, str> {
+    Cow::Borrowed(match mon {
         -9 => "Solar charger",
         -8 => "Wind turbine",
         -7 => "Shaft generator",
@@ -597,9 +733,8 @@ pub fn monitor_mode_text(mon: i64) -> String {
         6 => "DC system",
         7 => "Inverter",
         8 => "Water heater",
-        other => return format!("unknown ({other})"),
-    }
-    .to_string()
+        other => return Cow::Owned(format!("unknown ({other})")),
+    })
 }
 
 #[cfg(test)]
@@ -646,11 +781,23 @@ mod tests {
         let cols = s.columns(ReadingTable::Battery);
         assert!(cols.contains(&("soc", Value::Float(83.9))));
         assert!(cols.contains(&("state", Value::Text("discharging".into()))));
-        assert!(cols.contains(&("alarm", Value::Text(String::new()))));
+        assert!(cols.contains(&("alarm", Value::Text("".into()))));
         assert!(
             !cols.iter().any(|(c, _)| *c == "time_to_go_s"),
             "TTG -1 is NULL"
         );
+    }
+
+    #[test]
+    fn the_label_lookup_follows_the_table() {
+        for (i, (label, _)) in LABELS.iter().enumerate() {
+            assert_eq!(slot(label.as_bytes()), Some(i), "{label}");
+        }
+        assert_eq!(slot(b"NOPE"), None);
+        assert_eq!(parse_int(b"-2316635"), Some(-2_316_635));
+        assert_eq!(parse_int(b"-"), None);
+        assert_eq!(parse_int(b"12a"), None);
+        assert_eq!(parse_int(b"99999999999999999999"), None);
     }
 
     #[test]

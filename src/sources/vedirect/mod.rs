@@ -147,15 +147,11 @@ impl VeDirectSource {
     ) -> Result<(), (ErrorClass, String)> {
         let mut frames = FramedRead::new(port, VeDirectCodec::new());
         let mut ticker = crate::sources::ticker(self.config.poll_interval);
-        let opened = Instant::now();
+        // The port opened, or the last valid block arrived, at `last_data`:
+        // silent for too long → reopen.
+        let mut last_data = Instant::now();
         let mut last_stats = DecodeStats::default();
         loop {
-            // A port open since, or a last block at, `last_data`: silent too long → reopen.
-            let last_data = self
-                .merger
-                .last_block
-                .filter(|t| *t > opened)
-                .unwrap_or(opened);
             let silence_deadline = last_data + self.config.silence_timeout;
             tokio::select! {
                 biased;
@@ -163,6 +159,7 @@ impl VeDirectSource {
                 frame = frames.next() => {
                     match frame {
                         Some(Ok(Frame::Block(block))) => {
+                            last_data = Instant::now();
                             if self.merger.push(&block, Utc::now()) && self.config.poll_interval.is_zero() {
                                 self.emit().await;
                             }
