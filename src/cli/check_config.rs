@@ -63,5 +63,16 @@ pub fn exec(config: &Config, path: Option<&Path>) -> anyhow::Result<Exit> {
             );
         }
     }
+    for (i, device) in config.vedirect.iter().enumerate() {
+        let every = if device.poll_interval.is_zero() {
+            "every snapshot".to_string()
+        } else {
+            format!("every {} ms", device.poll_interval.as_millis())
+        };
+        println!(
+            "  vedirect[{i}]                  {} on {} ({every})",
+            device.name, device.port
+        );
+    }
     Ok(Exit::Ok)
 }
