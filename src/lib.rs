@@ -21,10 +21,14 @@
 
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod db;
+pub mod forward;
 pub mod logging;
 pub mod reading;
 pub mod registers;
+pub mod retention;
 pub mod simulator;
 pub mod sources;
 pub mod status;
+pub mod store;

@@ -3,8 +3,10 @@
 //! the library and print; the work lives in the library modules.
 
 pub mod check_config;
+pub mod demo;
 pub mod migrate;
 pub mod probe;
+pub mod run;
 pub mod simulate;
 pub mod status;
 
@@ -19,24 +21,38 @@ use crate::db::migrate::MigrationError;
 
 /// Exit codes, the same for every subcommand.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
 pub enum Exit {
     /// Success; for `status`, everything is current.
     Ok = 0,
-    /// `migrate --check`: a migration is pending; `status`: something needs
-    /// attention; or an unexpected failure.
-    Attention = 1,
+    /// `migrate --check`: a migration is pending; `status`: degraded; or an
+    /// unexpected failure.
+    Attention,
+    /// `status`: down (no device answers, or the daemon is not running).
+    Down,
     /// The configuration (or the command line) is invalid.
-    Config = 2,
+    Config,
     /// The database cannot be reached or refused the credentials.
-    Database = 3,
+    Database,
     /// A migration or the reconcile step failed.
-    Migration = 4,
+    Migration,
+}
+
+impl Exit {
+    /// The process exit code.
+    pub fn code(self) -> u8 {
+        match self {
+            Self::Ok => 0,
+            Self::Attention => 1,
+            Self::Down | Self::Config => 2,
+            Self::Database => 3,
+            Self::Migration => 4,
+        }
+    }
 }
 
 impl From<Exit> for ExitCode {
     fn from(exit: Exit) -> Self {
-        ExitCode::from(exit as u8)
+        ExitCode::from(exit.code())
     }
 }
 
@@ -56,6 +72,12 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the daemon: poll the configured devices, keep every reading in the
+    /// local store, forward to PostgreSQL when one is configured.
+    Run(run::RunArgs),
+    /// The GX simulator and the daemon on a throwaway local store, in one
+    /// command: see it work in seconds. Ctrl-C stops.
+    Demo,
     /// Apply pending database migrations, then upgrade what the server allows
     /// (hypertables, retention policies, vector index).
     Migrate(migrate::MigrateArgs),
@@ -78,6 +100,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<Exit> {
         Ok(config)
     };
     match cli.command {
+        Command::Run(args) => run::exec(configured()?, args).await,
+        Command::Demo => {
+            crate::logging::init(&crate::config::LogConfig {
+                level: "warn".into(),
+                ..crate::config::LogConfig::default()
+            });
+            demo::exec().await
+        }
         Command::Migrate(args) => migrate::exec(&configured()?, args).await,
         Command::CheckConfig => check_config::exec(&configured()?, path),
         Command::Status(args) => status::exec(&configured()?, args).await,

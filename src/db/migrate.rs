@@ -186,7 +186,7 @@ async fn migrate_locked(
     if let Some(m) = before.modified.first() {
         return Err(MigrationError::Modified(m.file.clone()));
     }
-    MIGRATOR.run(&mut *conn).await.map_err(explain)?;
+    MIGRATOR.run_direct(&mut *conn).await.map_err(explain)?;
 
     let reconcile = reconcile::run(conn, retention_window).await?;
     let server = ServerInfo::probe(conn).await?;

@@ -1,0 +1,480 @@
+//! The daemon: sources → batcher → local store → forwarder → PostgreSQL,
+//! plus the status writer and the retention job, and the ordered shutdown.
+//!
+//! Shutdown order: sources stop between polls and drop their senders; the
+//! batcher commits the partial batch to the local store and ends; the
+//! forwarder gets a deadline to drain, then is abandoned (what it did not
+//! ship stays in the store for the next start); a last status is written.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use backon::{BackoffBuilder, ExponentialBuilder};
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::db::server::StorageMode;
+use crate::forward::{ForwardCounters, Forwarder};
+use crate::reading::Reading;
+use crate::sources::modbus::GxPoller;
+use crate::sources::vedirect::VeDirectSource;
+use crate::status::StatusBoard;
+use crate::store::LocalStore;
+
+/// How the daemon runs, beyond the configuration.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Where the local store lives.
+    pub state_dir: PathBuf,
+    /// Longest wait for the forwarder to drain at shutdown.
+    pub drain_deadline: Duration,
+    /// Receives a line per batch committed (for `demo`).
+    pub batch_report: Option<mpsc::UnboundedSender<BatchReport>>,
+}
+
+/// One committed batch.
+#[derive(Debug, Clone)]
+pub struct BatchReport {
+    /// Readings in the batch.
+    pub readings: Vec<Reading>,
+    /// Rows the store took (replays excluded).
+    pub stored: u64,
+}
+
+/// Counters shared by the daemon's tasks.
+#[derive(Debug, Default)]
+pub struct DaemonCounters {
+    /// Readings committed to the local store since start.
+    pub rows_stored: AtomicU64,
+    /// Readings in the last committed batch.
+    pub last_batch: AtomicU64,
+    /// Readings dropped from the store because they outlived the window
+    /// before they could be forwarded.
+    pub rows_expired_unforwarded: AtomicU64,
+}
+
+/// Everything the status writers need.
+#[derive(Debug, Clone)]
+struct Shared {
+    config: Arc<Config>,
+    store: LocalStore,
+    status: StatusBoard,
+    counters: Arc<DaemonCounters>,
+    forward: Arc<ForwardCounters>,
+    started_at: DateTime<Utc>,
+    poll_interval: Duration,
+}
+
+/// The shortest configured poll interval (status rows are written that often).
+pub fn poll_interval(config: &Config) -> Duration {
+    config
+        .gx
+        .iter()
+        .map(|g| g.poll_interval)
+        .chain(config.vedirect.iter().map(|v| v.poll_interval).filter(|d| !d.is_zero()))
+        .min()
+        .unwrap_or(Duration::from_secs(5))
+}
+
+/// Runs the daemon until `shutdown` fires.
+pub async fn run(config: Config, options: RunOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let store = LocalStore::open(&options.state_dir).await?;
+    tracing::info!(store = %store.path().display(), "Local store open.");
+    let shared = Shared {
+        config: Arc::clone(&config),
+        store: store.clone(),
+        status: StatusBoard::new(),
+        counters: Arc::new(DaemonCounters::default()),
+        forward: Arc::new(ForwardCounters::default()),
+        started_at: Utc::now(),
+        poll_interval: poll_interval(&config),
+    };
+
+    let (tx, rx) = mpsc::channel::<Reading>(4096);
+    let sources_cancel = CancellationToken::new();
+    let mut sources = JoinSet::new();
+    for gx in &config.gx {
+        let poller = GxPoller::new(gx, shared.status.clone(), tx.clone());
+        let cancel = sources_cancel.clone();
+        sources.spawn(async move {
+            poller.run(cancel).await;
+        });
+    }
+    for device in &config.vedirect {
+        let source = VeDirectSource::new(device, shared.status.clone(), tx.clone());
+        let cancel = sources_cancel.clone();
+        sources.spawn(async move {
+            source.run(cancel).await;
+        });
+    }
+    drop(tx);
+
+    let wake = Arc::new(Notify::new());
+    let batcher = tokio::spawn(batch_loop(
+        rx,
+        store.clone(),
+        Arc::clone(&shared.counters),
+        Arc::clone(&wake),
+        options.batch_report.clone(),
+    ));
+
+    let background = CancellationToken::new();
+    let mut helpers = JoinSet::new();
+    helpers.spawn(local_loop(shared.clone(), background.clone()));
+    let forwarder_cancel = CancellationToken::new();
+    if config.database.is_some() {
+        helpers.spawn(database_loop(shared.clone(), Arc::clone(&wake), forwarder_cancel.clone(), background.clone()));
+    }
+
+    shutdown.cancelled().await;
+    tracing::info!("Stopping: finishing the current polls.");
+    sources_cancel.cancel();
+    while sources.join_next().await.is_some() {}
+    batcher.await.context("The batcher stopped abnormally")?;
+    tracing::info!("Every reading received is in the local store.");
+
+    if config.database.is_some() {
+        let drained = tokio::time::timeout(options.drain_deadline, async {
+            loop {
+                match store.depth().await {
+                    Ok((0, _)) | Err(_) => break,
+                    Ok(_) => {
+                        wake.notify_one();
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        })
+        .await;
+        if drained.is_err() {
+            let (left, _) = store.depth().await.unwrap_or_default();
+            tracing::warn!(readings = left, "Shutdown deadline reached; the rest is forwarded at the next start.");
+        }
+    }
+    forwarder_cancel.cancel();
+    background.cancel();
+    while helpers.join_next().await.is_some() {}
+    write_local_status(&shared).await;
+    store.close().await;
+    tracing::info!("Stopped.");
+    Ok(())
+}
+
+/// Groups readings into batches (closed at N readings or T ms, whichever
+/// first) and commits each to the local store; commits the partial batch
+/// when the sources are gone.
+async fn batch_loop(
+    mut rx: mpsc::Receiver<Reading>,
+    store: LocalStore,
+    counters: Arc<DaemonCounters>,
+    wake: Arc<Notify>,
+    report: Option<mpsc::UnboundedSender<BatchReport>>,
+) {
+    const MAX_READINGS: usize = 200;
+    const MAX_AGE: Duration = Duration::from_millis(500);
+    let mut batch: Vec<Reading> = Vec::with_capacity(MAX_READINGS);
+    loop {
+        let first = match rx.recv().await {
+            Some(reading) => reading,
+            None => break,
+        };
+        batch.push(first);
+        let deadline = tokio::time::Instant::now() + MAX_AGE;
+        let mut closed = false;
+        while batch.len() < MAX_READINGS {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(reading)) => batch.push(reading),
+                Ok(None) => {
+                    closed = true;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        commit(&store, &mut batch, &counters, &wake, report.as_ref()).await;
+        if closed {
+            break;
+        }
+    }
+    commit(&store, &mut batch, &counters, &wake, report.as_ref()).await;
+}
+
+async fn commit(
+    store: &LocalStore,
+    batch: &mut Vec<Reading>,
+    counters: &DaemonCounters,
+    wake: &Notify,
+    report: Option<&mpsc::UnboundedSender<BatchReport>>,
+) {
+    if batch.is_empty() {
+        return;
+    }
+    // The store is the durability boundary: keep trying; readings wait in memory meanwhile.
+    let mut delay = Duration::from_millis(100);
+    let stored = loop {
+        match store.append(batch).await {
+            Ok(stored) => break stored,
+            Err(error) => {
+                tracing::error!(%error, readings = batch.len(), "Cannot write to the local store; retrying.");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    };
+    counters.rows_stored.fetch_add(stored, Ordering::Relaxed);
+    counters.last_batch.store(batch.len() as u64, Ordering::Relaxed);
+    wake.notify_one();
+    if let Some(report) = report {
+        let _ = report.send(BatchReport {
+            readings: batch.clone(),
+            stored,
+        });
+    }
+    batch.clear();
+}
+
+/// The local side: status document in the store, and the store's retention.
+async fn local_loop(shared: Shared, cancel: CancellationToken) {
+    let mut status_tick = crate::sources::ticker(shared.poll_interval);
+    let mut retention_tick = crate::sources::ticker(Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = status_tick.tick() => write_local_status(&shared).await,
+            _ = retention_tick.tick() => {
+                let before = Utc::now() - chrono::Duration::from_std(shared.config.retention.window).unwrap_or_default();
+                match shared.store.expire(before).await {
+                    Ok(0) => {}
+                    Ok(n) if shared.config.database.is_some() => {
+                        shared.counters.rows_expired_unforwarded.fetch_add(n, Ordering::Relaxed);
+                        tracing::error!(
+                            readings = n,
+                            "The local store hit its bound: readings older than the retention window were never forwarded and are dropped."
+                        );
+                    }
+                    Ok(n) => tracing::info!(readings = n, "Retention removed expired readings from the local store."),
+                    Err(error) => tracing::warn!(%error, "Local retention failed."),
+                }
+            }
+        }
+    }
+}
+
+async fn write_local_status(shared: &Shared) {
+    let (depth, oldest) = shared.store.depth().await.unwrap_or_default();
+    let doc = serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "host": host_name(),
+        "started_at": shared.started_at,
+        "poll_interval_ms": shared.poll_interval.as_millis() as u64,
+        "rows_stored": shared.counters.rows_stored.load(Ordering::Relaxed),
+        "rows_forwarded": shared.forward.rows_forwarded.load(Ordering::Relaxed),
+        "rows_parked": shared.forward.rows_parked.load(Ordering::Relaxed),
+        "forward_errors": shared.forward.errors.load(Ordering::Relaxed),
+        "spool_depth": depth,
+        "spool_oldest": oldest,
+        "database": shared.config.database.as_ref().map(|d| d.redacted_url()),
+        "devices": shared.status.snapshot(),
+    });
+    if let Err(error) = shared.store.save_status("daemon", &doc).await {
+        tracing::debug!(%error, "Cannot save the status document.");
+    }
+}
+
+/// The host's name, for the status row.
+pub fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Connects (with backoff), migrates, then forwards, writes status and runs
+/// retention until cancelled. Never blocks polling: the store keeps filling.
+async fn database_loop(shared: Shared, wake: Arc<Notify>, forwarder_cancel: CancellationToken, cancel: CancellationToken) {
+    let Some(db) = shared.config.database.clone() else { return };
+    let mut delays = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(500))
+        .with_max_delay(Duration::from_secs(60))
+        .with_jitter()
+        .without_max_times()
+        .build();
+    let mut logged = false;
+    let (pool, mode) = loop {
+        let attempt = async {
+            let mut conn = crate::db::migrate::connect_once(&db).await?;
+            let report = crate::db::migrate::migrate(&mut conn, shared.config.retention.window).await?;
+            for d in &report.degraded {
+                tracing::info!(feature = d.feature, reason = %d.reason, "Degraded database feature.");
+            }
+            let pool = crate::db::connect(&db).await?;
+            anyhow::Ok((pool, report.storage_mode))
+        };
+        match attempt.await {
+            Ok(ready) => break ready,
+            Err(error) => {
+                if !logged {
+                    logged = true;
+                    tracing::warn!(error = %format!("{error:#}"), "The database is not ready; readings wait in the local store.");
+                }
+                let delay = delays.next().unwrap_or(Duration::from_secs(60));
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    };
+    tracing::info!(database = %db.redacted_url(), storage = %mode, "Database ready.");
+    let forwarder = Forwarder::new(
+        shared.store.clone(),
+        pool.clone(),
+        shared.config.site.installation_id.clone(),
+        Arc::clone(&shared.forward),
+        wake,
+    );
+    tokio::join!(
+        forwarder.run(forwarder_cancel),
+        status_writer(shared.clone(), pool.clone(), mode, cancel.clone()),
+        retention_loop(shared.clone(), pool.clone(), mode, cancel.clone()),
+    );
+    // A last status row, best effort.
+    let _ = tokio::time::timeout(Duration::from_secs(2), write_db_status(&shared, &pool, mode)).await;
+    pool.close().await;
+}
+
+async fn status_writer(shared: Shared, pool: PgPool, mode: StorageMode, cancel: CancellationToken) {
+    let mut tick = crate::sources::ticker(shared.poll_interval);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        // Bounded: a slow or absent database never stalls anything else.
+        let result = tokio::time::timeout(Duration::from_secs(10), write_db_status(&shared, &pool, mode)).await;
+        match result {
+            Ok(Ok(())) if failing => {
+                failing = false;
+                tracing::info!("Status rows are written again.");
+            }
+            Ok(Ok(())) => {}
+            Ok(Err(error)) if !failing => {
+                failing = true;
+                tracing::warn!(%error, "Cannot write the status rows.");
+            }
+            Err(_) if !failing => {
+                failing = true;
+                tracing::warn!("Writing the status rows timed out.");
+            }
+            _ => {}
+        }
+    }
+}
+
+async fn write_db_status(shared: &Shared, pool: &PgPool, mode: StorageMode) -> Result<(), sqlx::Error> {
+    let devices = shared.status.snapshot();
+    let (depth, oldest) = shared.store.depth().await.unwrap_or_default();
+    let last_attempt = devices.iter().filter_map(|d| d.last_attempt).max();
+    let last_success = devices.iter().filter_map(|d| d.last_success).max();
+    let failing = devices.iter().filter(|d| !d.is_healthy());
+    let last_error = failing.clone().filter_map(|d| d.last_error.as_ref().map(|e| format!("{}: {e}", d.device))).next();
+    let consecutive = devices.iter().map(|d| d.consecutive_failures).max().unwrap_or(0);
+    let healthy = devices.iter().filter(|d| d.is_healthy()).count();
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET LOCAL statement_timeout = '5s'").execute(&mut *tx).await?;
+    sqlx::query(
+        "INSERT INTO victron.polling_status (id, last_poll_attempt, last_successful_poll, last_error,
+             consecutive_failures, is_healthy, poller_host, poller_version, poller_started_at,
+             poll_interval_ms, devices_configured, devices_healthy, rows_written_last_batch,
+             rows_written_total, spool_depth, spool_oldest_age_s, retention_window_s, storage_mode)
+         VALUES (1, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+         ON CONFLICT (id) DO UPDATE SET last_poll_attempt = excluded.last_poll_attempt,
+             last_successful_poll = excluded.last_successful_poll, last_error = excluded.last_error,
+             consecutive_failures = excluded.consecutive_failures, is_healthy = excluded.is_healthy,
+             poller_host = excluded.poller_host, poller_version = excluded.poller_version,
+             poller_started_at = excluded.poller_started_at, poll_interval_ms = excluded.poll_interval_ms,
+             devices_configured = excluded.devices_configured, devices_healthy = excluded.devices_healthy,
+             rows_written_last_batch = excluded.rows_written_last_batch,
+             rows_written_total = excluded.rows_written_total, spool_depth = excluded.spool_depth,
+             spool_oldest_age_s = excluded.spool_oldest_age_s, retention_window_s = excluded.retention_window_s,
+             storage_mode = excluded.storage_mode",
+    )
+    .bind(last_attempt)
+    .bind(last_success)
+    .bind(last_error)
+    .bind(i32::try_from(consecutive).unwrap_or(i32::MAX))
+    .bind(healthy == devices.len() && !devices.is_empty())
+    .bind(host_name())
+    .bind(env!("CARGO_PKG_VERSION"))
+    .bind(shared.started_at)
+    .bind(i32::try_from(shared.poll_interval.as_millis()).unwrap_or(i32::MAX))
+    .bind(i32::try_from(devices.len()).unwrap_or(i32::MAX))
+    .bind(i32::try_from(healthy).unwrap_or(i32::MAX))
+    .bind(i32::try_from(shared.forward.last_batch_rows.load(Ordering::Relaxed)).unwrap_or(i32::MAX))
+    .bind(i64::try_from(shared.forward.rows_forwarded.load(Ordering::Relaxed)).unwrap_or(i64::MAX))
+    .bind(depth)
+    .bind(oldest.map(|o| (Utc::now() - o).num_milliseconds() as f64 / 1000.0))
+    .bind(i64::try_from(shared.config.retention.window.as_secs()).unwrap_or(i64::MAX))
+    .bind(mode.as_str())
+    .execute(&mut *tx)
+    .await?;
+    for d in &devices {
+        sqlx::query(
+            "INSERT INTO victron.device_status (device, source, address, product_id, product_name, serial,
+                 firmware, last_attempt, last_success, last_error, last_error_class, consecutive_failures,
+                 backoff_ms, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, now())
+             ON CONFLICT (device) DO UPDATE SET source = excluded.source, address = excluded.address,
+                 product_id = excluded.product_id, product_name = excluded.product_name,
+                 serial = excluded.serial, firmware = excluded.firmware,
+                 last_attempt = excluded.last_attempt, last_success = excluded.last_success,
+                 last_error = excluded.last_error, last_error_class = excluded.last_error_class,
+                 consecutive_failures = excluded.consecutive_failures, backoff_ms = excluded.backoff_ms,
+                 updated_at = now()",
+        )
+        .bind(&d.device)
+        .bind(d.source.as_str())
+        .bind(&d.address)
+        .bind(d.product_id.and_then(|p| i32::try_from(p).ok()))
+        .bind(&d.product_name)
+        .bind(&d.serial)
+        .bind(&d.firmware)
+        .bind(d.last_attempt)
+        .bind(d.last_success)
+        .bind(&d.last_error)
+        .bind(d.last_error_class.map(|c| c.as_str()))
+        .bind(i32::try_from(d.consecutive_failures).unwrap_or(i32::MAX))
+        .bind(i64::try_from(d.backoff.as_millis()).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await
+}
+
+async fn retention_loop(shared: Shared, pool: PgPool, mode: StorageMode, cancel: CancellationToken) {
+    let mut tick = crate::sources::ticker(Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let window = shared.config.retention.window;
+        let result = crate::retention::run(&pool, mode, window).await;
+        match &result {
+            Ok(outcome) => tracing::info!(rows = outcome.rows, chunks = outcome.chunks, "Retention run done."),
+            Err(error) => tracing::warn!(%error, "Retention run failed."),
+        }
+        let _ = crate::retention::record(&pool, Utc::now(), &result, window).await;
+    }
+}

@@ -1,0 +1,267 @@
+//! The forwarder: ships the local store's readings to PostgreSQL in order,
+//! one multi-row `INSERT … SELECT FROM UNNEST(…) ON CONFLICT DO NOTHING` per
+//! reading table per batch, all in one transaction, and removes them from the
+//! store only after the commit. A replay after a crash inserts nothing twice.
+//!
+//! Transient failures (the network, a restarting server) are retried with
+//! capped exponential backoff plus jitter; a row the database refuses for good
+//! (a data or constraint error) is parked in the store and reported, and the
+//! rows around it go through.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::reading::{ColumnKind, ReadingTable, Value};
+use crate::store::{LocalStore, StoreError, StoredReading};
+
+/// Counters the forwarder keeps (read by status and metrics).
+#[derive(Debug, Default)]
+pub struct ForwardCounters {
+    /// Rows committed to PostgreSQL (including replays it ignored).
+    pub rows_forwarded: AtomicU64,
+    /// Rows in the last committed batch.
+    pub last_batch_rows: AtomicU64,
+    /// Failed attempts.
+    pub errors: AtomicU64,
+    /// Rows parked for a permanent error.
+    pub rows_parked: AtomicU64,
+}
+
+/// Why a batch did not go through.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    /// The database refused data for good (SQLSTATE class 22 or 23).
+    #[error("the database refused a row: {0}")]
+    Permanent(sqlx::Error),
+    /// Worth retrying: the network, the server, the schema not there yet.
+    #[error("cannot write to the database: {0}")]
+    Transient(sqlx::Error),
+    /// The local store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn classify(error: sqlx::Error) -> ForwardError {
+    let permanent = match &error {
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| code.starts_with("22") || (code.starts_with("23") && code != "23505")),
+        _ => false,
+    };
+    if permanent {
+        ForwardError::Permanent(error)
+    } else {
+        ForwardError::Transient(error)
+    }
+}
+
+/// Inserts `rows` (any tables) in one transaction.
+pub async fn insert_rows(
+    pool: &PgPool,
+    installation_id: Option<&str>,
+    rows: &[&StoredReading],
+) -> Result<(), ForwardError> {
+    let mut tx = pool.begin().await.map_err(classify)?;
+    for table in ReadingTable::ALL {
+        let of_table: Vec<&StoredReading> = rows.iter().copied().filter(|r| r.reading.table == table).collect();
+        if of_table.is_empty() {
+            continue;
+        }
+        insert_table(&mut tx, table, installation_id, &of_table).await?;
+    }
+    tx.commit().await.map_err(classify)?;
+    Ok(())
+}
+
+async fn insert_table(
+    tx: &mut sqlx::PgConnection,
+    table: ReadingTable,
+    installation_id: Option<&str>,
+    rows: &[&StoredReading],
+) -> Result<(), ForwardError> {
+    let columns = table.columns();
+    let mut names = vec!["\"timestamp\"", "device", "installation_id", "source"];
+    let mut casts = vec!["$1::timestamptz[]", "$2::text[]", "$3::text[]", "$4::text[]"];
+    let placeholders: Vec<String> = (0..columns.len())
+        .map(|i| {
+            let ty = match columns[i].1 {
+                ColumnKind::Float => "float8",
+                // int8 here: a value too large for the int4 column makes
+                // the database refuse that row (22003) instead of wrapping.
+                ColumnKind::Int => "int8",
+                ColumnKind::Text => "text",
+            };
+            format!("${}::{ty}[]", i + 5)
+        })
+        .collect();
+    names.extend(columns.iter().map(|(c, _)| *c));
+    casts.extend(placeholders.iter().map(String::as_str));
+    let sql = format!(
+        "INSERT INTO victron.{} ({}) SELECT * FROM UNNEST({}) ON CONFLICT (device, \"timestamp\") DO NOTHING",
+        table.name(),
+        names.join(", "),
+        casts.join(", ")
+    );
+    let times: Vec<DateTime<Utc>> = rows.iter().map(|r| r.reading.measured_at).collect();
+    let devices: Vec<&str> = rows.iter().map(|r| r.reading.device.as_str()).collect();
+    let installations: Vec<Option<&str>> = rows.iter().map(|_| installation_id).collect();
+    let sources: Vec<&str> = rows.iter().map(|r| r.reading.source.as_str()).collect();
+    let mut query = sqlx::query(&sql).bind(times).bind(devices).bind(installations).bind(sources);
+    for (column, kind) in columns {
+        let values = rows.iter().map(|r| r.reading.get(column));
+        query = match kind {
+            ColumnKind::Float => query.bind(
+                values
+                    .map(|v| match v {
+                        Some(Value::Float(f)) => Some(*f),
+                        Some(Value::Int(i)) => Some(*i as f64),
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>(),
+            ),
+            ColumnKind::Int => query.bind(
+                values
+                    .map(|v| match v {
+                        Some(Value::Int(i)) => Some(*i),
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>(),
+            ),
+            ColumnKind::Text => query.bind(
+                values
+                    .map(|v| match v {
+                        Some(Value::Text(t)) => Some(t.to_string()),
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>(),
+            ),
+        };
+    }
+    query.execute(&mut *tx).await.map_err(classify)?;
+    Ok(())
+}
+
+/// Forwards the store's readings until cancelled.
+#[derive(Debug)]
+pub struct Forwarder {
+    store: LocalStore,
+    pool: PgPool,
+    installation_id: Option<String>,
+    batch_rows: i64,
+    counters: Arc<ForwardCounters>,
+    wake: Arc<Notify>,
+    backoff: ExponentialBuilder,
+}
+
+impl Forwarder {
+    /// A forwarder from `store` to `pool`.
+    pub fn new(
+        store: LocalStore,
+        pool: PgPool,
+        installation_id: Option<String>,
+        counters: Arc<ForwardCounters>,
+        wake: Arc<Notify>,
+    ) -> Self {
+        Self {
+            store,
+            pool,
+            installation_id,
+            batch_rows: 5000,
+            counters,
+            wake,
+            backoff: ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(500))
+                .with_max_delay(Duration::from_secs(60))
+                .with_jitter()
+                .without_max_times(),
+        }
+    }
+
+    /// Ships one batch; returns how many rows left the store.
+    pub async fn forward_once(&self) -> Result<usize, ForwardError> {
+        let rows = self.store.oldest(self.batch_rows).await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let all: Vec<&StoredReading> = rows.iter().collect();
+        match insert_rows(&self.pool, self.installation_id.as_deref(), &all).await {
+            Ok(()) => {}
+            Err(ForwardError::Permanent(_)) => self.one_by_one(&all).await?,
+            Err(other) => return Err(other),
+        }
+        let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
+        self.store.remove(&seqs).await?;
+        self.counters.rows_forwarded.fetch_add(rows.len() as u64, Ordering::Relaxed);
+        self.counters.last_batch_rows.store(rows.len() as u64, Ordering::Relaxed);
+        Ok(rows.len())
+    }
+
+    /// After a permanent error: each row alone; the refused ones are parked.
+    async fn one_by_one(&self, rows: &[&StoredReading]) -> Result<(), ForwardError> {
+        for row in rows {
+            match insert_rows(&self.pool, self.installation_id.as_deref(), &[row]).await {
+                Ok(()) => {}
+                Err(ForwardError::Permanent(error)) => {
+                    tracing::error!(
+                        device = %row.reading.device,
+                        table = %row.reading.table,
+                        measured_at = %row.reading.measured_at,
+                        %error,
+                        "The database refuses this reading for good; it is parked in the local store."
+                    );
+                    self.store.park(row.seq, &error.to_string()).await?;
+                    self.counters.rows_parked.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs until `cancel`; a batch in flight is abandoned (it stays in the store).
+    pub async fn run(self, cancel: CancellationToken) {
+        let mut delays = self.backoff.build();
+        let mut failing = false;
+        loop {
+            let outcome = tokio::select! {
+                () = cancel.cancelled() => return,
+                outcome = self.forward_once() => outcome,
+            };
+            match outcome {
+                Ok(0) => {
+                    tokio::select! {
+                        () = cancel.cancelled() => return,
+                        () = self.wake.notified() => {}
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+                Ok(_) => {
+                    if failing {
+                        failing = false;
+                        tracing::info!("Forwarding to the database works again.");
+                    }
+                    delays = self.backoff.build();
+                }
+                Err(error) => {
+                    self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    let delay = delays.next().unwrap_or(Duration::from_secs(60));
+                    if !failing {
+                        failing = true;
+                        tracing::warn!(%error, "Forwarding to the database failed; readings wait in the local store.");
+                    }
+                    tokio::select! {
+                        () = cancel.cancelled() => return,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+}

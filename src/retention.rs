@@ -1,0 +1,92 @@
+//! Retention in PostgreSQL, as `schema.md` prescribes for each server
+//! flavour: on TimescaleDB (either licence) drop whole chunks older than the
+//! window (`drop_chunks`; under the TSL licence the retention policy covers
+//! it too); on plain PostgreSQL delete expired rows in bounded batches. The
+//! outcome is recorded in the status row.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+
+use crate::db::server::{READING_TABLES, StorageMode};
+
+/// What one retention run removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionOutcome {
+    /// Rows deleted (plain PostgreSQL).
+    pub rows: u64,
+    /// Chunks dropped (TimescaleDB).
+    pub chunks: u64,
+}
+
+/// Rows deleted per statement on plain PostgreSQL.
+const DELETE_BATCH: i64 = 10_000;
+
+/// Removes readings older than `window` from the four reading tables.
+pub async fn run(pool: &PgPool, mode: StorageMode, window: Duration) -> Result<RetentionOutcome, sqlx::Error> {
+    let window_s = i64::try_from(window.as_secs()).unwrap_or(i64::MAX);
+    let mut outcome = RetentionOutcome::default();
+    for table in READING_TABLES {
+        match mode {
+            StorageMode::TimescaleDb | StorageMode::TimescaleDbApache => {
+                let dropped: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM drop_chunks($1::regclass, older_than => now() - make_interval(secs => $2))",
+                )
+                .bind(format!("victron.{table}"))
+                .bind(window_s as f64)
+                .fetch_one(pool)
+                .await?;
+                outcome.chunks += u64::try_from(dropped).unwrap_or(0);
+            }
+            StorageMode::Postgres => loop {
+                let deleted = sqlx::query(&format!(
+                    "DELETE FROM victron.{table} WHERE ctid IN (
+                         SELECT ctid FROM victron.{table}
+                         WHERE \"timestamp\" < now() - make_interval(secs => $1) LIMIT $2)"
+                ))
+                .bind(window_s as f64)
+                .bind(DELETE_BATCH)
+                .execute(pool)
+                .await?
+                .rows_affected();
+                outcome.rows += deleted;
+                if deleted < DELETE_BATCH as u64 {
+                    break;
+                }
+            },
+        }
+    }
+    Ok(outcome)
+}
+
+/// Records a retention run in `victron.polling_status`.
+pub async fn record(
+    pool: &PgPool,
+    at: DateTime<Utc>,
+    result: &Result<RetentionOutcome, sqlx::Error>,
+    window: Duration,
+) -> Result<(), sqlx::Error> {
+    let (rows, chunks, error) = match result {
+        Ok(o) => (Some(o.rows as i64), Some(o.chunks as i32), None),
+        Err(e) => (None, None, Some(e.to_string())),
+    };
+    sqlx::query(
+        "INSERT INTO victron.polling_status (id, last_retention_run, last_retention_rows_dropped,
+             last_retention_chunks_dropped, last_retention_error, retention_window_s)
+         VALUES (1, $1, $2, $3, $4, $5)
+         ON CONFLICT (id) DO UPDATE SET last_retention_run = excluded.last_retention_run,
+             last_retention_rows_dropped = excluded.last_retention_rows_dropped,
+             last_retention_chunks_dropped = excluded.last_retention_chunks_dropped,
+             last_retention_error = excluded.last_retention_error,
+             retention_window_s = excluded.retention_window_s",
+    )
+    .bind(at)
+    .bind(rows)
+    .bind(chunks)
+    .bind(error)
+    .bind(i64::try_from(window.as_secs()).unwrap_or(i64::MAX))
+    .execute(pool)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,396 @@
+//! The local store: a SQLite file (WAL, synchronous=FULL) in the state
+//! directory. Every batch of readings is committed here first, so a crash, a
+//! power cut or a database outage loses nothing that reached it. With a
+//! PostgreSQL database the forwarder ships rows in order and removes them
+//! after the remote commit; without one, the store *is* the database.
+//! Rows that can never be written remotely are parked, not dropped.
+//!
+//! Values are kept as JSON per row; the column set is the reading model's.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use chrono::{DateTime, TimeZone, Utc};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::Row;
+
+use crate::reading::{ColumnKind, Reading, ReadingTable, SourceKind, Value};
+
+/// The store's file name inside the state directory.
+pub const FILE_NAME: &str = "victron-poller.sqlite";
+
+/// Why the local store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The state directory or file could not be created or opened.
+    #[error("cannot open the local store at {path}: {source}")]
+    Open {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: sqlx::Error,
+    },
+    /// A statement failed (disk full, I/O error ...).
+    #[error("local store error: {0}")]
+    Sql(#[from] sqlx::Error),
+}
+
+/// A reading as stored, with its position in the queue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredReading {
+    /// Insertion order.
+    pub seq: i64,
+    /// The reading.
+    pub reading: Reading,
+}
+
+/// The local store.
+#[derive(Debug, Clone)]
+pub struct LocalStore {
+    pool: SqlitePool,
+    path: PathBuf,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS readings (
+    seq            INTEGER PRIMARY KEY AUTOINCREMENT,
+    reading_table  TEXT    NOT NULL,
+    device         TEXT    NOT NULL,
+    source         TEXT    NOT NULL,
+    measured_at_us INTEGER NOT NULL,
+    vals           TEXT    NOT NULL,
+    UNIQUE (reading_table, device, measured_at_us)
+);
+CREATE INDEX IF NOT EXISTS readings_measured_at ON readings (measured_at_us);
+CREATE TABLE IF NOT EXISTS parked (
+    seq            INTEGER PRIMARY KEY,
+    reading_table  TEXT    NOT NULL,
+    device         TEXT    NOT NULL,
+    source         TEXT    NOT NULL,
+    measured_at_us INTEGER NOT NULL,
+    vals           TEXT    NOT NULL,
+    error          TEXT    NOT NULL,
+    parked_at_us   INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS status (
+    name          TEXT PRIMARY KEY,
+    doc           TEXT NOT NULL,
+    updated_at_us INTEGER NOT NULL
+);
+";
+
+fn micros(at: DateTime<Utc>) -> i64 {
+    at.timestamp_micros()
+}
+
+fn from_micros(us: i64) -> DateTime<Utc> {
+    Utc.timestamp_micros(us).single().unwrap_or_default()
+}
+
+fn table_from_name(name: &str) -> Option<ReadingTable> {
+    ReadingTable::ALL.into_iter().find(|t| t.name() == name)
+}
+
+fn encode_values(values: &[(&'static str, Value)]) -> String {
+    let map: serde_json::Map<String, serde_json::Value> = values
+        .iter()
+        .map(|(column, value)| {
+            let json = match value {
+                Value::Float(v) => serde_json::Number::from_f64(*v).map_or(serde_json::Value::Null, serde_json::Value::Number),
+                Value::Int(v) => serde_json::Value::from(*v),
+                Value::Text(t) => serde_json::Value::from(t.as_ref()),
+            };
+            ((*column).to_string(), json)
+        })
+        .collect();
+    serde_json::Value::Object(map).to_string()
+}
+
+fn decode_values(table: ReadingTable, text: &str) -> Vec<(&'static str, Value)> {
+    let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(text) else {
+        return Vec::new();
+    };
+    table
+        .columns()
+        .iter()
+        .filter_map(|(column, kind)| {
+            let json = map.get(*column)?;
+            let value = match kind {
+                ColumnKind::Float => Value::Float(json.as_f64()?),
+                ColumnKind::Int => Value::Int(json.as_i64()?),
+                ColumnKind::Text => Value::Text(json.as_str()?.to_string().into()),
+            };
+            Some((*column, value))
+        })
+        .collect()
+}
+
+impl LocalStore {
+    /// Opens (creating if needed) the store in `dir`.
+    pub async fn open(dir: &Path) -> Result<Self, StoreError> {
+        let path = dir.join(FILE_NAME);
+        let open_error = |source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| open_error(sqlx::Error::Io(e)))?;
+        let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
+            .map_err(open_error)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: a committed batch survives a power cut, not only a crash.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(std::time::Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_with(options)
+            .await
+            .map_err(open_error)?;
+        sqlx::raw_sql(SCHEMA).execute(&pool).await.map_err(open_error)?;
+        Ok(Self { pool, path })
+    }
+
+    /// The store's file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Commits readings in one transaction; a reading already stored (same
+    /// table, device and time) is ignored. Returns how many were new.
+    pub async fn append(&self, readings: &[Reading]) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let mut added = 0;
+        for reading in readings {
+            added += sqlx::query(
+                "INSERT OR IGNORE INTO readings (reading_table, device, source, measured_at_us, vals)
+                 VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(reading.table.name())
+            .bind(&reading.device)
+            .bind(reading.source.as_str())
+            .bind(micros(reading.measured_at))
+            .bind(encode_values(&reading.values))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        tx.commit().await?;
+        Ok(added)
+    }
+
+    /// The oldest `limit` readings, in order.
+    pub async fn oldest(&self, limit: i64) -> Result<Vec<StoredReading>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, reading_table, device, source, measured_at_us, vals
+             FROM readings ORDER BY seq LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|row| {
+                let table = table_from_name(row.get::<&str, _>(1))?;
+                let source = if row.get::<&str, _>(3) == "vedirect" {
+                    SourceKind::VeDirect
+                } else {
+                    SourceKind::Modbus
+                };
+                Some(StoredReading {
+                    seq: row.get(0),
+                    reading: Reading {
+                        device: row.get(2),
+                        table,
+                        source,
+                        measured_at: from_micros(row.get(4)),
+                        values: decode_values(table, row.get::<&str, _>(5)),
+                    },
+                })
+            })
+            .collect())
+    }
+
+    /// Removes forwarded readings, after their remote commit.
+    pub async fn remove(&self, seqs: &[i64]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for chunk in seqs.chunks(500) {
+            let list = chunk.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+            sqlx::query(&format!("DELETE FROM readings WHERE seq IN ({list})"))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Moves a reading the database refuses for good to the parked table.
+    pub async fn park(&self, seq: i64, error: &str) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT OR REPLACE INTO parked (seq, reading_table, device, source, measured_at_us, vals, error, parked_at_us)
+             SELECT seq, reading_table, device, source, measured_at_us, vals, ?, ? FROM readings WHERE seq = ?",
+        )
+        .bind(error)
+        .bind(micros(Utc::now()))
+        .bind(seq)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM readings WHERE seq = ?").bind(seq).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// How many readings wait, and the measurement time of the oldest.
+    pub async fn depth(&self) -> Result<(i64, Option<DateTime<Utc>>), StoreError> {
+        let row = sqlx::query("SELECT count(*), min(measured_at_us) FROM readings")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok((row.get(0), row.get::<Option<i64>, _>(1).map(from_micros)))
+    }
+
+    /// How many readings are parked.
+    pub async fn parked(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT count(*) FROM parked").fetch_one(&self.pool).await?)
+    }
+
+    /// Deletes readings measured before `before`; returns how many.
+    pub async fn expire(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let mut total = 0;
+        loop {
+            let deleted = sqlx::query(
+                "DELETE FROM readings WHERE seq IN
+                 (SELECT seq FROM readings WHERE measured_at_us < ? LIMIT 10000)",
+            )
+            .bind(micros(before))
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            total += deleted;
+            if deleted < 10_000 {
+                break;
+            }
+        }
+        sqlx::query("DELETE FROM parked WHERE measured_at_us < ?")
+            .bind(micros(before))
+            .execute(&self.pool)
+            .await?;
+        Ok(total)
+    }
+
+    /// Readings per table and device since `since` (embedded status).
+    pub async fn counts_since(&self, since: DateTime<Utc>) -> Result<Vec<(String, String, i64, DateTime<Utc>)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT reading_table, device, count(*), max(measured_at_us) FROM readings
+             WHERE measured_at_us >= ? GROUP BY reading_table, device ORDER BY reading_table, device",
+        )
+        .bind(micros(since))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), from_micros(r.get(3))))
+            .collect())
+    }
+
+    /// The latest reading of a device, if any.
+    pub async fn latest(&self, device: &str) -> Result<Option<StoredReading>, StoreError> {
+        let row = sqlx::query(
+            "SELECT seq FROM readings WHERE device = ? ORDER BY measured_at_us DESC LIMIT 1",
+        )
+        .bind(device)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let seq: i64 = row.get(0);
+        let all = sqlx::query(
+            "SELECT seq, reading_table, device, source, measured_at_us, vals FROM readings WHERE seq = ?",
+        )
+        .bind(seq)
+        .fetch_one(&self.pool)
+        .await?;
+        let Some(table) = table_from_name(all.get::<&str, _>(1)) else { return Ok(None) };
+        Ok(Some(StoredReading {
+            seq,
+            reading: Reading {
+                device: all.get(2),
+                table,
+                source: if all.get::<&str, _>(3) == "vedirect" { SourceKind::VeDirect } else { SourceKind::Modbus },
+                measured_at: from_micros(all.get(4)),
+                values: decode_values(table, all.get::<&str, _>(5)),
+            },
+        }))
+    }
+
+    /// Saves a named status document (JSON).
+    pub async fn save_status(&self, name: &str, doc: &serde_json::Value) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO status (name, doc, updated_at_us) VALUES (?, ?, ?)
+             ON CONFLICT (name) DO UPDATE SET doc = excluded.doc, updated_at_us = excluded.updated_at_us",
+        )
+        .bind(name)
+        .bind(doc.to_string())
+        .bind(micros(Utc::now()))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Loads a named status document and when it was saved.
+    pub async fn load_status(&self, name: &str) -> Result<Option<(serde_json::Value, DateTime<Utc>)>, StoreError> {
+        let row = sqlx::query("SELECT doc, updated_at_us FROM status WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.and_then(|r| {
+            let doc = serde_json::from_str(r.get::<&str, _>(0)).ok()?;
+            Some((doc, from_micros(r.get(1))))
+        }))
+    }
+
+    /// Closes the pool, finishing the WAL checkpoint.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reading(device: &str, second: i64, soc: f64) -> Reading {
+        Reading {
+            device: device.into(),
+            table: ReadingTable::Battery,
+            source: SourceKind::VeDirect,
+            measured_at: Utc.timestamp_opt(1_700_000_000 + second, 0).unwrap(),
+            values: vec![("soc", Value::Float(soc)), ("state", Value::Text("idle".into())), ("product_id", Value::Int(0xA389))],
+        }
+    }
+
+    #[tokio::test]
+    async fn append_read_remove_park_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).await.unwrap();
+        assert_eq!(store.append(&[reading("a", 0, 50.0), reading("a", 1, 51.0)]).await.unwrap(), 2);
+        assert_eq!(store.append(&[reading("a", 1, 51.0)]).await.unwrap(), 0, "a replay is ignored");
+        let rows = store.oldest(10).await.unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].reading, reading("a", 0, 50.0), "values survive the round trip");
+        store.remove(&[rows[0].seq]).await.unwrap();
+        store.park(rows[1].seq, "value out of range").await.unwrap();
+        assert_eq!(store.depth().await.unwrap().0, 0);
+        assert_eq!(store.parked().await.unwrap(), 1);
+
+        store.append(&[reading("b", 0, 1.0), reading("b", 100, 2.0)]).await.unwrap();
+        let expired = store.expire(Utc.timestamp_opt(1_700_000_050, 0).unwrap()).await.unwrap();
+        assert_eq!(expired, 1);
+        let (depth, oldest) = store.depth().await.unwrap();
+        assert_eq!((depth, oldest), (1, Some(Utc.timestamp_opt(1_700_000_100, 0).unwrap())));
+        store.close().await;
+
+        // Reopened: what was committed is there.
+        let store = LocalStore::open(dir.path()).await.unwrap();
+        assert_eq!(store.depth().await.unwrap().0, 1);
+        assert_eq!(store.latest("b").await.unwrap().unwrap().reading.float("soc"), Some(2.0));
+    }
+}
