@@ -5,6 +5,7 @@
 #   nopreload  the same binaries, TimescaleDB installed but NOT preloaded
 #              (pgvector usable, TimescaleDB unusable: the Railway case)   port 55433
 #   pg15       Debian 12's own PostgreSQL 15, no extensions at all   port 55415
+#   outage     like tsdb, for tests that stop and restart their server   port 55434
 #
 # PostgreSQL 17, TimescaleDB and pgvector come from Debian 13 (trixie) .debs
 # unpacked into a private prefix with their own libc (bookworm has no
@@ -25,7 +26,8 @@ LIB=$PFX/usr/lib/x86_64-linux-gnu
 BIN15=/usr/lib/postgresql/15/bin
 APT=$ROOT/apt
 
-declare -A PORT=([tsdb]=55432 [nopreload]=55433 [pg15]=55415)
+declare -A PORT=([tsdb]=55432 [nopreload]=55433 [pg15]=55415 [outage]=55434)
+SERVERS="tsdb nopreload pg15 outage"
 
 aptx() {
   apt-get -q \
@@ -94,7 +96,7 @@ start_one() {
   data=$ROOT/data-$name
   port=${PORT[$name]}
   preload=""
-  [ "$name" = tsdb ] && preload="timescaledb"
+  case "$name" in tsdb | outage) preload="timescaledb" ;; esac
   if [ ! -f "$data/PG_VERSION" ]; then
     rm -rf "$data"
     install -d -m 700 -o "$RUNAS" "$data"
@@ -134,6 +136,8 @@ env_lines() {
   echo "TEST_DATABASE_URL_TSDB=postgres://postgres@127.0.0.1:${PORT[tsdb]}/postgres"
   echo "TEST_DATABASE_URL_NOPRELOAD=postgres://postgres@127.0.0.1:${PORT[nopreload]}/postgres"
   echo "TEST_DATABASE_URL_PG15=postgres://postgres@127.0.0.1:${PORT[pg15]}/postgres"
+  echo "TEST_DATABASE_URL_OUTAGE=postgres://postgres@127.0.0.1:${PORT[outage]}/postgres"
+  echo "TEST_OUTAGE_SERVER=$RUNAS:$BIN17/pg_ctl:$ROOT/data-outage"
 }
 
 start() {
@@ -141,11 +145,11 @@ start() {
   stop
   # A fresh cluster every time: tests start from a known server state.
   rm -rf "$ROOT"/data-*
-  for n in tsdb nopreload pg15; do start_one "$n"; done
+  for n in $SERVERS; do start_one "$n"; done
   env_lines
 }
 
-stop() { for n in tsdb nopreload pg15; do stop_one "$n"; done; }
+stop() { for n in $SERVERS; do stop_one "$n"; done; }
 
 case "${1:-start}" in
   setup) setup ;;

@@ -8,6 +8,8 @@ mod helpers;
 
 /// Bad config, unreachable or refusing databases: exit codes and messages.
 mod cli;
+/// The daemon end to end: simulator → run → store → PostgreSQL; outages, kill -9.
+mod daemon;
 /// Adopting a database built by the legacy Python runner.
 mod legacy_adoption;
 /// The Modbus-TCP source against the GX simulator and misbehaving servers.
