@@ -180,8 +180,11 @@ CREATE UNIQUE INDEX IF NOT EXISTS system_readings_device_timestamp_key
     ON victron.system_readings (device, "timestamp");
 
 CREATE INDEX IF NOT EXISTS idx_battery_readings_timestamp ON victron.battery_readings ("timestamp" DESC);
-CREATE INDEX IF NOT EXISTS idx_battery_readings_installation ON victron.battery_readings (installation_id, "timestamp" DESC);
-CREATE INDEX IF NOT EXISTS idx_battery_readings_created_at ON victron.battery_readings (created_at DESC);
+-- The legacy runner's extra indexes on (installation_id, "timestamp" DESC)
+-- and (created_at DESC) serve no query (readers filter on time, or on device
+-- and time; retention works on "timestamp") and slow every insert.
+DROP INDEX IF EXISTS victron.idx_battery_readings_installation;
+DROP INDEX IF EXISTS victron.idx_battery_readings_created_at;
 CREATE INDEX IF NOT EXISTS idx_solar_readings_timestamp ON victron.solar_readings ("timestamp" DESC);
 CREATE INDEX IF NOT EXISTS idx_inverter_readings_timestamp ON victron.inverter_readings ("timestamp" DESC);
 CREATE INDEX IF NOT EXISTS idx_system_readings_timestamp ON victron.system_readings ("timestamp" DESC);

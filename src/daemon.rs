@@ -78,13 +78,23 @@ pub fn poll_interval(config: &Config) -> Duration {
         .gx
         .iter()
         .map(|g| g.poll_interval)
-        .chain(config.vedirect.iter().map(|v| v.poll_interval).filter(|d| !d.is_zero()))
+        .chain(
+            config
+                .vedirect
+                .iter()
+                .map(|v| v.poll_interval)
+                .filter(|d| !d.is_zero()),
+        )
         .min()
         .unwrap_or(Duration::from_secs(5))
 }
 
 /// Runs the daemon until `shutdown` fires.
-pub async fn run(config: Config, options: RunOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    options: RunOptions,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let store = LocalStore::open(&options.state_dir).await?;
     tracing::info!(store = %store.path().display(), "Local store open.");
@@ -131,7 +141,12 @@ pub async fn run(config: Config, options: RunOptions, shutdown: CancellationToke
     helpers.spawn(local_loop(shared.clone(), background.clone()));
     let forwarder_cancel = CancellationToken::new();
     if config.database.is_some() {
-        helpers.spawn(database_loop(shared.clone(), Arc::clone(&wake), forwarder_cancel.clone(), background.clone()));
+        helpers.spawn(database_loop(
+            shared.clone(),
+            Arc::clone(&wake),
+            forwarder_cancel.clone(),
+            background.clone(),
+        ));
     }
 
     shutdown.cancelled().await;
@@ -156,7 +171,10 @@ pub async fn run(config: Config, options: RunOptions, shutdown: CancellationToke
         .await;
         if drained.is_err() {
             let (left, _) = store.depth().await.unwrap_or_default();
-            tracing::warn!(readings = left, "Shutdown deadline reached; the rest is forwarded at the next start.");
+            tracing::warn!(
+                readings = left,
+                "Shutdown deadline reached; the rest is forwarded at the next start."
+            );
         }
     }
     forwarder_cancel.cancel();
@@ -230,7 +248,9 @@ async fn commit(
         }
     };
     counters.rows_stored.fetch_add(stored, Ordering::Relaxed);
-    counters.last_batch.store(batch.len() as u64, Ordering::Relaxed);
+    counters
+        .last_batch
+        .store(batch.len() as u64, Ordering::Relaxed);
     wake.notify_one();
     if let Some(report) = report {
         let _ = report.send(BatchReport {
@@ -301,8 +321,15 @@ pub fn host_name() -> String {
 
 /// Connects (with backoff), migrates, then forwards, writes status and runs
 /// retention until cancelled. Never blocks polling: the store keeps filling.
-async fn database_loop(shared: Shared, wake: Arc<Notify>, forwarder_cancel: CancellationToken, cancel: CancellationToken) {
-    let Some(db) = shared.config.database.clone() else { return };
+async fn database_loop(
+    shared: Shared,
+    wake: Arc<Notify>,
+    forwarder_cancel: CancellationToken,
+    cancel: CancellationToken,
+) {
+    let Some(db) = shared.config.database.clone() else {
+        return;
+    };
     let mut delays = ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(500))
         .with_max_delay(Duration::from_secs(60))
@@ -313,7 +340,8 @@ async fn database_loop(shared: Shared, wake: Arc<Notify>, forwarder_cancel: Canc
     let (pool, mode) = loop {
         let attempt = async {
             let mut conn = crate::db::migrate::connect_once(&db).await?;
-            let report = crate::db::migrate::migrate(&mut conn, shared.config.retention.window).await?;
+            let report =
+                crate::db::migrate::migrate(&mut conn, shared.config.retention.window).await?;
             for d in &report.degraded {
                 tracing::info!(feature = d.feature, reason = %d.reason, "Degraded database feature.");
             }
@@ -349,7 +377,11 @@ async fn database_loop(shared: Shared, wake: Arc<Notify>, forwarder_cancel: Canc
         retention_loop(shared.clone(), pool.clone(), mode, cancel.clone()),
     );
     // A last status row, best effort.
-    let _ = tokio::time::timeout(Duration::from_secs(2), write_db_status(&shared, &pool, mode)).await;
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        write_db_status(&shared, &pool, mode),
+    )
+    .await;
     pool.close().await;
 }
 
@@ -362,7 +394,11 @@ async fn status_writer(shared: Shared, pool: PgPool, mode: StorageMode, cancel: 
             _ = tick.tick() => {}
         }
         // Bounded: a slow or absent database never stalls anything else.
-        let result = tokio::time::timeout(Duration::from_secs(10), write_db_status(&shared, &pool, mode)).await;
+        let result = tokio::time::timeout(
+            Duration::from_secs(10),
+            write_db_status(&shared, &pool, mode),
+        )
+        .await;
         match result {
             Ok(Ok(())) if failing => {
                 failing = false;
@@ -382,17 +418,30 @@ async fn status_writer(shared: Shared, pool: PgPool, mode: StorageMode, cancel: 
     }
 }
 
-async fn write_db_status(shared: &Shared, pool: &PgPool, mode: StorageMode) -> Result<(), sqlx::Error> {
+async fn write_db_status(
+    shared: &Shared,
+    pool: &PgPool,
+    mode: StorageMode,
+) -> Result<(), sqlx::Error> {
     let devices = shared.status.snapshot();
     let (depth, oldest) = shared.store.depth().await.unwrap_or_default();
     let last_attempt = devices.iter().filter_map(|d| d.last_attempt).max();
     let last_success = devices.iter().filter_map(|d| d.last_success).max();
     let failing = devices.iter().filter(|d| !d.is_healthy());
-    let last_error = failing.clone().filter_map(|d| d.last_error.as_ref().map(|e| format!("{}: {e}", d.device))).next();
-    let consecutive = devices.iter().map(|d| d.consecutive_failures).max().unwrap_or(0);
+    let last_error = failing
+        .clone()
+        .filter_map(|d| d.last_error.as_ref().map(|e| format!("{}: {e}", d.device)))
+        .next();
+    let consecutive = devices
+        .iter()
+        .map(|d| d.consecutive_failures)
+        .max()
+        .unwrap_or(0);
     let healthy = devices.iter().filter(|d| d.is_healthy()).count();
     let mut tx = pool.begin().await?;
-    sqlx::query("SET LOCAL statement_timeout = '5s'").execute(&mut *tx).await?;
+    sqlx::query("SET LOCAL statement_timeout = '5s'")
+        .execute(&mut *tx)
+        .await?;
     sqlx::query(
         "INSERT INTO victron.polling_status (id, last_poll_attempt, last_successful_poll, last_error,
              consecutive_failures, is_healthy, poller_host, poller_version, poller_started_at,
@@ -462,7 +511,12 @@ async fn write_db_status(shared: &Shared, pool: &PgPool, mode: StorageMode) -> R
     tx.commit().await
 }
 
-async fn retention_loop(shared: Shared, pool: PgPool, mode: StorageMode, cancel: CancellationToken) {
+async fn retention_loop(
+    shared: Shared,
+    pool: PgPool,
+    mode: StorageMode,
+    cancel: CancellationToken,
+) {
     let mut tick = crate::sources::ticker(Duration::from_secs(3600));
     loop {
         tokio::select! {
@@ -472,7 +526,11 @@ async fn retention_loop(shared: Shared, pool: PgPool, mode: StorageMode, cancel:
         let window = shared.config.retention.window;
         let result = crate::retention::run(&pool, mode, window).await;
         match &result {
-            Ok(outcome) => tracing::info!(rows = outcome.rows, chunks = outcome.chunks, "Retention run done."),
+            Ok(outcome) => tracing::info!(
+                rows = outcome.rows,
+                chunks = outcome.chunks,
+                "Retention run done."
+            ),
             Err(error) => tracing::warn!(%error, "Retention run failed."),
         }
         let _ = crate::retention::record(&pool, Utc::now(), &result, window).await;

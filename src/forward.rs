@@ -50,9 +50,9 @@ pub enum ForwardError {
 
 fn classify(error: sqlx::Error) -> ForwardError {
     let permanent = match &error {
-        sqlx::Error::Database(db) => db
-            .code()
-            .is_some_and(|code| code.starts_with("22") || (code.starts_with("23") && code != "23505")),
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("22") || (code.starts_with("23") && code != "23505")
+        }),
         _ => false,
     };
     if permanent {
@@ -70,7 +70,11 @@ pub async fn insert_rows(
 ) -> Result<(), ForwardError> {
     let mut tx = pool.begin().await.map_err(classify)?;
     for table in ReadingTable::ALL {
-        let of_table: Vec<&StoredReading> = rows.iter().copied().filter(|r| r.reading.table == table).collect();
+        let of_table: Vec<&StoredReading> = rows
+            .iter()
+            .copied()
+            .filter(|r| r.reading.table == table)
+            .collect();
         if of_table.is_empty() {
             continue;
         }
@@ -86,9 +90,20 @@ async fn insert_table(
     installation_id: Option<&str>,
     rows: &[&StoredReading],
 ) -> Result<(), ForwardError> {
-    let columns = table.columns();
+    // Only the columns some row of the batch has: fewer arrays to send and unnest.
+    let columns: Vec<(&'static str, ColumnKind)> = table
+        .columns()
+        .iter()
+        .copied()
+        .filter(|(column, _)| rows.iter().any(|r| r.reading.get(column).is_some()))
+        .collect();
     let mut names = vec!["\"timestamp\"", "device", "installation_id", "source"];
-    let mut casts = vec!["$1::timestamptz[]", "$2::text[]", "$3::text[]", "$4::text[]"];
+    let mut casts = vec![
+        "$1::timestamptz[]",
+        "$2::text[]",
+        "$3::text[]",
+        "$4::text[]",
+    ];
     let placeholders: Vec<String> = (0..columns.len())
         .map(|i| {
             let ty = match columns[i].1 {
@@ -113,8 +128,12 @@ async fn insert_table(
     let devices: Vec<&str> = rows.iter().map(|r| r.reading.device.as_str()).collect();
     let installations: Vec<Option<&str>> = rows.iter().map(|_| installation_id).collect();
     let sources: Vec<&str> = rows.iter().map(|r| r.reading.source.as_str()).collect();
-    let mut query = sqlx::query(&sql).bind(times).bind(devices).bind(installations).bind(sources);
-    for (column, kind) in columns {
+    let mut query = sqlx::query(&sql)
+        .bind(times)
+        .bind(devices)
+        .bind(installations)
+        .bind(sources);
+    for (column, kind) in &columns {
         let values = rows.iter().map(|r| r.reading.get(column));
         query = match kind {
             ColumnKind::Float => query.bind(
@@ -184,23 +203,75 @@ impl Forwarder {
         }
     }
 
+    /// Rows per batch (default 5000).
+    pub fn with_batch_rows(mut self, rows: i64) -> Self {
+        self.batch_rows = rows.max(1);
+        self
+    }
+
     /// Ships one batch; returns how many rows left the store.
     pub async fn forward_once(&self) -> Result<usize, ForwardError> {
         let rows = self.store.oldest(self.batch_rows).await?;
         if rows.is_empty() {
             return Ok(0);
         }
+        self.insert_batch(&rows).await?;
+        if let Some(last) = rows.last() {
+            self.store.remove_through(last.seq).await?;
+        }
+        self.counters
+            .rows_forwarded
+            .fetch_add(rows.len() as u64, Ordering::Relaxed);
+        self.counters
+            .last_batch_rows
+            .store(rows.len() as u64, Ordering::Relaxed);
+        Ok(rows.len())
+    }
+
+    /// Inserts one batch; after a permanent error, row by row.
+    async fn insert_batch(&self, rows: &[StoredReading]) -> Result<(), ForwardError> {
         let all: Vec<&StoredReading> = rows.iter().collect();
         match insert_rows(&self.pool, self.installation_id.as_deref(), &all).await {
-            Ok(()) => {}
-            Err(ForwardError::Permanent(_)) => self.one_by_one(&all).await?,
-            Err(other) => return Err(other),
+            Err(ForwardError::Permanent(_)) => self.one_by_one(&all).await,
+            other => other,
         }
-        let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
-        self.store.remove(&seqs).await?;
-        self.counters.rows_forwarded.fetch_add(rows.len() as u64, Ordering::Relaxed);
-        self.counters.last_batch_rows.store(rows.len() as u64, Ordering::Relaxed);
-        Ok(rows.len())
+    }
+
+    /// Forwards everything the store holds, batch after batch, reading the
+    /// next batch and removing the last committed one while the current one
+    /// is inserted. Returns how many rows left the store.
+    pub async fn drain(&self) -> Result<usize, ForwardError> {
+        let mut total = 0;
+        let mut current = self.store.oldest(self.batch_rows).await?;
+        let mut committed: Option<i64> = None;
+        while let Some(last) = current.last().map(|r| r.seq) {
+            let cleanup = async {
+                match committed {
+                    Some(seq) => self.store.remove_through(seq).await,
+                    None => Ok(()),
+                }
+            };
+            let (inserted, next, cleaned) = tokio::join!(
+                self.insert_batch(&current),
+                self.store.oldest_after(last, self.batch_rows),
+                cleanup
+            );
+            cleaned?;
+            inserted?;
+            committed = Some(last);
+            total += current.len();
+            self.counters
+                .rows_forwarded
+                .fetch_add(current.len() as u64, Ordering::Relaxed);
+            self.counters
+                .last_batch_rows
+                .store(current.len() as u64, Ordering::Relaxed);
+            current = next?;
+        }
+        if let Some(seq) = committed {
+            self.store.remove_through(seq).await?;
+        }
+        Ok(total)
     }
 
     /// After a permanent error: each row alone; the refused ones are parked.
@@ -232,7 +303,7 @@ impl Forwarder {
         loop {
             let outcome = tokio::select! {
                 () = cancel.cancelled() => return,
-                outcome = self.forward_once() => outcome,
+                outcome = self.drain() => outcome,
             };
             match outcome {
                 Ok(0) => {

@@ -24,7 +24,11 @@ pub struct RetentionOutcome {
 const DELETE_BATCH: i64 = 10_000;
 
 /// Removes readings older than `window` from the four reading tables.
-pub async fn run(pool: &PgPool, mode: StorageMode, window: Duration) -> Result<RetentionOutcome, sqlx::Error> {
+pub async fn run(
+    pool: &PgPool,
+    mode: StorageMode,
+    window: Duration,
+) -> Result<RetentionOutcome, sqlx::Error> {
     let window_s = i64::try_from(window.as_secs()).unwrap_or(i64::MAX);
     let mut outcome = RetentionOutcome::default();
     for table in READING_TABLES {

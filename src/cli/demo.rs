@@ -8,20 +8,32 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use super::Exit;
-use crate::config::{Config, GxConfig, LogConfig, ModbusClass, ModbusDeviceConfig, RetentionConfig, SiteConfig};
+use crate::config::{
+    Config, GxConfig, LogConfig, ModbusClass, ModbusDeviceConfig, RetentionConfig, SiteConfig,
+};
 use crate::daemon::{self, RunOptions};
 use crate::simulator::gx::{self, GxSimOptions};
 
 /// Runs `demo`.
 pub async fn exec() -> anyhow::Result<Exit> {
-    let listener = TcpListener::bind("127.0.0.1:0").await.context("Failed to start the GX simulator")?;
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("Failed to start the GX simulator")?;
     let simulator = gx::start(listener, GxSimOptions::default())?;
-    let device = |name: &str, class, unit_id| ModbusDeviceConfig { name: name.into(), class, unit_id };
+    let device = |name: &str, class, unit_id| ModbusDeviceConfig {
+        name: name.into(),
+        class,
+        unit_id,
+    };
     let config = Config {
         database: None,
-        retention: RetentionConfig { window: Duration::from_secs(72 * 3600) },
+        retention: RetentionConfig {
+            window: Duration::from_secs(72 * 3600),
+        },
         log: LogConfig::default(),
-        site: SiteConfig { installation_id: Some("demo".into()) },
+        site: SiteConfig {
+            installation_id: Some("demo".into()),
+        },
         gx: vec![GxConfig {
             host: "127.0.0.1".into(),
             port: simulator.addr().port(),
@@ -38,8 +50,14 @@ pub async fn exec() -> anyhow::Result<Exit> {
         }],
         vedirect: Vec::new(),
     };
-    let dir = tempfile::Builder::new().prefix("victron-poller-demo-").tempdir()?;
-    println!("GX simulator on {}; local store in {}", simulator.addr(), dir.path().display());
+    let dir = tempfile::Builder::new()
+        .prefix("victron-poller-demo-")
+        .tempdir()?;
+    println!(
+        "GX simulator on {}; local store in {}",
+        simulator.addr(),
+        dir.path().display()
+    );
     println!("Polling 4 devices every second. Ctrl-C stops.");
     let (tx, mut rx) = mpsc::unbounded_channel();
     let shutdown = super::run::shutdown_on_signals()?;
@@ -76,7 +94,11 @@ pub async fn exec() -> anyhow::Result<Exit> {
                         reading.float("battery_power").unwrap_or(f64::NAN)
                     ),
                 };
-                println!("{}  {:<11} {summary}", reading.measured_at.format("%H:%M:%S%.3f"), reading.device);
+                println!(
+                    "{}  {:<11} {summary}",
+                    reading.measured_at.format("%H:%M:%S%.3f"),
+                    reading.device
+                );
             }
             println!("  stored {} rows ({total} in all)", batch.stored);
         }

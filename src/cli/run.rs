@@ -30,7 +30,13 @@ pub fn state_dir(flag: Option<PathBuf>) -> PathBuf {
     flag.or_else(|| {
         std::env::var_os("STATE_DIRECTORY")
             .map(PathBuf::from)
-            .map(|p| p.to_string_lossy().split(':').next().map(PathBuf::from).unwrap_or(p))
+            .map(|p| {
+                p.to_string_lossy()
+                    .split(':')
+                    .next()
+                    .map(PathBuf::from)
+                    .unwrap_or(p)
+            })
     })
     .unwrap_or_else(|| PathBuf::from("victron-poller-state"))
 }

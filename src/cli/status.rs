@@ -39,11 +39,23 @@ struct Health {
 
 fn judge(down: Vec<String>, degraded: Vec<String>) -> Health {
     if !down.is_empty() {
-        Health { exit: Exit::Down, word: "down", reasons: down }
+        Health {
+            exit: Exit::Down,
+            word: "down",
+            reasons: down,
+        }
     } else if !degraded.is_empty() {
-        Health { exit: Exit::Attention, word: "degraded", reasons: degraded }
+        Health {
+            exit: Exit::Attention,
+            word: "degraded",
+            reasons: degraded,
+        }
     } else {
-        Health { exit: Exit::Ok, word: "healthy", reasons: Vec::new() }
+        Health {
+            exit: Exit::Ok,
+            word: "healthy",
+            reasons: Vec::new(),
+        }
     }
 }
 
@@ -52,7 +64,9 @@ pub async fn exec(config: &Config, args: StatusArgs) -> anyhow::Result<Exit> {
     let (health, document) = match &config.database {
         Some(db) => {
             let mut conn = connect_once(db).await?;
-            let schema = SchemaReport::collect(&mut conn, db).await.context("Failed to read the schema state")?;
+            let schema = SchemaReport::collect(&mut conn, db)
+                .await
+                .context("Failed to read the schema state")?;
             let poller: Option<Json> = if schema.migrations.applied.is_empty() {
                 None
             } else {
@@ -110,7 +124,10 @@ fn judge_database(schema: &SchemaReport, poller: Option<&Json>, devices: &Json) 
     let mut down = Vec::new();
     let mut degraded = Vec::new();
     if !schema.migrations.is_current() {
-        degraded.push(format!("{} migration(s) pending: run `victron-poller migrate`", schema.migrations.pending.len()));
+        degraded.push(format!(
+            "{} migration(s) pending: run `victron-poller migrate`",
+            schema.migrations.pending.len()
+        ));
     }
     match poller {
         None => down.push("no poller has written status here yet".into()),
@@ -127,7 +144,10 @@ fn judge_database(schema: &SchemaReport, poller: Option<&Json>, devices: &Json) 
                 degraded.push(format!("{n} device(s) failing"));
             }
             let interval_s = p["poll_interval_ms"].as_f64().unwrap_or(5000.0) / 1000.0;
-            if let Some(age) = p["spool_oldest_age_s"].as_f64().filter(|a| *a > 3.0 * interval_s.max(5.0)) {
+            if let Some(age) = p["spool_oldest_age_s"]
+                .as_f64()
+                .filter(|a| *a > 3.0 * interval_s.max(5.0))
+            {
                 degraded.push(format!("readings wait in the local store since {age:.0} s"));
             }
         }
@@ -146,20 +166,33 @@ fn judge_database(schema: &SchemaReport, poller: Option<&Json>, devices: &Json) 
 
 fn judge_local(saved: Option<&(Json, DateTime<Utc>)>) -> Health {
     let Some((doc, at)) = saved else {
-        return judge(vec!["the daemon has not run with this local store".into()], Vec::new());
+        return judge(
+            vec!["the daemon has not run with this local store".into()],
+            Vec::new(),
+        );
     };
     let mut down = Vec::new();
     let mut degraded = Vec::new();
     let interval_s = doc["poll_interval_ms"].as_f64().unwrap_or(5000.0) / 1000.0;
     let age = (Utc::now() - *at).num_milliseconds() as f64 / 1000.0;
     if age > (3.0 * interval_s).max(15.0) {
-        down.push(format!("the daemon is not running (last status {age:.0} s ago)"));
+        down.push(format!(
+            "the daemon is not running (last status {age:.0} s ago)"
+        ));
     }
     let devices = doc["devices"].as_array().cloned().unwrap_or_default();
     let failing: Vec<String> = devices
         .iter()
-        .filter(|d| d["consecutive_failures"].as_i64().unwrap_or(0) > 0 || d["last_success"].is_null())
-        .map(|d| format!("{}: {}", d["device"].as_str().unwrap_or("?"), d["last_error"].as_str().unwrap_or("no data yet")))
+        .filter(|d| {
+            d["consecutive_failures"].as_i64().unwrap_or(0) > 0 || d["last_success"].is_null()
+        })
+        .map(|d| {
+            format!(
+                "{}: {}",
+                d["device"].as_str().unwrap_or("?"),
+                d["last_error"].as_str().unwrap_or("no data yet")
+            )
+        })
         .collect();
     if !devices.is_empty() && failing.len() == devices.len() {
         down.push("no device answers".into());
@@ -172,7 +205,12 @@ fn print_text(doc: &Json) {
     let ago = |v: &Json| -> String {
         v.as_str()
             .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-            .map(|t| format!("{:.0} s ago", (Utc::now() - t.with_timezone(&Utc)).num_milliseconds() as f64 / 1000.0))
+            .map(|t| {
+                format!(
+                    "{:.0} s ago",
+                    (Utc::now() - t.with_timezone(&Utc)).num_milliseconds() as f64 / 1000.0
+                )
+            })
             .unwrap_or_else(|| "never".into())
     };
     println!("health       {}", doc["health"].as_str().unwrap_or("?"));
@@ -187,10 +225,17 @@ fn print_text(doc: &Json) {
             ago(&p["poller_started_at"]),
             p["poll_interval_ms"]
         );
-        println!("last poll    {}; last success {}", ago(&p["last_poll_attempt"]), ago(&p["last_successful_poll"]));
+        println!(
+            "last poll    {}; last success {}",
+            ago(&p["last_poll_attempt"]),
+            ago(&p["last_successful_poll"])
+        );
         println!(
             "readings     {} in the last hour, {} in 24 h (collection {}%), oldest {}",
-            p["readings_last_hour"], p["readings_last_24h"], p["collection_health_pct"], ago(&p["oldest_reading_at"])
+            p["readings_last_hour"],
+            p["readings_last_24h"],
+            p["collection_health_pct"],
+            ago(&p["oldest_reading_at"])
         );
         println!("store        {} waiting to be forwarded", p["spool_depth"]);
         println!(
@@ -202,15 +247,34 @@ fn print_text(doc: &Json) {
     }
     if let Some(daemon) = doc.get("daemon").filter(|d| !d.is_null()) {
         let s = &daemon["status"];
-        println!("daemon       {} v{}, status saved {}", s["host"].as_str().unwrap_or("?"), s["version"].as_str().unwrap_or("?"), ago(&daemon["saved_at"]));
-        println!("store        {} readings in {}", doc["readings_stored"], doc["store"].as_str().unwrap_or("?"));
+        println!(
+            "daemon       {} v{}, status saved {}",
+            s["host"].as_str().unwrap_or("?"),
+            s["version"].as_str().unwrap_or("?"),
+            ago(&daemon["saved_at"])
+        );
+        println!(
+            "store        {} readings in {}",
+            doc["readings_stored"],
+            doc["store"].as_str().unwrap_or("?")
+        );
         for r in doc["readings_last_hour"].as_array().into_iter().flatten() {
-            println!("  {:<20} {:<18} {} in the last hour, latest {}", r["device"].as_str().unwrap_or("?"), r["table"].as_str().unwrap_or("?"), r["last_hour"], ago(&r["latest"]));
+            println!(
+                "  {:<20} {:<18} {} in the last hour, latest {}",
+                r["device"].as_str().unwrap_or("?"),
+                r["table"].as_str().unwrap_or("?"),
+                r["last_hour"],
+                ago(&r["latest"])
+            );
         }
     }
-    let devices = doc.get("devices").filter(|d| d.is_array()).or_else(|| doc.pointer("/daemon/status/devices"));
+    let devices = doc
+        .get("devices")
+        .filter(|d| d.is_array())
+        .or_else(|| doc.pointer("/daemon/status/devices"));
     for d in devices.and_then(Json::as_array).into_iter().flatten() {
-        let ok = d["consecutive_failures"].as_i64().unwrap_or(0) == 0 && !d["last_success"].is_null();
+        let ok =
+            d["consecutive_failures"].as_i64().unwrap_or(0) == 0 && !d["last_success"].is_null();
         println!(
             "device       {:<16} {:<9} {:<26} {}  last success {}{}",
             d["device"].as_str().unwrap_or("?"),
@@ -218,18 +282,41 @@ fn print_text(doc: &Json) {
             d["address"].as_str().unwrap_or("?"),
             if ok { "ok    " } else { "FAILING" },
             ago(&d["last_success"]),
-            d["last_error"].as_str().filter(|_| !ok).map(|e| format!(" ({e})")).unwrap_or_default()
+            d["last_error"]
+                .as_str()
+                .filter(|_| !ok)
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default()
         );
     }
     if let Some(schema) = doc.get("schema") {
-        let applied = schema["migrations"]["applied"].as_array().map_or(0, Vec::len);
-        let pending = schema["migrations"]["pending"].as_array().map_or(0, Vec::len);
-        println!("database     {}", schema["database"].as_str().unwrap_or("?"));
+        let applied = schema["migrations"]["applied"]
+            .as_array()
+            .map_or(0, Vec::len);
+        let pending = schema["migrations"]["pending"]
+            .as_array()
+            .map_or(0, Vec::len);
+        println!(
+            "database     {}",
+            schema["database"].as_str().unwrap_or("?")
+        );
         println!("migrations   {applied} of {} applied", applied + pending);
-        println!("storage      {}", schema["storage_mode"].as_str().unwrap_or("?"));
-        println!("hypertables  {} of 4 reading tables", schema["schema"]["hypertables"].as_array().map_or(0, Vec::len));
+        println!(
+            "storage      {}",
+            schema["storage_mode"].as_str().unwrap_or("?")
+        );
+        println!(
+            "hypertables  {} of 4 reading tables",
+            schema["schema"]["hypertables"]
+                .as_array()
+                .map_or(0, Vec::len)
+        );
         for d in schema["degraded"].as_array().into_iter().flatten() {
-            println!("degraded     {}: {}", d["feature"].as_str().unwrap_or("?"), d["reason"].as_str().unwrap_or("?"));
+            println!(
+                "degraded     {}: {}",
+                d["feature"].as_str().unwrap_or("?"),
+                d["reason"].as_str().unwrap_or("?")
+            );
         }
     }
 }

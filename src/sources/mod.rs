@@ -32,17 +32,19 @@ impl Ticker {
     }
 
     /// Waits for the next grid point that is not in the past; returns it.
+    /// Cancellation-safe: dropped before it fires (in a `select!`), it
+    /// changes nothing, and the next call waits for the same grid point.
     pub async fn tick(&mut self) -> Instant {
         let elapsed = Instant::now().saturating_duration_since(self.start);
         let period = self.period.as_nanos();
         // The first grid point at or after now.
         let due = u64::try_from(elapsed.as_nanos().div_ceil(period)).unwrap_or(u64::MAX);
         let k = self.next.max(due);
-        self.skipped += k - self.next;
-        self.next = k.saturating_add(1);
         let offset = u64::try_from(period.saturating_mul(u128::from(k))).unwrap_or(u64::MAX);
         let at = self.start + Duration::from_nanos(offset);
         sleep_until(at).await;
+        self.skipped += k - self.next;
+        self.next = k.saturating_add(1);
         at
     }
 
@@ -90,5 +92,22 @@ mod tests {
         }
         ticker.tick().await;
         assert_eq!(start.elapsed().as_millis() % 1000, 0);
+    }
+
+    /// Dropped ticks (another `select!` branch won) do not move the grid.
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_tick_changes_nothing() {
+        let start = Instant::now();
+        let mut ticker = ticker(Duration::from_millis(1000));
+        ticker.tick().await;
+        for _ in 0..50 {
+            tokio::select! {
+                _ = ticker.tick() => panic!("no grid point within 10 ms"),
+                () = sleep(Duration::from_millis(10)) => {}
+            }
+        }
+        ticker.tick().await;
+        assert_eq!(start.elapsed().as_millis(), 1000);
+        assert_eq!(ticker.skipped(), 0);
     }
 }

@@ -11,8 +11,10 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use chrono::{DateTime, TimeZone, Utc};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::Row;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 
 use crate::reading::{ColumnKind, Reading, ReadingTable, SourceKind, Value};
 
@@ -96,7 +98,8 @@ fn encode_values(values: &[(&'static str, Value)]) -> String {
         .iter()
         .map(|(column, value)| {
             let json = match value {
-                Value::Float(v) => serde_json::Number::from_f64(*v).map_or(serde_json::Value::Null, serde_json::Value::Number),
+                Value::Float(v) => serde_json::Number::from_f64(*v)
+                    .map_or(serde_json::Value::Null, serde_json::Value::Number),
                 Value::Int(v) => serde_json::Value::from(*v),
                 Value::Text(t) => serde_json::Value::from(t.as_ref()),
             };
@@ -107,7 +110,12 @@ fn encode_values(values: &[(&'static str, Value)]) -> String {
 }
 
 fn decode_values(table: ReadingTable, text: &str) -> Vec<(&'static str, Value)> {
-    let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(text) else {
+    serde_json::from_str::<serde_json::Value>(text)
+        .map_or_else(|_| Vec::new(), |v| decode_value_map(table, &v))
+}
+
+fn decode_value_map(table: ReadingTable, json: &serde_json::Value) -> Vec<(&'static str, Value)> {
+    let serde_json::Value::Object(map) = json else {
         return Vec::new();
     };
     table
@@ -146,7 +154,10 @@ impl LocalStore {
             .connect_with(options)
             .await
             .map_err(open_error)?;
-        sqlx::raw_sql(SCHEMA).execute(&pool).await.map_err(open_error)?;
+        sqlx::raw_sql(SCHEMA)
+            .execute(&pool)
+            .await
+            .map_err(open_error)?;
         Ok(Self { pool, path })
     }
 
@@ -180,41 +191,72 @@ impl LocalStore {
 
     /// The oldest `limit` readings, in order.
     pub async fn oldest(&self, limit: i64) -> Result<Vec<StoredReading>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT seq, reading_table, device, source, measured_at_us, vals
-             FROM readings ORDER BY seq LIMIT ?",
+        self.oldest_after(i64::MIN, limit).await
+    }
+
+    /// The oldest `limit` readings after position `seq`, in order.
+    pub async fn oldest_after(
+        &self,
+        seq: i64,
+        limit: i64,
+    ) -> Result<Vec<StoredReading>, StoreError> {
+        // One row holding them all as JSON: sqlx's SQLite driver hands rows
+        // over one by one between threads, which costs far more than parsing.
+        let text: Option<String> = sqlx::query_scalar(
+            "SELECT json_group_array(json_array(seq, reading_table, device, source, measured_at_us, json(vals)))
+             FROM (SELECT * FROM readings WHERE seq > ? ORDER BY seq LIMIT ?)",
         )
+        .bind(seq)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_one(&self.pool)
         .await?;
+        let Some(text) = text else {
+            return Ok(Vec::new());
+        };
+        let rows: Vec<(i64, String, String, String, i64, serde_json::Value)> =
+            serde_json::from_str(&text)
+                .map_err(|e| StoreError::Sql(sqlx::Error::Decode(Box::new(e))))?;
         Ok(rows
             .into_iter()
-            .filter_map(|row| {
-                let table = table_from_name(row.get::<&str, _>(1))?;
-                let source = if row.get::<&str, _>(3) == "vedirect" {
-                    SourceKind::VeDirect
-                } else {
-                    SourceKind::Modbus
-                };
+            .filter_map(|(seq, table, device, source, measured_at_us, values)| {
+                let table = table_from_name(&table)?;
                 Some(StoredReading {
-                    seq: row.get(0),
+                    seq,
                     reading: Reading {
-                        device: row.get(2),
+                        device,
                         table,
-                        source,
-                        measured_at: from_micros(row.get(4)),
-                        values: decode_values(table, row.get::<&str, _>(5)),
+                        source: if source == "vedirect" {
+                            SourceKind::VeDirect
+                        } else {
+                            SourceKind::Modbus
+                        },
+                        measured_at: from_micros(measured_at_us),
+                        values: decode_value_map(table, &values),
                     },
                 })
             })
             .collect())
     }
 
+    /// Removes every reading up to and including `seq` (the forwarder ships
+    /// the oldest first, so these are exactly the ones it committed).
+    pub async fn remove_through(&self, seq: i64) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM readings WHERE seq <= ?")
+            .bind(seq)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Removes forwarded readings, after their remote commit.
     pub async fn remove(&self, seqs: &[i64]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         for chunk in seqs.chunks(500) {
-            let list = chunk.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+            let list = chunk
+                .iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
             sqlx::query(&format!("DELETE FROM readings WHERE seq IN ({list})"))
                 .execute(&mut *tx)
                 .await?;
@@ -235,7 +277,10 @@ impl LocalStore {
         .bind(seq)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("DELETE FROM readings WHERE seq = ?").bind(seq).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM readings WHERE seq = ?")
+            .bind(seq)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -250,7 +295,9 @@ impl LocalStore {
 
     /// How many readings are parked.
     pub async fn parked(&self) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar("SELECT count(*) FROM parked").fetch_one(&self.pool).await?)
+        Ok(sqlx::query_scalar("SELECT count(*) FROM parked")
+            .fetch_one(&self.pool)
+            .await?)
     }
 
     /// Deletes readings measured before `before`; returns how many.
@@ -278,7 +325,10 @@ impl LocalStore {
     }
 
     /// Readings per table and device since `since` (embedded status).
-    pub async fn counts_since(&self, since: DateTime<Utc>) -> Result<Vec<(String, String, i64, DateTime<Utc>)>, StoreError> {
+    pub async fn counts_since(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<(String, String, i64, DateTime<Utc>)>, StoreError> {
         let rows = sqlx::query(
             "SELECT reading_table, device, count(*), max(measured_at_us) FROM readings
              WHERE measured_at_us >= ? GROUP BY reading_table, device ORDER BY reading_table, device",
@@ -308,13 +358,19 @@ impl LocalStore {
         .bind(seq)
         .fetch_one(&self.pool)
         .await?;
-        let Some(table) = table_from_name(all.get::<&str, _>(1)) else { return Ok(None) };
+        let Some(table) = table_from_name(all.get::<&str, _>(1)) else {
+            return Ok(None);
+        };
         Ok(Some(StoredReading {
             seq,
             reading: Reading {
                 device: all.get(2),
                 table,
-                source: if all.get::<&str, _>(3) == "vedirect" { SourceKind::VeDirect } else { SourceKind::Modbus },
+                source: if all.get::<&str, _>(3) == "vedirect" {
+                    SourceKind::VeDirect
+                } else {
+                    SourceKind::Modbus
+                },
                 measured_at: from_micros(all.get(4)),
                 values: decode_values(table, all.get::<&str, _>(5)),
             },
@@ -336,7 +392,10 @@ impl LocalStore {
     }
 
     /// Loads a named status document and when it was saved.
-    pub async fn load_status(&self, name: &str) -> Result<Option<(serde_json::Value, DateTime<Utc>)>, StoreError> {
+    pub async fn load_status(
+        &self,
+        name: &str,
+    ) -> Result<Option<(serde_json::Value, DateTime<Utc>)>, StoreError> {
         let row = sqlx::query("SELECT doc, updated_at_us FROM status WHERE name = ?")
             .bind(name)
             .fetch_optional(&self.pool)
@@ -363,7 +422,11 @@ mod tests {
             table: ReadingTable::Battery,
             source: SourceKind::VeDirect,
             measured_at: Utc.timestamp_opt(1_700_000_000 + second, 0).unwrap(),
-            values: vec![("soc", Value::Float(soc)), ("state", Value::Text("idle".into())), ("product_id", Value::Int(0xA389))],
+            values: vec![
+                ("soc", Value::Float(soc)),
+                ("state", Value::Text("idle".into())),
+                ("product_id", Value::Int(0xA389)),
+            ],
         }
     }
 
@@ -371,26 +434,58 @@ mod tests {
     async fn append_read_remove_park_expire() {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::open(dir.path()).await.unwrap();
-        assert_eq!(store.append(&[reading("a", 0, 50.0), reading("a", 1, 51.0)]).await.unwrap(), 2);
-        assert_eq!(store.append(&[reading("a", 1, 51.0)]).await.unwrap(), 0, "a replay is ignored");
+        assert_eq!(
+            store
+                .append(&[reading("a", 0, 50.0), reading("a", 1, 51.0)])
+                .await
+                .unwrap(),
+            2
+        );
+        assert_eq!(
+            store.append(&[reading("a", 1, 51.0)]).await.unwrap(),
+            0,
+            "a replay is ignored"
+        );
         let rows = store.oldest(10).await.unwrap();
         assert_eq!(rows.len(), 2);
-        assert_eq!(rows[0].reading, reading("a", 0, 50.0), "values survive the round trip");
+        assert_eq!(
+            rows[0].reading,
+            reading("a", 0, 50.0),
+            "values survive the round trip"
+        );
         store.remove(&[rows[0].seq]).await.unwrap();
         store.park(rows[1].seq, "value out of range").await.unwrap();
         assert_eq!(store.depth().await.unwrap().0, 0);
         assert_eq!(store.parked().await.unwrap(), 1);
 
-        store.append(&[reading("b", 0, 1.0), reading("b", 100, 2.0)]).await.unwrap();
-        let expired = store.expire(Utc.timestamp_opt(1_700_000_050, 0).unwrap()).await.unwrap();
+        store
+            .append(&[reading("b", 0, 1.0), reading("b", 100, 2.0)])
+            .await
+            .unwrap();
+        let expired = store
+            .expire(Utc.timestamp_opt(1_700_000_050, 0).unwrap())
+            .await
+            .unwrap();
         assert_eq!(expired, 1);
         let (depth, oldest) = store.depth().await.unwrap();
-        assert_eq!((depth, oldest), (1, Some(Utc.timestamp_opt(1_700_000_100, 0).unwrap())));
+        assert_eq!(
+            (depth, oldest),
+            (1, Some(Utc.timestamp_opt(1_700_000_100, 0).unwrap()))
+        );
         store.close().await;
 
         // Reopened: what was committed is there.
         let store = LocalStore::open(dir.path()).await.unwrap();
         assert_eq!(store.depth().await.unwrap().0, 1);
-        assert_eq!(store.latest("b").await.unwrap().unwrap().reading.float("soc"), Some(2.0));
+        assert_eq!(
+            store
+                .latest("b")
+                .await
+                .unwrap()
+                .unwrap()
+                .reading
+                .float("soc"),
+            Some(2.0)
+        );
     }
 }

@@ -190,7 +190,11 @@ async fn migrate_check_and_status_report_pending_then_current() {
     assert_eq!(check.status.code(), Some(0), "{}", texts(&check).0);
 
     let json = run_cli(&["status", "--json"], &env);
-    assert_eq!(json.status.code(), Some(2), "migrated, but no poller has run yet");
+    assert_eq!(
+        json.status.code(),
+        Some(2),
+        "migrated, but no poller has run yet"
+    );
     let value: serde_json::Value =
         serde_json::from_slice(&json.stdout).expect("status --json is JSON");
     assert_eq!(value["health"], "down");
@@ -218,7 +222,11 @@ async fn status_reports_each_flavour_s_degraded_features() {
         let db = TestDb::create(flavour).await;
         db.migrate().await;
         let output = run_cli(&["status", "--json"], &[("DATABASE_URL", &db.url)]);
-        assert_eq!(output.status.code(), Some(2), "{flavour:?}: no poller has run");
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{flavour:?}: no poller has run"
+        );
         let value: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
         let value = &value["schema"];
         assert_eq!(value["storage_mode"], storage, "{flavour:?}");

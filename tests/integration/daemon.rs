@@ -19,7 +19,14 @@ use crate::helpers::{Flavour, TestDb, run_cli, texts};
 
 async fn simulator() -> SimHandle {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    gx::start(listener, GxSimOptions { animate: false, ..GxSimOptions::default() }).unwrap()
+    gx::start(
+        listener,
+        GxSimOptions {
+            animate: false,
+            ..GxSimOptions::default()
+        },
+    )
+    .unwrap()
 }
 
 fn write_config(dir: &Path, port: u16, poll_ms: u64) -> std::path::PathBuf {
@@ -43,7 +50,13 @@ fn write_config(dir: &Path, port: u16, poll_ms: u64) -> std::path::PathBuf {
 fn spawn_daemon(config: &Path, state: &Path, database_url: Option<&str>) -> Child {
     let mut command = Command::new(env!("CARGO_BIN_EXE_victron-poller"));
     command
-        .args(["--config", config.to_str().unwrap(), "run", "--state-dir", state.to_str().unwrap()])
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "run",
+            "--state-dir",
+            state.to_str().unwrap(),
+        ])
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .stdout(Stdio::null())
@@ -55,7 +68,10 @@ fn spawn_daemon(config: &Path, state: &Path, database_url: Option<&str>) -> Chil
 }
 
 fn sigterm(child: &Child) {
-    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
 }
 
 fn wait_exit(child: &mut Child, limit: Duration) -> i32 {
@@ -64,7 +80,10 @@ fn wait_exit(child: &mut Child, limit: Duration) -> i32 {
         if let Some(status) = child.try_wait().unwrap() {
             return status.code().unwrap_or(-1);
         }
-        assert!(start.elapsed() < limit, "the daemon did not stop within {limit:?}");
+        assert!(
+            start.elapsed() < limit,
+            "the daemon did not stop within {limit:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -78,20 +97,30 @@ async fn wait_for(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> b
 }
 
 async fn rows(db: &TestDb, table: &str) -> i64 {
-    db.scalar_i64(&format!("SELECT count(*) FROM victron.{table}")).await
+    db.scalar_i64(&format!("SELECT count(*) FROM victron.{table}"))
+        .await
 }
 
 /// Readings that reached PostgreSQL for each device, and how many successful
 /// polls the daemon reported for it (its final status document).
 async fn store_status(state: &Path) -> serde_json::Value {
     let store = LocalStore::open(state).await.unwrap();
-    let (doc, _) = store.load_status("daemon").await.unwrap().expect("status document");
+    let (doc, _) = store
+        .load_status("daemon")
+        .await
+        .unwrap()
+        .expect("status document");
     store.close().await;
     doc
 }
 
 fn successful_polls(doc: &serde_json::Value, device: &str) -> i64 {
-    let d = doc["devices"].as_array().unwrap().iter().find(|d| d["device"] == device).unwrap();
+    let d = doc["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["device"] == device)
+        .unwrap();
     d["polls"].as_i64().unwrap() - d["failures"].as_i64().unwrap()
 }
 
@@ -103,14 +132,28 @@ async fn end_to_end(flavour: Flavour) {
     let state = dir.path().join("state");
     let mut daemon = spawn_daemon(&config, &state, Some(&db.url));
 
-    wait_for("rows in all four tables", Duration::from_secs(30), async || {
-        let mut all = true;
-        for t in ["battery_readings", "solar_readings", "inverter_readings", "system_readings"] {
-            all &= db.scalar_i64(&format!("SELECT (to_regclass('victron.{t}') IS NOT NULL)::int::bigint")).await == 1
-                && rows(&db, t).await >= 3;
-        }
-        all
-    })
+    wait_for(
+        "rows in all four tables",
+        Duration::from_secs(30),
+        async || {
+            let mut all = true;
+            for t in [
+                "battery_readings",
+                "solar_readings",
+                "inverter_readings",
+                "system_readings",
+            ] {
+                all &= db
+                    .scalar_i64(&format!(
+                        "SELECT (to_regclass('victron.{t}') IS NOT NULL)::int::bigint"
+                    ))
+                    .await
+                    == 1
+                    && rows(&db, t).await >= 3;
+            }
+            all
+        },
+    )
     .await;
 
     // The simulator's values arrived, labelled and stamped.
@@ -125,9 +168,15 @@ async fn end_to_end(flavour: Flavour) {
         .fetch_one(&mut db.connect().await)
         .await
         .unwrap();
-    assert_eq!(Some(pv), sim.served(ModbusClass::SolarCharger, "/Yield/Power"));
     assert_eq!(
-        db.strings("SELECT DISTINCT installation_id || '/' || source FROM victron.inverter_readings").await,
+        Some(pv),
+        sim.served(ModbusClass::SolarCharger, "/Yield/Power")
+    );
+    assert_eq!(
+        db.strings(
+            "SELECT DISTINCT installation_id || '/' || source FROM victron.inverter_readings"
+        )
+        .await,
         vec!["test-site/modbus".to_string()]
     );
     let skew: f64 = sqlx::query_scalar(
@@ -136,7 +185,10 @@ async fn end_to_end(flavour: Flavour) {
     .fetch_one(&mut db.connect().await)
     .await
     .unwrap();
-    assert!(skew >= 0.0 && skew < 10.0, "timestamp is the measurement time, before the insert: {skew}");
+    assert!(
+        (0.0..10.0).contains(&skew),
+        "timestamp is the measurement time, before the insert: {skew}"
+    );
 
     // The status row and view answer the operator.
     wait_for("a healthy status row", Duration::from_secs(10), async || {
@@ -148,10 +200,15 @@ async fn end_to_end(flavour: Flavour) {
         _ => StorageMode::Postgres,
     };
     assert_eq!(
-        db.strings("SELECT storage_mode FROM victron.polling_status WHERE id = 1").await,
+        db.strings("SELECT storage_mode FROM victron.polling_status WHERE id = 1")
+            .await,
         vec![expected_mode.as_str().to_string()]
     );
-    assert_eq!(db.scalar_i64("SELECT count(*) FROM victron.device_status WHERE firmware = 'v3.42'").await, 4);
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM victron.device_status WHERE firmware = 'v3.42'")
+            .await,
+        4
+    );
     let status = run_cli(&["status"], &[("DATABASE_URL", &db.url)]);
     let (stdout, stderr) = texts(&status);
     assert_eq!(status.status.code(), Some(0), "{stdout}{stderr}");
@@ -177,9 +234,22 @@ async fn end_to_end(flavour: Flavour) {
     assert_eq!(wait_exit(&mut daemon, Duration::from_secs(20)), 0);
     // Every successful poll is one row in PostgreSQL, and the store drained.
     let doc = store_status(&state).await;
-    for (device, table) in [("gx", "system_readings"), ("bank", "battery_readings"), ("mppt", "solar_readings"), ("multi", "inverter_readings")] {
-        let in_db = db.scalar_i64(&format!("SELECT count(*) FROM victron.{table} WHERE device = '{device}'")).await;
-        assert_eq!(in_db, successful_polls(&doc, device), "{flavour:?} {device}");
+    for (device, table) in [
+        ("gx", "system_readings"),
+        ("bank", "battery_readings"),
+        ("mppt", "solar_readings"),
+        ("multi", "inverter_readings"),
+    ] {
+        let in_db = db
+            .scalar_i64(&format!(
+                "SELECT count(*) FROM victron.{table} WHERE device = '{device}'"
+            ))
+            .await;
+        assert_eq!(
+            in_db,
+            successful_polls(&doc, device),
+            "{flavour:?} {device}"
+        );
     }
     assert_eq!(doc["spool_depth"], 0, "{doc}");
 }
@@ -216,11 +286,17 @@ async fn embedded_mode_and_sigterm_during_a_batch() {
     let doc = store_status(&state).await;
     let store = LocalStore::open(&state).await.unwrap();
     let (stored, _) = store.depth().await.unwrap();
-    let produced: i64 = ["gx", "bank", "mppt", "multi"].iter().map(|d| successful_polls(&doc, d)).sum();
+    let produced: i64 = ["gx", "bank", "mppt", "multi"]
+        .iter()
+        .map(|d| successful_polls(&doc, d))
+        .sum();
     assert!(produced >= 40, "{produced} readings in 1.7 s");
     assert_eq!(stored, produced, "every reading produced is in the store");
     let latest = store.latest("bank").await.unwrap().unwrap();
-    assert_eq!(latest.reading.float("soc"), sim.served(ModbusClass::Battery, "/Soc"));
+    assert_eq!(
+        latest.reading.float("soc"),
+        sim.served(ModbusClass::Battery, "/Soc")
+    );
     store.close().await;
 
     let output = run_cli(&["status", "--state-dir", state.to_str().unwrap()], &[]);
@@ -230,7 +306,10 @@ async fn embedded_mode_and_sigterm_during_a_batch() {
     for device in ["gx", "bank", "mppt", "multi"] {
         assert!(stdout.contains(device), "{stdout}");
     }
-    let json = run_cli(&["status", "--json", "--state-dir", state.to_str().unwrap()], &[]);
+    let json = run_cli(
+        &["status", "--json", "--state-dir", state.to_str().unwrap()],
+        &[],
+    );
     let value: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(value["readings_stored"].as_i64(), Some(stored));
 }
@@ -247,10 +326,16 @@ async fn a_permanent_row_error_is_set_aside() {
         table: ReadingTable::Battery,
         source: SourceKind::VeDirect,
         measured_at: Utc.timestamp_opt(1_800_000_000 + second, 0).unwrap(),
-        values: vec![("soc", Value::Float(50.0)), ("product_id", Value::Int(product_id))],
+        values: vec![
+            ("soc", Value::Float(50.0)),
+            ("product_id", Value::Int(product_id)),
+        ],
     };
     // product_id is an integer column: 2^40 cannot be stored.
-    store.append(&[reading(0, 0xA389), reading(1, 1 << 40), reading(2, 0xA389)]).await.unwrap();
+    store
+        .append(&[reading(0, 0xA389), reading(1, 1 << 40), reading(2, 0xA389)])
+        .await
+        .unwrap();
     let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
     let counters = std::sync::Arc::new(victron_poller::forward::ForwardCounters::default());
     let forwarder = victron_poller::forward::Forwarder::new(
@@ -264,9 +349,17 @@ async fn a_permanent_row_error_is_set_aside() {
     assert_eq!(rows(&db, "battery_readings").await, 2);
     assert_eq!(store.parked().await.unwrap(), 1);
     assert_eq!(store.depth().await.unwrap().0, 0);
-    assert_eq!(counters.rows_parked.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(
+        counters
+            .rows_parked
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
     // Replaying forwarded rows inserts nothing twice.
-    store.append(&[reading(0, 0xA389), reading(2, 0xA389)]).await.unwrap();
+    store
+        .append(&[reading(0, 0xA389), reading(2, 0xA389)])
+        .await
+        .unwrap();
     assert_eq!(forwarder.forward_once().await.unwrap(), 2);
     assert_eq!(rows(&db, "battery_readings").await, 2);
 }
@@ -278,7 +371,12 @@ async fn retention_on_every_flavour() {
     for flavour in Flavour::ALL {
         let db = TestDb::create(flavour).await;
         let report = db.migrate().await;
-        for table in ["battery_readings", "solar_readings", "inverter_readings", "system_readings"] {
+        for table in [
+            "battery_readings",
+            "solar_readings",
+            "inverter_readings",
+            "system_readings",
+        ] {
             db.execute(&format!(
                 "INSERT INTO victron.{table} (\"timestamp\", device)
                  SELECT now() - g * interval '1 hour', 'dev' FROM generate_series(0, 99) g"
@@ -286,33 +384,53 @@ async fn retention_on_every_flavour() {
             .await;
         }
         let chunks_before = if flavour == Flavour::Timescale {
-            db.scalar_i64("SELECT count(*) FROM show_chunks('victron.battery_readings')").await
+            db.scalar_i64("SELECT count(*) FROM show_chunks('victron.battery_readings')")
+                .await
         } else {
             0
         };
         let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
-        let outcome = victron_poller::retention::run(&pool, report.storage_mode, Duration::from_secs(72 * 3600))
-            .await
-            .unwrap();
-        for table in ["battery_readings", "solar_readings", "inverter_readings", "system_readings"] {
+        let outcome = victron_poller::retention::run(
+            &pool,
+            report.storage_mode,
+            Duration::from_secs(72 * 3600),
+        )
+        .await
+        .unwrap();
+        for table in [
+            "battery_readings",
+            "solar_readings",
+            "inverter_readings",
+            "system_readings",
+        ] {
             let old = db
                 .scalar_i64(&format!("SELECT count(*) FROM victron.{table} WHERE \"timestamp\" < now() - interval '73 hours'"))
                 .await;
             assert_eq!(old, 0, "{flavour:?} {table}");
             let kept = rows(&db, table).await;
-            assert!((72..=74).contains(&kept), "{flavour:?} {table}: {kept} rows left of 100");
+            assert!(
+                (72..=74).contains(&kept),
+                "{flavour:?} {table}: {kept} rows left of 100"
+            );
         }
         match flavour {
             Flavour::Timescale => {
-                let after = db.scalar_i64("SELECT count(*) FROM show_chunks('victron.battery_readings')").await;
+                let after = db
+                    .scalar_i64("SELECT count(*) FROM show_chunks('victron.battery_readings')")
+                    .await;
                 assert!(outcome.chunks >= 4 * 26, "{outcome:?}");
                 assert_eq!(chunks_before - after, (outcome.chunks / 4) as i64);
             }
             _ => assert!(outcome.rows >= 4 * 26, "{outcome:?}"),
         }
-        victron_poller::retention::record(&pool, Utc::now(), &Ok(outcome), Duration::from_secs(72 * 3600))
-            .await
-            .unwrap();
+        victron_poller::retention::record(
+            &pool,
+            Utc::now(),
+            &Ok(outcome),
+            Duration::from_secs(72 * 3600),
+        )
+        .await
+        .unwrap();
         assert_eq!(
             db.scalar_i64("SELECT count(*) FROM victron.polling_status_view WHERE last_retention_run IS NOT NULL").await,
             1
@@ -324,21 +442,47 @@ async fn retention_on_every_flavour() {
 /// reaches PostgreSQL exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_outage_loses_nothing() {
-    let server = std::env::var("TEST_OUTAGE_SERVER").expect("TEST_OUTAGE_SERVER: run the suite with scripts/test");
+    let server = std::env::var("TEST_OUTAGE_SERVER")
+        .expect("TEST_OUTAGE_SERVER: run the suite with scripts/test");
     let mut parts = server.splitn(3, ':');
-    let (user, pg_ctl, data) = (parts.next().unwrap().to_string(), parts.next().unwrap().to_string(), parts.next().unwrap().to_string());
+    let (user, pg_ctl, data) = (
+        parts.next().unwrap().to_string(),
+        parts.next().unwrap().to_string(),
+        parts.next().unwrap().to_string(),
+    );
     let pg_ctl_run = |action: &str| {
         let status = Command::new("runuser")
-            .args(["-u", &user, "--", &pg_ctl, "-D", &data, "-m", "fast", "-w", "-l", &format!("{data}/server.log"), action])
+            .args([
+                "-u",
+                &user,
+                "--",
+                &pg_ctl,
+                "-D",
+                &data,
+                "-m",
+                "fast",
+                "-w",
+                "-l",
+                &format!("{data}/server.log"),
+                action,
+            ])
             .stdout(Stdio::null())
             .status()
             .unwrap();
         assert!(status.success(), "pg_ctl {action}");
     };
     let server_url = std::env::var("TEST_DATABASE_URL_OUTAGE").expect("TEST_DATABASE_URL_OUTAGE");
-    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&server_url).await.unwrap();
-    sqlx::query("DROP DATABASE IF EXISTS outage").execute(&mut admin).await.unwrap();
-    sqlx::query("CREATE DATABASE outage").execute(&mut admin).await.unwrap();
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&server_url)
+        .await
+        .unwrap();
+    sqlx::query("DROP DATABASE IF EXISTS outage")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    sqlx::query("CREATE DATABASE outage")
+        .execute(&mut admin)
+        .await
+        .unwrap();
     drop(admin);
     let url = format!("{}/outage", server_url.rsplit_once('/').unwrap().0);
 
@@ -349,35 +493,62 @@ async fn a_database_outage_loses_nothing() {
     let mut daemon = spawn_daemon(&config, &state, Some(&url));
     let count = async || -> i64 {
         match <sqlx::PgConnection as sqlx::Connection>::connect(&url).await {
-            Ok(mut c) => sqlx::query_scalar("SELECT count(*) FROM victron.battery_readings").fetch_one(&mut c).await.unwrap_or(0),
+            Ok(mut c) => sqlx::query_scalar("SELECT count(*) FROM victron.battery_readings")
+                .fetch_one(&mut c)
+                .await
+                .unwrap_or(0),
             Err(_) => 0,
         }
     };
-    wait_for("first rows", Duration::from_secs(20), async || count().await > 5).await;
+    wait_for("first rows", Duration::from_secs(20), async || {
+        count().await > 5
+    })
+    .await;
 
     pg_ctl_run("stop");
     tokio::time::sleep(Duration::from_secs(30)).await;
     pg_ctl_run("start");
 
     // Polling went on meanwhile; the backlog drains once the server is back.
-    wait_for("the backlog forwarded", Duration::from_secs(90), async || {
-        let doc = LocalStore::open(&state).await.unwrap().load_status("daemon").await.unwrap();
-        doc.is_some_and(|(d, _)| d["spool_depth"] == 0) && count().await > 300
-    })
+    wait_for(
+        "the backlog forwarded",
+        Duration::from_secs(90),
+        async || {
+            let doc = LocalStore::open(&state)
+                .await
+                .unwrap()
+                .load_status("daemon")
+                .await
+                .unwrap();
+            doc.is_some_and(|(d, _)| d["spool_depth"] == 0) && count().await > 300
+        },
+    )
     .await;
     sigterm(&daemon);
     assert_eq!(wait_exit(&mut daemon, Duration::from_secs(20)), 0);
     let doc = store_status(&state).await;
-    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await.unwrap();
-    for (device, table) in [("gx", "system_readings"), ("bank", "battery_readings"), ("mppt", "solar_readings"), ("multi", "inverter_readings")] {
-        let in_db: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM victron.{table} WHERE device = $1"))
-            .bind(device)
-            .fetch_one(&mut conn)
-            .await
-            .unwrap();
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+        .await
+        .unwrap();
+    for (device, table) in [
+        ("gx", "system_readings"),
+        ("bank", "battery_readings"),
+        ("mppt", "solar_readings"),
+        ("multi", "inverter_readings"),
+    ] {
+        let in_db: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM victron.{table} WHERE device = $1"
+        ))
+        .bind(device)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
         let polled = successful_polls(&doc, device);
         assert_eq!(in_db, polled, "{device}: every reading exactly once");
-        assert!(polled > 300, "{device}: {polled} polls over 30+ s at 100 ms");
+        assert!(
+            polled > 300,
+            "{device}: {polled} polls over 30+ s at 100 ms"
+        );
         // No gap: consecutive readings are one poll apart (ticks may skip, rarely).
         let widest: f64 = sqlx::query_scalar(&format!(
             "SELECT coalesce(max(gap), 0)::float8 FROM (SELECT extract(epoch FROM \"timestamp\" - lag(\"timestamp\") OVER (ORDER BY \"timestamp\")) AS gap FROM victron.{table} WHERE device = $1) g"
@@ -400,20 +571,37 @@ async fn kill_9_loses_nothing_that_reached_the_store() {
     let config = write_config(dir.path(), sim.addr().port(), 100);
     let state = dir.path().join("state");
     // First run without the database reachable: everything stays in the store.
-    let mut first = spawn_daemon(&config, &state, Some("postgres://postgres@127.0.0.1:1/nowhere"));
+    let mut first = spawn_daemon(
+        &config,
+        &state,
+        Some("postgres://postgres@127.0.0.1:1/nowhere"),
+    );
     tokio::time::sleep(Duration::from_millis(1500)).await;
     first.kill().unwrap();
     first.wait().unwrap();
     let store = LocalStore::open(&state).await.unwrap();
     let before = store.oldest(100_000).await.unwrap();
     store.close().await;
-    assert!(before.len() >= 20, "{} readings stored before the kill", before.len());
+    assert!(
+        before.len() >= 20,
+        "{} readings stored before the kill",
+        before.len()
+    );
 
     let mut second = spawn_daemon(&config, &state, Some(&db.url));
-    wait_for("the stored readings forwarded", Duration::from_secs(30), async || {
-        db.scalar_i64("SELECT (to_regclass('victron.battery_readings') IS NOT NULL)::int::bigint").await == 1
-            && rows(&db, "battery_readings").await as usize > before.iter().filter(|r| r.reading.device == "bank").count()
-    })
+    wait_for(
+        "the stored readings forwarded",
+        Duration::from_secs(30),
+        async || {
+            db.scalar_i64(
+                "SELECT (to_regclass('victron.battery_readings') IS NOT NULL)::int::bigint",
+            )
+            .await
+                == 1
+                && rows(&db, "battery_readings").await as usize
+                    > before.iter().filter(|r| r.reading.device == "bank").count()
+        },
+    )
     .await;
     sigterm(&second);
     assert_eq!(wait_exit(&mut second, Duration::from_secs(20)), 0);
@@ -428,6 +616,10 @@ async fn kill_9_loses_nothing_that_reached_the_store() {
         .fetch_one(&mut conn)
         .await
         .unwrap();
-        assert_eq!(found, 1, "{} at {}", stored.reading.device, stored.reading.measured_at);
+        assert_eq!(
+            found, 1,
+            "{} at {}",
+            stored.reading.device, stored.reading.measured_at
+        );
     }
 }

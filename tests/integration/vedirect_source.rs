@@ -497,3 +497,37 @@ fn readings_map_to_their_tables() {
     }
     assert!(columns.iter().any(|(c, _)| *c == "charge_state"));
 }
+
+/// The built-in simulator's stream, through a TCP socket into the source.
+#[tokio::test]
+async fn the_simulators_stream_gives_readings() {
+    use victron_poller::simulator::vedirect::{SimDevice, VeDirectSim};
+    for (device, table) in [
+        (SimDevice::Bmv, ReadingTable::Battery),
+        (SimDevice::Mppt, ReadingTable::Solar),
+    ] {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let (tx, mut rx) = mpsc::channel(64);
+        let cancel = CancellationToken::new();
+        let status = StatusBoard::new();
+        // One reading per 200 ms poll interval while cycles arrive every 50 ms.
+        let config = VeDirectConfig {
+            poll_interval: Duration::from_millis(200),
+            ..source_config(VeDirectPort::Tcp(address))
+        };
+        let source = VeDirectSource::new(&config, status.clone(), tx);
+        let task = tokio::spawn(source.run(cancel.clone()));
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut sim = VeDirectSim::new(device, 0.0, 3);
+        for _ in 0..30 {
+            socket.write_all(&sim.next_cycle()).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let readings = collect(&mut rx, 3).await;
+        assert_eq!(readings.len(), 3, "{device:?}: {:?}", status.get("dev"));
+        assert!(readings.iter().all(|r| r.table == table));
+        cancel.cancel();
+        task.await.unwrap();
+    }
+}
