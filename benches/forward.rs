@@ -41,7 +41,7 @@ fn reading(i: i64) -> Reading {
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let server = std::env::var("BENCH_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:55432/postgres".into());
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:25432/postgres".into());
     let rows: i64 = std::env::var("ROWS")
         .ok()
         .and_then(|r| r.parse().ok())

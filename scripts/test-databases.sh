@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Throwaway PostgreSQL servers for the test suite, on Debian 12 (bookworm).
 #
-#   tsdb       PostgreSQL 17 + TimescaleDB (preloaded) + pgvector   port 55432
+#   tsdb       PostgreSQL 17 + TimescaleDB (preloaded) + pgvector   port 25432
 #   nopreload  the same binaries, TimescaleDB installed but NOT preloaded
-#              (pgvector usable, TimescaleDB unusable: the Railway case)   port 55433
-#   pg15       Debian 12's own PostgreSQL 15, no extensions at all   port 55415
-#   outage     like tsdb, for tests that stop and restart their server   port 55434
+#              (pgvector usable, TimescaleDB unusable: the Railway case)   port 25433
+#   pg15       Debian 12's own PostgreSQL 15, no extensions at all   port 25415
+#   outage     like tsdb, for tests that stop and restart their server   port 25434
 #
 # PostgreSQL 17, TimescaleDB and pgvector come from Debian 13 (trixie) .debs
 # unpacked into a private prefix with their own libc (bookworm has no
@@ -26,7 +26,9 @@ LIB=$PFX/usr/lib/x86_64-linux-gnu
 BIN15=/usr/lib/postgresql/15/bin
 APT=$ROOT/apt
 
-declare -A PORT=([tsdb]=55432 [nopreload]=55433 [pg15]=55415 [outage]=55434)
+# Below 32768: no client connection can be holding one of these as its
+# ephemeral port when a server (re)starts.
+declare -A PORT=([tsdb]=25432 [nopreload]=25433 [pg15]=25415 [outage]=25434)
 SERVERS="tsdb nopreload pg15 outage"
 
 aptx() {
