@@ -209,25 +209,6 @@ impl Forwarder {
         self
     }
 
-    /// Ships one batch; returns how many rows left the store.
-    pub async fn forward_once(&self) -> Result<usize, ForwardError> {
-        let rows = self.store.oldest(self.batch_rows).await?;
-        if rows.is_empty() {
-            return Ok(0);
-        }
-        self.insert_batch(&rows).await?;
-        if let Some(last) = rows.last() {
-            self.store.remove_through(last.seq).await?;
-        }
-        self.counters
-            .rows_forwarded
-            .fetch_add(rows.len() as u64, Ordering::Relaxed);
-        self.counters
-            .last_batch_rows
-            .store(rows.len() as u64, Ordering::Relaxed);
-        Ok(rows.len())
-    }
-
     /// Inserts one batch; after a permanent error, row by row.
     async fn insert_batch(&self, rows: &[StoredReading]) -> Result<(), ForwardError> {
         let all: Vec<&StoredReading> = rows.iter().collect();
@@ -260,12 +241,11 @@ impl Forwarder {
             inserted?;
             committed = Some(last);
             total += current.len();
+            let rows = current.len() as u64;
             self.counters
                 .rows_forwarded
-                .fetch_add(current.len() as u64, Ordering::Relaxed);
-            self.counters
-                .last_batch_rows
-                .store(current.len() as u64, Ordering::Relaxed);
+                .fetch_add(rows, Ordering::Relaxed);
+            self.counters.last_batch_rows.store(rows, Ordering::Relaxed);
             current = next?;
         }
         if let Some(seq) = committed {

@@ -192,22 +192,7 @@ fn modbus_device(mut t: Table, problems: &mut Problems) -> Option<ModbusDeviceCo
     let unit_invalid = problems.list.len() > before;
     t.finish(problems);
 
-    let name = match name {
-        Some(n) if valid_device_name(&n) => Some(n),
-        Some(n) => {
-            let message =
-                format!("\"{n}\" is not a device name (1 to 64 letters, digits, '-', '_' or '.')");
-            problems.push(&name_key, message);
-            None
-        }
-        None => {
-            problems.push(
-                &name_key,
-                "not set (the device's stable name, e.g. \"house-bank\")",
-            );
-            None
-        }
-    };
+    let name = device_name(name, &name_key, problems);
     let class = match class_name.as_deref() {
         Some(text) => {
             let class = ModbusClass::parse(text);
@@ -245,6 +230,26 @@ fn modbus_device(mut t: Table, problems: &mut Problems) -> Option<ModbusDeviceCo
         class: class?,
         unit_id: u8::try_from(unit_id?).ok()?,
     })
+}
+
+/// A device's `name`: set, and made of the characters a stable identity may have.
+fn device_name(name: Option<String>, key: &str, problems: &mut Problems) -> Option<String> {
+    match name {
+        Some(n) if valid_device_name(&n) => Some(n),
+        Some(n) => {
+            let message =
+                format!("\"{n}\" is not a device name (1 to 64 letters, digits, '-', '_' or '.')");
+            problems.push(key, message);
+            None
+        }
+        None => {
+            problems.push(
+                key,
+                "not set (the device's stable name, e.g. \"house-bank\")",
+            );
+            None
+        }
+    }
 }
 
 fn valid_device_name(name: &str) -> bool {
@@ -298,22 +303,7 @@ fn vedirect(mut t: Table, problems: &mut Problems) -> Option<VeDirectConfig> {
             None
         }
     };
-    let name = match name {
-        Some(n) if valid_device_name(&n) => Some(n),
-        Some(n) => {
-            let message =
-                format!("\"{n}\" is not a device name (1 to 64 letters, digits, '-', '_' or '.')");
-            problems.push(&name_key, message);
-            None
-        }
-        None => {
-            problems.push(
-                &name_key,
-                "not set (the device's stable name, e.g. \"house-bank\")",
-            );
-            None
-        }
-    };
+    let name = device_name(name, &name_key, problems);
     Some(VeDirectConfig {
         name: name?,
         port: port?,

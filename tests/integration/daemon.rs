@@ -345,7 +345,7 @@ async fn a_permanent_row_error_is_set_aside() {
         std::sync::Arc::clone(&counters),
         std::sync::Arc::new(tokio::sync::Notify::new()),
     );
-    assert_eq!(forwarder.forward_once().await.unwrap(), 3);
+    assert_eq!(forwarder.drain().await.unwrap(), 3);
     assert_eq!(rows(&db, "battery_readings").await, 2);
     assert_eq!(store.parked().await.unwrap(), 1);
     assert_eq!(store.depth().await.unwrap().0, 0);
@@ -360,7 +360,7 @@ async fn a_permanent_row_error_is_set_aside() {
         .append(&[reading(0, 0xA389), reading(2, 0xA389)])
         .await
         .unwrap();
-    assert_eq!(forwarder.forward_once().await.unwrap(), 2);
+    assert_eq!(forwarder.drain().await.unwrap(), 2);
     assert_eq!(rows(&db, "battery_readings").await, 2);
 }
 
