@@ -1,12 +1,12 @@
 //! Log output: `tracing` events to standard error, as plain text lines or
-//! (later, for log collectors) JSON, filtered by `log.level`. No colours unless
+//! JSON lines (`log.format`), filtered by `log.level`. No colours unless
 //! standard error is a terminal, so journald gets clean lines.
 
 use std::io::IsTerminal as _;
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogConfig;
+use crate::config::{LogConfig, LogFormat};
 
 /// Installs the global subscriber; a second call is a no-op.
 pub fn init(config: &LogConfig) {
@@ -17,10 +17,13 @@ pub fn init(config: &LogConfig) {
             filter = filter.add_directive(directive);
         }
     }
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let _ = match config.format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
 }

@@ -10,8 +10,9 @@ use tokio::time::{Instant, sleep_until};
 
 /// A fixed-rate schedule on the monotonic clock: ticks fall on
 /// start + k × period and nowhere else. A slow poll does not shift later
-/// ticks, and grid points that passed while a poll ran late are skipped, not
-/// fired late or in a burst. The first tick is immediate.
+/// ticks, and grid points that passed while a poll ran late (by more than a
+/// tenth of a period) are skipped, not fired late or in a burst. The first
+/// tick is immediate.
 #[derive(Debug)]
 pub struct Ticker {
     start: Instant,
@@ -35,10 +36,21 @@ impl Ticker {
     /// Cancellation-safe: dropped before it fires (in a `select!`), it
     /// changes nothing, and the next call waits for the same grid point.
     pub async fn tick(&mut self) -> Instant {
-        let elapsed = Instant::now().saturating_duration_since(self.start);
+        let elapsed = Instant::now()
+            .saturating_duration_since(self.start)
+            .as_nanos();
         let period = self.period.as_nanos();
-        // The first grid point at or after now.
-        let due = u64::try_from(elapsed.as_nanos().div_ceil(period)).unwrap_or(u64::MAX);
+        // The grid point just passed still fires if we are only a little late
+        // (the first tick, a poll that took about a period); otherwise the
+        // next one at or after now.
+        let passed = elapsed / period;
+        let late = elapsed - passed * period;
+        let due = if late <= period / 10 {
+            passed
+        } else {
+            passed + 1
+        };
+        let due = u64::try_from(due).unwrap_or(u64::MAX);
         let k = self.next.max(due);
         let offset = u64::try_from(period.saturating_mul(u128::from(k))).unwrap_or(u64::MAX);
         let at = self.start + Duration::from_nanos(offset);
@@ -92,6 +104,15 @@ mod tests {
         }
         ticker.tick().await;
         assert_eq!(start.elapsed().as_millis() % 1000, 0);
+    }
+
+    /// The first tick fires at once, in real time too (not a period later).
+    #[tokio::test]
+    async fn the_first_tick_is_immediate() {
+        let start = std::time::Instant::now();
+        let mut ticker = ticker(Duration::from_secs(5));
+        ticker.tick().await;
+        assert!(start.elapsed() < Duration::from_secs(1));
     }
 
     /// Dropped ticks (another `select!` branch won) do not move the grid.

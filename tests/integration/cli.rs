@@ -239,3 +239,54 @@ async fn status_reports_each_flavour_s_degraded_features() {
         assert_eq!(features, degraded, "{flavour:?}");
     }
 }
+
+#[test]
+fn log_format_json_prints_one_json_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.toml");
+    // A GX nobody answers for: the daemon logs the device going down.
+    std::fs::write(&config, "[[gx]]\nhost = \"127.0.0.1\"\nport = 1\n[[gx.devices]]\nname = \"s\"\nclass = \"system\"\n").unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_victron-poller"))
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "run",
+            "--state-dir",
+            dir.path().join("s").to_str().unwrap(),
+        ])
+        .env_clear()
+        .env("VICTRON_POLLER_LOG__FORMAT", "json")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(lines.len() >= 3, "{stderr}");
+    for line in &lines {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            value["level"].is_string() && value["message"].is_string(),
+            "{line}"
+        );
+    }
+    assert!(
+        lines.iter().any(|l| l.contains("Device is down.")),
+        "{stderr}"
+    );
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.contains("Device is down."))
+            .count(),
+        1,
+        "logged once: {stderr}"
+    );
+}
