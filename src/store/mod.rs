@@ -109,11 +109,6 @@ fn encode_values(values: &[(&'static str, Value)]) -> String {
     serde_json::Value::Object(map).to_string()
 }
 
-fn decode_values(table: ReadingTable, text: &str) -> Vec<(&'static str, Value)> {
-    serde_json::from_str::<serde_json::Value>(text)
-        .map_or_else(|_| Vec::new(), |v| decode_value_map(table, &v))
-}
-
 fn decode_value_map(table: ReadingTable, json: &serde_json::Value) -> Vec<(&'static str, Value)> {
     let serde_json::Value::Object(map) = json else {
         return Vec::new();
@@ -200,21 +195,48 @@ impl LocalStore {
         seq: i64,
         limit: i64,
     ) -> Result<Vec<StoredReading>, StoreError> {
-        // One row holding them all as JSON: sqlx's SQLite driver hands rows
-        // over one by one between threads, which costs far more than parsing.
-        let text: Option<String> = sqlx::query_scalar(
+        self.select("WHERE seq > ?1 ORDER BY seq LIMIT ?2", seq, limit, "")
+            .await
+    }
+
+    /// The latest reading of a device, if any.
+    pub async fn latest(&self, device: &str) -> Result<Option<StoredReading>, StoreError> {
+        let found = self
+            .select(
+                "WHERE device = ?3 ORDER BY measured_at_us DESC LIMIT ?2",
+                0,
+                1,
+                device,
+            )
+            .await?;
+        Ok(found.into_iter().next())
+    }
+
+    /// Readings matching `tail` (binds: ?1 an i64, ?2 a limit, ?3 a text).
+    /// They come back as one row of JSON: sqlx's SQLite driver hands rows
+    /// over one by one between threads, which costs far more than parsing.
+    async fn select(
+        &self,
+        tail: &str,
+        number: i64,
+        limit: i64,
+        text: &str,
+    ) -> Result<Vec<StoredReading>, StoreError> {
+        let sql = format!(
             "SELECT json_group_array(json_array(seq, reading_table, device, source, measured_at_us, json(vals)))
-             FROM (SELECT * FROM readings WHERE seq > ? ORDER BY seq LIMIT ?)",
-        )
-        .bind(seq)
-        .bind(limit)
-        .fetch_one(&self.pool)
-        .await?;
-        let Some(text) = text else {
+             FROM (SELECT * FROM readings {tail})"
+        );
+        let json: Option<String> = sqlx::query_scalar(&sql)
+            .bind(number)
+            .bind(limit)
+            .bind(text)
+            .fetch_one(&self.pool)
+            .await?;
+        let Some(json) = json else {
             return Ok(Vec::new());
         };
         let rows: Vec<(i64, String, String, String, i64, serde_json::Value)> =
-            serde_json::from_str(&text)
+            serde_json::from_str(&json)
                 .map_err(|e| StoreError::Sql(sqlx::Error::Decode(Box::new(e))))?;
         Ok(rows
             .into_iter()
@@ -245,23 +267,6 @@ impl LocalStore {
             .bind(seq)
             .execute(&self.pool)
             .await?;
-        Ok(())
-    }
-
-    /// Removes forwarded readings, after their remote commit.
-    pub async fn remove(&self, seqs: &[i64]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        for chunk in seqs.chunks(500) {
-            let list = chunk
-                .iter()
-                .map(i64::to_string)
-                .collect::<Vec<_>>()
-                .join(",");
-            sqlx::query(&format!("DELETE FROM readings WHERE seq IN ({list})"))
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
         Ok(())
     }
 
@@ -342,41 +347,6 @@ impl LocalStore {
             .collect())
     }
 
-    /// The latest reading of a device, if any.
-    pub async fn latest(&self, device: &str) -> Result<Option<StoredReading>, StoreError> {
-        let row = sqlx::query(
-            "SELECT seq FROM readings WHERE device = ? ORDER BY measured_at_us DESC LIMIT 1",
-        )
-        .bind(device)
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        let seq: i64 = row.get(0);
-        let all = sqlx::query(
-            "SELECT seq, reading_table, device, source, measured_at_us, vals FROM readings WHERE seq = ?",
-        )
-        .bind(seq)
-        .fetch_one(&self.pool)
-        .await?;
-        let Some(table) = table_from_name(all.get::<&str, _>(1)) else {
-            return Ok(None);
-        };
-        Ok(Some(StoredReading {
-            seq,
-            reading: Reading {
-                device: all.get(2),
-                table,
-                source: if all.get::<&str, _>(3) == "vedirect" {
-                    SourceKind::VeDirect
-                } else {
-                    SourceKind::Modbus
-                },
-                measured_at: from_micros(all.get(4)),
-                values: decode_values(table, all.get::<&str, _>(5)),
-            },
-        }))
-    }
-
     /// Saves a named status document (JSON).
     pub async fn save_status(&self, name: &str, doc: &serde_json::Value) -> Result<(), StoreError> {
         sqlx::query(
@@ -453,7 +423,7 @@ mod tests {
             reading("a", 0, 50.0),
             "values survive the round trip"
         );
-        store.remove(&[rows[0].seq]).await.unwrap();
+        store.remove_through(rows[0].seq).await.unwrap();
         store.park(rows[1].seq, "value out of range").await.unwrap();
         assert_eq!(store.depth().await.unwrap().0, 0);
         assert_eq!(store.parked().await.unwrap(), 1);
