@@ -370,7 +370,7 @@ async fn an_unplugged_bridge_is_reopened_and_the_gap_reported() {
     assert_eq!(back.product_name.as_deref(), Some("SmartShunt 500A/50mV"));
 
     // Silence: connected but nothing arrives → reopened with a timeout error.
-    tokio::time::sleep(Duration::from_millis(1800)).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     let silent = status.get("dev").unwrap();
     assert_eq!(
         silent.last_error_class,
