@@ -47,7 +47,17 @@ fn write_config(dir: &Path, port: u16, poll_ms: u64) -> std::path::PathBuf {
     path
 }
 
-fn spawn_daemon(config: &Path, state: &Path, database_url: Option<&str>) -> Child {
+/// A daemon process, killed if a failing test leaves it running.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_daemon(config: &Path, state: &Path, database_url: Option<&str>) -> Daemon {
     let mut command = Command::new(env!("CARGO_BIN_EXE_victron-poller"));
     command
         .args([
@@ -64,17 +74,18 @@ fn spawn_daemon(config: &Path, state: &Path, database_url: Option<&str>) -> Chil
     if let Some(url) = database_url {
         command.env("DATABASE_URL", url);
     }
-    command.spawn().expect("start the daemon")
+    Daemon(command.spawn().expect("start the daemon"))
 }
 
-fn sigterm(child: &Child) {
+fn sigterm(daemon: &Daemon) {
     Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &daemon.0.id().to_string()])
         .status()
         .unwrap();
 }
 
-fn wait_exit(child: &mut Child, limit: Duration) -> i32 {
+fn wait_exit(daemon: &mut Daemon, limit: Duration) -> i32 {
+    let child = &mut daemon.0;
     let start = Instant::now();
     loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -577,8 +588,8 @@ async fn kill_9_loses_nothing_that_reached_the_store() {
         Some("postgres://postgres@127.0.0.1:1/nowhere"),
     );
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    first.kill().unwrap();
-    first.wait().unwrap();
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
     let store = LocalStore::open(&state).await.unwrap();
     let before = store.oldest(100_000).await.unwrap();
     store.close().await;
