@@ -179,9 +179,23 @@ pub async fn run(
     }
     forwarder_cancel.cancel();
     background.cancel();
-    while helpers.join_next().await.is_some() {}
+    // Every helper ends at its next await on cancellation; a database call in
+    // flight is bounded by its timeouts. Do not wait forever regardless.
+    let joined = tokio::time::timeout(Duration::from_secs(15), async {
+        while helpers.join_next().await.is_some() {}
+    })
+    .await;
+    if joined.is_err() {
+        tracing::warn!("A database task did not stop in 15 s; leaving it.");
+        helpers.abort_all();
+    }
     write_local_status(&shared).await;
-    store.close().await;
+    if tokio::time::timeout(Duration::from_secs(5), store.close())
+        .await
+        .is_err()
+    {
+        tracing::warn!("The local store did not close in 5 s; its last commit is safe.");
+    }
     tracing::info!("Stopped.");
     Ok(())
 }

@@ -141,33 +141,49 @@ impl StatusBoard {
 
     /// Records a successful poll; logs the recovery of a failing device.
     pub fn success(&self, device: &str, at: DateTime<Utc>) {
-        let mut devices = self.lock();
-        let Some(status) = devices.get_mut(device) else {
-            return;
-        };
-        if status.consecutive_failures > 0 {
-            tracing::info!(
-                device,
-                failed_polls = status.consecutive_failures,
-                "Device is back."
+        // Log after the lock is released: a slow log sink must not hold it.
+        let (was_failing, first, address) = {
+            let mut devices = self.lock();
+            let Some(status) = devices.get_mut(device) else {
+                return;
+            };
+            let noted = (
+                status.consecutive_failures,
+                status.last_success.is_none(),
+                status.address.clone(),
             );
-        } else if status.last_success.is_none() {
-            tracing::info!(device, address = %status.address, "Device answered its first poll.");
+            status.last_attempt = Some(at);
+            status.last_success = Some(at);
+            status.consecutive_failures = 0;
+            status.polls += 1;
+            status.backoff = Duration::ZERO;
+            noted
+        };
+        if was_failing > 0 {
+            tracing::info!(device, failed_polls = was_failing, "Device is back.");
+        } else if first {
+            tracing::info!(device, address = %address, "Device answered its first poll.");
         }
-        status.last_attempt = Some(at);
-        status.last_success = Some(at);
-        status.consecutive_failures = 0;
-        status.polls += 1;
-        status.backoff = Duration::ZERO;
     }
 
     /// Records a failed poll; logs only the first failure of a run.
     pub fn failure(&self, device: &str, at: DateTime<Utc>, class: ErrorClass, error: &str) {
-        let mut devices = self.lock();
-        let Some(status) = devices.get_mut(device) else {
-            return;
+        let newly_down = {
+            let mut devices = self.lock();
+            let Some(status) = devices.get_mut(device) else {
+                return;
+            };
+            let newly_down =
+                status.consecutive_failures == 0 || status.last_error_class != Some(class);
+            status.last_attempt = Some(at);
+            status.last_error = Some(error.to_string());
+            status.last_error_class = Some(class);
+            status.consecutive_failures = status.consecutive_failures.saturating_add(1);
+            status.polls += 1;
+            status.failures += 1;
+            newly_down
         };
-        if status.consecutive_failures == 0 || status.last_error_class != Some(class) {
+        if newly_down {
             tracing::warn!(
                 device,
                 error_class = class.as_str(),
@@ -175,12 +191,6 @@ impl StatusBoard {
                 "Device is down."
             );
         }
-        status.last_attempt = Some(at);
-        status.last_error = Some(error.to_string());
-        status.last_error_class = Some(class);
-        status.consecutive_failures = status.consecutive_failures.saturating_add(1);
-        status.polls += 1;
-        status.failures += 1;
     }
 
     /// Updates identity fields and the reconnect delay.

@@ -60,7 +60,7 @@ pub async fn exec() -> anyhow::Result<Exit> {
     );
     println!("Polling 4 devices every second. Ctrl-C stops.");
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let shutdown = super::run::shutdown_on_signals()?;
+    let shutdown = super::run::shutdown_on_signals(Duration::from_secs(30))?;
     let options = RunOptions {
         state_dir: dir.path().to_path_buf(),
         drain_deadline: Duration::from_secs(1),

@@ -42,8 +42,9 @@ pub fn state_dir(flag: Option<PathBuf>) -> PathBuf {
 }
 
 /// Cancels the returned token on the first SIGTERM or SIGINT; exits the
-/// process at once on the second.
-pub fn shutdown_on_signals() -> anyhow::Result<CancellationToken> {
+/// process at once on the second, or when a graceful stop takes longer than
+/// `limit` (so that a stuck stop never needs a SIGKILL).
+pub fn shutdown_on_signals(limit: Duration) -> anyhow::Result<CancellationToken> {
     use tokio::signal::unix::{SignalKind, signal};
     let token = CancellationToken::new();
     let mut term = signal(SignalKind::terminate()).context("Failed to listen for SIGTERM")?;
@@ -57,11 +58,19 @@ pub fn shutdown_on_signals() -> anyhow::Result<CancellationToken> {
         tracing::info!("Signal received: shutting down (a second signal exits at once).");
         first.cancel();
         tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+            _ = term.recv() => {
+                tracing::warn!("Second signal: exiting now; the local store keeps what it has.");
+                std::process::exit(130);
+            }
+            _ = int.recv() => {
+                tracing::warn!("Second signal: exiting now; the local store keeps what it has.");
+                std::process::exit(130);
+            }
+            () = tokio::time::sleep(limit) => {
+                tracing::error!(limit_s = limit.as_secs(), "Stopping took too long: exiting now; the local store keeps what it has.");
+                std::process::exit(1);
+            }
         }
-        tracing::warn!("Second signal: exiting now; the local store keeps what it has.");
-        std::process::exit(130);
     });
     Ok(token)
 }
@@ -75,10 +84,11 @@ pub async fn exec(config: Config, args: RunArgs) -> anyhow::Result<Exit> {
         }])
         .into());
     }
-    let shutdown = shutdown_on_signals()?;
+    let drain_deadline = Duration::from_secs(args.drain_deadline_s);
+    let shutdown = shutdown_on_signals(drain_deadline + Duration::from_secs(30))?;
     let options = RunOptions {
         state_dir: state_dir(args.state_dir),
-        drain_deadline: Duration::from_secs(args.drain_deadline_s),
+        drain_deadline,
         batch_report: None,
     };
     daemon::run(config, options, shutdown).await?;

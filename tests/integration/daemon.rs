@@ -70,7 +70,8 @@ fn spawn_daemon(config: &Path, state: &Path, database_url: Option<&str>) -> Daem
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        // A file, not a pipe nobody reads: a full pipe would block the daemon.
+        .stderr(std::fs::File::create(state.with_extension("log")).expect("daemon log file"));
     if let Some(url) = database_url {
         command.env("DATABASE_URL", url);
     }
