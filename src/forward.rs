@@ -156,7 +156,7 @@ async fn insert_table(
             ColumnKind::Text => query.bind(
                 values
                     .map(|v| match v {
-                        Some(Value::Text(t)) => Some(t.to_string()),
+                        Some(Value::Text(t)) => Some(t.as_ref()),
                         _ => None,
                     })
                     .collect::<Vec<_>>(),
