@@ -312,6 +312,7 @@ async fn write_local_status(shared: &Shared) {
         "rows_stored": shared.counters.rows_stored.load(Ordering::Relaxed),
         "rows_forwarded": shared.forward.rows_forwarded.load(Ordering::Relaxed),
         "rows_parked": shared.forward.rows_parked.load(Ordering::Relaxed),
+        "rows_expired_unforwarded": shared.counters.rows_expired_unforwarded.load(Ordering::Relaxed),
         "forward_errors": shared.forward.errors.load(Ordering::Relaxed),
         "spool_depth": depth,
         "spool_oldest": oldest,
@@ -353,7 +354,7 @@ async fn database_loop(
     let mut logged = false;
     let (pool, mode) = loop {
         let attempt = async {
-            let mut conn = crate::db::migrate::connect_once(&db).await?;
+            let mut conn = crate::db::connect_once(&db).await?;
             let report =
                 crate::db::migrate::migrate(&mut conn, shared.config.retention.window).await?;
             for d in &report.degraded {

@@ -6,7 +6,8 @@ use clap::Args;
 
 use super::{Exit, require_database};
 use crate::config::Config;
-use crate::db::migrate::{self, connect_once};
+use crate::db::connect_once;
+use crate::db::migrate;
 
 /// Options of `migrate`.
 #[derive(Debug, Args)]

@@ -14,7 +14,7 @@ use serde_json::{Value as Json, json};
 use super::Exit;
 use crate::config::Config;
 use crate::db::SchemaReport;
-use crate::db::migrate::connect_once;
+use crate::db::connect_once;
 use crate::store::LocalStore;
 
 /// Options of `status`.

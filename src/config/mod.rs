@@ -312,11 +312,6 @@ impl Config {
         })?;
         validate::validate(raw, prefixed_names)
     }
-
-    /// Whether a PostgreSQL database is configured.
-    pub fn has_database(&self) -> bool {
-        self.database.is_some()
-    }
 }
 
 /// The `config` crate quotes offending TOML text in parse errors, which might

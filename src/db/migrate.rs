@@ -8,9 +8,9 @@
 use std::time::Duration;
 
 use serde::Serialize;
+use sqlx::PgConnection;
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::postgres::{PgDatabaseError, PgErrorPosition};
-use sqlx::{Connection, PgConnection};
 
 use super::reconcile::{self, ReconcileReport};
 use super::server::{Degraded, SchemaState, ServerInfo, StorageMode};
@@ -46,6 +46,9 @@ pub enum MigrationError {
     /// The reconcile step failed.
     #[error("reconcile step failed: {0}")]
     Reconcile(String),
+    /// The migration tracking refused to run (a dirty or out-of-order record).
+    #[error("{0}")]
+    Tracking(MigrateError),
     /// Any other database error.
     #[error("database error while migrating: {0}")]
     Db(#[from] sqlx::Error),
@@ -224,7 +227,7 @@ fn explain(error: MigrateError) -> MigrationError {
         ),
         MigrateError::VersionMissing(v) => MigrationError::Unknown(v),
         MigrateError::Execute(e) => MigrationError::Db(e),
-        other => MigrationError::Reconcile(other.to_string()),
+        other => MigrationError::Tracking(other),
     }
 }
 
@@ -262,22 +265,6 @@ fn locate(sql: &str, position: usize) -> String {
         text.push('…');
     }
     format!("line {line_number}: {text}")
-}
-
-/// Opens one connection (not a pool): migrating holds a session lock that
-/// must end with the connection.
-pub async fn connect_once(
-    config: &crate::config::DatabaseConfig,
-) -> Result<PgConnection, super::DbError> {
-    let options = super::connect_options(config)?;
-    match tokio::time::timeout(config.connect_timeout, PgConnection::connect_with(&options)).await {
-        Ok(Ok(conn)) => Ok(conn),
-        Ok(Err(e)) => Err(super::classify_connect_error(e, config)),
-        Err(_) => Err(super::classify_connect_error(
-            sqlx::Error::PoolTimedOut,
-            config,
-        )),
-    }
 }
 
 #[cfg(test)]

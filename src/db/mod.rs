@@ -79,6 +79,22 @@ pub async fn connect(config: &DatabaseConfig) -> Result<PgPool, DbError> {
     Ok(pool)
 }
 
+/// Opens one connection (not a pool): for `migrate` and `status`, and for
+/// migrating at daemon start, whose session lock must end with the connection.
+pub async fn connect_once(config: &DatabaseConfig) -> Result<sqlx::PgConnection, DbError> {
+    let options = connect_options(config)?;
+    match tokio::time::timeout(
+        config.connect_timeout,
+        <sqlx::PgConnection as sqlx::Connection>::connect_with(&options),
+    )
+    .await
+    {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(e)) => Err(classify_connect_error(e, config)),
+        Err(_) => Err(classify_connect_error(sqlx::Error::PoolTimedOut, config)),
+    }
+}
+
 /// Sorts a connection failure into the cases a user acts on differently.
 pub fn classify_connect_error(error: sqlx::Error, config: &DatabaseConfig) -> DbError {
     let target = config.redacted_url();

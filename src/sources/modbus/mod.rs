@@ -27,8 +27,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{GxConfig, ModbusDeviceConfig};
 use crate::reading::{Reading, SourceKind};
+use crate::registers::RegisterList;
 use crate::registers::plan::{Block, Coalescing, plan};
-use crate::registers::{RegisterList, decode};
 use crate::status::{ErrorClass, StatusBoard};
 pub use fields::FieldMap;
 
@@ -98,7 +98,6 @@ struct DevicePlan {
     blocks: Vec<Block>,
     /// Blocks the GX refused even alone (0x02 at the finest level): skipped.
     unsupported: Vec<Block>,
-    address: String,
 }
 
 impl DevicePlan {
@@ -168,14 +167,13 @@ impl GxPoller {
                 let map = FieldMap::resolve(device.class, list)
                     .expect("every built-in field resolves (checked by a unit test)");
                 let address = format!("{}:{}/{}", config.host, config.port, device.unit_id);
-                status.register(&device.name, SourceKind::Modbus, address.clone());
+                status.register(&device.name, SourceKind::Modbus, address);
                 let mut plan = DevicePlan {
                     config: device.clone(),
                     map,
                     level: Coalescing::AcrossMapped,
                     blocks: Vec::new(),
                     unsupported: Vec::new(),
-                    address,
                 };
                 plan.replan(list);
                 plan
@@ -414,14 +412,6 @@ impl GxPoller {
         let _ = self.readings.send(reading).await;
         Ok(())
     }
-
-    /// The address of each device, for messages.
-    pub fn device_addresses(&self) -> Vec<(String, String)> {
-        self.devices
-            .iter()
-            .map(|d| (d.config.name.clone(), d.address.clone()))
-            .collect()
-    }
 }
 
 /// Reads `block` with function 0x03 through the lower-level `Client::call`,
@@ -466,12 +456,6 @@ pub fn firmware_text(words: &[u16]) -> String {
         text.push_str(&format!("~{beta}"));
     }
     text
-}
-
-/// The words a register list row holds in `words`, decoded (for the probe).
-pub fn decode_first(list: &RegisterList, address: u16, words: &[u16]) -> Option<decode::Decoded> {
-    let register = list.covering(address)?;
-    decode::decode(register, words.get(..usize::from(register.ty.words()))?).ok()
 }
 
 #[cfg(test)]
