@@ -9,7 +9,8 @@ use tokio::sync::mpsc;
 
 use super::Exit;
 use crate::config::{
-    Config, GxConfig, LogConfig, ModbusClass, ModbusDeviceConfig, RetentionConfig, SiteConfig,
+    Config, FailoverConfig, GxConfig, HealthConfig, LogConfig, ModbusClass, ModbusDeviceConfig,
+    RetentionConfig, SiteConfig,
 };
 use crate::daemon::{self, RunOptions};
 use crate::simulator::gx::{self, GxSimOptions};
@@ -49,6 +50,8 @@ pub async fn exec() -> anyhow::Result<Exit> {
             ],
         }],
         vedirect: Vec::new(),
+        health: HealthConfig::default(),
+        failover: FailoverConfig::default(),
     };
     let dir = tempfile::Builder::new()
         .prefix("victron-poller-demo-")

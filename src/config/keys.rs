@@ -21,6 +21,10 @@ pub const KNOWN_KEYS: &[KnownKey] = &[
     key("retention.window_hours", "72"),
     key("log.format", "text"),
     key("log.level", "info"),
+    key("health.listen", "none (PORT sets 0.0.0.0:$PORT)"),
+    key("health.stall_timeout_ms", "120000"),
+    key("failover.enabled", "false"),
+    key("failover.poll_when_database_unreachable", "true"),
     key("gx[].host", "required"),
     key("gx[].port", "502"),
     key("gx[].poll_interval_ms", "5000"),
@@ -33,6 +37,13 @@ pub const KNOWN_KEYS: &[KnownKey] = &[
         "gx[].devices[].unit_id",
         "100 for class system, else required",
     ),
+    key("vedirect[].name", "required"),
+    key("vedirect[].path", "path or address required"),
+    key("vedirect[].address", "path or address required"),
+    key("vedirect[].poll_interval_ms", "5000"),
+    key("vedirect[].silence_timeout_ms", "10000"),
+    key("vedirect[].reconnect_min_ms", "500"),
+    key("vedirect[].reconnect_max_ms", "30000"),
 ];
 
 const fn key(key: &'static str, default: &'static str) -> KnownKey {

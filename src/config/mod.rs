@@ -4,6 +4,12 @@
 //! Layers, lowest first: built-in defaults, the TOML file, `DATABASE_URL` (as
 //! Railway provides it, for `database.url`), and `VICTRON_POLLER_<SECTION>__<KEY>`
 //! variables (`VICTRON_POLLER_DATABASE__CONNECT_TIMEOUT_MS=2000`).
+//! Lists of tables come from the environment as TOML, so a worker with no
+//! file can be configured entirely by variables: `VICTRON_POLLER_GX` and
+//! `VICTRON_POLLER_VEDIRECT` hold what `[[gx]]` and `[[vedirect]]` would.
+//! The plain variables a platform sets are honoured too, below the prefixed
+//! ones: `DATABASE_URL`, `LOG_FORMAT` (for `log.format`) and `PORT` (the
+//! health endpoint listens on `0.0.0.0:$PORT`).
 //! Loading never stops at the first problem: unknown keys and bad values are
 //! collected and reported together, each naming its key. Secrets (the database
 //! password) never appear in a message or in `Debug` output.
@@ -14,6 +20,7 @@ mod validate;
 
 use std::collections::HashMap;
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -26,6 +33,11 @@ pub use keys::KNOWN_KEYS;
 pub const ENV_PREFIX: &str = "VICTRON_POLLER";
 /// Environment variable naming the configuration file (same as `--config`).
 pub const CONFIG_PATH_ENV: &str = "VICTRON_POLLER_CONFIG";
+/// The lists of tables the environment may hold as TOML: (variable, key).
+pub const LIST_VARIABLES: [(&str, &str); 2] = [
+    ("VICTRON_POLLER_GX", "gx"),
+    ("VICTRON_POLLER_VEDIRECT", "vedirect"),
+];
 
 /// The validated configuration of one daemon.
 #[derive(Debug, Clone)]
@@ -42,6 +54,44 @@ pub struct Config {
     pub gx: Vec<GxConfig>,
     /// Devices read over VE.Direct (serial port or TCP bridge).
     pub vedirect: Vec<VeDirectConfig>,
+    /// The health and metrics endpoint, and when a source counts as hung.
+    pub health: HealthConfig,
+    /// Sharing devices with another daemon.
+    pub failover: FailoverConfig,
+}
+
+/// The HTTP health/metrics endpoint and the hang detection behind it and the
+/// systemd watchdog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// Where `/healthz` and `/metrics` are served (`health.listen`); none by default.
+    pub listen: Option<SocketAddr>,
+    /// A source that completes no poll, successful or not, for this long is
+    /// hung (`health.stall_timeout_ms`): health says down and the systemd
+    /// watchdog is no longer fed.
+    pub stall_timeout: Duration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            stall_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Two daemons configured for the same devices (a gateway and a cloud
+/// worker): a PostgreSQL advisory lock per device decides which one polls it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FailoverConfig {
+    /// Take a lock per device before polling it (`failover.enabled`).
+    pub enabled: bool,
+    /// While the database cannot be reached, poll the devices no other daemon
+    /// is known to hold (`failover.poll_when_database_unreachable`, default
+    /// true: right for a gateway next to its devices, whose readings wait in
+    /// its local store; a cloud worker sets false).
+    pub poll_when_database_unreachable: bool,
 }
 
 /// One VE.Direct device: a battery monitor, MPPT or Phoenix inverter.
@@ -284,33 +334,75 @@ impl Config {
             }
             builder = builder.add_source(File::from(path).format(FileFormat::Toml).required(true));
         }
+        let mut early_problems = Vec::new();
+        for (variable, key) in LIST_VARIABLES {
+            let Some(value) = env.get(variable).filter(|v| !v.trim().is_empty()) else {
+                continue;
+            };
+            let source = File::from_str(&format!("{key} = {value}"), FileFormat::Toml);
+            match config::Config::builder().add_source(source.clone()).build() {
+                Ok(_) => builder = builder.add_source(source),
+                Err(e) => early_problems.push(ConfigProblem {
+                    key: key.into(),
+                    message: format!(
+                        "{variable} is not a TOML list of tables like [{{ name = \"…\" }}] ({})",
+                        redact_file_error(&e.to_string())
+                    ),
+                }),
+            }
+        }
         let prefixed: config::Map<String, String> = env
             .iter()
             .filter(|(k, _)| {
-                k.starts_with(&format!("{ENV_PREFIX}_")) && k.as_str() != CONFIG_PATH_ENV
+                k.starts_with(&format!("{ENV_PREFIX}_"))
+                    && k.as_str() != CONFIG_PATH_ENV
+                    && !LIST_VARIABLES.iter().any(|(v, _)| v == k)
+                    && k.as_str() != "VICTRON_POLLER_STATE_DIR"
             })
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         let prefixed_names: Vec<String> = prefixed.keys().cloned().collect();
-        let url_from_prefixed = prefixed.contains_key(&format!("{ENV_PREFIX}_DATABASE__URL"));
+        // Plain variables a platform sets: below the prefixed ones, above the file.
+        let plain = [
+            ("DATABASE_URL", "database.url"),
+            ("LOG_FORMAT", "log.format"),
+            ("PORT", "health.listen"),
+        ];
+        for (variable, key) in plain {
+            let Some(value) = env.get(variable).filter(|v| !v.trim().is_empty()) else {
+                continue;
+            };
+            if prefixed.contains_key(&env_var_for(key)) {
+                continue;
+            }
+            let value = if variable == "PORT" {
+                format!("0.0.0.0:{}", value.trim())
+            } else {
+                value.trim().to_string()
+            };
+            builder = builder
+                .set_override(key, value)
+                .expect("a string override is always accepted");
+        }
         builder = builder.add_source(
             Environment::with_prefix(ENV_PREFIX)
                 .prefix_separator("_")
                 .separator("__")
                 .source(Some(prefixed)),
         );
-        if let (false, Some(url)) = (url_from_prefixed, env.get("DATABASE_URL")) {
-            if !url.is_empty() {
-                builder = builder
-                    .set_override("database.url", url.clone())
-                    .expect("a string override is always accepted");
-            }
-        }
         let raw = builder.build().map_err(|e| ConfigError::File {
             path: path.map(|p| p.display().to_string()).unwrap_or_default(),
             reason: redact_file_error(&e.to_string()),
         })?;
-        validate::validate(raw, prefixed_names)
+        match validate::validate(raw, prefixed_names) {
+            Ok(config) if early_problems.is_empty() => Ok(config),
+            Ok(_) => Err(ConfigError::Invalid(early_problems)),
+            Err(ConfigError::Invalid(mut problems)) => {
+                early_problems.append(&mut problems);
+                Err(ConfigError::Invalid(early_problems))
+            }
+            Err(other) => Err(other),
+        }
     }
 }
 

@@ -126,6 +126,27 @@ impl Table {
         }
     }
 
+    /// `true` or `false` (also as the strings environment variables give);
+    /// `default` when absent or invalid.
+    pub(super) fn boolean(&mut self, name: &str, default: bool, problems: &mut Problems) -> bool {
+        let Some(value) = self.take(name) else {
+            return default;
+        };
+        match &value.kind {
+            ValueKind::Boolean(b) => *b,
+            ValueKind::String(s) if s.trim().eq_ignore_ascii_case("true") => true,
+            ValueKind::String(s) if s.trim().eq_ignore_ascii_case("false") => false,
+            other => {
+                let found = describe(other);
+                problems.push(
+                    &self.key(name),
+                    format!("expected true or false, found {found}"),
+                );
+                default
+            }
+        }
+    }
+
     /// A sub-table (`[database]`); an empty one when absent.
     pub(super) fn table(&mut self, name: &str, problems: &mut Problems) -> Table {
         let key = self.key(name);

@@ -280,3 +280,110 @@ fn gx_defaults_and_duplicate_names() {
     assert_eq!(gx.poll_interval, Duration::from_secs(5));
     assert_eq!(gx.request_timeout, Duration::from_secs(1));
 }
+
+#[test]
+fn device_lists_come_from_the_environment_as_toml() {
+    let config = Config::load_with_env(
+        None,
+        env(&[
+            ("DATABASE_URL", "postgres://u@db/x"),
+            (
+                "VICTRON_POLLER_GX",
+                r#"[{ host = "10.8.0.2", poll_interval_ms = 2000, devices = [
+                    { name = "gx-system", class = "system" },
+                    { name = "bank", class = "battery", unit_id = 226 } ] }]"#,
+            ),
+            (
+                "VICTRON_POLLER_VEDIRECT",
+                r#"[{ name = "bmv", address = "10.8.0.3:8888" }]"#,
+            ),
+            ("LOG_FORMAT", "json"),
+            ("PORT", "8080"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(config.gx.len(), 1);
+    assert_eq!(config.gx[0].host, "10.8.0.2");
+    assert_eq!(config.gx[0].poll_interval, Duration::from_millis(2000));
+    assert_eq!(config.gx[0].devices[1].unit_id, 226);
+    assert_eq!(
+        config.vedirect[0].port,
+        VeDirectPort::Tcp("10.8.0.3:8888".into())
+    );
+    assert_eq!(config.log.format, LogFormat::Json);
+    assert_eq!(config.health.listen, Some("0.0.0.0:8080".parse().unwrap()));
+    assert!(config.database.is_some());
+
+    // The prefixed variables win over the plain ones.
+    let config = Config::load_with_env(
+        None,
+        env(&[
+            ("LOG_FORMAT", "json"),
+            ("VICTRON_POLLER_LOG__FORMAT", "text"),
+            ("PORT", "8080"),
+            ("VICTRON_POLLER_HEALTH__LISTEN", "127.0.0.1:9480"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(config.log.format, LogFormat::Text);
+    assert_eq!(
+        config.health.listen,
+        Some("127.0.0.1:9480".parse().unwrap())
+    );
+}
+
+#[test]
+fn bad_environment_lists_name_the_variable_and_the_key() {
+    let found = problems(Config::load_with_env(
+        None,
+        env(&[("VICTRON_POLLER_GX", "[{ host = ")]),
+    ));
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].key, "gx");
+    assert!(found[0].message.contains("VICTRON_POLLER_GX"), "{found:?}");
+
+    let found = problems(Config::load_with_env(
+        None,
+        env(&[(
+            "VICTRON_POLLER_GX",
+            r#"[{ host = "gx", devices = [{ name = "b", class = "batery", unit_id = 1 }] }]"#,
+        )]),
+    ));
+    assert_eq!(found[0].key, "gx[0].devices[0].class", "{found:?}");
+
+    let found = problems(Config::load_with_env(None, env(&[("PORT", "http")])));
+    assert_eq!(found[0].key, "health.listen", "{found:?}");
+    assert!(found[0].message.contains("0.0.0.0:http"), "{found:?}");
+}
+
+#[test]
+fn stall_timeout_must_exceed_every_wait_and_failover_needs_a_database() {
+    let f = file(
+        r#"
+[health]
+stall_timeout_ms = 20000
+[failover]
+enabled = "yes"
+[[gx]]
+host = "gx"
+reconnect_max_ms = 30000
+devices = [{ name = "s", class = "system" }]
+"#,
+    );
+    let found = problems(Config::load_with_env(Some(f.path()), env(&[])));
+    let keys: Vec<&str> = found.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["health.stall_timeout_ms", "failover.enabled"],
+        "{found:?}"
+    );
+    assert!(found[0].message.contains("30000 ms"), "{found:?}");
+    assert!(found[1].message.contains("true or false"), "{found:?}");
+
+    let found = problems(Config::load_with_env(
+        None,
+        env(&[("VICTRON_POLLER_FAILOVER__ENABLED", "true")]),
+    ));
+    assert_eq!(found[0].key, "failover.enabled");
+    assert!(found[0].message.contains("database.url"), "{found:?}");
+}

@@ -8,8 +8,9 @@ use url::Url;
 
 use super::reader::{Problems, Table};
 use super::{
-    Config, ConfigError, DatabaseConfig, GxConfig, LogConfig, LogFormat, ModbusClass,
-    ModbusDeviceConfig, RetentionConfig, Secret, SiteConfig, VeDirectConfig, VeDirectPort,
+    Config, ConfigError, DatabaseConfig, FailoverConfig, GxConfig, HealthConfig, LogConfig,
+    LogFormat, ModbusClass, ModbusDeviceConfig, RetentionConfig, Secret, SiteConfig,
+    VeDirectConfig, VeDirectPort,
 };
 
 pub(super) fn validate(raw: config::Config, env_vars: Vec<String>) -> Result<Config, ConfigError> {
@@ -58,6 +59,27 @@ pub(super) fn validate(raw: config::Config, env_vars: Vec<String>) -> Result<Con
         .collect();
     check_device_names(&gx, &vedirect, &mut problems);
 
+    let mut t = root.table("health", &mut problems);
+    let health = health(&mut t, &gx, &vedirect, &mut problems);
+    t.finish(&mut problems);
+
+    let mut t = root.table("failover", &mut problems);
+    let failover = FailoverConfig {
+        enabled: t.boolean("enabled", false, &mut problems),
+        poll_when_database_unreachable: t.boolean(
+            "poll_when_database_unreachable",
+            true,
+            &mut problems,
+        ),
+    };
+    if failover.enabled && database.is_none() {
+        problems.push(
+            &t.key("enabled"),
+            "needs a database (database.url): the devices' locks live there",
+        );
+    }
+    t.finish(&mut problems);
+
     root.finish(&mut problems);
 
     if problems.list.is_empty() {
@@ -70,6 +92,8 @@ pub(super) fn validate(raw: config::Config, env_vars: Vec<String>) -> Result<Con
             site,
             gx,
             vedirect,
+            health,
+            failover,
         })
     } else {
         Err(ConfigError::Invalid(problems.list))
@@ -119,6 +143,55 @@ fn database(t: &mut Table, problems: &mut Problems) -> Option<DatabaseConfig> {
         connect_timeout: Duration::from_millis(connect_timeout_ms),
         max_connections: u32::try_from(max_connections).unwrap_or(u32::MAX),
     })
+}
+
+fn health(
+    t: &mut Table,
+    gx: &[GxConfig],
+    vedirect: &[VeDirectConfig],
+    problems: &mut Problems,
+) -> HealthConfig {
+    let listen_key = t.key("listen");
+    let listen = t
+        .string("listen", problems)
+        .filter(|l| !l.trim().is_empty())
+        .and_then(|text| match text.trim().parse() {
+            Ok(address) => Some(address),
+            Err(_) => {
+                let message = format!(
+                    "\"{text}\" is not an address and port such as 127.0.0.1:9480 or 0.0.0.0:8080"
+                );
+                problems.push(&listen_key, message);
+                None
+            }
+        });
+    let stall_key = t.key("stall_timeout_ms");
+    let stall_ms = t.integer("stall_timeout_ms", 120_000, 1000, 86_400_000, problems);
+    // A source legitimately waits this long between two polls: the stall
+    // limit must be longer, or a healthy daemon would be called hung.
+    let longest_wait = gx
+        .iter()
+        .map(|g| g.poll_interval.max(g.reconnect_max))
+        .chain(
+            vedirect
+                .iter()
+                .map(|v| v.poll_interval.max(v.reconnect_max).max(v.silence_timeout)),
+        )
+        .max()
+        .unwrap_or_default();
+    if u128::from(stall_ms) <= longest_wait.as_millis() {
+        problems.push(
+            &stall_key,
+            format!(
+                "{stall_ms} is not above the longest wait of a source between two polls ({} ms: a poll interval, reconnect_max_ms or silence_timeout_ms)",
+                longest_wait.as_millis()
+            ),
+        );
+    }
+    HealthConfig {
+        listen,
+        stall_timeout: Duration::from_millis(stall_ms),
+    }
 }
 
 fn log(t: &mut Table, problems: &mut Problems) -> LogConfig {
