@@ -1,10 +1,21 @@
-//! Log output: `tracing` events to standard error, as plain text lines or
-//! JSON lines (`log.format`), filtered by `log.level`. No colours unless
-//! standard error is a terminal, so journald gets clean lines.
+//! Log output: `tracing` events as plain text lines on standard error or as
+//! JSON lines on standard output (`log.format`), filtered by `log.level`.
+//!
+//! Text lines get no colours unless standard error is a terminal. When
+//! standard error is connected to journald (systemd sets `JOURNAL_STREAM`),
+//! lines carry no timestamp of their own (the journal stamps each line) and
+//! start with a `<N>` syslog priority prefix, so `journalctl -p warning`
+//! works. JSON lines go to standard output, where platforms such as Railway
+//! expect structured logs (they show standard error as errors).
 
+use std::fmt;
 use std::io::IsTerminal as _;
 
+use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::format::{Format, Full, Writer};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
 
 use crate::config::{LogConfig, LogFormat};
 
@@ -19,11 +30,80 @@ pub fn init(config: &LogConfig) {
     }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
     let _ = match config.format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Json => builder
+            .with_writer(std::io::stdout)
+            .with_ansi(false)
+            .json()
+            .flatten_event(true)
+            .try_init(),
+        LogFormat::Text if stderr_is_journal() => builder
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .event_format(JournalLine(
+                Format::default().without_time().with_target(false),
+            ))
+            .try_init(),
+        LogFormat::Text => builder
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
     };
+}
+
+/// Whether standard error is the journal stream systemd named in
+/// `JOURNAL_STREAM` (`device:inode`), rather than, say, a redirection the
+/// service set up itself.
+pub fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else {
+        return false;
+    };
+    stream.to_string_lossy() == format!("{}:{}", meta.dev(), meta.ino())
+}
+
+/// The syslog priority journald reads from a `<N>` line prefix.
+fn syslog_priority(level: &Level) -> u8 {
+    match *level {
+        Level::ERROR => 3,
+        Level::WARN => 4,
+        Level::INFO => 6,
+        Level::DEBUG | Level::TRACE => 7,
+    }
+}
+
+/// The default line format without a timestamp, behind a priority prefix.
+struct JournalLine(Format<Full, ()>);
+
+impl<S, N> FormatEvent<S, N> for JournalLine
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        write!(writer, "<{}>", syslog_priority(event.metadata().level()))?;
+        self.0.format_event(ctx, writer, event)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn priorities_follow_syslog() {
+        assert_eq!(syslog_priority(&Level::ERROR), 3);
+        assert_eq!(syslog_priority(&Level::WARN), 4);
+        assert_eq!(syslog_priority(&Level::INFO), 6);
+        assert_eq!(syslog_priority(&Level::DEBUG), 7);
+    }
 }

@@ -240,11 +240,14 @@ async fn status_reports_each_flavour_s_degraded_features() {
     }
 }
 
-#[test]
-fn log_format_json_prints_one_json_object_per_line() {
+/// Runs the daemon for 800 ms against a GX nobody answers for (so it logs
+/// the device going down) and returns its output.
+fn run_briefly_against_a_dead_gx(
+    env: &[(&str, &str)],
+    stderr: std::process::Stdio,
+) -> std::process::Output {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("c.toml");
-    // A GX nobody answers for: the daemon logs the device going down.
     std::fs::write(&config, "[[gx]]\nhost = \"127.0.0.1\"\nport = 1\n[[gx.devices]]\nname = \"s\"\nclass = \"system\"\n").unwrap();
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_victron-poller"))
         .args([
@@ -255,8 +258,9 @@ fn log_format_json_prints_one_json_object_per_line() {
             dir.path().join("s").to_str().unwrap(),
         ])
         .env_clear()
-        .env("VICTRON_POLLER_LOG__FORMAT", "json")
-        .stderr(std::process::Stdio::piped())
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(800));
@@ -266,9 +270,21 @@ fn log_format_json_prints_one_json_object_per_line() {
         .unwrap();
     let output = child.wait_with_output().unwrap();
     assert_eq!(output.status.code(), Some(0));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let lines: Vec<&str> = stderr.lines().collect();
-    assert!(lines.len() >= 3, "{stderr}");
+    output
+}
+
+#[test]
+fn log_format_json_prints_one_json_object_per_line_on_stdout() {
+    let output =
+        run_briefly_against_a_dead_gx(&[("LOG_FORMAT", "json")], std::process::Stdio::piped());
+    assert!(
+        output.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines.len() >= 3, "{stdout}");
     for line in &lines {
         let value: serde_json::Value =
             serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
@@ -277,16 +293,53 @@ fn log_format_json_prints_one_json_object_per_line() {
             "{line}"
         );
     }
-    assert!(
-        lines.iter().any(|l| l.contains("Device is down.")),
-        "{stderr}"
-    );
     assert_eq!(
         lines
             .iter()
             .filter(|l| l.contains("Device is down."))
             .count(),
         1,
-        "logged once: {stderr}"
+        "logged once: {stdout}"
     );
+}
+
+#[test]
+fn under_journald_lines_carry_a_priority_and_no_timestamp() {
+    use std::os::unix::fs::MetadataExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("journal");
+    let file = std::fs::File::create(&log).unwrap();
+    let meta = file.metadata().unwrap();
+    // systemd names the stream it connected standard error to.
+    let stream = format!("{}:{}", meta.dev(), meta.ino());
+    run_briefly_against_a_dead_gx(&[("JOURNAL_STREAM", &stream)], file.into());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains('\u{1b}'), "no colours: {text:?}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() >= 3, "{text}");
+    for line in &lines {
+        let (priority, rest) = line.split_at(3);
+        assert!(
+            matches!(priority, "<3>" | "<4>" | "<6>" | "<7>"),
+            "priority prefix: {line}"
+        );
+        let first = rest.trim_start().split(' ').next().unwrap();
+        assert!(
+            matches!(first, "ERROR" | "WARN" | "INFO" | "DEBUG"),
+            "the level comes first, no timestamp: {line}"
+        );
+    }
+    let down: Vec<&&str> = lines
+        .iter()
+        .filter(|l| l.contains("Device is down."))
+        .collect();
+    assert_eq!(down.len(), 1, "logged once: {text}");
+    assert!(down[0].starts_with("<4>"), "a warning: {text}");
+
+    // The same variable with another stream (a redirection the service made
+    // itself) keeps ordinary lines with timestamps.
+    let other =
+        run_briefly_against_a_dead_gx(&[("JOURNAL_STREAM", "1:1")], std::process::Stdio::piped());
+    let text = String::from_utf8_lossy(&other.stderr);
+    assert!(text.lines().all(|l| l.starts_with("20")), "{text}");
 }
