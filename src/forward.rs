@@ -32,6 +32,35 @@ pub struct ForwardCounters {
     pub errors: AtomicU64,
     /// Rows parked for a permanent error.
     pub rows_parked: AtomicU64,
+    /// Since when the database cannot be reached or written to; `None` while it works.
+    database_down_since: std::sync::Mutex<Option<chrono::DateTime<chrono::Utc>>>,
+}
+
+impl ForwardCounters {
+    /// Notes a failed connection or write (the first failure starts the outage).
+    pub fn database_failed(&self) {
+        let mut since = self
+            .database_down_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        since.get_or_insert_with(chrono::Utc::now);
+    }
+
+    /// Notes that the database works.
+    pub fn database_works(&self) {
+        *self
+            .database_down_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Since when the database has been failing, if it is.
+    pub fn database_down_since(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        *self
+            .database_down_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// Why a batch did not go through.
@@ -294,6 +323,7 @@ impl Forwarder {
                     }
                 }
                 Ok(_) => {
+                    self.counters.database_works();
                     if failing {
                         failing = false;
                         tracing::info!("Forwarding to the database works again.");
@@ -302,6 +332,9 @@ impl Forwarder {
                 }
                 Err(error) => {
                     self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    if !matches!(error, ForwardError::Store(_)) {
+                        self.counters.database_failed();
+                    }
                     let delay = delays.next().unwrap_or(Duration::from_secs(60));
                     if !failing {
                         failing = true;

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -83,6 +83,12 @@ pub struct DeviceStatus {
     pub backoff: Duration,
     /// Frames dropped for a failed checksum (VE.Direct).
     pub corrupt_blocks: u64,
+    /// Another daemon holds this device's lock: it is not polled here.
+    pub standby: bool,
+    /// When its source last completed a poll or received data, or was
+    /// registered or resumed: what hang detection measures from.
+    #[serde(skip)]
+    pub progress_at: Instant,
 }
 
 fn source_name<S: serde::Serializer>(source: &SourceKind, s: S) -> Result<S::Ok, S::Error> {
@@ -136,7 +142,51 @@ impl StatusBoard {
                 failures: 0,
                 backoff: Duration::ZERO,
                 corrupt_blocks: 0,
+                standby: false,
+                progress_at: Instant::now(),
             });
+    }
+
+    /// Notes that a device's source is alive: it completed a poll (even a
+    /// skipped one, while waiting to reconnect) or received data.
+    pub fn heartbeat(&self, device: &str) {
+        if let Some(status) = self.lock().get_mut(device) {
+            status.progress_at = Instant::now();
+        }
+    }
+
+    /// Puts a device in or out of standby (another daemon polls it); logs
+    /// the change.
+    pub fn set_standby(&self, device: &str, standby: bool) {
+        let changed = {
+            let mut devices = self.lock();
+            let Some(status) = devices.get_mut(device) else {
+                return;
+            };
+            let changed = status.standby != standby;
+            status.standby = standby;
+            // Hang detection starts over when polling resumes.
+            status.progress_at = Instant::now();
+            changed
+        };
+        match (changed, standby) {
+            (true, true) => {
+                tracing::info!(device, "Another daemon polls this device; standing by.")
+            }
+            (true, false) => tracing::info!(device, "This daemon polls the device now."),
+            (false, _) => {}
+        }
+    }
+
+    /// Devices whose source has shown no progress for longer than `limit`
+    /// (standby devices excluded), with how long.
+    pub fn stalled(&self, limit: Duration) -> Vec<(String, Duration)> {
+        self.lock()
+            .values()
+            .filter(|s| !s.standby)
+            .map(|s| (s.device.clone(), s.progress_at.elapsed()))
+            .filter(|(_, idle)| *idle > limit)
+            .collect()
     }
 
     /// Records a successful poll; logs the recovery of a failing device.
@@ -154,6 +204,7 @@ impl StatusBoard {
             );
             status.last_attempt = Some(at);
             status.last_success = Some(at);
+            status.progress_at = Instant::now();
             status.consecutive_failures = 0;
             status.polls += 1;
             status.backoff = Duration::ZERO;
@@ -176,6 +227,7 @@ impl StatusBoard {
             let newly_down =
                 status.consecutive_failures == 0 || status.last_error_class != Some(class);
             status.last_attempt = Some(at);
+            status.progress_at = Instant::now();
             status.last_error = Some(error.to_string());
             status.last_error_class = Some(class);
             status.consecutive_failures = status.consecutive_failures.saturating_add(1);
@@ -237,5 +289,23 @@ mod tests {
         // Unknown devices are ignored, not created.
         board.success("nope", t);
         assert_eq!(board.snapshot().len(), 1);
+    }
+
+    #[test]
+    fn stalls_are_measured_from_the_last_progress_and_skip_standby() {
+        let board = StatusBoard::new();
+        board.register("bank", SourceKind::Modbus, "gx:502/226".into());
+        board.register("mppt", SourceKind::Modbus, "gx:502/224".into());
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(board.stalled(Duration::from_millis(20)).len(), 2);
+        board.heartbeat("bank");
+        board.failure("mppt", Utc::now(), ErrorClass::Timeout, "no reply");
+        assert!(board.stalled(Duration::from_millis(20)).is_empty());
+        std::thread::sleep(Duration::from_millis(30));
+        board.set_standby("mppt", true);
+        let stalled = board.stalled(Duration::from_millis(20));
+        assert_eq!(stalled.len(), 1);
+        assert_eq!(stalled[0].0, "bank");
+        assert!(stalled[0].1 >= Duration::from_millis(30));
     }
 }

@@ -15,6 +15,7 @@ use super::Exit;
 use crate::config::Config;
 use crate::db::SchemaReport;
 use crate::db::connect_once;
+use crate::health::{Health, Level};
 use crate::store::LocalStore;
 
 /// Options of `status`.
@@ -29,33 +30,11 @@ pub struct StatusArgs {
     state_dir: Option<PathBuf>,
 }
 
-/// The verdict.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Health {
-    exit: Exit,
-    word: &'static str,
-    reasons: Vec<String>,
-}
-
-fn judge(down: Vec<String>, degraded: Vec<String>) -> Health {
-    if !down.is_empty() {
-        Health {
-            exit: Exit::Down,
-            word: "down",
-            reasons: down,
-        }
-    } else if !degraded.is_empty() {
-        Health {
-            exit: Exit::Attention,
-            word: "degraded",
-            reasons: degraded,
-        }
-    } else {
-        Health {
-            exit: Exit::Ok,
-            word: "healthy",
-            reasons: Vec::new(),
-        }
+fn exit_for(level: Level) -> Exit {
+    match level {
+        Level::Healthy => Exit::Ok,
+        Level::Degraded => Exit::Attention,
+        Level::Down => Exit::Down,
     }
 }
 
@@ -85,7 +64,7 @@ pub async fn exec(config: &Config, args: StatusArgs) -> anyhow::Result<Exit> {
             };
             let health = judge_database(&schema, poller.as_ref(), &devices);
             let doc = json!({
-                "health": health.word, "reasons": health.reasons,
+                "health": health.level.as_str(), "reasons": health.reasons,
                 "poller": poller, "devices": devices, "schema": schema,
             });
             (health, doc)
@@ -104,7 +83,7 @@ pub async fn exec(config: &Config, args: StatusArgs) -> anyhow::Result<Exit> {
                 .map(|(table, device, n, last)| json!({"table": table, "device": device, "last_hour": n, "latest": last}))
                 .collect();
             let doc = json!({
-                "health": health.word, "reasons": health.reasons,
+                "health": health.level.as_str(), "reasons": health.reasons,
                 "store": dir.join(crate::store::FILE_NAME), "readings_stored": depth,
                 "daemon": saved.map(|(d, at)| json!({"status": d, "saved_at": at})),
                 "readings_last_hour": readings,
@@ -117,7 +96,7 @@ pub async fn exec(config: &Config, args: StatusArgs) -> anyhow::Result<Exit> {
     } else {
         print_text(&document);
     }
-    Ok(health.exit)
+    Ok(exit_for(health.level))
 }
 
 fn judge_database(schema: &SchemaReport, poller: Option<&Json>, devices: &Json) -> Health {
@@ -161,44 +140,17 @@ fn judge_database(schema: &SchemaReport, poller: Option<&Json>, devices: &Json) 
             ));
         }
     }
-    judge(down, degraded)
+    Health::from_findings(down, degraded)
 }
 
 fn judge_local(saved: Option<&(Json, DateTime<Utc>)>) -> Health {
-    let Some((doc, at)) = saved else {
-        return judge(
+    match saved {
+        Some((doc, at)) => crate::health::judge_document(doc, *at, Utc::now()),
+        None => Health::from_findings(
             vec!["the daemon has not run with this local store".into()],
             Vec::new(),
-        );
-    };
-    let mut down = Vec::new();
-    let mut degraded = Vec::new();
-    let interval_s = doc["poll_interval_ms"].as_f64().unwrap_or(5000.0) / 1000.0;
-    let age = (Utc::now() - *at).num_milliseconds() as f64 / 1000.0;
-    if age > (3.0 * interval_s).max(15.0) {
-        down.push(format!(
-            "the daemon is not running (last status {age:.0} s ago)"
-        ));
+        ),
     }
-    let devices = doc["devices"].as_array().cloned().unwrap_or_default();
-    let failing: Vec<String> = devices
-        .iter()
-        .filter(|d| {
-            d["consecutive_failures"].as_i64().unwrap_or(0) > 0 || d["last_success"].is_null()
-        })
-        .map(|d| {
-            format!(
-                "{}: {}",
-                d["device"].as_str().unwrap_or("?"),
-                d["last_error"].as_str().unwrap_or("no data yet")
-            )
-        })
-        .collect();
-    if !devices.is_empty() && failing.len() == devices.len() {
-        down.push("no device answers".into());
-    }
-    degraded.extend(failing);
-    judge(down, degraded)
 }
 
 fn print_text(doc: &Json) {

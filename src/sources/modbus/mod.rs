@@ -26,6 +26,7 @@ use tokio_modbus::{ExceptionCode, Request, Response, Slave};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{GxConfig, ModbusDeviceConfig};
+use crate::failover::Leases;
 use crate::reading::{Reading, SourceKind};
 use crate::registers::RegisterList;
 use crate::registers::plan::{Block, Coalescing, plan};
@@ -143,6 +144,7 @@ pub struct GxPoller {
     list: &'static RegisterList,
     status: StatusBoard,
     readings: mpsc::Sender<Reading>,
+    leases: Leases,
 }
 
 impl std::fmt::Debug for GxPoller {
@@ -197,7 +199,14 @@ impl GxPoller {
             list,
             status,
             readings,
+            leases: Leases::always(),
         }
+    }
+
+    /// Polls only the devices `leases` allows (failover between daemons).
+    pub fn with_leases(mut self, leases: Leases) -> Self {
+        self.leases = leases;
+        self
     }
 
     /// Requests one full cycle takes with the current plans.
@@ -224,6 +233,9 @@ impl GxPoller {
                 _ = ticker.tick() => {}
             }
             self.poll_once().await;
+            for device in &self.devices {
+                self.status.heartbeat(&device.config.name);
+            }
         }
         tracing::debug!(gx = %self.host, "Modbus poller stopped.");
         self
@@ -232,6 +244,17 @@ impl GxPoller {
     /// One poll of every device.
     pub async fn poll_once(&mut self) -> CycleReport {
         let mut report = CycleReport::default();
+        let active: Vec<bool> = self
+            .devices
+            .iter()
+            .map(|d| self.leases.may_poll(&d.config.name))
+            .collect();
+        if !active.contains(&true) {
+            // Another daemon polls them all: keep no connection to the GX.
+            self.connection = None;
+            report.skipped = true;
+            return report;
+        }
         if self.connection.is_none() {
             if self.next_connect.is_some_and(|at| Instant::now() < at) {
                 report.skipped = true;
@@ -243,7 +266,10 @@ impl GxPoller {
                 return report;
             }
         }
-        for index in 0..self.devices.len() {
+        for (index, active) in active.into_iter().enumerate() {
+            if !active {
+                continue;
+            }
             match self.poll_device(index, &mut report).await {
                 Ok(()) => {}
                 Err(error) if error.drops_connection() => {
@@ -267,6 +293,9 @@ impl GxPoller {
     fn fail_all(&mut self, from: usize, error: &PollError, report: &mut CycleReport) {
         let now = Utc::now();
         for device in &self.devices[from..] {
+            if !self.leases.may_poll(&device.config.name) {
+                continue;
+            }
             report.failed += 1;
             self.status
                 .failure(&device.config.name, now, error.class(), &error.to_string());

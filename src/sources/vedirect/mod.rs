@@ -21,6 +21,7 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{VeDirectConfig, VeDirectPort};
+use crate::failover::Leases;
 use crate::reading::{Reading, SourceKind};
 use crate::status::{ErrorClass, StatusBoard};
 use codec::{DecodeStats, Frame, VeDirectCodec};
@@ -28,6 +29,9 @@ use fields::{Merger, product_name};
 
 /// VE.Direct's line settings: 19200 baud, 8N1, no flow control.
 pub const BAUD_RATE: u32 = 19_200;
+
+/// How often a standby source asks whether it may read the device.
+const STANDBY_RECHECK: Duration = Duration::from_millis(500);
 
 type Port = Pin<Box<dyn AsyncRead + Send>>;
 
@@ -45,6 +49,8 @@ pub struct VeDirectSource {
     /// When the port went down, while it is down.
     down_since: Option<Instant>,
     warned_unknown_product: bool,
+    /// Whether this daemon may read the device (failover between daemons).
+    leases: Leases,
 }
 
 impl VeDirectSource {
@@ -64,7 +70,14 @@ impl VeDirectSource {
             last_emitted: None,
             down_since: None,
             warned_unknown_product: false,
+            leases: Leases::always(),
         }
+    }
+
+    /// Reads the device only while `leases` allows (failover between daemons).
+    pub fn with_leases(mut self, leases: Leases) -> Self {
+        self.leases = leases;
+        self
     }
 
     /// Decode counters so far.
@@ -109,6 +122,18 @@ impl VeDirectSource {
             .without_max_times();
         let mut delays = builder.build();
         loop {
+            if cancel.is_cancelled() {
+                break;
+            }
+            if !self.leases.may_poll(&self.config.name) {
+                // Another daemon reads it: keep the port closed, ask again soon.
+                self.status.heartbeat(&self.config.name);
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    () = tokio::time::sleep(STANDBY_RECHECK) => {}
+                }
+                continue;
+            }
             let outcome = match self.open().await {
                 Ok(port) => {
                     delays = builder.build();
@@ -122,8 +147,9 @@ impl VeDirectSource {
             if cancel.is_cancelled() {
                 break;
             }
+            // Ok: the lock went to another daemon; the port is closed.
             let Err((class, message)) = outcome else {
-                break;
+                continue;
             };
             self.merger.break_cycle();
             self.down_since.get_or_insert_with(Instant::now);
@@ -152,6 +178,9 @@ impl VeDirectSource {
         let mut last_data = Instant::now();
         let mut last_stats = DecodeStats::default();
         loop {
+            if !self.leases.may_poll(&self.config.name) {
+                return Ok(());
+            }
             let silence_deadline = last_data + self.config.silence_timeout;
             tokio::select! {
                 biased;
@@ -160,6 +189,7 @@ impl VeDirectSource {
                     match frame {
                         Some(Ok(Frame::Block(block))) => {
                             last_data = Instant::now();
+                            self.status.heartbeat(&self.config.name);
                             if self.merger.push(&block, Utc::now()) && self.config.poll_interval.is_zero() {
                                 self.emit().await;
                             }

