@@ -19,6 +19,11 @@ missing=()
 command -v patchelf >/dev/null 2>&1 || true # the test servers bring their own
 command -v dpkg-deb >/dev/null 2>&1 || missing+=(dpkg)
 [ -f /usr/share/keyrings/debian-archive-keyring.gpg ] || missing+=(debian-archive-keyring)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)             # the TLS test server's certificates
+[ -x /usr/bin/python3 ] || missing+=(python3)
+/usr/bin/python3 -c 'import prometheus_client' >/dev/null 2>&1 ||
+  missing+=(python3-prometheus-client) # Prometheus's own parser checks /metrics
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)      # verifies the unit file
 if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q >/dev/null

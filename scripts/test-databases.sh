@@ -4,7 +4,8 @@
 #   tsdb       PostgreSQL 17 + TimescaleDB (preloaded) + pgvector   port 25432
 #   nopreload  the same binaries, TimescaleDB installed but NOT preloaded
 #              (pgvector usable, TimescaleDB unusable: the Railway case)   port 25433
-#   pg15       Debian 12's own PostgreSQL 15, no extensions at all   port 25415
+#   pg15       Debian 12's own PostgreSQL 15, no extensions at all, with TLS
+#              (a certificate for localhost/127.0.0.1 from a test CA)   port 25415
 #   outage     like tsdb, for tests that stop and restart their server   port 25434
 #
 # PostgreSQL 17, TimescaleDB and pgvector come from Debian 13 (trixie) .debs
@@ -90,6 +91,30 @@ setup() {
   chmod 755 "$ROOT"
 }
 
+# A test CA, a server certificate it signed (for localhost and 127.0.0.1),
+# and a second CA that signed nothing here (the "wrong CA").
+make_tls() {
+  local dir=$ROOT/tls
+  [ -f "$dir/server.key" ] && return 0
+  rm -rf "$dir"
+  install -d -m 755 "$dir"
+  (
+    cd "$dir"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=victron-poller test CA" \
+      -keyout ca.key -out ca.pem 2>/dev/null
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=some other CA" \
+      -keyout wrong-ca.key -out wrong-ca.pem 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
+      -keyout server.key -out server.csr 2>/dev/null
+    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n' >server.ext
+    openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 \
+      -extfile server.ext -out server.crt 2>/dev/null
+    rm -f ca.key wrong-ca.key server.csr server.ext ca.srl
+    chown "$RUNAS" server.key server.crt
+    chmod 600 server.key
+  )
+}
+
 bin_of() { if [ "$1" = pg15 ]; then echo "$BIN15"; else echo "$BIN17"; fi; }
 
 start_one() {
@@ -117,6 +142,13 @@ full_page_writes = off
 max_connections = 200
 EOF
     [ -z "$preload" ] && sed -i '/timescaledb.telemetry_level/d' "$data/postgresql.conf"
+    if [ "$name" = pg15 ]; then
+      make_tls
+      # 127.0.0.2 is also served, but not in the certificate: a host name mismatch.
+      printf "ssl = on\nssl_cert_file = '%s'\nssl_key_file = '%s'\nlisten_addresses = '127.0.0.1,127.0.0.2'\n" \
+        "$ROOT/tls/server.crt" "$ROOT/tls/server.key" >>"$data/postgresql.conf"
+      sed -i '1i host all all 127.0.0.2/32 trust' "$data/pg_hba.conf"
+    fi
     # Members of vp_password_auth must give a real password (trust for the
     # rest): the tests need a server that can refuse credentials.
     sed -i '1i host all +vp_password_auth 127.0.0.1/32 scram-sha-256' "$data/pg_hba.conf"
@@ -140,13 +172,15 @@ env_lines() {
   echo "TEST_DATABASE_URL_PG15=postgres://postgres@127.0.0.1:${PORT[pg15]}/postgres"
   echo "TEST_DATABASE_URL_OUTAGE=postgres://postgres@127.0.0.1:${PORT[outage]}/postgres"
   echo "TEST_OUTAGE_SERVER=$RUNAS:$BIN17/pg_ctl:$ROOT/data-outage"
+  echo "TEST_TLS_CA=$ROOT/tls/ca.pem"
+  echo "TEST_TLS_WRONG_CA=$ROOT/tls/wrong-ca.pem"
 }
 
 start() {
   setup
   stop
   # A fresh cluster every time: tests start from a known server state.
-  rm -rf "$ROOT"/data-*
+  rm -rf "$ROOT"/data-* "$ROOT"/tls
   for n in $SERVERS; do start_one "$n"; done
   env_lines
 }

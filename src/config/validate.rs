@@ -131,6 +131,7 @@ fn database(t: &mut Table, problems: &mut Problems) -> Option<DatabaseConfig> {
         problems.push(&url_key, "has no host");
         return None;
     }
+    tls_settings(&url, &url_key, problems);
     let url_password = url.password().map(|p| {
         percent_encoding::percent_decode_str(p)
             .decode_utf8_lossy()
@@ -143,6 +144,37 @@ fn database(t: &mut Table, problems: &mut Problems) -> Option<DatabaseConfig> {
         connect_timeout: Duration::from_millis(connect_timeout_ms),
         max_connections: u32::try_from(max_connections).unwrap_or(u32::MAX),
     })
+}
+
+/// The URL's TLS settings: a known `sslmode`, and a readable `sslrootcert`
+/// when one is named (checked now rather than at the first connection).
+fn tls_settings(url: &Url, key: &str, problems: &mut Problems) {
+    for (name, value) in url.query_pairs() {
+        match name.as_ref() {
+            "sslmode" => {
+                const MODES: [&str; 6] = [
+                    "disable",
+                    "allow",
+                    "prefer",
+                    "require",
+                    "verify-ca",
+                    "verify-full",
+                ];
+                if !MODES.contains(&value.as_ref()) {
+                    problems.push(
+                        key,
+                        format!("sslmode \"{value}\" is not one of {}", MODES.join(", ")),
+                    );
+                }
+            }
+            "sslrootcert" | "sslcert" | "sslkey" => {
+                if let Err(e) = std::fs::File::open(value.as_ref()) {
+                    problems.push(key, format!("{name} {value}: cannot be read ({e})"));
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 fn health(

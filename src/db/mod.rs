@@ -42,6 +42,18 @@ pub enum DbError {
         /// The server's message.
         reason: String,
     },
+    /// TLS could not be set up: the server offers none while `sslmode`
+    /// requires it, or its certificate does not verify against
+    /// `sslrootcert` (wrong CA, wrong host name, expired).
+    #[error(
+        "TLS with the database at {target} failed: {reason} (check sslmode and sslrootcert in database.url)"
+    )]
+    Tls {
+        /// The redacted URL.
+        target: String,
+        /// What TLS said.
+        reason: String,
+    },
     /// A statement failed.
     #[error("database error: {0}")]
     Query(#[from] sqlx::Error),
@@ -109,7 +121,17 @@ pub fn classify_connect_error(error: sqlx::Error, config: &DatabaseConfig) -> Db
                 DbError::Refused { target, reason }
             }
         }
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_) => {
+        sqlx::Error::Tls(tls) => DbError::Tls {
+            target,
+            reason: redact(&tls.to_string(), config),
+        },
+        // rustls reports a certificate that does not verify as an I/O error
+        // of the handshake.
+        sqlx::Error::Io(io) if is_tls_failure(io) => DbError::Tls {
+            target,
+            reason: redact(&io.to_string(), config),
+        },
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => {
             let reason = match &error {
                 sqlx::Error::PoolTimedOut => format!(
                     "no connection within {} ms",
@@ -124,6 +146,12 @@ pub fn classify_connect_error(error: sqlx::Error, config: &DatabaseConfig) -> Db
             reason: redact(&other.to_string(), config),
         },
     }
+}
+
+fn is_tls_failure(error: &std::io::Error) -> bool {
+    let text = error.to_string().to_ascii_lowercase();
+    error.get_ref().is_some()
+        && (text.contains("certificate") || text.contains("tls") || text.contains("handshake"))
 }
 
 /// Removes the password from a message, should a driver ever echo it.

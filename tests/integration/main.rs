@@ -16,5 +16,7 @@ mod legacy_adoption;
 mod modbus_source;
 /// Migrations on the three server flavours: catalog, degraded features, idempotence.
 mod schema;
+/// TLS to PostgreSQL: verify-full with a CA file, refusals.
+mod tls;
 /// The VE.Direct decoder on real captures; the source over a pty and TCP.
 mod vedirect_source;
