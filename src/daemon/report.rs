@@ -54,7 +54,11 @@ pub(super) async fn one_line(shared: &Shared) -> String {
     if active < devices.len() {
         line.push_str(&format!(", {} on standby", devices.len() - active));
     }
-    line.push_str(&format!(", {depth} reading(s) waiting in the local store"));
+    if shared.config.database.is_some() {
+        line.push_str(&format!(", {depth} reading(s) waiting to be forwarded"));
+    } else {
+        line.push_str(&format!(", {depth} reading(s) in the local store"));
+    }
     line
 }
 

@@ -17,7 +17,7 @@ use victron_poller::store::LocalStore;
 
 use crate::helpers::{Flavour, TestDb, run_cli, texts};
 
-async fn simulator() -> SimHandle {
+pub async fn simulator() -> SimHandle {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     gx::start(
         listener,
@@ -29,7 +29,7 @@ async fn simulator() -> SimHandle {
     .unwrap()
 }
 
-fn write_config(dir: &Path, port: u16, poll_ms: u64) -> std::path::PathBuf {
+pub fn write_config(dir: &Path, port: u16, poll_ms: u64) -> std::path::PathBuf {
     let path = dir.join("config.toml");
     std::fs::write(
         &path,
@@ -48,7 +48,7 @@ fn write_config(dir: &Path, port: u16, poll_ms: u64) -> std::path::PathBuf {
 }
 
 /// A daemon process, killed if a failing test leaves it running.
-struct Daemon(Child);
+pub struct Daemon(pub Child);
 
 impl Drop for Daemon {
     fn drop(&mut self) {
@@ -58,6 +58,16 @@ impl Drop for Daemon {
 }
 
 fn spawn_daemon(config: &Path, state: &Path, database_url: Option<&str>) -> Daemon {
+    let env: Vec<(&str, &str)> = database_url
+        .map(|u| ("DATABASE_URL", u))
+        .into_iter()
+        .collect();
+    spawn_daemon_with(config, state, &env)
+}
+
+/// Starts `run` with a clean environment plus `env`; its log goes to
+/// `state` + `.log`.
+pub fn spawn_daemon_with(config: &Path, state: &Path, env: &[(&str, &str)]) -> Daemon {
     let mut command = Command::new(env!("CARGO_BIN_EXE_victron-poller"));
     command
         .args([
@@ -69,23 +79,21 @@ fn spawn_daemon(config: &Path, state: &Path, database_url: Option<&str>) -> Daem
         ])
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         // A file, not a pipe nobody reads: a full pipe would block the daemon.
         .stderr(std::fs::File::create(state.with_extension("log")).expect("daemon log file"));
-    if let Some(url) = database_url {
-        command.env("DATABASE_URL", url);
-    }
     Daemon(command.spawn().expect("start the daemon"))
 }
 
-fn sigterm(daemon: &Daemon) {
+pub fn sigterm(daemon: &Daemon) {
     Command::new("kill")
         .args(["-TERM", &daemon.0.id().to_string()])
         .status()
         .unwrap();
 }
 
-fn wait_exit(daemon: &mut Daemon, limit: Duration) -> i32 {
+pub fn wait_exit(daemon: &mut Daemon, limit: Duration) -> i32 {
     let child = &mut daemon.0;
     let start = Instant::now();
     loop {
@@ -100,7 +108,7 @@ fn wait_exit(daemon: &mut Daemon, limit: Duration) -> i32 {
     }
 }
 
-async fn wait_for(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
+pub async fn wait_for(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
     let start = Instant::now();
     while !check().await {
         assert!(start.elapsed() < limit, "timed out waiting for {what}");
@@ -115,7 +123,7 @@ async fn rows(db: &TestDb, table: &str) -> i64 {
 
 /// Readings that reached PostgreSQL for each device, and how many successful
 /// polls the daemon reported for it (its final status document).
-async fn store_status(state: &Path) -> serde_json::Value {
+pub async fn store_status(state: &Path) -> serde_json::Value {
     let store = LocalStore::open(state).await.unwrap();
     let (doc, _) = store
         .load_status("daemon")
@@ -126,7 +134,7 @@ async fn store_status(state: &Path) -> serde_json::Value {
     doc
 }
 
-fn successful_polls(doc: &serde_json::Value, device: &str) -> i64 {
+pub fn successful_polls(doc: &serde_json::Value, device: &str) -> i64 {
     let d = doc["devices"]
         .as_array()
         .unwrap()

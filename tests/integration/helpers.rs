@@ -191,3 +191,107 @@ pub fn texts(output: &Output) -> (String, String) {
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
 }
+
+/// A TCP proxy in front of a server, to cut the network between a daemon and
+/// its database (or device) and restore it, like a flaky link would.
+#[derive(Debug)]
+pub struct TcpProxy {
+    addr: std::net::SocketAddr,
+    state: std::sync::Arc<std::sync::Mutex<ProxyState>>,
+}
+
+#[derive(Debug)]
+struct ProxyState {
+    cut: bool,
+    /// Cancels every connection of the current generation.
+    generation: tokio_util::sync::CancellationToken,
+}
+
+impl TcpProxy {
+    /// Listens on a free loopback port and forwards to `upstream`.
+    pub async fn start(upstream: std::net::SocketAddr) -> TcpProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = std::sync::Arc::new(std::sync::Mutex::new(ProxyState {
+            cut: false,
+            generation: tokio_util::sync::CancellationToken::new(),
+        }));
+        let shared = std::sync::Arc::clone(&state);
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (cut, generation) = {
+                    let s = shared.lock().unwrap();
+                    (s.cut, s.generation.clone())
+                };
+                if cut {
+                    drop(inbound); // the peer sees its connection closed at once
+                    continue;
+                }
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        () = generation.cancelled() => {}
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                    }
+                });
+            }
+        });
+        TcpProxy { addr, state }
+    }
+
+    /// Where clients connect.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+
+    /// Closes every open connection and refuses new ones until [`Self::restore`].
+    pub fn cut(&self) {
+        let mut s = self.state.lock().unwrap();
+        s.cut = true;
+        s.generation.cancel();
+        s.generation = tokio_util::sync::CancellationToken::new();
+    }
+
+    /// Lets connections through again.
+    pub fn restore(&self) {
+        self.state.lock().unwrap().cut = false;
+    }
+}
+
+/// `url` with its host and port replaced by `addr`.
+pub fn url_via(url: &str, addr: std::net::SocketAddr) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let (userinfo, rest) = rest.split_once('@').unwrap();
+    let path = rest.split_once('/').map(|(_, p)| p).unwrap_or_default();
+    format!("{scheme}://{userinfo}@{addr}/{path}")
+}
+
+/// A blocking HTTP/1.1 GET: (status code, body).
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the HTTP endpoint");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP header end: {response:?}"));
+    let code = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status: {head}"));
+    (code, body.to_string())
+}

@@ -14,6 +14,8 @@ mod daemon;
 mod legacy_adoption;
 /// The Modbus-TCP source against the GX simulator and misbehaving servers.
 mod modbus_source;
+/// systemd notify and watchdog, /healthz and /metrics, two-daemon failover.
+mod operations;
 /// Migrations on the three server flavours: catalog, degraded features, idempotence.
 mod schema;
 /// TLS to PostgreSQL: verify-full with a CA file, refusals.

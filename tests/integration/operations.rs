@@ -1,0 +1,442 @@
+//! Running unattended, as real processes: systemd's notify socket and
+//! watchdog, the /healthz and /metrics endpoint through device and database
+//! outages, and two daemons sharing one GX through the device locks.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use victron_poller::simulator::gx::SimHandle;
+
+use crate::daemon::{
+    Daemon, sigterm, simulator, spawn_daemon_with, store_status, successful_polls, wait_exit,
+    wait_for,
+};
+use crate::helpers::{Flavour, TcpProxy, TestDb, http_get, url_via};
+
+const UNITS: [u8; 4] = [100, 226, 224, 227];
+
+fn config(dir: &Path, sim: &SimHandle, extra: &str) -> std::path::PathBuf {
+    let path = dir.join("config.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[site]\ninstallation_id = \"ops\"\n{extra}\n\
+             [[gx]]\nhost = \"127.0.0.1\"\nport = {}\npoll_interval_ms = 200\n\
+             reconnect_min_ms = 50\nreconnect_max_ms = 500\n\
+             [[gx.devices]]\nname = \"gx\"\nclass = \"system\"\n\
+             [[gx.devices]]\nname = \"bank\"\nclass = \"battery\"\nunit_id = 226\n\
+             [[gx.devices]]\nname = \"mppt\"\nclass = \"solarcharger\"\nunit_id = 224\n\
+             [[gx.devices]]\nname = \"multi\"\nclass = \"vebus\"\nunit_id = 227\n",
+            sim.addr().port()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn log_of(state: &Path) -> String {
+    std::fs::read_to_string(state.with_extension("log")).unwrap_or_default()
+}
+
+/// The address the daemon logged for its health endpoint.
+async fn health_address(state: &Path) -> SocketAddr {
+    let mut found = None;
+    wait_for("the health endpoint", Duration::from_secs(10), async || {
+        found = log_of(state)
+            .lines()
+            .find(|l| l.contains("Serving /healthz"))
+            .and_then(|l| l.split("address=").nth(1))
+            .and_then(|a| a.split_whitespace().next())
+            .and_then(|a| a.parse().ok());
+        found.is_some()
+    })
+    .await;
+    found.unwrap()
+}
+
+async fn healthz(addr: SocketAddr) -> (u16, serde_json::Value) {
+    let (code, body) = tokio::task::spawn_blocking(move || http_get(addr, "/healthz"))
+        .await
+        .unwrap();
+    let json = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    (code, json)
+}
+
+async fn wait_health(addr: SocketAddr, code: u16, limit: Duration) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    wait_for(&format!("/healthz {code}"), limit, async || {
+        let (got, body) = healthz(addr).await;
+        last = body;
+        got == code
+    })
+    .await;
+    last
+}
+
+/// `/metrics` parsed by Prometheus's own Python parser: (name, labels, value)
+/// for every sample.
+fn parse_metrics(text: &str) -> Vec<(String, serde_json::Value, f64)> {
+    use std::io::Write as _;
+    let script = "import json, sys\n\
+        from prometheus_client.parser import text_string_to_metric_families\n\
+        out = []\n\
+        for family in text_string_to_metric_families(sys.stdin.read()):\n\
+        \x20   for s in family.samples:\n\
+        \x20       out.append([s.name, s.labels, s.value, family.type])\n\
+        print(json.dumps(out))\n";
+    let mut child = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 with prometheus_client (scripts/setup-machine.sh installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "the Prometheus parser refused /metrics: {}\n{text}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let samples: Vec<(String, serde_json::Value, f64, String)> =
+        serde_json::from_slice(&output.stdout).unwrap();
+    samples
+        .into_iter()
+        .map(|(name, labels, value, _)| (name, labels, value))
+        .collect()
+}
+
+fn sample(samples: &[(String, serde_json::Value, f64)], name: &str, device: Option<&str>) -> f64 {
+    samples
+        .iter()
+        .find(|(n, labels, _)| n == name && device.is_none_or(|d| labels["device"] == d))
+        .unwrap_or_else(|| panic!("no sample {name} {device:?}"))
+        .2
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_socket_gets_ready_and_a_watchdog_that_stops_when_a_poll_hangs() {
+    let sim = simulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    // A long request timeout: a GX that accepts requests and never answers
+    // holds the poll, the hang the watchdog is for.
+    let config = config(dir.path(), &sim, "[health]\nstall_timeout_ms = 2000");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "poll_interval_ms = 200",
+        "poll_interval_ms = 200\nrequest_timeout_ms = 60000",
+    );
+    std::fs::write(&config, text).unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = tokio::net::UnixDatagram::bind(&socket_path).unwrap();
+    let state = dir.path().join("state");
+    // As systemd does: WATCHDOG_PID names the service's main process.
+    let mut daemon = Daemon(
+        std::process::Command::new("sh")
+            .args([
+                "-c",
+                "WATCHDOG_PID=$$ exec \"$0\" \"$@\"",
+                env!("CARGO_BIN_EXE_victron-poller"),
+                "--config",
+                config.to_str().unwrap(),
+                "run",
+                "--state-dir",
+                state.to_str().unwrap(),
+            ])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("NOTIFY_SOCKET", &socket_path)
+            .env("WATCHDOG_USEC", "400000")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(state.with_extension("log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let start = Instant::now();
+    let mut messages: Vec<(Duration, String)> = Vec::new();
+    let receive_until = async |messages: &mut Vec<(Duration, String)>, until: Duration| {
+        let mut buf = vec![0u8; 4096];
+        while start.elapsed() < until {
+            let left = until - start.elapsed();
+            if let Ok(Ok(n)) = tokio::time::timeout(left, socket.recv(&mut buf)).await {
+                messages.push((
+                    start.elapsed(),
+                    String::from_utf8_lossy(&buf[..n]).into_owned(),
+                ));
+            }
+        }
+    };
+    receive_until(&mut messages, Duration::from_secs(3)).await;
+    let ready = messages
+        .iter()
+        .position(|(_, m)| m.lines().any(|l| l == "READY=1"))
+        .unwrap_or_else(|| panic!("no READY=1: {messages:?}"));
+    let pings_after_ready = messages[ready..]
+        .iter()
+        .filter(|(_, m)| m.lines().any(|l| l == "WATCHDOG=1"))
+        .count();
+    assert!(pings_after_ready >= 5, "fed every 200 ms: {messages:?}");
+    assert!(
+        messages
+            .iter()
+            .any(|(_, m)| m.contains("STATUS=4 of 4 device(s) answering")),
+        "{messages:?}"
+    );
+
+    // Every reply now takes 8 s: the poll hangs in its first request.
+    let hang_at = start.elapsed();
+    sim.set_delay(Duration::from_secs(8));
+    receive_until(&mut messages, hang_at + Duration::from_secs(7)).await;
+    let fed = |from: Duration, to: Duration, messages: &[(Duration, String)]| {
+        messages
+            .iter()
+            .filter(|(t, m)| *t >= from && *t < to && m.lines().any(|l| l == "WATCHDOG=1"))
+            .count()
+    };
+    // Stall limit 2 s, checked every 200 ms: no ping from 2.5 s on.
+    assert_eq!(
+        fed(
+            hang_at + Duration::from_millis(2500),
+            hang_at + Duration::from_secs(7),
+            &messages
+        ),
+        0,
+        "the watchdog is starved while the poll hangs: {messages:?}"
+    );
+    assert!(
+        log_of(&state).contains("A source is hung"),
+        "{}",
+        log_of(&state)
+    );
+
+    // The device answers promptly again: polls complete, feeding resumes.
+    sim.clear_faults();
+    receive_until(&mut messages, hang_at + Duration::from_secs(11)).await;
+    assert!(
+        fed(
+            hang_at + Duration::from_secs(7),
+            hang_at + Duration::from_secs(11),
+            &messages
+        ) > 0,
+        "fed again after recovery: {messages:?}"
+    );
+    assert!(log_of(&state).contains("Every source makes progress again"));
+
+    sigterm(&daemon);
+    receive_until(&mut messages, start.elapsed() + Duration::from_secs(1)).await;
+    assert!(
+        messages
+            .iter()
+            .any(|(_, m)| m.lines().any(|l| l == "STOPPING=1")),
+        "{messages:?}"
+    );
+    assert_eq!(wait_exit(&mut daemon, Duration::from_secs(20)), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_and_metrics_follow_device_and_database_outages() {
+    let sim = simulator().await;
+    let db = TestDb::create(Flavour::Timescale).await;
+    let upstream: SocketAddr = db
+        .url
+        .split_once('@')
+        .unwrap()
+        .1
+        .split_once('/')
+        .unwrap()
+        .0
+        .parse()
+        .unwrap();
+    let proxy = TcpProxy::start(upstream).await;
+    let url = url_via(&db.url, proxy.addr());
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), &sim, "[health]\nlisten = \"127.0.0.1:0\"");
+    let state = dir.path().join("state");
+    let mut daemon = spawn_daemon_with(&config, &state, &[("DATABASE_URL", &url)]);
+    let addr = health_address(&state).await;
+
+    let body = wait_health(addr, 200, Duration::from_secs(20)).await;
+    assert_eq!(body["health"], "healthy", "{body}");
+    let page = tokio::task::spawn_blocking(move || http_get(addr, "/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(page.0, 200);
+    let samples = parse_metrics(&page.1);
+    for device in ["gx", "bank", "mppt", "multi"] {
+        assert!(sample(&samples, "victron_poller_polls_total", Some(device)) >= 1.0);
+        assert_eq!(
+            sample(&samples, "victron_poller_device_up", Some(device)),
+            1.0
+        );
+        let age = sample(
+            &samples,
+            "victron_poller_last_success_age_seconds",
+            Some(device),
+        );
+        assert!((0.0..5.0).contains(&age), "{device}: {age}");
+    }
+    assert_eq!(sample(&samples, "victron_poller_health", None), 0.0);
+    assert_eq!(sample(&samples, "victron_poller_database_up", None), 1.0);
+    for name in [
+        "victron_poller_store_readings",
+        "victron_poller_store_oldest_age_seconds",
+        "victron_poller_rows_forwarded_total",
+        "victron_poller_forward_errors_total",
+        "victron_poller_retention_runs_total",
+    ] {
+        sample(&samples, name, None);
+    }
+    wait_for("rows forwarded", Duration::from_secs(10), async || {
+        let page = tokio::task::spawn_blocking(move || http_get(addr, "/metrics"))
+            .await
+            .unwrap();
+        sample(
+            &parse_metrics(&page.1),
+            "victron_poller_rows_forwarded_total",
+            None,
+        ) > 0.0
+    })
+    .await;
+    assert_eq!(
+        tokio::task::spawn_blocking(move || http_get(addr, "/nope"))
+            .await
+            .unwrap()
+            .0,
+        404
+    );
+
+    // Every device offline (exception 0x0A): down within a cycle or two.
+    for unit in UNITS {
+        sim.set_offline(unit, true);
+    }
+    let body = wait_health(addr, 503, Duration::from_secs(5)).await;
+    assert_eq!(body["health"], "down", "{body}");
+    assert!(body.to_string().contains("no device answers"), "{body}");
+    sim.clear_faults();
+    wait_health(addr, 200, Duration::from_secs(5)).await;
+
+    // The database unreachable: degraded at first, down after 10 s.
+    proxy.cut();
+    let body = wait_health(addr, 503, Duration::from_secs(25)).await;
+    assert!(
+        body["reasons"]
+            .to_string()
+            .contains("the database has been unreachable"),
+        "{body}"
+    );
+    let page = tokio::task::spawn_blocking(move || http_get(addr, "/metrics"))
+        .await
+        .unwrap();
+    let samples = parse_metrics(&page.1);
+    assert_eq!(sample(&samples, "victron_poller_database_up", None), 0.0);
+    assert_eq!(sample(&samples, "victron_poller_health", None), 2.0);
+    assert!(sample(&samples, "victron_poller_store_readings", None) > 0.0);
+    assert!(sample(&samples, "victron_poller_forward_errors_total", None) > 0.0);
+    proxy.restore();
+    let body = wait_health(addr, 200, Duration::from_secs(60)).await;
+    assert_eq!(body["health"], "healthy", "{body}");
+
+    sigterm(&daemon);
+    assert_eq!(wait_exit(&mut daemon, Duration::from_secs(20)), 0);
+}
+
+/// Two daemons configured for the same GX and the same database: one polls,
+/// the other stands by; killing the first hands the devices over within a
+/// few poll intervals, and no reading is ever written twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_daemons_fail_over_without_duplicate_rows() {
+    let sim = simulator().await;
+    let db = TestDb::create(Flavour::Timescale).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), &sim, "[failover]\nenabled = true");
+    let state_a = dir.path().join("a");
+    let state_b = dir.path().join("b");
+    let env = [("DATABASE_URL", db.url.as_str())];
+    let mut first = spawn_daemon_with(&config, &state_a, &env);
+    // Zero until the first daemon has created the tables.
+    let battery_rows = async || -> i64 {
+        let mut conn = db.connect().await;
+        sqlx::query_scalar("SELECT count(*) FROM victron.battery_readings")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap_or(0)
+    };
+    wait_for(
+        "the first daemon's rows",
+        Duration::from_secs(20),
+        async || battery_rows().await > 5,
+    )
+    .await;
+    let mut second = spawn_daemon_with(&config, &state_b, &env);
+    wait_for(
+        "the second daemon standing by",
+        Duration::from_secs(10),
+        async || log_of(&state_b).matches("standing by").count() == 4,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let b_status = store_status(&state_b).await;
+    for device in ["gx", "bank", "mppt", "multi"] {
+        assert_eq!(
+            successful_polls(&b_status, device),
+            0,
+            "{device}: the standby polls nothing"
+        );
+    }
+
+    // The active daemon dies without a goodbye; its session ends with it.
+    let killed_at = chrono::Utc::now();
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
+    wait_for("the takeover", Duration::from_secs(15), async || {
+        db.scalar_i64(&format!(
+            "SELECT count(*) FROM victron.battery_readings WHERE \"timestamp\" > '{}'",
+            killed_at.to_rfc3339()
+        ))
+        .await
+            > 5
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    sigterm(&second);
+    assert_eq!(wait_exit(&mut second, Duration::from_secs(20)), 0);
+
+    // One series per device: consecutive readings are a poll interval apart
+    // (two pollers would interleave at arbitrary offsets), and the handover
+    // left a gap of a few poll intervals at most.
+    let mut conn = db.connect().await;
+    for (device, table) in [
+        ("gx", "system_readings"),
+        ("bank", "battery_readings"),
+        ("mppt", "solar_readings"),
+        ("multi", "inverter_readings"),
+    ] {
+        let (closest, widest, after_kill): (f64, f64, i64) = sqlx::query_as(&format!(
+            "SELECT min(gap)::float8, max(gap)::float8,
+                    (SELECT count(*) FROM victron.{table} WHERE device = $1 AND \"timestamp\" > $2)
+             FROM (SELECT extract(epoch FROM \"timestamp\" - lag(\"timestamp\") OVER (ORDER BY \"timestamp\")) AS gap
+                   FROM victron.{table} WHERE device = $1) g"
+        ))
+        .bind(device)
+        .bind(killed_at)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        assert!(
+            closest > 0.15,
+            "{device}: two readings {closest} s apart: two pollers"
+        );
+        assert!(widest < 3.0, "{device}: the handover took {widest} s");
+        assert!(after_kill > 5, "{device}: the second daemon took over");
+    }
+    assert!(
+        log_of(&state_b).contains("Device lock taken"),
+        "{}",
+        log_of(&state_b)
+    );
+}
