@@ -18,6 +18,8 @@ mod modbus_source;
 mod operations;
 /// Migrations on the three server flavours: catalog, degraded features, idempotence.
 mod schema;
+/// The systemd unit: verify, security rating.
+mod systemd_unit;
 /// TLS to PostgreSQL: verify-full with a CA file, refusals.
 mod tls;
 /// The VE.Direct decoder on real captures; the source over a pty and TCP.

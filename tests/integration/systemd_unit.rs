@@ -1,0 +1,103 @@
+//! The shipped systemd unit: `systemd-analyze verify` accepts it, and
+//! `systemd-analyze security` rates its exposure 2.0 or lower ("OK").
+
+use std::process::Command;
+
+/// The unit with its binary path pointed at the binary under test
+/// (`verify` checks that the executable exists).
+fn unit_under_test(dir: &std::path::Path) -> std::path::PathBuf {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/victron-poller.service"
+    ))
+    .unwrap();
+    assert!(unit.contains("ExecStart=/usr/local/bin/victron-poller run"));
+    let path = dir.join("victron-poller.service");
+    std::fs::write(
+        &path,
+        unit.replace(
+            "/usr/local/bin/victron-poller",
+            env!("CARGO_BIN_EXE_victron-poller"),
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn systemd_analyze(args: &[&str]) -> std::process::Output {
+    Command::new("systemd-analyze")
+        .args(args)
+        .output()
+        .expect("systemd-analyze (scripts/setup-machine.sh installs systemd)")
+}
+
+#[test]
+fn the_unit_file_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let unit = unit_under_test(dir.path());
+    let output = systemd_analyze(&["verify", unit.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    // verify prints problems without failing for some of them.
+    let complaints: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("victron-poller.service"))
+        .collect();
+    assert!(complaints.is_empty(), "{stderr}");
+}
+
+#[test]
+fn the_unit_is_rated_ok_by_systemd_analyze_security() {
+    let dir = tempfile::tempdir().unwrap();
+    let unit = unit_under_test(dir.path());
+    // --threshold counts tenths: 20 is an exposure of 2.0.
+    let output = systemd_analyze(&[
+        "security",
+        "--offline=yes",
+        "--threshold=20",
+        "--no-pager",
+        unit.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let overall = stdout
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .unwrap_or_else(|| panic!("no overall level: {stdout}"));
+    let level: f64 = overall
+        .split(": ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("unparsable: {overall}"));
+    assert!(level <= 2.0, "{overall}\n{stdout}");
+    assert!(output.status.success(), "above the threshold: {stdout}");
+    eprintln!("{overall}");
+}
+
+#[test]
+fn the_unit_keeps_what_the_daemon_needs() {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/victron-poller.service"
+    ))
+    .unwrap();
+    for line in [
+        "Type=notify",
+        "WatchdogSec=",
+        "Restart=on-failure",
+        "ExecStartPre=/usr/local/bin/victron-poller check-config",
+        "StateDirectory=victron-poller",
+        "EnvironmentFile=-/etc/victron-poller/victron-poller.env",
+        "SupplementaryGroups=dialout",
+        "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX",
+    ] {
+        assert!(unit.lines().any(|l| l.starts_with(line)), "missing {line}");
+    }
+    // The daemon's own hard stop (drain deadline 10 s + 30 s) comes first.
+    let stop: u64 = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("TimeoutStopSec="))
+        .and_then(|v| v.trim_end_matches('s').parse().ok())
+        .unwrap();
+    assert!(stop > 40, "TimeoutStopSec={stop}");
+}
