@@ -225,14 +225,21 @@ fn print_text(doc: &Json) {
         .filter(|d| d.is_array())
         .or_else(|| doc.pointer("/daemon/status/devices"));
     for d in devices.and_then(Json::as_array).into_iter().flatten() {
-        let ok =
-            d["consecutive_failures"].as_i64().unwrap_or(0) == 0 && !d["last_success"].is_null();
+        let standby = d["standby"].as_bool() == Some(true);
+        let ok = standby
+            || (d["consecutive_failures"].as_i64().unwrap_or(0) == 0
+                && !d["last_success"].is_null());
+        let word = match (standby, ok) {
+            (true, _) => "standby",
+            (false, true) => "ok    ",
+            (false, false) => "FAILING",
+        };
         println!(
             "device       {:<16} {:<9} {:<26} {}  last success {}{}",
             d["device"].as_str().unwrap_or("?"),
             d["source"].as_str().unwrap_or("?"),
             d["address"].as_str().unwrap_or("?"),
-            if ok { "ok    " } else { "FAILING" },
+            word,
             ago(&d["last_success"]),
             d["last_error"]
                 .as_str()
