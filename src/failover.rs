@@ -128,6 +128,15 @@ pub fn lock_key(device: &str) -> i64 {
     i64::from_ne_bytes(hash.to_ne_bytes())
 }
 
+/// Why a round of lock checks failed.
+#[derive(Debug, thiserror::Error)]
+enum RoundError {
+    #[error("no answer within {0:?}")]
+    TimedOut(Duration),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
 /// Holds the locks of the devices this daemon polls.
 #[derive(Debug)]
 pub struct LeaseKeeper {
@@ -209,7 +218,7 @@ impl LeaseKeeper {
 
     /// One round: proves the session is alive and tries every lock this
     /// daemon does not hold.
-    async fn round(&self, conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+    async fn round(&self, conn: &mut sqlx::PgConnection) -> Result<(), RoundError> {
         let bounded = async {
             sqlx::query("SELECT 1").execute(&mut *conn).await?;
             for (device, state) in self.leases.devices() {
@@ -230,16 +239,12 @@ impl LeaseKeeper {
                     },
                 );
             }
-            Ok(())
+            Ok::<(), sqlx::Error>(())
         };
-        match tokio::time::timeout(
-            self.database.connect_timeout.max(Duration::from_secs(1)),
-            bounded,
-        )
-        .await
-        {
-            Ok(result) => result,
-            Err(_) => Err(sqlx::Error::PoolTimedOut),
+        let limit = self.database.connect_timeout.max(Duration::from_secs(1));
+        match tokio::time::timeout(limit, bounded).await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(RoundError::TimedOut(limit)),
         }
     }
 

@@ -72,6 +72,9 @@ pub enum ForwardError {
     /// Worth retrying: the network, the server, the schema not there yet.
     #[error("cannot write to the database: {0}")]
     Transient(sqlx::Error),
+    /// No answer within the write timeout: the link may have gone silent.
+    #[error("no answer from the database within {0:?}")]
+    TimedOut(Duration),
     /// The local store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -206,6 +209,7 @@ pub struct Forwarder {
     counters: Arc<ForwardCounters>,
     wake: Arc<Notify>,
     backoff: ExponentialBuilder,
+    write_timeout: Duration,
 }
 
 impl Forwarder {
@@ -229,7 +233,14 @@ impl Forwarder {
                 .with_max_delay(Duration::from_secs(60))
                 .with_jitter()
                 .without_max_times(),
+            write_timeout: Duration::from_secs(30),
         }
+    }
+
+    /// Longest wait for one batch to be written (default 30 s).
+    pub fn with_write_timeout(mut self, timeout: Duration) -> Self {
+        self.write_timeout = timeout;
+        self
     }
 
     /// Rows per batch (default 5000).
@@ -241,10 +252,16 @@ impl Forwarder {
     /// Inserts one batch; after a permanent error, row by row.
     async fn insert_batch(&self, rows: &[StoredReading]) -> Result<(), ForwardError> {
         let all: Vec<&StoredReading> = rows.iter().collect();
-        match insert_rows(&self.pool, self.installation_id.as_deref(), &all).await {
-            Err(ForwardError::Permanent(_)) => self.one_by_one(&all).await,
-            other => other,
-        }
+        let written = async {
+            match insert_rows(&self.pool, self.installation_id.as_deref(), &all).await {
+                Err(ForwardError::Permanent(_)) => self.one_by_one(&all).await,
+                other => other,
+            }
+        };
+        // Dropping the write rolls its transaction back: the rows stay in the store.
+        tokio::time::timeout(self.write_timeout, written)
+            .await
+            .unwrap_or(Err(ForwardError::TimedOut(self.write_timeout)))
     }
 
     /// Forwards everything the store holds, batch after batch, reading the

@@ -22,10 +22,15 @@ use crate::config::{LogConfig, LogFormat};
 /// Installs the global subscriber; a second call is a no-op.
 pub fn init(config: &LogConfig) {
     let mut filter = EnvFilter::try_new(&config.level).unwrap_or_else(|_| EnvFilter::new("info"));
-    // Server notices ("already exists, skipping") are noise unless asked for.
+    // The driver's own warnings (slow statements, a connection reset while
+    // being returned to the pool) repeat what the daemon reports once per
+    // outage, and server notices ("already exists, skipping") are noise:
+    // only the driver's errors show, unless its logs are asked for.
     if !config.level.contains("sqlx") {
-        if let Ok(directive) = "sqlx::postgres::notice=off".parse() {
-            filter = filter.add_directive(directive);
+        for directive in ["sqlx=error", "sqlx::postgres::notice=off"] {
+            if let Ok(directive) = directive.parse() {
+                filter = filter.add_directive(directive);
+            }
         }
     }
     let builder = tracing_subscriber::fmt()

@@ -17,6 +17,7 @@ pub const KNOWN_KEYS: &[KnownKey] = &[
     key("database.password", "none (taken from the URL)"),
     key("database.connect_timeout_ms", "5000"),
     key("database.max_connections", "4"),
+    key("database.write_timeout_ms", "30000"),
     key("site.installation_id", "none"),
     key("retention.window_hours", "72"),
     key("log.format", "text"),

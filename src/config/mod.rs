@@ -227,6 +227,9 @@ pub struct DatabaseConfig {
     password: Option<Secret>,
     /// How long one connection attempt may take (`database.connect_timeout_ms`).
     pub connect_timeout: Duration,
+    /// Longest wait for one batch to be written (`database.write_timeout_ms`):
+    /// a link that went silent is given up after this and retried.
+    pub write_timeout: Duration,
     /// Upper bound of the connection pool (`database.max_connections`).
     pub max_connections: u32,
 }
@@ -435,6 +438,7 @@ impl fmt::Debug for DatabaseConfig {
             .field("url", &self.redacted_url())
             .field("password", &self.password)
             .field("connect_timeout", &self.connect_timeout)
+            .field("write_timeout", &self.write_timeout)
             .field("max_connections", &self.max_connections)
             .finish()
     }

@@ -102,6 +102,7 @@ pub(super) fn validate(raw: config::Config, env_vars: Vec<String>) -> Result<Con
 
 fn database(t: &mut Table, problems: &mut Problems) -> Option<DatabaseConfig> {
     let connect_timeout_ms = t.integer("connect_timeout_ms", 5000, 1, 600_000, problems);
+    let write_timeout_ms = t.integer("write_timeout_ms", 30_000, 100, 3_600_000, problems);
     let max_connections = t.integer("max_connections", 4, 1, 1000, problems);
     let password = t.string("password", problems).filter(|p| !p.is_empty());
     let url_key = t.key("url");
@@ -142,6 +143,7 @@ fn database(t: &mut Table, problems: &mut Problems) -> Option<DatabaseConfig> {
         url,
         password: password.or(url_password).map(Secret),
         connect_timeout: Duration::from_millis(connect_timeout_ms),
+        write_timeout: Duration::from_millis(write_timeout_ms),
         max_connections: u32::try_from(max_connections).unwrap_or(u32::MAX),
     })
 }

@@ -437,7 +437,8 @@ async fn database_loop(
         shared.config.site.installation_id.clone(),
         Arc::clone(&shared.forward),
         wake,
-    );
+    )
+    .with_write_timeout(db.write_timeout);
     tokio::join!(
         forwarder.run(forwarder_cancel),
         status_writer(shared.clone(), pool.clone(), mode, cancel.clone()),

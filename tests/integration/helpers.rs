@@ -109,6 +109,14 @@ impl TestDb {
             .unwrap_or_else(|e| panic!("{e}: {sql}"))
     }
 
+    pub async fn scalar_f64(&self, sql: &str) -> f64 {
+        let mut conn = self.connect().await;
+        sqlx::query_scalar(sql)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{e}: {sql}"))
+    }
+
     pub async fn strings(&self, sql: &str) -> Vec<String> {
         let mut conn = self.connect().await;
         sqlx::query_scalar(sql)
@@ -192,19 +200,29 @@ pub fn texts(output: &Output) -> (String, String) {
     )
 }
 
-/// A TCP proxy in front of a server, to cut the network between a daemon and
-/// its database (or device) and restore it, like a flaky link would.
+/// A TCP proxy in front of a server, to break the network between a daemon
+/// and its database the ways a flaky link does: cut (connections closed,
+/// both ends notice at once) or frozen (nothing passes, nobody is told).
 #[derive(Debug)]
 pub struct TcpProxy {
     addr: std::net::SocketAddr,
     state: std::sync::Arc<std::sync::Mutex<ProxyState>>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProxyMode {
+    Open,
+    Cut,
+    Frozen,
+}
+
 #[derive(Debug)]
 struct ProxyState {
-    cut: bool,
+    mode: ProxyMode,
     /// Cancels every connection of the current generation.
     generation: tokio_util::sync::CancellationToken,
+    /// Connections held open without forwarding while frozen.
+    held: Vec<tokio::net::TcpStream>,
 }
 
 impl TcpProxy {
@@ -213,8 +231,9 @@ impl TcpProxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = std::sync::Arc::new(std::sync::Mutex::new(ProxyState {
-            cut: false,
+            mode: ProxyMode::Open,
             generation: tokio_util::sync::CancellationToken::new(),
+            held: Vec::new(),
         }));
         let shared = std::sync::Arc::clone(&state);
         tokio::spawn(async move {
@@ -222,20 +241,31 @@ impl TcpProxy {
                 let Ok((mut inbound, _)) = listener.accept().await else {
                     continue;
                 };
-                let (cut, generation) = {
-                    let s = shared.lock().unwrap();
-                    (s.cut, s.generation.clone())
+                let generation = {
+                    let mut s = shared.lock().unwrap();
+                    match s.mode {
+                        ProxyMode::Open => s.generation.clone(),
+                        // The peer sees its connection closed at once.
+                        ProxyMode::Cut => continue,
+                        ProxyMode::Frozen => {
+                            s.held.push(inbound);
+                            continue;
+                        }
+                    }
                 };
-                if cut {
-                    drop(inbound); // the peer sees its connection closed at once
-                    continue;
-                }
+                let shared = std::sync::Arc::clone(&shared);
                 tokio::spawn(async move {
                     let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await else {
                         return;
                     };
                     tokio::select! {
-                        () = generation.cancelled() => {}
+                        () = generation.cancelled() => {
+                            let mut s = shared.lock().unwrap();
+                            if s.mode == ProxyMode::Frozen {
+                                s.held.push(inbound);
+                                s.held.push(outbound);
+                            }
+                        }
                         _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
                     }
                 });
@@ -249,17 +279,31 @@ impl TcpProxy {
         self.addr
     }
 
-    /// Closes every open connection and refuses new ones until [`Self::restore`].
-    pub fn cut(&self) {
+    fn set(&self, mode: ProxyMode) {
         let mut s = self.state.lock().unwrap();
-        s.cut = true;
+        s.mode = mode;
         s.generation.cancel();
         s.generation = tokio_util::sync::CancellationToken::new();
+        if mode != ProxyMode::Frozen {
+            s.held.clear();
+        }
     }
 
-    /// Lets connections through again.
+    /// Closes every open connection and refuses new ones until [`Self::restore`].
+    pub fn cut(&self) {
+        self.set(ProxyMode::Cut);
+    }
+
+    /// Stops forwarding without closing anything: both ends wait in silence,
+    /// as behind a link that went down.
+    pub fn freeze(&self) {
+        self.set(ProxyMode::Frozen);
+    }
+
+    /// Lets connections through again (held ones are closed: their peers
+    /// time out or see them end, as after a real outage).
     pub fn restore(&self) {
-        self.state.lock().unwrap().cut = false;
+        self.set(ProxyMode::Open);
     }
 }
 

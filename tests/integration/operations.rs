@@ -440,3 +440,101 @@ async fn two_daemons_fail_over_without_duplicate_rows() {
         log_of(&state_b)
     );
 }
+
+/// The ranch case: the active daemon's link to the database goes silent (no
+/// error, no answer). The server ends its lock session after its idle
+/// timeout, the standby takes the devices over; the partitioned daemon keeps
+/// polling into its local store meanwhile, and when the link is back it
+/// stands by and forwards what it kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silently_partitioned_daemon_hands_over_and_keeps_its_readings() {
+    let sim = simulator().await;
+    let db = TestDb::create(Flavour::Timescale).await;
+    let upstream: SocketAddr = db
+        .url
+        .split_once('@')
+        .unwrap()
+        .1
+        .split_once('/')
+        .unwrap()
+        .0
+        .parse()
+        .unwrap();
+    let proxy = TcpProxy::start(upstream).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(
+        dir.path(),
+        &sim,
+        "[failover]\nenabled = true\n\
+         [database]\nconnect_timeout_ms = 1000\nwrite_timeout_ms = 2000",
+    );
+    let (state_a, state_b) = (dir.path().join("a"), dir.path().join("b"));
+    let url_a = url_via(&db.url, proxy.addr());
+    let mut gateway = spawn_daemon_with(&config, &state_a, &[("DATABASE_URL", &url_a)]);
+    wait_for(
+        "the gateway's first poll",
+        Duration::from_secs(20),
+        async || {
+            log_of(&state_a).contains("Database ready")
+                && successful_polls(&store_status(&state_a).await, "bank") > 5
+        },
+    )
+    .await;
+    let mut worker = spawn_daemon_with(&config, &state_b, &[("DATABASE_URL", &db.url)]);
+    wait_for(
+        "the worker standing by",
+        Duration::from_secs(10),
+        async || log_of(&state_b).matches("standing by").count() == 4,
+    )
+    .await;
+
+    proxy.freeze();
+    let frozen_at = Instant::now();
+    // idle_session_timeout: 3 rounds of 200 ms, at least 10 s.
+    wait_for("the takeover", Duration::from_secs(30), async || {
+        log_of(&state_b).matches("Device lock taken").count() == 4
+    })
+    .await;
+    let takeover = frozen_at.elapsed();
+    eprintln!("takeover {takeover:?} after the link went silent");
+    assert!(
+        takeover < Duration::from_secs(20),
+        "took over after {takeover:?}"
+    );
+    // The gateway went on polling into its local store.
+    let polls = successful_polls(&store_status(&state_a).await, "bank");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let later = store_status(&state_a).await;
+    assert!(
+        successful_polls(&later, "bank") > polls,
+        "the partitioned gateway keeps polling"
+    );
+    assert!(later["spool_depth"].as_i64().unwrap() > 0, "{later}");
+
+    proxy.restore();
+    wait_for(
+        "the gateway standing by, its readings forwarded",
+        Duration::from_secs(90),
+        async || {
+            let doc = store_status(&state_a).await;
+            log_of(&state_a).matches("standing by").count() == 4 && doc["spool_depth"] == 0
+        },
+    )
+    .await;
+    // From now on one daemon polls: readings are a poll interval apart.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let closest: f64 = db
+        .scalar_f64(
+            "SELECT min(gap)::float8 FROM (SELECT extract(epoch FROM \"timestamp\" - lag(\"timestamp\") OVER (ORDER BY \"timestamp\")) AS gap
+             FROM victron.battery_readings WHERE device = 'bank' AND \"timestamp\" > now() - interval '1.5 seconds') g",
+        )
+        .await;
+    assert!(
+        closest > 0.15,
+        "two pollers after the handover: {closest} s"
+    );
+    sigterm(&gateway);
+    sigterm(&worker);
+    assert_eq!(wait_exit(&mut gateway, Duration::from_secs(20)), 0);
+    assert_eq!(wait_exit(&mut worker, Duration::from_secs(20)), 0);
+}
