@@ -28,6 +28,10 @@ pub fn exec(config: &Config, path: Option<&Path>) -> anyhow::Result<Exit> {
                 "  database.connect_timeout_ms  {}",
                 db.connect_timeout.as_millis()
             );
+            println!(
+                "  database.write_timeout_ms    {}",
+                db.write_timeout.as_millis()
+            );
             println!("  database.max_connections     {}", db.max_connections);
         }
         None => println!("  database.url                 not set"),
@@ -42,6 +46,24 @@ pub fn exec(config: &Config, path: Option<&Path>) -> anyhow::Result<Exit> {
     };
     println!("  log.format                   {format}");
     println!("  log.level                    {}", config.log.level);
+    println!(
+        "  health.listen                {}",
+        config
+            .health
+            .listen
+            .map_or_else(|| "not set".to_string(), |a| a.to_string())
+    );
+    println!(
+        "  health.stall_timeout_ms      {}",
+        config.health.stall_timeout.as_millis()
+    );
+    println!("  failover.enabled             {}", config.failover.enabled);
+    if config.failover.enabled {
+        println!(
+            "  failover.poll_when_database_unreachable {}",
+            config.failover.poll_when_database_unreachable
+        );
+    }
     println!(
         "  site.installation_id         {}",
         config.site.installation_id.as_deref().unwrap_or("not set")

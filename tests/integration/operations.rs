@@ -538,3 +538,77 @@ async fn a_silently_partitioned_daemon_hands_over_and_keeps_its_readings() {
     assert_eq!(wait_exit(&mut gateway, Duration::from_secs(20)), 0);
     assert_eq!(wait_exit(&mut worker, Duration::from_secs(20)), 0);
 }
+
+/// A cloud worker: no file, every setting from the environment as Railway
+/// gives it (DATABASE_URL, PORT, LOG_FORMAT) plus the device list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_runs_from_environment_variables_alone() {
+    let sim = simulator().await;
+    let db = TestDb::create(Flavour::NoPreload).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let devices = format!(
+        "[{{ host = \"127.0.0.1\", port = {}, poll_interval_ms = 200, devices = [\
+         {{ name = \"gx\", class = \"system\" }}, {{ name = \"bank\", class = \"battery\", unit_id = 226 }}] }}]",
+        sim.addr().port()
+    );
+    let stdout = dir.path().join("stdout");
+    let mut worker = Daemon(
+        std::process::Command::new(env!("CARGO_BIN_EXE_victron-poller"))
+            .arg("run")
+            .current_dir(dir.path())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATABASE_URL", &db.url)
+            .env("PORT", port.to_string())
+            .env("LOG_FORMAT", "json")
+            .env("VICTRON_POLLER_GX", devices)
+            .env("VICTRON_POLLER_SITE__INSTALLATION_ID", "cloud")
+            .stdout(std::fs::File::create(&stdout).unwrap())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // PORT means every interface; loopback is one of them.
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_for("the health endpoint", Duration::from_secs(20), async || {
+        std::net::TcpStream::connect(addr).is_ok()
+    })
+    .await;
+    wait_health(addr, 200, Duration::from_secs(20)).await;
+    wait_for("rows from the environment's devices", Duration::from_secs(20), async || {
+        let mut conn = db.connect().await;
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM victron.battery_readings WHERE device = 'bank' AND installation_id = 'cloud'",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap_or(0)
+            > 3
+    })
+    .await;
+    assert!(
+        dir.path().join("victron-poller-state").is_dir(),
+        "the default state directory, under the working directory"
+    );
+    sigterm(&worker);
+    assert_eq!(wait_exit(&mut worker, Duration::from_secs(20)), 0);
+    let text = std::fs::read_to_string(&stdout).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(
+        lines.iter().any(|l| l["message"] == "Database ready."),
+        "{text}"
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["timestamp"].is_string() && l["level"].is_string())
+    );
+}
