@@ -42,7 +42,28 @@ fn exit_for(level: Level) -> Exit {
 pub async fn exec(config: &Config, args: StatusArgs) -> anyhow::Result<Exit> {
     let (health, document) = match &config.database {
         Some(db) => {
-            let mut conn = connect_once(db).await?;
+            let mut conn = match connect_once(db).await {
+                Ok(conn) => conn,
+                Err(error) => {
+                    // The gateway's operator still wants to know what the
+                    // daemon does while its database is out of reach.
+                    let dir = super::run::state_dir(args.state_dir.clone());
+                    if dir.join(crate::store::FILE_NAME).is_file() {
+                        let (_, mut document) = local_view(&dir).await?;
+                        if let Some(reasons) = document["reasons"].as_array_mut() {
+                            reasons.insert(0, json!(error.to_string()));
+                        }
+                        document["health"] =
+                            json!("database unreachable; the daemon's own status follows");
+                        if args.json {
+                            println!("{}", serde_json::to_string_pretty(&document)?);
+                        } else {
+                            print_text(&document);
+                        }
+                    }
+                    return Err(error.into());
+                }
+            };
             let schema = SchemaReport::collect(&mut conn, db)
                 .await
                 .context("Failed to read the schema state")?;
@@ -69,27 +90,7 @@ pub async fn exec(config: &Config, args: StatusArgs) -> anyhow::Result<Exit> {
             });
             (health, doc)
         }
-        None => {
-            let dir = super::run::state_dir(args.state_dir.clone());
-            let store = LocalStore::open(&dir).await?;
-            let saved = store.load_status("daemon").await?;
-            let since = Utc::now() - chrono::Duration::hours(1);
-            let counts = store.counts_since(since).await?;
-            let (depth, _) = store.depth().await?;
-            store.close().await;
-            let health = judge_local(saved.as_ref());
-            let readings: Vec<Json> = counts
-                .iter()
-                .map(|(table, device, n, last)| json!({"table": table, "device": device, "last_hour": n, "latest": last}))
-                .collect();
-            let doc = json!({
-                "health": health.level.as_str(), "reasons": health.reasons,
-                "store": dir.join(crate::store::FILE_NAME), "readings_stored": depth,
-                "daemon": saved.map(|(d, at)| json!({"status": d, "saved_at": at})),
-                "readings_last_hour": readings,
-            });
-            (health, doc)
-        }
+        None => local_view(&super::run::state_dir(args.state_dir.clone())).await?,
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&document)?);
@@ -141,6 +142,28 @@ fn judge_database(schema: &SchemaReport, poller: Option<&Json>, devices: &Json) 
         }
     }
     Health::from_findings(down, degraded)
+}
+
+/// The verdict and document from the local store's status document.
+async fn local_view(dir: &std::path::Path) -> anyhow::Result<(Health, Json)> {
+    let store = LocalStore::open(dir).await?;
+    let saved = store.load_status("daemon").await?;
+    let since = Utc::now() - chrono::Duration::hours(1);
+    let counts = store.counts_since(since).await?;
+    let (depth, _) = store.depth().await?;
+    store.close().await;
+    let health = judge_local(saved.as_ref());
+    let readings: Vec<Json> = counts
+                .iter()
+                .map(|(table, device, n, last)| json!({"table": table, "device": device, "last_hour": n, "latest": last}))
+                .collect();
+    let doc = json!({
+        "health": health.level.as_str(), "reasons": health.reasons,
+        "store": dir.join(crate::store::FILE_NAME), "readings_stored": depth,
+        "daemon": saved.map(|(d, at)| json!({"status": d, "saved_at": at})),
+        "readings_last_hour": readings,
+    });
+    Ok((health, doc))
 }
 
 fn judge_local(saved: Option<&(Json, DateTime<Utc>)>) -> Health {

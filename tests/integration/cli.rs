@@ -247,7 +247,15 @@ fn run_briefly_against_a_dead_gx(
     stderr: std::process::Stdio,
 ) -> std::process::Output {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("c.toml");
+    run_briefly_against_a_dead_gx_in(dir.path(), env, stderr)
+}
+
+fn run_briefly_against_a_dead_gx_in(
+    dir: &std::path::Path,
+    env: &[(&str, &str)],
+    stderr: std::process::Stdio,
+) -> std::process::Output {
+    let config = dir.join("c.toml");
     std::fs::write(&config, "[[gx]]\nhost = \"127.0.0.1\"\nport = 1\n[[gx.devices]]\nname = \"s\"\nclass = \"system\"\n").unwrap();
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_victron-poller"))
         .args([
@@ -255,7 +263,7 @@ fn run_briefly_against_a_dead_gx(
             config.to_str().unwrap(),
             "run",
             "--state-dir",
-            dir.path().join("s").to_str().unwrap(),
+            dir.join("s").to_str().unwrap(),
         ])
         .env_clear()
         .envs(env.iter().copied())
@@ -342,4 +350,40 @@ fn under_journald_lines_carry_a_priority_and_no_timestamp() {
         run_briefly_against_a_dead_gx(&[("JOURNAL_STREAM", "1:1")], std::process::Stdio::piped());
     let text = String::from_utf8_lossy(&other.stderr);
     assert!(text.lines().all(|l| l.starts_with("20")), "{text}");
+}
+
+#[test]
+fn status_shows_the_local_store_when_the_database_is_out_of_reach() {
+    let dir = tempfile::tempdir().unwrap();
+    let unreachable = "postgres://victron:pw-31@127.0.0.1:1/ranch";
+    run_briefly_against_a_dead_gx_in(
+        dir.path(),
+        &[("DATABASE_URL", unreachable)],
+        std::process::Stdio::null(),
+    );
+    let state = dir.path().join("s");
+    let output = run_cli(
+        &["status", "--state-dir", state.to_str().unwrap()],
+        &[("DATABASE_URL", unreachable)],
+    );
+    let (stdout, stderr) = texts(&output);
+    assert_eq!(output.status.code(), Some(3), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("the daemon's own status follows"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("cannot reach the database"), "{stdout}");
+    assert!(stdout.contains("device       s "), "{stdout}");
+    assert!(!format!("{stdout}{stderr}").contains("pw-31"));
+    // Without a local store there is nothing to show but the error.
+    let output = run_cli(
+        &[
+            "status",
+            "--state-dir",
+            dir.path().join("none").to_str().unwrap(),
+        ],
+        &[("DATABASE_URL", unreachable)],
+    );
+    assert_eq!(output.status.code(), Some(3));
+    assert!(output.stdout.is_empty());
 }
