@@ -99,7 +99,7 @@ async fn main() {
         .unwrap();
     assert_eq!(in_db, rows);
     println!(
-        "  forwarder (store → UNNEST, unique key)   {:>9.0} rows/s   ({:.2} s)",
+        "  forwarder (store → COPY, unique key)     {:>9.0} rows/s   ({:.2} s)",
         rows as f64 / elapsed.as_secs_f64(),
         elapsed.as_secs_f64()
     );
@@ -117,9 +117,46 @@ async fn main() {
         .unwrap();
     assert_eq!(in_db, rows, "idempotent");
     println!(
-        "  replay of the same rows (all conflicts)  {:>9.0} rows/s",
+        "  replay of the same rows (all conflicts:\n    COPY refused, then UNNEST … ON CONFLICT) {:>9.0} rows/s",
         rows as f64 / elapsed.as_secs_f64()
     );
+
+    // Where the time goes: the two halves of the pipeline, apart.
+    let batch = std::env::var("BATCH")
+        .ok()
+        .and_then(|b| b.parse().ok())
+        .unwrap_or(5000);
+    for chunk in all.chunks(10_000) {
+        store.append(chunk).await.unwrap();
+    }
+    let start = Instant::now();
+    let mut batches = Vec::new();
+    let mut after = i64::MIN;
+    loop {
+        let rows_read = store.oldest_after(after, batch).await.unwrap();
+        let Some(last) = rows_read.last() else { break };
+        after = last.seq;
+        batches.push(rows_read);
+    }
+    let read = start.elapsed();
+    sqlx::query("TRUNCATE victron.battery_readings")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let start = Instant::now();
+    for rows_batch in &batches {
+        let refs: Vec<_> = rows_batch.iter().collect();
+        victron_poller::forward::copy_rows(&pool, Some("bench"), &refs)
+            .await
+            .unwrap();
+    }
+    let inserted = start.elapsed();
+    println!(
+        "    the halves apart: reading the store {:>9.0} rows/s; COPY into PostgreSQL {:>9.0} rows/s",
+        rows as f64 / read.as_secs_f64(),
+        rows as f64 / inserted.as_secs_f64()
+    );
+    drop(batches);
 
     // 2. One INSERT + commit per row (a sample of the rows).
     let sample = (rows / 20).clamp(1000, 10_000);

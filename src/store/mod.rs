@@ -16,7 +16,9 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-use crate::reading::{ColumnKind, Reading, ReadingTable, SourceKind, Value};
+mod rows;
+
+use crate::reading::{Reading, ReadingTable, Value};
 
 /// The store's file name inside the state directory.
 pub const FILE_NAME: &str = "victron-poller.sqlite";
@@ -107,25 +109,6 @@ fn encode_values(values: &[(&'static str, Value)]) -> String {
         })
         .collect();
     serde_json::Value::Object(map).to_string()
-}
-
-fn decode_value_map(table: ReadingTable, json: &serde_json::Value) -> Vec<(&'static str, Value)> {
-    let serde_json::Value::Object(map) = json else {
-        return Vec::new();
-    };
-    table
-        .columns()
-        .iter()
-        .filter_map(|(column, kind)| {
-            let json = map.get(*column)?;
-            let value = match kind {
-                ColumnKind::Float => Value::Float(json.as_f64()?),
-                ColumnKind::Int => Value::Int(json.as_i64()?),
-                ColumnKind::Text => Value::Text(json.as_str()?.to_string().into()),
-            };
-            Some((*column, value))
-        })
-        .collect()
 }
 
 impl LocalStore {
@@ -235,29 +218,7 @@ impl LocalStore {
         let Some(json) = json else {
             return Ok(Vec::new());
         };
-        let rows: Vec<(i64, String, String, String, i64, serde_json::Value)> =
-            serde_json::from_str(&json)
-                .map_err(|e| StoreError::Sql(sqlx::Error::Decode(Box::new(e))))?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|(seq, table, device, source, measured_at_us, values)| {
-                let table = table_from_name(&table)?;
-                Some(StoredReading {
-                    seq,
-                    reading: Reading {
-                        device,
-                        table,
-                        source: if source == "vedirect" {
-                            SourceKind::VeDirect
-                        } else {
-                            SourceKind::Modbus
-                        },
-                        measured_at: from_micros(measured_at_us),
-                        values: decode_value_map(table, &values),
-                    },
-                })
-            })
-            .collect())
+        rows::parse(&json).map_err(|e| StoreError::Sql(sqlx::Error::Decode(Box::new(e))))
     }
 
     /// Removes every reading up to and including `seq` (the forwarder ships
@@ -385,6 +346,7 @@ impl LocalStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reading::SourceKind;
 
     fn reading(device: &str, second: i64, soc: f64) -> Reading {
         Reading {

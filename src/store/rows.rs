@@ -1,0 +1,184 @@
+//! Decoding the store's rows, which come back from SQLite as one JSON array
+//! of `[seq, table, device, source, measured_at_us, {column: value, …}]`.
+//! A streaming visitor turns them straight into readings: no intermediate
+//! JSON tree, borrowed keys, and each value typed by its column.
+
+use std::fmt;
+
+use serde::Deserializer as _;
+use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+use super::{StoredReading, from_micros, table_from_name};
+use crate::reading::{ColumnKind, Reading, ReadingTable, SourceKind, Value};
+
+/// Parses the aggregated rows; rows of an unknown table are skipped.
+pub(super) fn parse(json: &str) -> Result<Vec<StoredReading>, serde_json::Error> {
+    let mut deserializer = serde_json::Deserializer::from_str(json);
+    let rows = deserializer.deserialize_seq(RowsVisitor)?;
+    deserializer.end()?;
+    Ok(rows)
+}
+
+struct RowsVisitor;
+
+impl<'de> Visitor<'de> for RowsVisitor {
+    type Value = Vec<StoredReading>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an array of stored readings")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut rows = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(row) = seq.next_element_seed(RowSeed)? {
+            rows.extend(row);
+        }
+        Ok(rows)
+    }
+}
+
+struct RowSeed;
+
+impl<'de> DeserializeSeed<'de> for RowSeed {
+    type Value = Option<StoredReading>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RowSeed {
+    type Value = Option<StoredReading>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[seq, table, device, source, measured_at_us, values]")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        use serde::de::Error as _;
+        let missing = || A::Error::custom("a stored reading with fields missing");
+        let number: i64 = seq.next_element()?.ok_or_else(missing)?;
+        let table: std::borrow::Cow<'de, str> = seq.next_element()?.ok_or_else(missing)?;
+        let device: String = seq.next_element()?.ok_or_else(missing)?;
+        let source: std::borrow::Cow<'de, str> = seq.next_element()?.ok_or_else(missing)?;
+        let measured_at_us: i64 = seq.next_element()?.ok_or_else(missing)?;
+        let Some(table) = table_from_name(&table) else {
+            seq.next_element::<IgnoredAny>()?;
+            return Ok(None);
+        };
+        let values = seq
+            .next_element_seed(ValuesSeed(table))?
+            .ok_or_else(missing)?;
+        Ok(Some(StoredReading {
+            seq: number,
+            reading: Reading {
+                device,
+                table,
+                source: if source == "vedirect" {
+                    SourceKind::VeDirect
+                } else {
+                    SourceKind::Modbus
+                },
+                measured_at: from_micros(measured_at_us),
+                values,
+            },
+        }))
+    }
+}
+
+/// The values object, typed by `table`'s columns; unknown columns and values
+/// of the wrong kind are dropped (the column stays NULL).
+struct ValuesSeed(ReadingTable);
+
+impl<'de> DeserializeSeed<'de> for ValuesSeed {
+    type Value = Vec<(&'static str, Value)>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ValuesSeed {
+    type Value = Vec<(&'static str, Value)>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object of column values")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let columns = self.0.columns();
+        // In the table's column order, whatever the object's order.
+        let mut slots: Vec<Option<Value>> = std::iter::repeat_with(|| None)
+            .take(columns.len())
+            .collect();
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            let Some(index) = columns.iter().position(|(c, _)| *c == key) else {
+                map.next_value::<IgnoredAny>()?;
+                continue;
+            };
+            let kind = &columns[index].1;
+            let value = match map.next_value::<Scalar>()? {
+                Scalar::Number(n) => match kind {
+                    ColumnKind::Float => n.as_f64().map(Value::Float),
+                    ColumnKind::Int => n.as_i64().map(Value::Int),
+                    ColumnKind::Text => None,
+                },
+                Scalar::Text(t) if *kind == ColumnKind::Text => Some(Value::Text(t.into())),
+                Scalar::Text(_) | Scalar::Null => None,
+            };
+            slots[index] = value;
+        }
+        Ok(columns
+            .iter()
+            .zip(slots)
+            .filter_map(|((column, _), value)| Some((*column, value?)))
+            .collect())
+    }
+}
+
+/// One JSON scalar.
+enum Scalar {
+    Number(serde_json::Number),
+    Text(String),
+    Null,
+}
+
+impl<'de> serde::Deserialize<'de> for Scalar {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ScalarVisitor)
+    }
+}
+
+struct ScalarVisitor;
+
+impl Visitor<'_> for ScalarVisitor {
+    type Value = Scalar;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a number, a string or null")
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Scalar, E> {
+        Ok(Scalar::Number(v.into()))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Scalar, E> {
+        Ok(Scalar::Number(v.into()))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Scalar, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Scalar::Null, Scalar::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Scalar, E> {
+        Ok(Scalar::Text(v.to_string()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Scalar, E> {
+        Ok(Scalar::Text(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Scalar, E> {
+        Ok(Scalar::Null)
+    }
+}
