@@ -6,17 +6,27 @@
 //!
 //! - [`cli`]: the command line; one file per subcommand, exit codes.
 //! - [`config`]: the TOML file and environment overrides, validated.
-//! - [`db`]: connecting, the embedded migrations (`migrations/`), the
-//!   reconcile step that upgrades the schema to what the server allows, and
-//!   the schema state (storage mode, degraded features).
-//! - [`logging`]: the `tracing` subscriber.
+//! - [`db`]: connecting (TLS included), the embedded migrations
+//!   (`migrations/`), the reconcile step that upgrades the schema to what the
+//!   server allows, and the schema state (storage mode, degraded features).
+//! - [`registers`], [`sources`], [`reading`]: Victron's register list, the
+//!   Modbus-TCP and VE.Direct sources, and the readings they produce.
+//! - [`store`], [`forward`], [`retention`]: the local store, the forwarder to
+//!   PostgreSQL, retention per server flavour.
+//! - [`daemon`]: the wiring of `run`, and what the daemon reports about itself.
+//! - [`status`], [`health`], [`http`], [`metrics`], [`systemd`]: live device
+//!   status and hang detection, the health verdict, the `/healthz` and
+//!   `/metrics` endpoint, and the systemd notifications and watchdog.
+//! - [`failover`]: the per-device advisory locks between two daemons.
+//! - [`simulator`]: the built-in GX and VE.Direct simulators.
+//! - [`logging`]: the `tracing` subscriber (text, journald, JSON).
 //!
 //! # Data flow
 //!
 //! Sources poll devices and produce typed readings stamped with their
 //! measurement time; a batcher groups them; every batch is committed to a
-//! local store first, and a forwarder ships stored batches to PostgreSQL with
-//! idempotent multi-row inserts. The database schema (knowledge base, agent
+//! local store first, and a forwarder ships stored batches to PostgreSQL
+//! (binary COPY, or idempotent multi-row inserts for a replay). The database schema (knowledge base, agent
 //! metrics, Victron telemetry) ships with the binary as migrations.
 
 pub mod cli;

@@ -7,7 +7,7 @@
 //! ship stays in the store for the next start); a last status is written.
 //!
 //! Around it: the device locks when failover is on ([`crate::failover`]),
-//! the health/metrics endpoint ([`crate::http`], fed by [`report`]), and the
+//! the health/metrics endpoint ([`crate::http`], fed by `report.rs`), and the
 //! systemd notifications and watchdog ([`crate::systemd`]).
 
 mod report;
