@@ -22,6 +22,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use backon::{BackoffBuilder as _, ExponentialBuilder};
 use sqlx::Connection as _;
 use tokio_util::sync::CancellationToken;
 
@@ -165,16 +166,26 @@ impl LeaseKeeper {
     /// Runs until `cancel`; dropping the connection at the end releases the
     /// locks, so a standby daemon takes over at once.
     pub async fn run(self, cancel: CancellationToken) {
+        // Reconnecting backs off (from one round to 30 s): no storm of
+        // connection attempts against a database that is down.
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(self.round)
+            .with_max_delay(Duration::from_secs(30).max(self.round))
+            .with_jitter()
+            .without_max_times();
+        let mut delays = backoff.build();
+        let mut next_attempt = tokio::time::Instant::now();
         let mut connection: Option<sqlx::PgConnection> = None;
         let mut unreachable_logged = false;
         loop {
-            if connection.is_none() {
+            if connection.is_none() && tokio::time::Instant::now() >= next_attempt {
                 match self.open().await {
                     Ok(conn) => {
                         if unreachable_logged {
                             tracing::info!("Device locks: the database is reachable again.");
                         }
                         unreachable_logged = false;
+                        delays = backoff.build();
                         connection = Some(conn);
                     }
                     Err(error) => {
@@ -183,6 +194,8 @@ impl LeaseKeeper {
                             tracing::warn!(%error, "Device locks cannot be taken or checked: the database is unreachable.");
                         }
                         self.mark_unreachable();
+                        next_attempt = tokio::time::Instant::now()
+                            + delays.next().unwrap_or(Duration::from_secs(30));
                     }
                 }
             }
@@ -261,10 +274,20 @@ impl LeaseKeeper {
             return;
         }
         self.leases.set(device, to);
-        self.status
-            .set_standby(device, !self.leases.may_poll(device));
-        if to == LeaseState::Held && from != LeaseState::Pending {
-            tracing::info!(device, "Device lock taken: this daemon polls it now.");
+        let polled = self.leases.may_poll(device);
+        self.status.set_standby(device, !polled);
+        match to {
+            LeaseState::Standby => {
+                tracing::info!(device, "Another daemon polls this device; standing by.");
+            }
+            LeaseState::Held if from != LeaseState::Pending => {
+                tracing::info!(device, "Device lock taken: this daemon polls it now.");
+            }
+            LeaseState::Unknown if !polled => tracing::warn!(
+                device,
+                "This device's lock cannot be checked (database unreachable): not polling it meanwhile."
+            ),
+            _ => {}
         }
     }
 }

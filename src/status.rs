@@ -155,26 +155,13 @@ impl StatusBoard {
         }
     }
 
-    /// Puts a device in or out of standby (another daemon polls it); logs
-    /// the change.
+    /// Puts a device in or out of standby (not polled by this daemon: another
+    /// one holds its lock, or the lock cannot be checked).
     pub fn set_standby(&self, device: &str, standby: bool) {
-        let changed = {
-            let mut devices = self.lock();
-            let Some(status) = devices.get_mut(device) else {
-                return;
-            };
-            let changed = status.standby != standby;
+        if let Some(status) = self.lock().get_mut(device) {
             status.standby = standby;
             // Hang detection starts over when polling resumes.
             status.progress_at = Instant::now();
-            changed
-        };
-        match (changed, standby) {
-            (true, true) => {
-                tracing::info!(device, "Another daemon polls this device; standing by.")
-            }
-            (true, false) => tracing::info!(device, "This daemon polls the device now."),
-            (false, _) => {}
         }
     }
 
