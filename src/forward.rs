@@ -130,15 +130,7 @@ async fn copy_batch(
 ) -> Result<Copied, ForwardError> {
     let mut tx = pool.begin().await.map_err(classify)?;
     let mut data = Vec::new();
-    for table in ReadingTable::ALL {
-        let of_table: Vec<&StoredReading> = rows
-            .iter()
-            .copied()
-            .filter(|r| r.reading.table == table)
-            .collect();
-        if of_table.is_empty() {
-            continue;
-        }
+    for (table, of_table) in by_table(rows) {
         let columns = present_columns(table, &of_table);
         let mut names = String::from("\"timestamp\", device, installation_id, source");
         for (column, _) in &columns {
@@ -224,6 +216,20 @@ fn copy_binary(
     Ok(())
 }
 
+/// The batch's rows grouped by reading table, in a fixed table order.
+fn by_table<'a>(
+    rows: &'a [&'a StoredReading],
+) -> impl Iterator<Item = (ReadingTable, Vec<&'a StoredReading>)> + 'a {
+    ReadingTable::ALL.into_iter().filter_map(move |table| {
+        let of_table: Vec<&StoredReading> = rows
+            .iter()
+            .copied()
+            .filter(|r| r.reading.table == table)
+            .collect();
+        (!of_table.is_empty()).then_some((table, of_table))
+    })
+}
+
 /// The columns some row of the batch has: fewer to send and to parse.
 fn present_columns(
     table: ReadingTable,
@@ -244,15 +250,7 @@ pub async fn insert_rows(
     rows: &[&StoredReading],
 ) -> Result<(), ForwardError> {
     let mut tx = pool.begin().await.map_err(classify)?;
-    for table in ReadingTable::ALL {
-        let of_table: Vec<&StoredReading> = rows
-            .iter()
-            .copied()
-            .filter(|r| r.reading.table == table)
-            .collect();
-        if of_table.is_empty() {
-            continue;
-        }
+    for (table, of_table) in by_table(rows) {
         insert_table(&mut tx, table, installation_id, &of_table).await?;
     }
     tx.commit().await.map_err(classify)?;

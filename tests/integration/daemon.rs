@@ -66,11 +66,15 @@ fn spawn_daemon(config: &Path, state: &Path, database_url: Option<&str>) -> Daem
 }
 
 /// Starts `run` with a clean environment plus `env`; its log goes to
-/// `state` + `.log`.
+/// `state` + `.log`. Like systemd, it names the process in `WATCHDOG_PID`
+/// (which matters only when `env` sets `WATCHDOG_USEC`).
 pub fn spawn_daemon_with(config: &Path, state: &Path, env: &[(&str, &str)]) -> Daemon {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_victron-poller"));
+    let mut command = Command::new("sh");
     command
         .args([
+            "-c",
+            "WATCHDOG_PID=$$ exec \"$0\" \"$@\"",
+            env!("CARGO_BIN_EXE_victron-poller"),
             "--config",
             config.to_str().unwrap(),
             "run",

@@ -35,6 +35,12 @@ fn config(dir: &Path, sim: &SimHandle, extra: &str) -> std::path::PathBuf {
     path
 }
 
+/// host:port of a database URL.
+fn server_address(url: &str) -> SocketAddr {
+    let after_user = url.split_once('@').unwrap().1;
+    after_user.split_once('/').unwrap().0.parse().unwrap()
+}
+
 fn log_of(state: &Path) -> String {
     std::fs::read_to_string(state.with_extension("log")).unwrap_or_default()
 }
@@ -135,27 +141,13 @@ async fn notify_socket_gets_ready_and_a_watchdog_that_stops_when_a_poll_hangs() 
     let socket_path = dir.path().join("notify.sock");
     let socket = tokio::net::UnixDatagram::bind(&socket_path).unwrap();
     let state = dir.path().join("state");
-    // As systemd does: WATCHDOG_PID names the service's main process.
-    let mut daemon = Daemon(
-        std::process::Command::new("sh")
-            .args([
-                "-c",
-                "WATCHDOG_PID=$$ exec \"$0\" \"$@\"",
-                env!("CARGO_BIN_EXE_victron-poller"),
-                "--config",
-                config.to_str().unwrap(),
-                "run",
-                "--state-dir",
-                state.to_str().unwrap(),
-            ])
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("NOTIFY_SOCKET", &socket_path)
-            .env("WATCHDOG_USEC", "400000")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(state.with_extension("log")).unwrap())
-            .spawn()
-            .unwrap(),
+    let mut daemon = spawn_daemon_with(
+        &config,
+        &state,
+        &[
+            ("NOTIFY_SOCKET", socket_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "400000"),
+        ],
     );
     let start = Instant::now();
     let mut messages: Vec<(Duration, String)> = Vec::new();
@@ -242,17 +234,7 @@ async fn notify_socket_gets_ready_and_a_watchdog_that_stops_when_a_poll_hangs() 
 async fn healthz_and_metrics_follow_device_and_database_outages() {
     let sim = simulator().await;
     let db = TestDb::create(Flavour::Timescale).await;
-    let upstream: SocketAddr = db
-        .url
-        .split_once('@')
-        .unwrap()
-        .1
-        .split_once('/')
-        .unwrap()
-        .0
-        .parse()
-        .unwrap();
-    let proxy = TcpProxy::start(upstream).await;
+    let proxy = TcpProxy::start(server_address(&db.url)).await;
     let url = url_via(&db.url, proxy.addr());
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path(), &sim, "[health]\nlisten = \"127.0.0.1:0\"");
@@ -450,17 +432,7 @@ async fn two_daemons_fail_over_without_duplicate_rows() {
 async fn a_silently_partitioned_daemon_hands_over_and_keeps_its_readings() {
     let sim = simulator().await;
     let db = TestDb::create(Flavour::Timescale).await;
-    let upstream: SocketAddr = db
-        .url
-        .split_once('@')
-        .unwrap()
-        .1
-        .split_once('/')
-        .unwrap()
-        .0
-        .parse()
-        .unwrap();
-    let proxy = TcpProxy::start(upstream).await;
+    let proxy = TcpProxy::start(server_address(&db.url)).await;
     let dir = tempfile::tempdir().unwrap();
     let config = config(
         dir.path(),
