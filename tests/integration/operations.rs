@@ -132,7 +132,11 @@ async fn notify_socket_gets_ready_and_a_watchdog_that_stops_when_a_poll_hangs() 
     let dir = tempfile::tempdir().unwrap();
     // A long request timeout: a GX that accepts requests and never answers
     // holds the poll, the hang the watchdog is for.
-    let config = config(dir.path(), &sim, "[health]\nstall_timeout_ms = 2000");
+    let config = config(
+        dir.path(),
+        &sim,
+        "[health]\nstall_timeout_ms = 2000\nlisten = \"127.0.0.1:0\"",
+    );
     let text = std::fs::read_to_string(&config).unwrap().replace(
         "poll_interval_ms = 200",
         "poll_interval_ms = 200\nrequest_timeout_ms = 60000",
@@ -205,6 +209,10 @@ async fn notify_socket_gets_ready_and_a_watchdog_that_stops_when_a_poll_hangs() 
         "{}",
         log_of(&state)
     );
+    // /healthz says the same.
+    let (code, body) = healthz(health_address(&state).await).await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body["reasons"].to_string().contains("(hung)"), "{body}");
 
     // The device answers promptly again: polls complete, feeding resumes.
     sim.clear_faults();
