@@ -12,11 +12,11 @@ pub fn exec(config: &Config, path: Option<&Path>) -> anyhow::Result<Exit> {
         || "no file (defaults and environment)".to_string(),
         |p| p.display().to_string(),
     );
-    println!("configuration OK: {source}");
+    outln!("configuration OK: {source}");
     match &config.database {
         Some(db) => {
-            println!("  database.url                 {}", db.redacted_url());
-            println!(
+            outln!("  database.url                 {}", db.redacted_url());
+            outln!(
                 "  database.password            {}",
                 if db.password().is_some() {
                     "set (hidden)"
@@ -24,19 +24,19 @@ pub fn exec(config: &Config, path: Option<&Path>) -> anyhow::Result<Exit> {
                     "not set"
                 }
             );
-            println!(
+            outln!(
                 "  database.connect_timeout_ms  {}",
                 db.connect_timeout.as_millis()
             );
-            println!(
+            outln!(
                 "  database.write_timeout_ms    {}",
                 db.write_timeout.as_millis()
             );
-            println!("  database.max_connections     {}", db.max_connections);
+            outln!("  database.max_connections     {}", db.max_connections);
         }
-        None => println!("  database.url                 not set"),
+        None => outln!("  database.url                 not set"),
     }
-    println!(
+    outln!(
         "  retention.window_hours       {}",
         config.retention.window.as_secs() / 3600
     );
@@ -44,32 +44,32 @@ pub fn exec(config: &Config, path: Option<&Path>) -> anyhow::Result<Exit> {
         LogFormat::Text => "text",
         LogFormat::Json => "json",
     };
-    println!("  log.format                   {format}");
-    println!("  log.level                    {}", config.log.level);
-    println!(
+    outln!("  log.format                   {format}");
+    outln!("  log.level                    {}", config.log.level);
+    outln!(
         "  health.listen                {}",
         config
             .health
             .listen
             .map_or_else(|| "not set".to_string(), |a| a.to_string())
     );
-    println!(
+    outln!(
         "  health.stall_timeout_ms      {}",
         config.health.stall_timeout.as_millis()
     );
-    println!("  failover.enabled             {}", config.failover.enabled);
+    outln!("  failover.enabled             {}", config.failover.enabled);
     if config.failover.enabled {
-        println!(
+        outln!(
             "  failover.poll_when_database_unreachable {}",
             config.failover.poll_when_database_unreachable
         );
     }
-    println!(
+    outln!(
         "  site.installation_id         {}",
         config.site.installation_id.as_deref().unwrap_or("not set")
     );
     for (i, gx) in config.gx.iter().enumerate() {
-        println!(
+        outln!(
             "  gx[{i}]                        {}:{} every {} ms, timeout {} ms",
             gx.host,
             gx.port,
@@ -77,7 +77,7 @@ pub fn exec(config: &Config, path: Option<&Path>) -> anyhow::Result<Exit> {
             gx.request_timeout.as_millis()
         );
         for device in &gx.devices {
-            println!(
+            outln!(
                 "    {:<26} {} on unit id {}",
                 device.name,
                 device.class.as_str(),
@@ -91,9 +91,10 @@ pub fn exec(config: &Config, path: Option<&Path>) -> anyhow::Result<Exit> {
         } else {
             format!("every {} ms", device.poll_interval.as_millis())
         };
-        println!(
+        outln!(
             "  vedirect[{i}]                  {} on {} ({every})",
-            device.name, device.port
+            device.name,
+            device.port
         );
     }
     Ok(Exit::Ok)

@@ -56,12 +56,12 @@ pub async fn exec() -> anyhow::Result<Exit> {
     let dir = tempfile::Builder::new()
         .prefix("victron-poller-demo-")
         .tempdir()?;
-    println!(
+    outln!(
         "GX simulator on {}; local store in {}",
         simulator.addr(),
         dir.path().display()
     );
-    println!("Polling 4 devices every second. Ctrl-C stops.");
+    outln!("Polling 4 devices every second. Ctrl-C stops.");
     let (tx, mut rx) = mpsc::unbounded_channel();
     let shutdown = super::run::shutdown_on_signals(Duration::from_secs(30))?;
     let options = RunOptions {
@@ -97,18 +97,18 @@ pub async fn exec() -> anyhow::Result<Exit> {
                         reading.float("battery_power").unwrap_or(f64::NAN)
                     ),
                 };
-                println!(
+                outln!(
                     "{}  {:<11} {summary}",
                     reading.measured_at.format("%H:%M:%S%.3f"),
                     reading.device
                 );
             }
-            println!("  stored {} rows ({total} in all)", batch.stored);
+            outln!("  stored {} rows ({total} in all)", batch.stored);
         }
     });
     daemon::run(config, options, shutdown).await?;
     let _ = printer.await;
     drop(simulator);
-    println!("Demo stopped.");
+    outln!("Demo stopped.");
     Ok(Exit::Ok)
 }

@@ -27,16 +27,16 @@ pub async fn exec(config: &Config, args: MigrateArgs) -> anyhow::Result<Exit> {
             .await
             .context("Failed to read the applied migrations")?;
         for m in &status.pending {
-            println!("pending   {}", m.file);
+            outln!("pending   {}", m.file);
         }
         for m in &status.modified {
-            println!("modified  {} (changed after it was applied)", m.file);
+            outln!("modified  {} (changed after it was applied)", m.file);
         }
         for v in &status.unknown {
-            println!("unknown   migration {v} (applied by a newer victron-poller)");
+            outln!("unknown   migration {v} (applied by a newer victron-poller)");
         }
         if status.is_current() {
-            println!("up to date: {} migrations applied", status.applied.len());
+            outln!("up to date: {} migrations applied", status.applied.len());
             return Ok(Exit::Ok);
         }
         return Ok(Exit::Attention);
@@ -44,20 +44,20 @@ pub async fn exec(config: &Config, args: MigrateArgs) -> anyhow::Result<Exit> {
 
     let report = migrate::migrate(&mut conn, config.retention.window).await?;
     for m in &report.applied_now {
-        println!("applied   {}", m.file);
+        outln!("applied   {}", m.file);
     }
     for action in &report.reconcile.actions {
-        println!("upgraded  {action}");
+        outln!("upgraded  {action}");
     }
     for refusal in &report.reconcile.refused {
-        println!("refused   {refusal}");
+        outln!("refused   {refusal}");
     }
     if report.applied_now.is_empty() && report.reconcile.actions.is_empty() {
-        println!("up to date: nothing to change");
+        outln!("up to date: nothing to change");
     }
-    println!("storage   {}", report.storage_mode);
+    outln!("storage   {}", report.storage_mode);
     for d in &report.degraded {
-        println!("degraded  {d}");
+        outln!("degraded  {d}");
     }
     Ok(Exit::Ok)
 }

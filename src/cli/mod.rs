@@ -2,6 +2,16 @@
 //! exit-code policy. Subcommands are thin: they load the configuration, call
 //! the library and print; the work lives in the library modules.
 
+/// `println!` for command output that does not panic when standard output
+/// is closed (`victron-poller status | head -3`): what cannot be written is
+/// dropped, as a reader that went away wants.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 pub mod check_config;
 pub mod demo;
 pub mod migrate;

@@ -43,7 +43,7 @@ pub async fn exec(args: ProbeArgs) -> anyhow::Result<Exit> {
         Duration::from_millis(args.timeout_ms),
     )
     .await?;
-    println!(
+    outln!(
         "# {} device(s) answered on {host}:{port} ({} unit ids, {} requests, {:.1} s)",
         report.found.len(),
         report.units_tried,

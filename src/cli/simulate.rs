@@ -111,7 +111,7 @@ async fn exec_vedirect(args: VeDirectArgs) -> anyhow::Result<Exit> {
         let listener = TcpListener::bind(listen)
             .await
             .with_context(|| format!("Failed to listen on {listen}"))?;
-        println!(
+        outln!(
             "VE.Direct {} simulator on tcp://{}",
             format!("{:?}", args.device).to_lowercase(),
             listener.local_addr()?
@@ -140,7 +140,7 @@ async fn exec_vedirect(args: VeDirectArgs) -> anyhow::Result<Exit> {
     let (mut master, slave) =
         tokio_serial::SerialStream::pair().context("Failed to create a pseudo-terminal")?;
     let path = tokio_serial::SerialPort::name(&slave).unwrap_or_default();
-    println!(
+    outln!(
         "VE.Direct {} simulator on {path}",
         format!("{:?}", args.device).to_lowercase()
     );
@@ -181,7 +181,7 @@ async fn exec_gx(args: GxArgs) -> anyhow::Result<Exit> {
     for (a, b) in &args.hole {
         handle.add_hole(*a, *b);
     }
-    println!(
+    outln!(
         "GX simulator listening on {} (units: {units})",
         handle.addr()
     );
@@ -189,7 +189,7 @@ async fn exec_gx(args: GxArgs) -> anyhow::Result<Exit> {
         let listener = TcpListener::bind(control)
             .await
             .with_context(|| format!("Failed to listen on {control}"))?;
-        println!("control port on {}", listener.local_addr()?);
+        outln!("control port on {}", listener.local_addr()?);
         let handle = std::sync::Arc::new(handle);
         tokio::spawn(serve_control(listener, std::sync::Arc::clone(&handle)));
         tokio::signal::ctrl_c().await?;

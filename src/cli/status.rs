@@ -56,7 +56,7 @@ pub async fn exec(config: &Config, args: StatusArgs) -> anyhow::Result<Exit> {
                         document["health"] =
                             json!("database unreachable; the daemon's own status follows");
                         if args.json {
-                            println!("{}", serde_json::to_string_pretty(&document)?);
+                            outln!("{}", serde_json::to_string_pretty(&document)?);
                         } else {
                             print_text(&document);
                         }
@@ -93,7 +93,7 @@ pub async fn exec(config: &Config, args: StatusArgs) -> anyhow::Result<Exit> {
         None => local_view(&super::run::state_dir(args.state_dir.clone())).await?,
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&document)?);
+        outln!("{}", serde_json::to_string_pretty(&document)?);
     } else {
         print_text(&document);
     }
@@ -146,7 +146,20 @@ fn judge_database(schema: &SchemaReport, poller: Option<&Json>, devices: &Json) 
 
 /// The verdict and document from the local store's status document.
 async fn local_view(dir: &std::path::Path) -> anyhow::Result<(Health, Json)> {
-    let store = LocalStore::open(dir).await?;
+    let file = dir.join(crate::store::FILE_NAME);
+    if !file.is_file() {
+        let health = Health::from_findings(
+            vec![format!(
+                "no local store at {}: the daemon has not run with this state directory (see --state-dir)",
+                file.display()
+            )],
+            Vec::new(),
+        );
+        let doc =
+            json!({"health": health.level.as_str(), "reasons": health.reasons, "store": file});
+        return Ok((health, doc));
+    }
+    let store = LocalStore::open_read_only(dir).await?;
     let saved = store.load_status("daemon").await?;
     let since = Utc::now() - chrono::Duration::hours(1);
     let counts = store.counts_since(since).await?;
@@ -188,32 +201,32 @@ fn print_text(doc: &Json) {
             })
             .unwrap_or_else(|| "never".into())
     };
-    println!("health       {}", doc["health"].as_str().unwrap_or("?"));
+    outln!("health       {}", doc["health"].as_str().unwrap_or("?"));
     for reason in doc["reasons"].as_array().into_iter().flatten() {
-        println!("  because    {}", reason.as_str().unwrap_or_default());
+        outln!("  because    {}", reason.as_str().unwrap_or_default());
     }
     if let Some(p) = doc.get("poller").filter(|p| !p.is_null()) {
-        println!(
+        outln!(
             "poller       {} v{}, started {}, every {} ms",
             p["poller_host"].as_str().unwrap_or("?"),
             p["poller_version"].as_str().unwrap_or("?"),
             ago(&p["poller_started_at"]),
             p["poll_interval_ms"]
         );
-        println!(
+        outln!(
             "last poll    {}; last success {}",
             ago(&p["last_poll_attempt"]),
             ago(&p["last_successful_poll"])
         );
-        println!(
+        outln!(
             "readings     {} in the last hour, {} in 24 h (collection {}%), oldest {}",
             p["readings_last_hour"],
             p["readings_last_24h"],
             p["collection_health_pct"],
             ago(&p["oldest_reading_at"])
         );
-        println!("store        {} waiting to be forwarded", p["spool_depth"]);
-        println!(
+        outln!("store        {} waiting to be forwarded", p["spool_depth"]);
+        outln!(
             "retention    last run {}, dropped {} rows / {} chunks",
             ago(&p["last_retention_run"]),
             p["last_retention_rows_dropped"],
@@ -222,19 +235,19 @@ fn print_text(doc: &Json) {
     }
     if let Some(daemon) = doc.get("daemon").filter(|d| !d.is_null()) {
         let s = &daemon["status"];
-        println!(
+        outln!(
             "daemon       {} v{}, status saved {}",
             s["host"].as_str().unwrap_or("?"),
             s["version"].as_str().unwrap_or("?"),
             ago(&daemon["saved_at"])
         );
-        println!(
+        outln!(
             "store        {} readings in {}",
             doc["readings_stored"],
             doc["store"].as_str().unwrap_or("?")
         );
         for r in doc["readings_last_hour"].as_array().into_iter().flatten() {
-            println!(
+            outln!(
                 "  {:<20} {:<18} {} in the last hour, latest {}",
                 r["device"].as_str().unwrap_or("?"),
                 r["table"].as_str().unwrap_or("?"),
@@ -257,7 +270,7 @@ fn print_text(doc: &Json) {
             (false, true) => "ok    ",
             (false, false) => "FAILING",
         };
-        println!(
+        outln!(
             "device       {:<16} {:<9} {:<26} {}  last success {}{}",
             d["device"].as_str().unwrap_or("?"),
             d["source"].as_str().unwrap_or("?"),
@@ -278,23 +291,23 @@ fn print_text(doc: &Json) {
         let pending = schema["migrations"]["pending"]
             .as_array()
             .map_or(0, Vec::len);
-        println!(
+        outln!(
             "database     {}",
             schema["database"].as_str().unwrap_or("?")
         );
-        println!("migrations   {applied} of {} applied", applied + pending);
-        println!(
+        outln!("migrations   {applied} of {} applied", applied + pending);
+        outln!(
             "storage      {}",
             schema["storage_mode"].as_str().unwrap_or("?")
         );
-        println!(
+        outln!(
             "hypertables  {} of 4 reading tables",
             schema["schema"]["hypertables"]
                 .as_array()
                 .map_or(0, Vec::len)
         );
         for d in schema["degraded"].as_array().into_iter().flatten() {
-            println!(
+            outln!(
                 "degraded     {}: {}",
                 d["feature"].as_str().unwrap_or("?"),
                 d["reason"].as_str().unwrap_or("?")

@@ -139,6 +139,35 @@ impl LocalStore {
         Ok(Self { pool, path })
     }
 
+    /// Opens an existing store for reading only, for `status`: nothing is
+    /// created or written, so an administrator's `status` never leaves files
+    /// owned by another user in a service's state directory. While a daemon
+    /// has the store open, its WAL index is shared; otherwise the file is
+    /// read as immutable (everything was checkpointed into it at close).
+    pub async fn open_read_only(dir: &Path) -> Result<Self, StoreError> {
+        let path = dir.join(FILE_NAME);
+        let open_error = |source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        };
+        if !path.is_file() {
+            let missing = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+            return Err(open_error(sqlx::Error::Io(missing)));
+        }
+        let in_use = dir.join(format!("{FILE_NAME}-shm")).exists();
+        let options = SqliteConnectOptions::new()
+            .filename(&path)
+            .read_only(true)
+            .immutable(!in_use)
+            .busy_timeout(std::time::Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .map_err(open_error)?;
+        Ok(Self { pool, path })
+    }
+
     /// The store's file.
     pub fn path(&self) -> &Path {
         &self.path

@@ -362,10 +362,22 @@ fn status_shows_the_local_store_when_the_database_is_out_of_reach() {
         std::process::Stdio::null(),
     );
     let state = dir.path().join("s");
+    let files = || {
+        let mut names: Vec<String> = std::fs::read_dir(&state)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let before = files();
     let output = run_cli(
         &["status", "--state-dir", state.to_str().unwrap()],
         &[("DATABASE_URL", unreachable)],
     );
+    // Read only: status leaves no file behind (as root, in a service's
+    // state directory, it would be a file the service cannot write).
+    assert_eq!(files(), before);
     let (stdout, stderr) = texts(&output);
     assert_eq!(output.status.code(), Some(3), "{stdout}{stderr}");
     assert!(
@@ -386,4 +398,23 @@ fn status_shows_the_local_store_when_the_database_is_out_of_reach() {
     );
     assert_eq!(output.status.code(), Some(3));
     assert!(output.stdout.is_empty());
+}
+
+#[test]
+fn a_closed_standard_output_is_no_panic() {
+    // `victron-poller check-config | head -0`: the reader is gone before the
+    // first line is written.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_victron-poller"))
+        .arg("check-config")
+        .env_clear()
+        .env("DATABASE_URL", "postgres://u@db.example.net/x")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
 }
