@@ -40,6 +40,15 @@ pub fn exec(config: &Config, path: Option<&Path>) -> anyhow::Result<Exit> {
         "  retention.window_hours       {}",
         config.retention.window.as_secs() / 3600
     );
+    outln!(
+        "  retention.run_every_minutes  {}",
+        config.retention.run_every.as_secs() / 60
+    );
+    outln!(
+        "  batch                        {} readings or {} ms",
+        config.batch.max_readings,
+        config.batch.max_age.as_millis()
+    );
     let format = match config.log.format {
         LogFormat::Text => "text",
         LogFormat::Json => "json",

@@ -9,8 +9,8 @@ use tokio::sync::mpsc;
 
 use super::Exit;
 use crate::config::{
-    Config, FailoverConfig, GxConfig, HealthConfig, LogConfig, ModbusClass, ModbusDeviceConfig,
-    RetentionConfig, SiteConfig,
+    BatchConfig, Config, FailoverConfig, GxConfig, HealthConfig, LogConfig, ModbusClass,
+    ModbusDeviceConfig, RetentionConfig, SiteConfig,
 };
 use crate::daemon::{self, RunOptions};
 use crate::simulator::gx::{self, GxSimOptions};
@@ -28,9 +28,8 @@ pub async fn exec() -> anyhow::Result<Exit> {
     };
     let config = Config {
         database: None,
-        retention: RetentionConfig {
-            window: Duration::from_secs(72 * 3600),
-        },
+        retention: RetentionConfig::default(),
+        batch: BatchConfig::default(),
         log: LogConfig::default(),
         site: SiteConfig {
             installation_id: Some("demo".into()),

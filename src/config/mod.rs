@@ -46,6 +46,8 @@ pub struct Config {
     pub database: Option<DatabaseConfig>,
     /// Retention of readings in every store.
     pub retention: RetentionConfig,
+    /// Batching before the local store.
+    pub batch: BatchConfig,
     /// Log output.
     pub log: LogConfig,
     /// The site these readings belong to.
@@ -239,6 +241,35 @@ pub struct DatabaseConfig {
 pub struct RetentionConfig {
     /// Readings older than this are deleted (`retention.window_hours`, default 72).
     pub window: Duration,
+    /// How often the retention job runs (`retention.run_every_minutes`, default 60).
+    pub run_every: Duration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            window: Duration::from_secs(72 * 3600),
+            run_every: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// How readings are grouped before they are committed to the local store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchConfig {
+    /// A batch closes at this many readings (`batch.max_readings`, default 200).
+    pub max_readings: usize,
+    /// …or when its first reading is this old (`batch.max_age_ms`, default 500).
+    pub max_age: Duration,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            max_readings: 200,
+            max_age: Duration::from_millis(500),
+        }
+    }
 }
 
 /// Log output settings.

@@ -8,8 +8,8 @@ use url::Url;
 
 use super::reader::{Problems, Table};
 use super::{
-    Config, ConfigError, DatabaseConfig, FailoverConfig, GxConfig, HealthConfig, LogConfig,
-    LogFormat, ModbusClass, ModbusDeviceConfig, RetentionConfig, Secret, SiteConfig,
+    BatchConfig, Config, ConfigError, DatabaseConfig, FailoverConfig, GxConfig, HealthConfig,
+    LogConfig, LogFormat, ModbusClass, ModbusDeviceConfig, RetentionConfig, Secret, SiteConfig,
     VeDirectConfig, VeDirectPort,
 };
 
@@ -41,6 +41,15 @@ pub(super) fn validate(raw: config::Config, env_vars: Vec<String>) -> Result<Con
 
     let mut t = root.table("retention", &mut problems);
     let window_hours = t.integer("window_hours", 72, 1, 24 * 365 * 10, &mut problems);
+    let run_every_minutes = t.integer("run_every_minutes", 60, 1, 24 * 60, &mut problems);
+    t.finish(&mut problems);
+
+    let mut t = root.table("batch", &mut problems);
+    let batch = BatchConfig {
+        max_readings: usize::try_from(t.integer("max_readings", 200, 1, 100_000, &mut problems))
+            .unwrap_or(200),
+        max_age: Duration::from_millis(t.integer("max_age_ms", 500, 1, 600_000, &mut problems)),
+    };
     t.finish(&mut problems);
 
     let mut t = root.table("log", &mut problems);
@@ -87,7 +96,9 @@ pub(super) fn validate(raw: config::Config, env_vars: Vec<String>) -> Result<Con
             database,
             retention: RetentionConfig {
                 window: Duration::from_secs(window_hours * 3600),
+                run_every: Duration::from_secs(run_every_minutes * 60),
             },
+            batch,
             log,
             site,
             gx,

@@ -163,6 +163,7 @@ pub async fn run(
 
     let wake = Arc::new(Notify::new());
     let batcher = tokio::spawn(batch_loop(
+        config.batch,
         rx,
         store.clone(),
         Arc::clone(&shared.counters),
@@ -263,24 +264,23 @@ pub async fn run(
 /// first) and commits each to the local store; commits the partial batch
 /// when the sources are gone.
 async fn batch_loop(
+    limits: crate::config::BatchConfig,
     mut rx: mpsc::Receiver<Reading>,
     store: LocalStore,
     counters: Arc<DaemonCounters>,
     wake: Arc<Notify>,
     report: Option<mpsc::UnboundedSender<BatchReport>>,
 ) {
-    const MAX_READINGS: usize = 200;
-    const MAX_AGE: Duration = Duration::from_millis(500);
-    let mut batch: Vec<Reading> = Vec::with_capacity(MAX_READINGS);
+    let mut batch: Vec<Reading> = Vec::with_capacity(limits.max_readings.min(10_000));
     loop {
         let first = match rx.recv().await {
             Some(reading) => reading,
             None => break,
         };
         batch.push(first);
-        let deadline = tokio::time::Instant::now() + MAX_AGE;
+        let deadline = tokio::time::Instant::now() + limits.max_age;
         let mut closed = false;
-        while batch.len() < MAX_READINGS {
+        while batch.len() < limits.max_readings {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
                 Ok(Some(reading)) => batch.push(reading),
                 Ok(None) => {
@@ -337,7 +337,7 @@ async fn commit(
 /// The local side: status document in the store, and the store's retention.
 async fn local_loop(shared: Shared, cancel: CancellationToken) {
     let mut status_tick = crate::sources::ticker(shared.poll_interval);
-    let mut retention_tick = crate::sources::ticker(Duration::from_secs(3600));
+    let mut retention_tick = crate::sources::ticker(shared.config.retention.run_every);
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
@@ -594,7 +594,7 @@ async fn retention_loop(
     mode: StorageMode,
     cancel: CancellationToken,
 ) {
-    let mut tick = crate::sources::ticker(Duration::from_secs(3600));
+    let mut tick = crate::sources::ticker(shared.config.retention.run_every);
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
