@@ -101,3 +101,29 @@ fn the_unit_keeps_what_the_daemon_needs() {
         .unwrap();
     assert!(stop > 40, "TimeoutStopSec={stop}");
 }
+
+#[test]
+fn the_environment_file_example_names_real_settings() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/victron-poller.env.example"
+    ))
+    .unwrap();
+    let known: Vec<String> = victron_poller::config::KNOWN_KEYS
+        .iter()
+        .map(|k| victron_poller::config::env_var_for(k.key))
+        .chain(["DATABASE_URL", "PORT", "LOG_FORMAT"].map(String::from))
+        .collect();
+    let mut named = 0;
+    for line in text.lines() {
+        let setting = line.trim_start_matches('#').trim();
+        let Some((name, _)) = setting.split_once('=') else {
+            continue;
+        };
+        if name.chars().all(|c| c.is_ascii_uppercase() || c == '_') && !name.is_empty() {
+            assert!(known.iter().any(|k| k == name), "unknown variable {name}");
+            named += 1;
+        }
+    }
+    assert!(named >= 3, "{text}");
+}
