@@ -160,6 +160,13 @@ pub async fn run(
         });
     }
     drop(tx);
+    if config.failover.enabled && config.database.is_some() {
+        // Until the first lock answer, this daemon polls and reports none of
+        // its devices: its empty status must not overwrite the active one's.
+        for device in device_names(&config) {
+            shared.status.set_standby(device, true);
+        }
+    }
 
     let wake = Arc::new(Notify::new());
     let batcher = tokio::spawn(batch_loop(

@@ -369,7 +369,18 @@ async fn two_daemons_fail_over_without_duplicate_rows() {
         async || log_of(&state_b).matches("standing by").count() == 4,
     )
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Meanwhile the device rows stay the active daemon's: the standby writes
+    // none (an empty status of its own would overwrite them).
+    for _ in 0..20 {
+        let unanswered = db
+            .scalar_i64(
+                "SELECT count(*) FROM victron.device_status
+                 WHERE last_success IS NULL OR last_success < now() - interval '2 seconds'",
+            )
+            .await;
+        assert_eq!(unanswered, 0, "device_status rows went stale or empty");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let b_status = store_status(&state_b).await;
     for device in ["gx", "bank", "mppt", "multi"] {
         assert_eq!(
