@@ -7,17 +7,49 @@
 //! start with a `<N>` syslog priority prefix, so `journalctl -p warning`
 //! works. JSON lines go to standard output, where platforms such as Railway
 //! expect structured logs (they show standard error as errors).
+//!
+//! Lines are written by a background thread (`tracing-appender`): logging
+//! never blocks polling or shutdown, even when whatever reads the daemon's
+//! output stops reading (a full pipe, a stuck log collector). Past 1024
+//! queued lines, new ones are dropped rather than waited for. [`flush`]
+//! writes what is queued before the process exits.
 
 use std::fmt;
 use std::io::IsTerminal as _;
+use std::sync::Mutex;
 
 use tracing::{Event, Level, Subscriber};
+use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::{Format, Full, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
 use crate::config::{LogConfig, LogFormat};
+
+/// Keeps the background writer alive; taken and dropped by [`flush`].
+static WRITER_GUARD: Mutex<Option<WorkerGuard>> = Mutex::new(None);
+
+/// A writer that queues lines for a background thread, dropping lines
+/// rather than blocking when the queue is full.
+fn queued(output: impl std::io::Write + Send + 'static) -> NonBlocking {
+    let (writer, guard) = NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(1024)
+        .thread_name("victron-poller-log")
+        .finish(output);
+    *WRITER_GUARD.lock().unwrap_or_else(|p| p.into_inner()) = Some(guard);
+    writer
+}
+
+/// Writes the queued log lines (waiting at most about a second).
+pub fn flush() {
+    let guard = WRITER_GUARD
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    drop(guard);
+}
 
 /// Installs the global subscriber; a second call is a no-op.
 pub fn init(config: &LogConfig) {
@@ -36,22 +68,25 @@ pub fn init(config: &LogConfig) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false);
+    if tracing::dispatcher::has_been_set() {
+        return;
+    }
     let _ = match config.format {
         LogFormat::Json => builder
-            .with_writer(std::io::stdout)
+            .with_writer(queued(std::io::stdout()))
             .with_ansi(false)
             .json()
             .flatten_event(true)
             .try_init(),
         LogFormat::Text if stderr_is_journal() => builder
-            .with_writer(std::io::stderr)
+            .with_writer(queued(std::io::stderr()))
             .with_ansi(false)
             .event_format(JournalLine(
                 Format::default().without_time().with_target(false),
             ))
             .try_init(),
         LogFormat::Text => builder
-            .with_writer(std::io::stderr)
+            .with_writer(queued(std::io::stderr()))
             .with_ansi(std::io::stderr().is_terminal())
             .try_init(),
     };

@@ -19,7 +19,10 @@ fn main() -> ExitCode {
             return Exit::Attention.into();
         }
     };
-    match runtime.block_on(cli::run(cli)) {
+    let outcome = runtime.block_on(cli::run(cli));
+    // The last log lines are written before the error line and the exit.
+    victron_poller::logging::flush();
+    match outcome {
         Ok(exit) => exit.into(),
         Err(error) => {
             eprintln!("victron-poller: error: {error:#}");

@@ -60,14 +60,17 @@ pub fn shutdown_on_signals(limit: Duration) -> anyhow::Result<CancellationToken>
         tokio::select! {
             _ = term.recv() => {
                 tracing::warn!("Second signal: exiting now; the local store keeps what it has.");
+                crate::logging::flush();
                 std::process::exit(130);
             }
             _ = int.recv() => {
                 tracing::warn!("Second signal: exiting now; the local store keeps what it has.");
+                crate::logging::flush();
                 std::process::exit(130);
             }
             () = tokio::time::sleep(limit) => {
                 tracing::error!(limit_s = limit.as_secs(), "Stopping took too long: exiting now; the local store keeps what it has.");
+                crate::logging::flush();
                 std::process::exit(1);
             }
         }

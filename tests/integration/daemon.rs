@@ -647,3 +647,42 @@ async fn kill_9_loses_nothing_that_reached_the_store() {
         );
     }
 }
+
+/// Whoever reads the daemon's output may stop reading (a full pipe, a stuck
+/// log collector): logging must not block polling or shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_stops_reading_the_logs_blocks_nothing() {
+    let sim = simulator().await;
+    let db = TestDb::create(Flavour::Timescale).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), sim.addr().port(), 100);
+    // Every statement logged: far more than a pipe holds within seconds.
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("level = \"info\"", "level = \"debug,sqlx=debug\"");
+    std::fs::write(&config, text).unwrap();
+    let state = dir.path().join("state");
+    let child = Command::new(env!("CARGO_BIN_EXE_victron-poller"))
+        .args(["--config", config.to_str().unwrap(), "run", "--state-dir"])
+        .arg(&state)
+        .env_clear()
+        .env("DATABASE_URL", &db.url)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped()) // never read
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    // Polling went on: readings reached PostgreSQL well after the pipe filled.
+    let recent = db
+        .scalar_i64(
+            "SELECT count(*) FROM victron.battery_readings WHERE \"timestamp\" > now() - interval '2 seconds'",
+        )
+        .await;
+    assert!(
+        recent > 5,
+        "polling stalled: {recent} readings in the last 2 s"
+    );
+    let mut daemon = Daemon(child);
+    sigterm(&daemon);
+    assert_eq!(wait_exit(&mut daemon, Duration::from_secs(20)), 0);
+}
