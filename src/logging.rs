@@ -19,7 +19,7 @@ use std::io::IsTerminal as _;
 use std::sync::Mutex;
 
 use tracing::{Event, Level, Subscriber};
-use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
+use tracing_appender::non_blocking::{ErrorCounter, NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::{Format, Full, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
@@ -29,6 +29,17 @@ use crate::config::{LogConfig, LogFormat};
 
 /// Keeps the background writer alive; taken and dropped by [`flush`].
 static WRITER_GUARD: Mutex<Option<WorkerGuard>> = Mutex::new(None);
+/// Counts the lines dropped because the queue was full.
+static DROPPED: Mutex<Option<ErrorCounter>> = Mutex::new(None);
+
+/// Log lines dropped so far because whoever reads the output fell behind.
+pub fn dropped_lines() -> u64 {
+    DROPPED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .map_or(0, |c| c.dropped_lines() as u64)
+}
 
 /// A writer that queues lines for a background thread, dropping lines
 /// rather than blocking when the queue is full.
@@ -39,6 +50,7 @@ fn queued(output: impl std::io::Write + Send + 'static) -> NonBlocking {
         .thread_name("victron-poller-log")
         .finish(output);
     *WRITER_GUARD.lock().unwrap_or_else(|p| p.into_inner()) = Some(guard);
+    *DROPPED.lock().unwrap_or_else(|p| p.into_inner()) = Some(writer.error_counter());
     writer
 }
 

@@ -187,7 +187,7 @@ async fn render_metrics(shared: &Shared) -> String {
 
     let forward = &shared.forward;
     let counters = &shared.counters;
-    let totals: [(&str, Kind, &str, f64); 11] = [
+    let totals: [(&str, Kind, &str, f64); 12] = [
         (
             "victron_poller_store_readings",
             Kind::Gauge,
@@ -251,6 +251,12 @@ async fn render_metrics(shared: &Shared) -> String {
             } else {
                 1.0
             },
+        ),
+        (
+            "victron_poller_log_lines_dropped_total",
+            Kind::Counter,
+            "Log lines dropped because whoever reads the daemon's output fell behind.",
+            count(crate::logging::dropped_lines()),
         ),
         (
             "victron_poller_start_time_seconds",

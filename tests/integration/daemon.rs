@@ -657,9 +657,17 @@ async fn a_reader_that_stops_reading_the_logs_blocks_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), sim.addr().port(), 100);
     // Every statement logged: far more than a pipe holds within seconds.
+    // The health endpoint on a port picked here: the log that would name it
+    // is not read.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let text = std::fs::read_to_string(&config)
         .unwrap()
         .replace("level = \"info\"", "level = \"debug,sqlx=debug\"");
+    let text = format!("[health]\nlisten = \"127.0.0.1:{port}\"\n{text}");
     std::fs::write(&config, text).unwrap();
     let state = dir.path().join("state");
     let child = Command::new(env!("CARGO_BIN_EXE_victron-poller"))
@@ -682,6 +690,19 @@ async fn a_reader_that_stops_reading_the_logs_blocks_nothing() {
         recent > 5,
         "polling stalled: {recent} readings in the last 2 s"
     );
+    // What could not be written is counted.
+    let metrics = tokio::task::spawn_blocking(move || {
+        crate::helpers::http_get(format!("127.0.0.1:{port}").parse().unwrap(), "/metrics")
+    })
+    .await
+    .unwrap()
+    .1;
+    let dropped: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("victron_poller_log_lines_dropped_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(dropped > 0.0, "{metrics}");
     let mut daemon = Daemon(child);
     sigterm(&daemon);
     assert_eq!(wait_exit(&mut daemon, Duration::from_secs(20)), 0);
