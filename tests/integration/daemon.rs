@@ -386,6 +386,19 @@ async fn a_permanent_row_error_is_set_aside() {
         .unwrap();
     assert_eq!(forwarder.drain().await.unwrap(), 2);
     assert_eq!(rows(&db, "battery_readings").await, 2);
+
+    // Two bad rows among a hundred: each is found and parked, the 98 others arrive.
+    let batch: Vec<Reading> = (10..110)
+        .map(|second| {
+            let bad = second == 27 || second == 90;
+            reading(second, if bad { 1 << 40 } else { 0xA389 })
+        })
+        .collect();
+    store.append(&batch).await.unwrap();
+    assert_eq!(forwarder.drain().await.unwrap(), 100);
+    assert_eq!(rows(&db, "battery_readings").await, 2 + 98);
+    assert_eq!(store.parked().await.unwrap(), 1 + 2);
+    assert_eq!(store.depth().await.unwrap().0, 0);
 }
 
 /// Rows older than the window are gone after the job runs; on TimescaleDB
