@@ -9,7 +9,8 @@
 //!
 //! Transient failures (the network, a restarting server) are retried with
 //! capped exponential backoff plus jitter; a row the database refuses for good
-//! (a data or constraint error) is parked in the store and reported, and the
+//! (a data or constraint error) is found by halving the batch, parked in the
+//! store and reported, and the
 //! rows around it go through.
 
 use std::sync::Arc;
