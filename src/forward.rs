@@ -10,8 +10,8 @@
 //! Transient failures (the network, a restarting server) are retried with
 //! capped exponential backoff plus jitter; a row the database refuses for good
 //! (a data or constraint error) is found by halving the batch, parked in the
-//! store and reported, and the
-//! rows around it go through.
+//! store and reported, and the rows around it go through. Every write has its
+//! own time limit, so a link that went silent is given up and retried.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
