@@ -148,13 +148,19 @@ pub struct LeaseKeeper {
 }
 
 impl LeaseKeeper {
-    /// A keeper that asks every `round` (the shortest poll interval).
+    /// A keeper that asks every `round` (the shortest poll interval). Until
+    /// its first answer every device counts as standby on `status`: a
+    /// starting daemon polls and reports none, so its empty status never
+    /// overwrites the active daemon's.
     pub fn new(
         database: DatabaseConfig,
         leases: Leases,
         status: StatusBoard,
         round: Duration,
     ) -> Self {
+        for (device, _) in leases.devices() {
+            status.set_standby(&device, true);
+        }
         Self {
             database,
             leases,

@@ -71,6 +71,18 @@ pub struct DaemonCounters {
     pub retention_failures: AtomicU64,
 }
 
+impl DaemonCounters {
+    /// Counts one retention run, local or remote.
+    fn count_retention(&self, succeeded: bool) {
+        let counter = if succeeded {
+            &self.retention_runs
+        } else {
+            &self.retention_failures
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// Everything the status writers need.
 #[derive(Debug, Clone)]
 struct Shared {
@@ -123,12 +135,14 @@ pub async fn run(
         Some(address) => Some(crate::http::bind(address).await?),
         None => None,
     };
-    let leases = match (&config.database, config.failover.enabled) {
-        (Some(_), true) => Leases::new(
+    // The database that holds the device locks, when failover is on.
+    let lock_database = config.database.as_ref().filter(|_| config.failover.enabled);
+    let leases = match lock_database {
+        Some(_) => Leases::new(
             device_names(&config),
             config.failover.poll_when_database_unreachable,
         ),
-        _ => Leases::always(),
+        None => Leases::always(),
     };
     let shared = Shared {
         config: Arc::clone(&config),
@@ -160,13 +174,6 @@ pub async fn run(
         });
     }
     drop(tx);
-    if config.failover.enabled && config.database.is_some() {
-        // Until the first lock answer, this daemon polls and reports none of
-        // its devices: its empty status must not overwrite the active one's.
-        for device in device_names(&config) {
-            shared.status.set_standby(device, true);
-        }
-    }
 
     let wake = Arc::new(Notify::new());
     let batcher = tokio::spawn(batch_loop(
@@ -181,7 +188,7 @@ pub async fn run(
     let background = CancellationToken::new();
     let mut helpers = JoinSet::new();
     helpers.spawn(local_loop(shared.clone(), background.clone()));
-    if let (Some(db), true) = (&config.database, config.failover.enabled) {
+    if let Some(db) = lock_database {
         let keeper = LeaseKeeper::new(
             db.clone(),
             leases.clone(),
@@ -212,7 +219,7 @@ pub async fn run(
         ));
     }
 
-    let devices = config.gx.iter().map(|g| g.devices.len()).sum::<usize>() + config.vedirect.len();
+    let devices = device_names(&config).len();
     crate::systemd::ready(&format!("polling {devices} device(s)"));
 
     shutdown.cancelled().await;
@@ -317,16 +324,23 @@ async fn commit(
     }
     // The store is the durability boundary: keep trying; readings wait in memory meanwhile.
     let mut delay = Duration::from_millis(100);
+    let mut failed = false;
     let stored = loop {
         match store.append(batch).await {
             Ok(stored) => break stored,
             Err(error) => {
-                tracing::error!(%error, readings = batch.len(), "Cannot write to the local store; retrying.");
+                if !failed {
+                    failed = true;
+                    tracing::error!(%error, readings = batch.len(), "Cannot write to the local store; retrying.");
+                }
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(10));
             }
         }
     };
+    if failed {
+        tracing::info!("The local store takes readings again.");
+    }
     counters.rows_stored.fetch_add(stored, Ordering::Relaxed);
     counters
         .last_batch
@@ -349,14 +363,13 @@ async fn local_loop(shared: Shared, cancel: CancellationToken) {
         tokio::select! {
             () = cancel.cancelled() => return,
             _ = status_tick.tick() => {
-                write_local_status(&shared).await;
-                crate::systemd::status(&report::one_line(&shared).await);
+                let depth = write_local_status(&shared).await;
+                crate::systemd::status(&report::one_line(&shared, depth));
             }
             _ = retention_tick.tick() => {
                 let before = Utc::now() - chrono::Duration::from_std(shared.config.retention.window).unwrap_or_default();
                 let result = shared.store.expire(before).await;
-                let counter = if result.is_ok() { &shared.counters.retention_runs } else { &shared.counters.retention_failures };
-                counter.fetch_add(1, Ordering::Relaxed);
+                shared.counters.count_retention(result.is_ok());
                 match result {
                     Ok(0) => {}
                     Ok(n) if shared.config.database.is_some() => {
@@ -374,11 +387,14 @@ async fn local_loop(shared: Shared, cancel: CancellationToken) {
     }
 }
 
-async fn write_local_status(shared: &Shared) {
-    let doc = report::status_document(shared).await;
+/// Saves the status document in the store; returns the store's depth.
+async fn write_local_status(shared: &Shared) -> i64 {
+    let depth = report::store_depth(shared).await;
+    let doc = report::status_document(shared, depth);
     if let Err(error) = shared.store.save_status("daemon", &doc).await {
         tracing::debug!(%error, "Cannot save the status document.");
     }
+    depth.0
 }
 
 /// The host's name, for the status row.
@@ -609,12 +625,7 @@ async fn retention_loop(
         }
         let window = shared.config.retention.window;
         let result = crate::retention::run(&pool, mode, window).await;
-        let counter = if result.is_ok() {
-            &shared.counters.retention_runs
-        } else {
-            &shared.counters.retention_failures
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+        shared.counters.count_retention(result.is_ok());
         match &result {
             Ok(outcome) => tracing::info!(
                 rows = outcome.rows,

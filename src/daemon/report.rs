@@ -4,17 +4,24 @@
 
 use std::sync::atomic::Ordering;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde_json::{Value as Json, json};
 
 use super::{Shared, host_name};
 use crate::health::{Health, judge_document};
 use crate::metrics::{Kind, MetricsText};
 
-/// The daemon's status document: counters, the local store, every device,
-/// hung sources and the database's state.
-pub(super) async fn status_document(shared: &Shared) -> Json {
-    let (depth, oldest) = shared.store.depth().await.unwrap_or_default();
+/// The local store's depth and oldest reading (one query: callers share it).
+pub(super) async fn store_depth(shared: &Shared) -> (i64, Option<DateTime<Utc>>) {
+    shared.store.depth().await.unwrap_or_default()
+}
+
+/// The daemon's status document: counters, the local store (`depth`, from
+/// [`store_depth`]), every device, hung sources and the database's state.
+pub(super) fn status_document(
+    shared: &Shared,
+    (depth, oldest): (i64, Option<DateTime<Utc>>),
+) -> Json {
     let stalled: Vec<Json> = shared
         .status
         .stalled(shared.config.health.stall_timeout)
@@ -41,15 +48,14 @@ pub(super) async fn status_document(shared: &Shared) -> Json {
     })
 }
 
-/// One line for `systemctl status`.
-pub(super) async fn one_line(shared: &Shared) -> String {
+/// One line for `systemctl status`; `depth`: readings in the local store.
+pub(super) fn one_line(shared: &Shared, depth: i64) -> String {
     let devices = shared.status.snapshot();
     let active = devices.iter().filter(|d| !d.standby).count();
     let healthy = devices
         .iter()
         .filter(|d| !d.standby && d.is_healthy())
         .count();
-    let (depth, _) = shared.store.depth().await.unwrap_or_default();
     let mut line = format!("{healthy} of {active} device(s) answering");
     if active < devices.len() {
         line.push_str(&format!(", {} on standby", devices.len() - active));
@@ -77,7 +83,8 @@ impl DaemonObserver {
 impl crate::http::Observe for DaemonObserver {
     async fn health(&self) -> Health {
         let now = Utc::now();
-        judge_document(&status_document(&self.shared).await, now, now)
+        let doc = status_document(&self.shared, store_depth(&self.shared).await);
+        judge_document(&doc, now, now)
     }
 
     async fn metrics(&self) -> String {
@@ -88,8 +95,8 @@ impl crate::http::Observe for DaemonObserver {
 async fn render_metrics(shared: &Shared) -> String {
     let now = Utc::now();
     let devices = shared.status.snapshot();
-    let (depth, oldest) = shared.store.depth().await.unwrap_or_default();
-    let health = judge_document(&status_document(shared).await, now, now);
+    let (depth, oldest) = store_depth(shared).await;
+    let health = judge_document(&status_document(shared, (depth, oldest)), now, now);
     let count = |n: u64| n as f64;
     let mut page = MetricsText::new();
 

@@ -417,20 +417,27 @@ impl AsyncWrite for Cuttable {
     }
 }
 
+impl SimState {
+    /// A GX with `options`' devices, no fault, started now.
+    fn new(options: GxSimOptions) -> Self {
+        Self {
+            list: RegisterList::victron(),
+            units: options.units.into_iter().collect(),
+            animate: options.animate,
+            started: Instant::now(),
+            offline: Mutex::new(HashSet::new()),
+            holes: Mutex::new(Vec::new()),
+            delay_ms: AtomicU64::new(0),
+            generation: Arc::new(AtomicU64::new(0)),
+            requests: AtomicU64::new(0),
+        }
+    }
+}
+
 /// Serves the simulated GX on `listener` until the handle is dropped.
 pub fn start(listener: TcpListener, options: GxSimOptions) -> io::Result<SimHandle> {
     let addr = listener.local_addr()?;
-    let state = Arc::new(SimState {
-        list: RegisterList::victron(),
-        units: options.units.into_iter().collect(),
-        animate: options.animate,
-        started: Instant::now(),
-        offline: Mutex::new(HashSet::new()),
-        holes: Mutex::new(Vec::new()),
-        delay_ms: AtomicU64::new(0),
-        generation: Arc::new(AtomicU64::new(0)),
-        requests: AtomicU64::new(0),
-    });
+    let state = Arc::new(SimState::new(options));
     let cancel = CancellationToken::new();
     let server_state = Arc::clone(&state);
     let server_cancel = cancel.clone();
@@ -470,17 +477,10 @@ mod tests {
     use super::*;
 
     fn state(animate: bool) -> SimState {
-        SimState {
-            list: RegisterList::victron(),
-            units: GxSimOptions::default().units.into_iter().collect(),
+        SimState::new(GxSimOptions {
             animate,
-            started: Instant::now(),
-            offline: Mutex::new(HashSet::new()),
-            holes: Mutex::new(Vec::new()),
-            delay_ms: AtomicU64::new(0),
-            generation: Arc::new(AtomicU64::new(0)),
-            requests: AtomicU64::new(0),
-        }
+            ..GxSimOptions::default()
+        })
     }
 
     #[test]
