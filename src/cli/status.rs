@@ -55,11 +55,7 @@ pub async fn exec(config: &Config, args: StatusArgs) -> anyhow::Result<Exit> {
                         }
                         document["health"] =
                             json!("database unreachable; the daemon's own status follows");
-                        if args.json {
-                            outln!("{}", serde_json::to_string_pretty(&document)?);
-                        } else {
-                            print_text(&document);
-                        }
+                        print(&document, args.json)?;
                     }
                     return Err(error.into());
                 }
@@ -92,12 +88,18 @@ pub async fn exec(config: &Config, args: StatusArgs) -> anyhow::Result<Exit> {
         }
         None => local_view(&super::run::state_dir(args.state_dir.clone())).await?,
     };
-    if args.json {
-        outln!("{}", serde_json::to_string_pretty(&document)?);
-    } else {
-        print_text(&document);
-    }
+    print(&document, args.json)?;
     Ok(exit_for(health.level))
+}
+
+/// Prints the document as JSON or as the table for people.
+fn print(document: &Json, json: bool) -> anyhow::Result<()> {
+    if json {
+        outln!("{}", serde_json::to_string_pretty(document)?);
+    } else {
+        print_text(document);
+    }
+    Ok(())
 }
 
 fn judge_database(schema: &SchemaReport, poller: Option<&Json>, devices: &Json) -> Health {

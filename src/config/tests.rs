@@ -92,6 +92,11 @@ fn defaults_apply_without_a_file() {
     assert_eq!(config.batch.max_readings, 50);
     assert_eq!(config.batch.max_age, Duration::from_millis(2000));
     assert_eq!(config.retention.run_every, Duration::from_secs(300));
+
+    // The state directory's variable belongs to the command line, not to a key.
+    assert!(
+        Config::load_with_env(None, env(&[("VICTRON_POLLER_STATE_DIR", "/var/lib/x")])).is_ok()
+    );
 }
 
 #[test]
