@@ -221,6 +221,39 @@ fn source_config(port: VeDirectPort) -> VeDirectConfig {
     }
 }
 
+/// A source reading from a serial-to-network bridge the test plays.
+struct OnTcp {
+    listener: TcpListener,
+    /// The source's first connection.
+    socket: tokio::net::TcpStream,
+    rx: mpsc::Receiver<Reading>,
+    status: StatusBoard,
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<VeDirectSource>,
+}
+
+/// Starts a source on a loopback bridge with `source_config` as `adjust`
+/// changes it, and accepts its connection.
+async fn source_on_tcp(adjust: impl FnOnce(VeDirectConfig) -> VeDirectConfig) -> OnTcp {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let (tx, rx) = mpsc::channel(4096);
+    let status = StatusBoard::new();
+    let cancel = CancellationToken::new();
+    let config = adjust(source_config(VeDirectPort::Tcp(address)));
+    let source = VeDirectSource::new(&config, status.clone(), tx);
+    let task = tokio::spawn(source.run(cancel.clone()));
+    let (socket, _) = listener.accept().await.unwrap();
+    OnTcp {
+        listener,
+        socket,
+        rx,
+        status,
+        cancel,
+        task,
+    }
+}
+
 async fn collect(rx: &mut mpsc::Receiver<Reading>, n: usize) -> Vec<Reading> {
     let mut out = Vec::new();
     while out.len() < n {
@@ -259,17 +292,13 @@ async fn a_pty_and_a_tcp_socket_give_the_same_readings_as_the_capture() {
         drop(slave);
 
         // Through a TCP socket, as from a serial-to-network bridge.
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap().to_string();
-        let (tx, mut rx) = mpsc::channel(4096);
-        let cancel = CancellationToken::new();
-        let source = VeDirectSource::new(
-            &source_config(VeDirectPort::Tcp(address)),
-            StatusBoard::new(),
-            tx,
-        );
-        let task = tokio::spawn(source.run(cancel.clone()));
-        let (mut socket, _) = listener.accept().await.unwrap();
+        let OnTcp {
+            mut socket,
+            mut rx,
+            cancel,
+            task,
+            ..
+        } = source_on_tcp(|c| c).await;
         socket.write_all(&bytes).await.unwrap();
         let via_tcp = collect(&mut rx, expected.len()).await;
         cancel.cancel();
@@ -316,19 +345,14 @@ fn bmv_cycle(n: u32) -> Vec<u8> {
 
 #[tokio::test]
 async fn an_unplugged_bridge_is_reopened_and_the_gap_reported() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap().to_string();
-    let (tx, mut rx) = mpsc::channel(256);
-    let status = StatusBoard::new();
-    let cancel = CancellationToken::new();
-    let source = VeDirectSource::new(
-        &source_config(VeDirectPort::Tcp(address)),
-        status.clone(),
-        tx,
-    );
-    let task = tokio::spawn(source.run(cancel.clone()));
-
-    let (mut socket, _) = listener.accept().await.unwrap();
+    let OnTcp {
+        listener,
+        mut socket,
+        mut rx,
+        status,
+        cancel,
+        task,
+    } = source_on_tcp(|c| c).await;
     for n in 0..4 {
         socket.write_all(&bmv_cycle(n)).await.unwrap();
     }
@@ -384,18 +408,14 @@ async fn an_unplugged_bridge_is_reopened_and_the_gap_reported() {
 
 #[tokio::test]
 async fn corrupt_blocks_are_counted_and_never_leak_into_readings() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap().to_string();
-    let (tx, mut rx) = mpsc::channel(256);
-    let status = StatusBoard::new();
-    let cancel = CancellationToken::new();
-    let source = VeDirectSource::new(
-        &source_config(VeDirectPort::Tcp(address)),
-        status.clone(),
-        tx,
-    );
-    let task = tokio::spawn(source.run(cancel.clone()));
-    let (mut socket, _) = listener.accept().await.unwrap();
+    let OnTcp {
+        mut socket,
+        mut rx,
+        status,
+        cancel,
+        task,
+        ..
+    } = source_on_tcp(|c| c).await;
     for n in 0..6 {
         let mut cycle = bmv_cycle(n);
         if n == 2 {
@@ -506,19 +526,19 @@ async fn the_simulators_stream_gives_readings() {
         (SimDevice::Bmv, ReadingTable::Battery),
         (SimDevice::Mppt, ReadingTable::Solar),
     ] {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap().to_string();
-        let (tx, mut rx) = mpsc::channel(64);
-        let cancel = CancellationToken::new();
-        let status = StatusBoard::new();
         // One reading per 200 ms poll interval while cycles arrive every 50 ms.
-        let config = VeDirectConfig {
+        let OnTcp {
+            mut socket,
+            mut rx,
+            status,
+            cancel,
+            task,
+            ..
+        } = source_on_tcp(|c| VeDirectConfig {
             poll_interval: Duration::from_millis(200),
-            ..source_config(VeDirectPort::Tcp(address))
-        };
-        let source = VeDirectSource::new(&config, status.clone(), tx);
-        let task = tokio::spawn(source.run(cancel.clone()));
-        let (mut socket, _) = listener.accept().await.unwrap();
+            ..c
+        })
+        .await;
         let mut sim = VeDirectSim::new(device, 0.0, 3);
         for _ in 0..30 {
             socket.write_all(&sim.next_cycle()).await.unwrap();
