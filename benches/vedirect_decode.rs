@@ -41,7 +41,7 @@ fn main() {
         let mut columns = 0usize;
         let mut on_frame = |frame: Frame| {
             if let Frame::Block(block) = frame {
-                if merger.push(&block, now) {
+                if merger.push(&block, now) > 0 {
                     snapshots += 1;
                     let snapshot = merger.latest().expect("just completed");
                     if let Some(table) = snapshot.table() {

@@ -51,6 +51,20 @@ pub fn raw_integer(ty: ModbusType, scale: f64, words: &[u16]) -> Option<i128> {
     }
 }
 
+/// `raw / scale` as the double nearest to the decimal value: a whole scale
+/// (10, −100) is one correctly rounded division; a fractional one (0.1,
+/// 0.01: a coarser register) is a multiplication by its whole reciprocal,
+/// exact for every register width, rather than a division by an inexact
+/// 0.01.
+pub fn scaled(raw: i128, scale: f64) -> f64 {
+    let reciprocal = (1.0 / scale).round();
+    if scale.abs() < 1.0 && reciprocal * scale == 1.0 {
+        raw as f64 * reciprocal
+    } else {
+        raw as f64 / scale
+    }
+}
+
 /// Decodes a register's words.
 pub fn decode(register: &Register, words: &[u16]) -> Result<Decoded, DecodeError> {
     let expected = register.ty.words();
@@ -66,7 +80,7 @@ pub fn decode(register: &Register, words: &[u16]) -> Result<Decoded, DecodeError
         ModbusType::Str(_) => Decoded::Text(decode_text(words)),
         ty => {
             let raw = raw_integer(ty, register.scale, words).unwrap_or_default();
-            Decoded::Number(raw as f64 / register.scale)
+            Decoded::Number(scaled(raw, register.scale))
         }
     })
 }
@@ -177,6 +191,57 @@ mod tests {
                 Decoded::Reserved => panic!("{} is reserved", row.register),
             }
         }
+    }
+
+    /// Decimals a value of a register with this scale can have: 10 → 1,
+    /// 100 → 2, −10 → 1, 1 and fractional scales → 0.
+    fn resolution_decimals(scale: f64) -> usize {
+        let mut decimals = 0;
+        let mut s = scale.abs();
+        while s >= 10.0 {
+            s /= 10.0;
+            decimals += 1;
+        }
+        decimals
+    }
+
+    #[test]
+    fn every_golden_value_is_its_decimal_to_the_last_digit() {
+        let list = RegisterList::victron();
+        let mut checked = 0;
+        for row in golden() {
+            let register = list.covering(row.register).unwrap();
+            let Decoded::Number(v) = decode(register, &row.words).unwrap() else {
+                continue;
+            };
+            let text = v.to_string();
+            let decimals = text.split_once('.').map_or(0, |(_, f)| f.len());
+            assert!(
+                decimals <= resolution_decimals(row.scale),
+                "{} {}: {text} has more decimals than scale {} allows",
+                row.register,
+                row.path,
+                row.scale
+            );
+            checked += 1;
+        }
+        assert!(checked > 100, "{checked}");
+        // Fractional and negative scales, beyond the golden table's values.
+        for raw in [1i128, 3, 7, 12_345, 65_535, -32_768] {
+            assert_eq!(scaled(raw, 0.01), (raw * 100) as f64);
+            assert_eq!(scaled(raw, 0.1), (raw * 10) as f64);
+            let tenths = format!("{}.{}", raw / 10, (raw % 10).abs());
+            let tenths = if raw < 0 && raw / 10 == 0 {
+                format!("-{tenths}")
+            } else {
+                tenths
+            };
+            let expected: f64 = tenths.parse().unwrap();
+            assert_eq!(scaled(raw, 10.0), expected, "{raw} / 10");
+            assert_eq!(scaled(-raw, -10.0), expected, "{raw} / 10");
+        }
+        assert_eq!(scaled(86_517, 100.0).to_string(), "865.17");
+        assert_eq!(scaled(-63, 10.0).to_string(), "-6.3");
     }
 
     #[test]

@@ -46,6 +46,10 @@ pub struct VeDirectSource {
     stats: DecodeStats,
     /// The received-at time of the last emitted snapshot.
     last_emitted: Option<DateTime<Utc>>,
+    /// When the last block arrived: blocks are stamped strictly later, at
+    /// the database's microsecond resolution, even when a bridge delivers
+    /// several in one burst (two rows of a device never share a time).
+    last_block_at: Option<DateTime<Utc>>,
     /// When the port went down, while it is down.
     down_since: Option<Instant>,
     warned_unknown_product: bool,
@@ -68,6 +72,7 @@ impl VeDirectSource {
             merger: Merger::new(),
             stats: DecodeStats::default(),
             last_emitted: None,
+            last_block_at: None,
             down_since: None,
             warned_unknown_product: false,
             leases: Leases::always(),
@@ -186,22 +191,24 @@ impl VeDirectSource {
                 biased;
                 () = cancel.cancelled() => return Ok(()),
                 frame = frames.next() => {
+                    // Blocks the decoder dropped came before this frame.
+                    let lost = self.count(frames.decoder().stats(), &mut last_stats);
+                    let mut completed = usize::from(lost > 0 && self.merger.lost_block());
                     match frame {
                         Some(Ok(Frame::Block(block))) => {
                             last_data = Instant::now();
                             self.status.heartbeat(&self.config.name);
-                            if self.merger.push(&block, Utc::now()) && self.config.poll_interval.is_zero() {
-                                self.emit().await;
-                            }
+                            self.emit_completed(completed).await;
+                            let at = self.stamp(Utc::now());
+                            completed = self.merger.push(&block, at);
                         }
                         Some(Ok(Frame::Hex(_))) => {}
                         Some(Err(error)) => return Err((ErrorClass::Port, format!("read error: {error}"))),
                         None => return Err((ErrorClass::Port, "the port closed (end of stream)".into())),
                     }
-                    let now = frames.decoder().stats();
-                    self.count(now, &mut last_stats);
+                    self.emit_completed(completed).await;
                 }
-                _ = ticker.tick(), if !self.config.poll_interval.is_zero() => self.emit().await,
+                _ = ticker.tick(), if !self.config.poll_interval.is_zero() => self.emit(0).await,
                 () = tokio::time::sleep_until(silence_deadline.into()) => {
                     let silent_for = last_data.elapsed();
                     return Err((
@@ -213,8 +220,11 @@ impl VeDirectSource {
         }
     }
 
-    fn count(&mut self, now: DecodeStats, last: &mut DecodeStats) {
+    /// Adds the decoder's counts since `last` to the totals; returns how many
+    /// text blocks were lost (failed checksum or abandoned) meanwhile.
+    fn count(&mut self, now: DecodeStats, last: &mut DecodeStats) -> u64 {
         let corrupt = now.blocks_invalid - last.blocks_invalid;
+        let abandoned = now.resyncs - last.resyncs;
         if corrupt > 0 {
             self.status
                 .update(&self.config.name, |s| s.corrupt_blocks += corrupt);
@@ -223,16 +233,43 @@ impl VeDirectSource {
         self.stats.blocks_invalid += corrupt;
         self.stats.hex_valid += now.hex_valid - last.hex_valid;
         self.stats.hex_invalid += now.hex_invalid - last.hex_invalid;
-        self.stats.resyncs += now.resyncs - last.resyncs;
+        self.stats.resyncs += abandoned;
         *last = now;
+        corrupt + abandoned
     }
 
-    /// Sends the latest complete snapshot, if it is new.
-    async fn emit(&mut self) {
-        let Some(snapshot) = self.merger.latest() else {
+    /// `now`, or one microsecond after the last block's stamp if that is not
+    /// earlier.
+    fn stamp(&mut self, now: DateTime<Utc>) -> DateTime<Utc> {
+        let at = match self.last_block_at {
+            Some(last) if now <= last + chrono::Duration::microseconds(1) => {
+                last + chrono::Duration::microseconds(1)
+            }
+            _ => now,
+        };
+        self.last_block_at = Some(at);
+        at
+    }
+
+    /// With a zero poll interval, sends each of the `count` snapshots just
+    /// completed, oldest first.
+    async fn emit_completed(&mut self, count: usize) {
+        if self.config.poll_interval.is_zero() {
+            for back in (0..count).rev() {
+                self.emit(back).await;
+            }
+        }
+    }
+
+    /// Sends a recently completed snapshot (0: the latest), if it is new.
+    async fn emit(&mut self, back: usize) {
+        let Some(snapshot) = self.merger.recent(back) else {
             return;
         };
-        if self.last_emitted == Some(snapshot.received_at) {
+        if self
+            .last_emitted
+            .is_some_and(|last| snapshot.received_at <= last)
+        {
             return;
         }
         let Some(table) = snapshot.table() else {
