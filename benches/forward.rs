@@ -82,6 +82,7 @@ async fn main() {
         Some("bench".into()),
         Arc::new(ForwardCounters::default()),
         Arc::new(tokio::sync::Notify::new()),
+        Arc::default(),
     )
     .with_batch_rows(
         std::env::var("BATCH")

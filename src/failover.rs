@@ -27,6 +27,7 @@ use sqlx::Connection as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::DatabaseConfig;
+use crate::db::link::DatabaseLink;
 use crate::status::StatusBoard;
 
 /// What this daemon knows of one device's lock.
@@ -145,6 +146,7 @@ pub struct LeaseKeeper {
     leases: Leases,
     status: StatusBoard,
     round: Duration,
+    link: Arc<DatabaseLink>,
 }
 
 impl LeaseKeeper {
@@ -157,6 +159,7 @@ impl LeaseKeeper {
         leases: Leases,
         status: StatusBoard,
         round: Duration,
+        link: Arc<DatabaseLink>,
     ) -> Self {
         for (device, _) in leases.devices() {
             status.set_standby(&device, true);
@@ -166,6 +169,7 @@ impl LeaseKeeper {
             leases,
             status,
             round,
+            link,
         }
     }
 
@@ -206,11 +210,14 @@ impl LeaseKeeper {
                 }
             }
             if let Some(conn) = connection.as_mut() {
-                if let Err(error) = self.round(conn).await {
-                    tracing::warn!(%error, "Device locks: the lock session failed; the locks are unknown until it is back.");
-                    unreachable_logged = true;
-                    connection = None;
-                    self.mark_unreachable();
+                match self.round(conn).await {
+                    Ok(()) => self.link.works(),
+                    Err(error) => {
+                        tracing::warn!(%error, "Device locks: the lock session failed; the locks are unknown until it is back.");
+                        unreachable_logged = true;
+                        connection = None;
+                        self.mark_unreachable();
+                    }
                 }
             }
             tokio::select! {

@@ -17,12 +17,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
+use backon::BackoffBuilder;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::db::link::{DatabaseLink, RETRY_MAX, retry_backoff};
 use crate::reading::{ColumnKind, ReadingTable, Value};
 use crate::store::{LocalStore, StoreError, StoredReading};
 
@@ -37,35 +38,6 @@ pub struct ForwardCounters {
     pub errors: AtomicU64,
     /// Rows parked for a permanent error.
     pub rows_parked: AtomicU64,
-    /// Since when the database cannot be reached or written to; `None` while it works.
-    database_down_since: std::sync::Mutex<Option<chrono::DateTime<chrono::Utc>>>,
-}
-
-impl ForwardCounters {
-    /// Notes a failed connection or write (the first failure starts the outage).
-    pub fn database_failed(&self) {
-        let mut since = self
-            .database_down_since
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        since.get_or_insert_with(chrono::Utc::now);
-    }
-
-    /// Notes that the database works.
-    pub fn database_works(&self) {
-        *self
-            .database_down_since
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = None;
-    }
-
-    /// Since when the database has been failing, if it is.
-    pub fn database_down_since(&self) -> Option<chrono::DateTime<chrono::Utc>> {
-        *self
-            .database_down_since
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-    }
 }
 
 /// Why a batch did not go through.
@@ -344,7 +316,7 @@ pub struct Forwarder {
     batch_rows: i64,
     counters: Arc<ForwardCounters>,
     wake: Arc<Notify>,
-    backoff: ExponentialBuilder,
+    link: Arc<DatabaseLink>,
     write_timeout: Duration,
 }
 
@@ -356,6 +328,7 @@ impl Forwarder {
         installation_id: Option<String>,
         counters: Arc<ForwardCounters>,
         wake: Arc<Notify>,
+        link: Arc<DatabaseLink>,
     ) -> Self {
         Self {
             store,
@@ -364,11 +337,7 @@ impl Forwarder {
             batch_rows: 5000,
             counters,
             wake,
-            backoff: ExponentialBuilder::default()
-                .with_min_delay(Duration::from_millis(500))
-                .with_max_delay(Duration::from_secs(60))
-                .with_jitter()
-                .without_max_times(),
+            link,
             write_timeout: Duration::from_secs(30),
         }
     }
@@ -492,7 +461,7 @@ impl Forwarder {
 
     /// Runs until `cancel`; a batch in flight is abandoned (it stays in the store).
     pub async fn run(self, cancel: CancellationToken) {
-        let mut delays = self.backoff.build();
+        let mut delays = retry_backoff().build();
         let mut failing = false;
         loop {
             let outcome = tokio::select! {
@@ -508,26 +477,26 @@ impl Forwarder {
                     }
                 }
                 Ok(_) => {
-                    self.counters.database_works();
+                    self.link.works();
                     if failing {
                         failing = false;
                         tracing::info!("Forwarding to the database works again.");
                     }
-                    delays = self.backoff.build();
+                    delays = retry_backoff().build();
                 }
                 Err(error) => {
                     self.counters.errors.fetch_add(1, Ordering::Relaxed);
                     if !matches!(error, ForwardError::Store(_)) {
-                        self.counters.database_failed();
+                        self.link.failed();
                     }
-                    let delay = delays.next().unwrap_or(Duration::from_secs(60));
+                    let delay = delays.next().unwrap_or(RETRY_MAX);
                     if !failing {
                         failing = true;
                         tracing::warn!(%error, "Forwarding to the database failed; readings wait in the local store.");
                     }
                     tokio::select! {
                         () = cancel.cancelled() => return,
-                        () = tokio::time::sleep(delay) => {}
+                        () = self.link.retry_after(delay) => {}
                     }
                 }
             }

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use backon::{BackoffBuilder, ExponentialBuilder};
+use backon::BackoffBuilder;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use tokio::sync::{Notify, mpsc};
@@ -26,6 +26,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::db::link::{DatabaseLink, retry_backoff};
 use crate::db::server::StorageMode;
 use crate::failover::{LeaseKeeper, Leases};
 use crate::forward::{ForwardCounters, Forwarder};
@@ -34,6 +35,10 @@ use crate::sources::modbus::GxPoller;
 use crate::sources::vedirect::VeDirectSource;
 use crate::status::StatusBoard;
 use crate::store::LocalStore;
+
+/// How long the daemon waits before asking again a database server that
+/// answered and refused it (credentials, no such database).
+const REFUSED_RETRY: Duration = Duration::from_secs(30);
 
 /// How the daemon runs, beyond the configuration.
 #[derive(Debug, Clone)]
@@ -91,6 +96,8 @@ struct Shared {
     status: StatusBoard,
     counters: Arc<DaemonCounters>,
     forward: Arc<ForwardCounters>,
+    /// Whether the database can be reached, as every database path sees it.
+    link: Arc<DatabaseLink>,
     started_at: DateTime<Utc>,
     poll_interval: Duration,
 }
@@ -150,6 +157,7 @@ pub async fn run(
         status: StatusBoard::new(),
         counters: Arc::new(DaemonCounters::default()),
         forward: Arc::new(ForwardCounters::default()),
+        link: Arc::new(DatabaseLink::default()),
         started_at: Utc::now(),
         poll_interval: poll_interval(&config),
     };
@@ -194,6 +202,7 @@ pub async fn run(
             leases.clone(),
             shared.status.clone(),
             shared.poll_interval,
+            Arc::clone(&shared.link),
         );
         helpers.spawn(keeper.run(background.clone()));
     }
@@ -418,12 +427,7 @@ async fn database_loop(
     let Some(db) = shared.config.database.clone() else {
         return;
     };
-    let mut delays = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(500))
-        .with_max_delay(Duration::from_secs(60))
-        .with_jitter()
-        .without_max_times()
-        .build();
+    let mut delays = retry_backoff().build();
     let mut logged = false;
     let (pool, mode) = loop {
         let attempt = async {
@@ -439,12 +443,26 @@ async fn database_loop(
         match attempt.await {
             Ok(ready) => break ready,
             Err(error) => {
-                shared.forward.database_failed();
+                shared.link.failed();
                 if !logged {
                     logged = true;
                     tracing::warn!(error = %format!("{error:#}"), "The database is not ready; readings wait in the local store.");
                 }
-                let delay = delays.next().unwrap_or(Duration::from_secs(60));
+                // A server that answers and refuses (credentials, no such
+                // database) is not asked every second; one that is out of
+                // reach is, so that forwarding resumes as soon as it is back.
+                let refused = error.downcast_ref::<crate::db::DbError>().is_some_and(|e| {
+                    matches!(
+                        e,
+                        crate::db::DbError::Authentication { .. }
+                            | crate::db::DbError::Refused { .. }
+                    )
+                });
+                let delay = if refused {
+                    REFUSED_RETRY
+                } else {
+                    delays.next().unwrap_or(crate::db::link::RETRY_MAX)
+                };
                 tokio::select! {
                     () = cancel.cancelled() => return,
                     () = tokio::time::sleep(delay) => {}
@@ -452,7 +470,7 @@ async fn database_loop(
             }
         }
     };
-    shared.forward.database_works();
+    shared.link.works();
     tracing::info!(database = %db.redacted_url(), storage = %mode, "Database ready.");
     let forwarder = Forwarder::new(
         shared.store.clone(),
@@ -460,6 +478,7 @@ async fn database_loop(
         shared.config.site.installation_id.clone(),
         Arc::clone(&shared.forward),
         wake,
+        Arc::clone(&shared.link),
     )
     .with_write_timeout(db.write_timeout);
     tokio::join!(
@@ -490,6 +509,9 @@ async fn status_writer(shared: Shared, pool: PgPool, mode: StorageMode, cancel: 
             write_db_status(&shared, &pool, mode),
         )
         .await;
+        if matches!(result, Ok(Ok(()))) {
+            shared.link.works();
+        }
         match result {
             Ok(Ok(())) if failing => {
                 failing = false;

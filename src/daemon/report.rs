@@ -41,7 +41,7 @@ pub(super) fn status_document(
         "spool_depth": depth,
         "spool_oldest": oldest,
         "database": shared.config.database.as_ref().map(|d| d.redacted_url()),
-        "database_down_since": shared.forward.database_down_since(),
+        "database_down_since": shared.link.down_since(),
         "stall_timeout_ms": shared.config.health.stall_timeout.as_millis() as u64,
         "stalled": stalled,
         "devices": shared.status.snapshot(),
@@ -253,7 +253,7 @@ async fn render_metrics(shared: &Shared) -> String {
             "victron_poller_database_up",
             Kind::Gauge,
             "1 when the database is reachable (or none is configured), else 0.",
-            if forward.database_down_since().is_some() {
+            if shared.link.down_since().is_some() {
                 0.0
             } else {
                 1.0

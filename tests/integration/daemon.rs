@@ -15,7 +15,7 @@ use victron_poller::reading::{Reading, ReadingTable, SourceKind, Value};
 use victron_poller::simulator::gx::{self, GxSimOptions, SimHandle};
 use victron_poller::store::LocalStore;
 
-use crate::helpers::{Flavour, TestDb, run_cli, texts};
+use crate::helpers::{Flavour, TcpProxy, TestDb, run_cli, server_address, texts, url_via};
 
 pub async fn simulator() -> SimHandle {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -368,6 +368,7 @@ async fn a_permanent_row_error_is_set_aside() {
         None,
         std::sync::Arc::clone(&counters),
         std::sync::Arc::new(tokio::sync::Notify::new()),
+        std::sync::Arc::default(),
     );
     assert_eq!(forwarder.drain().await.unwrap(), 3);
     assert_eq!(rows(&db, "battery_readings").await, 2);
@@ -595,6 +596,67 @@ async fn a_database_outage_loses_nothing() {
         .await
         .unwrap();
         assert!(widest < 1.0, "{device}: a {widest} s gap in the readings");
+    }
+}
+
+/// The link to the database cut for 30 s (a TCP proxy): forwarding resumes
+/// within 2 s of the link's return, and every reading arrives exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_resumes_within_two_seconds_of_the_database_coming_back() {
+    let db = TestDb::create(Flavour::Timescale).await;
+    db.migrate().await;
+    let proxy = TcpProxy::start(server_address(&db.url)).await;
+    let url = url_via(&db.url, proxy.addr());
+    let sim = simulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), sim.addr().port(), 200);
+    let state = dir.path().join("state");
+    let mut daemon = spawn_daemon(&config, &state, Some(&url));
+    wait_for("first rows", Duration::from_secs(30), async || {
+        rows(&db, "battery_readings").await > 5
+    })
+    .await;
+
+    proxy.cut();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let before = rows(&db, "battery_readings").await;
+    proxy.restore();
+    let restored = Instant::now();
+    wait_for(
+        "the first forwarded batch",
+        Duration::from_secs(30),
+        async || rows(&db, "battery_readings").await > before,
+    )
+    .await;
+    let resumed_after = restored.elapsed();
+    eprintln!("restore → first forwarded batch: {resumed_after:?}");
+    assert!(
+        resumed_after <= Duration::from_secs(2),
+        "forwarding resumed {resumed_after:?} after the database came back"
+    );
+
+    sigterm(&daemon);
+    assert_eq!(wait_exit(&mut daemon, Duration::from_secs(20)), 0);
+    let doc = store_status(&state).await;
+    assert_eq!(doc["spool_depth"], 0, "the backlog was forwarded");
+    for (device, table) in [("bank", "battery_readings"), ("gx", "system_readings")] {
+        let in_db = db
+            .scalar_i64(&format!(
+                "SELECT count(*) FROM victron.{table} WHERE device = '{device}'"
+            ))
+            .await;
+        let distinct = db
+            .scalar_i64(&format!(
+                "SELECT count(DISTINCT \"timestamp\") FROM victron.{table} WHERE device = '{device}'"
+            ))
+            .await;
+        let polled = successful_polls(&doc, device);
+        assert_eq!(in_db, polled, "{device}: every reading exactly once");
+        assert_eq!(distinct, in_db, "{device}: no duplicate");
+        assert!(
+            polled > 150,
+            "{device}: {polled} polls over 30+ s at 200 ms"
+        );
     }
 }
 

@@ -307,6 +307,12 @@ impl TcpProxy {
     }
 }
 
+/// The host:port of a test server's URL.
+pub fn server_address(url: &str) -> std::net::SocketAddr {
+    let after_user = url.split_once('@').unwrap().1;
+    after_user.split_once('/').unwrap().0.parse().unwrap()
+}
+
 /// `url` with its host and port replaced by `addr`.
 pub fn url_via(url: &str, addr: std::net::SocketAddr) -> String {
     let (scheme, rest) = url.split_once("://").unwrap();

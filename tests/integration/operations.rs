@@ -12,7 +12,7 @@ use crate::daemon::{
     Daemon, sigterm, simulator, spawn_daemon_with, store_status, successful_polls, wait_exit,
     wait_for,
 };
-use crate::helpers::{Flavour, TcpProxy, TestDb, http_get, url_via};
+use crate::helpers::{Flavour, TcpProxy, TestDb, http_get, server_address, url_via};
 
 const UNITS: [u8; 4] = [100, 226, 224, 227];
 
@@ -36,11 +36,6 @@ fn config(dir: &Path, sim: &SimHandle, extra: &str) -> std::path::PathBuf {
 }
 
 /// host:port of a database URL.
-fn server_address(url: &str) -> SocketAddr {
-    let after_user = url.split_once('@').unwrap().1;
-    after_user.split_once('/').unwrap().0.parse().unwrap()
-}
-
 fn log_of(state: &Path) -> String {
     std::fs::read_to_string(state.with_extension("log")).unwrap_or_default()
 }
