@@ -1,5 +1,6 @@
 //! `victron-poller check-config`: load and validate the configuration, print
-//! the effective settings without secrets. Backs systemd's `ExecStartPre=`.
+//! the effective settings without secrets. Backs systemd's `ExecStartPre=`:
+//! it refuses exactly what `run` refuses.
 
 use std::path::Path;
 
@@ -8,6 +9,7 @@ use crate::config::{Config, LogFormat};
 
 /// Runs `check-config`.
 pub fn exec(config: &Config, path: Option<&Path>) -> anyhow::Result<Exit> {
+    config.check_runnable()?;
     let source = path.map_or_else(
         || "no file (defaults and environment)".to_string(),
         |p| p.display().to_string(),

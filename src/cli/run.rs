@@ -10,7 +10,7 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use super::Exit;
-use crate::config::{Config, ConfigError, ConfigProblem};
+use crate::config::Config;
 use crate::daemon::{self, RunOptions};
 
 /// Options of `run`.
@@ -80,13 +80,7 @@ pub fn shutdown_on_signals(limit: Duration) -> anyhow::Result<CancellationToken>
 
 /// Runs `run`.
 pub async fn exec(config: Config, args: RunArgs) -> anyhow::Result<Exit> {
-    if config.gx.is_empty() && config.vedirect.is_empty() {
-        return Err(ConfigError::Invalid(vec![ConfigProblem {
-            key: "gx".into(),
-            message: "no device configured: add a [[gx]] or [[vedirect]] section".into(),
-        }])
-        .into());
-    }
+    config.check_runnable()?;
     let drain_deadline = Duration::from_secs(args.drain_deadline_s);
     let shutdown = shutdown_on_signals(drain_deadline + Duration::from_secs(30))?;
     let options = RunOptions {

@@ -343,7 +343,7 @@ pub enum ConfigError {
         reason: String,
     },
     /// One or more keys are unknown or have bad values; all are listed.
-    #[error("invalid configuration: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    #[error("invalid configuration:{}", .0.iter().map(|p| format!("\n  {p}")).collect::<String>())]
     Invalid(Vec<ConfigProblem>),
 }
 
@@ -369,10 +369,13 @@ impl Config {
             builder = builder.add_source(File::from(path).format(FileFormat::Toml).required(true));
         }
         let mut early_problems = Vec::new();
+        // Which keys the environment sets, to name the variable in problems.
+        let mut origins: Vec<(String, String)> = Vec::new();
         for (variable, key) in LIST_VARIABLES {
             let Some(value) = env.get(variable).filter(|v| !v.trim().is_empty()) else {
                 continue;
             };
+            origins.push((key.to_string(), variable.to_string()));
             let source = File::from_str(&format!("{key} = {value}"), FileFormat::Toml);
             match config::Config::builder().add_source(source.clone()).build() {
                 Ok(_) => builder = builder.add_source(source),
@@ -395,7 +398,12 @@ impl Config {
             })
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let prefixed_names: Vec<String> = prefixed.keys().cloned().collect();
+        for name in prefixed.keys() {
+            let key = name[ENV_PREFIX.len() + 1..]
+                .to_ascii_lowercase()
+                .replace("__", ".");
+            origins.push((key, name.clone()));
+        }
         // Plain variables a platform sets: below the prefixed ones, above the file.
         let plain = [
             ("DATABASE_URL", "database.url"),
@@ -409,6 +417,7 @@ impl Config {
             if prefixed.contains_key(&env_var_for(key)) {
                 continue;
             }
+            origins.push((key.to_string(), variable.to_string()));
             let value = if variable == "PORT" {
                 format!("0.0.0.0:{}", value.trim())
             } else {
@@ -428,7 +437,7 @@ impl Config {
             path: path.map(|p| p.display().to_string()).unwrap_or_default(),
             reason: redact_file_error(&e.to_string()),
         })?;
-        match validate::validate(raw, prefixed_names) {
+        match validate::validate(raw, origins) {
             Ok(config) if early_problems.is_empty() => Ok(config),
             Ok(_) => Err(ConfigError::Invalid(early_problems)),
             Err(ConfigError::Invalid(mut problems)) => {
@@ -440,10 +449,91 @@ impl Config {
     }
 }
 
-/// The `config` crate quotes offending TOML text in parse errors, which might
-/// hold a password; keep only the position and the reason.
+/// A TOML parse error as the user needs it: the position, the reason, and
+/// the offending line, with any secret on it masked. The `config` crate's
+/// text spreads that over a drawing (`3 | level = "debug"`, carets) and
+/// names no key for a duplicate; this names it.
 fn redact_file_error(message: &str) -> String {
-    message.lines().next().unwrap_or(message).to_string()
+    let mut lines = message.lines();
+    let position = lines.next().unwrap_or(message).trim().to_string();
+    let mut quoted: Option<String> = None;
+    let mut reason = String::new();
+    for line in lines {
+        let trimmed = line.trim();
+        match trimmed.split_once('|') {
+            Some((number, text)) if number.trim().chars().all(|c| c.is_ascii_digit()) => {
+                if !number.trim().is_empty() && quoted.is_none() {
+                    quoted = Some(text.strip_prefix(' ').unwrap_or(text).to_string());
+                }
+            }
+            _ if trimmed.is_empty() || trimmed.starts_with("in ") => {}
+            _ => {
+                if !reason.is_empty() {
+                    reason.push(' ');
+                }
+                reason.push_str(trimmed);
+            }
+        }
+    }
+    let quoted = quoted.map(|line| mask_secret(&line));
+    if reason == "duplicate key" {
+        if let Some(key) = quoted
+            .as_deref()
+            .and_then(|line| line.split_once('='))
+            .map(|(key, _)| key.trim())
+        {
+            reason = format!("duplicate key `{key}`");
+        }
+    }
+    let mut out = position;
+    if !reason.is_empty() {
+        out.push_str(": ");
+        out.push_str(&reason);
+    }
+    if let Some(line) = quoted {
+        out.push_str(&format!(", in `{}`", line.trim()));
+    }
+    out
+}
+
+/// A TOML line with its secret masked: the value of a password key, the
+/// password inside a URL (`postgres://user:***@host`).
+fn mask_secret(line: &str) -> String {
+    if let Some((key, _)) = line.split_once('=') {
+        if key.to_ascii_lowercase().contains("password") {
+            return format!("{}= ***", key);
+        }
+    }
+    let Some(scheme_end) = line.find("://") else {
+        return line.to_string();
+    };
+    let rest = &line[scheme_end + 3..];
+    let authority_end = rest.find(['/', '"', '\'', ' ']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    match (authority.rfind('@'), authority.find(':')) {
+        (Some(at), Some(colon)) if colon < at => format!(
+            "{}{}:***{}",
+            &line[..scheme_end + 3],
+            &authority[..colon],
+            &line[scheme_end + 3 + at..]
+        ),
+        _ => line.to_string(),
+    }
+}
+
+impl Config {
+    /// What `run` needs beyond a valid file: at least one device. One check,
+    /// for `run` and `check-config` alike (a unit's `ExecStartPre=` check
+    /// must refuse what the daemon would).
+    pub fn check_runnable(&self) -> Result<(), ConfigError> {
+        if self.gx.is_empty() && self.vedirect.is_empty() {
+            return Err(ConfigError::Invalid(vec![ConfigProblem {
+                key: "gx".into(),
+                message: "no device configured: add a [[gx]] or [[vedirect]] section".into(),
+            }]));
+        }
+        Ok(())
+    }
 }
 
 impl DatabaseConfig {

@@ -11,22 +11,46 @@ use super::keys;
 /// Problems found so far, with where environment variables set keys.
 pub(super) struct Problems {
     pub(super) list: Vec<ConfigProblem>,
-    env_vars: Vec<String>,
+    /// (dotted key or list name, the environment variable that set it).
+    origins: Vec<(String, String)>,
 }
 
 impl Problems {
-    pub(super) fn new(env_vars: Vec<String>) -> Self {
+    /// `origins`: the keys environment variables set (`log.level`, or a
+    /// whole list such as `gx`) and the variable that set each.
+    pub(super) fn new(origins: Vec<(String, String)>) -> Self {
         Self {
             list: Vec::new(),
-            env_vars,
+            origins,
         }
     }
 
+    /// Records a problem with `key`, naming the environment variable that
+    /// set it, if one did: the user looks there, not in the file.
     pub(super) fn push(&mut self, key: &str, message: impl Into<String>) {
+        let mut message = message.into();
+        if let Some(variable) = self.origin(key) {
+            if !message.contains(variable) {
+                message.push_str(&format!(" (from environment variable {variable})"));
+            }
+        }
         self.list.push(ConfigProblem {
             key: key.to_string(),
-            message: message.into(),
+            message,
         });
+    }
+
+    /// The variable that set `key`, or the list it is in (`gx[0].host` → `gx`).
+    fn origin(&self, key: &str) -> Option<&str> {
+        self.origins
+            .iter()
+            .find(|(set, _)| {
+                key == set
+                    || key
+                        .strip_prefix(set.as_str())
+                        .is_some_and(|rest| rest.starts_with('[') || rest.starts_with('.'))
+            })
+            .map(|(_, variable)| variable.as_str())
     }
 }
 
@@ -201,13 +225,7 @@ impl Table {
             let hint = keys::closest(&key)
                 .map(|known| format!("; did you mean `{known}`?"))
                 .unwrap_or_default();
-            let var = super::env_var_for(&key);
-            let origin = if problems.env_vars.contains(&var) {
-                format!(" (from environment variable {var})")
-            } else {
-                String::new()
-            };
-            problems.push(&key, format!("unknown key{origin}{hint}"));
+            problems.push(&key, format!("unknown key{hint}"));
         }
     }
 }

@@ -410,3 +410,44 @@ devices = [{ name = "s", class = "system" }]
     assert_eq!(found[0].key, "failover.enabled");
     assert!(found[0].message.contains("database.url"), "{found:?}");
 }
+
+#[test]
+fn a_toml_error_keeps_its_reason_and_line_but_no_secret() {
+    let message = |text: &str| match Config::load_with_env(Some(file(text).path()), env(&[])) {
+        Err(ConfigError::File { reason, .. }) => reason,
+        other => panic!("expected a file error, got {other:?}"),
+    };
+    assert_eq!(
+        message("[log]\nlevel = \"info\"\nlevel = \"debug\"\n"),
+        "TOML parse error at line 3, column 1: duplicate key `level`, in `level = \"debug\"`"
+    );
+    let unterminated = message("[database]\nurl = \"postgres://ranch:hunter2@db.example.net/x\n");
+    assert!(
+        unterminated.starts_with("TOML parse error at line 2"),
+        "{unterminated}"
+    );
+    assert!(
+        unterminated.contains("postgres://ranch:***@db.example.net/x"),
+        "{unterminated}"
+    );
+    let bare = message("[database]\npassword = hunter2\n");
+    assert!(bare.contains("in `password = ***`"), "{bare}");
+    for text in [unterminated, bare] {
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+}
+
+#[test]
+fn several_problems_are_one_a_line() {
+    let error = Config::load_with_env(
+        Some(file("[batch]\nmax_readings = 0\n[log]\nlevel = \"verbose\"\n").path()),
+        env(&[]),
+    )
+    .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "invalid configuration:\n  batch.max_readings: 0 is out of range (1 to 100000)\n  \
+         log.level: \"verbose\" is not a level (off, error, warn, info, debug, trace) or \
+         target=level, comma-separated"
+    );
+}

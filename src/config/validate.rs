@@ -13,8 +13,12 @@ use super::{
     VeDirectConfig, VeDirectPort,
 };
 
-pub(super) fn validate(raw: config::Config, env_vars: Vec<String>) -> Result<Config, ConfigError> {
-    let mut problems = Problems::new(env_vars);
+/// `origins`: the keys environment variables set, and the variable of each.
+pub(super) fn validate(
+    raw: config::Config,
+    origins: Vec<(String, String)>,
+) -> Result<Config, ConfigError> {
+    let mut problems = Problems::new(origins);
     let entries = raw
         .try_deserialize::<config::Map<String, config::Value>>()
         .unwrap_or_default();
@@ -239,6 +243,51 @@ fn health(
     }
 }
 
+/// The levels a log filter may name.
+const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// A log filter is comma-separated directives, each a level (`info`) or
+/// `target=level` (`victron_poller=debug`); returns it without the spaces
+/// around its directives. `tracing` itself would take a misspelt level as a
+/// target name and log nothing at all.
+fn log_filter(filter: &str) -> Result<String, String> {
+    let is_level = |word: &str| {
+        LOG_LEVELS
+            .iter()
+            .any(|l| l.eq_ignore_ascii_case(word.trim()))
+    };
+    let valid = "a level (off, error, warn, info, debug, trace) or target=level, comma-separated";
+    let directives: Vec<&str> = filter
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .collect();
+    if directives.is_empty() {
+        return Err(format!("is empty: use {valid}"));
+    }
+    for directive in &directives {
+        let ok = match directive.split_once('=') {
+            Some((target, level)) => {
+                !target.trim().is_empty()
+                    && !target.contains(char::is_whitespace)
+                    && is_level(level)
+            }
+            None => is_level(directive),
+        };
+        if !ok {
+            return Err(format!("\"{directive}\" is not {valid}"));
+        }
+    }
+    let filter = directives
+        .iter()
+        .map(|d| d.replace(' ', ""))
+        .collect::<Vec<_>>()
+        .join(",");
+    tracing_subscriber::EnvFilter::try_new(&filter)
+        .map(|_| filter.clone())
+        .map_err(|e| format!("\"{filter}\" is not a log filter ({e})"))
+}
+
 fn log(t: &mut Table, problems: &mut Problems) -> LogConfig {
     let format = match t.string("format", problems).as_deref() {
         None | Some("text") => LogFormat::Text,
@@ -249,13 +298,14 @@ fn log(t: &mut Table, problems: &mut Problems) -> LogConfig {
             LogFormat::Text
         }
     };
-    let level = t.string("level", problems).unwrap_or_else(|| "info".into());
-    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&level) {
-        problems.push(
-            &t.key("level"),
-            format!("\"{level}\" is not a log filter ({e})"),
-        );
-    }
+    let written = t.string("level", problems).unwrap_or_else(|| "info".into());
+    let level = match log_filter(&written) {
+        Ok(filter) => filter,
+        Err(message) => {
+            problems.push(&t.key("level"), message);
+            written
+        }
+    };
     LogConfig { format, level }
 }
 
