@@ -3,11 +3,10 @@
 
 use std::process::ExitCode;
 
-use clap::Parser as _;
 use victron_poller::cli::{self, Cli, Exit};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_args();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -23,21 +23,27 @@ pub mod status;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::error::ErrorKind;
+use clap::parser::ValueSource;
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 
 use crate::config::{CONFIG_PATH_ENV, Config, ConfigError};
 use crate::db::DbError;
 use crate::db::migrate::MigrationError;
+use crate::sources::modbus::probe::ProbeError;
 
 /// Exit codes, the same for every subcommand.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
     /// Success; for `status`, everything is current.
     Ok = 0,
-    /// `migrate --check`: a migration is pending; `status`: degraded; or an
+    /// `migrate --check`: a migration is pending; `status`: degraded;
+    /// `probe`: the GX answered, but on none of the unit ids tried; or an
     /// unexpected failure.
     Attention,
-    /// `status`: down (no device answers, or the daemon is not running).
+    /// `status`: down (no device answers, or the daemon is not running);
+    /// `probe`: the GX cannot be reached (refused, unreachable, timed out) or
+    /// stopped answering.
     Down,
     /// The configuration (or the command line) is invalid.
     Config,
@@ -71,6 +77,8 @@ impl From<Exit> for ExitCode {
 #[command(name = "victron-poller", version, about, long_about = None)]
 pub struct Cli {
     /// The TOML configuration file (every key can also be set by environment).
+    /// For `run`, `migrate`, `check-config` and `status`; `demo`, `simulate`
+    /// and `probe` read none and refuse it.
     #[arg(long, short, global = true, env = CONFIG_PATH_ENV, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
@@ -98,8 +106,62 @@ pub enum Command {
     /// Run a built-in device simulator (for demos and tests).
     Simulate(simulate::SimulateArgs),
     /// Discover which unit ids of a GX answer, and print a configuration snippet.
+    #[command(
+        after_help = "Exit status: 0 devices found; 1 the GX answered, but no unit id did; \
+        2 the GX cannot be reached (for a refused connection: enable Modbus TCP on the GX: \
+        Settings → Services → Modbus TCP), or the command line is invalid."
+    )]
     Probe(probe::ProbeArgs),
 }
+
+impl Command {
+    /// The name of this subcommand if it reads no configuration file.
+    fn without_configuration(&self) -> Option<&'static str> {
+        match self {
+            Self::Demo => Some("demo"),
+            Self::Simulate(_) => Some("simulate"),
+            Self::Probe(_) => Some("probe"),
+            Self::Run(_) | Self::Migrate(_) | Self::CheckConfig | Self::Status(_) => None,
+        }
+    }
+}
+
+impl Cli {
+    /// Parses the process's arguments as `Cli::parse` does (exiting on an
+    /// error, or after `--help`), and refuses `--config` given on the command
+    /// line to a subcommand that reads no configuration.
+    pub fn parse_args() -> Self {
+        Self::try_parse_args_from(std::env::args_os()).unwrap_or_else(|e| e.exit())
+    }
+
+    /// [`Cli::parse_args`] on `args`, the first being the program name.
+    pub fn try_parse_args_from<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let mut command = Self::command();
+        let matches = command.try_get_matches_from_mut(args)?;
+        let cli = Self::from_arg_matches(&matches).map_err(|e| e.format(&mut command))?;
+        // Only the command line: `VICTRON_POLLER_CONFIG` in the environment
+        // (the systemd unit sets it) must not break `probe` in that shell.
+        if matches.value_source("config") == Some(ValueSource::CommandLine) {
+            if let Some(name) = cli.command.without_configuration() {
+                return Err(command.error(
+                    ErrorKind::ArgumentConflict,
+                    format!("`{name}` reads no configuration file; drop `--config`"),
+                ));
+            }
+        }
+        Ok(cli)
+    }
+}
+
+/// A command-line value clap accepted but the subcommand cannot use
+/// (exit 2, like clap's own usage errors).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
 
 /// Runs the parsed command line; errors carry their context for the user.
 pub async fn run(cli: Cli) -> anyhow::Result<Exit> {
@@ -148,6 +210,12 @@ pub fn exit_for(error: &anyhow::Error) -> Exit {
         if cause.is::<MigrationError>() {
             return Exit::Migration;
         }
+        if cause.is::<ProbeError>() {
+            return Exit::Down;
+        }
+        if cause.is::<UsageError>() {
+            return Exit::Config;
+        }
     }
     Exit::Attention
 }
@@ -160,4 +228,52 @@ fn require_database(config: &Config) -> Result<&crate::config::DatabaseConfig, C
             message: "not set (set it in the config file, or DATABASE_URL)".into(),
         }])
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_is_refused_only_where_it_would_be_ignored() {
+        for args in [
+            &["victron-poller", "--config", "x.toml", "probe", "10.0.0.5"][..],
+            &["victron-poller", "probe", "-c", "x.toml", "10.0.0.5"],
+            &["victron-poller", "demo", "--config=x.toml"],
+            &["victron-poller", "--config", "x.toml", "simulate", "gx"],
+        ] {
+            let error = Cli::try_parse_args_from(args.iter().copied()).unwrap_err();
+            assert_eq!(error.kind(), ErrorKind::ArgumentConflict, "{args:?}");
+            assert_eq!(error.exit_code(), 2);
+            let text = error.to_string();
+            assert!(text.contains("reads no configuration file"), "{text}");
+        }
+        for args in [
+            &["victron-poller", "--config", "x.toml", "check-config"][..],
+            &["victron-poller", "run", "--config", "x.toml"],
+            &["victron-poller", "probe", "10.0.0.5"],
+        ] {
+            assert!(
+                Cli::try_parse_args_from(args.iter().copied()).is_ok(),
+                "{args:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn probe_failures_exit_down() {
+        let refused = anyhow::Error::from(ProbeError::Connect(
+            "10.0.0.5:502".into(),
+            std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        ));
+        assert_eq!(exit_for(&refused), Exit::Down);
+        assert_eq!(exit_for(&refused).code(), 2);
+        assert!(
+            refused
+                .to_string()
+                .ends_with("Settings → Services → Modbus TCP")
+        );
+        let bad_port = anyhow::Error::from(UsageError("`x` is not a port number".into()));
+        assert_eq!(exit_for(&bad_port), Exit::Config);
+    }
 }

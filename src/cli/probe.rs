@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::Exit;
+use super::{Exit, UsageError};
 use crate::sources::modbus::probe::{config_snippet, probe};
 
 /// Options of `probe`.
@@ -30,7 +30,7 @@ pub async fn exec(args: ProbeArgs) -> anyhow::Result<Exit> {
         Some((host, port)) if !host.contains(':') || host.starts_with('[') => {
             let port: u16 = port
                 .parse()
-                .map_err(|_| anyhow::anyhow!("`{port}` is not a port number"))?;
+                .map_err(|_| UsageError(format!("`{port}` is not a port number")))?;
             (host.trim_matches(['[', ']']).to_string(), port)
         }
         _ => (args.target.clone(), 502),

@@ -533,3 +533,46 @@ fn a_bad_value_from_the_environment_names_its_variable() {
         );
     }
 }
+
+#[test]
+fn probe_of_a_closed_port_exits_2_with_the_fix() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let target = format!("127.0.0.1:{port}");
+    let output = run_cli(&["probe", &target, "--timeout-ms", "500"], &[]);
+    let (_, stderr) = texts(&output);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert_eq!(
+        stderr.trim_end(),
+        format!(
+            "victron-poller: error: cannot connect to {target}: connection refused: \
+             enable Modbus TCP on the GX: Settings → Services → Modbus TCP"
+        )
+    );
+}
+
+#[test]
+fn config_is_refused_by_subcommands_that_read_none() {
+    for args in [
+        &["--config", "/etc/x.toml", "probe", "127.0.0.1"][..],
+        &["demo", "--config", "/etc/x.toml"],
+        &["simulate", "-c", "/etc/x.toml", "gx"],
+    ] {
+        let output = run_cli(args, &[]);
+        let (_, stderr) = texts(&output);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("reads no configuration file"), "{stderr}");
+    }
+    // From the environment (the systemd unit sets it), it is no error.
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let output = run_cli(
+        &["probe", &format!("127.0.0.1:{port}"), "--timeout-ms", "500"],
+        &[("VICTRON_POLLER_CONFIG", "/etc/x.toml")],
+    );
+    assert!(!texts(&output).1.contains("reads no configuration file"));
+}

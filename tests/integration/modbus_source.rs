@@ -254,9 +254,12 @@ async fn dropped_connections_and_slow_replies_are_survived() {
     sim.drop_connections();
     let report = poller.poll_once().await;
     assert_eq!(report.failed, 4, "the cut connection fails this cycle");
+    let cut = status.get("gx").unwrap();
+    assert_eq!(cut.last_error_class, Some(ErrorClass::Transport));
     assert_eq!(
-        status.get("gx").unwrap().last_error_class,
-        Some(ErrorClass::Transport)
+        cut.last_error.as_deref(),
+        Some("connection closed by the GX"),
+        "not tokio-modbus's stale errno (\"Operation now in progress\")"
     );
     tokio::time::sleep(Duration::from_millis(250)).await;
     assert_eq!(poller.poll_once().await.readings, 4, "reconnected");

@@ -10,6 +10,7 @@
 
 pub mod fields;
 pub mod probe;
+pub mod transport;
 
 use std::io;
 use std::net::SocketAddr;
@@ -20,7 +21,7 @@ use chrono::Utc;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
-use tokio_modbus::client::{Client, Context};
+use tokio_modbus::client::Client;
 use tokio_modbus::slave::SlaveContext;
 use tokio_modbus::{ExceptionCode, Request, Response, Slave};
 use tokio_util::sync::CancellationToken;
@@ -32,12 +33,14 @@ use crate::registers::RegisterList;
 use crate::registers::plan::{Block, Coalescing, plan};
 use crate::status::{ErrorClass, StatusBoard};
 pub use fields::FieldMap;
+pub use transport::Connection;
+use transport::{describe_io_error, describe_modbus_error};
 
 /// Why one request (or the connection) failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PollError {
     /// No TCP connection could be opened.
-    #[error("cannot connect to {address}: {source}")]
+    #[error("cannot connect to {address}: {}", describe_io_error(.source))]
     Connect {
         /// host:port.
         address: String,
@@ -47,8 +50,12 @@ pub enum PollError {
     /// No reply within the request timeout.
     #[error("no reply within {0:?}")]
     Timeout(Duration),
-    /// The connection broke, or the reply was malformed or mismatched.
-    #[error("transport error: {0}")]
+    /// The GX closed the connection (a read saw the end of the stream).
+    #[error("{}", transport::CLOSED_BY_GX)]
+    Closed,
+    /// The connection broke, or the reply was malformed or mismatched; the
+    /// text names what differed, never the reply's payload.
+    #[error("{}", describe_modbus_error(.0))]
     Transport(#[from] tokio_modbus::Error),
     /// The GX answered with an exception.
     #[error("exception {:#04x} ({})", u8::from(*.0), exception_name(*.0))]
@@ -75,7 +82,7 @@ impl PollError {
         match self {
             Self::Connect { .. } => ErrorClass::Connect,
             Self::Timeout(_) => ErrorClass::Timeout,
-            Self::Transport(_) => ErrorClass::Transport,
+            Self::Closed | Self::Transport(_) => ErrorClass::Transport,
             Self::Exception(
                 ExceptionCode::GatewayPathUnavailable | ExceptionCode::GatewayTargetDevice,
             ) => ErrorClass::Unavailable,
@@ -139,7 +146,7 @@ pub struct GxPoller {
     backoff: Option<ExponentialBackoff>,
     /// No connection attempt before this instant.
     next_connect: Option<Instant>,
-    connection: Option<Context>,
+    connection: Option<Connection>,
     devices: Vec<DevicePlan>,
     list: &'static RegisterList,
     status: StatusBoard,
@@ -339,7 +346,7 @@ impl GxPoller {
         .map_err(|_| connect_error(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")))?
         .map_err(connect_error)?;
         stream.set_nodelay(true).map_err(connect_error)?;
-        self.connection = Some(tokio_modbus::client::tcp::attach(stream));
+        self.connection = Some(Connection::attach(stream));
         self.backoff = None;
         self.next_connect = None;
         tracing::info!(gx = %address, "Connected to the GX.");
@@ -369,13 +376,13 @@ impl GxPoller {
     }
 
     async fn read(&mut self, unit: u8, block: Block) -> Result<Vec<u16>, PollError> {
-        let Some(context) = self.connection.as_mut() else {
+        let Some(connection) = self.connection.as_mut() else {
             return Err(PollError::Transport(tokio_modbus::Error::Transport(
                 io::Error::new(io::ErrorKind::NotConnected, "not connected"),
             )));
         };
-        context.set_slave(Slave(unit));
-        timeout(self.request_timeout, read_registers(context, block))
+        connection.context.set_slave(Slave(unit));
+        timeout(self.request_timeout, read_registers(connection, block))
             .await
             .map_err(|_| PollError::Timeout(self.request_timeout))?
     }
@@ -446,9 +453,13 @@ impl GxPoller {
 /// Reads `block` with function 0x03 through the lower-level `Client::call`,
 /// checking the reply's length itself: tokio-modbus's `read_holding_registers`
 /// only `debug_assert`s it, which would panic on a short reply from the network.
-pub async fn read_registers(context: &mut Context, block: Block) -> Result<Vec<u16>, PollError> {
+/// A failure after the GX closed the connection is [`PollError::Closed`].
+pub async fn read_registers(
+    connection: &mut Connection,
+    block: Block,
+) -> Result<Vec<u16>, PollError> {
     let request = Request::ReadHoldingRegisters(block.start, block.count);
-    match Client::call(context, request).await {
+    match Client::call(&mut connection.context, request).await {
         Ok(Ok(Response::ReadHoldingRegisters(words)))
             if words.len() == usize::from(block.count) =>
         {
@@ -464,12 +475,14 @@ pub async fn read_registers(context: &mut Context, block: Block) -> Result<Vec<u
                     match other {
                         Response::ReadHoldingRegisters(words) =>
                             format!("{} registers", words.len()),
-                        other => format!("{other:?}"),
+                        other =>
+                            format!("a reply to function {:#04x}", other.function_code().value()),
                     }
                 ),
             ),
         ))),
         Ok(Err(code)) => Err(PollError::Exception(code)),
+        Err(_) if connection.closed_by_peer() => Err(PollError::Closed),
         Err(e) => Err(PollError::Transport(e)),
     }
 }
@@ -509,6 +522,17 @@ mod tests {
         assert!(
             text.starts_with("exception 0x0a (gateway path unavailable"),
             "{text}"
+        );
+        assert_eq!(PollError::Closed.class(), ErrorClass::Transport);
+        assert!(PollError::Closed.drops_connection());
+        let refused = PollError::Connect {
+            address: "10.0.0.5:502".into(),
+            source: io::Error::from(io::ErrorKind::ConnectionRefused),
+        };
+        assert_eq!(
+            refused.to_string(),
+            "cannot connect to 10.0.0.5:502: connection refused: \
+             enable Modbus TCP on the GX: Settings → Services → Modbus TCP"
         );
     }
 }

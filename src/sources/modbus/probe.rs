@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 use tokio::time::{MissedTickBehavior, interval, timeout};
-use tokio_modbus::client::Context;
 use tokio_modbus::slave::SlaveContext;
 use tokio_modbus::{ExceptionCode, Slave};
 
-use super::{PollError, read_registers};
+use super::transport::describe_io_error;
+use super::{Connection, PollError, read_registers};
 use crate::config::ModbusClass;
 use crate::registers::plan::Block;
 
@@ -63,11 +63,11 @@ pub struct ProbeReport {
     pub elapsed: Duration,
 }
 
-/// Why probing stopped.
+/// Why probing stopped; `victron-poller probe` exits with 2 (down) for both.
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
     /// The GX could not be reached.
-    #[error("cannot connect to {0}: {1}")]
+    #[error("cannot connect to {0}: {reason}", reason = describe_io_error(.1))]
     Connect(String, io::Error),
     /// The connection failed repeatedly.
     #[error("the GX at {0} stopped answering ({1})")]
@@ -84,7 +84,7 @@ pub async fn probe(
 ) -> Result<ProbeReport, ProbeError> {
     let address = format!("{host}:{port}");
     let started = Instant::now();
-    let mut context = connect(host, port, request_timeout)
+    let mut connection = connect(host, port, request_timeout)
         .await
         .map_err(|e| ProbeError::Connect(address.clone(), e))?;
     let mut pace = interval(Duration::from_secs_f64(1.0 / f64::from(rate_per_s.max(1))));
@@ -97,12 +97,12 @@ pub async fn probe(
         for class in ModbusClass::ALL {
             pace.tick().await;
             report.requests += 1;
-            context.set_slave(Slave(unit));
+            connection.context.set_slave(Slave(unit));
             let block = Block {
                 start: probe_register(class),
                 count: 1,
             };
-            let reply = timeout(request_timeout, read_registers(&mut context, block)).await;
+            let reply = timeout(request_timeout, read_registers(&mut connection, block)).await;
             match reply {
                 Ok(Ok(_) | Err(PollError::Exception(ExceptionCode::IllegalDataAddress))) => {
                     failures_in_a_row = 0;
@@ -114,7 +114,7 @@ pub async fn probe(
                     if failures_in_a_row >= 3 {
                         return Err(ProbeError::Lost(address, error.to_string()));
                     }
-                    context = reconnect(host, port, request_timeout, &address).await?;
+                    connection = reconnect(host, port, request_timeout, &address).await?;
                 }
                 Err(_) => {
                     failures_in_a_row += 1;
@@ -122,7 +122,7 @@ pub async fn probe(
                         return Err(ProbeError::Lost(address, "no reply in time".into()));
                     }
                     // A late reply would be taken for the next request's: start afresh.
-                    context = reconnect(host, port, request_timeout, &address).await?;
+                    connection = reconnect(host, port, request_timeout, &address).await?;
                 }
             }
         }
@@ -131,12 +131,12 @@ pub async fn probe(
     Ok(report)
 }
 
-async fn connect(host: &str, port: u16, limit: Duration) -> io::Result<Context> {
+async fn connect(host: &str, port: u16, limit: Duration) -> io::Result<Connection> {
     let stream = timeout(limit, TcpStream::connect((host, port)))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
     stream.set_nodelay(true)?;
-    Ok(tokio_modbus::client::tcp::attach(stream))
+    Ok(Connection::attach(stream))
 }
 
 async fn reconnect(
@@ -144,7 +144,7 @@ async fn reconnect(
     port: u16,
     limit: Duration,
     address: &str,
-) -> Result<Context, ProbeError> {
+) -> Result<Connection, ProbeError> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     connect(host, port, limit)
         .await
