@@ -1,6 +1,7 @@
 //! `victron-poller demo`: the GX simulator and the daemon on a local store
 //! in a temporary directory, in one command; a line per batch; Ctrl-C stops.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -15,12 +16,25 @@ use crate::config::{
 use crate::daemon::{self, RunOptions};
 use crate::simulator::gx::{self, GxSimOptions};
 
+/// The demo's simulated clock: 360 simulated seconds per second from 05:30,
+/// so a minute of demo shows a morning: sunrise at 06:00, the breakfast
+/// peak, the bank turning from discharging to charging around 08:30.
+const DEMO_TIME_SCALE: f64 = 360.0;
+const DEMO_START_HOUR: f64 = 5.5;
+
 /// Runs `demo`.
 pub async fn exec() -> anyhow::Result<Exit> {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .context("Failed to start the GX simulator")?;
-    let simulator = gx::start(listener, GxSimOptions::default())?;
+    let simulator = Arc::new(gx::start(
+        listener,
+        GxSimOptions {
+            time_scale: DEMO_TIME_SCALE,
+            start_hour: DEMO_START_HOUR,
+            ..GxSimOptions::default()
+        },
+    )?);
     let device = |name: &str, class, unit_id| ModbusDeviceConfig {
         name: name.into(),
         class,
@@ -61,6 +75,7 @@ pub async fn exec() -> anyhow::Result<Exit> {
         dir.path().display()
     );
     outln!("Polling 4 devices every second. Ctrl-C stops.");
+    outln!("The simulated site's clock starts at 05:30 and runs 360 times fast.");
     let (tx, mut rx) = mpsc::unbounded_channel();
     let shutdown = super::run::shutdown_on_signals(Duration::from_secs(30))?;
     let options = RunOptions {
@@ -68,6 +83,7 @@ pub async fn exec() -> anyhow::Result<Exit> {
         drain_deadline: Duration::from_secs(1),
         batch_report: Some(tx),
     };
+    let clock = Arc::clone(&simulator);
     let printer = tokio::spawn(async move {
         let mut total = 0u64;
         while let Some(batch) = rx.recv().await {
@@ -102,7 +118,11 @@ pub async fn exec() -> anyhow::Result<Exit> {
                     reading.device
                 );
             }
-            outln!("  stored {} rows ({total} in all)", batch.stored);
+            let at = clock.site().map_or_else(String::new, |site| {
+                let minutes = (site.time_of_day_h() * 60.0) as u32;
+                format!(", site time {:02}:{:02}", minutes / 60, minutes % 60)
+            });
+            outln!("  stored {} rows ({total} in all){at}", batch.stored);
         }
     });
     daemon::run(config, options, shutdown).await?;

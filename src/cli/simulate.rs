@@ -65,6 +65,12 @@ pub struct GxArgs {
     /// Keep values fixed instead of moving over time.
     #[arg(long = "static")]
     pub fixed: bool,
+    /// Simulated seconds per real second (360: a minute shows six hours).
+    #[arg(long, value_name = "FACTOR", default_value_t = 1.0, value_parser = parse_speed)]
+    pub speed: f64,
+    /// Simulated time of day to start at, in hours (0 to 24).
+    #[arg(long, value_name = "HOUR", default_value_t = 12.0, value_parser = parse_hour)]
+    pub start_hour: f64,
     /// Start with this unit id offline (exception 0x0A); repeatable.
     #[arg(long, value_name = "UNIT")]
     pub offline: Vec<u8>,
@@ -93,6 +99,20 @@ fn parse_range(text: &str) -> Result<(u16, u16), String> {
         return Err(format!("{b} is before {a}"));
     }
     Ok((a, b))
+}
+
+fn parse_speed(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("`{text}` is not a speed (a factor of 0 or more)")),
+    }
+}
+
+fn parse_hour(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(v) if (0.0..24.0).contains(&v) => Ok(v),
+        _ => Err(format!("`{text}` is not an hour of the day (0 to 24)")),
+    }
 }
 
 /// Runs `simulate`.
@@ -165,6 +185,8 @@ async fn exec_gx(args: GxArgs) -> anyhow::Result<Exit> {
         .with_context(|| format!("Failed to listen on {}", args.listen))?;
     let options = GxSimOptions {
         animate: !args.fixed,
+        time_scale: args.speed,
+        start_hour: args.start_hour,
         ..GxSimOptions::default()
     };
     let units = options

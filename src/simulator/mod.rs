@@ -3,4 +3,5 @@
 //! the real protocols over real sockets and pseudo-terminals.
 
 pub mod gx;
+pub mod site;
 pub mod vedirect;

@@ -576,3 +576,58 @@ fn config_is_refused_by_subcommands_that_read_none() {
     );
     assert!(!texts(&output).1.contains("reads no configuration file"));
 }
+
+/// `scripts/demo` runs the binary wherever cargo builds it (here a target
+/// directory elsewhere, as `CARGO_TARGET_DIR` sets), and says before the
+/// first build that it takes minutes. Cargo is a stand-in that records its
+/// arguments, so no release build runs.
+#[test]
+fn the_demo_script_finds_the_binary_in_any_target_directory() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("elsewhere");
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let executable = |path: &std::path::Path, text: &str| {
+        std::fs::write(path, text).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    let log = dir.path().join("cargo.log");
+    executable(
+        &bin.join("cargo"),
+        &format!(
+            "#!/bin/sh\necho \"$@\" >> {log}\ncase \"$1\" in\n\
+             metadata) echo '{{\"packages\":[],\"target_directory\":\"'\"$CARGO_TARGET_DIR\"'\",\"version\":1}}' ;;\n\
+             build) mkdir -p \"$CARGO_TARGET_DIR/release\" && printf '#!/bin/sh\\necho \"demo ran: $*\"\\n' > \"$CARGO_TARGET_DIR/release/victron-poller\" && chmod +x \"$CARGO_TARGET_DIR/release/victron-poller\" ;;\n\
+             esac\n",
+            log = log.display()
+        ),
+    );
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/demo");
+    let run = || {
+        std::process::Command::new("bash")
+            .arg(script)
+            .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+            .env("CARGO_TARGET_DIR", &target)
+            .output()
+            .unwrap()
+    };
+    let first = run();
+    let (stdout, stderr) = texts(&first);
+    assert_eq!(first.status.code(), Some(0), "{stderr}");
+    assert_eq!(stdout.trim(), "demo ran: demo");
+    assert!(
+        stderr.contains("first build takes several minutes"),
+        "{stderr}"
+    );
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("build --release --locked"),
+        "cargo builds the release binary"
+    );
+    // Built once, it says nothing about minutes.
+    let again = run();
+    assert_eq!(texts(&again).0.trim(), "demo ran: demo");
+    assert!(!texts(&again).1.contains("minutes"), "{:?}", texts(&again));
+}
