@@ -14,8 +14,11 @@
 # postgresql-15 when missing and one system user (PostgreSQL refuses root).
 #
 #   usage: test-databases.sh setup|start|stop|env
-#   `start` (re)creates and starts all three and prints the environment the
-#   tests read (TEST_DATABASE_URL_*), one KEY=value per line.
+#   `start` (re)creates and starts all four and prints the environment the
+#   tests read (TEST_DATABASE_URL_*), one KEY=value per line. `stop` stops
+#   them and removes their data (clusters, certificates, logs: hundreds of
+#   MB under /tmp) unless VP_PG_KEEP_DATA=1; the unpacked PostgreSQL 17
+#   prefix stays, so the next start needs no download.
 set -euo pipefail
 
 ROOT=${VP_PG_ROOT:-/tmp/victron-poller-pg}
@@ -71,6 +74,7 @@ EOF
   done
   rm -f "$PFX/usr/lib/postgresql/17/lib/llvmjit.so" # needs libLLVM; JIT is off anyway
   "$BIN17/postgres" -V >/dev/null
+  rm -rf "$APT" # the downloaded packages, unpacked now
 }
 
 setup_pg15() {
@@ -185,7 +189,12 @@ start() {
   env_lines
 }
 
-stop() { for n in $SERVERS; do stop_one "$n"; done; }
+stop() {
+  for n in $SERVERS; do stop_one "$n"; done
+  if [ "${VP_PG_KEEP_DATA:-0}" != 1 ]; then
+    rm -rf "$ROOT"/data-* "$ROOT"/tls "$ROOT"/initdb-*.log
+  fi
+}
 
 case "${1:-start}" in
   setup) setup ;;

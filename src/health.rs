@@ -76,7 +76,13 @@ pub fn judge_document(doc: &Json, saved_at: DateTime<Utc>, now: DateTime<Utc>) -
     let mut degraded = Vec::new();
     let interval_s = doc["poll_interval_ms"].as_f64().unwrap_or(5000.0) / 1000.0;
     let age = seconds_between(saved_at, now);
-    if age > (3.0 * interval_s).max(15.0) {
+    if let Some(stopped) = doc["stopped_at"]
+        .as_str()
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+    {
+        let ago = seconds_between(stopped.with_timezone(&Utc), now);
+        down.push(format!("the daemon stopped {ago:.0} s ago"));
+    } else if age > (3.0 * interval_s).max(15.0) {
         down.push(format!(
             "the daemon is not running (last status {age:.0} s ago)"
         ));

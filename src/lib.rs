@@ -8,7 +8,8 @@
 //! - [`config`]: the TOML file and environment overrides, validated.
 //! - [`db`]: connecting (TLS included), the embedded migrations
 //!   (`migrations/`), the reconcile step that upgrades the schema to what the
-//!   server allows, and the schema state (storage mode, degraded features).
+//!   server allows, the schema state (storage mode, degraded features), and
+//!   the database link every database path shares (reachability, retries).
 //! - [`registers`], [`sources`], [`reading`]: Victron's register list, the
 //!   Modbus-TCP and VE.Direct sources, and the readings they produce.
 //! - [`store`], [`forward`], [`retention`]: the local store, the forwarder to
@@ -18,7 +19,8 @@
 //!   status and hang detection, the health verdict, the `/healthz` and
 //!   `/metrics` endpoint, and the systemd notifications and watchdog.
 //! - [`failover`]: the per-device advisory locks between two daemons.
-//! - [`simulator`]: the built-in GX and VE.Direct simulators.
+//! - [`simulator`]: the built-in GX and VE.Direct simulators, and the
+//!   simulated off-grid site whose energy balance the GX values follow.
 //! - [`logging`]: the `tracing` subscriber (text, journald, JSON).
 //!
 //! # Data flow

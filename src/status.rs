@@ -79,7 +79,8 @@ pub struct DeviceStatus {
     pub polls: u64,
     /// Failed polls since start.
     pub failures: u64,
-    /// Current reconnect delay (0 when connected).
+    /// Current reconnect delay (0 when connected); `backoff_ms` in JSON.
+    #[serde(rename = "backoff_ms", serialize_with = "milliseconds")]
     pub backoff: Duration,
     /// Frames dropped for a failed checksum (VE.Direct).
     pub corrupt_blocks: u64,
@@ -89,6 +90,10 @@ pub struct DeviceStatus {
     /// registered or resumed: what hang detection measures from.
     #[serde(skip)]
     pub progress_at: Instant,
+}
+
+fn milliseconds<S: serde::Serializer>(duration: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn source_name<S: serde::Serializer>(source: &SourceKind, s: S) -> Result<S::Ok, S::Error> {

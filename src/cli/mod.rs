@@ -101,7 +101,20 @@ pub enum Command {
     Migrate(migrate::MigrateArgs),
     /// Validate the configuration and print it, without secrets.
     CheckConfig,
-    /// Show the database schema state: migrations, storage mode, degraded features.
+    /// The health check: is it working, since when, what is wrong (the
+    /// daemon, every device, the backlog, the schema). Exit 0 healthy,
+    /// 1 degraded, 2 down or stopped, 3 database unreachable.
+    #[command(
+        long_about = "The health check, for people and scripts: is the daemon polling, since when, \
+            what is wrong — the daemon's status, every device, readings waiting in the local \
+            store, and with a database the schema state (migrations, storage mode, degraded \
+            features). Reads victron.polling_status_view and victron.device_status when a \
+            database is configured, else the local store.\n\n\
+            Exit status: 0 healthy, 1 degraded (a device failing, a backlog, a migration \
+            pending), 2 down (no successful poll for 3 poll intervals, or the daemon stopped \
+            or not running), 3 the database cannot be reached (the daemon's own status from \
+            its local store is shown when --state-dir finds it)."
+    )]
     Status(status::StatusArgs),
     /// Run a built-in device simulator (for demos and tests).
     Simulate(simulate::SimulateArgs),

@@ -55,7 +55,14 @@ pub async fn exec(config: &Config, args: StatusArgs) -> anyhow::Result<Exit> {
                         }
                         document["health"] =
                             json!("database unreachable; the daemon's own status follows");
+                        document["error"] = json!(error.to_string());
                         print(&document, args.json)?;
+                    } else if args.json {
+                        // A script always gets one document to parse.
+                        print(
+                            &json!({"health": "unknown", "error": error.to_string(), "reasons": [error.to_string()]}),
+                            true,
+                        )?;
                     }
                     return Err(error.into());
                 }
@@ -113,8 +120,13 @@ fn judge_database(schema: &SchemaReport, poller: Option<&Json>, devices: &Json) 
     }
     match poller {
         None => down.push("no poller has written status here yet".into()),
+        Some(p) if p["poller_started_at"].is_null() => {
+            down.push("no daemon has written status here yet".into());
+        }
         Some(p) => {
-            if p["last_successful_poll"].is_null() {
+            if let Some(stopped) = p["poller_stopped_at"].as_str() {
+                down.push(format!("the daemon stopped {}", ago(&json!(stopped))));
+            } else if p["last_successful_poll"].is_null() {
                 down.push("no successful poll yet".into());
             } else if p["is_stale"].as_bool() == Some(true) {
                 down.push(format!(
@@ -138,7 +150,7 @@ fn judge_database(schema: &SchemaReport, poller: Option<&Json>, devices: &Json) 
         if d["consecutive_failures"].as_i64().unwrap_or(0) > 0 {
             degraded.push(format!(
                 "{}: {}",
-                d["device"].as_str().unwrap_or("?"),
+                d["device"].as_str().unwrap_or("a device"),
                 d["last_error"].as_str().unwrap_or("failing")
             ));
         }
@@ -191,68 +203,100 @@ fn judge_local(saved: Option<&(Json, DateTime<Utc>)>) -> Health {
     }
 }
 
+/// "12 s ago" for a timestamp, "never" for none.
+fn ago(value: &Json) -> String {
+    value
+        .as_str()
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| {
+            format!(
+                "{:.0} s ago",
+                (Utc::now() - t.with_timezone(&Utc)).num_milliseconds() as f64 / 1000.0
+            )
+        })
+        .unwrap_or_else(|| "never".into())
+}
+
+/// A count or figure, or `none` where the row has none yet.
+fn figure(value: &Json) -> String {
+    match value {
+        Json::Null => "none".into(),
+        Json::String(text) => text.clone(),
+        other => other.to_string(),
+    }
+}
+
 fn print_text(doc: &Json) {
-    let ago = |v: &Json| -> String {
-        v.as_str()
-            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-            .map(|t| {
-                format!(
-                    "{:.0} s ago",
-                    (Utc::now() - t.with_timezone(&Utc)).num_milliseconds() as f64 / 1000.0
-                )
-            })
-            .unwrap_or_else(|| "never".into())
-    };
-    outln!("health       {}", doc["health"].as_str().unwrap_or("?"));
+    outln!(
+        "health       {}",
+        doc["health"].as_str().unwrap_or("unknown")
+    );
     for reason in doc["reasons"].as_array().into_iter().flatten() {
         outln!("  because    {}", reason.as_str().unwrap_or_default());
     }
-    if let Some(p) = doc.get("poller").filter(|p| !p.is_null()) {
-        outln!(
-            "poller       {} v{}, started {}, every {} ms",
-            p["poller_host"].as_str().unwrap_or("?"),
-            p["poller_version"].as_str().unwrap_or("?"),
-            ago(&p["poller_started_at"]),
-            p["poll_interval_ms"]
-        );
-        outln!(
-            "last poll    {}; last success {}",
-            ago(&p["last_poll_attempt"]),
-            ago(&p["last_successful_poll"])
-        );
-        outln!(
-            "readings     {} in the last hour, {} in 24 h (collection {}%), oldest {}",
-            p["readings_last_hour"],
-            p["readings_last_24h"],
-            p["collection_health_pct"],
-            ago(&p["oldest_reading_at"])
-        );
-        outln!("store        {} waiting to be forwarded", p["spool_depth"]);
-        outln!(
-            "retention    last run {}, dropped {} rows / {} chunks",
-            ago(&p["last_retention_run"]),
-            p["last_retention_rows_dropped"],
-            p["last_retention_chunks_dropped"]
-        );
+    match doc.get("poller") {
+        Some(p) if !p.is_null() && !p["poller_started_at"].is_null() => {
+            let state = match p["poller_stopped_at"].as_str() {
+                Some(_) => format!(", stopped {}", ago(&p["poller_stopped_at"])),
+                None => String::new(),
+            };
+            outln!(
+                "poller       {} v{}, started {}{state}, every {} ms",
+                figure(&p["poller_host"]),
+                figure(&p["poller_version"]),
+                ago(&p["poller_started_at"]),
+                figure(&p["poll_interval_ms"])
+            );
+            outln!(
+                "last poll    {}; last success {}",
+                ago(&p["last_poll_attempt"]),
+                ago(&p["last_successful_poll"])
+            );
+            let collection = match p["collection_health_pct"].as_f64() {
+                Some(pct) => format!("collection {pct}% of what the poller could take"),
+                None => "collection not known yet".into(),
+            };
+            outln!(
+                "readings     {} in the last hour, {} in 24 h ({collection}), oldest {}",
+                figure(&p["readings_last_hour"]),
+                figure(&p["readings_last_24h"]),
+                ago(&p["oldest_reading_at"])
+            );
+            outln!(
+                "store        {} waiting to be forwarded",
+                p["spool_depth"].as_i64().unwrap_or(0)
+            );
+            match p["last_retention_run"].as_str() {
+                Some(_) => outln!(
+                    "retention    last run {}, dropped {} rows / {} chunks",
+                    ago(&p["last_retention_run"]),
+                    p["last_retention_rows_dropped"].as_i64().unwrap_or(0),
+                    p["last_retention_chunks_dropped"].as_i64().unwrap_or(0)
+                ),
+                None => outln!("retention    not run yet"),
+            }
+        }
+        Some(_) => outln!("poller       no daemon has written status yet"),
+        None => {}
     }
     if let Some(daemon) = doc.get("daemon").filter(|d| !d.is_null()) {
         let s = &daemon["status"];
         outln!(
             "daemon       {} v{}, status saved {}",
-            s["host"].as_str().unwrap_or("?"),
-            s["version"].as_str().unwrap_or("?"),
+            figure(&s["host"]),
+            figure(&s["version"]),
             ago(&daemon["saved_at"])
         );
         outln!(
             "store        {} readings in {}",
             doc["readings_stored"],
-            doc["store"].as_str().unwrap_or("?")
+            figure(&doc["store"])
         );
         for r in doc["readings_last_hour"].as_array().into_iter().flatten() {
             outln!(
                 "  {:<20} {:<18} {} in the last hour, latest {}",
-                r["device"].as_str().unwrap_or("?"),
-                r["table"].as_str().unwrap_or("?"),
+                figure(&r["device"]),
+                figure(&r["table"]),
                 r["last_hour"],
                 ago(&r["latest"])
             );
@@ -262,21 +306,31 @@ fn print_text(doc: &Json) {
         .get("devices")
         .filter(|d| d.is_array())
         .or_else(|| doc.pointer("/daemon/status/devices"));
+    if devices
+        .and_then(Json::as_array)
+        .is_some_and(|devices| devices.is_empty())
+    {
+        outln!("devices      none has been polled yet");
+    }
     for d in devices.and_then(Json::as_array).into_iter().flatten() {
         let standby = d["standby"].as_bool() == Some(true);
         let ok = standby
             || (d["consecutive_failures"].as_i64().unwrap_or(0) == 0
                 && !d["last_success"].is_null());
-        let word = match (standby, ok) {
-            (true, _) => "standby",
-            (false, true) => "ok    ",
-            (false, false) => "FAILING",
+        let word = if standby {
+            "standby"
+        } else if d["last_attempt"].is_null() {
+            "never polled"
+        } else if ok {
+            "ok"
+        } else {
+            "FAILING"
         };
         outln!(
-            "device       {:<16} {:<9} {:<26} {}  last success {}{}",
-            d["device"].as_str().unwrap_or("?"),
-            d["source"].as_str().unwrap_or("?"),
-            d["address"].as_str().unwrap_or("?"),
+            "device       {:<16} {:<9} {:<26} {:<12} last success {}{}",
+            figure(&d["device"]),
+            figure(&d["source"]),
+            figure(&d["address"]),
             word,
             ago(&d["last_success"]),
             d["last_error"]
@@ -293,15 +347,9 @@ fn print_text(doc: &Json) {
         let pending = schema["migrations"]["pending"]
             .as_array()
             .map_or(0, Vec::len);
-        outln!(
-            "database     {}",
-            schema["database"].as_str().unwrap_or("?")
-        );
+        outln!("database     {}", figure(&schema["database"]));
         outln!("migrations   {applied} of {} applied", applied + pending);
-        outln!(
-            "storage      {}",
-            schema["storage_mode"].as_str().unwrap_or("?")
-        );
+        outln!("storage      {}", figure(&schema["storage_mode"]));
         outln!(
             "hypertables  {} of 4 reading tables",
             schema["schema"]["hypertables"]
@@ -311,8 +359,8 @@ fn print_text(doc: &Json) {
         for d in schema["degraded"].as_array().into_iter().flatten() {
             outln!(
                 "degraded     {}: {}",
-                d["feature"].as_str().unwrap_or("?"),
-                d["reason"].as_str().unwrap_or("?")
+                figure(&d["feature"]),
+                figure(&d["reason"])
             );
         }
     }

@@ -99,6 +99,9 @@ struct Shared {
     /// Whether the database can be reached, as every database path sees it.
     link: Arc<DatabaseLink>,
     started_at: DateTime<Utc>,
+    /// When the daemon stopped cleanly: set once, before the last status
+    /// writes, so that `status` says "stopped" at once.
+    stopped_at: Arc<std::sync::OnceLock<DateTime<Utc>>>,
     poll_interval: Duration,
 }
 
@@ -159,6 +162,7 @@ pub async fn run(
         forward: Arc::new(ForwardCounters::default()),
         link: Arc::new(DatabaseLink::default()),
         started_at: Utc::now(),
+        stopped_at: Arc::default(),
         poll_interval: poll_interval(&config),
     };
 
@@ -261,6 +265,7 @@ pub async fn run(
         }
     }
     forwarder_cancel.cancel();
+    let _ = shared.stopped_at.set(Utc::now());
     background.cancel();
     // Every helper ends at its next await on cancellation; a database call in
     // flight is bounded by its timeouts. Do not wait forever regardless.
@@ -560,6 +565,7 @@ async fn write_db_status(
         .max()
         .unwrap_or(0);
     let healthy = devices.iter().filter(|d| d.is_healthy()).count();
+    let stopped_at = shared.stopped_at.get().copied();
     let mut tx = pool.begin().await?;
     sqlx::query("SET LOCAL statement_timeout = '5s'")
         .execute(&mut *tx)
@@ -568,8 +574,9 @@ async fn write_db_status(
         "INSERT INTO victron.polling_status (id, last_poll_attempt, last_successful_poll, last_error,
              consecutive_failures, is_healthy, poller_host, poller_version, poller_started_at,
              poll_interval_ms, devices_configured, devices_healthy, rows_written_last_batch,
-             rows_written_total, spool_depth, spool_oldest_age_s, retention_window_s, storage_mode)
-         VALUES (1, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+             rows_written_total, spool_depth, spool_oldest_age_s, retention_window_s, storage_mode,
+             poller_stopped_at)
+         VALUES (1, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
          ON CONFLICT (id) DO UPDATE SET last_poll_attempt = excluded.last_poll_attempt,
              last_successful_poll = excluded.last_successful_poll, last_error = excluded.last_error,
              consecutive_failures = excluded.consecutive_failures, is_healthy = excluded.is_healthy,
@@ -579,13 +586,13 @@ async fn write_db_status(
              rows_written_last_batch = excluded.rows_written_last_batch,
              rows_written_total = excluded.rows_written_total, spool_depth = excluded.spool_depth,
              spool_oldest_age_s = excluded.spool_oldest_age_s, retention_window_s = excluded.retention_window_s,
-             storage_mode = excluded.storage_mode",
+             storage_mode = excluded.storage_mode, poller_stopped_at = excluded.poller_stopped_at",
     )
     .bind(last_attempt)
     .bind(last_success)
     .bind(last_error)
     .bind(i32::try_from(consecutive).unwrap_or(i32::MAX))
-    .bind(healthy == devices.len() && !devices.is_empty())
+    .bind(healthy == devices.len() && !devices.is_empty() && stopped_at.is_none())
     .bind(host_name())
     .bind(env!("CARGO_PKG_VERSION"))
     .bind(shared.started_at)
@@ -598,6 +605,7 @@ async fn write_db_status(
     .bind(oldest.map(|o| (Utc::now() - o).num_milliseconds() as f64 / 1000.0))
     .bind(i64::try_from(shared.config.retention.window.as_secs()).unwrap_or(i64::MAX))
     .bind(mode.as_str())
+    .bind(stopped_at)
     .execute(&mut *tx)
     .await?;
     for d in &devices {

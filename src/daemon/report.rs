@@ -32,6 +32,7 @@ pub(super) fn status_document(
         "version": env!("CARGO_PKG_VERSION"),
         "host": host_name(),
         "started_at": shared.started_at,
+        "stopped_at": shared.stopped_at.get(),
         "poll_interval_ms": shared.poll_interval.as_millis() as u64,
         "rows_stored": shared.counters.rows_stored.load(Ordering::Relaxed),
         "rows_forwarded": shared.forward.rows_forwarded.load(Ordering::Relaxed),

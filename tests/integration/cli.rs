@@ -191,7 +191,7 @@ async fn migrate_check_and_status_report_pending_then_current() {
     let (stdout, stderr) = texts(&migrate);
     assert_eq!(migrate.status.code(), Some(0), "{stdout}{stderr}");
     assert!(
-        stdout.contains("applied   0005_victron_views.sql"),
+        stdout.contains("applied   0006_victron_status_truth.sql"),
         "{stdout}"
     );
     assert!(stdout.contains("storage   timescaledb-apache"), "{stdout}");
@@ -203,6 +203,22 @@ async fn migrate_check_and_status_report_pending_then_current() {
 
     let check = run_cli(&["migrate", "--check"], &env);
     assert_eq!(check.status.code(), Some(0), "{}", texts(&check).0);
+
+    // Migrated, no daemon yet: the table says so, in words.
+    let status = run_cli(&["status"], &env);
+    let (stdout, _) = texts(&status);
+    assert_eq!(status.status.code(), Some(2), "{stdout}");
+    assert!(
+        stdout.contains("poller       no daemon has written status yet"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("devices      none has been polled yet"),
+        "{stdout}"
+    );
+    for raw in ["null", "?"] {
+        assert!(!stdout.contains(raw), "a raw {raw} in the table: {stdout}");
+    }
 
     let json = run_cli(&["status", "--json"], &env);
     assert_eq!(
@@ -630,4 +646,37 @@ fn the_demo_script_finds_the_binary_in_any_target_directory() {
     let again = run();
     assert_eq!(texts(&again).0.trim(), "demo ran: demo");
     assert!(!texts(&again).1.contains("minutes"), "{:?}", texts(&again));
+}
+
+/// `status --json` prints one JSON document whatever happens: with the
+/// database out of reach and no local store, one with an `error` field.
+#[test]
+fn status_json_is_one_document_even_without_a_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = run_cli(
+        &[
+            "status",
+            "--json",
+            "--state-dir",
+            dir.path().join("none").to_str().unwrap(),
+        ],
+        &[("DATABASE_URL", "postgres://u@127.0.0.1:1/x")],
+    );
+    assert_eq!(output.status.code(), Some(3));
+    let doc: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("one JSON document on stdout");
+    assert!(
+        doc["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot reach the database"),
+        "{doc}"
+    );
+    let help = run_cli(&["status", "--help"], &[]);
+    let (text, _) = texts(&help);
+    assert!(text.contains("The health check"), "{text}");
+    assert!(
+        text.contains("Exit status: 0 healthy, 1 degraded"),
+        "{text}"
+    );
 }

@@ -237,6 +237,15 @@ async fn end_to_end(flavour: Flavour) {
     let (stdout, stderr) = texts(&status);
     assert_eq!(status.status.code(), Some(0), "{stdout}{stderr}");
     assert!(stdout.contains("health       healthy"), "{stdout}");
+    // A poller that has run for seconds collected about all it could in
+    // those seconds, not a sliver of a full day's count.
+    let json = run_cli(&["status", "--json"], &[("DATABASE_URL", &db.url)]);
+    let doc: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let collection = doc["poller"]["collection_health_pct"].as_f64().unwrap();
+    assert!(
+        (50.0..=120.0).contains(&collection),
+        "collection {collection}% after seconds of polling"
+    );
 
     if flavour == Flavour::Timescale {
         // A device going offline shows within a cycle or two, and recovers.
@@ -256,8 +265,23 @@ async fn end_to_end(flavour: Flavour) {
 
     sigterm(&daemon);
     assert_eq!(wait_exit(&mut daemon, Duration::from_secs(20)), 0);
+    // Stopped cleanly: `status` says so at once, not "healthy" until stale.
+    let stopped = run_cli(&["status"], &[("DATABASE_URL", &db.url)]);
+    let (stdout, stderr) = texts(&stopped);
+    assert_eq!(stopped.status.code(), Some(2), "{stdout}{stderr}");
+    assert!(stdout.contains("because    the daemon stopped"), "{stdout}");
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM victron.polling_status_view WHERE NOT is_running AND NOT is_healthy AND poller_stopped_at IS NOT NULL").await,
+        1
+    );
     // Every successful poll is one row in PostgreSQL, and the store drained.
     let doc = store_status(&state).await;
+    for device in doc["devices"].as_array().unwrap() {
+        assert!(
+            device["backoff_ms"].is_u64(),
+            "durations are milliseconds: {device}"
+        );
+    }
     for (device, table) in [
         ("gx", "system_readings"),
         ("bank", "battery_readings"),
@@ -323,10 +347,12 @@ async fn embedded_mode_and_sigterm_during_a_batch() {
     );
     store.close().await;
 
+    // Stopped cleanly: down at once, and says why.
     let output = run_cli(&["status", "--state-dir", state.to_str().unwrap()], &[]);
     let (stdout, stderr) = texts(&output);
-    assert_eq!(output.status.code(), Some(0), "{stdout}{stderr}");
-    assert!(stdout.contains("health       healthy"), "{stdout}");
+    assert_eq!(output.status.code(), Some(2), "{stdout}{stderr}");
+    assert!(stdout.contains("health       down"), "{stdout}");
+    assert!(stdout.contains("because    the daemon stopped"), "{stdout}");
     for device in ["gx", "bank", "mppt", "multi"] {
         assert!(stdout.contains(device), "{stdout}");
     }
