@@ -41,6 +41,7 @@ pub mod health;
 pub mod http;
 pub mod logging;
 pub mod metrics;
+pub mod pipeline;
 pub mod reading;
 pub mod registers;
 pub mod retention;

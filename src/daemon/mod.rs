@@ -30,6 +30,7 @@ use crate::db::link::{DatabaseLink, retry_backoff};
 use crate::db::server::StorageMode;
 use crate::failover::{LeaseKeeper, Leases};
 use crate::forward::{ForwardCounters, Forwarder};
+use crate::pipeline::{BatchReport, Batcher, StoreSink};
 use crate::reading::Reading;
 use crate::sources::modbus::GxPoller;
 use crate::sources::vedirect::VeDirectSource;
@@ -51,22 +52,11 @@ pub struct RunOptions {
     pub batch_report: Option<mpsc::UnboundedSender<BatchReport>>,
 }
 
-/// One committed batch.
-#[derive(Debug, Clone)]
-pub struct BatchReport {
-    /// Readings in the batch.
-    pub readings: Vec<Reading>,
-    /// Rows the store took (replays excluded).
-    pub stored: u64,
-}
-
 /// Counters shared by the daemon's tasks.
 #[derive(Debug, Default)]
 pub struct DaemonCounters {
     /// Readings committed to the local store since start.
-    pub rows_stored: AtomicU64,
-    /// Readings in the last committed batch.
-    pub last_batch: AtomicU64,
+    pub rows_stored: Arc<AtomicU64>,
     /// Readings dropped from the store because they outlived the window
     /// before they could be forwarded.
     pub rows_expired_unforwarded: AtomicU64,
@@ -188,14 +178,13 @@ pub async fn run(
     drop(tx);
 
     let wake = Arc::new(Notify::new());
-    let batcher = tokio::spawn(batch_loop(
-        config.batch,
-        rx,
+    let sink = StoreSink::new(
         store.clone(),
-        Arc::clone(&shared.counters),
+        Arc::clone(&shared.counters.rows_stored),
         Arc::clone(&wake),
-        options.batch_report.clone(),
-    ));
+    )
+    .with_report(options.batch_report.clone());
+    let batcher = tokio::spawn(Batcher::new(config.batch, sink).run(rx));
 
     let background = CancellationToken::new();
     let mut helpers = JoinSet::new();
@@ -286,87 +275,6 @@ pub async fn run(
     }
     tracing::info!("Stopped.");
     Ok(())
-}
-
-/// Groups readings into batches (closed at N readings or T ms, whichever
-/// first) and commits each to the local store; commits the partial batch
-/// when the sources are gone.
-async fn batch_loop(
-    limits: crate::config::BatchConfig,
-    mut rx: mpsc::Receiver<Reading>,
-    store: LocalStore,
-    counters: Arc<DaemonCounters>,
-    wake: Arc<Notify>,
-    report: Option<mpsc::UnboundedSender<BatchReport>>,
-) {
-    let mut batch: Vec<Reading> = Vec::with_capacity(limits.max_readings.min(10_000));
-    loop {
-        let first = match rx.recv().await {
-            Some(reading) => reading,
-            None => break,
-        };
-        batch.push(first);
-        let deadline = tokio::time::Instant::now() + limits.max_age;
-        let mut closed = false;
-        while batch.len() < limits.max_readings {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(reading)) => batch.push(reading),
-                Ok(None) => {
-                    closed = true;
-                    break;
-                }
-                Err(_) => break,
-            }
-        }
-        commit(&store, &mut batch, &counters, &wake, report.as_ref()).await;
-        if closed {
-            break;
-        }
-    }
-    commit(&store, &mut batch, &counters, &wake, report.as_ref()).await;
-}
-
-async fn commit(
-    store: &LocalStore,
-    batch: &mut Vec<Reading>,
-    counters: &DaemonCounters,
-    wake: &Notify,
-    report: Option<&mpsc::UnboundedSender<BatchReport>>,
-) {
-    if batch.is_empty() {
-        return;
-    }
-    // The store is the durability boundary: keep trying; readings wait in memory meanwhile.
-    let mut delay = Duration::from_millis(100);
-    let mut failed = false;
-    let stored = loop {
-        match store.append(batch).await {
-            Ok(stored) => break stored,
-            Err(error) => {
-                if !failed {
-                    failed = true;
-                    tracing::error!(%error, readings = batch.len(), "Cannot write to the local store; retrying.");
-                }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
-            }
-        }
-    };
-    if failed {
-        tracing::info!("The local store takes readings again.");
-    }
-    counters.rows_stored.fetch_add(stored, Ordering::Relaxed);
-    counters
-        .last_batch
-        .store(batch.len() as u64, Ordering::Relaxed);
-    wake.notify_one();
-    if let Some(report) = report {
-        let _ = report.send(BatchReport {
-            readings: batch.clone(),
-            stored,
-        });
-    }
-    batch.clear();
 }
 
 /// The local side: status document in the store, and the store's retention.
