@@ -1,12 +1,11 @@
-//! Retention in PostgreSQL, as `schema.md` prescribes for each server
-//! flavour: on TimescaleDB (either licence) drop whole chunks older than the
-//! window (`drop_chunks`; under the TSL licence the retention policy covers
-//! it too); on plain PostgreSQL delete expired rows in bounded batches. The
-//! outcome is recorded in the status row.
+//! Retention in PostgreSQL, for each server flavour: on TimescaleDB (either
+//! licence) drop whole chunks older than the window (`drop_chunks`; under
+//! the TSL licence the retention policy covers it too); on plain PostgreSQL
+//! delete expired rows in bounded batches. The outcome is recorded in the
+//! status row by [`crate::db::status_rows::record_retention`].
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use crate::db::server::{READING_TABLES, StorageMode};
@@ -62,35 +61,4 @@ pub async fn run(
         }
     }
     Ok(outcome)
-}
-
-/// Records a retention run in `victron.polling_status`.
-pub async fn record(
-    pool: &PgPool,
-    at: DateTime<Utc>,
-    result: &Result<RetentionOutcome, sqlx::Error>,
-    window: Duration,
-) -> Result<(), sqlx::Error> {
-    let (rows, chunks, error) = match result {
-        Ok(o) => (Some(o.rows as i64), Some(o.chunks as i32), None),
-        Err(e) => (None, None, Some(e.to_string())),
-    };
-    sqlx::query(
-        "INSERT INTO victron.polling_status (id, last_retention_run, last_retention_rows_dropped,
-             last_retention_chunks_dropped, last_retention_error, retention_window_s)
-         VALUES (1, $1, $2, $3, $4, $5)
-         ON CONFLICT (id) DO UPDATE SET last_retention_run = excluded.last_retention_run,
-             last_retention_rows_dropped = excluded.last_retention_rows_dropped,
-             last_retention_chunks_dropped = excluded.last_retention_chunks_dropped,
-             last_retention_error = excluded.last_retention_error,
-             retention_window_s = excluded.retention_window_s",
-    )
-    .bind(at)
-    .bind(rows)
-    .bind(chunks)
-    .bind(error)
-    .bind(i64::try_from(window.as_secs()).unwrap_or(i64::MAX))
-    .execute(pool)
-    .await?;
-    Ok(())
 }

@@ -8,6 +8,7 @@ pub mod link;
 pub mod migrate;
 pub mod reconcile;
 pub mod server;
+pub mod status_rows;
 
 use std::str::FromStr;
 

@@ -487,7 +487,7 @@ async fn retention_on_every_flavour() {
             }
             _ => assert!(outcome.rows >= 4 * 26, "{outcome:?}"),
         }
-        victron_poller::retention::record(
+        victron_poller::db::status_rows::record_retention(
             &pool,
             Utc::now(),
             &Ok(outcome),

@@ -1,0 +1,215 @@
+//! The daemon's database side: bring-up (connect with backoff, migrate,
+//! reconcile), then the forwarder, the status writer and the retention job
+//! side by side until shutdown. Nothing here blocks polling: readings wait
+//! in the local store while the database is slow or gone.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use backon::BackoffBuilder;
+use chrono::Utc;
+use sqlx::PgPool;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::{Shared, host_name};
+use crate::db::link::retry_backoff;
+use crate::db::server::StorageMode;
+use crate::db::status_rows::{self, PollerRow};
+use crate::forward::Forwarder;
+
+/// How long the daemon waits before asking again a database server that
+/// answered and refused it (credentials, no such database).
+const REFUSED_RETRY: Duration = Duration::from_secs(30);
+
+/// Connects (with backoff), migrates, then forwards, writes status and runs
+/// retention until cancelled. Never blocks polling: the store keeps filling.
+pub(super) async fn database_loop(
+    shared: Shared,
+    wake: Arc<Notify>,
+    forwarder_cancel: CancellationToken,
+    cancel: CancellationToken,
+) {
+    let Some(db) = shared.config.database.clone() else {
+        return;
+    };
+    let mut delays = retry_backoff().build();
+    let mut logged = false;
+    let (pool, mode) = loop {
+        let attempt = async {
+            let mut conn = crate::db::connect_once(&db).await?;
+            let report =
+                crate::db::migrate::migrate(&mut conn, shared.config.retention.window).await?;
+            for d in &report.degraded {
+                tracing::info!(feature = d.feature, reason = %d.reason, "Degraded database feature.");
+            }
+            let pool = crate::db::connect(&db).await?;
+            anyhow::Ok((pool, report.storage_mode))
+        };
+        match attempt.await {
+            Ok(ready) => break ready,
+            Err(error) => {
+                shared.link.failed();
+                if !logged {
+                    logged = true;
+                    tracing::warn!(error = %format!("{error:#}"), "The database is not ready; readings wait in the local store.");
+                }
+                // A server that answers and refuses (credentials, no such
+                // database) is not asked every second; one that is out of
+                // reach is, so that forwarding resumes as soon as it is back.
+                let refused = error.downcast_ref::<crate::db::DbError>().is_some_and(|e| {
+                    matches!(
+                        e,
+                        crate::db::DbError::Authentication { .. }
+                            | crate::db::DbError::Refused { .. }
+                    )
+                });
+                let delay = if refused {
+                    REFUSED_RETRY
+                } else {
+                    delays.next().unwrap_or(crate::db::link::RETRY_MAX)
+                };
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    };
+    shared.link.works();
+    tracing::info!(database = %db.redacted_url(), storage = %mode, "Database ready.");
+    let forwarder = Forwarder::new(
+        shared.store.clone(),
+        pool.clone(),
+        shared.config.site.installation_id.clone(),
+        Arc::clone(&shared.forward),
+        wake,
+        Arc::clone(&shared.link),
+    )
+    .with_write_timeout(db.write_timeout);
+    tokio::join!(
+        forwarder.run(forwarder_cancel),
+        status_writer(shared.clone(), pool.clone(), mode, cancel.clone()),
+        retention_loop(shared.clone(), pool.clone(), mode, cancel.clone()),
+    );
+    // A last status row, best effort.
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        write_db_status(&shared, &pool, mode),
+    )
+    .await;
+    pool.close().await;
+}
+
+async fn status_writer(shared: Shared, pool: PgPool, mode: StorageMode, cancel: CancellationToken) {
+    let mut tick = crate::sources::ticker(shared.poll_interval);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        // Bounded: a slow or absent database never stalls anything else.
+        let result = tokio::time::timeout(
+            Duration::from_secs(10),
+            write_db_status(&shared, &pool, mode),
+        )
+        .await;
+        if matches!(result, Ok(Ok(()))) {
+            shared.link.works();
+        }
+        match result {
+            Ok(Ok(())) if failing => {
+                failing = false;
+                tracing::info!("Status rows are written again.");
+            }
+            Ok(Ok(())) => {}
+            Ok(Err(error)) if !failing => {
+                failing = true;
+                tracing::warn!(%error, "Cannot write the status rows.");
+            }
+            Err(_) if !failing => {
+                failing = true;
+                tracing::warn!("Writing the status rows timed out.");
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Writes the status rows of the devices this daemon polls.
+async fn write_db_status(
+    shared: &Shared,
+    pool: &PgPool,
+    mode: StorageMode,
+) -> Result<(), sqlx::Error> {
+    // Devices another daemon polls are that daemon's to report.
+    let devices: Vec<_> = shared
+        .status
+        .snapshot()
+        .into_iter()
+        .filter(|d| !d.standby)
+        .collect();
+    if devices.is_empty() && shared.config.failover.enabled {
+        return Ok(());
+    }
+    let (depth, oldest) = shared.store.depth().await.unwrap_or_default();
+    let healthy = devices.iter().filter(|d| d.is_healthy()).count();
+    let stopped_at = shared.stopped_at.get().copied();
+    let poller = PollerRow {
+        last_attempt: devices.iter().filter_map(|d| d.last_attempt).max(),
+        last_success: devices.iter().filter_map(|d| d.last_success).max(),
+        last_error: devices
+            .iter()
+            .filter(|d| !d.is_healthy())
+            .find_map(|d| d.last_error.as_ref().map(|e| format!("{}: {e}", d.device))),
+        consecutive_failures: devices
+            .iter()
+            .map(|d| d.consecutive_failures)
+            .max()
+            .unwrap_or(0),
+        healthy: healthy == devices.len() && !devices.is_empty() && stopped_at.is_none(),
+        host: host_name(),
+        version: env!("CARGO_PKG_VERSION"),
+        started_at: shared.started_at,
+        stopped_at,
+        poll_interval: shared.poll_interval,
+        devices_configured: devices.len(),
+        devices_healthy: healthy,
+        rows_last_batch: shared.forward.last_batch_rows.load(Ordering::Relaxed),
+        rows_total: shared.forward.rows_forwarded.load(Ordering::Relaxed),
+        spool_depth: depth,
+        spool_oldest_age_s: oldest.map(|o| (Utc::now() - o).num_milliseconds() as f64 / 1000.0),
+        retention_window: shared.config.retention.window,
+        storage_mode: mode,
+    };
+    status_rows::write(pool, &poller, &devices).await
+}
+
+async fn retention_loop(
+    shared: Shared,
+    pool: PgPool,
+    mode: StorageMode,
+    cancel: CancellationToken,
+) {
+    let mut tick = crate::sources::ticker(shared.config.retention.run_every);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let window = shared.config.retention.window;
+        let result = crate::retention::run(&pool, mode, window).await;
+        shared.counters.count_retention(result.is_ok());
+        match &result {
+            Ok(outcome) => tracing::info!(
+                rows = outcome.rows,
+                chunks = outcome.chunks,
+                "Retention run done."
+            ),
+            Err(error) => tracing::warn!(%error, "Retention run failed."),
+        }
+        let _ = status_rows::record_retention(&pool, Utc::now(), &result, window).await;
+    }
+}
