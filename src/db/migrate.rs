@@ -45,7 +45,7 @@ pub enum MigrationError {
     Modified(String),
     /// The reconcile step failed.
     #[error("reconcile step failed: {0}")]
-    Reconcile(String),
+    Reconcile(#[from] super::reconcile::ReconcileError),
     /// The migration tracking refused to run (a dirty or out-of-order record).
     #[error("{0}")]
     Tracking(MigrateError),

@@ -14,8 +14,32 @@ use std::time::Duration;
 use serde::Serialize;
 use sqlx::PgConnection;
 
-use super::migrate::MigrationError;
 use super::server::{CHUNK_INTERVAL_US, SchemaState, ServerInfo};
+
+
+/// Why the reconcile step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// A reading table could not become a hypertable.
+    #[error("converting {table} to a hypertable: {source}")]
+    Hypertable {
+        /// The table.
+        table: String,
+        /// What the server said.
+        source: sqlx::Error,
+    },
+    /// `kb_chunks.embedding` could not take the vector type.
+    #[error("converting kb_chunks.embedding from {from} to vector(1536): {source}")]
+    Embedding {
+        /// The column's type before.
+        from: String,
+        /// What the server said.
+        source: sqlx::Error,
+    },
+    /// Any other statement.
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+}
 
 /// What one reconcile run changed, and what it tried but could not do.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -30,7 +54,7 @@ pub struct ReconcileReport {
 pub async fn run(
     conn: &mut PgConnection,
     retention_window: Duration,
-) -> Result<ReconcileReport, MigrationError> {
+) -> Result<ReconcileReport, ReconcileError> {
     let mut report = ReconcileReport::default();
     let server = ServerInfo::probe(conn).await?;
 
@@ -63,7 +87,7 @@ async fn create_extension(
     conn: &mut PgConnection,
     name: &str,
     report: &mut ReconcileReport,
-) -> Result<(), MigrationError> {
+) -> Result<(), ReconcileError> {
     let statement = format!("CREATE EXTENSION IF NOT EXISTS {name}");
     match sqlx::query(&statement).execute(&mut *conn).await {
         Ok(_) => report.actions.push(format!("enabled extension {name}")),
@@ -81,7 +105,7 @@ async fn hypertables(
     conn: &mut PgConnection,
     state: &SchemaState,
     report: &mut ReconcileReport,
-) -> Result<(), MigrationError> {
+) -> Result<(), ReconcileError> {
     for table in &state.reading_tables {
         match state.hypertables.iter().find(|(t, _)| t == table) {
             None => {
@@ -99,10 +123,9 @@ async fn hypertables(
                 .bind(format!("victron.{table}"))
                 .execute(&mut *conn)
                 .await
-                .map_err(|e| {
-                    MigrationError::Reconcile(format!(
-                        "converting victron.{table} to a hypertable: {e}"
-                    ))
+                .map_err(|source| ReconcileError::Hypertable {
+                    table: format!("victron.{table}"),
+                    source,
                 })?;
                 report.actions.push(format!(
                     "victron.{table} is now a hypertable with 1-hour chunks ({rows} existing rows kept)"
@@ -129,7 +152,7 @@ async fn retention_policies(
     state: &SchemaState,
     window: Duration,
     report: &mut ReconcileReport,
-) -> Result<(), MigrationError> {
+) -> Result<(), ReconcileError> {
     let hours = window.as_secs() / 3600;
     let wanted = format!("{hours:02}:00:00");
     for (table, _) in &state.hypertables {
@@ -191,7 +214,7 @@ async fn vector_column(
     conn: &mut PgConnection,
     state: &SchemaState,
     report: &mut ReconcileReport,
-) -> Result<(), MigrationError> {
+) -> Result<(), ReconcileError> {
     let Some(column_type) = &state.embedding_type else {
         return Ok(());
     };
@@ -202,10 +225,9 @@ async fn vector_column(
         )
         .execute(&mut *conn)
         .await
-        .map_err(|e| {
-            MigrationError::Reconcile(format!(
-                "converting kb_chunks.embedding from {column_type} to vector(1536): {e}"
-            ))
+        .map_err(|source| ReconcileError::Embedding {
+            from: column_type.to_string(),
+            source,
         })?;
         report.actions.push(format!(
             "kb_chunks.embedding converted from {column_type} to vector(1536)"
