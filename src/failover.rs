@@ -1,34 +1,17 @@
-//! Two daemons, one device: a PostgreSQL session-level advisory lock per
-//! device decides which daemon polls it. Sources ask [`Leases::may_poll`]
-//! before each poll; the [`LeaseKeeper`] task holds the locks on a
-//! connection of its own and retries the ones another daemon holds, so the
-//! standby takes over within a few poll intervals when the active daemon
-//! stops, dies or drops off the network.
+//! Two daemons, one device: which devices this daemon may poll. Sources ask
+//! [`Leases::may_poll`] before each poll; the lock keeper
+//! ([`crate::db::locks::LeaseKeeper`]) sets each device's [`LeaseState`]
+//! from the PostgreSQL advisory lock it holds or fails to get.
 //!
-//! A lock lives as long as the session that took it. The keeper keeps its
-//! session busy (one `SELECT 1` per round) and sets `idle_session_timeout`
-//! on it, so that the server ends the session of a daemon that vanished
-//! without closing it (a gateway whose internet went down) and its devices
-//! are taken over instead of waiting hours for TCP keepalives.
-//!
-//! While the database cannot be reached no lock can be taken or checked:
-//! devices the daemon held, or no other daemon was last seen holding, are
-//! polled when `failover.poll_when_database_unreachable` is set (a gateway:
-//! its readings wait in its local store), and none are otherwise (a cloud
-//! worker). Should both daemons have polled meanwhile, the unique
-//! `(device, timestamp)` key still refuses any row twice.
+//! While the database cannot be reached no lock can be taken or checked
+//! (every device is [`LeaseState::Unknown`]): then every device is polled
+//! when `failover.poll_when_database_unreachable` is set (a gateway: its
+//! readings wait in its local store), and none otherwise (a cloud worker).
+//! Should both daemons have polled meanwhile, the unique `(device,
+//! timestamp)` key still refuses any row twice.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
-
-use backon::{BackoffBuilder as _, ExponentialBuilder};
-use sqlx::Connection as _;
-use tokio_util::sync::CancellationToken;
-
-use crate::config::DatabaseConfig;
-use crate::db::link::DatabaseLink;
-use crate::status::StatusBoard;
 
 /// What this daemon knows of one device's lock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,14 +80,16 @@ impl Leases {
         states.get(device).copied()
     }
 
-    fn set(&self, device: &str, state: LeaseState) {
+    /// Records what the keeper learnt of `device`'s lock.
+    pub(crate) fn set(&self, device: &str, state: LeaseState) {
         if let Some(inner) = &self.inner {
             let mut states = inner.states.write().unwrap_or_else(|p| p.into_inner());
             states.insert(device.to_string(), state);
         }
     }
 
-    fn devices(&self) -> Vec<(String, LeaseState)> {
+    /// Every device and its state, by name.
+    pub(crate) fn devices(&self) -> Vec<(String, LeaseState)> {
         let Some(inner) = &self.inner else {
             return Vec::new();
         };
@@ -115,208 +100,9 @@ impl Leases {
     }
 }
 
-/// The advisory lock key of a device: a stable 64-bit FNV-1a hash of a
-/// namespace and the device name (stable across builds and versions, unlike
-/// the standard library's hasher; the same in every daemon).
-pub fn lock_key(device: &str) -> i64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in b"victron-poller/device/"
-        .iter()
-        .chain(device.as_bytes().iter())
-    {
-        hash ^= u64::from(*byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    i64::from_ne_bytes(hash.to_ne_bytes())
-}
-
-/// Why a round of lock checks failed.
-#[derive(Debug, thiserror::Error)]
-enum RoundError {
-    #[error("no answer within {0:?}")]
-    TimedOut(Duration),
-    #[error(transparent)]
-    Database(#[from] sqlx::Error),
-}
-
-/// Holds the locks of the devices this daemon polls.
-#[derive(Debug)]
-pub struct LeaseKeeper {
-    database: DatabaseConfig,
-    leases: Leases,
-    status: StatusBoard,
-    round: Duration,
-    link: Arc<DatabaseLink>,
-}
-
-impl LeaseKeeper {
-    /// A keeper that asks every `round` (the shortest poll interval). Until
-    /// its first answer every device counts as standby on `status`: a
-    /// starting daemon polls and reports none, so its empty status never
-    /// overwrites the active daemon's.
-    pub fn new(
-        database: DatabaseConfig,
-        leases: Leases,
-        status: StatusBoard,
-        round: Duration,
-        link: Arc<DatabaseLink>,
-    ) -> Self {
-        for (device, _) in leases.devices() {
-            status.set_standby(&device, true);
-        }
-        Self {
-            database,
-            leases,
-            status,
-            round,
-            link,
-        }
-    }
-
-    /// Runs until `cancel`; dropping the connection at the end releases the
-    /// locks, so a standby daemon takes over at once.
-    pub async fn run(self, cancel: CancellationToken) {
-        // Reconnecting backs off (from one round to 30 s): no storm of
-        // connection attempts against a database that is down.
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(self.round)
-            .with_max_delay(Duration::from_secs(30).max(self.round))
-            .with_jitter()
-            .without_max_times();
-        let mut delays = backoff.build();
-        let mut next_attempt = tokio::time::Instant::now();
-        let mut connection: Option<sqlx::PgConnection> = None;
-        let mut unreachable_logged = false;
-        loop {
-            if connection.is_none() && tokio::time::Instant::now() >= next_attempt {
-                match self.open().await {
-                    Ok(conn) => {
-                        if unreachable_logged {
-                            tracing::info!("Device locks: the database is reachable again.");
-                        }
-                        unreachable_logged = false;
-                        delays = backoff.build();
-                        connection = Some(conn);
-                    }
-                    Err(error) => {
-                        if !unreachable_logged {
-                            unreachable_logged = true;
-                            tracing::warn!(%error, "Device locks cannot be taken or checked: the database is unreachable.");
-                        }
-                        self.mark_unreachable();
-                        next_attempt = tokio::time::Instant::now()
-                            + delays.next().unwrap_or(Duration::from_secs(30));
-                    }
-                }
-            }
-            if let Some(conn) = connection.as_mut() {
-                match self.round(conn).await {
-                    Ok(()) => self.link.works(),
-                    Err(error) => {
-                        tracing::warn!(%error, "Device locks: the lock session failed; the locks are unknown until it is back.");
-                        unreachable_logged = true;
-                        connection = None;
-                        self.mark_unreachable();
-                    }
-                }
-            }
-            tokio::select! {
-                () = cancel.cancelled() => break,
-                () = tokio::time::sleep(self.round) => {}
-            }
-        }
-        if let Some(conn) = connection {
-            let _ = tokio::time::timeout(Duration::from_secs(2), conn.close()).await;
-        }
-    }
-
-    async fn open(&self) -> Result<sqlx::PgConnection, crate::db::DbError> {
-        let mut conn = crate::db::connect_once(&self.database).await?;
-        // The server ends this session when the daemon falls silent for
-        // three rounds (at least 10 s): its locks go to the standby.
-        let idle_ms = (self.round.as_millis() * 3).max(10_000);
-        let set = format!("SET idle_session_timeout = {idle_ms}");
-        // PostgreSQL before 14 lacks the setting: the locks then last until
-        // TCP notices a dead peer, which is slower but still correct.
-        let _ = sqlx::query(&set).execute(&mut conn).await;
-        Ok(conn)
-    }
-
-    /// One round: proves the session is alive and tries every lock this
-    /// daemon does not hold.
-    async fn round(&self, conn: &mut sqlx::PgConnection) -> Result<(), RoundError> {
-        let bounded = async {
-            sqlx::query("SELECT 1").execute(&mut *conn).await?;
-            for (device, state) in self.leases.devices() {
-                if state == LeaseState::Held {
-                    continue;
-                }
-                let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                    .bind(lock_key(&device))
-                    .fetch_one(&mut *conn)
-                    .await?;
-                self.transition(
-                    &device,
-                    state,
-                    if got {
-                        LeaseState::Held
-                    } else {
-                        LeaseState::Standby
-                    },
-                );
-            }
-            Ok::<(), sqlx::Error>(())
-        };
-        let limit = self.database.connect_timeout.max(Duration::from_secs(1));
-        match tokio::time::timeout(limit, bounded).await {
-            Ok(result) => Ok(result?),
-            Err(_) => Err(RoundError::TimedOut(limit)),
-        }
-    }
-
-    fn mark_unreachable(&self) {
-        for (device, state) in self.leases.devices() {
-            if state != LeaseState::Unknown {
-                self.transition(&device, state, LeaseState::Unknown);
-            }
-        }
-    }
-
-    fn transition(&self, device: &str, from: LeaseState, to: LeaseState) {
-        if from == to {
-            return;
-        }
-        self.leases.set(device, to);
-        let polled = self.leases.may_poll(device);
-        self.status.set_standby(device, !polled);
-        match to {
-            LeaseState::Standby => {
-                tracing::info!(device, "Another daemon polls this device; standing by.");
-            }
-            LeaseState::Held if from != LeaseState::Pending => {
-                tracing::info!(device, "Device lock taken: this daemon polls it now.");
-            }
-            LeaseState::Unknown if !polled => tracing::warn!(
-                device,
-                "This device's lock cannot be checked (database unreachable): not polling it meanwhile."
-            ),
-            _ => {}
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn lock_keys_are_stable_and_distinct() {
-        // Fixed forever: two versions of the daemon must agree on them.
-        assert_eq!(lock_key("house-bank"), lock_key("house-bank"));
-        assert_ne!(lock_key("house-bank"), lock_key("house-bank2"));
-        // FNV-1a 64 of "victron-poller/device/house-bank", computed independently.
-        assert_eq!(lock_key("house-bank"), 7_029_246_286_901_057_186);
-    }
 
     #[test]
     fn who_may_poll_in_each_state() {

@@ -214,6 +214,22 @@ pub struct Reading {
     pub values: Vec<(&'static str, Value)>,
 }
 
+/// The current (A) beyond which a battery counts as charging or discharging.
+pub const BATTERY_IDLE_BAND_A: f64 = 0.5;
+
+/// A battery's state from its current (positive while charging), the one rule
+/// every source uses: `charging`, `discharging`, or `idle` within
+/// ±[`BATTERY_IDLE_BAND_A`].
+pub fn battery_state(current_a: f64) -> &'static str {
+    if current_a > BATTERY_IDLE_BAND_A {
+        "charging"
+    } else if current_a < -BATTERY_IDLE_BAND_A {
+        "discharging"
+    } else {
+        "idle"
+    }
+}
+
 impl Reading {
     /// The value of `column`, if present.
     pub fn get(&self, column: &str) -> Option<&Value> {

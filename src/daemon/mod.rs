@@ -27,7 +27,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::db::link::DatabaseLink;
-use crate::failover::{LeaseKeeper, Leases};
+use crate::db::locks::LeaseKeeper;
+use crate::failover::Leases;
 use crate::forward::ForwardCounters;
 use crate::pipeline::{BatchReport, Batcher, StoreSink};
 use crate::reading::Reading;

@@ -5,6 +5,7 @@
 //! Nothing here prints; callers decide how to show the results.
 
 pub mod link;
+pub mod locks;
 pub mod migrate;
 pub mod reconcile;
 pub mod server;

@@ -19,7 +19,7 @@
 use std::f64::consts::{PI, TAU};
 
 use crate::config::ModbusClass;
-use crate::sources::modbus::fields::BATTERY_IDLE_BAND_A;
+use crate::reading::BATTERY_IDLE_BAND_A;
 
 /// Seconds in a day.
 pub const DAY_S: f64 = 86_400.0;

@@ -339,9 +339,6 @@ pub struct UnknownPath {
     path: &'static str,
 }
 
-/// The current (A) beyond which a battery counts as charging or discharging.
-pub const BATTERY_IDLE_BAND_A: f64 = 0.5;
-
 impl FieldMap {
     /// Binds the class's fields to registers.
     pub fn resolve(class: ModbusClass, list: &RegisterList) -> Result<Self, UnknownPath> {
@@ -468,13 +465,7 @@ impl FieldMap {
                     values.retain(|(c, _)| *c != "midpoint_deviation_pct");
                 }
                 if let Some(current) = get(values, "current") {
-                    let state = if current > BATTERY_IDLE_BAND_A {
-                        "charging"
-                    } else if current < -BATTERY_IDLE_BAND_A {
-                        "discharging"
-                    } else {
-                        "idle"
-                    };
+                    let state = crate::reading::battery_state(current);
                     values.push(("state", Value::Text(Cow::Borrowed(state))));
                 }
             }

@@ -421,14 +421,7 @@ impl Snapshot {
                 num("midpoint_voltage", self.number("VM"));
                 num("midpoint_deviation_pct", self.number("DM"));
                 if let Some(current) = self.number("I") {
-                    let band = crate::sources::modbus::fields::BATTERY_IDLE_BAND_A;
-                    let state = if current > band {
-                        "charging"
-                    } else if current < -band {
-                        "discharging"
-                    } else {
-                        "idle"
-                    };
+                    let state = crate::reading::battery_state(current);
                     out.push(("state", Value::Text(Cow::Borrowed(state))));
                 }
                 if let Some(Typed::Bool(on)) = self.get("Alarm") {
