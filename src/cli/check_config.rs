@@ -1,11 +1,13 @@
 //! `victron-poller check-config`: load and validate the configuration, print
-//! the effective settings without secrets. Backs systemd's `ExecStartPre=`:
-//! it refuses exactly what `run` refuses.
+//! the effective settings without secrets: every key of the table of keys
+//! ([`crate::config::KNOWN_KEYS`]) with its value and unit, then each
+//! device. Backs systemd's `ExecStartPre=`: it refuses exactly what `run`
+//! refuses.
 
 use std::path::Path;
 
 use super::Exit;
-use crate::config::{Config, LogFormat};
+use crate::config::{Config, KNOWN_KEYS};
 
 /// Runs `check-config`.
 pub fn exec(config: &Config, path: Option<&Path>) -> anyhow::Result<Exit> {
@@ -15,70 +17,13 @@ pub fn exec(config: &Config, path: Option<&Path>) -> anyhow::Result<Exit> {
         |p| p.display().to_string(),
     );
     outln!("configuration OK: {source}");
-    match &config.database {
-        Some(db) => {
-            outln!("  database.url                 {}", db.redacted_url());
-            outln!(
-                "  database.password            {}",
-                if db.password().is_some() {
-                    "set (hidden)"
-                } else {
-                    "not set"
-                }
-            );
-            outln!(
-                "  database.connect_timeout_ms  {}",
-                db.connect_timeout.as_millis()
-            );
-            outln!(
-                "  database.write_timeout_ms    {}",
-                db.write_timeout.as_millis()
-            );
-            outln!("  database.max_connections     {}", db.max_connections);
+    // Every key of the table outside the device lists, in the table's
+    // order, as loaded; the devices follow, one line each.
+    for known in KNOWN_KEYS {
+        if let Some(value) = config.shown_value(known) {
+            outln!("  {:<28} {value}", known.key);
         }
-        None => outln!("  database.url                 not set"),
     }
-    outln!(
-        "  retention.window_hours       {}",
-        config.retention.window.as_secs() / 3600
-    );
-    outln!(
-        "  retention.run_every_minutes  {}",
-        config.retention.run_every.as_secs() / 60
-    );
-    outln!(
-        "  batch                        {} readings or {} ms",
-        config.batch.max_readings,
-        config.batch.max_age.as_millis()
-    );
-    let format = match config.log.format {
-        LogFormat::Text => "text",
-        LogFormat::Json => "json",
-    };
-    outln!("  log.format                   {format}");
-    outln!("  log.level                    {}", config.log.level);
-    outln!(
-        "  health.listen                {}",
-        config
-            .health
-            .listen
-            .map_or_else(|| "not set".to_string(), |a| a.to_string())
-    );
-    outln!(
-        "  health.stall_timeout_ms      {}",
-        config.health.stall_timeout.as_millis()
-    );
-    outln!("  failover.enabled             {}", config.failover.enabled);
-    if config.failover.enabled {
-        outln!(
-            "  failover.poll_when_database_unreachable {}",
-            config.failover.poll_when_database_unreachable
-        );
-    }
-    outln!(
-        "  site.installation_id         {}",
-        config.site.installation_id.as_deref().unwrap_or("not set")
-    );
     for (i, gx) in config.gx.iter().enumerate() {
         outln!(
             "  gx[{i}]                        {}:{} every {} ms, timeout {} ms",

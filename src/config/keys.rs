@@ -1,57 +1,466 @@
-//! The list of configuration keys: the single place that says which keys
-//! exist. Loading rejects any other key, and a test checks that the example
-//! file in `config/` documents every one of them.
+//! The one table of configuration keys. Each key is written here once: its
+//! dotted name, what it holds, its default (and for a number its range and
+//! unit) and a one-line description. Everything else follows from this table:
+//! validation takes each key's default and range from it, the `Default`
+//! impls of the configuration take their values from it, loading rejects any
+//! key not in it (suggesting the closest one), `check-config` prints the keys
+//! in its order, and a test checks that the example file in `config/`
+//! documents every key with its default.
 
 /// One configuration key.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KnownKey {
-    /// Dotted key, as written in TOML sections (`[database]` + `url`).
+    /// Dotted key, as written in TOML sections (`[database]` + `url`); a
+    /// list of tables is written `gx[]`.
     pub key: &'static str,
-    /// The default, as text, or `none`.
-    pub default: &'static str,
+    /// What the key holds, and its default.
+    pub kind: KeyKind,
+    /// What the key sets, in one line.
+    pub doc: &'static str,
 }
 
-/// Every key the configuration accepts.
-pub const KNOWN_KEYS: &[KnownKey] = &[
-    key("database.url", "none (DATABASE_URL is honoured)"),
-    key("database.password", "none (taken from the URL)"),
-    key("database.connect_timeout_ms", "5000"),
-    key("database.max_connections", "4"),
-    key("database.write_timeout_ms", "30000"),
-    key("site.installation_id", "none"),
-    key("retention.window_hours", "72"),
-    key("retention.run_every_minutes", "60"),
-    key("batch.max_readings", "200"),
-    key("batch.max_age_ms", "500"),
-    key("log.format", "text"),
-    key("log.level", "info"),
-    key("health.listen", "none (PORT sets 0.0.0.0:$PORT)"),
-    key("health.stall_timeout_ms", "120000"),
-    key("failover.enabled", "false"),
-    key("failover.poll_when_database_unreachable", "true"),
-    key("gx[].host", "required"),
-    key("gx[].port", "502"),
-    key("gx[].poll_interval_ms", "5000"),
-    key("gx[].request_timeout_ms", "1000"),
-    key("gx[].reconnect_min_ms", "500"),
-    key("gx[].reconnect_max_ms", "30000"),
-    key("gx[].devices[].name", "required"),
-    key("gx[].devices[].class", "required"),
-    key(
+/// What a key holds, and what it is when absent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    /// A whole number in `min..=max`, counted in `unit`; `default` when absent.
+    Integer {
+        /// The value when the key is absent.
+        default: u64,
+        /// The smallest value accepted.
+        min: u64,
+        /// The largest value accepted.
+        max: u64,
+        /// What the number counts.
+        unit: Unit,
+    },
+    /// A whole number in `min..=max` with no default of its own.
+    OptionalInteger {
+        /// The smallest value accepted.
+        min: u64,
+        /// The largest value accepted.
+        max: u64,
+        /// What the number counts.
+        unit: Unit,
+        /// What an absent key means.
+        absent: &'static str,
+    },
+    /// `true` or `false`; `default` when absent.
+    Boolean {
+        /// The value when the key is absent.
+        default: bool,
+    },
+    /// Text; `default` when absent.
+    Text {
+        /// The value when the key is absent.
+        default: &'static str,
+    },
+    /// Text with no default: absent means `absent` (none, or required).
+    OptionalText {
+        /// What an absent key means (`none`, `required` ...).
+        absent: &'static str,
+    },
+}
+
+/// What a number counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    /// Milliseconds (keys ending in `_ms`).
+    Milliseconds,
+    /// Hours.
+    Hours,
+    /// Minutes.
+    Minutes,
+    /// Readings (a batch's size).
+    Readings,
+    /// Database connections.
+    Connections,
+    /// A plain number: a TCP port, a Modbus unit id.
+    Number,
+}
+
+impl Unit {
+    /// `value` followed by this unit: `5000 ms`, `1 hour`, `72 hours`, `502`.
+    pub fn format(self, value: u64) -> String {
+        let (one, many) = match self {
+            Self::Milliseconds => ("ms", "ms"),
+            Self::Hours => ("hour", "hours"),
+            Self::Minutes => ("minute", "minutes"),
+            Self::Readings => ("reading", "readings"),
+            Self::Connections => ("connection", "connections"),
+            Self::Number => return value.to_string(),
+        };
+        format!("{value} {}", if value == 1 { one } else { many })
+    }
+}
+
+impl KnownKey {
+    /// The key's name inside its table: `max_readings` for `batch.max_readings`.
+    pub fn name(&self) -> &'static str {
+        let key: &'static str = self.key;
+        key.rsplit_once('.').map_or(key, |(_, name)| name)
+    }
+
+    /// The table the key is in: `batch`, `gx[].devices[]`.
+    pub fn table(&self) -> &'static str {
+        let key: &'static str = self.key;
+        key.rsplit_once('.').map_or("", |(table, _)| table)
+    }
+
+    /// Whether the key belongs to an entry of a list of tables (`gx[].port`).
+    pub fn in_list(&self) -> bool {
+        self.key.contains("[]")
+    }
+
+    /// The accepted range of a number key.
+    ///
+    /// # Panics
+    ///
+    /// When the key is not a number: a mistake in the program, not in a file.
+    pub fn range(&self) -> (u64, u64) {
+        match self.kind {
+            KeyKind::Integer { min, max, .. } | KeyKind::OptionalInteger { min, max, .. } => {
+                (min, max)
+            }
+            _ => panic!("{} is not a number key", self.key),
+        }
+    }
+
+    /// The unit of a number key; `None` for any other.
+    pub fn unit(&self) -> Option<Unit> {
+        match self.kind {
+            KeyKind::Integer { unit, .. } | KeyKind::OptionalInteger { unit, .. } => Some(unit),
+            _ => None,
+        }
+    }
+
+    /// The default of a number key that has one.
+    ///
+    /// # Panics
+    ///
+    /// When the key is not a number with a default.
+    pub fn integer_default(&self) -> u64 {
+        match self.kind {
+            KeyKind::Integer { default, .. } => default,
+            _ => panic!("{} is not a number key with a default", self.key),
+        }
+    }
+
+    /// The default of a `true`/`false` key.
+    ///
+    /// # Panics
+    ///
+    /// When the key is not a `true`/`false` key.
+    pub fn boolean_default(&self) -> bool {
+        match self.kind {
+            KeyKind::Boolean { default } => default,
+            _ => panic!("{} is not a true/false key", self.key),
+        }
+    }
+
+    /// The default of a text key that has one.
+    ///
+    /// # Panics
+    ///
+    /// When the key is not a text key with a default.
+    pub fn text_default(&self) -> &'static str {
+        match self.kind {
+            KeyKind::Text { default } => default,
+            _ => panic!("{} is not a text key with a default", self.key),
+        }
+    }
+
+    /// A number of this key with its unit (`5000 ms`); the number alone for
+    /// a key that is not a number.
+    pub fn with_unit(&self, value: u64) -> String {
+        self.unit()
+            .map_or_else(|| value.to_string(), |unit| unit.format(value))
+    }
+
+    /// The default as a user reads it: `5000 ms`, `true`, `text`, or what
+    /// an absent key means (`required`, `none (taken from the URL)`).
+    pub fn default_text(&self) -> String {
+        match self.kind {
+            KeyKind::Integer { default, unit, .. } => unit.format(default),
+            KeyKind::Boolean { default } => default.to_string(),
+            KeyKind::Text { default } => default.to_string(),
+            KeyKind::OptionalInteger { absent, .. } | KeyKind::OptionalText { absent } => {
+                absent.to_string()
+            }
+        }
+    }
+}
+
+const fn integer(
+    key: &'static str,
+    default: u64,
+    (min, max): (u64, u64),
+    unit: Unit,
+    doc: &'static str,
+) -> KnownKey {
+    KnownKey {
+        key,
+        kind: KeyKind::Integer {
+            default,
+            min,
+            max,
+            unit,
+        },
+        doc,
+    }
+}
+
+const fn optional_integer(
+    key: &'static str,
+    absent: &'static str,
+    (min, max): (u64, u64),
+    unit: Unit,
+    doc: &'static str,
+) -> KnownKey {
+    KnownKey {
+        key,
+        kind: KeyKind::OptionalInteger {
+            min,
+            max,
+            unit,
+            absent,
+        },
+        doc,
+    }
+}
+
+const fn boolean(key: &'static str, default: bool, doc: &'static str) -> KnownKey {
+    KnownKey {
+        key,
+        kind: KeyKind::Boolean { default },
+        doc,
+    }
+}
+
+const fn text(key: &'static str, default: &'static str, doc: &'static str) -> KnownKey {
+    KnownKey {
+        key,
+        kind: KeyKind::Text { default },
+        doc,
+    }
+}
+
+const fn optional_text(key: &'static str, absent: &'static str, doc: &'static str) -> KnownKey {
+    KnownKey {
+        key,
+        kind: KeyKind::OptionalText { absent },
+        doc,
+    }
+}
+
+/// Declares each key as a constant (for the code that reads it) and lists
+/// them all, in this order, in [`KNOWN_KEYS`]: a key is written once.
+macro_rules! table {
+    ($($name:ident = $key:expr;)*) => {
+        $(pub(super) const $name: KnownKey = $key;)*
+
+        /// Every key the configuration accepts, in the order `check-config`
+        /// shows them.
+        pub const KNOWN_KEYS: &[KnownKey] = &[$($name),*];
+    };
+}
+
+use Unit::{Connections, Hours, Milliseconds, Minutes, Number, Readings};
+
+table! {
+    DATABASE_URL = optional_text(
+        "database.url",
+        "none (DATABASE_URL is honoured)",
+        "PostgreSQL/TimescaleDB connection URL; TLS options go in its query string",
+    );
+    DATABASE_PASSWORD = optional_text(
+        "database.password",
+        "none (taken from the URL)",
+        "password of the URL's user; never shown",
+    );
+    DATABASE_CONNECT_TIMEOUT_MS = integer(
+        "database.connect_timeout_ms",
+        5000,
+        (1, 600_000),
+        Milliseconds,
+        "how long one connection attempt may take",
+    );
+    DATABASE_MAX_CONNECTIONS = integer(
+        "database.max_connections",
+        4,
+        (1, 1000),
+        Connections,
+        "upper bound of the connection pool",
+    );
+    DATABASE_WRITE_TIMEOUT_MS = integer(
+        "database.write_timeout_ms",
+        30_000,
+        (100, 3_600_000),
+        Milliseconds,
+        "longest wait for one batch to be written before it is retried",
+    );
+    SITE_INSTALLATION_ID = optional_text(
+        "site.installation_id",
+        "none",
+        "the site's name, stored in every reading (at most 100 characters)",
+    );
+    RETENTION_WINDOW_HOURS = integer(
+        "retention.window_hours",
+        72,
+        (1, 24 * 365 * 10),
+        Hours,
+        "readings older than this are deleted, in every store",
+    );
+    RETENTION_RUN_EVERY_MINUTES = integer(
+        "retention.run_every_minutes",
+        60,
+        (1, 24 * 60),
+        Minutes,
+        "how often the retention job runs",
+    );
+    BATCH_MAX_READINGS = integer(
+        "batch.max_readings",
+        200,
+        (1, 100_000),
+        Readings,
+        "a batch for the local store closes at this many readings",
+    );
+    BATCH_MAX_AGE_MS = integer(
+        "batch.max_age_ms",
+        500,
+        (1, 600_000),
+        Milliseconds,
+        "...or when its first reading is this old",
+    );
+    LOG_FORMAT = text("log.format", "text", "\"text\" or \"json\" lines");
+    LOG_LEVEL = text(
+        "log.level",
+        "info",
+        "a level or comma-separated target=level directives",
+    );
+    HEALTH_LISTEN = optional_text(
+        "health.listen",
+        "none (PORT sets 0.0.0.0:$PORT)",
+        "address of the /healthz and /metrics endpoint",
+    );
+    HEALTH_STALL_TIMEOUT_MS = integer(
+        "health.stall_timeout_ms",
+        120_000,
+        (1000, 86_400_000),
+        Milliseconds,
+        "a source that completes no poll for this long is hung",
+    );
+    FAILOVER_ENABLED = boolean(
+        "failover.enabled",
+        false,
+        "take a database lock per device before polling it",
+    );
+    FAILOVER_POLL_WHEN_DATABASE_UNREACHABLE = boolean(
+        "failover.poll_when_database_unreachable",
+        true,
+        "poll the devices no other daemon holds while the database is unreachable",
+    );
+    GX_HOST = optional_text("gx[].host", "required", "IP address or host name of the GX");
+    GX_PORT = integer(
+        "gx[].port",
+        502,
+        (1, 65_535),
+        Number,
+        "TCP port of the GX's Modbus-TCP server",
+    );
+    GX_POLL_INTERVAL_MS = integer(
+        "gx[].poll_interval_ms",
+        5000,
+        (100, 3_600_000),
+        Milliseconds,
+        "time between the starts of two polls",
+    );
+    GX_REQUEST_TIMEOUT_MS = integer(
+        "gx[].request_timeout_ms",
+        1000,
+        (10, 60_000),
+        Milliseconds,
+        "longest wait for one reply",
+    );
+    GX_RECONNECT_MIN_MS = integer(
+        "gx[].reconnect_min_ms",
+        500,
+        (10, 3_600_000),
+        Milliseconds,
+        "first reconnect delay after a lost connection",
+    );
+    GX_RECONNECT_MAX_MS = integer(
+        "gx[].reconnect_max_ms",
+        30_000,
+        (10, 3_600_000),
+        Milliseconds,
+        "longest reconnect delay; not below reconnect_min_ms",
+    );
+    GX_DEVICE_NAME = optional_text(
+        "gx[].devices[].name",
+        "required",
+        "the device's stable identity in the database",
+    );
+    GX_DEVICE_CLASS = optional_text(
+        "gx[].devices[].class",
+        "required",
+        "system, battery, solarcharger or vebus",
+    );
+    GX_DEVICE_UNIT_ID = optional_integer(
         "gx[].devices[].unit_id",
         "100 for class system, else required",
-    ),
-    key("vedirect[].name", "required"),
-    key("vedirect[].path", "path or address required"),
-    key("vedirect[].address", "path or address required"),
-    key("vedirect[].poll_interval_ms", "5000"),
-    key("vedirect[].silence_timeout_ms", "10000"),
-    key("vedirect[].reconnect_min_ms", "500"),
-    key("vedirect[].reconnect_max_ms", "30000"),
-];
+        (0, 247),
+        Number,
+        "the Modbus unit id the GX lists for the device",
+    );
+    VEDIRECT_NAME = optional_text(
+        "vedirect[].name",
+        "required",
+        "the device's stable identity in the database",
+    );
+    VEDIRECT_PATH = optional_text(
+        "vedirect[].path",
+        "path or address required",
+        "the serial device (19200 baud, 8N1)",
+    );
+    VEDIRECT_ADDRESS = optional_text(
+        "vedirect[].address",
+        "path or address required",
+        "a serial-to-network bridge, host:port",
+    );
+    VEDIRECT_POLL_INTERVAL_MS = integer(
+        "vedirect[].poll_interval_ms",
+        5000,
+        (0, 3_600_000),
+        Milliseconds,
+        "how often a reading is emitted; 0 emits every snapshot",
+    );
+    VEDIRECT_SILENCE_TIMEOUT_MS = integer(
+        "vedirect[].silence_timeout_ms",
+        10_000,
+        (1000, 3_600_000),
+        Milliseconds,
+        "reopen the port when no valid block arrives for this long",
+    );
+    VEDIRECT_RECONNECT_MIN_MS = integer(
+        "vedirect[].reconnect_min_ms",
+        500,
+        (10, 3_600_000),
+        Milliseconds,
+        "first reopen delay after a failure",
+    );
+    VEDIRECT_RECONNECT_MAX_MS = integer(
+        "vedirect[].reconnect_max_ms",
+        30_000,
+        (10, 3_600_000),
+        Milliseconds,
+        "longest reopen delay; not below reconnect_min_ms",
+    );
+}
 
-const fn key(key: &'static str, default: &'static str) -> KnownKey {
-    KnownKey { key, default }
+/// Whether `key` is in the table (every constant above is: the reader
+/// checks it in debug builds).
+pub(super) fn is_known(key: &KnownKey) -> bool {
+    KNOWN_KEYS.contains(key)
 }
 
 /// The known key closest to a misspelt one, if any is close enough.
@@ -117,5 +526,37 @@ mod tests {
             closest("gx[3].devices[0].unitid"),
             Some("gx[].devices[].unit_id")
         );
+    }
+
+    #[test]
+    fn the_table_is_consistent() {
+        for (i, known) in KNOWN_KEYS.iter().enumerate() {
+            assert!(
+                KNOWN_KEYS[..i].iter().all(|k| k.key != known.key),
+                "{} is listed twice",
+                known.key
+            );
+            assert!(!known.doc.is_empty(), "{} has no doc", known.key);
+            assert!(!known.table().is_empty(), "{} has no table", known.key);
+            match known.kind {
+                KeyKind::Integer {
+                    default, min, max, ..
+                } => assert!(
+                    min <= default && default <= max,
+                    "{}: default {default} outside {min} to {max}",
+                    known.key
+                ),
+                KeyKind::OptionalInteger { min, max, .. } => assert!(min <= max, "{}", known.key),
+                _ => {}
+            }
+            if known.key.ends_with("_ms") {
+                assert_eq!(known.unit(), Some(Unit::Milliseconds), "{}", known.key);
+            }
+        }
+        assert_eq!(BATCH_MAX_READINGS.name(), "max_readings");
+        assert_eq!(GX_DEVICE_UNIT_ID.table(), "gx[].devices[]");
+        assert_eq!(DATABASE_CONNECT_TIMEOUT_MS.default_text(), "5000 ms");
+        assert_eq!(RETENTION_RUN_EVERY_MINUTES.with_unit(1), "1 minute");
+        assert_eq!(GX_PORT.with_unit(502), "502");
     }
 }

@@ -10,6 +10,9 @@
 //! The plain variables a platform sets are honoured too, below the prefixed
 //! ones: `DATABASE_URL`, `LOG_FORMAT` (for `log.format`) and `PORT` (the
 //! health endpoint listens on `0.0.0.0:$PORT`).
+//! Every key, with its default, range, unit and meaning, is in one table
+//! ([`KNOWN_KEYS`]): validation, the `Default` impls below and `check-config`
+//! all read it.
 //! Loading never stops at the first problem: unknown keys and bad values are
 //! collected and reported together, each naming its key. Secrets (the database
 //! password) never appear in a message or in `Debug` output.
@@ -27,7 +30,7 @@ use std::time::Duration;
 use config::{Environment, File, FileFormat};
 use url::Url;
 
-pub use keys::KNOWN_KEYS;
+pub use keys::{KNOWN_KEYS, KeyKind, KnownKey, Unit};
 
 /// Prefix of the environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "VICTRON_POLLER";
@@ -78,14 +81,14 @@ impl Default for HealthConfig {
     fn default() -> Self {
         Self {
             listen: None,
-            stall_timeout: Duration::from_secs(120),
+            stall_timeout: Duration::from_millis(keys::HEALTH_STALL_TIMEOUT_MS.integer_default()),
         }
     }
 }
 
 /// Two daemons configured for the same devices (a gateway and a cloud
 /// worker): a PostgreSQL advisory lock per device decides which one polls it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FailoverConfig {
     /// Take a lock per device before polling it (`failover.enabled`).
     pub enabled: bool,
@@ -94,6 +97,16 @@ pub struct FailoverConfig {
     /// true: right for a gateway next to its devices, whose readings wait in
     /// its local store; a cloud worker sets false).
     pub poll_when_database_unreachable: bool,
+}
+
+impl Default for FailoverConfig {
+    fn default() -> Self {
+        Self {
+            enabled: keys::FAILOVER_ENABLED.boolean_default(),
+            poll_when_database_unreachable: keys::FAILOVER_POLL_WHEN_DATABASE_UNREACHABLE
+                .boolean_default(),
+        }
+    }
 }
 
 /// One VE.Direct device: a battery monitor, MPPT or Phoenix inverter.
@@ -248,8 +261,10 @@ pub struct RetentionConfig {
 impl Default for RetentionConfig {
     fn default() -> Self {
         Self {
-            window: Duration::from_secs(72 * 3600),
-            run_every: Duration::from_secs(3600),
+            window: Duration::from_secs(keys::RETENTION_WINDOW_HOURS.integer_default() * 3600),
+            run_every: Duration::from_secs(
+                keys::RETENTION_RUN_EVERY_MINUTES.integer_default() * 60,
+            ),
         }
     }
 }
@@ -266,8 +281,9 @@ pub struct BatchConfig {
 impl Default for BatchConfig {
     fn default() -> Self {
         Self {
-            max_readings: 200,
-            max_age: Duration::from_millis(500),
+            max_readings: usize::try_from(keys::BATCH_MAX_READINGS.integer_default())
+                .unwrap_or(usize::MAX),
+            max_age: Duration::from_millis(keys::BATCH_MAX_AGE_MS.integer_default()),
         }
     }
 }
@@ -284,8 +300,9 @@ pub struct LogConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         Self {
-            format: LogFormat::Text,
-            level: "info".into(),
+            format: LogFormat::parse(keys::LOG_FORMAT.text_default())
+                .expect("the table's log.format default is a log format"),
+            level: keys::LOG_LEVEL.text_default().into(),
         }
     }
 }
@@ -297,6 +314,25 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line, for log collectors.
     Json,
+}
+
+impl LogFormat {
+    /// Parses the configuration name (`text`, `json`), exactly.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "text" => Some(Self::Text),
+            "json" => Some(Self::Json),
+            _ => None,
+        }
+    }
+
+    /// The configuration name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Text => "text",
+            Self::Json => "json",
+        }
+    }
 }
 
 /// A string that must not be shown: `Debug` and `Display` print `***`.
@@ -533,6 +569,64 @@ impl Config {
             }]));
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// The effective value of `known` as `check-config` shows it: a number
+    /// with its unit (`5000 ms`), `true`/`false`, text, `not set`; the
+    /// password only as `set (hidden)` or `not set`. `None` for the keys of
+    /// `[[gx]]` and `[[vedirect]]` entries (shown per device), for the
+    /// database's other keys when no database is configured, and for a key
+    /// this does not know (a test checks there is none).
+    pub fn shown_value(&self, known: &KnownKey) -> Option<String> {
+        enum Shown {
+            Number(u64),
+            Millis(Duration),
+            Flag(bool),
+            Text(String),
+        }
+        let not_set = || Shown::Text("not set".into());
+        let db = self.database.as_ref();
+        let shown = match known.key {
+            "database.url" => db.map_or_else(not_set, |db| Shown::Text(db.redacted_url())),
+            "database.password" => match db.and_then(DatabaseConfig::password) {
+                Some(_) => Shown::Text("set (hidden)".into()),
+                None => not_set(),
+            },
+            "database.connect_timeout_ms" => Shown::Millis(db?.connect_timeout),
+            "database.max_connections" => Shown::Number(u64::from(db?.max_connections)),
+            "database.write_timeout_ms" => Shown::Millis(db?.write_timeout),
+            "site.installation_id" => self
+                .site
+                .installation_id
+                .clone()
+                .map_or_else(not_set, Shown::Text),
+            "retention.window_hours" => Shown::Number(self.retention.window.as_secs() / 3600),
+            "retention.run_every_minutes" => Shown::Number(self.retention.run_every.as_secs() / 60),
+            "batch.max_readings" => {
+                Shown::Number(u64::try_from(self.batch.max_readings).unwrap_or(u64::MAX))
+            }
+            "batch.max_age_ms" => Shown::Millis(self.batch.max_age),
+            "log.format" => Shown::Text(self.log.format.as_str().into()),
+            "log.level" => Shown::Text(self.log.level.clone()),
+            "health.listen" => self
+                .health
+                .listen
+                .map_or_else(not_set, |a| Shown::Text(a.to_string())),
+            "health.stall_timeout_ms" => Shown::Millis(self.health.stall_timeout),
+            "failover.enabled" => Shown::Flag(self.failover.enabled),
+            "failover.poll_when_database_unreachable" => {
+                Shown::Flag(self.failover.poll_when_database_unreachable)
+            }
+            _ => return None,
+        };
+        Some(match shown {
+            Shown::Number(n) => known.with_unit(n),
+            Shown::Millis(d) => known.with_unit(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            Shown::Flag(b) => b.to_string(),
+            Shown::Text(t) => t,
+        })
     }
 }
 

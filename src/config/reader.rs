@@ -1,12 +1,14 @@
-//! Reading raw configuration values key by key: each `take_*` removes the key
+//! Reading raw configuration values key by key: each read removes the key
 //! from its table and records a problem (naming the full key) instead of
-//! failing, so that every problem of a file is reported at once. What is left
-//! in a table after its owner has taken its keys is unknown.
+//! failing, so that every problem of a file is reported at once. A key is
+//! read by its entry in the table of keys ([`super::keys`]), which gives its
+//! name, default and range. What is left in a table after its owner has
+//! taken its keys is unknown.
 
 use config::{Map, Value, ValueKind};
 
 use super::ConfigProblem;
-use super::keys;
+use super::keys::{self, KnownKey};
 
 /// Problems found so far, with where environment variables set keys.
 pub(super) struct Problems {
@@ -81,8 +83,21 @@ impl Table {
         self.entries.remove(name)
     }
 
-    /// A string; secrets are never quoted back.
-    pub(super) fn string(&mut self, name: &str, problems: &mut Problems) -> Option<String> {
+    /// The name of `known` in this table; debug builds check that `known` is
+    /// in the table of keys and belongs to this table.
+    fn name_of(&self, known: &KnownKey) -> &'static str {
+        debug_assert!(keys::is_known(known), "{} is not in the table", known.key);
+        debug_assert_eq!(
+            keys::without_indexes(&self.key(known.name())),
+            known.key,
+            "read from the wrong table"
+        );
+        known.name()
+    }
+
+    /// A text key; secrets are never quoted back.
+    pub(super) fn string(&mut self, known: &KnownKey, problems: &mut Problems) -> Option<String> {
+        let name = self.name_of(known);
         let value = self.take(name)?;
         match value.kind {
             ValueKind::String(s) => Some(s),
@@ -94,27 +109,16 @@ impl Table {
         }
     }
 
-    /// A whole number in `min..=max`; `default` when absent or invalid.
-    pub(super) fn integer(
-        &mut self,
-        name: &str,
-        default: u64,
-        min: u64,
-        max: u64,
-        problems: &mut Problems,
-    ) -> u64 {
-        self.integer_opt(name, min, max, problems)
-            .unwrap_or(default)
+    /// A number key in its range; its default when absent or invalid.
+    pub(super) fn integer(&mut self, known: &KnownKey, problems: &mut Problems) -> u64 {
+        self.integer_opt(known, problems)
+            .unwrap_or_else(|| known.integer_default())
     }
 
-    /// A whole number in `min..=max`, or `None` when absent or invalid.
-    pub(super) fn integer_opt(
-        &mut self,
-        name: &str,
-        min: u64,
-        max: u64,
-        problems: &mut Problems,
-    ) -> Option<u64> {
+    /// A number key in its range, or `None` when absent or invalid.
+    pub(super) fn integer_opt(&mut self, known: &KnownKey, problems: &mut Problems) -> Option<u64> {
+        let name = self.name_of(known);
+        let (min, max) = known.range();
         let value = self.take(name)?;
         let parsed = match &value.kind {
             ValueKind::I64(n) => u64::try_from(*n).map_err(|_| n.to_string()),
@@ -150,9 +154,11 @@ impl Table {
         }
     }
 
-    /// `true` or `false` (also as the strings environment variables give);
-    /// `default` when absent or invalid.
-    pub(super) fn boolean(&mut self, name: &str, default: bool, problems: &mut Problems) -> bool {
+    /// A `true`/`false` key (also as the strings environment variables
+    /// give); its default when absent or invalid.
+    pub(super) fn boolean(&mut self, known: &KnownKey, problems: &mut Problems) -> bool {
+        let name = self.name_of(known);
+        let default = known.boolean_default();
         let Some(value) = self.take(name) else {
             return default;
         };

@@ -5,6 +5,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::keys;
 use super::*;
 
 const EXAMPLE: &str = concat!(
@@ -32,6 +33,47 @@ fn problems(result: Result<Config, ConfigError>) -> Vec<ConfigProblem> {
     }
 }
 
+/// The keys the example file shows, by table key (`gx[].port`): the value
+/// of the first line that sets the key, or `None` when the key appears only
+/// in a comment (`# password = "..."`).
+fn example_keys(text: &str) -> HashMap<String, Option<String>> {
+    let mut found: HashMap<String, Option<String>> = HashMap::new();
+    let mut table = String::new();
+    for line in text.lines() {
+        let line = line.trim();
+        let commented = line.starts_with('#');
+        let content = line.trim_start_matches(['#', ' ']);
+        if !commented && content.starts_with('[') {
+            let name = content.trim_matches(|c: char| c == '[' || c == ']');
+            table = if content.starts_with("[[") {
+                name.split('.')
+                    .map(|part| format!("{part}[]"))
+                    .collect::<Vec<_>>()
+                    .join(".")
+            } else {
+                name.to_string()
+            };
+            continue;
+        }
+        let Some((key, value)) = content.split_once('=') else {
+            continue;
+        };
+        let key = key.trim();
+        let is_key = !key.is_empty()
+            && key
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !is_key {
+            continue;
+        }
+        let entry = found.entry(format!("{table}.{key}")).or_insert(None);
+        if !commented && entry.is_none() {
+            *entry = Some(value.trim().to_string());
+        }
+    }
+    found
+}
+
 #[test]
 fn example_file_loads_and_documents_every_key() {
     let config = Config::load_with_env(Some(Path::new(EXAMPLE)), env(&[])).unwrap();
@@ -47,24 +89,212 @@ fn example_file_loads_and_documents_every_key() {
     assert_eq!(config.gx.len(), 1);
     assert_eq!(config.gx[0].devices.len(), 4);
 
-    let text = std::fs::read_to_string(EXAMPLE).unwrap();
+    // Every key of the table is in the example, in its section, set to its
+    // default where it has one; the example shows no other key.
+    let example = example_keys(&std::fs::read_to_string(EXAMPLE).unwrap());
     for known in KNOWN_KEYS {
-        let (section, key) = known.key.rsplit_once('.').unwrap();
-        let header = if section.ends_with("[]") {
-            format!("[[{}]]", section.replace("[]", ""))
-        } else {
-            format!("[{section}]")
+        let Some(written) = example.get(known.key) else {
+            panic!("example does not document {}", known.key);
         };
-        assert!(text.contains(&header), "example lacks section {header}");
-        assert!(
-            text.lines().any(|l| {
-                let l = l.trim_start_matches(['#', ' ']);
-                l.starts_with(&format!("{key} =")) || l.starts_with(&format!("{key}="))
-            }),
-            "example does not document {}",
+        let default = match known.kind {
+            KeyKind::Integer { default, .. } => default.to_string(),
+            KeyKind::Boolean { default } => default.to_string(),
+            KeyKind::Text { default } => format!("\"{default}\""),
+            KeyKind::OptionalInteger { .. } | KeyKind::OptionalText { .. } => continue,
+        };
+        assert_eq!(
+            written.as_deref(),
+            Some(default.as_str()),
+            "the example does not set {} to its default",
             known.key
         );
     }
+    for key in example.keys() {
+        assert!(
+            KNOWN_KEYS.iter().any(|k| k.key == key.as_str()),
+            "the example shows {key}, which is not in the table of keys"
+        );
+    }
+}
+
+/// Loaded from nothing but what brings every table into being (a database,
+/// one GX, one VE.Direct device), every key has the table's default, and the
+/// `Default` impls agree.
+#[test]
+fn defaults_are_the_tables() {
+    let config = Config::load_with_env(
+        None,
+        env(&[
+            ("DATABASE_URL", "postgres://u@db/x"),
+            (
+                "VICTRON_POLLER_GX",
+                r#"[{ host = "gx", devices = [{ name = "s", class = "system" }] }]"#,
+            ),
+            (
+                "VICTRON_POLLER_VEDIRECT",
+                r#"[{ name = "bmv", path = "/dev/ttyUSB0" }]"#,
+            ),
+        ]),
+    )
+    .unwrap();
+    let db = config.database.as_ref().unwrap();
+    let (gx, vedirect) = (&config.gx[0], &config.vedirect[0]);
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap();
+    for known in KNOWN_KEYS {
+        if matches!(
+            known.kind,
+            KeyKind::OptionalInteger { .. } | KeyKind::OptionalText { .. }
+        ) {
+            continue;
+        }
+        if !known.in_list() {
+            assert_eq!(
+                config.shown_value(known),
+                Some(known.default_text()),
+                "{}",
+                known.key
+            );
+        }
+        let KeyKind::Integer { default, .. } = known.kind else {
+            continue;
+        };
+        let loaded = match known.key {
+            "database.connect_timeout_ms" => ms(db.connect_timeout),
+            "database.max_connections" => u64::from(db.max_connections),
+            "database.write_timeout_ms" => ms(db.write_timeout),
+            "retention.window_hours" => config.retention.window.as_secs() / 3600,
+            "retention.run_every_minutes" => config.retention.run_every.as_secs() / 60,
+            "batch.max_readings" => u64::try_from(config.batch.max_readings).unwrap(),
+            "batch.max_age_ms" => ms(config.batch.max_age),
+            "health.stall_timeout_ms" => ms(config.health.stall_timeout),
+            "gx[].port" => u64::from(gx.port),
+            "gx[].poll_interval_ms" => ms(gx.poll_interval),
+            "gx[].request_timeout_ms" => ms(gx.request_timeout),
+            "gx[].reconnect_min_ms" => ms(gx.reconnect_min),
+            "gx[].reconnect_max_ms" => ms(gx.reconnect_max),
+            "vedirect[].poll_interval_ms" => ms(vedirect.poll_interval),
+            "vedirect[].silence_timeout_ms" => ms(vedirect.silence_timeout),
+            "vedirect[].reconnect_min_ms" => ms(vedirect.reconnect_min),
+            "vedirect[].reconnect_max_ms" => ms(vedirect.reconnect_max),
+            other => panic!("{other}: this test does not know where its value is kept"),
+        };
+        assert_eq!(loaded, default, "{}", known.key);
+    }
+    assert_eq!(config.retention, RetentionConfig::default());
+    assert_eq!(config.batch, BatchConfig::default());
+    assert_eq!(config.log, LogConfig::default());
+    assert_eq!(config.health, HealthConfig::default());
+    assert_eq!(config.failover, FailoverConfig::default());
+}
+
+/// `check-config` shows every key outside the device lists, numbers with
+/// their unit, and the password only as set or not.
+#[test]
+fn every_key_outside_the_device_lists_is_shown() {
+    let config = Config::load_with_env(
+        Some(Path::new(EXAMPLE)),
+        env(&[
+            ("VICTRON_POLLER_FAILOVER__ENABLED", "true"),
+            ("VICTRON_POLLER_DATABASE__PASSWORD", "hunter2"),
+        ]),
+    )
+    .unwrap();
+    for known in KNOWN_KEYS.iter().filter(|k| !k.in_list()) {
+        let shown = config
+            .shown_value(known)
+            .unwrap_or_else(|| panic!("{} is not shown", known.key));
+        assert!(!shown.contains("hunter2"), "{}: {shown}", known.key);
+    }
+    for known in KNOWN_KEYS.iter().filter(|k| k.in_list()) {
+        assert_eq!(config.shown_value(known), None, "{}", known.key);
+    }
+    let shown = |known: &KnownKey| config.shown_value(known);
+    assert_eq!(
+        shown(&keys::DATABASE_URL).as_deref(),
+        Some("postgres://victron@db.example.net:5432/ranch")
+    );
+    assert_eq!(
+        shown(&keys::DATABASE_PASSWORD).as_deref(),
+        Some("set (hidden)")
+    );
+    assert_eq!(
+        shown(&keys::DATABASE_CONNECT_TIMEOUT_MS).as_deref(),
+        Some("5000 ms")
+    );
+    assert_eq!(
+        shown(&keys::DATABASE_MAX_CONNECTIONS).as_deref(),
+        Some("4 connections")
+    );
+    assert_eq!(
+        shown(&keys::RETENTION_WINDOW_HOURS).as_deref(),
+        Some("72 hours")
+    );
+    assert_eq!(
+        shown(&keys::BATCH_MAX_READINGS).as_deref(),
+        Some("200 readings")
+    );
+    assert_eq!(shown(&keys::HEALTH_LISTEN).as_deref(), Some("not set"));
+
+    let bare = Config::load_with_env(None, env(&[])).unwrap();
+    assert_eq!(
+        bare.shown_value(&keys::DATABASE_URL).as_deref(),
+        Some("not set")
+    );
+    assert_eq!(
+        bare.shown_value(&keys::DATABASE_PASSWORD).as_deref(),
+        Some("not set")
+    );
+    assert_eq!(bare.shown_value(&keys::DATABASE_MAX_CONNECTIONS), None);
+}
+
+/// One check for every source: GX and VE.Direct refuse a longest reconnect
+/// delay below the first alike (VE.Direct once raised it silently).
+#[test]
+fn reconnect_max_below_min_is_refused_for_every_source() {
+    let f = file(
+        r#"
+[[gx]]
+host = "gx"
+reconnect_min_ms = 500
+reconnect_max_ms = 100
+devices = [{ name = "s", class = "system" }]
+[[vedirect]]
+name = "bmv"
+path = "/dev/ttyUSB0"
+reconnect_min_ms = 500
+reconnect_max_ms = 100
+"#,
+    );
+    let found = problems(Config::load_with_env(Some(f.path()), env(&[])));
+    let text: Vec<String> = found.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        text,
+        [
+            "gx[0].reconnect_max_ms: 100 is below reconnect_min_ms (500)",
+            "vedirect[0].reconnect_max_ms: 100 is below reconnect_min_ms (500)",
+        ]
+    );
+
+    let found = problems(Config::load_with_env(
+        None,
+        env(&[(
+            "VICTRON_POLLER_VEDIRECT",
+            r#"[{ name = "bmv", address = "10.0.0.3:8888", reconnect_max_ms = 400 }]"#,
+        )]),
+    ));
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].key, "vedirect[0].reconnect_max_ms");
+    assert_eq!(
+        found[0].message,
+        "400 is below reconnect_min_ms (500) (from environment variable VICTRON_POLLER_VEDIRECT)"
+    );
+
+    // Equal delays are fine: a constant delay.
+    let f = file(
+        "[[vedirect]]\nname = \"bmv\"\npath = \"/dev/ttyUSB0\"\nreconnect_min_ms = 800\nreconnect_max_ms = 800\n",
+    );
+    let config = Config::load_with_env(Some(f.path()), env(&[])).unwrap();
+    assert_eq!(config.vedirect[0].reconnect_max, Duration::from_millis(800));
 }
 
 #[test]

@@ -1,11 +1,15 @@
-//! Raw configuration values → the typed [`Config`]: defaults, ranges, and the
-//! cross-key checks (unique device names). Every problem is collected.
+//! Raw configuration values → the typed [`Config`]: each key read through
+//! its entry in the table of keys ([`super::keys`], which holds its default
+//! and range), and the cross-key checks (reconnect delays in order, unique
+//! device names, the stall limit above every wait). Every problem is
+//! collected.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
 use url::Url;
 
+use super::keys::{self, KnownKey};
 use super::reader::{Problems, Table};
 use super::{
     BatchConfig, Config, ConfigError, DatabaseConfig, FailoverConfig, GxConfig, HealthConfig,
@@ -31,7 +35,7 @@ pub(super) fn validate(
     let mut t = root.table("site", &mut problems);
     let site = SiteConfig {
         installation_id: t
-            .string("installation_id", &mut problems)
+            .string(&keys::SITE_INSTALLATION_ID, &mut problems)
             .filter(|s| !s.is_empty()),
     };
     if site
@@ -44,15 +48,15 @@ pub(super) fn validate(
     t.finish(&mut problems);
 
     let mut t = root.table("retention", &mut problems);
-    let window_hours = t.integer("window_hours", 72, 1, 24 * 365 * 10, &mut problems);
-    let run_every_minutes = t.integer("run_every_minutes", 60, 1, 24 * 60, &mut problems);
+    let window_hours = t.integer(&keys::RETENTION_WINDOW_HOURS, &mut problems);
+    let run_every_minutes = t.integer(&keys::RETENTION_RUN_EVERY_MINUTES, &mut problems);
     t.finish(&mut problems);
 
     let mut t = root.table("batch", &mut problems);
     let batch = BatchConfig {
-        max_readings: usize::try_from(t.integer("max_readings", 200, 1, 100_000, &mut problems))
-            .unwrap_or(200),
-        max_age: Duration::from_millis(t.integer("max_age_ms", 500, 1, 600_000, &mut problems)),
+        max_readings: usize::try_from(t.integer(&keys::BATCH_MAX_READINGS, &mut problems))
+            .unwrap_or(usize::MAX),
+        max_age: Duration::from_millis(t.integer(&keys::BATCH_MAX_AGE_MS, &mut problems)),
     };
     t.finish(&mut problems);
 
@@ -78,10 +82,9 @@ pub(super) fn validate(
 
     let mut t = root.table("failover", &mut problems);
     let failover = FailoverConfig {
-        enabled: t.boolean("enabled", false, &mut problems),
+        enabled: t.boolean(&keys::FAILOVER_ENABLED, &mut problems),
         poll_when_database_unreachable: t.boolean(
-            "poll_when_database_unreachable",
-            true,
+            &keys::FAILOVER_POLL_WHEN_DATABASE_UNREACHABLE,
             &mut problems,
         ),
     };
@@ -116,12 +119,17 @@ pub(super) fn validate(
 }
 
 fn database(t: &mut Table, problems: &mut Problems) -> Option<DatabaseConfig> {
-    let connect_timeout_ms = t.integer("connect_timeout_ms", 5000, 1, 600_000, problems);
-    let write_timeout_ms = t.integer("write_timeout_ms", 30_000, 100, 3_600_000, problems);
-    let max_connections = t.integer("max_connections", 4, 1, 1000, problems);
-    let password = t.string("password", problems).filter(|p| !p.is_empty());
+    let connect_timeout_ms = t.integer(&keys::DATABASE_CONNECT_TIMEOUT_MS, problems);
+    let write_timeout_ms = t.integer(&keys::DATABASE_WRITE_TIMEOUT_MS, problems);
+    let max_connections = t.integer(&keys::DATABASE_MAX_CONNECTIONS, problems);
+    let password = t
+        .string(&keys::DATABASE_PASSWORD, problems)
+        .filter(|p| !p.is_empty());
     let url_key = t.key("url");
-    let Some(url) = t.string("url", problems).filter(|u| !u.trim().is_empty()) else {
+    let Some(url) = t
+        .string(&keys::DATABASE_URL, problems)
+        .filter(|u| !u.trim().is_empty())
+    else {
         if password.is_some() {
             problems.push(&t.key("password"), "is set but database.url is not");
         }
@@ -202,7 +210,7 @@ fn health(
 ) -> HealthConfig {
     let listen_key = t.key("listen");
     let listen = t
-        .string("listen", problems)
+        .string(&keys::HEALTH_LISTEN, problems)
         .filter(|l| !l.trim().is_empty())
         .and_then(|text| match text.trim().parse() {
             Ok(address) => Some(address),
@@ -215,7 +223,7 @@ fn health(
             }
         });
     let stall_key = t.key("stall_timeout_ms");
-    let stall_ms = t.integer("stall_timeout_ms", 120_000, 1000, 86_400_000, problems);
+    let stall_ms = t.integer(&keys::HEALTH_STALL_TIMEOUT_MS, problems);
     // A source legitimately waits this long between two polls: the stall
     // limit must be longer, or a healthy daemon would be called hung.
     let longest_wait = gx
@@ -289,16 +297,18 @@ fn log_filter(filter: &str) -> Result<String, String> {
 }
 
 fn log(t: &mut Table, problems: &mut Problems) -> LogConfig {
-    let format = match t.string("format", problems).as_deref() {
-        None | Some("text") => LogFormat::Text,
-        Some("json") => LogFormat::Json,
-        Some(other) => {
-            let message = format!("\"{other}\" is not a log format (use \"text\" or \"json\")");
+    let defaults = LogConfig::default();
+    let format = match t.string(&keys::LOG_FORMAT, problems) {
+        None => defaults.format,
+        Some(written) => LogFormat::parse(&written).unwrap_or_else(|| {
+            let message = format!("\"{written}\" is not a log format (use \"text\" or \"json\")");
             problems.push(&t.key("format"), message);
-            LogFormat::Text
-        }
+            defaults.format
+        }),
     };
-    let written = t.string("level", problems).unwrap_or_else(|| "info".into());
+    let written = t
+        .string(&keys::LOG_LEVEL, problems)
+        .unwrap_or(defaults.level);
     let level = match log_filter(&written) {
         Ok(filter) => filter,
         Err(message) => {
@@ -311,18 +321,18 @@ fn log(t: &mut Table, problems: &mut Problems) -> LogConfig {
 
 fn gx(mut t: Table, problems: &mut Problems) -> Option<GxConfig> {
     let host_key = t.key("host");
-    let host = t.string("host", problems).map(|h| h.trim().to_string());
-    let port = t.integer("port", 502, 1, 65_535, problems);
-    let poll_interval_ms = t.integer("poll_interval_ms", 5000, 100, 3_600_000, problems);
-    let request_timeout_ms = t.integer("request_timeout_ms", 1000, 10, 60_000, problems);
-    let reconnect_min_ms = t.integer("reconnect_min_ms", 500, 10, 3_600_000, problems);
-    let reconnect_max_ms = t.integer("reconnect_max_ms", 30_000, 10, 3_600_000, problems);
-    if reconnect_max_ms < reconnect_min_ms {
-        problems.push(
-            &t.key("reconnect_max_ms"),
-            format!("{reconnect_max_ms} is below reconnect_min_ms ({reconnect_min_ms})"),
-        );
-    }
+    let host = t
+        .string(&keys::GX_HOST, problems)
+        .map(|h| h.trim().to_string());
+    let port = t.integer(&keys::GX_PORT, problems);
+    let poll_interval_ms = t.integer(&keys::GX_POLL_INTERVAL_MS, problems);
+    let request_timeout_ms = t.integer(&keys::GX_REQUEST_TIMEOUT_MS, problems);
+    let (reconnect_min, reconnect_max) = reconnect_delays(
+        &mut t,
+        &keys::GX_RECONNECT_MIN_MS,
+        &keys::GX_RECONNECT_MAX_MS,
+        problems,
+    );
     let devices_key = t.key("devices");
     let before = problems.list.len();
     let devices: Vec<ModbusDeviceConfig> = t
@@ -340,11 +350,11 @@ fn gx(mut t: Table, problems: &mut Problems) -> Option<GxConfig> {
     };
     Some(GxConfig {
         host,
-        port: u16::try_from(port).unwrap_or(502),
+        port: u16::try_from(port).unwrap_or(u16::MAX),
         poll_interval: Duration::from_millis(poll_interval_ms),
         request_timeout: Duration::from_millis(request_timeout_ms),
-        reconnect_min: Duration::from_millis(reconnect_min_ms),
-        reconnect_max: Duration::from_millis(reconnect_max_ms),
+        reconnect_min,
+        reconnect_max,
         devices,
     })
 }
@@ -353,10 +363,10 @@ fn modbus_device(mut t: Table, problems: &mut Problems) -> Option<ModbusDeviceCo
     let name_key = t.key("name");
     let class_key = t.key("class");
     let unit_key = t.key("unit_id");
-    let name = t.string("name", problems);
-    let class_name = t.string("class", problems);
+    let name = t.string(&keys::GX_DEVICE_NAME, problems);
+    let class_name = t.string(&keys::GX_DEVICE_CLASS, problems);
     let before = problems.list.len();
-    let unit_id = t.integer_opt("unit_id", 0, 247, problems);
+    let unit_id = t.integer_opt(&keys::GX_DEVICE_UNIT_ID, problems);
     let unit_invalid = problems.list.len() > before;
     t.finish(problems);
 
@@ -429,15 +439,21 @@ fn valid_device_name(name: &str) -> bool {
 
 fn vedirect(mut t: Table, problems: &mut Problems) -> Option<VeDirectConfig> {
     let name_key = t.key("name");
-    let name = t.string("name", problems);
-    let path = t.string("path", problems).filter(|p| !p.trim().is_empty());
+    let name = t.string(&keys::VEDIRECT_NAME, problems);
+    let path = t
+        .string(&keys::VEDIRECT_PATH, problems)
+        .filter(|p| !p.trim().is_empty());
     let address = t
-        .string("address", problems)
+        .string(&keys::VEDIRECT_ADDRESS, problems)
         .filter(|a| !a.trim().is_empty());
-    let poll_interval_ms = t.integer("poll_interval_ms", 5000, 0, 3_600_000, problems);
-    let silence_timeout_ms = t.integer("silence_timeout_ms", 10_000, 1000, 3_600_000, problems);
-    let reconnect_min_ms = t.integer("reconnect_min_ms", 500, 10, 3_600_000, problems);
-    let reconnect_max_ms = t.integer("reconnect_max_ms", 30_000, 10, 3_600_000, problems);
+    let poll_interval_ms = t.integer(&keys::VEDIRECT_POLL_INTERVAL_MS, problems);
+    let silence_timeout_ms = t.integer(&keys::VEDIRECT_SILENCE_TIMEOUT_MS, problems);
+    let (reconnect_min, reconnect_max) = reconnect_delays(
+        &mut t,
+        &keys::VEDIRECT_RECONNECT_MIN_MS,
+        &keys::VEDIRECT_RECONNECT_MAX_MS,
+        problems,
+    );
     let port_key = t.key("path");
     t.finish(problems);
     let port = match (path, address) {
@@ -477,9 +493,28 @@ fn vedirect(mut t: Table, problems: &mut Problems) -> Option<VeDirectConfig> {
         port: port?,
         poll_interval: Duration::from_millis(poll_interval_ms),
         silence_timeout: Duration::from_millis(silence_timeout_ms),
-        reconnect_min: Duration::from_millis(reconnect_min_ms),
-        reconnect_max: Duration::from_millis(reconnect_max_ms.max(reconnect_min_ms)),
+        reconnect_min,
+        reconnect_max,
     })
+}
+
+/// A source's reconnect delays (GX and VE.Direct alike): the first and the
+/// longest, each in its range, and the longest not below the first.
+fn reconnect_delays(
+    t: &mut Table,
+    min_key: &KnownKey,
+    max_key: &KnownKey,
+    problems: &mut Problems,
+) -> (Duration, Duration) {
+    let min_ms = t.integer(min_key, problems);
+    let max_ms = t.integer(max_key, problems);
+    if max_ms < min_ms {
+        problems.push(
+            &t.key(max_key.name()),
+            format!("{max_ms} is below {} ({min_ms})", min_key.name()),
+        );
+    }
+    (Duration::from_millis(min_ms), Duration::from_millis(max_ms))
 }
 
 fn check_device_names(gx: &[GxConfig], vedirect: &[VeDirectConfig], problems: &mut Problems) {
