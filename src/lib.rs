@@ -15,9 +15,10 @@
 //! - [`store`], [`forward`], [`retention`]: the local store, the forwarder to
 //!   PostgreSQL, retention per server flavour.
 //! - [`daemon`]: the wiring of `run`, and what the daemon reports about itself.
-//! - [`status`], [`health`], [`http`], [`metrics`], [`systemd`]: live device
-//!   status and hang detection, the health verdict, the `/healthz` and
-//!   `/metrics` endpoint, and the systemd notifications and watchdog.
+//! - [`status`]: live device status and hang detection.
+//! - [`report`]: what the daemon says about itself, as one typed snapshot:
+//!   the health verdict, the `/healthz` and `/metrics` endpoint.
+//! - [`systemd`]: the systemd notifications and watchdog.
 //! - [`failover`]: the per-device advisory locks between two daemons.
 //! - [`simulator`]: the built-in GX and VE.Direct simulators, and the
 //!   simulated off-grid site whose energy balance the GX values follow.
@@ -37,13 +38,11 @@ pub mod daemon;
 pub mod db;
 pub mod failover;
 pub mod forward;
-pub mod health;
-pub mod http;
 pub mod logging;
-pub mod metrics;
 pub mod pipeline;
 pub mod reading;
 pub mod registers;
+pub mod report;
 pub mod retention;
 pub mod simulator;
 pub mod sources;

@@ -180,7 +180,8 @@ pub enum Value {
 }
 
 /// Where a reading came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum SourceKind {
     /// A GX over Modbus-TCP.
     Modbus,

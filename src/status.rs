@@ -8,12 +8,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::reading::SourceKind;
 
 /// What went wrong, in the classes an operator acts on differently.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorClass {
     /// No TCP connection (refused, unreachable, DNS).
@@ -48,12 +48,11 @@ impl ErrorClass {
 }
 
 /// One device's status.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeviceStatus {
     /// The configured name.
     pub device: String,
     /// Modbus or VE.Direct.
-    #[serde(serialize_with = "source_name")]
     pub source: SourceKind,
     /// host:port/unit id, or a serial path.
     pub address: String,
@@ -80,7 +79,7 @@ pub struct DeviceStatus {
     /// Failed polls since start.
     pub failures: u64,
     /// Current reconnect delay (0 when connected); `backoff_ms` in JSON.
-    #[serde(rename = "backoff_ms", serialize_with = "milliseconds")]
+    #[serde(rename = "backoff_ms", with = "milliseconds")]
     pub backoff: Duration,
     /// Frames dropped for a failed checksum (VE.Direct).
     pub corrupt_blocks: u64,
@@ -88,22 +87,37 @@ pub struct DeviceStatus {
     pub standby: bool,
     /// When its source last completed a poll or received data, or was
     /// registered or resumed: what hang detection measures from.
-    #[serde(skip)]
+    #[serde(skip, default = "Instant::now")]
     pub progress_at: Instant,
 }
 
-fn milliseconds<S: serde::Serializer>(duration: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_u64(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
-}
+/// A duration as whole milliseconds (`backoff_ms`).
+mod milliseconds {
+    use std::time::Duration;
 
-fn source_name<S: serde::Serializer>(source: &SourceKind, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(source.as_str())
+    pub(super) fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Duration, D::Error> {
+        <u64 as serde::Deserialize>::deserialize(d).map(Duration::from_millis)
+    }
 }
 
 impl DeviceStatus {
     /// Whether the last poll succeeded.
     pub fn is_healthy(&self) -> bool {
         self.last_success.is_some() && self.consecutive_failures == 0
+    }
+
+    /// Whether the device counts against this daemon's health: it is polled
+    /// here (not on standby) and its last poll did not succeed, or none has.
+    /// The one definition of "failing" that `status`, `/healthz`, the
+    /// metrics and the status rows use.
+    pub fn is_failing(&self) -> bool {
+        !self.standby && !self.is_healthy()
     }
 }
 

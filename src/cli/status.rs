@@ -1,22 +1,26 @@
-//! `victron-poller status [--json]`: is it working, since when, what is
-//! wrong — from `victron.polling_status_view` and `victron.device_status`
-//! when a database is configured, else from the local store's status
-//! document — plus, with a database, the schema state (migrations, storage
-//! mode, degraded features). Exit 0 healthy, 1 degraded, 2 down.
+//! `victron-poller status [--json]`: the health check. Is it working, since
+//! when, what is wrong — from `victron.polling_status_view` and
+//! `victron.device_status` when a database is configured, else from the
+//! daemon's [`Snapshot`] in its local store — plus, with a database, the
+//! schema state (migrations, storage mode, degraded features). Exit 0
+//! healthy, 1 degraded, 2 down, 3 database unreachable.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use clap::Args;
-use serde_json::{Value as Json, json};
+use serde::Serialize;
 
 use super::Exit;
 use crate::config::Config;
 use crate::db::SchemaReport;
 use crate::db::connect_once;
-use crate::health::{Health, Level};
-use crate::store::LocalStore;
+use crate::db::status_rows::{self, PollerView};
+use crate::report::Snapshot;
+use crate::report::health::{self, Health, Level};
+use crate::status::DeviceStatus;
+use crate::store::{LocalStore, STATUS_NAME};
 
 /// Options of `status`.
 #[derive(Debug, Args)]
@@ -30,6 +34,64 @@ pub struct StatusArgs {
     state_dir: Option<PathBuf>,
 }
 
+/// What `status` prints: the verdict, then what it judged.
+#[derive(Debug, Default, Serialize)]
+struct Report {
+    /// `healthy`, `degraded` or `down` (or why there is no verdict).
+    health: String,
+    /// What made it degraded or down.
+    reasons: Vec<String>,
+    /// Why the database could not be asked, when it could not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    /// With a database: the poller's row.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    poller: Option<PollerView>,
+    /// The devices' status.
+    devices: Vec<DeviceStatus>,
+    /// With a database: its schema state.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    schema: Option<SchemaReport>,
+    /// Without a database: the local store read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    store: Option<PathBuf>,
+    /// Readings in it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    readings_stored: Option<i64>,
+    /// The daemon's last saved snapshot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    daemon: Option<Saved>,
+    /// Readings of the last hour per device.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    readings_last_hour: Vec<DeviceCount>,
+}
+
+/// A snapshot and when the daemon saved it.
+#[derive(Debug, Serialize)]
+struct Saved {
+    status: Snapshot,
+    saved_at: DateTime<Utc>,
+}
+
+/// One device's readings in the local store.
+#[derive(Debug, Serialize)]
+struct DeviceCount {
+    table: String,
+    device: String,
+    last_hour: i64,
+    latest: DateTime<Utc>,
+}
+
+impl Report {
+    fn judged(health: &Health) -> Self {
+        Self {
+            health: health.level.as_str().into(),
+            reasons: health.reasons.clone(),
+            ..Self::default()
+        }
+    }
+}
+
 fn exit_for(level: Level) -> Exit {
     match level {
         Level::Healthy => Exit::Ok,
@@ -40,29 +102,31 @@ fn exit_for(level: Level) -> Exit {
 
 /// Runs the subcommand.
 pub async fn exec(config: &Config, args: StatusArgs) -> anyhow::Result<Exit> {
-    let (health, document) = match &config.database {
+    let dir = super::run::state_dir(args.state_dir.clone());
+    let (health, report) = match &config.database {
         Some(db) => {
             let mut conn = match connect_once(db).await {
                 Ok(conn) => conn,
                 Err(error) => {
                     // The gateway's operator still wants to know what the
                     // daemon does while its database is out of reach.
-                    let dir = super::run::state_dir(args.state_dir.clone());
-                    if dir.join(crate::store::FILE_NAME).is_file() {
-                        let (_, mut document) = local_view(&dir).await?;
-                        if let Some(reasons) = document["reasons"].as_array_mut() {
-                            reasons.insert(0, json!(error.to_string()));
+                    let message = error.to_string();
+                    let mut report = if dir.join(crate::store::FILE_NAME).is_file() {
+                        let (_, mut report) = local_view(&dir).await?;
+                        report.health =
+                            "database unreachable; the daemon's own status follows".into();
+                        report
+                    } else {
+                        Report {
+                            health: "unknown".into(),
+                            ..Report::default()
                         }
-                        document["health"] =
-                            json!("database unreachable; the daemon's own status follows");
-                        document["error"] = json!(error.to_string());
-                        print(&document, args.json)?;
-                    } else if args.json {
-                        // A script always gets one document to parse.
-                        print(
-                            &json!({"health": "unknown", "error": error.to_string(), "reasons": [error.to_string()]}),
-                            true,
-                        )?;
+                    };
+                    report.reasons.insert(0, message.clone());
+                    report.error = Some(message);
+                    // A script always gets one document to parse.
+                    if args.json || report.store.is_some() {
+                        print(&report, args.json)?;
                     }
                     return Err(error.into());
                 }
@@ -70,46 +134,43 @@ pub async fn exec(config: &Config, args: StatusArgs) -> anyhow::Result<Exit> {
             let schema = SchemaReport::collect(&mut conn, db)
                 .await
                 .context("Failed to read the schema state")?;
-            let poller: Option<Json> = if schema.migrations.applied.is_empty() {
-                None
+            let (poller, devices) = if schema.migrations.applied.is_empty() {
+                (None, Vec::new())
             } else {
-                sqlx::query_scalar("SELECT row_to_json(v) FROM victron.polling_status_view v")
-                    .fetch_optional(&mut conn)
+                status_rows::read(&mut conn)
                     .await
-                    .context("Failed to read victron.polling_status_view")?
-            };
-            let devices: Json = if schema.migrations.applied.is_empty() {
-                json!([])
-            } else {
-                sqlx::query_scalar("SELECT coalesce(json_agg(d ORDER BY device), '[]'::json) FROM victron.device_status d")
-                    .fetch_one(&mut conn)
-                    .await
-                    .context("Failed to read victron.device_status")?
+                    .context("Failed to read the status rows")?
             };
             let health = judge_database(&schema, poller.as_ref(), &devices);
-            let doc = json!({
-                "health": health.level.as_str(), "reasons": health.reasons,
-                "poller": poller, "devices": devices, "schema": schema,
-            });
-            (health, doc)
+            let report = Report {
+                poller,
+                devices,
+                schema: Some(schema),
+                ..Report::judged(&health)
+            };
+            (health, report)
         }
-        None => local_view(&super::run::state_dir(args.state_dir.clone())).await?,
+        None => local_view(&dir).await?,
     };
-    print(&document, args.json)?;
+    print(&report, args.json)?;
     Ok(exit_for(health.level))
 }
 
-/// Prints the document as JSON or as the table for people.
-fn print(document: &Json, json: bool) -> anyhow::Result<()> {
+/// Prints the report as JSON or as the table for people.
+fn print(report: &Report, json: bool) -> anyhow::Result<()> {
     if json {
-        outln!("{}", serde_json::to_string_pretty(document)?);
+        outln!("{}", serde_json::to_string_pretty(report)?);
     } else {
-        print_text(document);
+        print_text(report);
     }
     Ok(())
 }
 
-fn judge_database(schema: &SchemaReport, poller: Option<&Json>, devices: &Json) -> Health {
+fn judge_database(
+    schema: &SchemaReport,
+    poller: Option<&PollerView>,
+    devices: &[DeviceStatus],
+) -> Health {
     let mut down = Vec::new();
     let mut degraded = Vec::new();
     if !schema.migrations.is_current() {
@@ -120,46 +181,35 @@ fn judge_database(schema: &SchemaReport, poller: Option<&Json>, devices: &Json) 
     }
     match poller {
         None => down.push("no poller has written status here yet".into()),
-        Some(p) if p["poller_started_at"].is_null() => {
+        Some(p) if p.poller_started_at.is_none() => {
             down.push("no daemon has written status here yet".into());
         }
         Some(p) => {
-            if let Some(stopped) = p["poller_stopped_at"].as_str() {
-                down.push(format!("the daemon stopped {}", ago(&json!(stopped))));
-            } else if p["last_successful_poll"].is_null() {
+            if p.poller_stopped_at.is_some() {
+                down.push(format!("the daemon stopped {}", ago(p.poller_stopped_at)));
+            } else if p.last_successful_poll.is_none() {
                 down.push("no successful poll yet".into());
-            } else if p["is_stale"].as_bool() == Some(true) {
+            } else if p.is_stale == Some(true) {
                 down.push(format!(
                     "no successful poll for {:.0} s (3 poll intervals)",
-                    p["seconds_since_last_success"].as_f64().unwrap_or_default()
+                    p.seconds_since_last_success.unwrap_or_default()
                 ));
             }
-            if let Some(n) = p["devices_unhealthy"].as_i64().filter(|n| *n > 0) {
-                degraded.push(format!("{n} device(s) failing"));
-            }
-            let interval_s = p["poll_interval_ms"].as_f64().unwrap_or(5000.0) / 1000.0;
-            if let Some(age) = p["spool_oldest_age_s"]
-                .as_f64()
+            let interval_s = p.poll_interval_ms.map_or(5.0, |ms| ms as f64 / 1000.0);
+            if let Some(age) = p
+                .spool_oldest_age_s
                 .filter(|a| *a > 3.0 * interval_s.max(5.0))
             {
                 degraded.push(format!("readings wait in the local store since {age:.0} s"));
             }
         }
     }
-    for d in devices.as_array().into_iter().flatten() {
-        if d["consecutive_failures"].as_i64().unwrap_or(0) > 0 {
-            degraded.push(format!(
-                "{}: {}",
-                d["device"].as_str().unwrap_or("a device"),
-                d["last_error"].as_str().unwrap_or("failing")
-            ));
-        }
-    }
+    degraded.extend(health::failing_devices(devices));
     Health::from_findings(down, degraded)
 }
 
-/// The verdict and document from the local store's status document.
-async fn local_view(dir: &std::path::Path) -> anyhow::Result<(Health, Json)> {
+/// The verdict and report from the daemon's snapshot in the local store.
+async fn local_view(dir: &Path) -> anyhow::Result<(Health, Report)> {
     let file = dir.join(crate::store::FILE_NAME);
     if !file.is_file() {
         let health = Health::from_findings(
@@ -169,199 +219,183 @@ async fn local_view(dir: &std::path::Path) -> anyhow::Result<(Health, Json)> {
             )],
             Vec::new(),
         );
-        let doc =
-            json!({"health": health.level.as_str(), "reasons": health.reasons, "store": file});
-        return Ok((health, doc));
+        let report = Report {
+            store: Some(file),
+            ..Report::judged(&health)
+        };
+        return Ok((health, report));
     }
     let store = LocalStore::open_read_only(dir).await?;
-    let saved = store.load_status("daemon").await?;
+    let saved = store.load_status(STATUS_NAME).await?;
     let since = Utc::now() - chrono::Duration::hours(1);
     let counts = store.counts_since(since).await?;
     let (depth, _) = store.depth().await?;
     store.close().await;
-    let health = judge_local(saved.as_ref());
-    let readings: Vec<Json> = counts
-                .iter()
-                .map(|(table, device, n, last)| json!({"table": table, "device": device, "last_hour": n, "latest": last}))
-                .collect();
-    let doc = json!({
-        "health": health.level.as_str(), "reasons": health.reasons,
-        "store": dir.join(crate::store::FILE_NAME), "readings_stored": depth,
-        "daemon": saved.map(|(d, at)| json!({"status": d, "saved_at": at})),
-        "readings_last_hour": readings,
-    });
-    Ok((health, doc))
+    let saved = match saved {
+        Some((doc, saved_at)) => match serde_json::from_value::<Snapshot>(doc) {
+            Ok(status) => Ok(Saved { status, saved_at }),
+            Err(error) => Err(format!(
+                "the daemon's status document cannot be read ({error}): written by another version?"
+            )),
+        },
+        None => Err("the daemon has not run with this local store".into()),
+    };
+    let health = match &saved {
+        Ok(s) => health::judge(&s.status, s.saved_at, Utc::now()),
+        Err(why) => Health::from_findings(vec![why.clone()], Vec::new()),
+    };
+    let daemon = saved.ok();
+    let report = Report {
+        devices: daemon
+            .as_ref()
+            .map(|d| d.status.devices.clone())
+            .unwrap_or_default(),
+        store: Some(file),
+        readings_stored: Some(depth),
+        daemon,
+        readings_last_hour: counts
+            .into_iter()
+            .map(|(table, device, last_hour, latest)| DeviceCount {
+                table,
+                device,
+                last_hour,
+                latest,
+            })
+            .collect(),
+        ..Report::judged(&health)
+    };
+    Ok((health, report))
 }
 
-fn judge_local(saved: Option<&(Json, DateTime<Utc>)>) -> Health {
-    match saved {
-        Some((doc, at)) => crate::health::judge_document(doc, *at, Utc::now()),
-        None => Health::from_findings(
-            vec!["the daemon has not run with this local store".into()],
-            Vec::new(),
-        ),
+/// "12 s ago" for a time, "never" for none.
+fn ago(at: Option<DateTime<Utc>>) -> String {
+    at.map(|t| {
+        format!(
+            "{:.0} s ago",
+            (Utc::now() - t).num_milliseconds() as f64 / 1000.0
+        )
+    })
+    .unwrap_or_else(|| "never".into())
+}
+
+/// A figure, or `none` where the row has none yet.
+fn figure<T: std::fmt::Display>(value: Option<T>) -> String {
+    value.map_or_else(|| "none".into(), |v| v.to_string())
+}
+
+fn print_text(report: &Report) {
+    outln!("health       {}", report.health);
+    for reason in &report.reasons {
+        outln!("  because    {reason}");
     }
-}
-
-/// "12 s ago" for a timestamp, "never" for none.
-fn ago(value: &Json) -> String {
-    value
-        .as_str()
-        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-        .map(|t| {
-            format!(
-                "{:.0} s ago",
-                (Utc::now() - t.with_timezone(&Utc)).num_milliseconds() as f64 / 1000.0
-            )
-        })
-        .unwrap_or_else(|| "never".into())
-}
-
-/// A count or figure, or `none` where the row has none yet.
-fn figure(value: &Json) -> String {
-    match value {
-        Json::Null => "none".into(),
-        Json::String(text) => text.clone(),
-        other => other.to_string(),
-    }
-}
-
-fn print_text(doc: &Json) {
-    outln!(
-        "health       {}",
-        doc["health"].as_str().unwrap_or("unknown")
-    );
-    for reason in doc["reasons"].as_array().into_iter().flatten() {
-        outln!("  because    {}", reason.as_str().unwrap_or_default());
-    }
-    match doc.get("poller") {
-        Some(p) if !p.is_null() && !p["poller_started_at"].is_null() => {
-            let state = match p["poller_stopped_at"].as_str() {
-                Some(_) => format!(", stopped {}", ago(&p["poller_stopped_at"])),
-                None => String::new(),
-            };
-            outln!(
-                "poller       {} v{}, started {}{state}, every {} ms",
-                figure(&p["poller_host"]),
-                figure(&p["poller_version"]),
-                ago(&p["poller_started_at"]),
-                figure(&p["poll_interval_ms"])
-            );
-            outln!(
-                "last poll    {}; last success {}",
-                ago(&p["last_poll_attempt"]),
-                ago(&p["last_successful_poll"])
-            );
-            let collection = match p["collection_health_pct"].as_f64() {
-                Some(pct) => format!("collection {pct}% of what the poller could take"),
-                None => "collection not known yet".into(),
-            };
-            outln!(
-                "readings     {} in the last hour, {} in 24 h ({collection}), oldest {}",
-                figure(&p["readings_last_hour"]),
-                figure(&p["readings_last_24h"]),
-                ago(&p["oldest_reading_at"])
-            );
-            outln!(
-                "store        {} waiting to be forwarded",
-                p["spool_depth"].as_i64().unwrap_or(0)
-            );
-            match p["last_retention_run"].as_str() {
-                Some(_) => outln!(
-                    "retention    last run {}, dropped {} rows / {} chunks",
-                    ago(&p["last_retention_run"]),
-                    p["last_retention_rows_dropped"].as_i64().unwrap_or(0),
-                    p["last_retention_chunks_dropped"].as_i64().unwrap_or(0)
-                ),
-                None => outln!("retention    not run yet"),
-            }
+    if report.schema.is_some() {
+        match &report.poller {
+            Some(p) if p.poller_started_at.is_some() => print_poller(p),
+            _ => outln!("poller       no daemon has written status yet"),
         }
-        Some(_) => outln!("poller       no daemon has written status yet"),
-        None => {}
     }
-    if let Some(daemon) = doc.get("daemon").filter(|d| !d.is_null()) {
-        let s = &daemon["status"];
+    if let Some(daemon) = &report.daemon {
+        let s = &daemon.status;
         outln!(
             "daemon       {} v{}, status saved {}",
-            figure(&s["host"]),
-            figure(&s["version"]),
-            ago(&daemon["saved_at"])
+            s.host,
+            s.version,
+            ago(Some(daemon.saved_at))
         );
-        outln!(
-            "store        {} readings in {}",
-            doc["readings_stored"],
-            figure(&doc["store"])
-        );
-        for r in doc["readings_last_hour"].as_array().into_iter().flatten() {
+    }
+    if let (Some(depth), Some(store)) = (report.readings_stored, &report.store) {
+        outln!("store        {depth} readings in {}", store.display());
+        for r in &report.readings_last_hour {
             outln!(
                 "  {:<20} {:<18} {} in the last hour, latest {}",
-                figure(&r["device"]),
-                figure(&r["table"]),
-                r["last_hour"],
-                ago(&r["latest"])
+                r.device,
+                r.table,
+                r.last_hour,
+                ago(Some(r.latest))
             );
         }
     }
-    let devices = doc
-        .get("devices")
-        .filter(|d| d.is_array())
-        .or_else(|| doc.pointer("/daemon/status/devices"));
-    if devices
-        .and_then(Json::as_array)
-        .is_some_and(|devices| devices.is_empty())
-    {
+    if report.devices.is_empty() && (report.schema.is_some() || report.daemon.is_some()) {
         outln!("devices      none has been polled yet");
     }
-    for d in devices.and_then(Json::as_array).into_iter().flatten() {
-        let standby = d["standby"].as_bool() == Some(true);
-        let ok = standby
-            || (d["consecutive_failures"].as_i64().unwrap_or(0) == 0
-                && !d["last_success"].is_null());
-        let word = if standby {
+    for d in &report.devices {
+        let word = if d.standby {
             "standby"
-        } else if d["last_attempt"].is_null() {
+        } else if d.last_attempt.is_none() {
             "never polled"
-        } else if ok {
-            "ok"
-        } else {
+        } else if d.is_failing() {
             "FAILING"
+        } else {
+            "ok"
         };
         outln!(
             "device       {:<16} {:<9} {:<26} {:<12} last success {}{}",
-            figure(&d["device"]),
-            figure(&d["source"]),
-            figure(&d["address"]),
+            d.device,
+            d.source.as_str(),
+            d.address,
             word,
-            ago(&d["last_success"]),
-            d["last_error"]
-                .as_str()
-                .filter(|_| !ok)
+            ago(d.last_success),
+            d.last_error
+                .as_deref()
+                .filter(|_| d.is_failing())
                 .map(|e| format!(" ({e})"))
                 .unwrap_or_default()
         );
     }
-    if let Some(schema) = doc.get("schema") {
-        let applied = schema["migrations"]["applied"]
-            .as_array()
-            .map_or(0, Vec::len);
-        let pending = schema["migrations"]["pending"]
-            .as_array()
-            .map_or(0, Vec::len);
-        outln!("database     {}", figure(&schema["database"]));
+    if let Some(schema) = &report.schema {
+        let applied = schema.migrations.applied.len();
+        let pending = schema.migrations.pending.len();
+        outln!("database     {}", schema.database);
         outln!("migrations   {applied} of {} applied", applied + pending);
-        outln!("storage      {}", figure(&schema["storage_mode"]));
+        outln!("storage      {}", schema.storage_mode);
         outln!(
             "hypertables  {} of 4 reading tables",
-            schema["schema"]["hypertables"]
-                .as_array()
-                .map_or(0, Vec::len)
+            schema.schema.hypertables.len()
         );
-        for d in schema["degraded"].as_array().into_iter().flatten() {
-            outln!(
-                "degraded     {}: {}",
-                figure(&d["feature"]),
-                figure(&d["reason"])
-            );
+        for d in &schema.degraded {
+            outln!("degraded     {}: {}", d.feature, d.reason);
         }
+    }
+}
+
+fn print_poller(p: &PollerView) {
+    let stopped = match p.poller_stopped_at {
+        Some(_) => format!(", stopped {}", ago(p.poller_stopped_at)),
+        None => String::new(),
+    };
+    outln!(
+        "poller       {} v{}, started {}{stopped}, every {} ms",
+        figure(p.poller_host.as_deref()),
+        figure(p.poller_version.as_deref()),
+        ago(p.poller_started_at),
+        figure(p.poll_interval_ms)
+    );
+    outln!(
+        "last poll    {}; last success {}",
+        ago(p.last_poll_attempt),
+        ago(p.last_successful_poll)
+    );
+    let collection = match p.collection_health_pct {
+        Some(pct) => format!("collection {pct}% of what the poller could take"),
+        None => "collection not known yet".into(),
+    };
+    outln!(
+        "readings     {} in the last hour, {} in 24 h ({collection}), oldest {}",
+        p.readings_last_hour.unwrap_or(0),
+        p.readings_last_24h.unwrap_or(0),
+        ago(p.oldest_reading_at)
+    );
+    outln!(
+        "store        {} waiting to be forwarded",
+        p.spool_depth.unwrap_or(0)
+    );
+    match p.last_retention_run {
+        Some(_) => outln!(
+            "retention    last run {}, dropped {} rows / {} chunks",
+            ago(p.last_retention_run),
+            p.last_retention_rows_dropped.unwrap_or(0),
+            p.last_retention_chunks_dropped.unwrap_or(0)
+        ),
+        None => outln!("retention    not run yet"),
     }
 }

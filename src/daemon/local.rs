@@ -1,13 +1,15 @@
-//! The daemon's local side: the status document saved in the local store
-//! every poll interval (what `status` reads without a database, and the
-//! systemd status line), and the local store's retention.
+//! The daemon's local side: its [`Snapshot`] saved in the local store every
+//! poll interval (what `status` reads without a database) and the systemd
+//! status line, and the local store's retention.
 
 use std::sync::atomic::Ordering;
 
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
-use super::{Shared, report};
+use super::{Shared, observe};
+use crate::report::Snapshot;
+use crate::store::STATUS_NAME;
 
 /// The local side: status document in the store, and the store's retention.
 pub(super) async fn local_loop(shared: Shared, cancel: CancellationToken) {
@@ -17,8 +19,7 @@ pub(super) async fn local_loop(shared: Shared, cancel: CancellationToken) {
         tokio::select! {
             () = cancel.cancelled() => return,
             _ = status_tick.tick() => {
-                let depth = write_local_status(&shared).await;
-                crate::systemd::status(&report::one_line(&shared, depth));
+                crate::systemd::status(&write_local_status(&shared).await.one_line());
             }
             _ = retention_tick.tick() => {
                 let before = Utc::now() - chrono::Duration::from_std(shared.config.retention.window).unwrap_or_default();
@@ -41,12 +42,15 @@ pub(super) async fn local_loop(shared: Shared, cancel: CancellationToken) {
     }
 }
 
-/// Saves the status document in the store; returns the store's depth.
-pub(super) async fn write_local_status(shared: &Shared) -> i64 {
-    let depth = report::store_depth(shared).await;
-    let doc = report::status_document(shared, depth);
-    if let Err(error) = shared.store.save_status("daemon", &doc).await {
+/// Saves the daemon's snapshot in the store, and returns it.
+pub(super) async fn write_local_status(shared: &Shared) -> Snapshot {
+    let snapshot = observe::snapshot(shared).await;
+    let saved = match serde_json::to_value(&snapshot) {
+        Ok(doc) => shared.store.save_status(STATUS_NAME, &doc).await,
+        Err(error) => Err(crate::store::StoreError::Encode(error)),
+    };
+    if let Err(error) = saved {
         tracing::debug!(%error, "Cannot save the status document.");
     }
-    depth.0
+    snapshot
 }

@@ -7,12 +7,13 @@
 //! ship stays in the store for the next start); a last status is written.
 //!
 //! Around it: the device locks when failover is on ([`crate::failover`]),
-//! the health/metrics endpoint ([`crate::http`], fed by `report.rs`), and the
+//! the health/metrics endpoint ([`crate::report::http`], fed by
+//! `observe.rs`), and the
 //! systemd notifications and watchdog ([`crate::systemd`]).
 
 mod database;
 mod local;
-mod report;
+mod observe;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -128,7 +129,7 @@ pub async fn run(
     let store = LocalStore::open(&options.state_dir).await?;
     tracing::info!(store = %store.path().display(), "Local store open.");
     let http_listener = match config.health.listen {
-        Some(address) => Some(crate::http::bind(address).await?),
+        Some(address) => Some(crate::report::http::bind(address).await?),
         None => None,
     };
     // The database that holds the device locks, when failover is on.
@@ -199,8 +200,12 @@ pub async fn run(
         if let Ok(address) = listener.local_addr() {
             tracing::info!(%address, "Serving /healthz and /metrics.");
         }
-        let observer = Arc::new(report::DaemonObserver::new(shared.clone()));
-        helpers.spawn(crate::http::serve(listener, observer, background.clone()));
+        let observer = Arc::new(observe::DaemonObserver::new(shared.clone()));
+        helpers.spawn(crate::report::http::serve(
+            listener,
+            observer,
+            background.clone(),
+        ));
     }
     helpers.spawn(crate::systemd::feed_watchdog(
         shared.status.clone(),

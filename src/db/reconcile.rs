@@ -16,7 +16,6 @@ use sqlx::PgConnection;
 
 use super::server::{CHUNK_INTERVAL_US, SchemaState, ServerInfo};
 
-
 /// Why the reconcile step failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {

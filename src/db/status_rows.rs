@@ -1,14 +1,17 @@
-//! Every write of the status rows: the singleton `victron.polling_status`
-//! (the poller's state, and the last retention run) and
-//! `victron.device_status` (one row per device). The daemon decides what
-//! goes in them; this module is the only one that writes them.
+//! The status rows: the singleton `victron.polling_status` (the poller's
+//! state, and the last retention run), `victron.device_status` (one row per
+//! device), and the operator's `victron.polling_status_view` over them. The
+//! daemon decides what goes in them; this module is the only one that
+//! writes them, and `status` reads them through it, typed.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use serde::{Deserialize, Serialize};
+use sqlx::{PgPool, Row as _};
 
 use crate::db::server::StorageMode;
+use crate::reading::SourceKind;
 use crate::retention::RetentionOutcome;
 use crate::status::DeviceStatus;
 
@@ -172,4 +175,153 @@ pub async fn record_retention(
     .execute(pool)
     .await?;
     Ok(())
+}
+
+/// A row of `victron.polling_status_view`, as `status` reads it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PollerView {
+    /// Always 1: the singleton.
+    pub id: Option<i64>,
+    /// Every device answered at the last write, and the poller runs.
+    pub is_healthy: Option<bool>,
+    /// The latest poll attempt of any device.
+    pub last_poll_attempt: Option<DateTime<Utc>>,
+    /// The latest successful poll of any device.
+    pub last_successful_poll: Option<DateTime<Utc>>,
+    /// Seconds since then.
+    pub seconds_since_last_success: Option<f64>,
+    /// No successful poll for 3 poll intervals.
+    pub is_stale: Option<bool>,
+    /// The first failing device's error.
+    pub last_error: Option<String>,
+    /// The most consecutive failures of any device.
+    pub consecutive_failures: Option<i64>,
+    /// The shortest poll interval.
+    pub poll_interval_ms: Option<i64>,
+    /// Devices the poller reports.
+    pub devices_configured: Option<i64>,
+    /// Of them, those answering at the last write.
+    pub devices_healthy: Option<i64>,
+    /// Device rows failing or never polled.
+    pub devices_unhealthy: Option<i64>,
+    /// Readings measured in the last hour.
+    pub readings_last_hour: Option<i64>,
+    /// Readings measured in the last 24 h.
+    pub readings_last_24h: Option<i64>,
+    /// What the poller could have taken in the part of those 24 h it ran.
+    pub expected_readings_24h: Option<i64>,
+    /// The one as a percentage of the other.
+    pub collection_health_pct: Option<f64>,
+    /// The newest reading.
+    pub newest_reading_at: Option<DateTime<Utc>>,
+    /// The oldest reading.
+    pub oldest_reading_at: Option<DateTime<Utc>>,
+    /// Its age, in seconds.
+    pub oldest_reading_age_s: Option<f64>,
+    /// Rows in the last forwarded batch.
+    pub rows_written_last_batch: Option<i64>,
+    /// Rows forwarded since the poller started.
+    pub rows_written_total: Option<i64>,
+    /// Readings waiting in the local store.
+    pub spool_depth: Option<i64>,
+    /// Age of the oldest of them, in seconds.
+    pub spool_oldest_age_s: Option<f64>,
+    /// `timescaledb`, `timescaledb-apache` or `postgres`.
+    pub storage_mode: Option<String>,
+    /// Reading tables that are hypertables.
+    pub reading_hypertables: Option<i64>,
+    /// Reading tables with a TimescaleDB retention policy.
+    pub retention_policies: Option<i64>,
+    /// The raw readings' retention window.
+    pub retention_window_s: Option<i64>,
+    /// When retention last ran.
+    pub last_retention_run: Option<DateTime<Utc>>,
+    /// Rows it deleted (plain PostgreSQL).
+    pub last_retention_rows_dropped: Option<i64>,
+    /// Chunks it dropped (TimescaleDB).
+    pub last_retention_chunks_dropped: Option<i64>,
+    /// Its error, if it failed.
+    pub last_retention_error: Option<String>,
+    /// The poller's host.
+    pub poller_host: Option<String>,
+    /// The poller's version.
+    pub poller_version: Option<String>,
+    /// When the poller started; `None` before any daemon wrote.
+    pub poller_started_at: Option<DateTime<Utc>>,
+    /// Legacy: requests in the current hour (the VRM poller's).
+    pub requests_this_hour: Option<i64>,
+    /// Legacy: when that hour started.
+    pub hour_window_start: Option<DateTime<Utc>>,
+    /// When the row was last written.
+    pub updated_at: Option<DateTime<Utc>>,
+    /// When the poller stopped cleanly; `None` while it runs.
+    pub poller_stopped_at: Option<DateTime<Utc>>,
+    /// A poller has started and not stopped.
+    pub is_running: Option<bool>,
+}
+
+/// Reads the poller's view and every device row; `None` for the view when
+/// its row is missing.
+pub async fn read(
+    conn: &mut sqlx::PgConnection,
+) -> Result<(Option<PollerView>, Vec<DeviceStatus>), sqlx::Error> {
+    let view: Option<sqlx::types::Json<PollerView>> =
+        sqlx::query_scalar("SELECT row_to_json(v) FROM victron.polling_status_view v")
+            .fetch_optional(&mut *conn)
+            .await?;
+    let rows = sqlx::query(
+        "SELECT device, source, address, product_id, product_name, serial, firmware,
+                last_attempt, last_success, last_error, last_error_class,
+                consecutive_failures, backoff_ms
+         FROM victron.device_status ORDER BY device",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let devices = rows
+        .iter()
+        .map(|row| {
+            let text = |name: &str| row.try_get::<Option<String>, _>(name).ok().flatten();
+            DeviceStatus {
+                device: text("device").unwrap_or_default(),
+                source: named(text("source")).unwrap_or(SourceKind::Modbus),
+                address: text("address").unwrap_or_default(),
+                product_id: row
+                    .try_get::<Option<i32>, _>("product_id")
+                    .ok()
+                    .flatten()
+                    .map(i64::from),
+                product_name: text("product_name"),
+                serial: text("serial"),
+                firmware: text("firmware"),
+                last_attempt: row.try_get("last_attempt").ok().flatten(),
+                last_success: row.try_get("last_success").ok().flatten(),
+                last_error: text("last_error"),
+                last_error_class: named(text("last_error_class")),
+                consecutive_failures: row
+                    .try_get::<Option<i32>, _>("consecutive_failures")
+                    .ok()
+                    .flatten()
+                    .and_then(|n| u32::try_from(n).ok())
+                    .unwrap_or(0),
+                polls: 0,
+                failures: 0,
+                backoff: Duration::from_millis(
+                    row.try_get::<Option<i64>, _>("backoff_ms")
+                        .ok()
+                        .flatten()
+                        .and_then(|n| u64::try_from(n).ok())
+                        .unwrap_or(0),
+                ),
+                corrupt_blocks: 0,
+                standby: false,
+                progress_at: std::time::Instant::now(),
+            }
+        })
+        .collect();
+    Ok((view.map(|v| v.0), devices))
+}
+
+/// An enum from the name its serde form uses (`modbus`, `timeout`).
+fn named<T: serde::de::DeserializeOwned>(text: Option<String>) -> Option<T> {
+    serde_json::from_value(serde_json::Value::String(text?)).ok()
 }

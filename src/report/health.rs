@@ -1,11 +1,14 @@
 //! The health verdict — healthy, degraded or down, with the reasons — shared
 //! by `victron-poller status` (exit 0, 1, 2) and the `/healthz` endpoint
-//! (200, 200, 503). It judges either the daemon's status document (what the
-//! daemon saves in its local store, and what it holds live) or the status
-//! rows in PostgreSQL.
+//! (200, 200, 503). It judges the daemon's [`Snapshot`] (what the daemon
+//! holds live, and saves in its local store); `status` judges the status
+//! rows in PostgreSQL with the same rules and the same definition of a
+//! failing device ([`DeviceStatus::is_failing`]).
 
 use chrono::{DateTime, Utc};
-use serde_json::Value as Json;
+
+use super::Snapshot;
+use crate::status::DeviceStatus;
 
 /// How well the daemon is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -69,36 +72,29 @@ pub fn database_down_after(poll_interval_s: f64) -> f64 {
     (3.0 * poll_interval_s).max(10.0)
 }
 
-/// Judges a status document saved at `saved_at` (see
-/// `daemon::status_document`), as of `now`.
-pub fn judge_document(doc: &Json, saved_at: DateTime<Utc>, now: DateTime<Utc>) -> Health {
+/// Judges a daemon's [`Snapshot`] taken at `saved_at` (now, live; or when
+/// the daemon last saved it in its local store), as of `now`.
+pub fn judge(snapshot: &Snapshot, saved_at: DateTime<Utc>, now: DateTime<Utc>) -> Health {
     let mut down = Vec::new();
     let mut degraded = Vec::new();
-    let interval_s = doc["poll_interval_ms"].as_f64().unwrap_or(5000.0) / 1000.0;
+    let interval_s = snapshot.poll_interval_s();
     let age = seconds_between(saved_at, now);
-    if let Some(stopped) = doc["stopped_at"]
-        .as_str()
-        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-    {
-        let ago = seconds_between(stopped.with_timezone(&Utc), now);
+    if let Some(stopped) = snapshot.stopped_at {
+        let ago = seconds_between(stopped, now);
         down.push(format!("the daemon stopped {ago:.0} s ago"));
     } else if age > (3.0 * interval_s).max(15.0) {
         down.push(format!(
             "the daemon is not running (last status {age:.0} s ago)"
         ));
     }
-    for stalled in doc["stalled"].as_array().into_iter().flatten() {
+    for stalled in &snapshot.stalled {
         down.push(format!(
             "{}: no poll completed for {:.0} s (hung)",
-            stalled["device"].as_str().unwrap_or("?"),
-            stalled["idle_s"].as_f64().unwrap_or_default()
+            stalled.device, stalled.idle_s
         ));
     }
-    if let Some(since) = doc["database_down_since"]
-        .as_str()
-        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-    {
-        let for_s = seconds_between(since.with_timezone(&Utc), now);
+    if let Some(since) = snapshot.database_down_since {
+        let for_s = seconds_between(since, now);
         let message = format!("the database has been unreachable for {for_s:.0} s");
         if for_s > database_down_after(interval_s) {
             down.push(message);
@@ -106,30 +102,28 @@ pub fn judge_document(doc: &Json, saved_at: DateTime<Utc>, now: DateTime<Utc>) -
             degraded.push(message);
         }
     }
-    let devices: Vec<&Json> = doc["devices"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|d| d["standby"].as_bool() != Some(true))
-        .collect();
-    let failing: Vec<String> = devices
-        .iter()
-        .filter(|d| {
-            d["consecutive_failures"].as_i64().unwrap_or(0) > 0 || d["last_success"].is_null()
-        })
-        .map(|d| {
-            format!(
-                "{}: {}",
-                d["device"].as_str().unwrap_or("?"),
-                d["last_error"].as_str().unwrap_or("no data yet")
-            )
-        })
-        .collect();
-    if !devices.is_empty() && failing.len() == devices.len() {
+    let active = snapshot.devices.iter().filter(|d| !d.standby).count();
+    let failing = failing_devices(&snapshot.devices);
+    if active > 0 && failing.len() == active {
         down.push("no device answers".into());
     }
     degraded.extend(failing);
     Health::from_findings(down, degraded)
+}
+
+/// `device: what is wrong`, for each failing device.
+pub fn failing_devices(devices: &[DeviceStatus]) -> Vec<String> {
+    devices
+        .iter()
+        .filter(|d| d.is_failing())
+        .map(|d| {
+            format!(
+                "{}: {}",
+                d.device,
+                d.last_error.as_deref().unwrap_or("no data yet")
+            )
+        })
+        .collect()
 }
 
 fn seconds_between(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
@@ -138,62 +132,104 @@ fn seconds_between(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
-
     use super::*;
+    use crate::reading::SourceKind;
+    use crate::report::Stalled;
+    use crate::status::StatusBoard;
 
-    fn device(name: &str, failures: i64, standby: bool) -> Json {
-        json!({"device": name, "consecutive_failures": failures, "standby": standby,
-               "last_success": if failures == 0 { json!("2026-01-01T00:00:00Z") } else { Json::Null },
-               "last_error": if failures == 0 { Json::Null } else { json!("timeout") }})
+    /// A snapshot of devices `(name, consecutive failures, standby)`.
+    fn snapshot(devices: &[(&str, u32, bool)]) -> Snapshot {
+        let board = StatusBoard::new();
+        let now = Utc::now();
+        for (name, failures, standby) in devices {
+            board.register(name, SourceKind::Modbus, "gx:502/100".into());
+            board.success(name, now);
+            for _ in 0..*failures {
+                board.failure(name, now, crate::status::ErrorClass::Timeout, "timeout");
+            }
+            board.set_standby(name, *standby);
+        }
+        Snapshot {
+            version: "test".into(),
+            host: "test".into(),
+            started_at: now,
+            stopped_at: None,
+            poll_interval_ms: 1000,
+            rows_stored: 0,
+            rows_forwarded: 0,
+            rows_parked: 0,
+            rows_expired_unforwarded: 0,
+            forward_errors: 0,
+            retention_runs: 0,
+            retention_failures: 0,
+            log_lines_dropped: 0,
+            spool_depth: 0,
+            spool_oldest: None,
+            database: None,
+            database_down_since: None,
+            stall_timeout_ms: 120_000,
+            stalled: Vec::new(),
+            devices: board.snapshot(),
+        }
     }
 
     #[test]
     fn verdicts() {
         let now = Utc::now();
-        let doc = |devices: Vec<Json>, extra: Json| {
-            let mut d = json!({"poll_interval_ms": 1000, "devices": devices});
-            if let (Some(d), Some(e)) = (d.as_object_mut(), extra.as_object()) {
-                d.extend(e.clone());
-            }
-            d
-        };
-        let healthy = doc(vec![device("a", 0, false)], json!({}));
-        assert_eq!(judge_document(&healthy, now, now).level, Level::Healthy);
-        let stale = judge_document(&healthy, now - chrono::Duration::seconds(60), now);
+        let healthy = snapshot(&[("a", 0, false)]);
+        assert_eq!(judge(&healthy, now, now).level, Level::Healthy);
+        let stale = judge(&healthy, now - chrono::Duration::seconds(60), now);
         assert_eq!(stale.level, Level::Down, "{stale:?}");
 
-        let one_failing = doc(
-            vec![device("a", 0, false), device("b", 3, false)],
-            json!({}),
-        );
-        assert_eq!(
-            judge_document(&one_failing, now, now).level,
-            Level::Degraded
-        );
-        let all_failing = doc(vec![device("b", 3, false)], json!({}));
-        assert_eq!(judge_document(&all_failing, now, now).level, Level::Down);
-        let standby = doc(vec![device("a", 0, false), device("b", 3, true)], json!({}));
-        assert_eq!(judge_document(&standby, now, now).level, Level::Healthy);
+        let one_failing = snapshot(&[("a", 0, false), ("b", 3, false)]);
+        let verdict = judge(&one_failing, now, now);
+        assert_eq!(verdict.level, Level::Degraded);
+        assert_eq!(verdict.reasons, vec!["b: timeout".to_string()]);
+        let all_failing = snapshot(&[("b", 3, false)]);
+        assert_eq!(judge(&all_failing, now, now).level, Level::Down);
+        let standby = snapshot(&[("a", 0, false), ("b", 3, true)]);
+        assert_eq!(judge(&standby, now, now).level, Level::Healthy);
 
-        let hung = doc(
-            vec![device("a", 0, false)],
-            json!({"stalled": [{"device": "a", "idle_s": 130.0}]}),
-        );
-        let verdict = judge_document(&hung, now, now);
+        let mut hung = snapshot(&[("a", 0, false)]);
+        hung.stalled.push(Stalled {
+            device: "a".into(),
+            idle_s: 130.0,
+        });
+        let verdict = judge(&hung, now, now);
         assert_eq!(verdict.level, Level::Down);
         assert!(verdict.reasons[0].contains("hung"), "{verdict:?}");
 
-        let since = |s: i64| (now - chrono::Duration::seconds(s)).to_rfc3339();
-        let blip = doc(
-            vec![device("a", 0, false)],
-            json!({"database_down_since": since(5)}),
+        let mut blip = snapshot(&[("a", 0, false)]);
+        blip.database_down_since = Some(now - chrono::Duration::seconds(5));
+        assert_eq!(judge(&blip, now, now).level, Level::Degraded);
+        let mut outage = blip.clone();
+        outage.database_down_since = Some(now - chrono::Duration::seconds(11));
+        assert_eq!(judge(&outage, now, now).level, Level::Down);
+
+        let mut stopped = snapshot(&[("a", 0, false)]);
+        stopped.stopped_at = Some(now - chrono::Duration::seconds(2));
+        let verdict = judge(&stopped, now, now);
+        assert_eq!(verdict.level, Level::Down);
+        assert_eq!(
+            verdict.reasons,
+            vec!["the daemon stopped 2 s ago".to_string()]
         );
-        assert_eq!(judge_document(&blip, now, now).level, Level::Degraded);
-        let outage = doc(
-            vec![device("a", 0, false)],
-            json!({"database_down_since": since(11)}),
-        );
-        assert_eq!(judge_document(&outage, now, now).level, Level::Down);
+    }
+
+    #[test]
+    fn a_snapshot_survives_the_store_as_json() {
+        let snapshot = snapshot(&[("a", 0, false), ("b", 2, true)]);
+        let text = serde_json::to_string(&snapshot).unwrap();
+        let back: Snapshot = serde_json::from_str(&text).unwrap();
+        // Instants are not saved; everything else is.
+        let strip = |mut s: Snapshot| {
+            for d in &mut s.devices {
+                d.progress_at = snapshot.devices[0].progress_at;
+            }
+            s
+        };
+        assert_eq!(strip(back), strip(snapshot.clone()));
+        assert!(text.contains("\"backoff_ms\":0"), "{text}");
+        assert!(text.contains("\"source\":\"modbus\""), "{text}");
     }
 }

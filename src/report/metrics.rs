@@ -1,9 +1,15 @@
-//! Writing the Prometheus text exposition format (version 0.0.4): one
-//! `# HELP` and `# TYPE` line per family, then its samples, label values
-//! escaped. Small enough to own; the integration tests check the output
-//! with Prometheus's own Python parser.
+//! The `/metrics` page of a [`Snapshot`] ([`page`]), and the writer of the
+//! Prometheus text exposition format (version 0.0.4) it uses: one `# HELP`
+//! and `# TYPE` line per family, then its samples, label values escaped.
+//! Small enough to own; the integration tests check the output with
+//! Prometheus's own Python parser.
 
 use std::fmt::Write as _;
+
+use chrono::{DateTime, Utc};
+
+use super::Snapshot;
+use super::health::{Health, Level};
 
 /// The kind of a metric family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +82,187 @@ fn number(value: f64) -> String {
     } else {
         format!("{value}")
     }
+}
+
+/// The `/metrics` page of a snapshot and its verdict, as of `now`.
+pub fn page(snapshot: &Snapshot, health: &Health, now: DateTime<Utc>) -> String {
+    let devices = &snapshot.devices;
+    let count = |n: u64| n as f64;
+    let mut page = MetricsText::new();
+
+    page.family(
+        "victron_poller_info",
+        Kind::Gauge,
+        "The daemon's version and host (always 1).",
+    )
+    .sample(
+        "victron_poller_info",
+        &[("version", &snapshot.version), ("host", &snapshot.host)],
+        1.0,
+    );
+    page.family(
+        "victron_poller_health",
+        Kind::Gauge,
+        "The health verdict: 0 healthy, 1 degraded, 2 down (as `status` exits).",
+    )
+    .sample(
+        "victron_poller_health",
+        &[],
+        match health.level {
+            Level::Healthy => 0.0,
+            Level::Degraded => 1.0,
+            Level::Down => 2.0,
+        },
+    );
+
+    type DeviceValue = fn(&crate::status::DeviceStatus) -> Option<f64>;
+    let per_device: [(&str, Kind, &str, DeviceValue); 7] = [
+        (
+            "victron_poller_polls_total",
+            Kind::Counter,
+            "Polls of a device since start (successful or not).",
+            |d| Some(d.polls as f64),
+        ),
+        (
+            "victron_poller_poll_failures_total",
+            Kind::Counter,
+            "Failed polls of a device since start.",
+            |d| Some(d.failures as f64),
+        ),
+        (
+            "victron_poller_consecutive_failures",
+            Kind::Gauge,
+            "Failed polls of a device since its last success.",
+            |d| Some(f64::from(d.consecutive_failures)),
+        ),
+        (
+            "victron_poller_device_up",
+            Kind::Gauge,
+            "1 when the device's last poll succeeded, else 0.",
+            |d| Some(if d.is_healthy() { 1.0 } else { 0.0 }),
+        ),
+        (
+            "victron_poller_device_standby",
+            Kind::Gauge,
+            "1 when another daemon holds the device's lock and polls it.",
+            |d| Some(if d.standby { 1.0 } else { 0.0 }),
+        ),
+        (
+            "victron_poller_last_success_age_seconds",
+            Kind::Gauge,
+            "Seconds since the device's last successful poll (absent before the first).",
+            |d| {
+                d.last_success
+                    .map(|t| (Utc::now() - t).num_milliseconds() as f64 / 1000.0)
+            },
+        ),
+        (
+            "victron_poller_vedirect_corrupt_blocks_total",
+            Kind::Counter,
+            "VE.Direct blocks dropped for a bad checksum.",
+            |d| {
+                (d.source == crate::reading::SourceKind::VeDirect)
+                    .then_some(d.corrupt_blocks as f64)
+            },
+        ),
+    ];
+    for (name, kind, help, value) in per_device {
+        page.family(name, kind, help);
+        for d in devices {
+            if let Some(v) = value(d) {
+                page.sample(
+                    name,
+                    &[("device", &d.device), ("source", d.source.as_str())],
+                    v,
+                );
+            }
+        }
+    }
+
+    let totals: [(&str, Kind, &str, f64); 12] = [
+        (
+            "victron_poller_store_readings",
+            Kind::Gauge,
+            "Readings in the local store not yet forwarded (all of them without a database).",
+            snapshot.spool_depth as f64,
+        ),
+        (
+            "victron_poller_store_oldest_age_seconds",
+            Kind::Gauge,
+            "Age of the oldest reading in the local store (0 when empty).",
+            snapshot
+                .spool_oldest
+                .map_or(0.0, |o| (now - o).num_milliseconds() as f64 / 1000.0),
+        ),
+        (
+            "victron_poller_rows_stored_total",
+            Kind::Counter,
+            "Readings committed to the local store.",
+            count(snapshot.rows_stored),
+        ),
+        (
+            "victron_poller_rows_forwarded_total",
+            Kind::Counter,
+            "Readings committed to PostgreSQL.",
+            count(snapshot.rows_forwarded),
+        ),
+        (
+            "victron_poller_forward_errors_total",
+            Kind::Counter,
+            "Failed attempts to forward to PostgreSQL.",
+            count(snapshot.forward_errors),
+        ),
+        (
+            "victron_poller_rows_parked_total",
+            Kind::Counter,
+            "Readings PostgreSQL refused for good, set aside in the local store.",
+            count(snapshot.rows_parked),
+        ),
+        (
+            "victron_poller_rows_expired_unforwarded_total",
+            Kind::Counter,
+            "Readings dropped from the local store before they could be forwarded.",
+            count(snapshot.rows_expired_unforwarded),
+        ),
+        (
+            "victron_poller_retention_runs_total",
+            Kind::Counter,
+            "Retention runs completed (local store and database).",
+            count(snapshot.retention_runs),
+        ),
+        (
+            "victron_poller_retention_failures_total",
+            Kind::Counter,
+            "Retention runs that failed.",
+            count(snapshot.retention_failures),
+        ),
+        (
+            "victron_poller_database_up",
+            Kind::Gauge,
+            "1 when the database is reachable (or none is configured), else 0.",
+            if snapshot.database_down_since.is_some() {
+                0.0
+            } else {
+                1.0
+            },
+        ),
+        (
+            "victron_poller_log_lines_dropped_total",
+            Kind::Counter,
+            "Log lines dropped because whoever reads the daemon's output fell behind.",
+            count(snapshot.log_lines_dropped),
+        ),
+        (
+            "victron_poller_start_time_seconds",
+            Kind::Gauge,
+            "When the daemon started, in seconds since the Unix epoch.",
+            snapshot.started_at.timestamp_millis() as f64 / 1000.0,
+        ),
+    ];
+    for (name, kind, help, value) in totals {
+        page.family(name, kind, help).sample(name, &[], value);
+    }
+    page.finish()
 }
 
 #[cfg(test)]

@@ -37,7 +37,13 @@ pub enum StoreError {
     /// A statement failed (disk full, I/O error ...).
     #[error("local store error: {0}")]
     Sql(#[from] sqlx::Error),
+    /// A status document could not be encoded.
+    #[error("cannot encode a status document: {0}")]
+    Encode(#[from] serde_json::Error),
 }
+
+/// The name the daemon saves its [`crate::report::Snapshot`] under.
+pub const STATUS_NAME: &str = "daemon";
 
 /// A reading as stored, with its position in the queue.
 #[derive(Debug, Clone, PartialEq)]
