@@ -6,7 +6,19 @@ use std::process::ExitCode;
 use victron_poller::cli::{self, Cli, Exit};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse_args();
+    let cli = match Cli::parse_args() {
+        Ok(cli) => cli,
+        Err(error) => {
+            // `--help` and `--version` print to stdout and succeed.
+            let _ = error.print();
+            return if error.use_stderr() {
+                Exit::Usage
+            } else {
+                Exit::Ok
+            }
+            .into();
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -15,7 +27,7 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("victron-poller: error: cannot start the async runtime: {e}");
-            return Exit::Attention.into();
+            return Exit::Internal.into();
         }
     };
     let outcome = runtime.block_on(cli::run(cli));

@@ -32,25 +32,33 @@ use crate::db::DbError;
 use crate::db::migrate::MigrationError;
 use crate::sources::modbus::probe::ProbeError;
 
-/// Exit codes, the same for every subcommand.
+/// Exit codes, the same for every subcommand (`--help` and the README list
+/// them). 64, 70 and 78 are the `sysexits.h` codes for a usage error, an
+/// internal failure and a configuration error, so that a script — and
+/// systemd's `RestartPreventExitStatus=78` — can tell them apart from a
+/// verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
-    /// Success; for `status`, everything is current.
-    Ok = 0,
-    /// `migrate --check`: a migration is pending; `status`: degraded;
-    /// `probe`: the GX answered, but on none of the unit ids tried; or an
-    /// unexpected failure.
+    /// 0: success; for `status`, healthy.
+    Ok,
+    /// 1: `status`: degraded; `migrate --check`: a migration is pending;
+    /// `probe`: the GX answered, but on none of the unit ids tried.
     Attention,
-    /// `status`: down (no device answers, or the daemon is not running);
-    /// `probe`: the GX cannot be reached (refused, unreachable, timed out) or
-    /// stopped answering.
+    /// 2: `status`: down (no device answers, the daemon stopped or is not
+    /// running); `probe`: the GX cannot be reached or stopped answering.
     Down,
-    /// The configuration (or the command line) is invalid.
-    Config,
-    /// The database cannot be reached or refused the credentials.
+    /// 3: the database cannot be reached or refused the credentials.
     Database,
-    /// A migration or the reconcile step failed.
+    /// 4: a migration or the reconcile step failed.
     Migration,
+    /// 64: the command line is invalid.
+    Usage,
+    /// 70: an unexpected failure (a bug, or the daemon's stop took too long).
+    Internal,
+    /// 78: the configuration is invalid.
+    Config,
+    /// 130: a second signal stopped the daemon at once.
+    Interrupted,
 }
 
 impl Exit {
@@ -59,12 +67,23 @@ impl Exit {
         match self {
             Self::Ok => 0,
             Self::Attention => 1,
-            Self::Down | Self::Config => 2,
+            Self::Down => 2,
             Self::Database => 3,
             Self::Migration => 4,
+            Self::Usage => 64,
+            Self::Internal => 70,
+            Self::Config => 78,
+            Self::Interrupted => 130,
         }
     }
 }
+
+/// The exit codes, as `--help` lists them.
+const EXIT_CODES: &str = "Exit status: 0 success (status: healthy); 1 status: degraded, \
+    migrate --check: a migration pending, probe: no unit id answered; 2 status: down or \
+    stopped, probe: the GX cannot be reached; 3 the database cannot be reached or refused \
+    the credentials; 4 a migration failed; 64 usage error; 70 internal failure; \
+    78 configuration error; 130 stopped at once by a second signal.";
 
 impl From<Exit> for ExitCode {
     fn from(exit: Exit) -> Self {
@@ -74,7 +93,7 @@ impl From<Exit> for ExitCode {
 
 /// Polls Victron Energy equipment and keeps its telemetry in PostgreSQL/TimescaleDB.
 #[derive(Debug, Parser)]
-#[command(name = "victron-poller", version, about, long_about = None)]
+#[command(name = "victron-poller", version, about, long_about = None, after_help = EXIT_CODES)]
 pub struct Cli {
     /// The TOML configuration file (every key can also be set by environment).
     /// For `run`, `migrate`, `check-config` and `status`; `demo`, `simulate`
@@ -122,7 +141,7 @@ pub enum Command {
     #[command(
         after_help = "Exit status: 0 devices found; 1 the GX answered, but no unit id did; \
         2 the GX cannot be reached (for a refused connection: enable Modbus TCP on the GX: \
-        Settings → Services → Modbus TCP), or the command line is invalid."
+        Settings → Services → Modbus TCP); 64 the command line is invalid."
     )]
     Probe(probe::ProbeArgs),
 }
@@ -140,11 +159,11 @@ impl Command {
 }
 
 impl Cli {
-    /// Parses the process's arguments as `Cli::parse` does (exiting on an
-    /// error, or after `--help`), and refuses `--config` given on the command
-    /// line to a subcommand that reads no configuration.
-    pub fn parse_args() -> Self {
-        Self::try_parse_args_from(std::env::args_os()).unwrap_or_else(|e| e.exit())
+    /// Parses the process's arguments, refusing `--config` given on the
+    /// command line to a subcommand that reads no configuration. `--help`
+    /// and `--version` come back as an error too (clap's, to print).
+    pub fn parse_args() -> Result<Self, clap::Error> {
+        Self::try_parse_args_from(std::env::args_os())
     }
 
     /// [`Cli::parse_args`] on `args`, the first being the program name.
@@ -171,7 +190,7 @@ impl Cli {
 }
 
 /// A command-line value clap accepted but the subcommand cannot use
-/// (exit 2, like clap's own usage errors).
+/// (exit 64, like clap's own usage errors).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct UsageError(pub String);
@@ -216,7 +235,7 @@ pub fn exit_for(error: &anyhow::Error) -> Exit {
         }
         if let Some(db) = cause.downcast_ref::<DbError>() {
             return match db {
-                DbError::Query(_) => Exit::Attention,
+                DbError::Query(_) => Exit::Internal,
                 _ => Exit::Database,
             };
         }
@@ -227,10 +246,10 @@ pub fn exit_for(error: &anyhow::Error) -> Exit {
             return Exit::Down;
         }
         if cause.is::<UsageError>() {
-            return Exit::Config;
+            return Exit::Usage;
         }
     }
-    Exit::Attention
+    Exit::Internal
 }
 
 /// The database settings, or a configuration error naming the key to set.
@@ -257,7 +276,7 @@ mod tests {
         ] {
             let error = Cli::try_parse_args_from(args.iter().copied()).unwrap_err();
             assert_eq!(error.kind(), ErrorKind::ArgumentConflict, "{args:?}");
-            assert_eq!(error.exit_code(), 2);
+            assert!(error.use_stderr(), "an error, not help");
             let text = error.to_string();
             assert!(text.contains("reads no configuration file"), "{text}");
         }
@@ -281,12 +300,14 @@ mod tests {
         ));
         assert_eq!(exit_for(&refused), Exit::Down);
         assert_eq!(exit_for(&refused).code(), 2);
+        assert_eq!(Exit::Config.code(), 78);
+        assert_eq!(Exit::Usage.code(), 64);
         assert!(
             refused
                 .to_string()
                 .ends_with("Settings → Services → Modbus TCP")
         );
         let bad_port = anyhow::Error::from(UsageError("`x` is not a port number".into()));
-        assert_eq!(exit_for(&bad_port), Exit::Config);
+        assert_eq!(exit_for(&bad_port), Exit::Usage);
     }
 }

@@ -58,7 +58,7 @@ impl ServerInfo {
             Option<String>,
             Option<String>,
             Option<String>,
-            String,
+            Option<String>,
             Option<String>,
         ) = sqlx::query_as(
             "SELECT current_setting('server_version'),
@@ -66,11 +66,12 @@ impl ServerInfo {
                 (SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'),
                 (SELECT default_version FROM pg_available_extensions WHERE name = 'vector'),
                 (SELECT extversion FROM pg_extension WHERE extname = 'vector'),
-                current_setting('shared_preload_libraries'),
+                (SELECT setting FROM pg_settings WHERE name = 'shared_preload_libraries'),
                 nullif(current_setting('timescaledb.license', true), '')",
         )
         .fetch_one(conn)
         .await?;
+        let timescaledb_installed = row.2.is_some();
         Ok(Self {
             version: row.0,
             timescaledb: Extension {
@@ -81,10 +82,15 @@ impl ServerInfo {
                 available: row.3,
                 installed: row.4,
             },
-            timescaledb_preloaded: row
-                .5
-                .split(',')
-                .any(|lib| lib.trim().trim_matches('"').ends_with("timescaledb")),
+            // A role without pg_read_all_settings does not see the setting
+            // (pg_settings hides it rather than failing, as current_setting
+            // would); an extension that is installed and answers is loaded.
+            timescaledb_preloaded: match &row.5 {
+                Some(libraries) => libraries
+                    .split(',')
+                    .any(|lib| lib.trim().trim_matches('"').ends_with("timescaledb")),
+                None => timescaledb_installed,
+            },
             timescaledb_license: row.6,
         })
     }

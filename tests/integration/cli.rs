@@ -15,7 +15,7 @@ fn assert_one_line_without_secret(stderr: &str) {
 }
 
 #[test]
-fn bad_config_names_every_key_and_exits_2() {
+fn bad_config_names_every_key_and_exits_78() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
     std::fs::write(
@@ -28,7 +28,7 @@ fn bad_config_names_every_key_and_exits_2() {
     .unwrap();
     let output = run_cli(&["--config", path.to_str().unwrap(), "check-config"], &[]);
     let (_, stderr) = texts(&output);
-    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert_eq!(output.status.code(), Some(78), "{stderr}");
     assert!(!stderr.contains(SECRET), "the password leaked: {stderr}");
     // A heading, then one problem a line.
     let lines: Vec<&str> = stderr.trim_end().lines().collect();
@@ -52,7 +52,7 @@ fn bad_config_names_every_key_and_exits_2() {
         ],
         &[],
     );
-    assert_eq!(missing.status.code(), Some(2));
+    assert_eq!(missing.status.code(), Some(78));
     assert!(
         texts(&missing)
             .1
@@ -60,7 +60,7 @@ fn bad_config_names_every_key_and_exits_2() {
     );
 
     let bad_env = run_cli(&["check-config"], &[("VICTRON_POLLER_LOG__FORMAT", "xml")]);
-    assert_eq!(bad_env.status.code(), Some(2));
+    assert_eq!(bad_env.status.code(), Some(78));
     assert!(texts(&bad_env).1.contains("log.format"));
 }
 
@@ -96,7 +96,7 @@ fn check_config_shows_settings_without_the_password() {
 fn no_database_configured_is_a_config_error() {
     let output = run_cli(&["migrate"], &[]);
     let (_, stderr) = texts(&output);
-    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert_eq!(output.status.code(), Some(78), "{stderr}");
     assert!(stderr.contains("database.url"), "{stderr}");
 }
 
@@ -159,11 +159,10 @@ async fn wrong_password_exits_3_without_the_password() {
         &[("DATABASE_URL", &base.replace("{}", "right-password"))],
     );
     let (stdout, stderr) = texts(&right);
-    assert_eq!(
-        right.status.code(),
-        Some(1),
-        "pending migrations: {stdout}{stderr}"
-    );
+    // An unprivileged role reads the schema state too: nothing migrated,
+    // no poller yet (down).
+    assert_eq!(right.status.code(), Some(2), "{stdout}{stderr}");
+    assert!(stdout.contains("migrations   0 of"), "{stdout}");
 }
 
 #[tokio::test]
@@ -503,7 +502,7 @@ fn check_config_refuses_what_run_refuses() {
             let (_, stderr) = texts(&output);
             assert_eq!(
                 output.status.code(),
-                Some(2),
+                Some(78),
                 "{what}, {command:?}: {stderr}"
             );
             assert!(stderr.contains(message), "{what}, {command:?}: {stderr}");
@@ -532,7 +531,7 @@ fn a_bad_value_from_the_environment_names_its_variable() {
         ],
     );
     let (_, stderr) = texts(&output);
-    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert_eq!(output.status.code(), Some(78), "{stderr}");
     for (key, variable) in [
         ("log.format", "LOG_FORMAT"),
         ("health.listen", "PORT"),
@@ -551,7 +550,7 @@ fn a_bad_value_from_the_environment_names_its_variable() {
 }
 
 #[test]
-fn probe_of_a_closed_port_exits_2_with_the_fix() {
+fn probe_of_a_closed_port_exits_2_down_with_the_fix() {
     let port = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap().port()
@@ -578,7 +577,7 @@ fn config_is_refused_by_subcommands_that_read_none() {
     ] {
         let output = run_cli(args, &[]);
         let (_, stderr) = texts(&output);
-        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(output.status.code(), Some(64), "{args:?}: {stderr}");
         assert!(stderr.contains("reads no configuration file"), "{stderr}");
     }
     // From the environment (the systemd unit sets it), it is no error.
@@ -679,4 +678,30 @@ fn status_json_is_one_document_even_without_a_database() {
         text.contains("Exit status: 0 healthy, 1 degraded"),
         "{text}"
     );
+}
+
+/// A usage error is 64, a configuration error 78 (the sysexits codes), and
+/// `--help` lists every exit code.
+#[test]
+fn usage_errors_exit_64_and_help_lists_the_exit_codes() {
+    let bad = run_cli(&["pol"], &[]);
+    assert_eq!(bad.status.code(), Some(64), "{:?}", texts(&bad));
+    let help = run_cli(&["--help"], &[]);
+    let (stdout, _) = texts(&help);
+    assert_eq!(help.status.code(), Some(0));
+    for code in [
+        "0 success",
+        "1 status: degraded",
+        "2 status: down",
+        "3 the database",
+        "4 a migration failed",
+        "64 usage error",
+        "70 internal failure",
+        "78 configuration error",
+    ] {
+        assert!(stdout.contains(code), "{code}: {stdout}");
+    }
+    let version = run_cli(&["--version"], &[]);
+    assert_eq!(version.status.code(), Some(0));
+    assert!(texts(&version).0.starts_with("victron-poller "));
 }

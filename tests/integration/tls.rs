@@ -111,7 +111,7 @@ fn bad_tls_settings_are_configuration_errors() {
         let url = format!("postgres://victron:pw-77@db.example.net/ranch?{query}");
         let output = run_cli(&["check-config"], &[("DATABASE_URL", &url)]);
         let (stdout, stderr) = texts(&output);
-        assert_eq!(output.status.code(), Some(2), "{stdout}{stderr}");
+        assert_eq!(output.status.code(), Some(78), "{stdout}{stderr}");
         assert!(stderr.contains("database.url"), "{stderr}");
         assert!(stderr.contains(expected), "{stderr}");
         assert!(!stderr.contains("pw-77"), "{stderr}");
