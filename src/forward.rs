@@ -317,6 +317,8 @@ pub struct Forwarder {
     counters: Arc<ForwardCounters>,
     wake: Arc<Notify>,
     link: Arc<DatabaseLink>,
+    /// Told each time a drain leaves the store empty.
+    drained: Option<Arc<Notify>>,
     write_timeout: Duration,
 }
 
@@ -338,8 +340,16 @@ impl Forwarder {
             counters,
             wake,
             link,
+            drained: None,
             write_timeout: Duration::from_secs(30),
         }
+    }
+
+    /// Tells `drained` each time the store is empty after a drain (a clean
+    /// stop waits for it).
+    pub fn on_drained(mut self, drained: Arc<Notify>) -> Self {
+        self.drained = Some(drained);
+        self
     }
 
     /// Longest wait for one batch to be written (default 30 s).
@@ -468,6 +478,11 @@ impl Forwarder {
                 () = cancel.cancelled() => return,
                 outcome = self.drain() => outcome,
             };
+            if outcome.is_ok() {
+                if let Some(drained) = &self.drained {
+                    drained.notify_waiters();
+                }
+            }
             match outcome {
                 Ok(0) => {
                     tokio::select! {

@@ -44,6 +44,7 @@ pub mod reading;
 pub mod registers;
 pub mod report;
 pub mod retention;
+pub mod signals;
 pub mod simulator;
 pub mod sources;
 pub mod status;

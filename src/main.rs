@@ -31,6 +31,8 @@ fn main() -> ExitCode {
         }
     };
     let outcome = runtime.block_on(cli::run(cli));
+    // A stop that was forced leaves tasks behind: give them no more time.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
     // The last log lines are written before the error line and the exit.
     victron_poller::logging::flush();
     match outcome {

@@ -13,7 +13,8 @@ use crate::config::{
     BatchConfig, Config, FailoverConfig, GxConfig, HealthConfig, LogConfig, ModbusClass,
     ModbusDeviceConfig, RetentionConfig, SiteConfig,
 };
-use crate::daemon::{self, RunOptions};
+use crate::daemon::{self, DrainPolicy, RunOptions};
+use crate::signals::Signals;
 use crate::simulator::gx::{self, GxSimOptions};
 
 /// The demo's simulated clock: 360 simulated seconds per second from 05:30,
@@ -77,10 +78,12 @@ pub async fn exec() -> anyhow::Result<Exit> {
     outln!("Polling 4 devices every second. Ctrl-C stops.");
     outln!("The simulated site's clock starts at 05:30 and runs 360 times fast.");
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let shutdown = super::run::shutdown_on_signals(Duration::from_secs(30))?;
+    let drain = DrainPolicy::with_forward_deadline(Duration::from_secs(1));
+    let signals = Signals::listen(drain.hard_limit())?;
+    let shutdown = signals.shutdown();
     let options = RunOptions {
         state_dir: dir.path().to_path_buf(),
-        drain_deadline: Duration::from_secs(1),
+        drain,
         batch_report: Some(tx),
     };
     let clock = Arc::clone(&simulator);
@@ -125,7 +128,10 @@ pub async fn exec() -> anyhow::Result<Exit> {
             outln!("  stored {} rows ({total} in all){at}", batch.stored);
         }
     });
-    daemon::run(config, options, shutdown).await?;
+    let exit = super::run::until_stopped(daemon::run(config, options, shutdown), signals).await?;
+    if exit != Exit::Ok {
+        return Ok(exit);
+    }
     let _ = printer.await;
     drop(simulator);
     outln!("Demo stopped.");

@@ -1,17 +1,17 @@
 //! `victron-poller run`: the daemon. SIGTERM or SIGINT stops it in order
 //! (sources, then the partial batch into the local store, then the forwarder
-//! with a deadline); a second signal exits at once.
+//! with a deadline); a second signal, or a stop past its hard limit, ends it
+//! at once (exit 130, 70).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use clap::Args;
-use tokio_util::sync::CancellationToken;
 
 use super::Exit;
 use crate::config::Config;
-use crate::daemon::{self, RunOptions};
+use crate::daemon::{self, DrainPolicy, RunOptions};
+use crate::signals::{Forced, Signals};
 
 /// Options of `run`.
 #[derive(Debug, Args)]
@@ -41,53 +41,35 @@ pub fn state_dir(flag: Option<PathBuf>) -> PathBuf {
     .unwrap_or_else(|| PathBuf::from("victron-poller-state"))
 }
 
-/// Cancels the returned token on the first SIGTERM or SIGINT; exits the
-/// process at once on the second, or when a graceful stop takes longer than
-/// `limit` (so that a stuck stop never needs a SIGKILL).
-pub fn shutdown_on_signals(limit: Duration) -> anyhow::Result<CancellationToken> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let token = CancellationToken::new();
-    let mut term = signal(SignalKind::terminate()).context("Failed to listen for SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("Failed to listen for SIGINT")?;
-    let first = token.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        tracing::info!("Signal received: shutting down (a second signal exits at once).");
-        first.cancel();
-        tokio::select! {
-            _ = term.recv() => {
-                tracing::warn!("Second signal: exiting now; the local store keeps what it has.");
-                crate::logging::flush();
-                std::process::exit(130);
-            }
-            _ = int.recv() => {
-                tracing::warn!("Second signal: exiting now; the local store keeps what it has.");
-                crate::logging::flush();
-                std::process::exit(130);
-            }
-            () = tokio::time::sleep(limit) => {
-                tracing::error!(limit_s = limit.as_secs(), "Stopping took too long: exiting now; the local store keeps what it has.");
-                crate::logging::flush();
-                std::process::exit(1);
-            }
-        }
-    });
-    Ok(token)
-}
-
 /// Runs `run`.
 pub async fn exec(config: Config, args: RunArgs) -> anyhow::Result<Exit> {
     config.check_runnable()?;
-    let drain_deadline = Duration::from_secs(args.drain_deadline_s);
-    let shutdown = shutdown_on_signals(drain_deadline + Duration::from_secs(30))?;
+    let drain = DrainPolicy::with_forward_deadline(Duration::from_secs(args.drain_deadline_s));
+    let signals = Signals::listen(drain.hard_limit())?;
     let options = RunOptions {
         state_dir: state_dir(args.state_dir),
-        drain_deadline,
+        drain,
         batch_report: None,
     };
-    daemon::run(config, options, shutdown).await?;
-    Ok(Exit::Ok)
+    until_stopped(daemon::run(config, options, signals.shutdown()), signals).await
+}
+
+/// Runs the daemon future until it ends, or until the stop is forced.
+pub async fn until_stopped(
+    daemon: impl std::future::Future<Output = anyhow::Result<()>>,
+    signals: Signals,
+) -> anyhow::Result<Exit> {
+    tokio::select! {
+        outcome = daemon => outcome.map(|()| Exit::Ok),
+        forced = signals.forced() => Ok(match forced {
+            Forced::SecondSignal => {
+                tracing::warn!("Second signal: exiting now; the local store keeps what it has.");
+                Exit::Interrupted
+            }
+            Forced::HardLimit => {
+                tracing::error!("Stopping took too long: exiting now; the local store keeps what it has.");
+                Exit::Internal
+            }
+        }),
+    }
 }

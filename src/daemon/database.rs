@@ -23,14 +23,25 @@ use crate::forward::Forwarder;
 /// answered and refused it (credentials, no such database).
 const REFUSED_RETRY: Duration = Duration::from_secs(30);
 
+/// The longest one write of the status rows may take: a slow or absent
+/// database never stalls anything else.
+const STATUS_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The longest the last status write at shutdown may take.
+const LAST_STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How the forwarder and the rest of the daemon signal each other.
+#[derive(Debug, Clone)]
+pub(super) struct Signals {
+    /// Told when the local store has something new to forward.
+    pub(super) wake: Arc<Notify>,
+    /// Told by the forwarder each time it has emptied the store.
+    pub(super) drained: Arc<Notify>,
+}
+
 /// Connects (with backoff), migrates, then forwards, writes status and runs
 /// retention until cancelled. Never blocks polling: the store keeps filling.
-pub(super) async fn database_loop(
-    shared: Shared,
-    wake: Arc<Notify>,
-    forwarder_cancel: CancellationToken,
-    cancel: CancellationToken,
-) {
+pub(super) async fn database_loop(shared: Shared, signals: Signals, cancel: CancellationToken) {
     let Some(db) = shared.config.database.clone() else {
         return;
     };
@@ -84,21 +95,18 @@ pub(super) async fn database_loop(
         pool.clone(),
         shared.config.site.installation_id.clone(),
         Arc::clone(&shared.forward),
-        wake,
+        signals.wake,
         Arc::clone(&shared.link),
     )
-    .with_write_timeout(db.write_timeout);
+    .with_write_timeout(db.write_timeout)
+    .on_drained(signals.drained);
     tokio::join!(
-        forwarder.run(forwarder_cancel),
+        forwarder.run(cancel.clone()),
         status_writer(shared.clone(), pool.clone(), mode, cancel.clone()),
         retention_loop(shared.clone(), pool.clone(), mode, cancel.clone()),
     );
     // A last status row, best effort.
-    let _ = tokio::time::timeout(
-        Duration::from_secs(2),
-        write_db_status(&shared, &pool, mode),
-    )
-    .await;
+    let _ = tokio::time::timeout(LAST_STATUS_TIMEOUT, write_db_status(&shared, &pool, mode)).await;
     pool.close().await;
 }
 
@@ -111,11 +119,8 @@ async fn status_writer(shared: Shared, pool: PgPool, mode: StorageMode, cancel: 
             _ = tick.tick() => {}
         }
         // Bounded: a slow or absent database never stalls anything else.
-        let result = tokio::time::timeout(
-            Duration::from_secs(10),
-            write_db_status(&shared, &pool, mode),
-        )
-        .await;
+        let result =
+            tokio::time::timeout(STATUS_WRITE_TIMEOUT, write_db_status(&shared, &pool, mode)).await;
         if matches!(result, Ok(Ok(()))) {
             shared.link.works();
         }

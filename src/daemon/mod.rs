@@ -1,10 +1,12 @@
 //! The daemon: sources → batcher → local store → forwarder → PostgreSQL,
 //! plus the status writer and the retention job, and the ordered shutdown.
 //!
-//! Shutdown order: sources stop between polls and drop their senders; the
-//! batcher commits the partial batch to the local store and ends; the
-//! forwarder gets a deadline to drain, then is abandoned (what it did not
-//! ship stays in the store for the next start); a last status is written.
+//! Shutdown order, on one task tracker: sources stop between polls and drop
+//! their senders; the batcher commits the partial batch to the local store
+//! and ends when their stream does; the forwarder gets a deadline to drain
+//! (it says when the store is empty), then everything else is cancelled
+//! (what was not shipped stays in the store for the next start); a last
+//! status is written. [`DrainPolicy`] names every limit.
 //!
 //! Around it: the device locks when failover is on ([`crate::failover`]),
 //! the health/metrics endpoint ([`crate::report::http`], fed by
@@ -23,8 +25,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use tokio::sync::{Notify, mpsc};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::db::link::DatabaseLink;
@@ -38,13 +40,45 @@ use crate::sources::vedirect::VeDirectSource;
 use crate::status::StatusBoard;
 use crate::store::LocalStore;
 
+/// How long each step of an ordered stop may take. Sources stop between
+/// polls and the batcher commits the partial batch without a limit (the
+/// local store is the durability boundary); the rest is bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainPolicy {
+    /// The forwarder's time to ship what the store holds; the rest waits
+    /// for the next start (`--drain-deadline-s`, default 10 s).
+    pub forward: Duration,
+    /// The helpers' time to end once cancelled (a database call in flight is
+    /// bounded by its own timeouts).
+    pub helpers: Duration,
+    /// The local store's time to close (its last commit is safe regardless).
+    pub store_close: Duration,
+}
+
+impl DrainPolicy {
+    /// The policy with the forwarder's deadline `forward`.
+    pub fn with_forward_deadline(forward: Duration) -> Self {
+        Self {
+            forward,
+            helpers: Duration::from_secs(15),
+            store_close: Duration::from_secs(5),
+        }
+    }
+
+    /// The longest an ordered stop may take before it is forced: every
+    /// bounded step, plus 10 s for the sources' last polls and the batch.
+    pub fn hard_limit(&self) -> Duration {
+        self.forward + self.helpers + self.store_close + Duration::from_secs(10)
+    }
+}
+
 /// How the daemon runs, beyond the configuration.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     /// Where the local store lives.
     pub state_dir: PathBuf,
-    /// Longest wait for the forwarder to drain at shutdown.
-    pub drain_deadline: Duration,
+    /// The limits of an ordered stop.
+    pub drain: DrainPolicy,
     /// Receives a line per batch committed (for `demo`).
     pub batch_report: Option<mpsc::UnboundedSender<BatchReport>>,
 }
@@ -153,39 +187,35 @@ pub async fn run(
         poll_interval: poll_interval(&config),
     };
 
+    // One tracker for every task; the ordered stop below follows the data:
+    // sources end on `shutdown`, the batcher ends when their stream does,
+    // then the forwarder drains, then everything else is cancelled.
+    let tasks = TaskTracker::new();
     let (tx, rx) = mpsc::channel::<Reading>(4096);
-    let sources_cancel = CancellationToken::new();
-    let mut sources = JoinSet::new();
     for gx in &config.gx {
         let poller =
             GxPoller::new(gx, shared.status.clone(), tx.clone()).with_leases(leases.clone());
-        let cancel = sources_cancel.clone();
-        sources.spawn(async move {
-            poller.run(cancel).await;
-        });
+        tasks.spawn(poller.run(shutdown.clone()));
     }
     for device in &config.vedirect {
         let source = VeDirectSource::new(device, shared.status.clone(), tx.clone())
             .with_leases(leases.clone());
-        let cancel = sources_cancel.clone();
-        sources.spawn(async move {
-            source.run(cancel).await;
-        });
+        tasks.spawn(source.run(shutdown.clone()));
     }
     drop(tx);
 
     let wake = Arc::new(Notify::new());
+    let drained = Arc::new(Notify::new());
     let sink = StoreSink::new(
         store.clone(),
         Arc::clone(&shared.counters.rows_stored),
         Arc::clone(&wake),
     )
     .with_report(options.batch_report.clone());
-    let batcher = tokio::spawn(Batcher::new(config.batch, sink).run(rx));
+    let batcher = tasks.spawn(Batcher::new(config.batch, sink).run(rx));
 
     let background = CancellationToken::new();
-    let mut helpers = JoinSet::new();
-    helpers.spawn(local::local_loop(shared.clone(), background.clone()));
+    tasks.spawn(local::local_loop(shared.clone(), background.clone()));
     if let Some(db) = lock_database {
         let keeper = LeaseKeeper::new(
             db.clone(),
@@ -194,33 +224,35 @@ pub async fn run(
             shared.poll_interval,
             Arc::clone(&shared.link),
         );
-        helpers.spawn(keeper.run(background.clone()));
+        tasks.spawn(keeper.run(background.clone()));
     }
     if let Some(listener) = http_listener {
         if let Ok(address) = listener.local_addr() {
             tracing::info!(%address, "Serving /healthz and /metrics.");
         }
         let observer = Arc::new(observe::DaemonObserver::new(shared.clone()));
-        helpers.spawn(crate::report::http::serve(
+        tasks.spawn(crate::report::http::serve(
             listener,
             observer,
             background.clone(),
         ));
     }
-    helpers.spawn(crate::systemd::feed_watchdog(
+    tasks.spawn(crate::systemd::feed_watchdog(
         shared.status.clone(),
         config.health.stall_timeout,
         background.clone(),
     ));
-    let forwarder_cancel = CancellationToken::new();
     if config.database.is_some() {
-        helpers.spawn(database::database_loop(
+        tasks.spawn(database::database_loop(
             shared.clone(),
-            Arc::clone(&wake),
-            forwarder_cancel.clone(),
+            database::Signals {
+                wake: Arc::clone(&wake),
+                drained: Arc::clone(&drained),
+            },
             background.clone(),
         ));
     }
+    tasks.close();
 
     let devices = device_names(&config).len();
     crate::systemd::ready(&format!("polling {devices} device(s)"));
@@ -228,25 +260,26 @@ pub async fn run(
     shutdown.cancelled().await;
     crate::systemd::stopping();
     tracing::info!("Stopping: finishing the current polls.");
-    sources_cancel.cancel();
-    while sources.join_next().await.is_some() {}
     batcher.await.context("The batcher stopped abnormally")?;
     tracing::info!("Every reading received is in the local store.");
 
+    let drain = options.drain;
     if config.database.is_some() {
-        let drained = tokio::time::timeout(options.drain_deadline, async {
+        let forwarded = tokio::time::timeout(drain.forward, async {
             loop {
-                match store.depth().await {
-                    Ok((0, _)) | Err(_) => break,
-                    Ok(_) => {
-                        wake.notify_one();
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
+                // Registered before the wake-up, so no drain is missed.
+                let notified = drained.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                wake.notify_one();
+                notified.await;
+                if matches!(store.depth().await, Ok((0, _)) | Err(_)) {
+                    break;
                 }
             }
         })
         .await;
-        if drained.is_err() {
+        if forwarded.is_err() {
             let (left, _) = store.depth().await.unwrap_or_default();
             tracing::warn!(
                 readings = left,
@@ -254,25 +287,23 @@ pub async fn run(
             );
         }
     }
-    forwarder_cancel.cancel();
     let _ = shared.stopped_at.set(Utc::now());
     background.cancel();
-    // Every helper ends at its next await on cancellation; a database call in
-    // flight is bounded by its timeouts. Do not wait forever regardless.
-    let joined = tokio::time::timeout(Duration::from_secs(15), async {
-        while helpers.join_next().await.is_some() {}
-    })
-    .await;
-    if joined.is_err() {
-        tracing::warn!("A database task did not stop in 15 s; leaving it.");
-        helpers.abort_all();
-    }
-    local::write_local_status(&shared).await;
-    if tokio::time::timeout(Duration::from_secs(5), store.close())
+    if tokio::time::timeout(drain.helpers, tasks.wait())
         .await
         .is_err()
     {
-        tracing::warn!("The local store did not close in 5 s; its last commit is safe.");
+        tracing::warn!(
+            limit_s = drain.helpers.as_secs(),
+            "A database task did not stop in time; leaving it."
+        );
+    }
+    local::write_local_status(&shared).await;
+    if tokio::time::timeout(drain.store_close, store.close())
+        .await
+        .is_err()
+    {
+        tracing::warn!("The local store did not close in time; its last commit is safe.");
     }
     tracing::info!("Stopped.");
     Ok(())
