@@ -364,7 +364,8 @@ impl Forwarder {
         self
     }
 
-    /// Inserts one batch; after a permanent error, row by row.
+    /// Inserts one batch (binary COPY); after a permanent error, the refused
+    /// rows are found by halving the batch ([`Self::isolate`]).
     async fn insert_batch(&self, rows: &[StoredReading]) -> Result<(), ForwardError> {
         let all: Vec<&StoredReading> = rows.iter().collect();
         let id = self.installation_id.as_deref();

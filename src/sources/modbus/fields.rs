@@ -606,6 +606,43 @@ mod tests {
             .collect()
     }
 
+    /// Every column a Modbus class can emit, derived ones included, is a
+    /// column of its table: a misspelt name fails here, not silently in the
+    /// forwarder.
+    #[test]
+    fn every_column_a_class_emits_exists_in_its_table() {
+        let list = RegisterList::victron();
+        for class in ModbusClass::ALL {
+            let table = table(class);
+            let values: Vec<(&str, f64)> = specs(class)
+                .iter()
+                .filter(|spec| !matches!(spec.kind, Kind::Phases))
+                .map(|spec| (spec.path, 1.0))
+                .collect();
+            let map = FieldMap::resolve(class, list).unwrap();
+            let emitted = map.decode(&block_of(list, class, &values));
+            for spec in specs(class)
+                .iter()
+                .filter(|s| !matches!(s.kind, Kind::Phases))
+            {
+                assert!(
+                    table.column_kind(spec.column).is_some(),
+                    "{class:?}: {} is not a column of {}",
+                    spec.column,
+                    table.name()
+                );
+            }
+            assert!(!emitted.is_empty(), "{class:?}");
+            for (column, _) in &emitted {
+                assert!(
+                    table.column_kind(column).is_some(),
+                    "{class:?} emits {column}, not a column of {}",
+                    table.name()
+                );
+            }
+        }
+    }
+
     #[test]
     fn battery_values_zero_rules_alarms_and_state() {
         let list = RegisterList::victron();

@@ -1072,6 +1072,62 @@ mod tests {
         assert_eq!(with_h19, vec![6, 7, 8, 9]);
     }
 
+    /// Every column a VE.Direct device can emit, for each table, is a column
+    /// of that table: a misspelt name fails here, not silently in the
+    /// forwarder.
+    #[test]
+    fn every_column_a_device_emits_exists_in_its_table() {
+        for (pid, table) in [
+            ("0x203", ReadingTable::Battery),
+            ("0xA05F", ReadingTable::Solar),
+            ("0xA201", ReadingTable::Inverter),
+        ] {
+            // Every label, with a value of its kind.
+            let fields: Vec<(&str, &str)> = LABELS
+                .iter()
+                .map(|(label, kind)| {
+                    let value = match (label, kind) {
+                        (&"PID", _) => pid,
+                        (_, Kind::Hex) => "0x1",
+                        (_, Kind::OnOff) => "ON",
+                        (_, Kind::Text) => "x",
+                        _ => "1500",
+                    };
+                    (*label, value)
+                })
+                .collect();
+            let half = fields.len() / 2;
+            let mut merger = Merger::new();
+            let now = Utc::now();
+            // Two blocks a cycle (at most 48 fields a block); PID first.
+            let (first, second) = fields.split_at(half);
+            let mut first = first.to_vec();
+            let pid_at = fields.iter().position(|(l, _)| *l == "PID").unwrap();
+            let mut second = second.to_vec();
+            let pid = if pid_at < half {
+                first.remove(pid_at)
+            } else {
+                second.remove(pid_at - half)
+            };
+            first.insert(0, pid);
+            for _ in 0..2 {
+                merger.push(&block(&first), now);
+                merger.push(&block(&second), now);
+            }
+            let snapshot = merger.latest().unwrap();
+            assert_eq!(snapshot.table(), Some(table));
+            let columns = snapshot.columns(table);
+            assert!(columns.len() > 5, "{table:?}: {columns:?}");
+            for (column, _) in &columns {
+                assert!(
+                    table.column_kind(column).is_some(),
+                    "{column} is not a column of {}",
+                    table.name()
+                );
+            }
+        }
+    }
+
     #[test]
     fn scaled_labels_are_the_nearest_double_to_their_decimal() {
         let s = Snapshot::from_block(
