@@ -16,6 +16,9 @@
 use bytes::{Buf, BytesMut};
 use tokio_util::codec::Decoder;
 
+pub use super::frame::{DecodeStats, Frame, HexFrame, TextBlock, encode_block, encode_hex};
+use super::frame::{hex_digit, parse_hex};
+
 /// Longest block kept, in bytes (real blocks are under 300).
 pub const MAX_BLOCK: usize = 1024;
 /// Longest label (`Checksum`, `AC_OUT_V`: 8).
@@ -26,87 +29,6 @@ pub const MAX_VALUE: usize = 64;
 pub const MAX_HEX: usize = 512;
 /// Most fields in one block.
 pub const MAX_FIELDS: usize = 48;
-
-/// A checksum-verified text block.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TextBlock {
-    /// The block's text bytes (HEX frames removed), from the `\r\n` of its
-    /// first field to the checksum byte. Well-formed: every field line is
-    /// `<label>\t<value>` and ends with `\r\n`.
-    bytes: Vec<u8>,
-}
-
-impl TextBlock {
-    /// The fields in order, as raw bytes (the checksum field excluded).
-    pub fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        // The checksum line is always the last 12 bytes: CR LF, the 8
-        // letters of "Checksum", a tab and the checksum byte.
-        let body = self
-            .bytes
-            .get(2..self.bytes.len().saturating_sub(10))
-            .unwrap_or_default();
-        body.split(|b| *b == b'\n').filter_map(|line| {
-            let line = line.strip_suffix(b"\r")?;
-            let tab = line.iter().position(|b| *b == b'\t')?;
-            Some((&line[..tab], &line[tab + 1..]))
-        })
-    }
-
-    /// The value of `label`, if the block has it.
-    pub fn get(&self, label: &str) -> Option<&[u8]> {
-        self.fields()
-            .find(|(l, _)| *l == label.as_bytes())
-            .map(|(_, v)| v)
-    }
-
-    /// The block's bytes as sent (HEX frames removed).
-    pub fn bytes(&self) -> &[u8] {
-        &self.bytes
-    }
-}
-
-/// A HEX protocol frame whose 0x55 check passed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HexFrame {
-    /// The command or response nibble (`7` get reply, `A` async ...).
-    pub command: u8,
-    /// The payload bytes, without the check byte.
-    pub payload: Vec<u8>,
-}
-
-impl HexFrame {
-    /// The register id of a get/set/async reply (little-endian first two bytes).
-    pub fn register(&self) -> Option<u16> {
-        Some(u16::from_le_bytes([
-            *self.payload.first()?,
-            *self.payload.get(1)?,
-        ]))
-    }
-}
-
-/// One item of the stream.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Frame {
-    /// A text block with a valid checksum.
-    Block(TextBlock),
-    /// A HEX frame with a valid check.
-    Hex(HexFrame),
-}
-
-/// What the decoder dropped, for status and metrics.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct DecodeStats {
-    /// Text blocks that reached their checksum and passed it.
-    pub blocks_valid: u64,
-    /// Text blocks that reached their checksum and failed it (dropped).
-    pub blocks_invalid: u64,
-    /// HEX frames that passed their check.
-    pub hex_valid: u64,
-    /// HEX frames that failed their check or were malformed (dropped).
-    pub hex_invalid: u64,
-    /// Partial blocks or frames abandoned for exceeding a size bound.
-    pub resyncs: u64,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -546,37 +468,6 @@ fn checked_block(block: &[u8], at: usize) -> Option<TextBlock> {
     })
 }
 
-/// Parses and checks the hex digits of a HEX frame (between `:` and the line end).
-fn parse_hex(text: &[u8]) -> Option<HexFrame> {
-    let (&first, rest) = text.split_first()?;
-    let command = hex_digit(first)?;
-    if rest.is_empty() || rest.len() % 2 != 0 {
-        return None;
-    }
-    let mut bytes = Vec::with_capacity(rest.len() / 2);
-    for pair in rest.chunks_exact(2) {
-        bytes.push(hex_digit(pair[0])? << 4 | hex_digit(pair[1])?);
-    }
-    let sum = bytes.iter().fold(command, |s, b| s.wrapping_add(*b));
-    if sum != 0x55 {
-        return None;
-    }
-    bytes.pop();
-    Some(HexFrame {
-        command,
-        payload: bytes,
-    })
-}
-
-fn hex_digit(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
-    }
-}
-
 impl Decoder for VeDirectCodec {
     type Item = Frame;
     type Error = std::io::Error;
@@ -611,35 +502,6 @@ pub fn decode_each(codec: &mut VeDirectCodec, mut bytes: &[u8], mut on_frame: im
             on_frame(frame);
         }
     }
-}
-
-/// Builds a valid text block from fields (simulator and tests).
-pub fn encode_block(fields: &[(&str, &str)]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256);
-    for (label, value) in fields {
-        out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(label.as_bytes());
-        out.push(b'\t');
-        out.extend_from_slice(value.as_bytes());
-    }
-    out.extend_from_slice(b"\r\nChecksum\t");
-    let sum = out.iter().fold(0u8, |s, b| s.wrapping_add(*b));
-    out.push(0u8.wrapping_sub(sum));
-    out
-}
-
-/// Builds a valid HEX frame (`:` … `\n`).
-pub fn encode_hex(command: u8, payload: &[u8]) -> Vec<u8> {
-    let sum = payload
-        .iter()
-        .fold(command & 0x0F, |s, b| s.wrapping_add(*b));
-    let check = 0x55u8.wrapping_sub(sum);
-    let mut text = format!(":{:X}", command & 0x0F);
-    for b in payload.iter().chain(std::iter::once(&check)) {
-        text.push_str(&format!("{b:02X}"));
-    }
-    text.push('\n');
-    text.into_bytes()
 }
 
 #[cfg(test)]

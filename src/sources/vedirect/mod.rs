@@ -7,6 +7,7 @@
 
 pub mod codec;
 pub mod fields;
+pub mod frame;
 
 use std::pin::Pin;
 use std::time::{Duration, Instant};
