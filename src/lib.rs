@@ -4,33 +4,41 @@
 //!
 //! # Layout
 //!
-//! - [`cli`]: the command line; one file per subcommand, exit codes.
-//! - [`config`]: the TOML file and environment overrides, validated.
-//! - [`db`]: connecting (TLS included), the embedded migrations
-//!   (`migrations/`), the reconcile step that upgrades the schema to what the
-//!   server allows, the schema state (storage mode, degraded features), and
-//!   the database link every database path shares (reachability, retries).
-//! - [`registers`], [`sources`], [`reading`]: Victron's register list, the
-//!   Modbus-TCP and VE.Direct sources, and the readings they produce.
-//! - [`store`], [`forward`], [`retention`]: the local store, the forwarder to
-//!   PostgreSQL, retention per server flavour.
-//! - [`daemon`]: the wiring of `run`, and what the daemon reports about itself.
-//! - [`status`]: live device status and hang detection.
+//! The data path, in order:
+//!
+//! - [`sources`]: the Modbus-TCP poller for a GX ([`registers`] is Victron's
+//!   register list and the read planner) and the VE.Direct reader; both on
+//!   the fixed-rate [`schedule`], producing [`reading`]s.
+//! - [`pipeline`]: the batcher, between the sources and the local store.
+//! - [`store`]: the local SQLite store, the durability boundary.
+//! - [`forward`]: the forwarder from the store to PostgreSQL.
+//! - [`db`]: PostgreSQL: connecting (TLS included), the embedded migrations
+//!   (`migrations/`) and the reconcile step, the server's flavour, the
+//!   status rows, the device locks, and the link every database path shares
+//!   (reachability, retries); [`retention`] per server flavour.
+//!
+//! Around it:
+//!
+//! - [`daemon`]: the wiring of `run`: every task on one tracker, and the
+//!   ordered stop ([`signals`] turns SIGTERM/SIGINT into it).
+//! - [`status`]: live device status and hang detection; [`failover`]: which
+//!   devices this daemon may poll when another one shares them.
 //! - [`report`]: what the daemon says about itself, as one typed snapshot:
-//!   the health verdict, the `/healthz` and `/metrics` endpoint.
-//! - [`systemd`]: the systemd notifications and watchdog.
-//! - [`failover`]: the per-device advisory locks between two daemons.
+//!   the health verdict, `/healthz` and `/metrics`; [`systemd`]: the
+//!   notifications and the watchdog; [`logging`]: text, journald or JSON.
+//! - [`config`]: the TOML file and environment overrides, validated against
+//!   one table of keys; [`cli`]: one file per subcommand, the exit codes.
 //! - [`simulator`]: the built-in GX and VE.Direct simulators, and the
 //!   simulated off-grid site whose energy balance the GX values follow.
-//! - [`logging`]: the `tracing` subscriber (text, journald, JSON).
 //!
 //! # Data flow
 //!
 //! Sources poll devices and produce typed readings stamped with their
 //! measurement time; a batcher groups them; every batch is committed to a
 //! local store first, and a forwarder ships stored batches to PostgreSQL
-//! (binary COPY, or idempotent multi-row inserts for a replay). The database schema (knowledge base, agent
-//! metrics, Victron telemetry) ships with the binary as migrations.
+//! (binary COPY, or idempotent multi-row inserts for a replay). The database
+//! schema (knowledge base, agent metrics, Victron telemetry) ships with the
+//! binary as migrations.
 
 pub mod cli;
 pub mod config;
@@ -44,6 +52,7 @@ pub mod reading;
 pub mod registers;
 pub mod report;
 pub mod retention;
+pub mod schedule;
 pub mod signals;
 pub mod simulator;
 pub mod sources;

@@ -126,7 +126,7 @@ pub async fn exec(args: SimulateArgs) -> anyhow::Result<Exit> {
 async fn exec_vedirect(args: VeDirectArgs) -> anyhow::Result<Exit> {
     let mut sim = VeDirectSim::new(args.device, args.corrupt_rate, args.seed);
     let interval = Duration::from_millis(args.interval_ms.max(10));
-    let mut ticker = crate::sources::ticker(interval);
+    let mut ticker = crate::schedule::ticker(interval);
     if let Some(listen) = args.listen {
         let listener = TcpListener::bind(listen)
             .await

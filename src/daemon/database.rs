@@ -111,7 +111,7 @@ pub(super) async fn database_loop(shared: Shared, signals: Signals, cancel: Canc
 }
 
 async fn status_writer(shared: Shared, pool: PgPool, mode: StorageMode, cancel: CancellationToken) {
-    let mut tick = crate::sources::ticker(shared.poll_interval);
+    let mut tick = crate::schedule::ticker(shared.poll_interval);
     let mut failing = false;
     loop {
         tokio::select! {
@@ -198,7 +198,7 @@ async fn retention_loop(
     mode: StorageMode,
     cancel: CancellationToken,
 ) {
-    let mut tick = crate::sources::ticker(shared.config.retention.run_every);
+    let mut tick = crate::schedule::ticker(shared.config.retention.run_every);
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,

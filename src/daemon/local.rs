@@ -13,8 +13,8 @@ use crate::store::STATUS_NAME;
 
 /// The local side: status document in the store, and the store's retention.
 pub(super) async fn local_loop(shared: Shared, cancel: CancellationToken) {
-    let mut status_tick = crate::sources::ticker(shared.poll_interval);
-    let mut retention_tick = crate::sources::ticker(shared.config.retention.run_every);
+    let mut status_tick = crate::schedule::ticker(shared.poll_interval);
+    let mut retention_tick = crate::schedule::ticker(shared.config.retention.run_every);
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
