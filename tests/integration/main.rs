@@ -24,3 +24,5 @@ mod systemd_unit;
 mod tls;
 /// The VE.Direct decoder on real captures; the source over a pty and TCP.
 mod vedirect_source;
+/// A second signal, and a stop that cannot finish.
+mod shutdown;
