@@ -1,7 +1,14 @@
 //! The binary as a user runs it: exit codes, one-line errors, and no password
 //! in any output.
 
-use crate::helpers::{Flavour, TestDb, run_cli, texts};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[cfg(feature = "servers")]
+use crate::helpers::{Flavour, TestDb};
+use crate::helpers::{run_cli, texts};
 
 const SECRET: &str = "hunter2-secret";
 
@@ -117,6 +124,7 @@ fn unreachable_database_exits_3_without_the_password() {
     }
 }
 
+#[cfg(feature = "servers")]
 #[tokio::test]
 async fn wrong_password_exits_3_without_the_password() {
     let db = TestDb::create(Flavour::Plain).await;
@@ -165,6 +173,7 @@ async fn wrong_password_exits_3_without_the_password() {
     assert!(stdout.contains("migrations   0 of"), "{stdout}");
 }
 
+#[cfg(feature = "servers")]
 #[tokio::test]
 async fn migrate_check_and_status_report_pending_then_current() {
     let db = TestDb::create(Flavour::Timescale).await;
@@ -235,6 +244,7 @@ async fn migrate_check_and_status_report_pending_then_current() {
     assert_eq!(schema["schema"]["hypertables"].as_array().unwrap().len(), 4);
 }
 
+#[cfg(feature = "servers")]
 #[tokio::test]
 async fn status_reports_each_flavour_s_degraded_features() {
     for (flavour, storage, degraded) in [
@@ -270,24 +280,56 @@ async fn status_reports_each_flavour_s_degraded_features() {
     }
 }
 
-/// Runs the daemon for 800 ms against a GX nobody answers for (so it logs
-/// the device going down) and returns its output.
-fn run_briefly_against_a_dead_gx(
-    env: &[(&str, &str)],
-    stderr: std::process::Stdio,
-) -> std::process::Output {
-    let dir = tempfile::tempdir().unwrap();
-    run_briefly_against_a_dead_gx_in(dir.path(), env, stderr)
+/// Where the daemon's standard error goes while it runs.
+enum Stderr<'a> {
+    /// A pipe, read as the daemon writes it.
+    Piped,
+    /// A file (the test needs its identity), read by its path.
+    File(std::fs::File, &'a Path),
 }
 
-fn run_briefly_against_a_dead_gx_in(
-    dir: &std::path::Path,
-    env: &[(&str, &str)],
-    stderr: std::process::Stdio,
-) -> std::process::Output {
+/// Runs the daemon against a GX nobody answers for until it has logged the
+/// device going down, then stops it with SIGTERM and returns its output
+/// (standard error only when piped).
+fn run_until_the_gx_is_down(env: &[(&str, &str)], stderr: Stderr<'_>) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    run_until_the_gx_is_down_in(dir.path(), env, stderr)
+}
+
+/// Bytes a thread collects while the test reads them.
+type Collected = Arc<Mutex<Vec<u8>>>;
+
+/// A pipe's bytes, collected by a thread of its own as they come: the
+/// daemon never blocks on a full pipe, and the test sees what it wrote so far.
+fn read_in_background<R: std::io::Read + Send + 'static>(
+    pipe: Option<R>,
+) -> (Collected, Option<std::thread::JoinHandle<()>>) {
+    let bytes = Arc::new(Mutex::new(Vec::new()));
+    let reader = pipe.map(|mut pipe| {
+        let bytes = Arc::clone(&bytes);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            loop {
+                match std::io::Read::read(&mut pipe, &mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => bytes.lock().unwrap().extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+        })
+    });
+    (bytes, reader)
+}
+
+fn run_until_the_gx_is_down_in(dir: &Path, env: &[(&str, &str)], stderr: Stderr<'_>) -> Output {
     let config = dir.join("c.toml");
     std::fs::write(&config, "[[gx]]\nhost = \"127.0.0.1\"\nport = 1\n[[gx.devices]]\nname = \"s\"\nclass = \"system\"\n").unwrap();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_victron-poller"))
+    let (stderr, log_file) = match stderr {
+        Stderr::Piped => (Stdio::piped(), None),
+        Stderr::File(file, path) => (Stdio::from(file), Some(path)),
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_victron-poller"))
         .args([
             "--config",
             config.to_str().unwrap(),
@@ -297,24 +339,54 @@ fn run_briefly_against_a_dead_gx_in(
         ])
         .env_clear()
         .envs(env.iter().copied())
-        .stdout(std::process::Stdio::piped())
+        .stdout(Stdio::piped())
         .stderr(stderr)
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(800));
-    std::process::Command::new("kill")
+    let (stdout, stdout_reader) = read_in_background(child.stdout.take());
+    let (stderr, stderr_reader) = read_in_background(child.stderr.take());
+    // "Device is down." comes from a source, and the sources start after the
+    // signal handlers are installed: from then on SIGTERM is an orderly stop.
+    let started = Instant::now();
+    loop {
+        let mut logged = String::from_utf8_lossy(&stdout.lock().unwrap()).into_owned();
+        logged.push_str(&String::from_utf8_lossy(&stderr.lock().unwrap()));
+        if let Some(path) = log_file {
+            logged.push_str(&std::fs::read_to_string(path).unwrap_or_default());
+        }
+        if logged.contains("Device is down.") {
+            break;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the daemon ended ({status}) before the GX was down: {logged}");
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the GX not reported down within 30 s: {logged}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
-    let output = child.wait_with_output().unwrap();
+    let status = child.wait().unwrap();
+    for reader in [stdout_reader, stderr_reader].into_iter().flatten() {
+        reader.join().unwrap();
+    }
+    let output = Output {
+        status,
+        stdout: std::mem::take(&mut *stdout.lock().unwrap()),
+        stderr: std::mem::take(&mut *stderr.lock().unwrap()),
+    };
     assert_eq!(output.status.code(), Some(0));
     output
 }
 
 #[test]
 fn log_format_json_prints_one_json_object_per_line_on_stdout() {
-    let output =
-        run_briefly_against_a_dead_gx(&[("LOG_FORMAT", "json")], std::process::Stdio::piped());
+    let output = run_until_the_gx_is_down(&[("LOG_FORMAT", "json")], Stderr::Piped);
     assert!(
         output.stderr.is_empty(),
         "{}",
@@ -350,7 +422,7 @@ fn under_journald_lines_carry_a_priority_and_no_timestamp() {
     let meta = file.metadata().unwrap();
     // systemd names the stream it connected standard error to.
     let stream = format!("{}:{}", meta.dev(), meta.ino());
-    run_briefly_against_a_dead_gx(&[("JOURNAL_STREAM", &stream)], file.into());
+    run_until_the_gx_is_down(&[("JOURNAL_STREAM", &stream)], Stderr::File(file, &log));
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(!text.contains('\u{1b}'), "no colours: {text:?}");
     let lines: Vec<&str> = text.lines().collect();
@@ -376,8 +448,7 @@ fn under_journald_lines_carry_a_priority_and_no_timestamp() {
 
     // The same variable with another stream (a redirection the service made
     // itself) keeps ordinary lines with timestamps.
-    let other =
-        run_briefly_against_a_dead_gx(&[("JOURNAL_STREAM", "1:1")], std::process::Stdio::piped());
+    let other = run_until_the_gx_is_down(&[("JOURNAL_STREAM", "1:1")], Stderr::Piped);
     let text = String::from_utf8_lossy(&other.stderr);
     assert!(text.lines().all(|l| l.starts_with("20")), "{text}");
 }
@@ -386,11 +457,7 @@ fn under_journald_lines_carry_a_priority_and_no_timestamp() {
 fn status_shows_the_local_store_when_the_database_is_out_of_reach() {
     let dir = tempfile::tempdir().unwrap();
     let unreachable = "postgres://victron:pw-31@127.0.0.1:1/ranch";
-    run_briefly_against_a_dead_gx_in(
-        dir.path(),
-        &[("DATABASE_URL", unreachable)],
-        std::process::Stdio::null(),
-    );
+    run_until_the_gx_is_down_in(dir.path(), &[("DATABASE_URL", unreachable)], Stderr::Piped);
     let state = dir.path().join("s");
     let files = || {
         let mut names: Vec<String> = std::fs::read_dir(&state)

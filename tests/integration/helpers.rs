@@ -3,15 +3,21 @@
 //! snapshot to compare schemas.
 //!
 //! A test that cannot reach its server fails with a message saying how to
-//! start the servers; it never passes silently.
+//! start the servers; it never passes silently. Those tests, and what only
+//! they use here, are built with the `servers` feature (`scripts/test`
+//! enables it); every database a test creates is dropped when it ends.
 
 use std::process::{Command, Output};
+#[cfg(feature = "servers")]
 use std::sync::atomic::{AtomicU32, Ordering};
 
+#[cfg(feature = "servers")]
 use sqlx::{Connection, PgConnection};
+#[cfg(feature = "servers")]
 use victron_poller::config::{Config, DatabaseConfig};
 
 /// The server flavours of `schema.md`.
+#[cfg(feature = "servers")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flavour {
     /// PostgreSQL 17 + TimescaleDB (preloaded, Apache edition) + pgvector.
@@ -22,6 +28,7 @@ pub enum Flavour {
     Plain,
 }
 
+#[cfg(feature = "servers")]
 impl Flavour {
     pub const ALL: [Flavour; 3] = [Flavour::Timescale, Flavour::NoPreload, Flavour::Plain];
 
@@ -48,16 +55,22 @@ impl Flavour {
     }
 }
 
-/// A database created for one test on one server.
+/// A database created for one test on one server, dropped when it goes out
+/// of scope (at the end of the test, passed or failed).
+#[cfg(feature = "servers")]
 #[derive(Debug)]
 pub struct TestDb {
     pub flavour: Flavour,
     pub name: String,
     pub url: String,
+    /// The admin URL of its server, to drop it from.
+    server: String,
 }
 
+#[cfg(feature = "servers")]
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
+#[cfg(feature = "servers")]
 impl TestDb {
     /// Creates an empty database with a unique name.
     pub async fn create(flavour: Flavour) -> TestDb {
@@ -76,7 +89,12 @@ impl TestDb {
             .await
             .expect("CREATE DATABASE");
         let url = format!("{}/{name}", server.rsplit_once('/').unwrap().0);
-        TestDb { flavour, name, url }
+        TestDb {
+            flavour,
+            name,
+            url,
+            server,
+        }
     }
 
     /// A new connection to this database.
@@ -179,6 +197,58 @@ impl TestDb {
     }
 }
 
+#[cfg(feature = "servers")]
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        drop_database(&self.server, &self.name);
+    }
+}
+
+/// Drops database `name` on the server at `server_url` (its admin URL),
+/// closing whatever sessions it still has; errors are ignored (a server
+/// already gone has nothing to drop). Runs on a thread of its own with its
+/// own runtime: it is called from `Drop`, which is synchronous and may run
+/// inside a test's runtime. After a failed test with `VP_PG_KEEP_DATA=1`
+/// (as `scripts/test` documents it), the database is kept to look at.
+#[cfg(feature = "servers")]
+pub fn drop_database(server_url: &str, name: &str) {
+    if std::thread::panicking() && std::env::var_os("VP_PG_KEEP_DATA").is_some_and(|v| v == "1") {
+        return;
+    }
+    let server_url = server_url.to_string();
+    let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+    let dropper = std::thread::spawn(move || {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        runtime.block_on(async move {
+            if let Ok(mut admin) = PgConnection::connect(&server_url).await {
+                let _ = sqlx::raw_sql(&sql).execute(&mut admin).await;
+                let _ = admin.close().await;
+            }
+        });
+    });
+    let _ = dropper.join();
+}
+
+/// Drops a database a test created by hand, when it goes out of scope.
+#[cfg(feature = "servers")]
+#[derive(Debug)]
+pub struct DropDatabaseOnExit {
+    pub server_url: String,
+    pub name: String,
+}
+
+#[cfg(feature = "servers")]
+impl Drop for DropDatabaseOnExit {
+    fn drop(&mut self) {
+        drop_database(&self.server_url, &self.name);
+    }
+}
+
 /// Runs the built binary with a clean environment plus `env`.
 pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_victron-poller"));
@@ -203,12 +273,14 @@ pub fn texts(output: &Output) -> (String, String) {
 /// A TCP proxy in front of a server, to break the network between a daemon
 /// and its database the ways a flaky link does: cut (connections closed,
 /// both ends notice at once) or frozen (nothing passes, nobody is told).
+#[cfg(feature = "servers")]
 #[derive(Debug)]
 pub struct TcpProxy {
     addr: std::net::SocketAddr,
     state: std::sync::Arc<std::sync::Mutex<ProxyState>>,
 }
 
+#[cfg(feature = "servers")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ProxyMode {
     Open,
@@ -216,6 +288,7 @@ enum ProxyMode {
     Frozen,
 }
 
+#[cfg(feature = "servers")]
 #[derive(Debug)]
 struct ProxyState {
     mode: ProxyMode,
@@ -225,6 +298,7 @@ struct ProxyState {
     held: Vec<tokio::net::TcpStream>,
 }
 
+#[cfg(feature = "servers")]
 impl TcpProxy {
     /// Listens on a free loopback port and forwards to `upstream`.
     pub async fn start(upstream: std::net::SocketAddr) -> TcpProxy {
@@ -308,12 +382,14 @@ impl TcpProxy {
 }
 
 /// The host:port of a test server's URL.
+#[cfg(feature = "servers")]
 pub fn server_address(url: &str) -> std::net::SocketAddr {
     let after_user = url.split_once('@').unwrap().1;
     after_user.split_once('/').unwrap().0.parse().unwrap()
 }
 
 /// `url` with its host and port replaced by `addr`.
+#[cfg(feature = "servers")]
 pub fn url_via(url: &str, addr: std::net::SocketAddr) -> String {
     let (scheme, rest) = url.split_once("://").unwrap();
     let (userinfo, rest) = rest.split_once('@').unwrap();
@@ -323,25 +399,51 @@ pub fn url_via(url: &str, addr: std::net::SocketAddr) -> String {
 
 /// A blocking HTTP/1.1 GET: (status code, body).
 pub fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    try_http_get(addr, path).unwrap_or_else(|e| panic!("GET {path} from {addr}: {e}"))
+}
+
+/// [`http_get`], with an error instead of a panic when nothing answers (yet)
+/// or the answer is no HTTP response.
+pub fn try_http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     use std::io::{Read as _, Write as _};
-    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the HTTP endpoint");
-    stream
-        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
-        .unwrap();
+    let invalid = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
     write!(
         stream,
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
+    )?;
     let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
+    stream.read_to_string(&mut response)?;
     let (head, body) = response
         .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no HTTP header end: {response:?}"));
+        .ok_or_else(|| invalid(format!("no HTTP header end: {response:?}")))?;
     let code = head
         .split(' ')
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no status: {head}"));
-    (code, body.to_string())
+        .ok_or_else(|| invalid(format!("no status: {head}")))?;
+    Ok((code, body.to_string()))
+}
+
+/// Waits until `device`'s status on `board` satisfies `done` (at most 10 s),
+/// and returns that status.
+pub async fn wait_for_status(
+    board: &victron_poller::status::StatusBoard,
+    device: &str,
+    what: &str,
+    done: impl Fn(&victron_poller::status::DeviceStatus) -> bool,
+) -> victron_poller::status::DeviceStatus {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(status) = board.get(device).filter(&done) {
+            return status;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "timed out waiting for {what}: {:?}",
+            board.get(device)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }

@@ -1,5 +1,11 @@
 //! The integration test binary: real PostgreSQL servers (started by
 //! `scripts/test`), real processes.
+//!
+//! What needs the servers is built with the `servers` feature, which
+//! `scripts/test` enables: whole modules below, single tests (and what only
+//! they use) in the others. Plain `cargo test` runs everything else. With the
+//! feature but without the servers, a database test fails, naming the
+//! variable `scripts/test` would have set.
 
 // Test code: `pub` items are shared between the test modules only.
 #![allow(unreachable_pub)]
@@ -11,18 +17,20 @@ mod cli;
 /// The daemon end to end: simulator → run → store → PostgreSQL; outages, kill -9.
 mod daemon;
 /// Adopting a database built by the legacy Python runner.
+#[cfg(feature = "servers")]
 mod legacy_adoption;
 /// The Modbus-TCP source against the GX simulator and misbehaving servers.
 mod modbus_source;
 /// systemd notify and watchdog, /healthz and /metrics, two-daemon failover.
 mod operations;
 /// Migrations on the three server flavours: catalog, degraded features, idempotence.
+#[cfg(feature = "servers")]
 mod schema;
+/// A second signal, and a stop that cannot finish.
+mod shutdown;
 /// The systemd unit: verify, security rating.
 mod systemd_unit;
 /// TLS to PostgreSQL: verify-full with a CA file, refusals.
 mod tls;
 /// The VE.Direct decoder on real captures; the source over a pty and TCP.
 mod vedirect_source;
-/// A second signal, and a stop that cannot finish.
-mod shutdown;

@@ -10,8 +10,10 @@ use tokio_util::sync::CancellationToken;
 use victron_poller::config::{GxConfig, ModbusClass, ModbusDeviceConfig};
 use victron_poller::reading::{Reading, ReadingTable, SourceKind};
 use victron_poller::simulator::gx::{self, GxSimOptions, SimHandle};
-use victron_poller::sources::modbus::GxPoller;
+use victron_poller::sources::modbus::{CycleReport, GxPoller};
 use victron_poller::status::{ErrorClass, StatusBoard};
+
+use crate::helpers::wait_for_status;
 
 fn device(name: &str, class: ModbusClass, unit_id: u8) -> ModbusDeviceConfig {
     ModbusDeviceConfig {
@@ -60,6 +62,23 @@ fn drain(rx: &mut mpsc::Receiver<Reading>) -> Vec<Reading> {
 
 fn close(a: f64, b: f64) -> bool {
     (a - b).abs() < 1e-9
+}
+
+/// Polls as soon as the reconnect delay after a failure has passed (a poll
+/// before it is skipped, and does nothing).
+async fn poll_after_the_reconnect_delay(poller: &mut GxPoller) -> CycleReport {
+    let start = std::time::Instant::now();
+    loop {
+        let report = poller.poll_once().await;
+        if !report.skipped {
+            return report;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "still waiting to reconnect after 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 #[tokio::test]
@@ -215,12 +234,14 @@ async fn the_poller_reconnects_after_the_simulator_restarts() {
     let poller = GxPoller::new(&gx_config(addr.port(), 100), status.clone(), tx);
     let cancel = CancellationToken::new();
     let task = tokio::spawn(poller.run(cancel.clone()));
-    tokio::time::sleep(Duration::from_millis(250)).await;
-    assert!(!drain(&mut rx).is_empty());
+    let first = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
+    assert!(matches!(first, Ok(Some(_))), "no reading within 5 s");
 
     sim.stop();
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    let down = status.get("gx").unwrap();
+    let down = wait_for_status(&status, "gx", "the GX down, with a reconnect delay", |s| {
+        s.consecutive_failures >= 1 && s.backoff > Duration::ZERO
+    })
+    .await;
     assert!(down.consecutive_failures >= 1, "{down:?}");
     assert!(matches!(
         down.last_error_class,
@@ -234,11 +255,23 @@ async fn the_poller_reconnects_after_the_simulator_restarts() {
 
     let listener = TcpListener::bind(addr).await.expect("rebind the same port");
     let _sim = gx::start(listener, GxSimOptions::default()).unwrap();
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    let up = status.get("gx").unwrap();
+    let up = wait_for_status(&status, "gx", "the GX answering again", |s| s.is_healthy()).await;
     assert!(up.is_healthy(), "{up:?}");
     assert_eq!(up.backoff, Duration::ZERO);
-    assert!(drain(&mut rx).iter().any(|r| r.device == "gx"));
+    // Its reading is sent right after its status is updated.
+    let gx_reading = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(reading) = rx.recv().await {
+            if reading.device == "gx" {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert!(
+        matches!(gx_reading, Ok(true)),
+        "no gx reading after the restart"
+    );
     cancel.cancel();
     task.await.unwrap();
 }
@@ -261,8 +294,11 @@ async fn dropped_connections_and_slow_replies_are_survived() {
         Some("connection closed by the GX"),
         "not tokio-modbus's stale errno (\"Operation now in progress\")"
     );
-    tokio::time::sleep(Duration::from_millis(250)).await;
-    assert_eq!(poller.poll_once().await.readings, 4, "reconnected");
+    assert_eq!(
+        poll_after_the_reconnect_delay(&mut poller).await.readings,
+        4,
+        "reconnected"
+    );
 
     sim.set_delay(Duration::from_millis(500));
     let report = poller.poll_once().await;
@@ -272,8 +308,10 @@ async fn dropped_connections_and_slow_replies_are_survived() {
         Some(ErrorClass::Timeout)
     );
     sim.set_delay(Duration::ZERO);
-    tokio::time::sleep(Duration::from_millis(250)).await;
-    assert_eq!(poller.poll_once().await.readings, 4);
+    assert_eq!(
+        poll_after_the_reconnect_delay(&mut poller).await.readings,
+        4
+    );
     drain(&mut rx);
 }
 
@@ -311,8 +349,17 @@ async fn a_refused_block_falls_back_to_smaller_blocks_and_remembers() {
 /// Builds a reply to a 12-byte read request.
 type Reply = fn(&[u8]) -> Vec<u8>;
 
-/// A server that answers every request with `reply(request)`.
-async fn misbehaving_server(reply: Reply) -> u16 {
+/// What the misbehaving server does after each reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Then {
+    /// Waits for the next request.
+    Listen,
+    /// Closes the connection.
+    HangUp,
+}
+
+/// A server that answers every request with `reply(request)`, then does `then`.
+async fn misbehaving_server(reply: Reply, then: Then) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
@@ -320,7 +367,7 @@ async fn misbehaving_server(reply: Reply) -> u16 {
             tokio::spawn(async move {
                 let mut request = [0u8; 12];
                 while stream.read_exact(&mut request).await.is_ok() {
-                    if stream.write_all(&reply(&request)).await.is_err() {
+                    if stream.write_all(&reply(&request)).await.is_err() || then == Then::HangUp {
                         break;
                     }
                 }
@@ -330,34 +377,87 @@ async fn misbehaving_server(reply: Reply) -> u16 {
     port
 }
 
+/// Each malformation gets the class `PollError::class` gives what
+/// `read_registers` makes of it. On connecting, the poller reads the GX
+/// firmware first and ignores a failure there, keeping the connection; the
+/// first device's first read then fails, which drops the connection and
+/// fails every device with the same error. Where the decoder refused the
+/// firmware reply, the device's read after it finds the reply stream ended
+/// (tokio-util ends a stream after a decoding error, which tokio-modbus
+/// reports as an I/O error): a transport error too.
 #[tokio::test]
 async fn malformed_short_and_mismatched_replies_are_errors_not_panics() {
-    let replies: [(&str, Reply); 5] = [
-        ("garbage", |_| {
-            b"\xde\xad\xbe\xef garbage that is no MBAP frame at all".to_vec()
-        }),
-        ("wrong transaction id", |req| {
-            let count = u16::from_be_bytes([req[10], req[11]]);
-            let mut r = vec![req[0], req[1].wrapping_add(1), 0, 0];
-            r.extend_from_slice(&(3 + 2 * count).to_be_bytes());
-            r.extend_from_slice(&[req[6], 3, (2 * count) as u8]);
-            r.extend(std::iter::repeat_n(0, usize::from(2 * count)));
-            r
-        }),
-        ("fewer registers than asked", |req| {
-            let mut r = vec![req[0], req[1], 0, 0, 0, 5, req[6], 3, 2, 0, 1];
-            r.truncate(11);
-            r
-        }),
-        ("a frame cut short", |req| {
-            vec![req[0], req[1], 0, 0, 0, 9, req[6], 3]
-        }),
-        ("an exception for a function never asked", |req| {
-            vec![req[0], req[1], 0, 0, 0, 3, req[6], 0x90, 0x04]
-        }),
+    let replies: [(&str, Reply, Then, ErrorClass); 7] = [
+        // A length the decoder can wait for, then a protocol id that is not
+        // Modbus's (0xbeef): refused as soon as it arrives.
+        (
+            "garbage",
+            |_| b"\xde\xad\xbe\xef\x00\x05garbage that is no MBAP frame at all".to_vec(),
+            Then::Listen,
+            ErrorClass::Transport,
+        ),
+        // Its length field (0x2067) promises 8 KiB that never come, on a
+        // connection the server keeps open: the client can only wait for the
+        // rest of the frame until its request timeout.
+        (
+            "garbage whose length field promises more than comes",
+            |_| b"\xde\xad\xbe\xef garbage that is no MBAP frame at all".to_vec(),
+            Then::Listen,
+            ErrorClass::Timeout,
+        ),
+        // A well-formed reply to another request: a header mismatch.
+        (
+            "wrong transaction id",
+            |req| {
+                let count = u16::from_be_bytes([req[10], req[11]]);
+                let mut r = vec![req[0], req[1].wrapping_add(1), 0, 0];
+                r.extend_from_slice(&(3 + 2 * count).to_be_bytes());
+                r.extend_from_slice(&[req[6], 3, (2 * count) as u8]);
+                r.extend(std::iter::repeat_n(0, usize::from(2 * count)));
+                r
+            },
+            Then::Listen,
+            ErrorClass::Transport,
+        ),
+        // One register where more were asked: `read_registers` checks the count.
+        (
+            "fewer registers than asked",
+            |req| {
+                let mut r = vec![req[0], req[1], 0, 0, 0, 5, req[6], 3, 2, 0, 1];
+                r.truncate(11);
+                r
+            },
+            Then::Listen,
+            ErrorClass::Transport,
+        ),
+        // 8 of the 15 bytes the header announces, then the connection closes:
+        // the stream ends inside a frame.
+        (
+            "a frame cut short by the connection closing",
+            |req| vec![req[0], req[1], 0, 0, 0, 9, req[6], 3],
+            Then::HangUp,
+            ErrorClass::Transport,
+        ),
+        // The same cut frame on a connection the server keeps open: nothing
+        // more comes, and the client can only wait for the rest of the frame
+        // until its request timeout.
+        (
+            "a frame cut short, the connection kept open",
+            |req| vec![req[0], req[1], 0, 0, 0, 9, req[6], 3],
+            Then::Listen,
+            ErrorClass::Timeout,
+        ),
+        // An exception for function 0x10 to a 0x03 request: a function code
+        // mismatch, not an exception the GX raised for this read.
+        (
+            "an exception for a function never asked",
+            |req| vec![req[0], req[1], 0, 0, 0, 3, req[6], 0x90, 0x04],
+            Then::Listen,
+            ErrorClass::Transport,
+        ),
     ];
-    for (what, reply) in replies {
-        let port = misbehaving_server(reply).await;
+    for (what, reply, then, class) in replies {
+        let port = misbehaving_server(reply, then).await;
         let (tx, mut rx) = mpsc::channel(64);
         let status = StatusBoard::new();
         let mut config = gx_config(port, 1000);
@@ -369,12 +469,8 @@ async fn malformed_short_and_mismatched_replies_are_errors_not_panics() {
         assert!(drain(&mut rx).is_empty());
         let gx = status.get("gx").unwrap();
         assert!(gx.last_error.is_some(), "{what}: {gx:?}");
-        assert!(
-            matches!(
-                gx.last_error_class,
-                Some(ErrorClass::Transport | ErrorClass::Timeout | ErrorClass::Exception)
-            ),
-            "{what}: {gx:?}"
-        );
+        assert_eq!(gx.last_error_class, Some(class), "{what}: {gx:?}");
+        let bank = status.get("bank").unwrap();
+        assert_eq!(bank.last_error_class, Some(class), "{what}: {bank:?}");
     }
 }

@@ -8,13 +8,18 @@ use std::time::{Duration, Instant};
 
 use victron_poller::simulator::gx::SimHandle;
 
-use crate::daemon::{
-    Daemon, sigterm, simulator, spawn_daemon_with, store_status, successful_polls, wait_exit,
-    wait_for,
-};
-use crate::helpers::{Flavour, TcpProxy, TestDb, http_get, server_address, url_via};
+#[cfg(feature = "servers")]
+use crate::daemon::{Daemon, store_status, successful_polls, try_store_status};
+use crate::daemon::{sigterm, simulator, spawn_daemon_with, wait_exit, wait_for};
+use crate::helpers::http_get;
+#[cfg(feature = "servers")]
+use crate::helpers::{Flavour, TcpProxy, TestDb, server_address, url_via};
 
+#[cfg(feature = "servers")]
 const UNITS: [u8; 4] = [100, 226, 224, 227];
+
+/// A notify-socket message and when it arrived (since the daemon started).
+type Notification = (Duration, String);
 
 fn config(dir: &Path, sim: &SimHandle, extra: &str) -> std::path::PathBuf {
     let path = dir.join("config.toml");
@@ -64,6 +69,7 @@ async fn healthz(addr: SocketAddr) -> (u16, serde_json::Value) {
     (code, json)
 }
 
+#[cfg(feature = "servers")]
 async fn wait_health(addr: SocketAddr, code: u16, limit: Duration) -> serde_json::Value {
     let mut last = serde_json::Value::Null;
     wait_for(&format!("/healthz {code}"), limit, async || {
@@ -77,6 +83,7 @@ async fn wait_health(addr: SocketAddr, code: u16, limit: Duration) -> serde_json
 
 /// `/metrics` parsed by Prometheus's own Python parser: (name, labels, value)
 /// for every sample.
+#[cfg(feature = "servers")]
 fn parse_metrics(text: &str) -> Vec<(String, serde_json::Value, f64)> {
     use std::io::Write as _;
     let script = "import json, sys\n\
@@ -113,12 +120,62 @@ fn parse_metrics(text: &str) -> Vec<(String, serde_json::Value, f64)> {
         .collect()
 }
 
+#[cfg(feature = "servers")]
 fn sample(samples: &[(String, serde_json::Value, f64)], name: &str, device: Option<&str>) -> f64 {
     samples
         .iter()
         .find(|(n, labels, _)| n == name && device.is_none_or(|d| labels["device"] == d))
         .unwrap_or_else(|| panic!("no sample {name} {device:?}"))
         .2
+}
+
+/// Each device's `standby` in a daemon's status document.
+#[cfg(feature = "servers")]
+fn standby_of(doc: &serde_json::Value) -> Option<Vec<bool>> {
+    doc["devices"]
+        .as_array()?
+        .iter()
+        .map(|d| d["standby"].as_bool())
+        .collect()
+}
+
+/// Whether the daemon's last status document has all four devices on
+/// standby (`true`) or all four polled here (`false`).
+#[cfg(feature = "servers")]
+async fn every_device_on_standby(state: &Path, standby: bool) -> bool {
+    try_store_status(state)
+        .await
+        .and_then(|doc| standby_of(&doc))
+        .is_some_and(|devices| devices == [standby; 4])
+}
+
+/// Whether a session on `db` last asked for a device lock. A daemon holding
+/// every lock asks for none: this is a second daemon's lock keeper, which
+/// asked and was refused. (A starting daemon counts every device as standby
+/// before it has asked at all, so its status document alone does not tell.)
+#[cfg(feature = "servers")]
+async fn a_lock_was_asked_for(db: &TestDb) -> bool {
+    db.scalar_i64(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid()
+           AND query LIKE '%pg_try_advisory_lock(%'
+           AND query NOT LIKE '%pg_stat_activity%'",
+    )
+    .await
+        > 0
+}
+
+/// How many WATCHDOG=1 pings came from READY=1 on; `None` before READY=1.
+fn pings_after_ready(messages: &[(Duration, String)]) -> Option<usize> {
+    let ready = messages
+        .iter()
+        .position(|(_, m)| m.lines().any(|l| l == "READY=1"))?;
+    Some(
+        messages[ready..]
+            .iter()
+            .filter(|(_, m)| m.lines().any(|l| l == "WATCHDOG=1"))
+            .count(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -149,11 +206,15 @@ async fn notify_socket_gets_ready_and_a_watchdog_that_stops_when_a_poll_hangs() 
         ],
     );
     let start = Instant::now();
-    let mut messages: Vec<(Duration, String)> = Vec::new();
-    let receive_until = async |messages: &mut Vec<(Duration, String)>, until: Duration| {
+    let mut messages: Vec<Notification> = Vec::new();
+    // Receives until `until` (from the start), or sooner once `done` holds
+    // for what has been received.
+    let receive_until = async |messages: &mut Vec<Notification>,
+                               until: Duration,
+                               done: &dyn Fn(&[Notification]) -> bool| {
         let mut buf = vec![0u8; 4096];
-        while start.elapsed() < until {
-            let left = until - start.elapsed();
+        while start.elapsed() < until && !done(messages.as_slice()) {
+            let left = until.saturating_sub(start.elapsed());
             if let Ok(Ok(n)) = tokio::time::timeout(left, socket.recv(&mut buf)).await {
                 messages.push((
                     start.elapsed(),
@@ -162,27 +223,29 @@ async fn notify_socket_gets_ready_and_a_watchdog_that_stops_when_a_poll_hangs() 
             }
         }
     };
-    receive_until(&mut messages, Duration::from_secs(3)).await;
-    let ready = messages
-        .iter()
-        .position(|(_, m)| m.lines().any(|l| l == "READY=1"))
-        .unwrap_or_else(|| panic!("no READY=1: {messages:?}"));
-    let pings_after_ready = messages[ready..]
-        .iter()
-        .filter(|(_, m)| m.lines().any(|l| l == "WATCHDOG=1"))
-        .count();
-    assert!(pings_after_ready >= 5, "fed every 200 ms: {messages:?}");
-    assert!(
+    let all_answering = |messages: &[(Duration, String)]| {
         messages
             .iter()
-            .any(|(_, m)| m.contains("STATUS=4 of 4 device(s) answering")),
-        "{messages:?}"
-    );
+            .any(|(_, m)| m.contains("STATUS=4 of 4 device(s) answering"))
+    };
+    let ready_and_fed = |messages: &[(Duration, String)]| {
+        pings_after_ready(messages).is_some_and(|pings| pings >= 5) && all_answering(messages)
+    };
+    receive_until(&mut messages, Duration::from_secs(3), &ready_and_fed).await;
+    let pings = pings_after_ready(&messages).unwrap_or_else(|| panic!("no READY=1: {messages:?}"));
+    assert!(pings >= 5, "fed every 200 ms: {messages:?}");
+    assert!(all_answering(&messages), "{messages:?}");
 
     // Every reply now takes 8 s: the poll hangs in its first request.
     let hang_at = start.elapsed();
     sim.set_delay(Duration::from_secs(8));
-    receive_until(&mut messages, hang_at + Duration::from_secs(7)).await;
+    // The hang itself: every message of these 7 s.
+    receive_until(
+        &mut messages,
+        hang_at + Duration::from_secs(7),
+        &|_: &[(Duration, String)]| false,
+    )
+    .await;
     let fed = |from: Duration, to: Duration, messages: &[(Duration, String)]| {
         messages
             .iter()
@@ -211,7 +274,15 @@ async fn notify_socket_gets_ready_and_a_watchdog_that_stops_when_a_poll_hangs() 
 
     // The device answers promptly again: polls complete, feeding resumes.
     sim.clear_faults();
-    receive_until(&mut messages, hang_at + Duration::from_secs(11)).await;
+    let recovered = |messages: &[(Duration, String)]| {
+        fed(
+            hang_at + Duration::from_secs(7),
+            hang_at + Duration::from_secs(11),
+            messages,
+        ) > 0
+            && log_of(&state).contains("Every source makes progress again")
+    };
+    receive_until(&mut messages, hang_at + Duration::from_secs(11), &recovered).await;
     assert!(
         fed(
             hang_at + Duration::from_secs(7),
@@ -223,16 +294,22 @@ async fn notify_socket_gets_ready_and_a_watchdog_that_stops_when_a_poll_hangs() 
     assert!(log_of(&state).contains("Every source makes progress again"));
 
     sigterm(&daemon);
-    receive_until(&mut messages, start.elapsed() + Duration::from_secs(1)).await;
-    assert!(
+    let stopping = |messages: &[(Duration, String)]| {
         messages
             .iter()
-            .any(|(_, m)| m.lines().any(|l| l == "STOPPING=1")),
-        "{messages:?}"
-    );
+            .any(|(_, m)| m.lines().any(|l| l == "STOPPING=1"))
+    };
+    receive_until(
+        &mut messages,
+        start.elapsed() + Duration::from_secs(1),
+        &stopping,
+    )
+    .await;
+    assert!(stopping(&messages), "{messages:?}");
     assert_eq!(wait_exit(&mut daemon, Duration::from_secs(20)), 0);
 }
 
+#[cfg(feature = "servers")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthz_and_metrics_follow_device_and_database_outages() {
     let sim = simulator().await;
@@ -333,6 +410,7 @@ async fn healthz_and_metrics_follow_device_and_database_outages() {
 /// Two daemons configured for the same GX and the same database: one polls,
 /// the other stands by; killing the first hands the devices over within a
 /// few poll intervals, and no reading is ever written twice.
+#[cfg(feature = "servers")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_daemons_fail_over_without_duplicate_rows() {
     let sim = simulator().await;
@@ -361,7 +439,7 @@ async fn two_daemons_fail_over_without_duplicate_rows() {
     wait_for(
         "the second daemon standing by",
         Duration::from_secs(10),
-        async || log_of(&state_b).matches("standing by").count() == 4,
+        async || every_device_on_standby(&state_b, true).await && a_lock_was_asked_for(&db).await,
     )
     .await;
     // Meanwhile the device rows stay the active daemon's: the standby writes
@@ -442,6 +520,7 @@ async fn two_daemons_fail_over_without_duplicate_rows() {
 /// timeout, the standby takes the devices over; the partitioned daemon keeps
 /// polling into its local store meanwhile, and when the link is back it
 /// stands by and forwards what it kept.
+#[cfg(feature = "servers")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silently_partitioned_daemon_hands_over_and_keeps_its_readings() {
     let sim = simulator().await;
@@ -462,7 +541,9 @@ async fn a_silently_partitioned_daemon_hands_over_and_keeps_its_readings() {
         Duration::from_secs(20),
         async || {
             log_of(&state_a).contains("Database ready")
-                && successful_polls(&store_status(&state_a).await, "bank") > 5
+                && try_store_status(&state_a)
+                    .await
+                    .is_some_and(|doc| successful_polls(&doc, "bank") > 5)
         },
     )
     .await;
@@ -470,7 +551,7 @@ async fn a_silently_partitioned_daemon_hands_over_and_keeps_its_readings() {
     wait_for(
         "the worker standing by",
         Duration::from_secs(10),
-        async || log_of(&state_b).matches("standing by").count() == 4,
+        async || every_device_on_standby(&state_b, true).await && a_lock_was_asked_for(&db).await,
     )
     .await;
 
@@ -478,7 +559,7 @@ async fn a_silently_partitioned_daemon_hands_over_and_keeps_its_readings() {
     let frozen_at = Instant::now();
     // idle_session_timeout: 3 rounds of 200 ms, at least 10 s.
     wait_for("the takeover", Duration::from_secs(30), async || {
-        log_of(&state_b).matches("Device lock taken").count() == 4
+        every_device_on_standby(&state_b, false).await
     })
     .await;
     let takeover = frozen_at.elapsed();
@@ -489,8 +570,16 @@ async fn a_silently_partitioned_daemon_hands_over_and_keeps_its_readings() {
     );
     // The gateway went on polling into its local store.
     let polls = successful_polls(&store_status(&state_a).await, "bank");
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let later = store_status(&state_a).await;
+    let mut later = serde_json::Value::Null;
+    wait_for(
+        "the partitioned gateway polling on",
+        Duration::from_secs(1),
+        async || {
+            later = store_status(&state_a).await;
+            successful_polls(&later, "bank") > polls
+        },
+    )
+    .await;
     assert!(
         successful_polls(&later, "bank") > polls,
         "the partitioned gateway keeps polling"
@@ -502,12 +591,16 @@ async fn a_silently_partitioned_daemon_hands_over_and_keeps_its_readings() {
         "the gateway standing by, its readings forwarded",
         Duration::from_secs(90),
         async || {
-            let doc = store_status(&state_a).await;
-            log_of(&state_a).matches("standing by").count() == 4 && doc["spool_depth"] == 0
+            try_store_status(&state_a).await.is_some_and(|doc| {
+                standby_of(&doc).is_some_and(|devices| devices == [true; 4])
+                    && doc["spool_depth"] == 0
+            })
         },
     )
     .await;
     // From now on one daemon polls: readings are a poll interval apart.
+    // (The window the check below looks at: 1.5 s of readings, all of them
+    // from after the handover.)
     tokio::time::sleep(Duration::from_secs(2)).await;
     let closest: f64 = db
         .scalar_f64(
@@ -527,6 +620,7 @@ async fn a_silently_partitioned_daemon_hands_over_and_keeps_its_readings() {
 
 /// A cloud worker: no file, every setting from the environment as Railway
 /// gives it (DATABASE_URL, PORT, LOG_FORMAT) plus the device list.
+#[cfg(feature = "servers")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_runs_from_environment_variables_alone() {
     let sim = simulator().await;

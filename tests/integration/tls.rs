@@ -3,8 +3,11 @@
 //! `scripts/test-databases.sh`): verify-full with that CA works, a wrong CA
 //! or no CA is refused with a clear error, and the password never shows.
 
-use crate::helpers::{Flavour, TestDb, run_cli, texts};
+#[cfg(feature = "servers")]
+use crate::helpers::{Flavour, TestDb};
+use crate::helpers::{run_cli, texts};
 
+#[cfg(feature = "servers")]
 fn ca(var: &str) -> String {
     std::env::var(var).unwrap_or_else(|_| {
         panic!("{var} is not set: run the suite with scripts/test, which makes the test CA")
@@ -12,6 +15,7 @@ fn ca(var: &str) -> String {
 }
 
 /// The test database's URL with a (never needed: trust) password and TLS options.
+#[cfg(feature = "servers")]
 fn url_with(db: &TestDb, host: &str, query: &str) -> String {
     let rest = db.url.split_once("@").unwrap().1;
     let (_, path) = rest.split_once('/').unwrap();
@@ -19,6 +23,7 @@ fn url_with(db: &TestDb, host: &str, query: &str) -> String {
     format!("postgres://postgres:tls-secret-42@{host}:{port}/{path}?{query}")
 }
 
+#[cfg(feature = "servers")]
 async fn ssl_in_use(url: &str) -> (bool, Option<String>) {
     let config = victron_poller::config::Config::load_with_env(
         None,
@@ -34,6 +39,7 @@ async fn ssl_in_use(url: &str) -> (bool, Option<String>) {
         .unwrap()
 }
 
+#[cfg(feature = "servers")]
 #[tokio::test]
 async fn verify_full_with_the_right_ca_connects_over_tls() {
     let db = TestDb::create(Flavour::Plain).await;
@@ -56,6 +62,7 @@ async fn verify_full_with_the_right_ca_connects_over_tls() {
     assert!(!ssl);
 }
 
+#[cfg(feature = "servers")]
 #[tokio::test]
 async fn a_wrong_or_missing_ca_is_refused_with_a_clear_error() {
     let db = TestDb::create(Flavour::Plain).await;

@@ -19,6 +19,8 @@ use victron_poller::sources::vedirect::codec::{
 use victron_poller::sources::vedirect::fields::Snapshot;
 use victron_poller::status::{ErrorClass, StatusBoard};
 
+use crate::helpers::wait_for_status;
+
 fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(format!(
         "{}/tests/fixtures/vedirect/{name}",
@@ -316,6 +318,20 @@ async fn source_on_tcp(adjust: impl FnOnce(VeDirectConfig) -> VeDirectConfig) ->
     }
 }
 
+/// How many of this process's file descriptors are open on `path`.
+fn descriptors_on(path: &str) -> usize {
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|entry| {
+            std::fs::read_link(entry.path())
+                .is_ok_and(|target| target.as_path() == std::path::Path::new(path))
+        })
+        .count()
+}
+
 async fn collect(rx: &mut mpsc::Receiver<Reading>, n: usize) -> Vec<Reading> {
     let mut out = Vec::new();
     while out.len() < n {
@@ -341,12 +357,21 @@ async fn a_pty_and_a_tcp_socket_give_the_same_readings_as_the_capture() {
         let status = StatusBoard::new();
         let cancel = CancellationToken::new();
         let source = VeDirectSource::new(
-            &source_config(VeDirectPort::Serial(path)),
+            &source_config(VeDirectPort::Serial(path.clone())),
             status.clone(),
             tx,
         );
         let task = tokio::spawn(source.run(cancel.clone()));
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The source has the slave open once this process holds it twice
+        // (the pair's own end is the first): what is written now is its.
+        let opening = std::time::Instant::now();
+        while descriptors_on(&path) < 2 {
+            assert!(
+                opening.elapsed() < Duration::from_secs(10),
+                "{capture}: the source did not open {path} in 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         master.write_all(&bytes).await.unwrap();
         let via_pty = collect(&mut rx, expected.len()).await;
         cancel.cancel();
@@ -456,9 +481,12 @@ async fn an_unplugged_bridge_is_reopened_and_the_gap_reported() {
     assert!(back.failures >= 1);
     assert_eq!(back.product_name.as_deref(), Some("SmartShunt 500A/50mV"));
 
-    // Silence: connected but nothing arrives → reopened with a timeout error.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let silent = status.get("dev").unwrap();
+    // Silence: connected but nothing arrives → reopened with a timeout error
+    // (after the 1.5 s silence timeout).
+    let silent = wait_for_status(&status, "dev", "the silence reported", |s| {
+        s.last_error_class == Some(ErrorClass::Timeout)
+    })
+    .await;
     assert_eq!(
         silent.last_error_class,
         Some(ErrorClass::Timeout),
@@ -770,6 +798,7 @@ async fn bursts_give_the_same_rows_as_line_speed() {
         let OnTcp {
             mut socket,
             mut rx,
+            status,
             cancel,
             task,
             ..
@@ -789,8 +818,14 @@ async fn bursts_give_the_same_rows_as_line_speed() {
             }
         }
         drop(socket);
+        // The source reports the end of the stream once it has given every
+        // row it will: they are all in the channel by then.
+        wait_for_status(&status, "dev", "the end of the stream reported", |s| {
+            s.failures >= 1
+        })
+        .await;
         let mut got = Vec::new();
-        while let Ok(Some(r)) = tokio::time::timeout(Duration::from_millis(1500), rx.recv()).await {
+        while let Ok(r) = rx.try_recv() {
             got.push(r.values);
         }
         cancel.cancel();
