@@ -8,10 +8,10 @@
 //! (what was not shipped stays in the store for the next start); a last
 //! status is written. [`DrainPolicy`] names every limit.
 //!
-//! Around it: the device locks when failover is on ([`crate::failover`]),
+//! Around it: the device locks when failover is on ([`crate::db::locks`]),
 //! the health/metrics endpoint ([`crate::report::http`], fed by
-//! `observe.rs`), and the
-//! systemd notifications and watchdog ([`crate::systemd`]).
+//! `observe.rs`), and the systemd notifications and watchdog
+//! ([`crate::systemd`]).
 
 mod database;
 mod local;

@@ -1,0 +1,261 @@
+//! The forwarder: ships the local store's readings to PostgreSQL in order,
+//! one binary `COPY` per reading table per batch, all in one transaction,
+//! and removes them from the store only after the commit. When the database
+//! refuses a COPY (a row already there after a crash between the commit and
+//! the removal, or a value out of range), nothing of it is written and the
+//! batch goes as one `INSERT … SELECT FROM UNNEST(…) ON CONFLICT (device,
+//! "timestamp") DO NOTHING` per table instead, so a replay inserts nothing
+//! twice. The COPY path is the fast one (about twice the rows per second).
+//!
+//! Transient failures (the network, a restarting server) are retried with
+//! capped exponential backoff plus jitter; a row the database refuses for good
+//! (a data or constraint error) is found by halving the batch, parked in the
+//! store and reported, and the rows around it go through. Every write has its
+//! own time limit, so a link that went silent is given up and retried.
+
+mod copy;
+mod error;
+mod insert;
+mod rows;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use backon::BackoffBuilder;
+use sqlx::PgPool;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+pub use copy::copy_rows;
+pub use error::ForwardError;
+pub use insert::insert_rows;
+
+use crate::db::link::{DatabaseLink, RETRY_MAX, retry_backoff};
+use crate::store::{LocalStore, StoredReading};
+
+/// Counters the forwarder keeps (read by status and metrics).
+#[derive(Debug, Default)]
+pub struct ForwardCounters {
+    /// Rows committed to PostgreSQL (including replays it ignored).
+    pub rows_forwarded: AtomicU64,
+    /// Rows in the last committed batch.
+    pub last_batch_rows: AtomicU64,
+    /// Failed attempts.
+    pub errors: AtomicU64,
+    /// Rows parked for a permanent error.
+    pub rows_parked: AtomicU64,
+}
+
+/// Forwards the store's readings until cancelled.
+#[derive(Debug)]
+pub struct Forwarder {
+    store: LocalStore,
+    pool: PgPool,
+    installation_id: Option<String>,
+    batch_rows: i64,
+    counters: Arc<ForwardCounters>,
+    wake: Arc<Notify>,
+    link: Arc<DatabaseLink>,
+    /// Told each time a drain leaves the store empty.
+    drained: Option<Arc<Notify>>,
+    write_timeout: Duration,
+}
+
+impl Forwarder {
+    /// A forwarder from `store` to `pool`.
+    pub fn new(
+        store: LocalStore,
+        pool: PgPool,
+        installation_id: Option<String>,
+        counters: Arc<ForwardCounters>,
+        wake: Arc<Notify>,
+        link: Arc<DatabaseLink>,
+    ) -> Self {
+        Self {
+            store,
+            pool,
+            installation_id,
+            batch_rows: 5000,
+            counters,
+            wake,
+            link,
+            drained: None,
+            write_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// Tells `drained` each time the store is empty after a drain (a clean
+    /// stop waits for it).
+    pub fn on_drained(mut self, drained: Arc<Notify>) -> Self {
+        self.drained = Some(drained);
+        self
+    }
+
+    /// Longest wait for one batch to be written (default 30 s).
+    pub fn with_write_timeout(mut self, timeout: Duration) -> Self {
+        self.write_timeout = timeout;
+        self
+    }
+
+    /// Rows per batch (default 5000).
+    pub fn with_batch_rows(mut self, rows: i64) -> Self {
+        self.batch_rows = rows.max(1);
+        self
+    }
+
+    /// Inserts one batch (binary COPY); after a permanent error, the refused
+    /// rows are found by halving the batch ([`Self::isolate`]).
+    async fn insert_batch(&self, rows: &[StoredReading]) -> Result<(), ForwardError> {
+        let all: Vec<&StoredReading> = rows.iter().collect();
+        let id = self.installation_id.as_deref();
+        match self.bounded(copy_rows(&self.pool, id, &all)).await {
+            Err(ForwardError::Permanent(_)) => self.isolate(&all).await,
+            other => other,
+        }
+    }
+
+    /// One write, given up after the write timeout (dropping it rolls its
+    /// transaction back: the rows stay in the store). Each write of a batch
+    /// has its own limit, so a slow link that still works always progresses.
+    async fn bounded(
+        &self,
+        write: impl std::future::Future<Output = Result<(), ForwardError>>,
+    ) -> Result<(), ForwardError> {
+        tokio::time::timeout(self.write_timeout, write)
+            .await
+            .unwrap_or(Err(ForwardError::TimedOut(self.write_timeout)))
+    }
+
+    /// Rows among which the database refuses some for good: halves are
+    /// inserted on their own until each refused row is alone, and parked.
+    /// One bad row in 5000 costs about 26 writes, not 5000 — it matters on
+    /// a satellite link with a 600 ms round trip. Halves already written are
+    /// written again harmlessly if a later error makes the batch retry.
+    async fn isolate(&self, rows: &[&StoredReading]) -> Result<(), ForwardError> {
+        if let [row] = rows {
+            let error = match self
+                .bounded(insert_rows(
+                    &self.pool,
+                    self.installation_id.as_deref(),
+                    rows,
+                ))
+                .await
+            {
+                Err(ForwardError::Permanent(error)) => error,
+                other => return other,
+            };
+            tracing::error!(
+                device = %row.reading.device,
+                table = %row.reading.table,
+                measured_at = %row.reading.measured_at,
+                %error,
+                "The database refuses this reading for good; it is parked in the local store."
+            );
+            self.store.park(row.seq, &error.to_string()).await?;
+            self.counters.rows_parked.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        let (left, right) = rows.split_at(rows.len() / 2);
+        for half in [left, right] {
+            let written = self
+                .bounded(insert_rows(
+                    &self.pool,
+                    self.installation_id.as_deref(),
+                    half,
+                ))
+                .await;
+            match written {
+                Ok(()) => {}
+                Err(ForwardError::Permanent(_)) => Box::pin(self.isolate(half)).await?,
+                Err(other) => return Err(other),
+            }
+        }
+        Ok(())
+    }
+
+    /// Forwards everything the store holds, batch after batch, reading the
+    /// next batch and removing the last committed one while the current one
+    /// is inserted. Returns how many rows left the store.
+    pub async fn drain(&self) -> Result<usize, ForwardError> {
+        let mut total = 0;
+        let mut current = self.store.oldest(self.batch_rows).await?;
+        let mut committed: Option<i64> = None;
+        while let Some(last) = current.last().map(|r| r.seq) {
+            let cleanup = async {
+                match committed {
+                    Some(seq) => self.store.remove_through(seq).await,
+                    None => Ok(()),
+                }
+            };
+            let (inserted, next, cleaned) = tokio::join!(
+                self.insert_batch(&current),
+                self.store.oldest_after(last, self.batch_rows),
+                cleanup
+            );
+            cleaned?;
+            inserted?;
+            committed = Some(last);
+            total += current.len();
+            let rows = current.len() as u64;
+            self.counters
+                .rows_forwarded
+                .fetch_add(rows, Ordering::Relaxed);
+            self.counters.last_batch_rows.store(rows, Ordering::Relaxed);
+            current = next?;
+        }
+        if let Some(seq) = committed {
+            self.store.remove_through(seq).await?;
+        }
+        Ok(total)
+    }
+
+    /// Runs until `cancel`; a batch in flight is abandoned (it stays in the store).
+    pub async fn run(self, cancel: CancellationToken) {
+        let mut delays = retry_backoff().build();
+        let mut failing = false;
+        loop {
+            let outcome = tokio::select! {
+                () = cancel.cancelled() => return,
+                outcome = self.drain() => outcome,
+            };
+            if outcome.is_ok() {
+                if let Some(drained) = &self.drained {
+                    drained.notify_waiters();
+                }
+            }
+            match outcome {
+                Ok(0) => {
+                    tokio::select! {
+                        () = cancel.cancelled() => return,
+                        () = self.wake.notified() => {}
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+                Ok(_) => {
+                    self.link.works();
+                    if failing {
+                        failing = false;
+                        tracing::info!("Forwarding to the database works again.");
+                    }
+                    delays = retry_backoff().build();
+                }
+                Err(error) => {
+                    self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    if !matches!(error, ForwardError::Store(_)) {
+                        self.link.failed();
+                    }
+                    let delay = delays.next().unwrap_or(RETRY_MAX);
+                    if !failing {
+                        failing = true;
+                        tracing::warn!(%error, "Forwarding to the database failed; readings wait in the local store.");
+                    }
+                    tokio::select! {
+                        () = cancel.cancelled() => return,
+                        () = self.link.retry_after(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+}
