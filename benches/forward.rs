@@ -19,6 +19,7 @@ use victron_poller::store::LocalStore;
 
 fn reading(i: i64) -> Reading {
     Reading {
+        site: "ranch".into(),
         device: format!("bank-{}", i % 4),
         table: ReadingTable::Battery,
         source: SourceKind::Modbus,
@@ -79,7 +80,6 @@ async fn main() {
     let forwarder = Forwarder::new(
         store.clone(),
         pool.clone(),
-        Some("bench".into()),
         Arc::new(ForwardCounters::default()),
         Arc::new(tokio::sync::Notify::new()),
         Arc::default(),
@@ -147,7 +147,7 @@ async fn main() {
     let start = Instant::now();
     for rows_batch in &batches {
         let refs: Vec<_> = rows_batch.iter().collect();
-        victron_poller::forward::copy_rows(&pool, Some("bench"), &refs)
+        victron_poller::forward::copy_rows(&pool, &refs)
             .await
             .unwrap();
     }

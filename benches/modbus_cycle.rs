@@ -44,6 +44,7 @@ fn main() {
         unit_id,
     };
     let config = GxConfig {
+        site: String::new(),
         host: "127.0.0.1".into(),
         port,
         poll_interval: Duration::from_secs(1),

@@ -41,9 +41,9 @@ fn main() {
         let mut columns = 0usize;
         let mut on_frame = |frame: Frame| {
             if let Frame::Block(block) = frame {
-                if merger.push(&block, now) > 0 {
+                for back in (0..merger.push(&block, now)).rev() {
                     snapshots += 1;
-                    let snapshot = merger.latest().expect("just completed");
+                    let snapshot = merger.recent(back).expect("just completed");
                     if let Some(table) = snapshot.table() {
                         columns += snapshot.columns(table).len();
                     }

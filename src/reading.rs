@@ -5,6 +5,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
@@ -202,7 +203,10 @@ impl SourceKind {
 /// One device's values at one measurement time.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reading {
-    /// The device's configured name (its stable identity).
+    /// The site the device belongs to (`installation_id`; `""` for none):
+    /// with the device, the reading's identity.
+    pub site: Arc<str>,
+    /// The device's configured name (unique within its site).
     pub device: String,
     /// The table the row belongs to.
     pub table: ReadingTable,

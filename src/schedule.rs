@@ -63,7 +63,8 @@ impl Ticker {
     }
 }
 
-/// The schedule every source polls on.
+/// A fixed-rate schedule of `period` (sources' polls, status writes,
+/// retention runs).
 pub fn ticker(period: Duration) -> Ticker {
     Ticker::new(period)
 }

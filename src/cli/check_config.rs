@@ -1,8 +1,8 @@
 //! `victron-poller check-config`: load and validate the configuration, print
 //! the effective settings without secrets: every key of the table of keys
 //! ([`crate::config::KNOWN_KEYS`]) with its value and unit, then each
-//! device. Backs systemd's `ExecStartPre=`: it refuses exactly what `run`
-//! refuses.
+//! device. It refuses exactly what `run` refuses, so a configuration it
+//! passes is one the daemon runs with.
 
 use std::path::Path;
 
@@ -26,11 +26,12 @@ pub fn exec(config: &Config, path: Option<&Path>) -> anyhow::Result<Exit> {
     }
     for (i, gx) in config.gx.iter().enumerate() {
         outln!(
-            "  gx[{i}]                        {}:{} every {} ms, timeout {} ms",
+            "  gx[{i}]                        {}:{} every {} ms, timeout {} ms, site {}",
             gx.host,
             gx.port,
             gx.poll_interval.as_millis(),
-            gx.request_timeout.as_millis()
+            gx.request_timeout.as_millis(),
+            site_name(&gx.site)
         );
         for device in &gx.devices {
             outln!(
@@ -48,10 +49,16 @@ pub fn exec(config: &Config, path: Option<&Path>) -> anyhow::Result<Exit> {
             format!("every {} ms", device.poll_interval.as_millis())
         };
         outln!(
-            "  vedirect[{i}]                  {} on {} ({every})",
+            "  vedirect[{i}]                  {} on {} ({every}), site {}",
             device.name,
-            device.port
+            device.port,
+            site_name(&device.site)
         );
     }
     Ok(Exit::Ok)
+}
+
+/// A site as check-config shows it: the empty site in words.
+fn site_name(site: &str) -> &str {
+    if site.is_empty() { "none (\"\")" } else { site }
 }

@@ -50,6 +50,7 @@ pub async fn exec() -> anyhow::Result<Exit> {
             installation_id: Some("demo".into()),
         },
         gx: vec![GxConfig {
+            site: String::new(),
             host: "127.0.0.1".into(),
             port: simulator.addr().port(),
             poll_interval: Duration::from_secs(1),

@@ -100,60 +100,90 @@ fn exit_for(level: Level) -> Exit {
     }
 }
 
-/// Runs the subcommand.
+/// What `status` found.
+enum Gathered {
+    /// A verdict and what it judged.
+    Verdict(Health, Report),
+    /// The database could not be reached; the daemon's own report, when its
+    /// local store was found.
+    Unreachable(crate::db::DbError, Report),
+}
+
+/// Runs the subcommand. `--json` prints one document whatever happens: a
+/// failure to read the status is a document with an `error` field.
 pub async fn exec(config: &Config, args: StatusArgs) -> anyhow::Result<Exit> {
+    match gather(config, &args).await {
+        Ok(Gathered::Verdict(health, report)) => {
+            print(&report, args.json)?;
+            Ok(exit_for(health.level))
+        }
+        Ok(Gathered::Unreachable(error, report)) => {
+            if args.json || report.store.is_some() {
+                print(&report, args.json)?;
+            }
+            Err(error.into())
+        }
+        Err(error) => {
+            if args.json {
+                let message = format!("{error:#}");
+                let report = Report {
+                    health: "unknown".into(),
+                    reasons: vec![message.clone()],
+                    error: Some(message),
+                    ..Report::default()
+                };
+                print(&report, true)?;
+            }
+            Err(error)
+        }
+    }
+}
+
+async fn gather(config: &Config, args: &StatusArgs) -> anyhow::Result<Gathered> {
     let dir = super::run::state_dir(args.state_dir.clone());
-    let (health, report) = match &config.database {
-        Some(db) => {
-            let mut conn = match connect_once(db).await {
-                Ok(conn) => conn,
-                Err(error) => {
-                    // The gateway's operator still wants to know what the
-                    // daemon does while its database is out of reach.
-                    let message = error.to_string();
-                    let mut report = if dir.join(crate::store::FILE_NAME).is_file() {
-                        let (_, mut report) = local_view(&dir).await?;
-                        report.health =
-                            "database unreachable; the daemon's own status follows".into();
-                        report
-                    } else {
-                        Report {
-                            health: "unknown".into(),
-                            ..Report::default()
-                        }
-                    };
-                    report.reasons.insert(0, message.clone());
-                    report.error = Some(message);
-                    // A script always gets one document to parse.
-                    if args.json || report.store.is_some() {
-                        print(&report, args.json)?;
-                    }
-                    return Err(error.into());
+    let Some(db) = &config.database else {
+        let (health, report) = local_view(&dir).await?;
+        return Ok(Gathered::Verdict(health, report));
+    };
+    let mut conn = match connect_once(db).await {
+        Ok(conn) => conn,
+        Err(error) => {
+            // The gateway's operator still wants to know what the daemon
+            // does while its database is out of reach.
+            let message = error.to_string();
+            let mut report = if dir.join(crate::store::FILE_NAME).is_file() {
+                let (_, mut report) = local_view(&dir).await?;
+                report.health = "database unreachable; the daemon's own status follows".into();
+                report
+            } else {
+                Report {
+                    health: "unknown".into(),
+                    ..Report::default()
                 }
             };
-            let schema = SchemaReport::collect(&mut conn, db)
-                .await
-                .context("Failed to read the schema state")?;
-            let (poller, devices) = if schema.migrations.applied.is_empty() {
-                (None, Vec::new())
-            } else {
-                status_rows::read(&mut conn)
-                    .await
-                    .context("Failed to read the status rows")?
-            };
-            let health = judge_database(&schema, poller.as_ref(), &devices);
-            let report = Report {
-                poller,
-                devices,
-                schema: Some(schema),
-                ..Report::judged(&health)
-            };
-            (health, report)
+            report.reasons.insert(0, message.clone());
+            report.error = Some(message);
+            return Ok(Gathered::Unreachable(error, report));
         }
-        None => local_view(&dir).await?,
     };
-    print(&report, args.json)?;
-    Ok(exit_for(health.level))
+    let schema = SchemaReport::collect(&mut conn, db)
+        .await
+        .context("Failed to read the schema state")?;
+    let (poller, devices) = if schema.migrations.applied.is_empty() {
+        (None, Vec::new())
+    } else {
+        status_rows::read(&mut conn)
+            .await
+            .context("Failed to read the status rows")?
+    };
+    let health = judge_database(&schema, poller.as_ref(), &devices);
+    let report = Report {
+        poller,
+        devices,
+        schema: Some(schema),
+        ..Report::judged(&health)
+    };
+    Ok(Gathered::Verdict(health, report))
 }
 
 /// Prints the report as JSON or as the table for people.
@@ -180,11 +210,7 @@ fn judge_database(
         ));
     }
     match poller {
-        None => down.push("no poller has written status here yet".into()),
-        Some(p) if p.poller_started_at.is_none() => {
-            down.push("no daemon has written status here yet".into());
-        }
-        Some(p) => {
+        Some(p) if p.poller_started_at.is_some() => {
             if p.poller_stopped_at.is_some() {
                 down.push(format!("the daemon stopped {}", ago(p.poller_stopped_at)));
             } else if p.last_successful_poll.is_none() {
@@ -203,6 +229,7 @@ fn judge_database(
                 degraded.push(format!("readings wait in the local store since {age:.0} s"));
             }
         }
+        _ => down.push("no daemon has written status here yet".into()),
     }
     degraded.extend(health::failing_devices(devices));
     Health::from_findings(down, degraded)

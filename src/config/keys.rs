@@ -359,6 +359,11 @@ table! {
         true,
         "poll the devices no other daemon holds while the database is unreachable",
     );
+    GX_SITE = optional_text(
+        "gx[].site",
+        "site.installation_id",
+        "the site this GX's devices belong to (a worker may poll several sites)",
+    );
     GX_HOST = optional_text("gx[].host", "required", "IP address or host name of the GX");
     GX_PORT = integer(
         "gx[].port",
@@ -416,6 +421,11 @@ table! {
         "vedirect[].name",
         "required",
         "the device's stable identity in the database",
+    );
+    VEDIRECT_SITE = optional_text(
+        "vedirect[].site",
+        "site.installation_id",
+        "the site this device belongs to",
     );
     VEDIRECT_PATH = optional_text(
         "vedirect[].path",

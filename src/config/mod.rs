@@ -22,6 +22,7 @@ mod load;
 mod reader;
 mod validate;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -110,6 +111,9 @@ impl Default for FailoverConfig {
 /// One VE.Direct device: a battery monitor, MPPT or Phoenix inverter.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VeDirectConfig {
+    /// The site the device belongs to (`vedirect[].site`, default
+    /// `site.installation_id`, else `""`).
+    pub site: String,
     /// The stable identity stored with every reading (`vedirect[].name`).
     pub name: String,
     /// Where its stream comes from (`path` or `address`).
@@ -154,6 +158,9 @@ pub struct SiteConfig {
 /// One GX device (Cerbo GX, Venus GX ...) reached over Modbus-TCP.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GxConfig {
+    /// The site the GX and its devices belong to (`gx[].site`, default
+    /// `site.installation_id`, else `""`).
+    pub site: String,
     /// IP address or host name (`gx[].host`).
     pub host: String,
     /// TCP port (`gx[].port`, default 502).
@@ -382,9 +389,23 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// Each configured device's site (device names are unique within a
+    /// configuration).
+    pub fn device_sites(&self) -> HashMap<String, String> {
+        let modbus = self
+            .gx
+            .iter()
+            .flat_map(|g| g.devices.iter().map(|d| (d.name.clone(), g.site.clone())));
+        let serial = self
+            .vedirect
+            .iter()
+            .map(|v| (v.name.clone(), v.site.clone()));
+        modbus.chain(serial).collect()
+    }
+
     /// What `run` needs beyond a valid file: at least one device. One check,
-    /// for `run` and `check-config` alike (a unit's `ExecStartPre=` check
-    /// must refuse what the daemon would).
+    /// for `run` and `check-config` alike (a configuration check-config
+    /// passes is one the daemon runs with).
     pub fn check_runnable(&self) -> Result<(), ConfigError> {
         if self.gx.is_empty() && self.vedirect.is_empty() {
             return Err(ConfigError::Invalid(vec![ConfigProblem {

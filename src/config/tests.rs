@@ -681,3 +681,51 @@ fn several_problems_are_one_a_line() {
          target=level, comma-separated"
     );
 }
+
+#[test]
+fn each_source_has_a_site_named_like_a_device() {
+    let config = Config::load_with_env(
+        Some(
+            file(
+                "[site]\ninstallation_id = \"ranch-a\"\n\
+                 [[gx]]\nhost = \"10.0.0.2\"\n[[gx.devices]]\nname = \"a-gx\"\nclass = \"system\"\n\
+                 [[gx]]\nhost = \"10.0.0.3\"\nsite = \"ranch-b\"\n[[gx.devices]]\nname = \"b-gx\"\nclass = \"system\"\n\
+                 [[vedirect]]\nname = \"bmv\"\naddress = \"10.0.0.4:8888\"\n",
+            )
+            .path(),
+        ),
+        env(&[]),
+    )
+    .unwrap();
+    let sites: Vec<&str> = config.gx.iter().map(|g| g.site.as_str()).collect();
+    assert_eq!(sites, ["ranch-a", "ranch-b"]);
+    assert_eq!(config.vedirect[0].site, "ranch-a", "the default site");
+    assert_eq!(config.device_sites()["b-gx"], "ranch-b");
+    // Without a site: the empty site.
+    let bare = Config::load_with_env(
+        None,
+        env(&[(
+            "VICTRON_POLLER_VEDIRECT",
+            r#"[{ name = "bmv", address = "h:1" }]"#,
+        )]),
+    )
+    .unwrap();
+    assert_eq!(bare.vedirect[0].site, "");
+    let found = problems(Config::load_with_env(
+        Some(
+            file(
+                "[site]\ninstallation_id = \"my ranch\"\n\
+                 [[vedirect]]\nname = \"bmv\"\naddress = \"h:1\"\nsite = \"b/c\"\n",
+            )
+            .path(),
+        ),
+        env(&[]),
+    ));
+    let keys: Vec<&str> = found.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["site.installation_id", "vedirect[0].site"],
+        "{found:?}"
+    );
+    assert!(found[0].message.contains("is not a site name"), "{found:?}");
+}

@@ -33,19 +33,15 @@ pub(super) fn validate(
     t.finish(&mut problems);
 
     let mut t = root.table("site", &mut problems);
+    let site_key = t.key("installation_id");
     let site = SiteConfig {
         installation_id: t
             .string(&keys::SITE_INSTALLATION_ID, &mut problems)
-            .filter(|s| !s.is_empty()),
+            .filter(|s| !s.is_empty())
+            .and_then(|s| site_name(s, &site_key, &mut problems)),
     };
-    if site
-        .installation_id
-        .as_ref()
-        .is_some_and(|s| s.chars().count() > 100)
-    {
-        problems.push("site.installation_id", "longer than 100 characters");
-    }
     t.finish(&mut problems);
+    let default_site = site.installation_id.clone().unwrap_or_default();
 
     let mut t = root.table("retention", &mut problems);
     let window_hours = t.integer(&keys::RETENTION_WINDOW_HOURS, &mut problems);
@@ -67,12 +63,12 @@ pub(super) fn validate(
     let gx: Vec<GxConfig> = root
         .tables("gx", &mut problems)
         .into_iter()
-        .filter_map(|table| gx(table, &mut problems))
+        .filter_map(|table| gx(table, &default_site, &mut problems))
         .collect();
     let vedirect: Vec<VeDirectConfig> = root
         .tables("vedirect", &mut problems)
         .into_iter()
-        .filter_map(|table| vedirect(table, &mut problems))
+        .filter_map(|table| vedirect(table, &default_site, &mut problems))
         .collect();
     check_device_names(&gx, &vedirect, &mut problems);
 
@@ -319,7 +315,8 @@ fn log(t: &mut Table, problems: &mut Problems) -> LogConfig {
     LogConfig { format, level }
 }
 
-fn gx(mut t: Table, problems: &mut Problems) -> Option<GxConfig> {
+fn gx(mut t: Table, default_site: &str, problems: &mut Problems) -> Option<GxConfig> {
+    let site = source_site(&mut t, &keys::GX_SITE, default_site, problems);
     let host_key = t.key("host");
     let host = t
         .string(&keys::GX_HOST, problems)
@@ -349,6 +346,7 @@ fn gx(mut t: Table, problems: &mut Problems) -> Option<GxConfig> {
         return None;
     };
     Some(GxConfig {
+        site: site?,
         host,
         port: u16::try_from(port).unwrap_or(u16::MAX),
         poll_interval: Duration::from_millis(poll_interval_ms),
@@ -430,6 +428,39 @@ fn device_name(name: Option<String>, key: &str, problems: &mut Problems) -> Opti
     }
 }
 
+/// A site's name (`site.installation_id`, `gx[].site`, `vedirect[].site`):
+/// the characters of a device name, at most 100 of them (a VRM installation
+/// id fits).
+fn site_name(name: String, key: &str, problems: &mut Problems) -> Option<String> {
+    let valid = (1..=100).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if valid {
+        Some(name)
+    } else {
+        let message =
+            format!("\"{name}\" is not a site name (1 to 100 letters, digits, '-', '_' or '.')");
+        problems.push(key, message);
+        None
+    }
+}
+
+/// A source's site: its own `site`, else the configured default. `None`
+/// when its own is not a valid site name.
+fn source_site(
+    t: &mut Table,
+    known: &keys::KnownKey,
+    default_site: &str,
+    problems: &mut Problems,
+) -> Option<String> {
+    let key = t.key("site");
+    match t.string(known, problems).filter(|s| !s.is_empty()) {
+        Some(own) => site_name(own, &key, problems),
+        None => Some(default_site.to_string()),
+    }
+}
+
 fn valid_device_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && name
@@ -437,7 +468,8 @@ fn valid_device_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
-fn vedirect(mut t: Table, problems: &mut Problems) -> Option<VeDirectConfig> {
+fn vedirect(mut t: Table, default_site: &str, problems: &mut Problems) -> Option<VeDirectConfig> {
+    let site = source_site(&mut t, &keys::VEDIRECT_SITE, default_site, problems);
     let name_key = t.key("name");
     let name = t.string(&keys::VEDIRECT_NAME, problems);
     let path = t
@@ -489,6 +521,7 @@ fn vedirect(mut t: Table, problems: &mut Problems) -> Option<VeDirectConfig> {
     };
     let name = device_name(name, &name_key, problems);
     Some(VeDirectConfig {
+        site: site?,
         name: name?,
         port: port?,
         poll_interval: Duration::from_millis(poll_interval_ms),

@@ -4,7 +4,7 @@
 //! in the local store while the database is slow or gone.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use backon::BackoffBuilder;
@@ -37,6 +37,9 @@ pub(super) struct Signals {
     pub(super) wake: Arc<Notify>,
     /// Told by the forwarder each time it has emptied the store.
     pub(super) drained: Arc<Notify>,
+    /// Whether a forwarder runs (the database came up): a stop waits for a
+    /// drain only then.
+    pub(super) forwarding: Arc<AtomicBool>,
 }
 
 /// Connects (with backoff), migrates, then forwards, writes status and runs
@@ -61,7 +64,12 @@ pub(super) async fn database_loop(shared: Shared, signals: Signals, cancel: Canc
         match attempt.await {
             Ok(ready) => break ready,
             Err(error) => {
-                shared.link.failed();
+                let db_error = error.downcast_ref::<crate::db::DbError>();
+                // Only a server out of reach is an outage; a failed
+                // migration is reported as what it is.
+                if db_error.is_some_and(|e| !matches!(e, crate::db::DbError::Query(_))) {
+                    shared.link.failed();
+                }
                 if !logged {
                     logged = true;
                     tracing::warn!(error = %format!("{error:#}"), "The database is not ready; readings wait in the local store.");
@@ -69,7 +77,7 @@ pub(super) async fn database_loop(shared: Shared, signals: Signals, cancel: Canc
                 // A server that answers and refuses (credentials, no such
                 // database) is not asked every second; one that is out of
                 // reach is, so that forwarding resumes as soon as it is back.
-                let refused = error.downcast_ref::<crate::db::DbError>().is_some_and(|e| {
+                let refused = db_error.is_some_and(|e| {
                     matches!(
                         e,
                         crate::db::DbError::Authentication { .. }
@@ -83,7 +91,7 @@ pub(super) async fn database_loop(shared: Shared, signals: Signals, cancel: Canc
                 };
                 tokio::select! {
                     () = cancel.cancelled() => return,
-                    () = tokio::time::sleep(delay) => {}
+                    () = shared.link.retry_after(delay) => {}
                 }
             }
         }
@@ -93,13 +101,13 @@ pub(super) async fn database_loop(shared: Shared, signals: Signals, cancel: Canc
     let forwarder = Forwarder::new(
         shared.store.clone(),
         pool.clone(),
-        shared.config.site.installation_id.clone(),
         Arc::clone(&shared.forward),
         signals.wake,
         Arc::clone(&shared.link),
     )
     .with_write_timeout(db.write_timeout)
     .on_drained(signals.drained);
+    signals.forwarding.store(true, Ordering::Relaxed);
     tokio::join!(
         forwarder.run(cancel.clone()),
         status_writer(shared.clone(), pool.clone(), mode, cancel.clone()),
@@ -121,8 +129,11 @@ async fn status_writer(shared: Shared, pool: PgPool, mode: StorageMode, cancel: 
         // Bounded: a slow or absent database never stalls anything else.
         let result =
             tokio::time::timeout(STATUS_WRITE_TIMEOUT, write_db_status(&shared, &pool, mode)).await;
-        if matches!(result, Ok(Ok(()))) {
-            shared.link.works();
+        match &result {
+            Ok(Ok(())) => shared.link.works(),
+            // The server answered with an error: it is there.
+            Ok(Err(sqlx::Error::Database(_))) => {}
+            Ok(Err(_)) | Err(_) => shared.link.failed(),
         }
         match result {
             Ok(Ok(())) if failing => {
@@ -189,7 +200,7 @@ async fn write_db_status(
         retention_window: shared.config.retention.window,
         storage_mode: mode,
     };
-    status_rows::write(pool, &poller, &devices).await
+    status_rows::write(pool, &poller, &devices, &shared.sites).await
 }
 
 async fn retention_loop(
@@ -205,7 +216,12 @@ async fn retention_loop(
             _ = tick.tick() => {}
         }
         let window = shared.config.retention.window;
-        let result = crate::retention::run(&pool, mode, window).await;
+        // A stop does not wait for a long run: what it did not delete, the
+        // next run does (each batch of deletes is its own statement).
+        let result = tokio::select! {
+            () = cancel.cancelled() => return,
+            result = crate::retention::run(&pool, mode, window) => result,
+        };
         shared.counters.count_retention(result.is_ok());
         match &result {
             Ok(outcome) => tracing::info!(

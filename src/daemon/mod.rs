@@ -17,9 +17,10 @@ mod database;
 mod local;
 mod observe;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -124,6 +125,8 @@ struct Shared {
     /// writes, so that `status` says "stopped" at once.
     stopped_at: Arc<std::sync::OnceLock<DateTime<Utc>>>,
     poll_interval: Duration,
+    /// Each device's site.
+    sites: Arc<HashMap<String, String>>,
 }
 
 /// The shortest configured poll interval (status rows are written that often).
@@ -160,7 +163,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
-    let store = LocalStore::open(&options.state_dir).await?;
+    let store = LocalStore::open(&options.state_dir)
+        .await?
+        .with_legacy_site(config.site.installation_id.as_deref().unwrap_or_default());
     tracing::info!(store = %store.path().display(), "Local store open.");
     let http_listener = match config.health.listen {
         Some(address) => Some(crate::report::http::bind(address).await?),
@@ -185,6 +190,7 @@ pub async fn run(
         started_at: Utc::now(),
         stopped_at: Arc::default(),
         poll_interval: poll_interval(&config),
+        sites: Arc::new(config.device_sites()),
     };
 
     // One tracker for every task; the ordered stop below follows the data:
@@ -206,6 +212,7 @@ pub async fn run(
 
     let wake = Arc::new(Notify::new());
     let drained = Arc::new(Notify::new());
+    let forwarding = Arc::new(AtomicBool::new(false));
     let sink = StoreSink::new(
         store.clone(),
         Arc::clone(&shared.counters.rows_stored),
@@ -223,6 +230,7 @@ pub async fn run(
             shared.status.clone(),
             shared.poll_interval,
             Arc::clone(&shared.link),
+            Arc::clone(&shared.sites),
         );
         tasks.spawn(keeper.run(background.clone()));
     }
@@ -248,6 +256,7 @@ pub async fn run(
             database::Signals {
                 wake: Arc::clone(&wake),
                 drained: Arc::clone(&drained),
+                forwarding: Arc::clone(&forwarding),
             },
             background.clone(),
         ));
@@ -264,7 +273,10 @@ pub async fn run(
     tracing::info!("Every reading received is in the local store.");
 
     let drain = options.drain;
-    if config.database.is_some() {
+    // Only a forwarder that runs against a reachable database can drain;
+    // otherwise what the store holds waits for the next start at once.
+    let can_drain = forwarding.load(Ordering::Relaxed) && shared.link.down_since().is_none();
+    if can_drain {
         let forwarded = tokio::time::timeout(drain.forward, async {
             loop {
                 // Registered before the wake-up, so no drain is missed.

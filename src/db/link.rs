@@ -2,9 +2,10 @@
 //! it (the forwarder, the status writer, the bring-up, the lock session),
 //! and the one retry policy they share.
 //!
-//! Any successful contact wakes the paths waiting out a backoff, so the
-//! backlog moves as soon as one of them finds the database back, not when
-//! the slowest backoff ends.
+//! Any successful contact (a forwarded batch, a status write, a lock round)
+//! wakes the forwarder and the bring-up waiting out their backoff, so the
+//! backlog moves as soon as one path finds the database back, not when the
+//! slowest backoff ends; every path retries at least once a second anyway.
 
 use std::sync::Mutex;
 use std::time::Duration;

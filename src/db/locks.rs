@@ -11,25 +11,37 @@
 //! without closing it (a gateway whose internet went down) and its devices
 //! are taken over instead of waiting hours for TCP keepalives.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{BackoffBuilder as _, ExponentialBuilder};
+use backon::BackoffBuilder as _;
 use sqlx::Connection as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::DatabaseConfig;
-use crate::db::link::DatabaseLink;
+use crate::db::link::{DatabaseLink, RETRY_MAX, retry_backoff};
 use crate::failover::{LeaseState, Leases};
 use crate::status::StatusBoard;
 
-/// The advisory lock key of a device: a stable 64-bit FNV-1a hash of a
-/// namespace and the device name (stable across builds and versions, unlike
-/// the standard library's hasher; the same in every daemon).
-pub fn lock_key(device: &str) -> i64 {
+/// The advisory lock key of a site's device: a stable 64-bit FNV-1a hash
+/// of a namespace, the site and the device name (stable across builds and
+/// versions, unlike the standard library's hasher; the same in every
+/// daemon). Two sites with the same device names never share a lock; the
+/// gateway and the cloud worker of one site (the same site id) do. The empty
+/// site hashes as before sites existed, so such daemons keep agreeing.
+pub fn lock_key(site: &str, device: &str) -> i64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let site_part: &[u8] = if site.is_empty() {
+        b""
+    } else {
+        site.as_bytes()
+    };
+    let separator: &[u8] = if site.is_empty() { b"" } else { b"/" };
     for byte in b"victron-poller/device/"
         .iter()
+        .chain(site_part)
+        .chain(separator)
         .chain(device.as_bytes().iter())
     {
         hash ^= u64::from(*byte);
@@ -55,6 +67,8 @@ pub struct LeaseKeeper {
     status: StatusBoard,
     round: Duration,
     link: Arc<DatabaseLink>,
+    /// Each device's site, for its lock key.
+    sites: Arc<HashMap<String, String>>,
 }
 
 impl LeaseKeeper {
@@ -68,6 +82,7 @@ impl LeaseKeeper {
         status: StatusBoard,
         round: Duration,
         link: Arc<DatabaseLink>,
+        sites: Arc<HashMap<String, String>>,
     ) -> Self {
         for (device, _) in leases.devices() {
             status.set_standby(&device, true);
@@ -78,19 +93,22 @@ impl LeaseKeeper {
             status,
             round,
             link,
+            sites,
         }
+    }
+
+    /// The site of `device` (`""` when it has none).
+    fn site_of(&self, device: &str) -> &str {
+        self.sites.get(device).map_or("", String::as_str)
     }
 
     /// Runs until `cancel`; dropping the connection at the end releases the
     /// locks, so a standby daemon takes over at once.
     pub async fn run(self, cancel: CancellationToken) {
-        // Reconnecting backs off (from one round to 30 s): no storm of
-        // connection attempts against a database that is down.
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(self.round)
-            .with_max_delay(Duration::from_secs(30).max(self.round))
-            .with_jitter()
-            .without_max_times();
+        // Reconnecting follows the retry policy every database path shares
+        // (at most one attempt a second): the locks come back as soon as
+        // the database does, without a storm of attempts while it is down.
+        let backoff = retry_backoff();
         let mut delays = backoff.build();
         let mut next_attempt = tokio::time::Instant::now();
         let mut connection: Option<sqlx::PgConnection> = None;
@@ -112,8 +130,9 @@ impl LeaseKeeper {
                             tracing::warn!(%error, "Device locks cannot be taken or checked: the database is unreachable.");
                         }
                         self.mark_unreachable();
-                        next_attempt = tokio::time::Instant::now()
-                            + delays.next().unwrap_or(Duration::from_secs(30));
+                        self.link.failed();
+                        next_attempt =
+                            tokio::time::Instant::now() + delays.next().unwrap_or(RETRY_MAX);
                     }
                 }
             }
@@ -125,6 +144,7 @@ impl LeaseKeeper {
                         unreachable_logged = true;
                         connection = None;
                         self.mark_unreachable();
+                        self.link.failed();
                     }
                 }
             }
@@ -160,7 +180,7 @@ impl LeaseKeeper {
                     continue;
                 }
                 let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                    .bind(lock_key(&device))
+                    .bind(lock_key(self.site_of(&device), &device))
                     .fetch_one(&mut *conn)
                     .await?;
                 self.transition(
@@ -220,9 +240,17 @@ mod tests {
     #[test]
     fn lock_keys_are_stable_and_distinct() {
         // Fixed forever: two versions of the daemon must agree on them.
-        assert_eq!(lock_key("house-bank"), lock_key("house-bank"));
-        assert_ne!(lock_key("house-bank"), lock_key("house-bank2"));
+        assert_ne!(lock_key("", "house-bank"), lock_key("", "house-bank2"));
+        // Sites never share a device's lock; the empty site keeps the old key.
+        assert_ne!(
+            lock_key("ranch-a", "house-bank"),
+            lock_key("ranch-b", "house-bank")
+        );
+        assert_ne!(
+            lock_key("ranch-a", "house-bank"),
+            lock_key("", "house-bank")
+        );
         // FNV-1a 64 of "victron-poller/device/house-bank", computed independently.
-        assert_eq!(lock_key("house-bank"), 7_029_246_286_901_057_186);
+        assert_eq!(lock_key("", "house-bank"), 7_029_246_286_901_057_186);
     }
 }

@@ -120,6 +120,10 @@ pub fn classify_connect_error(error: sqlx::Error, config: &DatabaseConfig) -> Db
             // 28P01 invalid_password, 28000 invalid_authorization_specification
             if code == "28P01" || code == "28000" {
                 DbError::Authentication { target, reason }
+            } else if code.starts_with("57") || code.starts_with("53") {
+                // Starting up, shutting down, too many connections: the
+                // server is there but cannot take us yet; it will be back.
+                DbError::Unreachable { target, reason }
             } else {
                 DbError::Refused { target, reason }
             }

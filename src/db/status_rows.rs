@@ -4,6 +4,7 @@
 //! daemon decides what goes in them; this module is the only one that
 //! writes them, and `status` reads them through it, typed.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -66,10 +67,12 @@ fn big(n: impl TryInto<i64>) -> i64 {
 
 /// Upserts the singleton and every device's row in one bounded transaction
 /// (a slow database never holds the caller for long).
+/// `sites`: each device's site (its row is keyed by site and device).
 pub async fn write(
     pool: &PgPool,
     poller: &PollerRow,
     devices: &[DeviceStatus],
+    sites: &HashMap<String, String>,
 ) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
     sqlx::query("SET LOCAL statement_timeout = '5s'")
@@ -117,9 +120,9 @@ pub async fn write(
         sqlx::query(
             "INSERT INTO victron.device_status (device, source, address, product_id, product_name, serial,
                  firmware, last_attempt, last_success, last_error, last_error_class, consecutive_failures,
-                 backoff_ms, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, now())
-             ON CONFLICT (device) DO UPDATE SET source = excluded.source, address = excluded.address,
+                 backoff_ms, installation_id, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, now())
+             ON CONFLICT (installation_id, device) DO UPDATE SET source = excluded.source, address = excluded.address,
                  product_id = excluded.product_id, product_name = excluded.product_name,
                  serial = excluded.serial, firmware = excluded.firmware,
                  last_attempt = excluded.last_attempt, last_success = excluded.last_success,
@@ -140,6 +143,7 @@ pub async fn write(
         .bind(d.last_error_class.map(|c| c.as_str()))
         .bind(int(d.consecutive_failures))
         .bind(big(d.backoff.as_millis()))
+        .bind(sites.get(&d.device).map_or("", String::as_str))
         .execute(&mut *tx)
         .await?;
     }

@@ -25,22 +25,14 @@ enum Copied {
 /// transaction: the fast path. When the database refuses it, the batch is
 /// inserted with `INSERT … ON CONFLICT DO NOTHING` instead, which skips the
 /// rows already there and names a row refused for good.
-pub async fn copy_rows(
-    pool: &PgPool,
-    installation_id: Option<&str>,
-    rows: &[&StoredReading],
-) -> Result<(), ForwardError> {
-    match copy_batch(pool, installation_id, rows).await? {
+pub async fn copy_rows(pool: &PgPool, rows: &[&StoredReading]) -> Result<(), ForwardError> {
+    match copy_batch(pool, rows).await? {
         Copied::Done => Ok(()),
-        Copied::Refused => insert_rows(pool, installation_id, rows).await,
+        Copied::Refused => insert_rows(pool, rows).await,
     }
 }
 
-async fn copy_batch(
-    pool: &PgPool,
-    installation_id: Option<&str>,
-    rows: &[&StoredReading],
-) -> Result<Copied, ForwardError> {
+async fn copy_batch(pool: &PgPool, rows: &[&StoredReading]) -> Result<Copied, ForwardError> {
     let mut tx = pool.begin().await.map_err(classify)?;
     let mut data = Vec::new();
     for (table, of_table) in by_table(rows) {
@@ -51,7 +43,7 @@ async fn copy_batch(
             names.push_str(column);
         }
         data.clear();
-        if copy_binary(&mut data, installation_id, &columns, &of_table).is_err() {
+        if copy_binary(&mut data, &columns, &of_table).is_err() {
             return Ok(Copied::Refused);
         }
         let sql = format!(
@@ -85,7 +77,6 @@ const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
 /// `timestamptz`, `text`/`varchar`, `double precision` and `integer`.
 fn copy_binary(
     out: &mut Vec<u8>,
-    installation_id: Option<&str>,
     columns: &[(&'static str, ColumnKind)],
     rows: &[&StoredReading],
 ) -> Result<(), OutOfRange> {
@@ -105,10 +96,7 @@ fn copy_binary(
         let pg_micros = r.measured_at.timestamp_micros() - PG_EPOCH_OFFSET_US;
         field(out, &pg_micros.to_be_bytes());
         field(out, r.device.as_bytes());
-        match installation_id {
-            Some(id) => field(out, id.as_bytes()),
-            None => out.extend_from_slice(&NULL),
-        }
+        field(out, r.site.as_bytes());
         field(out, r.source.as_str().as_bytes());
         for (column, kind) in columns {
             match (r.get(column), kind) {
@@ -131,9 +119,7 @@ fn copy_binary(
 
 #[cfg(test)]
 mod tests {
-    use chrono::TimeZone as _;
-
-    use chrono::Utc;
+    use chrono::{TimeZone as _, Utc};
 
     use super::*;
     use crate::reading::ReadingTable;
@@ -143,6 +129,7 @@ mod tests {
         StoredReading {
             seq: 1,
             reading: Reading {
+                site: "ranch".into(),
                 device: "bank".into(),
                 table: ReadingTable::Battery,
                 source: SourceKind::Modbus,
@@ -165,14 +152,15 @@ mod tests {
             ("product_id", ColumnKind::Int),
         ];
         let mut out = Vec::new();
-        copy_binary(&mut out, None, &columns, &[&row]).unwrap();
+        copy_binary(&mut out, &columns, &[&row]).unwrap();
         let mut expected = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0".to_vec();
         expected.extend_from_slice(&7_i16.to_be_bytes());
         expected.extend_from_slice(&8_i32.to_be_bytes());
         expected.extend_from_slice(&1_000_000_i64.to_be_bytes());
         expected.extend_from_slice(&4_i32.to_be_bytes());
         expected.extend_from_slice(b"bank");
-        expected.extend_from_slice(&(-1_i32).to_be_bytes()); // installation_id NULL
+        expected.extend_from_slice(&5_i32.to_be_bytes());
+        expected.extend_from_slice(b"ranch"); // installation_id: the site
         expected.extend_from_slice(&6_i32.to_be_bytes());
         expected.extend_from_slice(b"modbus");
         expected.extend_from_slice(&8_i32.to_be_bytes());
@@ -188,14 +176,6 @@ mod tests {
     fn an_integer_beyond_the_column_is_left_to_the_checked_path() {
         let row = stored(vec![("product_id", Value::Int(1 << 40))]);
         let mut out = Vec::new();
-        assert!(
-            copy_binary(
-                &mut out,
-                Some("x"),
-                &[("product_id", ColumnKind::Int)],
-                &[&row]
-            )
-            .is_err()
-        );
+        assert!(copy_binary(&mut out, &[("product_id", ColumnKind::Int)], &[&row]).is_err());
     }
 }

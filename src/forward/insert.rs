@@ -11,14 +11,10 @@ use crate::reading::{ColumnKind, ReadingTable, Value};
 use crate::store::StoredReading;
 
 /// Inserts `rows` (any tables) in one transaction.
-pub async fn insert_rows(
-    pool: &PgPool,
-    installation_id: Option<&str>,
-    rows: &[&StoredReading],
-) -> Result<(), ForwardError> {
+pub async fn insert_rows(pool: &PgPool, rows: &[&StoredReading]) -> Result<(), ForwardError> {
     let mut tx = pool.begin().await.map_err(classify)?;
     for (table, of_table) in by_table(rows) {
-        insert_table(&mut tx, table, installation_id, &of_table).await?;
+        insert_table(&mut tx, table, &of_table).await?;
     }
     tx.commit().await.map_err(classify)?;
     Ok(())
@@ -27,7 +23,6 @@ pub async fn insert_rows(
 async fn insert_table(
     tx: &mut sqlx::PgConnection,
     table: ReadingTable,
-    installation_id: Option<&str>,
     rows: &[&StoredReading],
 ) -> Result<(), ForwardError> {
     let columns = present_columns(table, rows);
@@ -53,14 +48,14 @@ async fn insert_table(
     names.extend(columns.iter().map(|(c, _)| *c));
     casts.extend(placeholders.iter().map(String::as_str));
     let sql = format!(
-        "INSERT INTO victron.{} ({}) SELECT * FROM UNNEST({}) ON CONFLICT (device, \"timestamp\") DO NOTHING",
+        "INSERT INTO victron.{} ({}) SELECT * FROM UNNEST({}) ON CONFLICT (installation_id, device, \"timestamp\") DO NOTHING",
         table.name(),
         names.join(", "),
         casts.join(", ")
     );
     let times: Vec<DateTime<Utc>> = rows.iter().map(|r| r.reading.measured_at).collect();
     let devices: Vec<&str> = rows.iter().map(|r| r.reading.device.as_str()).collect();
-    let installations: Vec<Option<&str>> = rows.iter().map(|_| installation_id).collect();
+    let installations: Vec<&str> = rows.iter().map(|r| &*r.reading.site).collect();
     let sources: Vec<&str> = rows.iter().map(|r| r.reading.source.as_str()).collect();
     let mut query = sqlx::query(&sql)
         .bind(times)

@@ -3,8 +3,8 @@
 //! and removes them from the store only after the commit. When the database
 //! refuses a COPY (a row already there after a crash between the commit and
 //! the removal, or a value out of range), nothing of it is written and the
-//! batch goes as one `INSERT … SELECT FROM UNNEST(…) ON CONFLICT (device,
-//! "timestamp") DO NOTHING` per table instead, so a replay inserts nothing
+//! batch goes as one `INSERT … SELECT FROM UNNEST(…) ON CONFLICT
+//! (installation_id, device, "timestamp") DO NOTHING` per table instead, so a replay inserts nothing
 //! twice. The COPY path is the fast one (about twice the rows per second).
 //!
 //! Transient failures (the network, a restarting server) are retried with
@@ -52,7 +52,6 @@ pub struct ForwardCounters {
 pub struct Forwarder {
     store: LocalStore,
     pool: PgPool,
-    installation_id: Option<String>,
     batch_rows: i64,
     counters: Arc<ForwardCounters>,
     wake: Arc<Notify>,
@@ -67,7 +66,6 @@ impl Forwarder {
     pub fn new(
         store: LocalStore,
         pool: PgPool,
-        installation_id: Option<String>,
         counters: Arc<ForwardCounters>,
         wake: Arc<Notify>,
         link: Arc<DatabaseLink>,
@@ -75,7 +73,6 @@ impl Forwarder {
         Self {
             store,
             pool,
-            installation_id,
             batch_rows: 5000,
             counters,
             wake,
@@ -108,8 +105,7 @@ impl Forwarder {
     /// rows are found by halving the batch ([`Self::isolate`]).
     async fn insert_batch(&self, rows: &[StoredReading]) -> Result<(), ForwardError> {
         let all: Vec<&StoredReading> = rows.iter().collect();
-        let id = self.installation_id.as_deref();
-        match self.bounded(copy_rows(&self.pool, id, &all)).await {
+        match self.bounded(copy_rows(&self.pool, &all)).await {
             Err(ForwardError::Permanent(_)) => self.isolate(&all).await,
             other => other,
         }
@@ -134,14 +130,7 @@ impl Forwarder {
     /// written again harmlessly if a later error makes the batch retry.
     async fn isolate(&self, rows: &[&StoredReading]) -> Result<(), ForwardError> {
         if let [row] = rows {
-            let error = match self
-                .bounded(insert_rows(
-                    &self.pool,
-                    self.installation_id.as_deref(),
-                    rows,
-                ))
-                .await
-            {
+            let error = match self.bounded(insert_rows(&self.pool, rows)).await {
                 Err(ForwardError::Permanent(error)) => error,
                 other => return other,
             };
@@ -158,13 +147,7 @@ impl Forwarder {
         }
         let (left, right) = rows.split_at(rows.len() / 2);
         for half in [left, right] {
-            let written = self
-                .bounded(insert_rows(
-                    &self.pool,
-                    self.installation_id.as_deref(),
-                    half,
-                ))
-                .await;
+            let written = self.bounded(insert_rows(&self.pool, half)).await;
             match written {
                 Ok(()) => {}
                 Err(ForwardError::Permanent(_)) => Box::pin(self.isolate(half)).await?,

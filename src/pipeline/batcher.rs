@@ -132,6 +132,7 @@ mod tests {
 
     fn reading(soc: f64) -> Reading {
         Reading {
+            site: "ranch".into(),
             device: "bank".into(),
             table: ReadingTable::Battery,
             source: SourceKind::Modbus,

@@ -1,9 +1,11 @@
 //! The health verdict — healthy, degraded or down, with the reasons — shared
 //! by `victron-poller status` (exit 0, 1, 2) and the `/healthz` endpoint
 //! (200, 200, 503). It judges the daemon's [`Snapshot`] (what the daemon
-//! holds live, and saves in its local store); `status` judges the status
-//! rows in PostgreSQL with the same rules and the same definition of a
-//! failing device ([`DeviceStatus::is_failing`]).
+//! holds live, and saves in its local store). `status` judges the status
+//! rows in PostgreSQL with the same definition of a failing device
+//! ([`DeviceStatus::is_failing`], [`failing_devices`]) and what the rows can
+//! tell (a stopped or stale poller, a backlog, pending migrations); a hung
+//! source and the database's own reachability are the live daemon's to see.
 
 use chrono::{DateTime, Utc};
 

@@ -9,6 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use chrono::{DateTime, TimeZone, Utc};
 use sqlx::Row;
@@ -59,6 +60,9 @@ pub struct StoredReading {
 pub struct LocalStore {
     pool: SqlitePool,
     path: PathBuf,
+    /// The site of readings stored before the store recorded sites (the
+    /// column is NULL for them): the configured site.
+    legacy_site: Arc<str>,
 }
 
 const SCHEMA: &str = "
@@ -69,6 +73,7 @@ CREATE TABLE IF NOT EXISTS readings (
     source         TEXT    NOT NULL,
     measured_at_us INTEGER NOT NULL,
     vals           TEXT    NOT NULL,
+    site           TEXT,
     UNIQUE (reading_table, device, measured_at_us)
 );
 CREATE INDEX IF NOT EXISTS readings_measured_at ON readings (measured_at_us);
@@ -80,7 +85,8 @@ CREATE TABLE IF NOT EXISTS parked (
     measured_at_us INTEGER NOT NULL,
     vals           TEXT    NOT NULL,
     error          TEXT    NOT NULL,
-    parked_at_us   INTEGER NOT NULL
+    parked_at_us   INTEGER NOT NULL,
+    site           TEXT
 );
 CREATE TABLE IF NOT EXISTS status (
     name          TEXT PRIMARY KEY,
@@ -142,7 +148,33 @@ impl LocalStore {
             .execute(&pool)
             .await
             .map_err(open_error)?;
-        Ok(Self { pool, path })
+        // A store written before readings carried their site gains the
+        // column; its rows keep NULL (see `legacy_site`).
+        for table in ["readings", "parked"] {
+            let has_site: bool = sqlx::query_scalar(&format!(
+                "SELECT count(*) > 0 FROM pragma_table_info('{table}') WHERE name = 'site'"
+            ))
+            .fetch_one(&pool)
+            .await
+            .map_err(open_error)?;
+            if !has_site {
+                sqlx::query(&format!("ALTER TABLE {table} ADD COLUMN site TEXT"))
+                    .execute(&pool)
+                    .await
+                    .map_err(open_error)?;
+            }
+        }
+        Ok(Self {
+            pool,
+            path,
+            legacy_site: Arc::from(""),
+        })
+    }
+
+    /// Readings stored before the store recorded sites belong to `site`.
+    pub fn with_legacy_site(mut self, site: &str) -> Self {
+        self.legacy_site = Arc::from(site);
+        self
     }
 
     /// Opens an existing store for reading only, for `status`: nothing is
@@ -171,7 +203,11 @@ impl LocalStore {
             .connect_with(options)
             .await
             .map_err(open_error)?;
-        Ok(Self { pool, path })
+        Ok(Self {
+            pool,
+            path,
+            legacy_site: Arc::from(""),
+        })
     }
 
     /// The store's file.
@@ -186,14 +222,15 @@ impl LocalStore {
         let mut added = 0;
         for reading in readings {
             added += sqlx::query(
-                "INSERT OR IGNORE INTO readings (reading_table, device, source, measured_at_us, vals)
-                 VALUES (?, ?, ?, ?, ?)",
+                "INSERT OR IGNORE INTO readings (reading_table, device, source, measured_at_us, vals, site)
+                 VALUES (?, ?, ?, ?, ?, ?)",
             )
             .bind(reading.table.name())
             .bind(&reading.device)
             .bind(reading.source.as_str())
             .bind(micros(reading.measured_at))
             .bind(encode_values(&reading.values))
+            .bind(&*reading.site)
             .execute(&mut *tx)
             .await?
             .rows_affected();
@@ -241,7 +278,7 @@ impl LocalStore {
         text: &str,
     ) -> Result<Vec<StoredReading>, StoreError> {
         let sql = format!(
-            "SELECT json_group_array(json_array(seq, reading_table, device, source, measured_at_us, json(vals)))
+            "SELECT json_group_array(json_array(seq, reading_table, device, source, measured_at_us, json(vals), site))
              FROM (SELECT * FROM readings {tail})"
         );
         let json: Option<String> = sqlx::query_scalar(&sql)
@@ -253,7 +290,8 @@ impl LocalStore {
         let Some(json) = json else {
             return Ok(Vec::new());
         };
-        rows::parse(&json).map_err(|e| StoreError::Sql(sqlx::Error::Decode(Box::new(e))))
+        rows::parse(&json, &self.legacy_site)
+            .map_err(|e| StoreError::Sql(sqlx::Error::Decode(Box::new(e))))
     }
 
     /// Removes every reading up to and including `seq` (the forwarder ships
@@ -270,8 +308,8 @@ impl LocalStore {
     pub async fn park(&self, seq: i64, error: &str) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "INSERT OR REPLACE INTO parked (seq, reading_table, device, source, measured_at_us, vals, error, parked_at_us)
-             SELECT seq, reading_table, device, source, measured_at_us, vals, ?, ? FROM readings WHERE seq = ?",
+            "INSERT OR REPLACE INTO parked (seq, reading_table, device, source, measured_at_us, vals, error, parked_at_us, site)
+             SELECT seq, reading_table, device, source, measured_at_us, vals, ?, ?, site FROM readings WHERE seq = ?",
         )
         .bind(error)
         .bind(micros(Utc::now()))
@@ -385,6 +423,7 @@ mod tests {
 
     fn reading(device: &str, second: i64, soc: f64) -> Reading {
         Reading {
+            site: "ranch".into(),
             device: device.into(),
             table: ReadingTable::Battery,
             source: SourceKind::VeDirect,

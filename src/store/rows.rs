@@ -1,9 +1,10 @@
 //! Decoding the store's rows, which come back from SQLite as one JSON array
-//! of `[seq, table, device, source, measured_at_us, {column: value, …}]`.
+//! of `[seq, table, device, source, measured_at_us, {column: value, …}, site]`.
 //! A streaming visitor turns them straight into readings: no intermediate
 //! JSON tree, borrowed keys, and each value typed by its column.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::Deserializer as _;
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -12,16 +13,23 @@ use super::{StoredReading, from_micros, table_from_name};
 use crate::reading::{ColumnKind, Reading, ReadingTable, SourceKind, Value};
 
 /// Parses the aggregated rows; rows of an unknown table are skipped.
-pub(super) fn parse(json: &str) -> Result<Vec<StoredReading>, serde_json::Error> {
+/// A row without a site (stored before sites were recorded) belongs to
+/// `legacy_site`.
+pub(super) fn parse(
+    json: &str,
+    legacy_site: &Arc<str>,
+) -> Result<Vec<StoredReading>, serde_json::Error> {
     let mut deserializer = serde_json::Deserializer::from_str(json);
-    let rows = deserializer.deserialize_seq(RowsVisitor)?;
+    let rows = deserializer.deserialize_seq(RowsVisitor { legacy_site })?;
     deserializer.end()?;
     Ok(rows)
 }
 
-struct RowsVisitor;
+struct RowsVisitor<'s> {
+    legacy_site: &'s Arc<str>,
+}
 
-impl<'de> Visitor<'de> for RowsVisitor {
+impl<'de> Visitor<'de> for RowsVisitor<'_> {
     type Value = Vec<StoredReading>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -30,16 +38,25 @@ impl<'de> Visitor<'de> for RowsVisitor {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         let mut rows = Vec::with_capacity(seq.size_hint().unwrap_or(0));
-        while let Some(row) = seq.next_element_seed(RowSeed)? {
+        // Consecutive rows mostly share a site: one allocation per change.
+        let mut site = Arc::clone(self.legacy_site);
+        while let Some(row) = seq.next_element_seed(RowSeed {
+            legacy_site: self.legacy_site,
+            last_site: &mut site,
+        })? {
             rows.extend(row);
         }
         Ok(rows)
     }
 }
 
-struct RowSeed;
+struct RowSeed<'s> {
+    legacy_site: &'s Arc<str>,
+    /// The site of the row before, reused while it repeats.
+    last_site: &'s mut Arc<str>,
+}
 
-impl<'de> DeserializeSeed<'de> for RowSeed {
+impl<'de> DeserializeSeed<'de> for RowSeed<'_> {
     type Value = Option<StoredReading>;
 
     fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
@@ -47,11 +64,11 @@ impl<'de> DeserializeSeed<'de> for RowSeed {
     }
 }
 
-impl<'de> Visitor<'de> for RowSeed {
+impl<'de> Visitor<'de> for RowSeed<'_> {
     type Value = Option<StoredReading>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[seq, table, device, source, measured_at_us, values]")
+        f.write_str("[seq, table, device, source, measured_at_us, values, site]")
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
@@ -64,14 +81,25 @@ impl<'de> Visitor<'de> for RowSeed {
         let measured_at_us: i64 = seq.next_element()?.ok_or_else(missing)?;
         let Some(table) = table_from_name(&table) else {
             seq.next_element::<IgnoredAny>()?;
+            seq.next_element::<IgnoredAny>()?;
             return Ok(None);
         };
         let values = seq
             .next_element_seed(ValuesSeed(table))?
             .ok_or_else(missing)?;
+        let site: Option<std::borrow::Cow<'de, str>> = seq.next_element()?.flatten();
+        let site = match site {
+            None => Arc::clone(self.legacy_site),
+            Some(site) if *site == **self.last_site => Arc::clone(self.last_site),
+            Some(site) => {
+                *self.last_site = Arc::from(&*site);
+                Arc::clone(self.last_site)
+            }
+        };
         Ok(Some(StoredReading {
             seq: number,
             reading: Reading {
+                site,
                 device,
                 table,
                 source: if source == "vedirect" {

@@ -37,11 +37,16 @@ pub async fn simulator() -> SimHandle {
 }
 
 pub fn write_config(dir: &Path, port: u16, poll_ms: u64) -> std::path::PathBuf {
+    write_site_config(dir, "test-site", port, poll_ms)
+}
+
+/// The usual four devices of one GX, for `site`, in `dir`/config.toml.
+pub fn write_site_config(dir: &Path, site: &str, port: u16, poll_ms: u64) -> std::path::PathBuf {
     let path = dir.join("config.toml");
     std::fs::write(
         &path,
         format!(
-            "[site]\ninstallation_id = \"test-site\"\n[log]\nlevel = \"info\"\n\
+            "[site]\ninstallation_id = \"{site}\"\n[log]\nlevel = \"info\"\n\
              [[gx]]\nhost = \"127.0.0.1\"\nport = {port}\npoll_interval_ms = {poll_ms}\n\
              request_timeout_ms = 500\nreconnect_min_ms = 50\nreconnect_max_ms = 500\n\
              [[gx.devices]]\nname = \"gx\"\nclass = \"system\"\n\
@@ -410,6 +415,7 @@ async fn a_permanent_row_error_is_set_aside() {
     let dir = tempfile::tempdir().unwrap();
     let store = LocalStore::open(dir.path()).await.unwrap();
     let reading = |second: i64, product_id: i64| Reading {
+        site: "ranch".into(),
         device: "bank".into(),
         table: ReadingTable::Battery,
         source: SourceKind::VeDirect,
@@ -429,7 +435,6 @@ async fn a_permanent_row_error_is_set_aside() {
     let forwarder = victron_poller::forward::Forwarder::new(
         store.clone(),
         pool,
-        None,
         std::sync::Arc::clone(&counters),
         std::sync::Arc::new(tokio::sync::Notify::new()),
         std::sync::Arc::default(),
@@ -884,4 +889,118 @@ async fn a_reader_that_stops_reading_the_logs_blocks_nothing() {
     assert!(dropped > 0.0, "{metrics}");
     sigterm(&daemon);
     assert_eq!(wait_exit(&mut daemon, Duration::from_secs(20)), 0);
+}
+
+/// Two daemons of two sites with the same device names, one simulator, one
+/// database, failover on at both: neither stands by for the other's devices
+/// (the locks are per site), each site's series is complete (a row per
+/// successful poll), and each device name has one status row per site.
+#[cfg(feature = "servers")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sites_with_the_same_device_names_are_two_series() {
+    let db = TestDb::create(Flavour::Timescale).await;
+    db.migrate().await;
+    let sim = simulator().await;
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let sites = ["ranch-a", "ranch-b"];
+    let mut daemons = Vec::new();
+    for (dir, site) in dirs.iter().zip(sites) {
+        let config = write_site_config(dir.path(), site, sim.addr().port(), 200);
+        let mut text = std::fs::read_to_string(&config).unwrap();
+        text.insert_str(0, "[failover]\nenabled = true\n");
+        std::fs::write(&config, text).unwrap();
+        let state = dir.path().join("state");
+        daemons.push(spawn_daemon(&config, &state, Some(&db.url)));
+    }
+    wait_for("both sites' rows", Duration::from_secs(30), async || {
+        let mut enough = true;
+        for site in sites {
+            enough &= db
+                .scalar_i64(&format!(
+                    "SELECT count(*) FROM victron.battery_readings WHERE installation_id = '{site}'"
+                ))
+                .await
+                >= 10;
+        }
+        enough
+    })
+    .await;
+    for daemon in &daemons {
+        sigterm(daemon);
+    }
+    for daemon in &mut daemons {
+        assert_eq!(wait_exit(daemon, Duration::from_secs(20)), 0);
+    }
+    for (dir, site) in dirs.iter().zip(sites) {
+        let doc = store_status(&dir.path().join("state")).await;
+        for (device, table) in [
+            ("gx", "system_readings"),
+            ("bank", "battery_readings"),
+            ("mppt", "solar_readings"),
+            ("multi", "inverter_readings"),
+        ] {
+            let in_db = db
+                .scalar_i64(&format!(
+                    "SELECT count(*) FROM victron.{table} WHERE installation_id = '{site}' AND device = '{device}'"
+                ))
+                .await;
+            assert_eq!(in_db, successful_polls(&doc, device), "{site} {device}");
+        }
+    }
+    for device in ["gx", "bank", "mppt", "multi"] {
+        assert_eq!(
+            db.strings(&format!(
+                "SELECT installation_id FROM victron.device_status WHERE device = '{device}' ORDER BY 1"
+            ))
+            .await,
+            vec!["ranch-a".to_string(), "ranch-b".to_string()],
+            "{device}"
+        );
+    }
+}
+
+/// One daemon polling two sites (two GX sections with their own `site`).
+#[cfg(feature = "servers")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_daemon_polls_two_sites() {
+    let db = TestDb::create(Flavour::Plain).await;
+    db.migrate().await;
+    let sim = simulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = sim.addr().port();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[site]\ninstallation_id = \"home\"\n\
+             [[gx]]\nhost = \"127.0.0.1\"\nport = {port}\npoll_interval_ms = 200\n\
+             [[gx.devices]]\nname = \"home-bank\"\nclass = \"battery\"\nunit_id = 226\n\
+             [[gx]]\nhost = \"127.0.0.1\"\nport = {port}\npoll_interval_ms = 200\nsite = \"cabin\"\n\
+             [[gx.devices]]\nname = \"cabin-bank\"\nclass = \"battery\"\nunit_id = 226\n"
+        ),
+    )
+    .unwrap();
+    let state = dir.path().join("state");
+    let mut daemon = spawn_daemon(&config, &state, Some(&db.url));
+    wait_for("rows of both sites", Duration::from_secs(30), async || {
+        db.scalar_i64(
+            "SELECT count(DISTINCT installation_id || '/' || device) FROM victron.battery_readings
+             WHERE \"timestamp\" > now() - interval '1 hour'",
+        )
+        .await
+            == 2
+    })
+    .await;
+    sigterm(&daemon);
+    assert_eq!(wait_exit(&mut daemon, Duration::from_secs(20)), 0);
+    assert_eq!(
+        db.strings("SELECT DISTINCT installation_id || '/' || device FROM victron.battery_readings ORDER BY 1")
+            .await,
+        vec!["cabin/cabin-bank".to_string(), "home/home-bank".to_string()]
+    );
+    assert_eq!(
+        db.strings("SELECT installation_id || '/' || device FROM victron.device_status ORDER BY 1")
+            .await,
+        vec!["cabin/cabin-bank".to_string(), "home/home-bank".to_string()]
+    );
 }

@@ -25,6 +25,7 @@ fn device(name: &str, class: ModbusClass, unit_id: u8) -> ModbusDeviceConfig {
 
 fn gx_config(port: u16, poll_ms: u64) -> GxConfig {
     GxConfig {
+        site: String::new(),
         host: "127.0.0.1".into(),
         port,
         poll_interval: Duration::from_millis(poll_ms),

@@ -250,7 +250,8 @@ async fn check_catalog(db: &TestDb) {
         );
     }
 
-    // Unique (device, timestamp) on every reading table, and nothing unique without the time.
+    // Unique (site, device, timestamp) on every reading table, and nothing
+    // unique without the time.
     for table in [
         "battery_readings",
         "solar_readings",
@@ -265,7 +266,7 @@ async fn check_catalog(db: &TestDb) {
             .await;
         assert_eq!(unique.len(), 1, "{table}: {unique:?}");
         assert!(
-            unique[0].contains("(device, \"timestamp\")"),
+            unique[0].contains("(installation_id, device, \"timestamp\")"),
             "{table}: {unique:?}"
         );
     }
@@ -490,15 +491,38 @@ async fn reading_inserts_are_idempotent_on_every_flavour() {
     for flavour in Flavour::ALL {
         let db = TestDb::create(flavour).await;
         db.migrate().await;
-        let insert = "INSERT INTO victron.battery_readings (\"timestamp\", device, soc)
-                      VALUES ('2026-01-01T00:00:00Z', 'house', 50), ('2026-01-01T00:00:01Z', 'house', 51)
-                      ON CONFLICT (device, \"timestamp\") DO NOTHING";
-        db.execute(insert).await;
-        db.execute(insert).await;
+        let insert = |site: &str| {
+            format!(
+                "INSERT INTO victron.battery_readings (\"timestamp\", installation_id, device, soc)
+                 VALUES ('2026-01-01T00:00:00Z', '{site}', 'house', 50), ('2026-01-01T00:00:01Z', '{site}', 'house', 51)
+                 ON CONFLICT (installation_id, device, \"timestamp\") DO NOTHING"
+            )
+        };
+        db.execute(&insert("ranch-a")).await;
+        db.execute(&insert("ranch-a")).await;
         assert_eq!(
             db.scalar_i64("SELECT count(*) FROM victron.battery_readings")
                 .await,
             2,
+            "{flavour:?}"
+        );
+        // Another site's device of the same name is another series.
+        db.execute(&insert("ranch-b")).await;
+        assert_eq!(
+            db.scalar_i64("SELECT count(*) FROM victron.battery_readings")
+                .await,
+            4,
+            "{flavour:?}"
+        );
+        // A row without a site is the empty site, not NULL.
+        db.execute("INSERT INTO victron.battery_readings (\"timestamp\", device, soc) VALUES ('2026-01-01T00:00:00Z', 'house', 49)")
+            .await;
+        assert_eq!(
+            db.scalar_i64(
+                "SELECT count(*) FROM victron.battery_readings WHERE installation_id = ''"
+            )
+            .await,
+            1,
             "{flavour:?}"
         );
     }
@@ -528,5 +552,73 @@ async fn every_reading_column_exists_with_its_type() {
                 assert!(ok, "{table}.{column} is {ty}, the model says {kind:?}");
             }
         }
+    }
+}
+
+/// A database written by the schema before sites (migrations 0001–0006,
+/// rows without a site, device rows keyed by name) moves on every flavour:
+/// its rows are kept with the empty site and the keys include the site.
+#[tokio::test]
+async fn a_database_from_before_sites_keeps_its_rows_and_moves_its_keys() {
+    for flavour in Flavour::ALL {
+        let db = TestDb::create(flavour).await;
+        // The migrations as an earlier version shipped them: 0001–0006.
+        let earlier = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations")).unwrap()
+        {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_str().unwrap().to_string();
+            if name.as_str() < "0007" {
+                std::fs::copy(&path, earlier.path().join(&name)).unwrap();
+            }
+        }
+        let migrator = sqlx::migrate::Migrator::new(earlier.path()).await.unwrap();
+        migrator.run(&mut db.connect().await).await.unwrap();
+        db.execute(
+            "INSERT INTO victron.battery_readings (\"timestamp\", device, soc)
+             VALUES ('2026-01-01T00:00:00Z', 'house', 50), ('2026-01-01T00:00:01Z', 'house', 51);
+             INSERT INTO victron.device_status (device, source) VALUES ('house', 'modbus')",
+        )
+        .await;
+
+        let report = db.migrate().await;
+        assert_eq!(
+            report
+                .applied_now
+                .iter()
+                .map(|m| m.file.as_str())
+                .collect::<Vec<_>>(),
+            vec!["0007_victron_site_identity.sql"],
+            "{flavour:?}"
+        );
+        assert_eq!(
+            db.scalar_i64(
+                "SELECT count(*) FROM victron.battery_readings WHERE installation_id = ''"
+            )
+            .await,
+            2,
+            "{flavour:?}: rows kept, with the empty site"
+        );
+        assert_eq!(
+            db.strings(
+                "SELECT pg_get_constraintdef(oid) FROM pg_constraint
+                 WHERE conrelid = 'victron.device_status'::regclass AND contype = 'p'"
+            )
+            .await,
+            vec!["PRIMARY KEY (installation_id, device)".to_string()],
+            "{flavour:?}"
+        );
+        // The same device at another site is another row now.
+        db.execute(
+            "INSERT INTO victron.device_status (installation_id, device, source) VALUES ('ranch-b', 'house', 'modbus');
+             INSERT INTO victron.battery_readings (\"timestamp\", installation_id, device, soc)
+             VALUES ('2026-01-01T00:00:00Z', 'ranch-b', 'house', 60)",
+        )
+        .await;
+        assert_eq!(
+            db.scalar_i64("SELECT count(*) FROM victron.device_status WHERE device = 'house'")
+                .await,
+            2
+        );
     }
 }

@@ -1,21 +1,38 @@
-//! Stopping the daemon when its stop cannot finish: a second signal ends it
-//! at once (exit 130) with the local store intact; nothing in the process
-//! but `main` exits.
+//! Stopping the daemon: with its database out of reach the stop does not
+//! wait for a drain that cannot happen; when a stop cannot finish (a frozen
+//! link), a second signal ends it at once (exit 130) with the local store
+//! intact. Nothing in the process but `main` exits.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use victron_poller::store::LocalStore;
 
 use crate::daemon::{sigterm, simulator, spawn_daemon_with, wait_exit, wait_for, write_config};
 
+/// Readings waiting in the local store at `state`.
+async fn stored(state: &Path) -> i64 {
+    match LocalStore::open_read_only(state).await {
+        Ok(store) => {
+            let depth = store.depth().await.map(|(n, _)| n).unwrap_or(0);
+            store.close().await;
+            depth
+        }
+        Err(_) => 0,
+    }
+}
+
+fn log_of(state: &Path) -> String {
+    std::fs::read_to_string(state.with_extension("log")).unwrap_or_default()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_signal_stops_at_once_and_keeps_the_store() {
+async fn with_the_database_out_of_reach_a_stop_does_not_wait_to_drain() {
     let sim = simulator().await;
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), sim.addr().port(), 100);
     let state = dir.path().join("state");
-    // Nothing listens on port 1: the forwarder can never drain, so the
-    // ordered stop waits out its 10 s deadline.
+    // Nothing listens on port 1.
     let mut daemon = spawn_daemon_with(
         &config,
         &state,
@@ -24,20 +41,55 @@ async fn a_second_signal_stops_at_once_and_keeps_the_store() {
     wait_for(
         "readings in the local store",
         Duration::from_secs(20),
-        async || match LocalStore::open_read_only(&state).await {
-            Ok(store) => {
-                let depth = store.depth().await.map(|(n, _)| n).unwrap_or(0);
-                store.close().await;
-                depth > 8
-            }
-            Err(_) => false,
-        },
+        async || stored(&state).await > 8,
     )
+    .await;
+    let stop = Instant::now();
+    sigterm(&daemon);
+    assert_eq!(wait_exit(&mut daemon, Duration::from_secs(20)), 0);
+    assert!(
+        stop.elapsed() < Duration::from_secs(5),
+        "the stop took {:?} (the drain deadline is 10 s)",
+        stop.elapsed()
+    );
+    assert!(!log_of(&state).contains("Shutdown deadline reached"));
+    assert!(
+        stored(&state).await > 8,
+        "the readings wait for the next start"
+    );
+}
+
+#[cfg(feature = "servers")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_stops_at_once_and_keeps_the_store() {
+    use crate::helpers::{Flavour, TcpProxy, TestDb, server_address, url_via};
+    let db = TestDb::create(Flavour::Timescale).await;
+    db.migrate().await;
+    let proxy = TcpProxy::start(server_address(&db.url)).await;
+    let sim = simulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), sim.addr().port(), 100);
+    let state = dir.path().join("state");
+    let mut daemon = spawn_daemon_with(
+        &config,
+        &state,
+        &[("DATABASE_URL", &url_via(&db.url, proxy.addr()))],
+    );
+    wait_for("rows forwarded", Duration::from_secs(30), async || {
+        db.scalar_i64("SELECT count(*) FROM victron.battery_readings")
+            .await
+            > 3
+    })
+    .await;
+    // The link goes silent: the forwarder's write waits, the drain cannot end.
+    proxy.freeze();
+    wait_for("readings waiting", Duration::from_secs(20), async || {
+        stored(&state).await > 8
+    })
     .await;
     sigterm(&daemon);
     wait_for("the stop under way", Duration::from_secs(10), async || {
-        std::fs::read_to_string(state.with_extension("log"))
-            .is_ok_and(|log| log.contains("Every reading received is in the local store."))
+        log_of(&state).contains("Every reading received is in the local store.")
     })
     .await;
     let second = Instant::now();
@@ -48,10 +100,10 @@ async fn a_second_signal_stops_at_once_and_keeps_the_store() {
         "exited {:?} after the second signal",
         second.elapsed()
     );
-    let log = std::fs::read_to_string(state.with_extension("log")).unwrap();
-    assert!(log.contains("Second signal: exiting now"), "{log}");
-    let store = LocalStore::open(&state).await.unwrap();
-    let (depth, _) = store.depth().await.unwrap();
-    store.close().await;
-    assert!(depth > 8, "the store kept its {depth} readings");
+    assert!(
+        log_of(&state).contains("Second signal: exiting now"),
+        "{}",
+        log_of(&state)
+    );
+    assert!(stored(&state).await > 8, "the store kept its readings");
 }

@@ -81,11 +81,17 @@ fn the_unit_keeps_what_the_daemon_needs() {
         "/systemd/victron-poller.service"
     ))
     .unwrap();
+    // A failing ExecStartPre= would restart in a loop: RestartPreventExitStatus=
+    // only looks at the main process, which checks the configuration itself.
+    assert!(
+        !unit.lines().any(|l| l.starts_with("ExecStartPre=")),
+        "{unit}"
+    );
     for line in [
         "Type=notify",
         "WatchdogSec=",
         "Restart=on-failure",
-        "ExecStartPre=/usr/local/bin/victron-poller check-config",
+        "RestartPreventExitStatus=78",
         "StateDirectory=victron-poller",
         "EnvironmentFile=-/etc/victron-poller/victron-poller.env",
         "SupplementaryGroups=dialout",

@@ -276,6 +276,7 @@ fn assert_row_matches(row: &Reading, cycle: &[(String, String)], context: &str) 
 
 fn source_config(port: VeDirectPort) -> VeDirectConfig {
     VeDirectConfig {
+        site: String::new(),
         name: "dev".into(),
         port,
         poll_interval: Duration::ZERO,

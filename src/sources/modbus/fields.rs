@@ -662,6 +662,7 @@ mod tests {
         );
         let values = map.decode(&blocks);
         let reading = crate::reading::Reading {
+            site: "ranch".into(),
             device: "b".into(),
             table: ReadingTable::Battery,
             source: crate::reading::SourceKind::Modbus,

@@ -14,6 +14,7 @@ pub mod transport;
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
@@ -137,6 +138,8 @@ pub struct CycleReport {
 
 /// Polls one GX.
 pub struct GxPoller {
+    /// The site of every device behind this GX.
+    site: Arc<str>,
     host: String,
     port: u16,
     poll_interval: Duration,
@@ -189,6 +192,7 @@ impl GxPoller {
             })
             .collect();
         Self {
+            site: Arc::from(config.site.as_str()),
             host: config.host.clone(),
             port: config.port,
             poll_interval: config.poll_interval,
@@ -436,6 +440,7 @@ impl GxPoller {
         }
         let measured_at = Utc::now();
         let reading = Reading {
+            site: Arc::clone(&self.site),
             device: device.config.name.clone(),
             table: fields::table(device.config.class),
             source: SourceKind::Modbus,

@@ -10,6 +10,7 @@ pub mod fields;
 pub mod frame;
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -40,6 +41,8 @@ type Port = Pin<Box<dyn AsyncRead + Send>>;
 #[derive(Debug)]
 pub struct VeDirectSource {
     config: VeDirectConfig,
+    /// The device's site, shared by its readings.
+    site: Arc<str>,
     status: StatusBoard,
     readings: mpsc::Sender<Reading>,
     merger: Merger,
@@ -68,6 +71,7 @@ impl VeDirectSource {
         status.register(&config.name, SourceKind::VeDirect, config.port.to_string());
         Self {
             config: config.clone(),
+            site: Arc::from(config.site.as_str()),
             status,
             readings,
             merger: Merger::new(),
@@ -194,7 +198,10 @@ impl VeDirectSource {
                 frame = frames.next() => {
                     // Blocks the decoder dropped came before this frame.
                     let lost = self.count(frames.decoder().stats(), &mut last_stats);
-                    let mut completed = usize::from(lost > 0 && self.merger.lost_block());
+                    let mut completed = 0;
+                    for _ in 0..lost {
+                        completed += usize::from(self.merger.lost_block());
+                    }
                     match frame {
                         Some(Ok(Frame::Block(block))) => {
                             last_data = Instant::now();
@@ -239,12 +246,15 @@ impl VeDirectSource {
         corrupt + abandoned
     }
 
-    /// `now`, or one microsecond after the last block's stamp if that is not
-    /// earlier.
+    /// `now`, or one microsecond after the last block's stamp when `now` is
+    /// not later but within a second of it (blocks of one burst). A clock
+    /// that stepped back further is taken as it is: stamping an hour of
+    /// blocks a microsecond apart would be further from the truth.
     fn stamp(&mut self, now: DateTime<Utc>) -> DateTime<Utc> {
+        let next = |last: DateTime<Utc>| last + chrono::Duration::microseconds(1);
         let at = match self.last_block_at {
-            Some(last) if now <= last + chrono::Duration::microseconds(1) => {
-                last + chrono::Duration::microseconds(1)
+            Some(last) if now < next(last) && last - now < chrono::Duration::seconds(1) => {
+                next(last)
             }
             _ => now,
         };
@@ -285,6 +295,7 @@ impl VeDirectSource {
             return;
         };
         let reading = Reading {
+            site: Arc::clone(&self.site),
             device: self.config.name.clone(),
             table,
             source: SourceKind::VeDirect,
