@@ -16,7 +16,9 @@ impl TextBlock {
     /// The fields in order, as raw bytes (the checksum field excluded).
     pub fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         // The checksum line is always the last 12 bytes: CR LF, the 8
-        // letters of "Checksum", a tab and the checksum byte.
+        // letters of "Checksum", a tab and the checksum byte. Cutting 10
+        // keeps its CR LF, which ends the last field's line; the first 2
+        // bytes are the first field's CR LF.
         let body = self
             .bytes
             .get(2..self.bytes.len().saturating_sub(10))
