@@ -5,6 +5,7 @@
 //! schema state (migrations, storage mode, degraded features). Exit 0
 //! healthy, 1 degraded, 2 down, 3 database unreachable.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
@@ -32,6 +33,9 @@ pub struct StatusArgs {
     /// (default as for `run`).
     #[arg(long, env = "VICTRON_POLLER_STATE_DIR", value_name = "DIR")]
     state_dir: Option<PathBuf>,
+    /// Only this site (its installation id): its status row and devices.
+    #[arg(long, value_name = "SITE")]
+    site: Option<String>,
 }
 
 /// What `status` prints: the verdict, then what it judged.
@@ -47,8 +51,11 @@ struct Report {
     /// With a database: the poller's row.
     #[serde(skip_serializing_if = "Option::is_none")]
     poller: Option<PollerView>,
-    /// The devices' status.
-    devices: Vec<DeviceStatus>,
+    /// With a database: each site's row (only the one asked for).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    sites: Vec<PollerView>,
+    /// The devices' status, with their sites.
+    devices: Vec<SiteDevice>,
     /// With a database: its schema state.
     #[serde(skip_serializing_if = "Option::is_none")]
     schema: Option<SchemaReport>,
@@ -64,6 +71,15 @@ struct Report {
     /// Readings of the last hour per device.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     readings_last_hour: Vec<DeviceCount>,
+}
+
+/// A device's status and its site.
+#[derive(Debug, Serialize)]
+struct SiteDevice {
+    /// Its site (`""` for none).
+    site: String,
+    #[serde(flatten)]
+    status: DeviceStatus,
 }
 
 /// A snapshot and when the daemon saved it.
@@ -142,7 +158,7 @@ pub async fn exec(config: &Config, args: StatusArgs) -> anyhow::Result<Exit> {
 async fn gather(config: &Config, args: &StatusArgs) -> anyhow::Result<Gathered> {
     let dir = super::run::state_dir(args.state_dir.clone());
     let Some(db) = &config.database else {
-        let (health, report) = local_view(&dir).await?;
+        let (health, report) = local_view(&dir, &config.device_sites()).await?;
         return Ok(Gathered::Verdict(health, report));
     };
     let mut conn = match connect_once(db).await {
@@ -152,7 +168,7 @@ async fn gather(config: &Config, args: &StatusArgs) -> anyhow::Result<Gathered> 
             // does while its database is out of reach.
             let message = error.to_string();
             let mut report = if dir.join(crate::store::FILE_NAME).is_file() {
-                let (_, mut report) = local_view(&dir).await?;
+                let (_, mut report) = local_view(&dir, &config.device_sites()).await?;
                 report.health = "database unreachable; the daemon's own status follows".into();
                 report
             } else {
@@ -169,17 +185,28 @@ async fn gather(config: &Config, args: &StatusArgs) -> anyhow::Result<Gathered> 
     let schema = SchemaReport::collect(&mut conn, db)
         .await
         .context("Failed to read the schema state")?;
-    let (poller, devices) = if schema.migrations.applied.is_empty() {
-        (None, Vec::new())
+    let rows = if schema.migrations.applied.is_empty() {
+        status_rows::StatusRows::default()
     } else {
-        status_rows::read(&mut conn)
+        status_rows::read(&mut conn, args.site.as_deref())
             .await
             .context("Failed to read the status rows")?
     };
-    let health = judge_database(&schema, poller.as_ref(), &devices);
+    let devices: Vec<DeviceStatus> = rows.devices.iter().map(|(_, d)| d.clone()).collect();
+    let health = judge_database(
+        &schema,
+        rows.poller.as_ref(),
+        &devices,
+        args.site.as_deref(),
+    );
     let report = Report {
-        poller,
-        devices,
+        poller: rows.poller,
+        sites: rows.sites,
+        devices: rows
+            .devices
+            .into_iter()
+            .map(|(site, status)| SiteDevice { site, status })
+            .collect(),
         schema: Some(schema),
         ..Report::judged(&health)
     };
@@ -200,6 +227,7 @@ fn judge_database(
     schema: &SchemaReport,
     poller: Option<&PollerView>,
     devices: &[DeviceStatus],
+    site: Option<&str>,
 ) -> Health {
     let mut down = Vec::new();
     let mut degraded = Vec::new();
@@ -211,11 +239,18 @@ fn judge_database(
     }
     match poller {
         Some(p) if p.poller_started_at.is_some() => {
+            // With several sites the singleton's age is the worst site's:
+            // one stale site is that site's problem (below), not the
+            // database's, unless no site is healthy.
+            let sites = p.sites.unwrap_or(0);
+            let unhealthy = p.sites_unhealthy.unwrap_or(0);
             if p.poller_stopped_at.is_some() {
                 down.push(format!("the daemon stopped {}", ago(p.poller_stopped_at)));
             } else if p.last_successful_poll.is_none() {
                 down.push("no successful poll yet".into());
-            } else if p.is_stale == Some(true) {
+            } else if sites > 1 && unhealthy >= sites {
+                down.push(format!("no site is healthy ({sites} sites)"));
+            } else if sites <= 1 && p.is_stale == Some(true) {
                 down.push(format!(
                     "no successful poll for {:.0} s (3 poll intervals)",
                     p.seconds_since_last_success.unwrap_or_default()
@@ -228,15 +263,28 @@ fn judge_database(
             {
                 degraded.push(format!("readings wait in the local store since {age:.0} s"));
             }
+            if let Some(n) = p.sites_unhealthy.filter(|n| *n > 0) {
+                degraded.push(format!(
+                    "{n} of {} site(s) not healthy: {}",
+                    p.sites.unwrap_or(n),
+                    p.last_error.as_deref().unwrap_or("see the sites below")
+                ));
+            }
         }
-        _ => down.push("no daemon has written status here yet".into()),
+        _ => match site {
+            Some(site) => down.push(format!("no daemon has written status for site \"{site}\"")),
+            None => down.push("no daemon has written status here yet".into()),
+        },
     }
     degraded.extend(health::failing_devices(devices));
     Health::from_findings(down, degraded)
 }
 
 /// The verdict and report from the daemon's snapshot in the local store.
-async fn local_view(dir: &Path) -> anyhow::Result<(Health, Report)> {
+async fn local_view(
+    dir: &Path,
+    sites: &HashMap<String, String>,
+) -> anyhow::Result<(Health, Report)> {
     let file = dir.join(crate::store::FILE_NAME);
     if !file.is_file() {
         let health = Health::from_findings(
@@ -276,7 +324,13 @@ async fn local_view(dir: &Path) -> anyhow::Result<(Health, Report)> {
         devices: daemon
             .as_ref()
             .map(|d| d.status.devices.clone())
-            .unwrap_or_default(),
+            .unwrap_or_default()
+            .into_iter()
+            .map(|status| SiteDevice {
+                site: sites.get(&status.device).cloned().unwrap_or_default(),
+                status,
+            })
+            .collect(),
         store: Some(file),
         readings_stored: Some(depth),
         daemon,
@@ -303,6 +357,11 @@ fn ago(at: Option<DateTime<Utc>>) -> String {
         )
     })
     .unwrap_or_else(|| "never".into())
+}
+
+/// A site as the table shows it (the empty site as `-`).
+fn site_name(site: &str) -> &str {
+    if site.is_empty() { "-" } else { site }
 }
 
 /// A figure, or `none` where the row has none yet.
@@ -345,7 +404,28 @@ fn print_text(report: &Report) {
     if report.devices.is_empty() && (report.schema.is_some() || report.daemon.is_some()) {
         outln!("devices      none has been polled yet");
     }
-    for d in &report.devices {
+    for site in &report.sites {
+        let state = if site.poller_stopped_at.is_some() {
+            format!("stopped {}", ago(site.poller_stopped_at))
+        } else if site.is_stale == Some(true) {
+            format!("stale, last success {}", ago(site.last_successful_poll))
+        } else if site.is_healthy == Some(true) {
+            "healthy".to_string()
+        } else {
+            format!(
+                "not healthy ({})",
+                site.last_error.as_deref().unwrap_or("a device fails")
+            )
+        };
+        outln!(
+            "site         {:<16} {state}; {} of {} device(s) answering, {} waiting",
+            site_name(site.installation_id.as_deref().unwrap_or_default()),
+            site.devices_healthy.unwrap_or(0),
+            site.devices_configured.unwrap_or(0),
+            site.spool_depth.unwrap_or(0)
+        );
+    }
+    for SiteDevice { site, status: d } in &report.devices {
         let word = if d.standby {
             "standby"
         } else if d.last_attempt.is_none() {
@@ -356,7 +436,8 @@ fn print_text(report: &Report) {
             "ok"
         };
         outln!(
-            "device       {:<16} {:<9} {:<26} {:<12} last success {}{}",
+            "device       {:<12} {:<16} {:<9} {:<26} {:<12} last success {}{}",
+            site_name(site),
             d.device,
             d.source.as_str(),
             d.address,

@@ -3,6 +3,7 @@
 //! side by side until shutdown. Nothing here blocks polling: readings wait
 //! in the local store while the database is slow or gone.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -16,8 +17,9 @@ use tokio_util::sync::CancellationToken;
 use super::{Shared, host_name};
 use crate::db::link::retry_backoff;
 use crate::db::server::StorageMode;
-use crate::db::status_rows::{self, PollerRow};
+use crate::db::status_rows::{self, PollerRow, SiteRows};
 use crate::forward::Forwarder;
+use crate::status::DeviceStatus;
 
 /// How long the daemon waits before asking again a database server that
 /// answered and refused it (credentials, no such database).
@@ -154,53 +156,79 @@ async fn status_writer(shared: Shared, pool: PgPool, mode: StorageMode, cancel: 
     }
 }
 
-/// Writes the status rows of the devices this daemon polls.
+/// Writes the status rows of the sites and devices this daemon polls.
 async fn write_db_status(
     shared: &Shared,
     pool: &PgPool,
     mode: StorageMode,
 ) -> Result<(), sqlx::Error> {
     // Devices another daemon polls are that daemon's to report.
-    let devices: Vec<_> = shared
-        .status
-        .snapshot()
+    let mut by_site: BTreeMap<String, Vec<DeviceStatus>> = BTreeMap::new();
+    for device in shared.status.snapshot().into_iter().filter(|d| !d.standby) {
+        let site = shared
+            .sites
+            .get(&device.device)
+            .cloned()
+            .unwrap_or_default();
+        by_site.entry(site).or_default().push(device);
+    }
+    if by_site.is_empty() && !shared.config.failover.enabled {
+        // No device at all: still one row, for the configured site.
+        let site = shared
+            .config
+            .site
+            .installation_id
+            .clone()
+            .unwrap_or_default();
+        by_site.insert(site, Vec::new());
+    }
+    let spool = shared.store.depth_by_site().await.unwrap_or_default();
+    let stopped_at = shared.stopped_at.get().copied();
+    let sites: Vec<SiteRows> = by_site
         .into_iter()
-        .filter(|d| !d.standby)
+        .map(|(site, devices)| {
+            let healthy = devices.iter().filter(|d| d.is_healthy()).count();
+            let (spool_depth, oldest) = spool.get(&site).copied().unwrap_or_default();
+            let (rows_total, rows_last_batch) = shared.forward.site(&site);
+            let status = PollerRow {
+                last_attempt: devices.iter().filter_map(|d| d.last_attempt).max(),
+                last_success: devices.iter().filter_map(|d| d.last_success).max(),
+                last_error: devices
+                    .iter()
+                    .filter(|d| d.is_failing())
+                    .find_map(|d| d.last_error.as_ref().map(|e| format!("{}: {e}", d.device))),
+                consecutive_failures: devices
+                    .iter()
+                    .map(|d| d.consecutive_failures)
+                    .max()
+                    .unwrap_or(0),
+                healthy: healthy == devices.len() && !devices.is_empty() && stopped_at.is_none(),
+                host: host_name(),
+                version: env!("CARGO_PKG_VERSION"),
+                started_at: shared.started_at,
+                stopped_at,
+                poll_interval: shared.poll_interval,
+                devices_configured: devices.len(),
+                devices_healthy: healthy,
+                rows_last_batch,
+                rows_total,
+                spool_depth,
+                spool_oldest_age_s: oldest
+                    .map(|o| (Utc::now() - o).num_milliseconds() as f64 / 1000.0),
+                retention_window: shared.config.retention.window,
+                storage_mode: mode,
+            };
+            SiteRows {
+                site,
+                status,
+                devices,
+            }
+        })
         .collect();
-    if devices.is_empty() && shared.config.failover.enabled {
+    if sites.is_empty() {
         return Ok(());
     }
-    let (depth, oldest) = shared.store.depth().await.unwrap_or_default();
-    let healthy = devices.iter().filter(|d| d.is_healthy()).count();
-    let stopped_at = shared.stopped_at.get().copied();
-    let poller = PollerRow {
-        last_attempt: devices.iter().filter_map(|d| d.last_attempt).max(),
-        last_success: devices.iter().filter_map(|d| d.last_success).max(),
-        last_error: devices
-            .iter()
-            .filter(|d| !d.is_healthy())
-            .find_map(|d| d.last_error.as_ref().map(|e| format!("{}: {e}", d.device))),
-        consecutive_failures: devices
-            .iter()
-            .map(|d| d.consecutive_failures)
-            .max()
-            .unwrap_or(0),
-        healthy: healthy == devices.len() && !devices.is_empty() && stopped_at.is_none(),
-        host: host_name(),
-        version: env!("CARGO_PKG_VERSION"),
-        started_at: shared.started_at,
-        stopped_at,
-        poll_interval: shared.poll_interval,
-        devices_configured: devices.len(),
-        devices_healthy: healthy,
-        rows_last_batch: shared.forward.last_batch_rows.load(Ordering::Relaxed),
-        rows_total: shared.forward.rows_forwarded.load(Ordering::Relaxed),
-        spool_depth: depth,
-        spool_oldest_age_s: oldest.map(|o| (Utc::now() - o).num_milliseconds() as f64 / 1000.0),
-        retention_window: shared.config.retention.window,
-        storage_mode: mode,
-    };
-    status_rows::write(pool, &poller, &devices, &shared.sites).await
+    status_rows::write(pool, &sites).await
 }
 
 async fn retention_loop(

@@ -4,7 +4,6 @@
 //! daemon decides what goes in them; this module is the only one that
 //! writes them, and `status` reads them through it, typed.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -65,27 +64,47 @@ fn big(n: impl TryInto<i64>) -> i64 {
     n.try_into().unwrap_or(i64::MAX)
 }
 
-/// Upserts the singleton and every device's row in one bounded transaction
-/// (a slow database never holds the caller for long).
-/// `sites`: each device's site (its row is keyed by site and device).
-pub async fn write(
-    pool: &PgPool,
-    poller: &PollerRow,
-    devices: &[DeviceStatus],
-    sites: &HashMap<String, String>,
-) -> Result<(), sqlx::Error> {
+/// One site's status row and the rows of its devices this daemon polls.
+#[derive(Debug, Clone)]
+pub struct SiteRows {
+    /// The site (`installation_id`; `""` for none).
+    pub site: String,
+    /// The site's status.
+    pub status: PollerRow,
+    /// Its devices this daemon polls.
+    pub devices: Vec<DeviceStatus>,
+}
+
+/// Upserts each site's row and its devices' rows, then recomputes the
+/// singleton from every site's row, in one bounded transaction (a slow
+/// database never holds the caller for long). The singleton's row lock is
+/// taken first, so writers of other sites wait their turn and each
+/// recomputation sees every committed site row.
+pub async fn write(pool: &PgPool, sites: &[SiteRows]) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
     sqlx::query("SET LOCAL statement_timeout = '5s'")
         .execute(&mut *tx)
         .await?;
+    sqlx::query("SELECT 1 FROM victron.polling_status WHERE id = 1 FOR UPDATE")
+        .execute(&mut *tx)
+        .await?;
+    for site in sites {
+        write_site(&mut tx, site).await?;
+    }
+    sqlx::query(SINGLETON_FROM_SITES).execute(&mut *tx).await?;
+    tx.commit().await
+}
+
+async fn write_site(tx: &mut sqlx::PgConnection, site: &SiteRows) -> Result<(), sqlx::Error> {
+    let poller = &site.status;
     sqlx::query(
-        "INSERT INTO victron.polling_status (id, last_poll_attempt, last_successful_poll, last_error,
-             consecutive_failures, is_healthy, poller_host, poller_version, poller_started_at,
-             poll_interval_ms, devices_configured, devices_healthy, rows_written_last_batch,
-             rows_written_total, spool_depth, spool_oldest_age_s, retention_window_s, storage_mode,
-             poller_stopped_at)
-         VALUES (1, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
-         ON CONFLICT (id) DO UPDATE SET last_poll_attempt = excluded.last_poll_attempt,
+        "INSERT INTO victron.site_status (installation_id, last_poll_attempt, last_successful_poll,
+             last_error, consecutive_failures, is_healthy, poller_host, poller_version,
+             poller_started_at, poll_interval_ms, devices_configured, devices_healthy,
+             rows_written_last_batch, rows_written_total, spool_depth, spool_oldest_age_s,
+             retention_window_s, storage_mode, poller_stopped_at, updated_at)
+         VALUES ($19, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, now())
+         ON CONFLICT (installation_id) DO UPDATE SET last_poll_attempt = excluded.last_poll_attempt,
              last_successful_poll = excluded.last_successful_poll, last_error = excluded.last_error,
              consecutive_failures = excluded.consecutive_failures, is_healthy = excluded.is_healthy,
              poller_host = excluded.poller_host, poller_version = excluded.poller_version,
@@ -94,7 +113,8 @@ pub async fn write(
              rows_written_last_batch = excluded.rows_written_last_batch,
              rows_written_total = excluded.rows_written_total, spool_depth = excluded.spool_depth,
              spool_oldest_age_s = excluded.spool_oldest_age_s, retention_window_s = excluded.retention_window_s,
-             storage_mode = excluded.storage_mode, poller_stopped_at = excluded.poller_stopped_at"
+             storage_mode = excluded.storage_mode, poller_stopped_at = excluded.poller_stopped_at,
+             updated_at = now()",
     )
     .bind(poller.last_attempt)
     .bind(poller.last_success)
@@ -114,9 +134,10 @@ pub async fn write(
     .bind(big(poller.retention_window.as_secs()))
     .bind(poller.storage_mode.as_str())
     .bind(poller.stopped_at)
+    .bind(&site.site)
     .execute(&mut *tx)
     .await?;
-    for d in devices {
+    for d in &site.devices {
         sqlx::query(
             "INSERT INTO victron.device_status (device, source, address, product_id, product_name, serial,
                  firmware, last_attempt, last_success, last_error, last_error_class, consecutive_failures,
@@ -128,7 +149,7 @@ pub async fn write(
                  last_attempt = excluded.last_attempt, last_success = excluded.last_success,
                  last_error = excluded.last_error, last_error_class = excluded.last_error_class,
                  consecutive_failures = excluded.consecutive_failures, backoff_ms = excluded.backoff_ms,
-                 updated_at = now()"
+                 updated_at = now()",
         )
         .bind(&d.device)
         .bind(d.source.as_str())
@@ -143,12 +164,48 @@ pub async fn write(
         .bind(d.last_error_class.map(|c| c.as_str()))
         .bind(int(d.consecutive_failures))
         .bind(big(d.backoff.as_millis()))
-        .bind(sites.get(&d.device).map_or("", String::as_str))
+        .bind(&site.site)
         .execute(&mut *tx)
         .await?;
     }
-    tx.commit().await
+    Ok(())
 }
+
+/// The singleton as the sum of every site's row: healthy only when every
+/// site is, the oldest last success (the worst age), sums of counts; its
+/// error names the first unhealthy site. The retention columns are the
+/// retention job's and stay as they are.
+const SINGLETON_FROM_SITES: &str = "
+INSERT INTO victron.polling_status (id, last_poll_attempt, last_successful_poll, last_error,
+    consecutive_failures, is_healthy, poller_host, poller_version, poller_started_at,
+    poller_stopped_at, poll_interval_ms, devices_configured, devices_healthy,
+    rows_written_last_batch, rows_written_total, spool_depth, spool_oldest_age_s,
+    retention_window_s, storage_mode)
+SELECT 1, max(last_poll_attempt), min(last_successful_poll),
+    (SELECT CASE WHEN u.installation_id = '' THEN '' ELSE u.installation_id || ': ' END
+            || coalesce(u.last_error,
+                        CASE WHEN u.poller_stopped_at IS NOT NULL THEN 'the daemon stopped'
+                             ELSE 'not every device answers' END)
+       FROM victron.site_status u WHERE NOT u.is_healthy ORDER BY u.installation_id LIMIT 1),
+    coalesce(max(consecutive_failures), 0), coalesce(bool_and(is_healthy), false),
+    CASE WHEN count(DISTINCT poller_host) <= 1 THEN max(poller_host)
+         ELSE count(DISTINCT poller_host) || ' hosts' END,
+    max(poller_version), min(poller_started_at),
+    CASE WHEN bool_and(poller_stopped_at IS NOT NULL) THEN max(poller_stopped_at) END,
+    min(poll_interval_ms), sum(devices_configured)::int, sum(devices_healthy)::int,
+    sum(rows_written_last_batch)::int, sum(rows_written_total)::bigint, sum(spool_depth)::bigint,
+    max(spool_oldest_age_s), max(retention_window_s), max(storage_mode)
+FROM victron.site_status
+ON CONFLICT (id) DO UPDATE SET last_poll_attempt = excluded.last_poll_attempt,
+    last_successful_poll = excluded.last_successful_poll, last_error = excluded.last_error,
+    consecutive_failures = excluded.consecutive_failures, is_healthy = excluded.is_healthy,
+    poller_host = excluded.poller_host, poller_version = excluded.poller_version,
+    poller_started_at = excluded.poller_started_at, poller_stopped_at = excluded.poller_stopped_at,
+    poll_interval_ms = excluded.poll_interval_ms, devices_configured = excluded.devices_configured,
+    devices_healthy = excluded.devices_healthy, rows_written_last_batch = excluded.rows_written_last_batch,
+    rows_written_total = excluded.rows_written_total, spool_depth = excluded.spool_depth,
+    spool_oldest_age_s = excluded.spool_oldest_age_s, retention_window_s = excluded.retention_window_s,
+    storage_mode = excluded.storage_mode";
 
 /// Records a retention run in `victron.polling_status`.
 pub async fn record_retention(
@@ -184,6 +241,9 @@ pub async fn record_retention(
 /// A row of `victron.polling_status_view`, as `status` reads it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PollerView {
+    /// The site, in a row of `site_status_view` (absent from the singleton's).
+    #[serde(default)]
+    pub installation_id: Option<String>,
     /// Always 1: the singleton.
     pub id: Option<i64>,
     /// Every device answered at the last write, and the poller runs.
@@ -262,30 +322,66 @@ pub struct PollerView {
     pub poller_stopped_at: Option<DateTime<Utc>>,
     /// A poller has started and not stopped.
     pub is_running: Option<bool>,
+    /// Sites with a status row.
+    #[serde(default)]
+    pub sites: Option<i64>,
+    /// Of them, those not healthy or stale.
+    #[serde(default)]
+    pub sites_unhealthy: Option<i64>,
 }
 
-/// Reads the poller's view and every device row; `None` for the view when
-/// its row is missing.
+/// What `status` reads: the operator's view, one row per site, and the
+/// device rows with their sites.
+#[derive(Debug, Clone, Default)]
+pub struct StatusRows {
+    /// `polling_status_view`, or with a site given that site's row of
+    /// `site_status_view`; `None` when missing.
+    pub poller: Option<PollerView>,
+    /// Every site's row of `site_status_view` (only the one given).
+    pub sites: Vec<PollerView>,
+    /// The device rows, with their site.
+    pub devices: Vec<(String, DeviceStatus)>,
+}
+
+/// Reads the status rows: of every site, or of `site` only.
 pub async fn read(
     conn: &mut sqlx::PgConnection,
-) -> Result<(Option<PollerView>, Vec<DeviceStatus>), sqlx::Error> {
-    let view: Option<sqlx::types::Json<PollerView>> =
-        sqlx::query_scalar("SELECT row_to_json(v) FROM victron.polling_status_view v")
-            .fetch_optional(&mut *conn)
-            .await?;
+    site: Option<&str>,
+) -> Result<StatusRows, sqlx::Error> {
+    let sites: Vec<sqlx::types::Json<PollerView>> = sqlx::query_scalar(
+        "SELECT row_to_json(v) FROM victron.site_status_view v
+         WHERE $1::text IS NULL OR installation_id = $1 ORDER BY installation_id",
+    )
+    .bind(site)
+    .fetch_all(&mut *conn)
+    .await?;
+    let sites: Vec<PollerView> = sites.into_iter().map(|v| v.0).collect();
+    let poller = match site {
+        Some(_) => sites.first().cloned(),
+        None => {
+            let view: Option<sqlx::types::Json<PollerView>> =
+                sqlx::query_scalar("SELECT row_to_json(v) FROM victron.polling_status_view v")
+                    .fetch_optional(&mut *conn)
+                    .await?;
+            view.map(|v| v.0)
+        }
+    };
     let rows = sqlx::query(
         "SELECT device, source, address, product_id, product_name, serial, firmware,
                 last_attempt, last_success, last_error, last_error_class,
-                consecutive_failures, backoff_ms
-         FROM victron.device_status ORDER BY device",
+                consecutive_failures, backoff_ms, installation_id
+         FROM victron.device_status
+         WHERE $1::text IS NULL OR installation_id = $1
+         ORDER BY installation_id, device",
     )
+    .bind(site)
     .fetch_all(&mut *conn)
     .await?;
     let devices = rows
         .iter()
         .map(|row| {
             let text = |name: &str| row.try_get::<Option<String>, _>(name).ok().flatten();
-            DeviceStatus {
+            let status = DeviceStatus {
                 device: text("device").unwrap_or_default(),
                 source: named(text("source")).unwrap_or(SourceKind::Modbus),
                 address: text("address").unwrap_or_default(),
@@ -319,10 +415,15 @@ pub async fn read(
                 corrupt_blocks: 0,
                 standby: false,
                 progress_at: std::time::Instant::now(),
-            }
+            };
+            (text("installation_id").unwrap_or_default(), status)
         })
         .collect();
-    Ok((view.map(|v| v.0), devices))
+    Ok(StatusRows {
+        poller,
+        sites,
+        devices,
+    })
 }
 
 /// An enum from the name its serde form uses (`modbus`, `timeout`).

@@ -18,6 +18,7 @@ mod error;
 mod insert;
 mod rows;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -45,6 +46,32 @@ pub struct ForwardCounters {
     pub errors: AtomicU64,
     /// Rows parked for a permanent error.
     pub rows_parked: AtomicU64,
+    /// Per site: rows forwarded since start, and in the last batch.
+    by_site: std::sync::Mutex<HashMap<String, (u64, u64)>>,
+}
+
+impl ForwardCounters {
+    /// Counts a committed batch for each site it holds.
+    fn count_sites(&self, rows: &[StoredReading]) {
+        let mut by_site = self.by_site.lock().unwrap_or_else(|p| p.into_inner());
+        for counts in by_site.values_mut() {
+            counts.1 = 0;
+        }
+        for row in rows {
+            let counts = match by_site.get_mut(&*row.reading.site) {
+                Some(counts) => counts,
+                None => by_site.entry(row.reading.site.to_string()).or_default(),
+            };
+            counts.0 += 1;
+            counts.1 += 1;
+        }
+    }
+
+    /// Rows forwarded for `site` since start, and in the last batch.
+    pub fn site(&self, site: &str) -> (u64, u64) {
+        let by_site = self.by_site.lock().unwrap_or_else(|p| p.into_inner());
+        by_site.get(site).copied().unwrap_or_default()
+    }
 }
 
 /// Forwards the store's readings until cancelled.
@@ -185,6 +212,7 @@ impl Forwarder {
                 .rows_forwarded
                 .fetch_add(rows, Ordering::Relaxed);
             self.counters.last_batch_rows.store(rows, Ordering::Relaxed);
+            self.counters.count_sites(&current);
             current = next?;
         }
         if let Some(seq) = committed {

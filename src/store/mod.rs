@@ -7,6 +7,7 @@
 //!
 //! Values are kept as JSON per row; the column set is the reading model's.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -322,6 +323,31 @@ impl LocalStore {
             .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// How many readings of each site wait, and the measurement time of
+    /// the oldest (readings stored before sites were recorded count for the
+    /// legacy site).
+    pub async fn depth_by_site(
+        &self,
+    ) -> Result<HashMap<String, (i64, Option<DateTime<Utc>>)>, StoreError> {
+        let rows =
+            sqlx::query("SELECT site, count(*), min(measured_at_us) FROM readings GROUP BY site")
+                .fetch_all(&self.pool)
+                .await?;
+        let mut by_site: HashMap<String, (i64, Option<DateTime<Utc>>)> = HashMap::new();
+        for row in rows {
+            let site: Option<String> = row.get(0);
+            let site = site.unwrap_or_else(|| self.legacy_site.to_string());
+            let (n, oldest): (i64, Option<i64>) = (row.get(1), row.get(2));
+            let entry = by_site.entry(site).or_insert((0, None));
+            entry.0 += n;
+            entry.1 = match (entry.1, oldest.map(from_micros)) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        Ok(by_site)
     }
 
     /// How many readings wait, and the measurement time of the oldest.

@@ -894,7 +894,8 @@ async fn a_reader_that_stops_reading_the_logs_blocks_nothing() {
 /// Two daemons of two sites with the same device names, one simulator, one
 /// database, failover on at both: neither stands by for the other's devices
 /// (the locks are per site), each site's series is complete (a row per
-/// successful poll), and each device name has one status row per site.
+/// successful poll), each device name has one status row per site, each site
+/// a site_status row; the singleton is their sum and names a stopped site.
 #[cfg(feature = "servers")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_sites_with_the_same_device_names_are_two_series() {
@@ -925,12 +926,55 @@ async fn two_sites_with_the_same_device_names_are_two_series() {
         enough
     })
     .await;
-    for daemon in &daemons {
-        sigterm(daemon);
-    }
-    for daemon in &mut daemons {
-        assert_eq!(wait_exit(daemon, Duration::from_secs(20)), 0);
-    }
+    // A row per site, and the singleton as their sum.
+    wait_for(
+        "both sites healthy in the singleton",
+        Duration::from_secs(20),
+        async || {
+            db.scalar_i64(
+                "SELECT count(*) FROM victron.polling_status_view
+             WHERE is_healthy AND sites = 2 AND sites_unhealthy = 0 AND devices_configured = 8",
+            )
+            .await
+                == 1
+        },
+    )
+    .await;
+    assert_eq!(
+        db.strings(
+            "SELECT installation_id FROM victron.site_status_view WHERE is_healthy ORDER BY 1"
+        )
+        .await,
+        vec!["ranch-a".to_string(), "ranch-b".to_string()]
+    );
+    let status = run_cli(&["status"], &[("DATABASE_URL", &db.url)]);
+    let (stdout, stderr) = texts(&status);
+    assert_eq!(status.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("site         ranch-b"), "{stdout}");
+    // One site's daemon stops: the singleton says so, naming the site.
+    sigterm(&daemons[1]);
+    assert_eq!(wait_exit(&mut daemons[1], Duration::from_secs(20)), 0);
+    assert_eq!(
+        db.strings("SELECT last_error FROM victron.polling_status WHERE NOT is_healthy")
+            .await,
+        vec!["ranch-b: the daemon stopped".to_string()]
+    );
+    let status = run_cli(&["status"], &[("DATABASE_URL", &db.url)]);
+    let (stdout, stderr) = texts(&status);
+    assert_eq!(status.status.code(), Some(1), "degraded: {stdout}{stderr}");
+    assert!(
+        stdout.contains("1 of 2 site(s) not healthy: ranch-b: the daemon stopped"),
+        "{stdout}"
+    );
+    let narrowed = run_cli(
+        &["status", "--site", "ranch-a"],
+        &[("DATABASE_URL", &db.url)],
+    );
+    let (stdout, stderr) = texts(&narrowed);
+    assert_eq!(narrowed.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(!stdout.contains("ranch-b"), "{stdout}");
+    sigterm(&daemons[0]);
+    assert_eq!(wait_exit(&mut daemons[0], Duration::from_secs(20)), 0);
     for (dir, site) in dirs.iter().zip(sites) {
         let doc = store_status(&dir.path().join("state")).await;
         for (device, table) in [
