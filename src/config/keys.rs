@@ -286,10 +286,10 @@ table! {
     );
     DATABASE_MAX_CONNECTIONS = integer(
         "database.max_connections",
-        4,
+        1,
         (1, 1000),
         Connections,
-        "upper bound of the connection pool",
+        "connections the daemon's writes share (the failover lock session is one more)",
     );
     DATABASE_WRITE_TIMEOUT_MS = integer(
         "database.write_timeout_ms",

@@ -250,7 +250,8 @@ pub struct DatabaseConfig {
     /// Longest wait for one batch to be written (`database.write_timeout_ms`):
     /// a link that went silent is given up after this and retried.
     pub write_timeout: Duration,
-    /// Upper bound of the connection pool (`database.max_connections`).
+    /// Connections the daemon's writes share (`database.max_connections`,
+    /// default 1).
     pub max_connections: u32,
 }
 

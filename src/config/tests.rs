@@ -223,7 +223,7 @@ fn every_key_outside_the_device_lists_is_shown() {
     );
     assert_eq!(
         shown(&keys::DATABASE_MAX_CONNECTIONS).as_deref(),
-        Some("4 connections")
+        Some("1 connection")
     );
     assert_eq!(
         shown(&keys::RETENTION_WINDOW_HOURS).as_deref(),

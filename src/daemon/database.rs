@@ -133,9 +133,13 @@ async fn status_writer(shared: Shared, pool: PgPool, mode: StorageMode, cancel: 
             tokio::time::timeout(STATUS_WRITE_TIMEOUT, write_db_status(&shared, &pool, mode)).await;
         match &result {
             Ok(Ok(())) => shared.link.works(),
-            // The server answered with an error: it is there.
-            Ok(Err(sqlx::Error::Database(_))) => {}
-            Ok(Err(_)) | Err(_) => shared.link.failed(),
+            // The connection itself failed: the database is out of reach. (An
+            // error from the server, or a wait for the forwarder's turn on
+            // the connection, says nothing about reachability.)
+            Ok(Err(sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_))) => {
+                shared.link.failed();
+            }
+            Ok(Err(_)) | Err(_) => {}
         }
         match result {
             Ok(Ok(())) if failing => {

@@ -80,12 +80,16 @@ pub fn connect_options(config: &DatabaseConfig) -> Result<PgConnectOptions, DbEr
     Ok(options.application_name("victron-poller"))
 }
 
-/// Opens a pool and proves it works with one connection.
+/// Opens a pool and proves it works with one connection. Its writers take
+/// turns: a writer waits for the one before it for up to a write's own time
+/// limit; connections beyond the first close after a minute unused.
 pub async fn connect(config: &DatabaseConfig) -> Result<PgPool, DbError> {
     let options = connect_options(config)?;
     let pool = PgPoolOptions::new()
         .max_connections(config.max_connections)
-        .acquire_timeout(config.connect_timeout)
+        .min_connections(0)
+        .idle_timeout(Some(std::time::Duration::from_secs(60)))
+        .acquire_timeout(config.connect_timeout.max(config.write_timeout))
         .connect_lazy_with(options);
     match pool.acquire().await {
         Ok(conn) => drop(conn),

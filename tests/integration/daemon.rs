@@ -1048,3 +1048,59 @@ async fn one_daemon_polls_two_sites() {
         vec!["cabin/cabin-bank".to_string(), "home/home-bank".to_string()]
     );
 }
+
+/// The most sessions the daemons of `db` held in 3 s of sampling.
+#[cfg(feature = "servers")]
+async fn most_sessions(db: &TestDb) -> i64 {
+    let mut most = 0;
+    for _ in 0..30 {
+        let n = db
+            .scalar_i64(&format!(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE application_name = 'victron-poller' AND datname = '{}'",
+                db.name
+            ))
+            .await;
+        most = most.max(n);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    most
+}
+
+/// An idle daemon holds one connection, two with failover (its lock
+/// session): what lets many sites share one server.
+#[cfg(feature = "servers")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_daemon_holds_one_connection_two_with_failover() {
+    for (failover, budget) in [(false, 1), (true, 2)] {
+        let db = TestDb::create(Flavour::Timescale).await;
+        db.migrate().await;
+        let sim = simulator().await;
+        let dir = tempfile::tempdir().unwrap();
+        let config = write_config(dir.path(), sim.addr().port(), 200);
+        if failover {
+            let mut text = std::fs::read_to_string(&config).unwrap();
+            text.insert_str(0, "[failover]\nenabled = true\n");
+            std::fs::write(&config, text).unwrap();
+        }
+        let state = dir.path().join("state");
+        let mut daemon = spawn_daemon(&config, &state, Some(&db.url));
+        wait_for("rows and a retention run", Duration::from_secs(30), async || {
+            rows(&db, "battery_readings").await > 10
+                && db
+                    .scalar_i64(
+                        "SELECT count(*) FROM victron.polling_status WHERE last_retention_run IS NOT NULL",
+                    )
+                    .await
+                    == 1
+        })
+        .await;
+        let most = most_sessions(&db).await;
+        assert!(
+            (1..=budget).contains(&most),
+            "failover {failover}: {most} sessions (budget {budget})"
+        );
+        sigterm(&daemon);
+        assert_eq!(wait_exit(&mut daemon, Duration::from_secs(20)), 0);
+    }
+}
