@@ -176,16 +176,6 @@ async fn write_db_status(
             .unwrap_or_default();
         by_site.entry(site).or_default().push(device);
     }
-    if by_site.is_empty() && !shared.config.failover.enabled {
-        // No device at all: still one row, for the configured site.
-        let site = shared
-            .config
-            .site
-            .installation_id
-            .clone()
-            .unwrap_or_default();
-        by_site.insert(site, Vec::new());
-    }
     let spool = shared.store.depth_by_site().await.unwrap_or_default();
     let stopped_at = shared.stopped_at.get().copied();
     let sites: Vec<SiteRows> = by_site
@@ -229,6 +219,7 @@ async fn write_db_status(
             }
         })
         .collect();
+    // Every device on standby: the active daemon reports them.
     if sites.is_empty() {
         return Ok(());
     }

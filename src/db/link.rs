@@ -5,7 +5,8 @@
 //! Any successful contact (a forwarded batch, a status write, a lock round)
 //! wakes the forwarder and the bring-up waiting out their backoff, so the
 //! backlog moves as soon as one path finds the database back, not when the
-//! slowest backoff ends; every path retries at least once a second anyway.
+//! slowest backoff ends; both retry at least once a second anyway (the lock
+//! keeper once a round, its poll interval).
 
 use std::sync::Mutex;
 use std::time::Duration;

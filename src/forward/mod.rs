@@ -4,8 +4,8 @@
 //! refuses a COPY (a row already there after a crash between the commit and
 //! the removal, or a value out of range), nothing of it is written and the
 //! batch goes as one `INSERT … SELECT FROM UNNEST(…) ON CONFLICT
-//! (installation_id, device, "timestamp") DO NOTHING` per table instead, so a replay inserts nothing
-//! twice. The COPY path is the fast one (about twice the rows per second).
+//! (installation_id, device, "timestamp") DO NOTHING` per table instead, so
+//! a replay inserts nothing twice. The COPY path is the fast one (about twice the rows per second).
 //!
 //! Transient failures (the network, a restarting server) are retried with
 //! capped exponential backoff plus jitter; a row the database refuses for good
@@ -40,8 +40,6 @@ use crate::store::{LocalStore, StoredReading};
 pub struct ForwardCounters {
     /// Rows committed to PostgreSQL (including replays it ignored).
     pub rows_forwarded: AtomicU64,
-    /// Rows in the last committed batch.
-    pub last_batch_rows: AtomicU64,
     /// Failed attempts.
     pub errors: AtomicU64,
     /// Rows parked for a permanent error.
@@ -211,7 +209,6 @@ impl Forwarder {
             self.counters
                 .rows_forwarded
                 .fetch_add(rows, Ordering::Relaxed);
-            self.counters.last_batch_rows.store(rows, Ordering::Relaxed);
             self.counters.count_sites(&current);
             current = next?;
         }
