@@ -8,7 +8,10 @@
 #              (a certificate for localhost/127.0.0.1 from a test CA)   port 25415
 #   outage     like tsdb, for tests that stop and restart their server   port 25434
 #
-# PostgreSQL 17, TimescaleDB and pgvector come from Debian 13 (trixie) .debs
+# and a PgBouncer 1.24 in transaction pooling mode in front of each, on the
+# port plus 1000 (26432, 26433, 26415, 26434), pool size 20.
+#
+# PostgreSQL 17, TimescaleDB, pgvector and PgBouncer come from Debian 13 (trixie) .debs
 # unpacked into a private prefix with their own libc (bookworm has no
 # TimescaleDB or pgvector packages); nothing is installed system-wide except
 # postgresql-15 when missing and one system user (PostgreSQL refuses root).
@@ -28,12 +31,17 @@ PFX=$ROOT/prefix
 BIN17=$PFX/usr/lib/postgresql/17/bin
 LIB=$PFX/usr/lib/x86_64-linux-gnu
 BIN15=/usr/lib/postgresql/15/bin
+PGBOUNCER=$PFX/usr/sbin/pgbouncer
 APT=$ROOT/apt
 
 # Below 32768: no client connection can be holding one of these as its
 # ephemeral port when a server (re)starts.
 declare -A PORT=([tsdb]=25432 [nopreload]=25433 [pg15]=25415 [outage]=25434)
 SERVERS="tsdb nopreload pg15 outage"
+# A PgBouncer in transaction pooling mode in front of each server: every
+# database name is passed through to its server.
+declare -A BOUNCER_PORT=([tsdb]=26432 [nopreload]=26433 [pg15]=26415 [outage]=26434)
+BOUNCER_POOL_SIZE=20
 
 aptx() {
   apt-get -q \
@@ -53,28 +61,52 @@ PKGS="postgresql-17 postgresql-client-17 postgresql-17-timescaledb postgresql-17
  libssl3t64 libgssapi-krb5-2 libkrb5-3 libk5crypto3 libkrb5support0 libcom-err2 libkeyutils1
  libldap2 libsasl2-2 libpam0g libaudit1 libcap-ng0 libsystemd0 libcap2
  libreadline8t64 libtinfo6 libuuid1 patchelf"
+PGBOUNCER_PKGS="pgbouncer libcares2 libevent-2.1-7t64"
 
-setup_pg17() {
-  [ -x "$BIN17/postgres" ] && "$BIN17/postgres" -V >/dev/null 2>&1 && return 0
-  rm -rf "$APT" "$PFX"
+# Downloads the packages named in "$@" from Debian 13 and unpacks them into
+# the prefix.
+unpack_trixie() {
+  rm -rf "$APT"
   mkdir -p "$APT/lists/partial" "$APT/cache/archives/partial" "$APT/debs" "$PFX"
   cat >"$APT/sources.list" <<EOF
 deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian $SUITE main
 deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian-security $SUITE-security main
 EOF
   aptx update >/dev/null
-  # shellcheck disable=SC2086
-  (cd "$APT/debs" && aptx download $PKGS >/dev/null)
+  (cd "$APT/debs" && aptx download "$@" >/dev/null)
   for d in "$APT"/debs/*.deb; do dpkg-deb -x "$d" "$PFX"; done
-  for f in "$BIN17"/*; do
+  rm -rf "$APT" # the downloaded packages, unpacked now
+}
+
+# Points each ELF executable given at the prefix's own libc and libraries.
+patch_elf() {
+  local f
+  for f in "$@"; do
     if [ "$(head -c4 "$f" | tail -c3)" = ELF ]; then
       "$LIB/ld-linux-x86-64.so.2" --library-path "$LIB" "$PFX/usr/bin/patchelf" \
         --set-interpreter "$LIB/ld-linux-x86-64.so.2" --force-rpath --set-rpath "$LIB" "$f"
     fi
   done
+}
+
+setup_pg17() {
+  [ -x "$BIN17/postgres" ] && "$BIN17/postgres" -V >/dev/null 2>&1 && return 0
+  rm -rf "$PFX"
+  # shellcheck disable=SC2086
+  unpack_trixie $PKGS
+  patch_elf "$BIN17"/*
   rm -f "$PFX/usr/lib/postgresql/17/lib/llvmjit.so" # needs libLLVM; JIT is off anyway
   "$BIN17/postgres" -V >/dev/null
-  rm -rf "$APT" # the downloaded packages, unpacked now
+}
+
+# PgBouncer 1.24 into the same prefix: Debian 12's 1.18 cannot carry
+# prepared statements in transaction pooling mode.
+setup_pgbouncer() {
+  [ -x "$PGBOUNCER" ] && "$PGBOUNCER" -V >/dev/null 2>&1 && return 0
+  # shellcheck disable=SC2086
+  unpack_trixie $PGBOUNCER_PKGS
+  patch_elf "$PGBOUNCER"
+  "$PGBOUNCER" -V >/dev/null
 }
 
 setup_pg15() {
@@ -89,6 +121,7 @@ setup_pg15() {
 
 setup() {
   setup_pg17
+  setup_pgbouncer
   setup_pg15
   id -u "$RUNAS" >/dev/null 2>&1 ||
     useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin "$RUNAS"
@@ -164,6 +197,43 @@ EOF
     "DO \$\$ BEGIN CREATE ROLE vp_password_auth NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END \$\$"
 }
 
+start_bouncer() {
+  local name=$1 dir=$ROOT/pgbouncer-$1
+  rm -rf "$dir"
+  install -d -m 755 -o "$RUNAS" "$dir"
+  echo '"postgres" ""' >"$dir/userlist.txt"
+  # What README.md tells an operator to set, plus test-only paths.
+  cat >"$dir/pgbouncer.ini" <<EOF
+[databases]
+* = host=127.0.0.1 port=${PORT[$name]}
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = ${BOUNCER_PORT[$name]}
+unix_socket_dir = $dir
+pidfile = $dir/pgbouncer.pid
+logfile = $dir/pgbouncer.log
+auth_type = trust
+auth_file = $dir/userlist.txt
+admin_users = postgres
+pool_mode = transaction
+max_prepared_statements = 200
+default_pool_size = $BOUNCER_POOL_SIZE
+max_client_conn = 2000
+server_login_retry = 1
+EOF
+  runuser -u "$RUNAS" -- "$PGBOUNCER" -d -q "$dir/pgbouncer.ini"
+}
+
+stop_bouncer() {
+  local pidfile=$ROOT/pgbouncer-$1/pgbouncer.pid pid
+  [ -f "$pidfile" ] || return 0
+  pid=$(cat "$pidfile")
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.05; done
+  kill -9 "$pid" 2>/dev/null || true
+}
+
 stop_one() {
   local name=$1 data=$ROOT/data-$1
   [ -f "$data/postmaster.pid" ] &&
@@ -175,6 +245,11 @@ env_lines() {
   echo "TEST_DATABASE_URL_NOPRELOAD=postgres://postgres@127.0.0.1:${PORT[nopreload]}/postgres"
   echo "TEST_DATABASE_URL_PG15=postgres://postgres@127.0.0.1:${PORT[pg15]}/postgres"
   echo "TEST_DATABASE_URL_OUTAGE=postgres://postgres@127.0.0.1:${PORT[outage]}/postgres"
+  echo "TEST_PGBOUNCER_URL_TSDB=postgres://postgres@127.0.0.1:${BOUNCER_PORT[tsdb]}/postgres"
+  echo "TEST_PGBOUNCER_URL_NOPRELOAD=postgres://postgres@127.0.0.1:${BOUNCER_PORT[nopreload]}/postgres"
+  echo "TEST_PGBOUNCER_URL_PG15=postgres://postgres@127.0.0.1:${BOUNCER_PORT[pg15]}/postgres"
+  echo "TEST_PGBOUNCER_URL_OUTAGE=postgres://postgres@127.0.0.1:${BOUNCER_PORT[outage]}/postgres"
+  echo "TEST_PGBOUNCER_POOL_SIZE=$BOUNCER_POOL_SIZE"
   echo "TEST_OUTAGE_SERVER=$RUNAS:$BIN17/pg_ctl:$ROOT/data-outage"
   echo "TEST_TLS_CA=$ROOT/tls/ca.pem"
   echo "TEST_TLS_WRONG_CA=$ROOT/tls/wrong-ca.pem"
@@ -186,13 +261,15 @@ start() {
   # A fresh cluster every time: tests start from a known server state.
   rm -rf "$ROOT"/data-* "$ROOT"/tls
   for n in $SERVERS; do start_one "$n"; done
+  for n in $SERVERS; do start_bouncer "$n"; done
   env_lines
 }
 
 stop() {
+  for n in $SERVERS; do stop_bouncer "$n"; done
   for n in $SERVERS; do stop_one "$n"; done
   if [ "${VP_PG_KEEP_DATA:-0}" != 1 ]; then
-    rm -rf "$ROOT"/data-* "$ROOT"/tls "$ROOT"/initdb-*.log
+    rm -rf "$ROOT"/data-* "$ROOT"/pgbouncer-* "$ROOT"/tls "$ROOT"/initdb-*.log
   fi
 }
 

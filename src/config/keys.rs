@@ -291,6 +291,11 @@ table! {
         Connections,
         "connections the daemon's writes share (the failover lock session is one more)",
     );
+    DATABASE_TRANSACTION_POOLING = boolean(
+        "database.transaction_pooling",
+        false,
+        "database.url reaches PostgreSQL through a pooler in transaction mode (PgBouncer)",
+    );
     DATABASE_WRITE_TIMEOUT_MS = integer(
         "database.write_timeout_ms",
         30_000,
@@ -358,6 +363,11 @@ table! {
         "failover.poll_when_database_unreachable",
         true,
         "poll the devices no other daemon holds while the database is unreachable",
+    );
+    FAILOVER_DATABASE_URL = optional_text(
+        "failover.database_url",
+        "database.url",
+        "a direct connection (not through a pooler) for the device locks' session",
     );
     GX_SITE = optional_text(
         "gx[].site",

@@ -253,6 +253,12 @@ pub struct DatabaseConfig {
     /// Connections the daemon's writes share (`database.max_connections`,
     /// default 1).
     pub max_connections: u32,
+    /// `url` goes through a pooler in transaction mode
+    /// (`database.transaction_pooling`): no session outlives a transaction.
+    pub transaction_pooling: bool,
+    /// Where the device locks' session connects (`failover.database_url`),
+    /// when not `url`: session locks need a session of their own.
+    lock_session: Option<Box<DatabaseConfig>>,
 }
 
 /// How long readings are kept.
@@ -443,6 +449,11 @@ impl Config {
             "database.connect_timeout_ms" => Shown::Millis(db?.connect_timeout),
             "database.max_connections" => Shown::Number(u64::from(db?.max_connections)),
             "database.write_timeout_ms" => Shown::Millis(db?.write_timeout),
+            "database.transaction_pooling" => Shown::Flag(db?.transaction_pooling),
+            "failover.database_url" => match db?.lock_session.as_deref() {
+                Some(direct) => Shown::Text(direct.redacted_url()),
+                None => Shown::Text("database.url".into()),
+            },
             "site.installation_id" => self
                 .site
                 .installation_id
@@ -491,6 +502,12 @@ impl DatabaseConfig {
     pub fn password(&self) -> Option<&Secret> {
         self.password.as_ref()
     }
+
+    /// The database the device locks' session connects to: the direct
+    /// connection of `failover.database_url` when set, else this one.
+    pub fn lock_session(&self) -> &DatabaseConfig {
+        self.lock_session.as_deref().unwrap_or(self)
+    }
 }
 
 impl fmt::Debug for DatabaseConfig {
@@ -501,6 +518,8 @@ impl fmt::Debug for DatabaseConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("write_timeout", &self.write_timeout)
             .field("max_connections", &self.max_connections)
+            .field("transaction_pooling", &self.transaction_pooling)
+            .field("lock_session", &self.lock_session)
             .finish()
     }
 }

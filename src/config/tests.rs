@@ -729,3 +729,72 @@ fn each_source_has_a_site_named_like_a_device() {
     );
     assert!(found[0].message.contains("is not a site name"), "{found:?}");
 }
+
+/// Failover through a pooler in transaction mode needs a direct connection
+/// for its session locks; with one, the lock session uses it (and the
+/// database password), everything else the pooler.
+#[test]
+fn failover_through_a_pooler_needs_a_direct_lock_connection() {
+    let pooled = [
+        (
+            "DATABASE_URL",
+            "postgres://victron@pooler.example:6432/ranch",
+        ),
+        ("VICTRON_POLLER_DATABASE__PASSWORD", "s3cret"),
+        ("VICTRON_POLLER_DATABASE__TRANSACTION_POOLING", "true"),
+        ("VICTRON_POLLER_FAILOVER__ENABLED", "true"),
+    ];
+    let refused = problems(Config::load_with_env(None, env(&pooled)));
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0].key, "failover.database_url");
+    assert!(
+        refused[0].message.contains("session locks"),
+        "{}",
+        refused[0].message
+    );
+
+    let mut direct = pooled.to_vec();
+    direct.push((
+        "VICTRON_POLLER_FAILOVER__DATABASE_URL",
+        "postgres://victron@db.example:5432/ranch",
+    ));
+    let config = Config::load_with_env(None, env(&direct)).unwrap();
+    let database = config.database.unwrap();
+    assert_eq!(
+        database.redacted_url(),
+        "postgres://victron@pooler.example:6432/ranch"
+    );
+    let locks = database.lock_session();
+    assert_eq!(
+        locks.redacted_url(),
+        "postgres://victron@db.example:5432/ranch"
+    );
+    assert_eq!(locks.password().map(Secret::expose), Some("s3cret"));
+    assert!(!locks.transaction_pooling);
+
+    // Without pooling the locks share database.url; a lock URL without any
+    // database is refused.
+    let plain = Config::load_with_env(
+        None,
+        env(&[("DATABASE_URL", "postgres://victron@db.example:5432/ranch")]),
+    )
+    .unwrap();
+    let database = plain.database.unwrap();
+    assert_eq!(
+        database.lock_session().redacted_url(),
+        database.redacted_url()
+    );
+    let orphan = problems(Config::load_with_env(
+        None,
+        env(&[(
+            "VICTRON_POLLER_FAILOVER__DATABASE_URL",
+            "postgres://victron@db.example:5432/ranch",
+        )]),
+    ));
+    assert!(
+        orphan
+            .iter()
+            .any(|p| p.key == "failover.database_url" && p.message.contains("database.url is not")),
+        "{orphan:?}"
+    );
+}

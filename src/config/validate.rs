@@ -29,7 +29,7 @@ pub(super) fn validate(
     let mut root = Table::new("", entries);
 
     let mut t = root.table("database", &mut problems);
-    let database = database(&mut t, &mut problems);
+    let mut database = database(&mut t, &mut problems);
     t.finish(&mut problems);
 
     let mut t = root.table("site", &mut problems);
@@ -90,6 +90,7 @@ pub(super) fn validate(
             "needs a database (database.url): the devices' locks live there",
         );
     }
+    lock_session(&mut t, database.as_mut(), failover.enabled, &mut problems);
     t.finish(&mut problems);
 
     root.finish(&mut problems);
@@ -121,6 +122,7 @@ fn database(t: &mut Table, problems: &mut Problems) -> Option<DatabaseConfig> {
     let password = t
         .string(&keys::DATABASE_PASSWORD, problems)
         .filter(|p| !p.is_empty());
+    let transaction_pooling = t.boolean(&keys::DATABASE_TRANSACTION_POOLING, problems);
     let url_key = t.key("url");
     let Some(url) = t
         .string(&keys::DATABASE_URL, problems)
@@ -131,11 +133,77 @@ fn database(t: &mut Table, problems: &mut Problems) -> Option<DatabaseConfig> {
         }
         return None;
     };
+    let (url, url_password) = postgres_url(&url, &url_key, problems)?;
+    Some(DatabaseConfig {
+        url,
+        password: password.or(url_password).map(Secret),
+        connect_timeout: Duration::from_millis(connect_timeout_ms),
+        write_timeout: Duration::from_millis(write_timeout_ms),
+        max_connections: u32::try_from(max_connections).unwrap_or(u32::MAX),
+        transaction_pooling,
+        lock_session: None,
+    })
+}
+
+/// `failover.database_url`: the device locks' own connection. Session locks
+/// cannot live behind a pooler in transaction mode, so failover through one
+/// needs it.
+fn lock_session(
+    t: &mut Table,
+    database: Option<&mut DatabaseConfig>,
+    failover_enabled: bool,
+    problems: &mut Problems,
+) {
+    let key = t.key("database_url");
+    let raw = t
+        .string(&keys::FAILOVER_DATABASE_URL, problems)
+        .filter(|u| !u.trim().is_empty());
+    let Some(database) = database else {
+        if raw.is_some() {
+            problems.push(&key, "is set but database.url is not");
+        }
+        return;
+    };
+    let Some(raw) = raw else {
+        if failover_enabled && database.transaction_pooling {
+            problems.push(
+                &key,
+                "is required with failover.enabled when database.transaction_pooling is on: \
+                 the device locks are session locks, which a pooler in transaction mode hands to \
+                 other clients; set it to a direct connection to PostgreSQL, not through the pooler",
+            );
+        }
+        return;
+    };
+    let Some((url, url_password)) = postgres_url(&raw, &key, problems) else {
+        return;
+    };
+    database.lock_session = Some(Box::new(DatabaseConfig {
+        url,
+        // The same user's password, unless this URL carries its own.
+        password: url_password
+            .map(Secret)
+            .or_else(|| database.password.clone()),
+        connect_timeout: database.connect_timeout,
+        write_timeout: database.write_timeout,
+        max_connections: 1,
+        transaction_pooling: false,
+        lock_session: None,
+    }));
+}
+
+/// A `postgres://` URL with a host and valid TLS settings, and the password
+/// it held (removed from the URL).
+fn postgres_url(
+    url: &str,
+    url_key: &str,
+    problems: &mut Problems,
+) -> Option<(Url, Option<String>)> {
     let mut url = match Url::parse(url.trim()) {
         Ok(url) => url,
         // The parser's message never quotes the input, so no secret leaks.
         Err(e) => {
-            problems.push(&url_key, format!("not a valid URL ({e})"));
+            problems.push(url_key, format!("not a valid URL ({e})"));
             return None;
         }
     };
@@ -148,23 +216,17 @@ fn database(t: &mut Table, problems: &mut Problems) -> Option<DatabaseConfig> {
         return None;
     }
     if url.host_str().is_none_or(str::is_empty) {
-        problems.push(&url_key, "has no host");
+        problems.push(url_key, "has no host");
         return None;
     }
-    tls_settings(&url, &url_key, problems);
+    tls_settings(&url, url_key, problems);
     let url_password = url.password().map(|p| {
         percent_encoding::percent_decode_str(p)
             .decode_utf8_lossy()
             .into_owned()
     });
     let _ = url.set_password(None);
-    Some(DatabaseConfig {
-        url,
-        password: password.or(url_password).map(Secret),
-        connect_timeout: Duration::from_millis(connect_timeout_ms),
-        write_timeout: Duration::from_millis(write_timeout_ms),
-        max_connections: u32::try_from(max_connections).unwrap_or(u32::MAX),
-    })
+    Some((url, url_password))
 }
 
 /// The URL's TLS settings: a known `sslmode`, and a readable `sslrootcert`

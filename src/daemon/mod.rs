@@ -225,7 +225,7 @@ pub async fn run(
     tasks.spawn(local::local_loop(shared.clone(), background.clone()));
     if let Some(db) = lock_database {
         let keeper = LeaseKeeper::new(
-            db.clone(),
+            db.lock_session().clone(),
             leases.clone(),
             shared.status.clone(),
             shared.poll_interval,

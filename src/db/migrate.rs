@@ -1,16 +1,16 @@
-//! The embedded migrations (`migrations/*.sql`, one transaction each, tracked
-//! in `_sqlx_migrations`), their status, and `migrate`: apply what is pending,
-//! then run the reconcile step, all under one advisory lock so that two
-//! daemons starting together do not race.
+//! The embedded migrations (`migrations/*.sql`, tracked in
+//! `_sqlx_migrations`), their status, and `migrate`: apply what is pending,
+//! then run the reconcile step, all in one transaction under one advisory
+//! lock, so that two daemons starting together do not race.
 //!
 //! A failing statement stops the run with the file, the line and the statement.
 
 use std::time::Duration;
 
 use serde::Serialize;
-use sqlx::PgConnection;
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::postgres::{PgDatabaseError, PgErrorPosition};
+use sqlx::{Connection as _, PgConnection};
 
 use super::reconcile::{self, ReconcileReport};
 use super::server::{Degraded, SchemaState, ServerInfo, StorageMode};
@@ -161,21 +161,26 @@ pub struct MigrateReport {
 
 /// Applies pending migrations, then reconciles the schema with what the
 /// server allows. Idempotent: a second run applies and changes nothing.
+///
+/// The whole run is one transaction under a transaction-scoped advisory
+/// lock: a second daemon starting at the same moment waits, then finds the
+/// schema current; a failure leaves the database as it was; and nothing
+/// outlives the transaction, so it works the same through a pooler in
+/// transaction mode (PgBouncer), where a session lock would stay behind on
+/// a server connection that other clients then use. Each migration is a
+/// savepoint inside it.
 pub async fn migrate(
     conn: &mut PgConnection,
     retention_window: Duration,
 ) -> Result<MigrateReport, MigrationError> {
-    sqlx::query("SELECT pg_advisory_lock($1)")
+    let mut tx = conn.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(SCHEMA_LOCK_KEY)
-        .execute(&mut *conn)
+        .execute(&mut *tx)
         .await?;
-    let result = migrate_locked(conn, retention_window).await;
-    // On error the caller drops the connection, which releases the lock too.
-    let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
-        .bind(SCHEMA_LOCK_KEY)
-        .execute(&mut *conn)
-        .await;
-    result
+    let report = migrate_locked(&mut tx, retention_window).await?;
+    tx.commit().await?;
+    Ok(report)
 }
 
 async fn migrate_locked(
@@ -189,7 +194,13 @@ async fn migrate_locked(
     if let Some(m) = before.modified.first() {
         return Err(MigrationError::Modified(m.file.clone()));
     }
-    MIGRATOR.run_direct(&mut *conn).await.map_err(explain)?;
+    // The migrator's own session lock is off: the run already holds ours.
+    let mut migrator = Migrator {
+        migrations: MIGRATOR.migrations.clone(),
+        ..Migrator::DEFAULT
+    };
+    migrator.set_locking(false);
+    migrator.run_direct(&mut *conn).await.map_err(explain)?;
 
     let reconcile = reconcile::run(conn, retention_window).await?;
     let server = ServerInfo::probe(conn).await?;

@@ -77,7 +77,13 @@ pub fn connect_options(config: &DatabaseConfig) -> Result<PgConnectOptions, DbEr
     if let Some(password) = config.password() {
         options = options.password(password.expose());
     }
-    Ok(options.application_name("victron-poller"))
+    // PgBouncer refuses a startup parameter it does not track, and sqlx
+    // sends extra_float_digits = 2 by default; the server's own default
+    // (1 since PostgreSQL 12: the shortest exact text) is right anyway, and
+    // values travel in binary.
+    Ok(options
+        .application_name("victron-poller")
+        .extra_float_digits(None))
 }
 
 /// Opens a pool and proves it works with one connection. Its writers take

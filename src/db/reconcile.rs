@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use serde::Serialize;
-use sqlx::PgConnection;
+use sqlx::{Connection as _, PgConnection};
 
 use super::server::{CHUNK_INTERVAL_US, SchemaState, ServerInfo};
 
@@ -88,13 +88,22 @@ async fn create_extension(
     report: &mut ReconcileReport,
 ) -> Result<(), ReconcileError> {
     let statement = format!("CREATE EXTENSION IF NOT EXISTS {name}");
-    match sqlx::query(&statement).execute(&mut *conn).await {
-        Ok(_) => report.actions.push(format!("enabled extension {name}")),
+    // A savepoint: `migrate` runs in one transaction, which a refused
+    // statement would otherwise abort.
+    let mut attempt = conn.begin().await?;
+    match sqlx::query(&statement).execute(&mut *attempt).await {
+        Ok(_) => {
+            attempt.commit().await?;
+            report.actions.push(format!("enabled extension {name}"));
+        }
         // Typically 42501: the role may not create extensions. Keep going degraded.
-        Err(sqlx::Error::Database(e)) => report.refused.push(format!(
-            "could not enable extension {name}: {}",
-            e.message()
-        )),
+        Err(sqlx::Error::Database(e)) => {
+            attempt.rollback().await?;
+            report.refused.push(format!(
+                "could not enable extension {name}: {}",
+                e.message()
+            ));
+        }
         Err(e) => return Err(e.into()),
     }
     Ok(())

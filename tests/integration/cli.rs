@@ -563,6 +563,17 @@ fn check_config_refuses_what_run_refuses() {
             ),
             "line 3, column 1: duplicate key `level`, in `level = \"debug\"`",
         ),
+        (
+            "failover through a pooler without a direct connection",
+            write(
+                "pooled.toml",
+                &format!(
+                    "[database]\nurl = \"postgres://u@127.0.0.1:1/db\"\ntransaction_pooling = true\n\
+                     [failover]\nenabled = true\n{gx}"
+                ),
+            ),
+            "failover.database_url: is required with failover.enabled when database.transaction_pooling is on",
+        ),
     ];
     for (what, path, message) in &cases {
         let path = path.to_str().unwrap();

@@ -20,7 +20,7 @@ use victron_poller::store::LocalStore;
 
 #[cfg(feature = "servers")]
 use crate::helpers::{
-    DropDatabaseOnExit, Flavour, TcpProxy, TestDb, server_address, try_http_get, url_via,
+    DropDatabaseOnExit, Flavour, Route, TcpProxy, TestDb, server_address, try_http_get, url_via,
 };
 use crate::helpers::{run_cli, texts};
 
@@ -102,6 +102,14 @@ pub fn spawn_daemon_with(config: &Path, state: &Path, env: &[(&str, &str)]) -> D
     Daemon(command.spawn().expect("start the daemon"))
 }
 
+/// Starts `run` reaching the database at `url` (a URL by `route`).
+#[cfg(feature = "servers")]
+fn spawn_daemon_routed(config: &Path, state: &Path, route: Route, url: &str) -> Daemon {
+    let env = route.daemon_env(url);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    spawn_daemon_with(config, state, &env)
+}
+
 pub fn sigterm(daemon: &Daemon) {
     Command::new("kill")
         .args(["-TERM", &daemon.0.id().to_string()])
@@ -171,13 +179,14 @@ pub fn successful_polls(doc: &serde_json::Value, device: &str) -> i64 {
 }
 
 #[cfg(feature = "servers")]
-async fn end_to_end(flavour: Flavour) {
+async fn end_to_end(flavour: Flavour, route: Route) {
     let sim = simulator().await;
     let db = TestDb::create(flavour).await;
+    let url = route.url(&db);
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), sim.addr().port(), 200);
     let state = dir.path().join("state");
-    let mut daemon = spawn_daemon(&config, &state, Some(&db.url));
+    let mut daemon = spawn_daemon_routed(&config, &state, route, &url);
 
     wait_for(
         "rows in all four tables",
@@ -256,13 +265,13 @@ async fn end_to_end(flavour: Flavour) {
             .await,
         4
     );
-    let status = run_cli(&["status"], &[("DATABASE_URL", &db.url)]);
+    let status = run_cli(&["status"], &[("DATABASE_URL", &url)]);
     let (stdout, stderr) = texts(&status);
     assert_eq!(status.status.code(), Some(0), "{stdout}{stderr}");
     assert!(stdout.contains("health       healthy"), "{stdout}");
     // A poller that has run for seconds collected about all it could in
     // those seconds, not a sliver of a full day's count.
-    let json = run_cli(&["status", "--json"], &[("DATABASE_URL", &db.url)]);
+    let json = run_cli(&["status", "--json"], &[("DATABASE_URL", &url)]);
     let doc: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     let collection = doc["poller"]["collection_health_pct"].as_f64().unwrap();
     assert!(
@@ -277,7 +286,7 @@ async fn end_to_end(flavour: Flavour) {
             db.scalar_i64("SELECT count(*) FROM victron.device_status WHERE device = 'bank' AND consecutive_failures > 0 AND last_error_class = 'unavailable'").await == 1
         })
         .await;
-        let degraded = run_cli(&["status"], &[("DATABASE_URL", &db.url)]);
+        let degraded = run_cli(&["status"], &[("DATABASE_URL", &url)]);
         assert_eq!(degraded.status.code(), Some(1), "{}", texts(&degraded).0);
         sim.set_offline(226, false);
         wait_for("the battery back", Duration::from_secs(5), async || {
@@ -289,7 +298,7 @@ async fn end_to_end(flavour: Flavour) {
     sigterm(&daemon);
     assert_eq!(wait_exit(&mut daemon, Duration::from_secs(20)), 0);
     // Stopped cleanly: `status` says so at once, not "healthy" until stale.
-    let stopped = run_cli(&["status"], &[("DATABASE_URL", &db.url)]);
+    let stopped = run_cli(&["status"], &[("DATABASE_URL", &url)]);
     let (stdout, stderr) = texts(&stopped);
     assert_eq!(stopped.status.code(), Some(2), "{stdout}{stderr}");
     assert!(stdout.contains("because    the daemon stopped"), "{stdout}");
@@ -319,7 +328,7 @@ async fn end_to_end(flavour: Flavour) {
         assert_eq!(
             in_db,
             successful_polls(&doc, device),
-            "{flavour:?} {device}"
+            "{flavour:?} {route:?} {device}"
         );
     }
     assert_eq!(doc["spool_depth"], 0, "{doc}");
@@ -328,19 +337,39 @@ async fn end_to_end(flavour: Flavour) {
 #[cfg(feature = "servers")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn end_to_end_on_timescaledb() {
-    end_to_end(Flavour::Timescale).await;
+    end_to_end(Flavour::Timescale, Route::Direct).await;
 }
 
 #[cfg(feature = "servers")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn end_to_end_without_preloaded_timescaledb() {
-    end_to_end(Flavour::NoPreload).await;
+    end_to_end(Flavour::NoPreload, Route::Direct).await;
 }
 
 #[cfg(feature = "servers")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn end_to_end_on_plain_postgres() {
-    end_to_end(Flavour::Plain).await;
+    end_to_end(Flavour::Plain, Route::Direct).await;
+}
+
+// Through PgBouncer in transaction pooling mode: migrations at start, binary
+// COPY, status rows and `status`, on every flavour.
+#[cfg(feature = "servers")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_to_end_through_pgbouncer_on_timescaledb() {
+    end_to_end(Flavour::Timescale, Route::PgBouncer).await;
+}
+
+#[cfg(feature = "servers")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_to_end_through_pgbouncer_without_preloaded_timescaledb() {
+    end_to_end(Flavour::NoPreload, Route::PgBouncer).await;
+}
+
+#[cfg(feature = "servers")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_to_end_through_pgbouncer_on_plain_postgres() {
+    end_to_end(Flavour::Plain, Route::PgBouncer).await;
 }
 
 /// No database: the local store is the database, and `status` reads it.
@@ -410,6 +439,29 @@ async fn embedded_mode_and_sigterm_during_a_batch() {
 #[cfg(feature = "servers")]
 #[tokio::test]
 async fn a_permanent_row_error_is_set_aside() {
+    parking(Route::Direct).await;
+}
+
+/// The same through PgBouncer: the UNNEST fallback and its bisection.
+#[cfg(feature = "servers")]
+#[tokio::test]
+async fn a_permanent_row_error_is_set_aside_through_pgbouncer() {
+    parking(Route::PgBouncer).await;
+}
+
+/// The library's pool for `db` by `route`, as the daemon opens it.
+#[cfg(feature = "servers")]
+async fn daemon_pool(db: &TestDb, route: Route) -> sqlx::PgPool {
+    let env = route.daemon_env(&route.url(db));
+    let env = env.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    let config = victron_poller::config::Config::load_with_env(None, env).unwrap();
+    victron_poller::db::connect(config.database.as_ref().unwrap())
+        .await
+        .unwrap()
+}
+
+#[cfg(feature = "servers")]
+async fn parking(route: Route) {
     let db = TestDb::create(Flavour::Timescale).await;
     db.migrate().await;
     let dir = tempfile::tempdir().unwrap();
@@ -430,7 +482,7 @@ async fn a_permanent_row_error_is_set_aside() {
         .append(&[reading(0, 0xA389), reading(1, 1 << 40), reading(2, 0xA389)])
         .await
         .unwrap();
-    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let pool = daemon_pool(&db, route).await;
     let counters = std::sync::Arc::new(victron_poller::forward::ForwardCounters::default());
     let forwarder = victron_poller::forward::Forwarder::new(
         store.clone(),
@@ -476,6 +528,17 @@ async fn a_permanent_row_error_is_set_aside() {
 #[cfg(feature = "servers")]
 #[tokio::test]
 async fn retention_on_every_flavour() {
+    retention(Route::Direct).await;
+}
+
+#[cfg(feature = "servers")]
+#[tokio::test]
+async fn retention_on_every_flavour_through_pgbouncer() {
+    retention(Route::PgBouncer).await;
+}
+
+#[cfg(feature = "servers")]
+async fn retention(route: Route) {
     for flavour in Flavour::ALL {
         let db = TestDb::create(flavour).await;
         let report = db.migrate().await;
@@ -497,7 +560,7 @@ async fn retention_on_every_flavour() {
         } else {
             0
         };
-        let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+        let pool = daemon_pool(&db, route).await;
         let outcome = victron_poller::retention::run(
             &pool,
             report.storage_mode,
@@ -546,8 +609,9 @@ async fn retention_on_every_flavour() {
     }
 }
 
-/// Stop PostgreSQL for 30 s while polling fast: every reading produced
-/// reaches PostgreSQL exactly once.
+/// Stop PostgreSQL for 30 s while polling fast, with one daemon connected
+/// directly and one through PgBouncer (each its own database on the same
+/// server): every reading produced reaches PostgreSQL exactly once.
 #[cfg(feature = "servers")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_outage_loses_nothing() {
@@ -581,32 +645,45 @@ async fn a_database_outage_loses_nothing() {
         assert!(status.success(), "pg_ctl {action}");
     };
     let server_url = std::env::var("TEST_DATABASE_URL_OUTAGE").expect("TEST_DATABASE_URL_OUTAGE");
+    let pooler_url = std::env::var("TEST_PGBOUNCER_URL_OUTAGE").expect("TEST_PGBOUNCER_URL_OUTAGE");
+    let base = |url: &str| url.rsplit_once('/').unwrap().0.to_string();
     let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&server_url)
         .await
         .unwrap();
-    sqlx::query("DROP DATABASE IF EXISTS outage")
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    sqlx::query("CREATE DATABASE outage")
-        .execute(&mut admin)
-        .await
-        .unwrap();
+    let routes = [
+        (Route::Direct, "outage_direct", base(&server_url)),
+        (Route::PgBouncer, "outage_pooled", base(&pooler_url)),
+    ];
+    let mut drops = Vec::new();
+    for (_, name, _) in &routes {
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {name}"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        // Dropped when the test ends (after the daemons below are gone).
+        drops.push(DropDatabaseOnExit {
+            server_url: server_url.clone(),
+            name: (*name).into(),
+        });
+    }
     drop(admin);
-    // Dropped when the test ends (after the daemon below is gone).
-    let _outage = DropDatabaseOnExit {
-        server_url: server_url.clone(),
-        name: "outage".into(),
-    };
-    let url = format!("{}/outage", server_url.rsplit_once('/').unwrap().0);
 
     let sim = simulator().await;
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), sim.addr().port(), 100);
-    let state = dir.path().join("state");
-    let mut daemon = spawn_daemon(&config, &state, Some(&url));
-    let count = async || -> i64 {
-        match <sqlx::PgConnection as sqlx::Connection>::connect(&url).await {
+    let mut daemons = Vec::new();
+    for (route, name, via) in &routes {
+        let state = dir.path().join(name);
+        let daemon = spawn_daemon_routed(&config, &state, *route, &format!("{via}/{name}"));
+        // The test's own checks go straight to the server.
+        daemons.push((daemon, state, format!("{}/{name}", base(&server_url))));
+    }
+    let count = async |url: &str| -> i64 {
+        match <sqlx::PgConnection as sqlx::Connection>::connect(url).await {
             Ok(mut c) => sqlx::query_scalar("SELECT count(*) FROM victron.battery_readings")
                 .fetch_one(&mut c)
                 .await
@@ -614,126 +691,170 @@ async fn a_database_outage_loses_nothing() {
             Err(_) => 0,
         }
     };
-    wait_for("first rows", Duration::from_secs(20), async || {
-        count().await > 5
-    })
-    .await;
+    for (_, _, url) in &daemons {
+        wait_for("first rows", Duration::from_secs(20), async || {
+            count(url).await > 5
+        })
+        .await;
+    }
 
     pg_ctl_run("stop");
     tokio::time::sleep(Duration::from_secs(30)).await;
     pg_ctl_run("start");
 
     // Polling went on meanwhile; the backlog drains once the server is back.
-    wait_for(
-        "the backlog forwarded",
-        Duration::from_secs(90),
-        async || {
-            let doc = LocalStore::open(&state)
-                .await
-                .unwrap()
-                .load_status("daemon")
-                .await
-                .unwrap();
-            doc.is_some_and(|(d, _)| d["spool_depth"] == 0) && count().await > 300
-        },
-    )
-    .await;
-    sigterm(&daemon);
-    assert_eq!(wait_exit(&mut daemon, Duration::from_secs(20)), 0);
-    let doc = store_status(&state).await;
-    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
-        .await
-        .unwrap();
-    for (device, table) in [
-        ("gx", "system_readings"),
-        ("bank", "battery_readings"),
-        ("mppt", "solar_readings"),
-        ("multi", "inverter_readings"),
-    ] {
-        let in_db: i64 = sqlx::query_scalar(&format!(
-            "SELECT count(*) FROM victron.{table} WHERE device = $1"
-        ))
-        .bind(device)
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-        let polled = successful_polls(&doc, device);
-        assert_eq!(in_db, polled, "{device}: every reading exactly once");
-        assert!(
-            polled > 300,
-            "{device}: {polled} polls over 30+ s at 100 ms"
-        );
-        // No gap: consecutive readings are one poll apart (ticks may skip, rarely).
-        let widest: f64 = sqlx::query_scalar(&format!(
-            "SELECT coalesce(max(gap), 0)::float8 FROM (SELECT extract(epoch FROM \"timestamp\" - lag(\"timestamp\") OVER (ORDER BY \"timestamp\")) AS gap FROM victron.{table} WHERE device = $1) g"
-        ))
-        .bind(device)
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-        assert!(widest < 1.0, "{device}: a {widest} s gap in the readings");
+    for (_, state, url) in &daemons {
+        wait_for(
+            "the backlog forwarded",
+            Duration::from_secs(90),
+            async || {
+                let doc = LocalStore::open(state)
+                    .await
+                    .unwrap()
+                    .load_status("daemon")
+                    .await
+                    .unwrap();
+                doc.is_some_and(|(d, _)| d["spool_depth"] == 0) && count(url).await > 300
+            },
+        )
+        .await;
+    }
+    for ((mut daemon, state, url), (route, _, _)) in daemons.into_iter().zip(routes) {
+        sigterm(&daemon);
+        assert_eq!(wait_exit(&mut daemon, Duration::from_secs(20)), 0);
+        let doc = store_status(&state).await;
+        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+            .await
+            .unwrap();
+        for (device, table) in [
+            ("gx", "system_readings"),
+            ("bank", "battery_readings"),
+            ("mppt", "solar_readings"),
+            ("multi", "inverter_readings"),
+        ] {
+            let in_db: i64 = sqlx::query_scalar(&format!(
+                "SELECT count(*) FROM victron.{table} WHERE device = $1"
+            ))
+            .bind(device)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+            let polled = successful_polls(&doc, device);
+            assert_eq!(
+                in_db, polled,
+                "{route:?} {device}: every reading exactly once"
+            );
+            assert!(
+                polled > 300,
+                "{route:?} {device}: {polled} polls over 30+ s at 100 ms"
+            );
+            // No gap: consecutive readings are one poll apart (ticks may skip, rarely).
+            let widest: f64 = sqlx::query_scalar(&format!(
+                "SELECT coalesce(max(gap), 0)::float8 FROM (SELECT extract(epoch FROM \"timestamp\" - lag(\"timestamp\") OVER (ORDER BY \"timestamp\")) AS gap FROM victron.{table} WHERE device = $1) g"
+            ))
+            .bind(device)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+            assert!(
+                widest < 1.0,
+                "{route:?} {device}: a {widest} s gap in the readings"
+            );
+        }
     }
 }
 
-/// The link to the database cut for 30 s (a TCP proxy): forwarding resumes
-/// within 2 s of the link's return, and every reading arrives exactly once.
+/// The link to the database cut for 30 s (a TCP proxy), for one daemon
+/// connected directly and one through PgBouncer at the same time:
+/// forwarding resumes within 2 s of the link's return, and every reading
+/// arrives exactly once.
 #[cfg(feature = "servers")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarding_resumes_within_two_seconds_of_the_database_coming_back() {
-    let db = TestDb::create(Flavour::Timescale).await;
-    db.migrate().await;
-    let proxy = TcpProxy::start(server_address(&db.url)).await;
-    let url = url_via(&db.url, proxy.addr());
     let sim = simulator().await;
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), sim.addr().port(), 200);
-    let state = dir.path().join("state");
-    let mut daemon = spawn_daemon(&config, &state, Some(&url));
-    wait_for("first rows", Duration::from_secs(30), async || {
-        rows(&db, "battery_readings").await > 5
-    })
-    .await;
+    let mut runs = Vec::new();
+    for route in [Route::Direct, Route::PgBouncer] {
+        let db = TestDb::create(Flavour::Timescale).await;
+        db.migrate().await;
+        let route_url = route.url(&db);
+        let proxy = TcpProxy::start(server_address(&route_url)).await;
+        let state = dir.path().join(format!("{route:?}"));
+        let daemon =
+            spawn_daemon_routed(&config, &state, route, &url_via(&route_url, proxy.addr()));
+        runs.push((route, db, proxy, state, daemon));
+    }
+    for (_, db, ..) in &runs {
+        wait_for("first rows", Duration::from_secs(30), async || {
+            rows(db, "battery_readings").await > 5
+        })
+        .await;
+    }
 
-    proxy.cut();
+    for (_, _, proxy, ..) in &runs {
+        proxy.cut();
+    }
     tokio::time::sleep(Duration::from_secs(30)).await;
-    let before = rows(&db, "battery_readings").await;
-    proxy.restore();
+    let mut before = Vec::new();
+    for (_, db, ..) in &runs {
+        before.push(rows(db, "battery_readings").await);
+    }
+    for (_, _, proxy, ..) in &runs {
+        proxy.restore();
+    }
     let restored = Instant::now();
-    wait_for(
-        "the first forwarded batch",
-        Duration::from_secs(30),
-        async || rows(&db, "battery_readings").await > before,
-    )
-    .await;
-    let resumed_after = restored.elapsed();
-    eprintln!("restore → first forwarded batch: {resumed_after:?}");
-    assert!(
-        resumed_after <= Duration::from_secs(2),
-        "forwarding resumed {resumed_after:?} after the database came back"
-    );
-
-    sigterm(&daemon);
-    assert_eq!(wait_exit(&mut daemon, Duration::from_secs(20)), 0);
-    let doc = store_status(&state).await;
-    assert_eq!(doc["spool_depth"], 0, "the backlog was forwarded");
-    for (device, table) in [("bank", "battery_readings"), ("gx", "system_readings")] {
-        let in_db = db
-            .scalar_i64(&format!(
-                "SELECT count(*) FROM victron.{table} WHERE device = '{device}'"
-            ))
-            .await;
-        let distinct = db
-            .scalar_i64(&format!(
-                "SELECT count(DISTINCT \"timestamp\") FROM victron.{table} WHERE device = '{device}'"
-            ))
-            .await;
-        let polled = successful_polls(&doc, device);
-        assert_eq!(in_db, polled, "{device}: every reading exactly once");
-        assert_eq!(distinct, in_db, "{device}: no duplicate");
+    let mut resumed_after: Vec<Option<Duration>> = vec![None; runs.len()];
+    while resumed_after.iter().any(Option::is_none) {
         assert!(
-            polled > 150,
-            "{device}: {polled} polls over 30+ s at 200 ms"
+            restored.elapsed() < Duration::from_secs(30),
+            "no forwarded batch within 30 s: {resumed_after:?}"
         );
+        for (i, (_, db, ..)) in runs.iter().enumerate() {
+            if resumed_after[i].is_none() && rows(db, "battery_readings").await > before[i] {
+                resumed_after[i] = Some(restored.elapsed());
+            }
+        }
+    }
+    for ((route, ..), resumed) in runs.iter().zip(&resumed_after) {
+        let resumed = resumed.unwrap();
+        eprintln!("{route:?}: restore → first forwarded batch: {resumed:?}");
+        assert!(
+            resumed <= Duration::from_secs(2),
+            "{route:?}: forwarding resumed {resumed:?} after the database came back"
+        );
+    }
+
+    for (route, db, _proxy, state, mut daemon) in runs {
+        sigterm(&daemon);
+        assert_eq!(wait_exit(&mut daemon, Duration::from_secs(20)), 0);
+        let doc = store_status(&state).await;
+        assert_eq!(
+            doc["spool_depth"], 0,
+            "{route:?}: the backlog was forwarded"
+        );
+        for (device, table) in [("bank", "battery_readings"), ("gx", "system_readings")] {
+            let in_db = db
+                .scalar_i64(&format!(
+                    "SELECT count(*) FROM victron.{table} WHERE device = '{device}'"
+                ))
+                .await;
+            let distinct = db
+                .scalar_i64(&format!(
+                    "SELECT count(DISTINCT \"timestamp\") FROM victron.{table} WHERE device = '{device}'"
+                ))
+                .await;
+            let polled = successful_polls(&doc, device);
+            assert_eq!(
+                in_db, polled,
+                "{route:?} {device}: every reading exactly once"
+            );
+            assert_eq!(distinct, in_db, "{route:?} {device}: no duplicate");
+            assert!(
+                polled > 150,
+                "{route:?} {device}: {polled} polls over 30+ s at 200 ms"
+            );
+        }
     }
 }
 
@@ -742,6 +863,17 @@ async fn forwarding_resumes_within_two_seconds_of_the_database_coming_back() {
 #[cfg(feature = "servers")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_loses_nothing_that_reached_the_store() {
+    kill_9(Route::Direct).await;
+}
+
+#[cfg(feature = "servers")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_loses_nothing_that_reached_the_store_through_pgbouncer() {
+    kill_9(Route::PgBouncer).await;
+}
+
+#[cfg(feature = "servers")]
+async fn kill_9(route: Route) {
     let sim = simulator().await;
     let db = TestDb::create(Flavour::Timescale).await;
     let dir = tempfile::tempdir().unwrap();
@@ -774,7 +906,7 @@ async fn kill_9_loses_nothing_that_reached_the_store() {
         before.len()
     );
 
-    let mut second = spawn_daemon(&config, &state, Some(&db.url));
+    let mut second = spawn_daemon_routed(&config, &state, route, &route.url(&db));
     wait_for(
         "the stored readings forwarded",
         Duration::from_secs(30),

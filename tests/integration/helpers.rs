@@ -1,6 +1,6 @@
-//! Shared test plumbing: the three real PostgreSQL servers started by
-//! `scripts/test`, a fresh database per test, the built binary, and a catalog
-//! snapshot to compare schemas.
+//! Shared test plumbing: the real PostgreSQL servers started by
+//! `scripts/test` (and the PgBouncer in front of each), a fresh database per
+//! test, the built binary, and a catalog snapshot to compare schemas.
 //!
 //! A test that cannot reach its server fails with a message saying how to
 //! start the servers; it never passes silently. Those tests, and what only
@@ -50,8 +50,54 @@ impl Flavour {
         })
     }
 
+    /// The admin URL of the PgBouncer (transaction pooling) in front of
+    /// this flavour's server: any database name passes through to it.
+    pub fn pooler_url(self) -> String {
+        let var = self
+            .env_var()
+            .replace("TEST_DATABASE_URL_", "TEST_PGBOUNCER_URL_");
+        std::env::var(&var).unwrap_or_else(|_| {
+            panic!(
+                "{var} is not set: run the suite with scripts/test, which starts the test servers"
+            )
+        })
+    }
+
     pub fn has_vector(self) -> bool {
         self != Flavour::Plain
+    }
+}
+
+/// How a daemon reaches its database in a test.
+#[cfg(feature = "servers")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Straight to the server.
+    Direct,
+    /// Through PgBouncer in transaction pooling mode.
+    PgBouncer,
+}
+
+#[cfg(feature = "servers")]
+impl Route {
+    /// The URL of `db` by this route.
+    pub fn url(self, db: &TestDb) -> String {
+        match self {
+            Route::Direct => db.url.clone(),
+            Route::PgBouncer => db.pooled_url(),
+        }
+    }
+
+    /// The daemon's environment to reach `url` (a URL by this route).
+    pub fn daemon_env(self, url: &str) -> Vec<(&'static str, String)> {
+        let mut env = vec![("DATABASE_URL", url.to_string())];
+        if self == Route::PgBouncer {
+            env.push((
+                "VICTRON_POLLER_DATABASE__TRANSACTION_POOLING",
+                "true".into(),
+            ));
+        }
+        env
     }
 }
 
@@ -95,6 +141,15 @@ impl TestDb {
             url,
             server,
         }
+    }
+
+    /// This database through its server's PgBouncer (transaction pooling).
+    pub fn pooled_url(&self) -> String {
+        format!(
+            "{}/{}",
+            self.flavour.pooler_url().rsplit_once('/').unwrap().0,
+            self.name
+        )
     }
 
     /// A new connection to this database.

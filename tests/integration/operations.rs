@@ -13,7 +13,7 @@ use crate::daemon::{Daemon, store_status, successful_polls, try_store_status};
 use crate::daemon::{sigterm, simulator, spawn_daemon_with, wait_exit, wait_for};
 use crate::helpers::http_get;
 #[cfg(feature = "servers")]
-use crate::helpers::{Flavour, TcpProxy, TestDb, server_address, url_via};
+use crate::helpers::{Flavour, Route, TcpProxy, TestDb, server_address, url_via};
 
 #[cfg(feature = "servers")]
 const UNITS: [u8; 4] = [100, 226, 224, 227];
@@ -413,13 +413,31 @@ async fn healthz_and_metrics_follow_device_and_database_outages() {
 #[cfg(feature = "servers")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_daemons_fail_over_without_duplicate_rows() {
+    fail_over(Route::Direct).await;
+}
+
+/// The same with both daemons writing through PgBouncer (transaction
+/// pooling) and holding their locks on a direct connection
+/// (`failover.database_url`).
+#[cfg(feature = "servers")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_daemons_fail_over_through_pgbouncer_with_direct_locks() {
+    fail_over(Route::PgBouncer).await;
+}
+
+#[cfg(feature = "servers")]
+async fn fail_over(route: Route) {
     let sim = simulator().await;
     let db = TestDb::create(Flavour::Timescale).await;
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path(), &sim, "[failover]\nenabled = true");
     let state_a = dir.path().join("a");
     let state_b = dir.path().join("b");
-    let env = [("DATABASE_URL", db.url.as_str())];
+    let mut env = route.daemon_env(&route.url(&db));
+    if route == Route::PgBouncer {
+        env.push(("VICTRON_POLLER_FAILOVER__DATABASE_URL", db.url.clone()));
+    }
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let mut first = spawn_daemon_with(&config, &state_a, &env);
     // Zero until the first daemon has created the tables.
     let battery_rows = async || -> i64 {
