@@ -210,7 +210,7 @@ fn postgres_url(
     if !matches!(url.scheme(), "postgres" | "postgresql") {
         let scheme = url.scheme();
         problems.push(
-            &url_key,
+            url_key,
             format!("scheme `{scheme}` is not supported (use postgres://)"),
         );
         return None;
