@@ -169,10 +169,17 @@ pub struct MigrateReport {
 /// transaction mode (PgBouncer), where a session lock would stay behind on
 /// a server connection that other clients then use. Each migration is a
 /// savepoint inside it.
+///
+/// When nothing is pending and the reconcile step would change nothing (a
+/// daemon starting on a current schema: the usual case), no lock is taken at
+/// all, so a hundred daemons starting together do not queue behind it.
 pub async fn migrate(
     conn: &mut PgConnection,
     retention_window: Duration,
 ) -> Result<MigrateReport, MigrationError> {
+    if let Some(report) = already_current(conn, retention_window).await? {
+        return Ok(report);
+    }
     let mut tx = conn.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(SCHEMA_LOCK_KEY)
@@ -181,6 +188,29 @@ pub async fn migrate(
     let report = migrate_locked(&mut tx, retention_window).await?;
     tx.commit().await?;
     Ok(report)
+}
+
+/// The report of a run that would change nothing, or `None` when it would.
+async fn already_current(
+    conn: &mut PgConnection,
+    retention_window: Duration,
+) -> Result<Option<MigrateReport>, MigrationError> {
+    if !status(conn).await?.is_current() {
+        return Ok(None);
+    }
+    let planned = reconcile::run(conn, retention_window, reconcile::Mode::Plan).await?;
+    if !planned.actions.is_empty() {
+        return Ok(None);
+    }
+    let server = ServerInfo::probe(conn).await?;
+    let state = SchemaState::inspect(conn, &server).await?;
+    Ok(Some(MigrateReport {
+        applied_now: Vec::new(),
+        reconcile: ReconcileReport::default(),
+        storage_mode: server.storage_mode(),
+        degraded: state.degraded(&server),
+        server,
+    }))
 }
 
 async fn migrate_locked(
@@ -202,7 +232,7 @@ async fn migrate_locked(
     migrator.set_locking(false);
     migrator.run_direct(&mut *conn).await.map_err(explain)?;
 
-    let reconcile = reconcile::run(conn, retention_window).await?;
+    let reconcile = reconcile::run(conn, retention_window, reconcile::Mode::Apply).await?;
     let server = ServerInfo::probe(conn).await?;
     let state = SchemaState::inspect(conn, &server).await?;
     Ok(MigrateReport {

@@ -49,10 +49,22 @@ pub struct ReconcileReport {
     pub refused: Vec<String>,
 }
 
+/// Whether a run changes the schema or only finds out what it would change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Make the changes.
+    Apply,
+    /// Change nothing; the report's actions say what `Apply` would do (the
+    /// first of them at least: steps that depend on an earlier change are
+    /// not looked at).
+    Plan,
+}
+
 /// Runs the reconcile step.
 pub async fn run(
     conn: &mut PgConnection,
     retention_window: Duration,
+    mode: Mode,
 ) -> Result<ReconcileReport, ReconcileError> {
     let mut report = ReconcileReport::default();
     let server = ServerInfo::probe(conn).await?;
@@ -61,23 +73,26 @@ pub async fn run(
         && server.timescaledb.available.is_some()
         && server.timescaledb_preloaded
     {
-        create_extension(conn, "timescaledb", &mut report).await?;
+        create_extension(conn, "timescaledb", mode, &mut report).await?;
     }
     if server.vector.installed.is_none() && server.vector.available.is_some() {
-        create_extension(conn, "vector", &mut report).await?;
+        create_extension(conn, "vector", mode, &mut report).await?;
+    }
+    if mode == Mode::Plan && !report.actions.is_empty() {
+        return Ok(report);
     }
 
     let server = ServerInfo::probe(conn).await?;
     let state = SchemaState::inspect(conn, &server).await?;
 
     if server.timescaledb_usable() {
-        hypertables(conn, &state, &mut report).await?;
+        hypertables(conn, &state, mode, &mut report).await?;
         if server.timescaledb_license.as_deref() == Some("timescale") {
-            retention_policies(conn, &state, retention_window, &mut report).await?;
+            retention_policies(conn, &state, retention_window, mode, &mut report).await?;
         }
     }
     if server.vector.installed.is_some() {
-        vector_column(conn, &state, &mut report).await?;
+        vector_column(conn, &state, mode, &mut report).await?;
     }
     Ok(report)
 }
@@ -85,8 +100,13 @@ pub async fn run(
 async fn create_extension(
     conn: &mut PgConnection,
     name: &str,
+    mode: Mode,
     report: &mut ReconcileReport,
 ) -> Result<(), ReconcileError> {
+    if mode == Mode::Plan {
+        report.actions.push(format!("enable extension {name}"));
+        return Ok(());
+    }
     let statement = format!("CREATE EXTENSION IF NOT EXISTS {name}");
     // A savepoint: `migrate` runs in one transaction, which a refused
     // statement would otherwise abort.
@@ -112,10 +132,21 @@ async fn create_extension(
 async fn hypertables(
     conn: &mut PgConnection,
     state: &SchemaState,
+    mode: Mode,
     report: &mut ReconcileReport,
 ) -> Result<(), ReconcileError> {
     for table in &state.reading_tables {
         match state.hypertables.iter().find(|(t, _)| t == table) {
+            None if mode == Mode::Plan => {
+                report
+                    .actions
+                    .push(format!("make victron.{table} a hypertable"));
+            }
+            Some((_, interval)) if *interval != CHUNK_INTERVAL_US && mode == Mode::Plan => {
+                report
+                    .actions
+                    .push(format!("give victron.{table} 1-hour chunks"));
+            }
             None => {
                 let rows: i64 =
                     sqlx::query_scalar(&format!("SELECT count(*) FROM victron.{table}"))
@@ -159,6 +190,7 @@ async fn retention_policies(
     conn: &mut PgConnection,
     state: &SchemaState,
     window: Duration,
+    mode: Mode,
     report: &mut ReconcileReport,
 ) -> Result<(), ReconcileError> {
     let hours = window.as_secs() / 3600;
@@ -173,29 +205,41 @@ async fn retention_policies(
             continue;
         }
         let relation = format!("victron.{table}");
+        if mode == Mode::Plan {
+            report
+                .actions
+                .push(format!("{relation}: set the retention policy to {wanted}"));
+            continue;
+        }
         if existing.is_some() {
             sqlx::query("SELECT remove_retention_policy($1::regclass, if_exists => true)")
                 .bind(&relation)
                 .execute(&mut *conn)
                 .await?;
         }
+        // A savepoint: a refusal must not abort `migrate`'s transaction.
+        let mut attempt = conn.begin().await?;
         let added = sqlx::query(
             "SELECT add_retention_policy($1::regclass, drop_after => make_interval(hours => $2))",
         )
         .bind(&relation)
         .bind(i32::try_from(hours).unwrap_or(i32::MAX))
-        .execute(&mut *conn)
+        .execute(&mut *attempt)
         .await;
         match added {
-            Ok(_) => report.actions.push(format!(
-                "{relation}: retention policy drops chunks older than {wanted}"
-            )),
+            Ok(_) => {
+                attempt.commit().await?;
+                report.actions.push(format!(
+                    "{relation}: retention policy drops chunks older than {wanted}"
+                ));
+            }
             // 0A000: refused under the Apache licence; the daemon covers retention.
             Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("0A000") => {
+                attempt.rollback().await?;
                 report.refused.push(format!(
                     "{relation}: retention policy refused: {}",
                     e.message()
-                ))
+                ));
             }
             Err(e) => return Err(e.into()),
         }
@@ -221,11 +265,20 @@ fn same_interval(drop_after: &str, hours: u64) -> bool {
 async fn vector_column(
     conn: &mut PgConnection,
     state: &SchemaState,
+    mode: Mode,
     report: &mut ReconcileReport,
 ) -> Result<(), ReconcileError> {
     let Some(column_type) = &state.embedding_type else {
         return Ok(());
     };
+    if mode == Mode::Plan {
+        if !column_type.starts_with("vector") || state.embedding_index.as_deref() != Some("hnsw") {
+            report
+                .actions
+                .push("give kb_chunks.embedding its vector(1536) type and HNSW index".into());
+        }
+        return Ok(());
+    }
     if !column_type.starts_with("vector") {
         sqlx::query(
             "ALTER TABLE public.kb_chunks

@@ -393,10 +393,29 @@ async fn fresh_migration(flavour: Flavour) -> TestDb {
     db
 }
 
+/// The advisory lock `migrate` takes ("VICTRN"; part of the schema's
+/// contract with older and newer daemons).
+const SCHEMA_LOCK_KEY: i64 = 0x5649_4354_524e;
+
+/// Another session holding the schema lock, as a migrating daemon would.
+async fn hold_schema_lock(db: &TestDb) -> sqlx::PgConnection {
+    let mut holder = db.connect().await;
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(SCHEMA_LOCK_KEY)
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    holder
+}
+
 async fn second_run_changes_nothing(flavour: Flavour) {
     let db = fresh_migration(flavour).await;
     let before = db.catalog_snapshot().await;
-    let report = db.migrate().await;
+    // A current schema takes no lock: this run does not wait for the holder.
+    let _holder = hold_schema_lock(&db).await;
+    let report = tokio::time::timeout(std::time::Duration::from_secs(20), db.migrate())
+        .await
+        .unwrap_or_else(|_| panic!("{flavour:?}: migrate of a current schema waited for the lock"));
     assert!(report.applied_now.is_empty(), "{:?}", report.applied_now);
     assert!(
         report.reconcile.actions.is_empty(),
@@ -408,6 +427,48 @@ async fn second_run_changes_nothing(flavour: Flavour) {
         before, after,
         "{flavour:?}: a second migrate changed the catalog"
     );
+}
+
+/// A run with something to do takes the lock: it waits for the holder,
+/// then applies everything.
+#[tokio::test]
+async fn a_migration_waits_for_the_schema_lock() {
+    let db = TestDb::create(Flavour::Timescale).await;
+    let mut holder = hold_schema_lock(&db).await;
+    let url = db.url.clone();
+    let run = tokio::spawn(async move {
+        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+            .await
+            .unwrap();
+        victron_poller::db::migrate::migrate(&mut conn, std::time::Duration::from_secs(72 * 3600))
+            .await
+            .map(|report| report.applied_now.len())
+    });
+    let start = std::time::Instant::now();
+    while db
+        .scalar_i64("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+        .await
+        == 0
+    {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "migrate never waited for the lock"
+        );
+        assert!(
+            !run.is_finished(),
+            "migrate finished while the lock was held"
+        );
+    }
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(SCHEMA_LOCK_KEY)
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let applied = run.await.unwrap().unwrap();
+    let files = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
+        .unwrap()
+        .count();
+    assert_eq!(applied, files);
 }
 
 #[tokio::test]
@@ -446,10 +507,13 @@ async fn reconcile_turns_a_plain_reading_table_with_rows_into_a_hypertable() {
         .unwrap();
     assert_eq!(report.schema.hypertables.len(), 0);
 
-    let reconciled =
-        victron_poller::db::reconcile::run(&mut conn, std::time::Duration::from_secs(72 * 3600))
-            .await
-            .unwrap();
+    let reconciled = victron_poller::db::reconcile::run(
+        &mut conn,
+        std::time::Duration::from_secs(72 * 3600),
+        victron_poller::db::reconcile::Mode::Apply,
+    )
+    .await
+    .unwrap();
     assert!(
         reconciled
             .actions
@@ -478,10 +542,13 @@ async fn reconcile_turns_a_plain_reading_table_with_rows_into_a_hypertable() {
         0
     );
 
-    let again =
-        victron_poller::db::reconcile::run(&mut conn, std::time::Duration::from_secs(72 * 3600))
-            .await
-            .unwrap();
+    let again = victron_poller::db::reconcile::run(
+        &mut conn,
+        std::time::Duration::from_secs(72 * 3600),
+        victron_poller::db::reconcile::Mode::Apply,
+    )
+    .await
+    .unwrap();
     assert!(again.actions.is_empty(), "{:?}", again.actions);
 }
 
