@@ -28,6 +28,9 @@ mod operations;
 mod schema;
 /// A second signal, and a stop that cannot finish.
 mod shutdown;
+/// The unit under a real systemd in its own namespace (needs root).
+#[cfg(feature = "servers")]
+mod systemd_service;
 /// The systemd unit: verify, security rating.
 mod systemd_unit;
 /// TLS to PostgreSQL: verify-full with a CA file, refusals.
