@@ -23,7 +23,8 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)             # the TLS t
 [ -x /usr/bin/python3 ] || missing+=(python3)
 /usr/bin/python3 -c 'import prometheus_client' >/dev/null 2>&1 ||
   missing+=(python3-prometheus-client) # Prometheus's own parser checks /metrics
-command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)      # verifies the unit file
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)      # the unit file's checks and test
+command -v pgrep >/dev/null 2>&1 || missing+=(procps)                # scripts/systemd-ns.sh finds its systemd
 if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q >/dev/null
