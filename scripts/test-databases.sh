@@ -249,7 +249,6 @@ env_lines() {
   echo "TEST_PGBOUNCER_URL_NOPRELOAD=postgres://postgres@127.0.0.1:${BOUNCER_PORT[nopreload]}/postgres"
   echo "TEST_PGBOUNCER_URL_PG15=postgres://postgres@127.0.0.1:${BOUNCER_PORT[pg15]}/postgres"
   echo "TEST_PGBOUNCER_URL_OUTAGE=postgres://postgres@127.0.0.1:${BOUNCER_PORT[outage]}/postgres"
-  echo "TEST_PGBOUNCER_POOL_SIZE=$BOUNCER_POOL_SIZE"
   echo "TEST_OUTAGE_SERVER=$RUNAS:$BIN17/pg_ctl:$ROOT/data-outage"
   echo "TEST_TLS_CA=$ROOT/tls/ca.pem"
   echo "TEST_TLS_WRONG_CA=$ROOT/tls/wrong-ca.pem"
