@@ -198,18 +198,16 @@ async fn already_current(
     if !status(conn).await?.is_current() {
         return Ok(None);
     }
-    let planned = reconcile::run(conn, retention_window, reconcile::Mode::Plan).await?;
-    if !planned.actions.is_empty() {
+    let plan = reconcile::plan(conn, retention_window).await?;
+    if !plan.actions.is_empty() {
         return Ok(None);
     }
-    let server = ServerInfo::probe(conn).await?;
-    let state = SchemaState::inspect(conn, &server).await?;
     Ok(Some(MigrateReport {
         applied_now: Vec::new(),
         reconcile: ReconcileReport::default(),
-        storage_mode: server.storage_mode(),
-        degraded: state.degraded(&server),
-        server,
+        storage_mode: plan.server.storage_mode(),
+        degraded: plan.state.degraded(&plan.server),
+        server: plan.server,
     }))
 }
 
@@ -232,7 +230,7 @@ async fn migrate_locked(
     migrator.set_locking(false);
     migrator.run_direct(&mut *conn).await.map_err(explain)?;
 
-    let reconcile = reconcile::run(conn, retention_window, reconcile::Mode::Apply).await?;
+    let reconcile = reconcile::run(conn, retention_window).await?;
     let server = ServerInfo::probe(conn).await?;
     let state = SchemaState::inspect(conn, &server).await?;
     Ok(MigrateReport {

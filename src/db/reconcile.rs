@@ -51,12 +51,8 @@ pub struct ReconcileReport {
 
 /// Whether a run changes the schema or only finds out what it would change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// Make the changes.
+enum Mode {
     Apply,
-    /// Change nothing; the report's actions say what `Apply` would do (the
-    /// first of them at least: steps that depend on an earlier change are
-    /// not looked at).
     Plan,
 }
 
@@ -64,37 +60,104 @@ pub enum Mode {
 pub async fn run(
     conn: &mut PgConnection,
     retention_window: Duration,
-    mode: Mode,
 ) -> Result<ReconcileReport, ReconcileError> {
     let mut report = ReconcileReport::default();
     let server = ServerInfo::probe(conn).await?;
+    extensions(conn, &server, Mode::Apply, &mut report).await?;
+    // The extensions may have changed what the server offers.
+    let server = ServerInfo::probe(conn).await?;
+    let state = SchemaState::inspect(conn, &server).await?;
+    schema_steps(
+        conn,
+        &server,
+        &state,
+        retention_window,
+        Mode::Apply,
+        &mut report,
+    )
+    .await?;
+    Ok(report)
+}
 
+/// What [`run`] would do now, found by the same rules without changing
+/// anything, and the server and schema state it looked at.
+#[derive(Debug)]
+pub struct Plan {
+    /// What `run` would change, one sentence each (after an extension to
+    /// enable, the steps that depend on it are not looked at).
+    pub actions: Vec<String>,
+    /// The server's capabilities.
+    pub server: ServerInfo,
+    /// The schema state.
+    pub state: SchemaState,
+}
+
+/// Plans the reconcile step (see [`Plan`]).
+pub async fn plan(
+    conn: &mut PgConnection,
+    retention_window: Duration,
+) -> Result<Plan, ReconcileError> {
+    let mut report = ReconcileReport::default();
+    let server = ServerInfo::probe(conn).await?;
+    extensions(conn, &server, Mode::Plan, &mut report).await?;
+    let state = SchemaState::inspect(conn, &server).await?;
+    if report.actions.is_empty() {
+        schema_steps(
+            conn,
+            &server,
+            &state,
+            retention_window,
+            Mode::Plan,
+            &mut report,
+        )
+        .await?;
+    }
+    Ok(Plan {
+        actions: report.actions,
+        server,
+        state,
+    })
+}
+
+/// TimescaleDB (only when preloaded: otherwise `CREATE EXTENSION` kills the
+/// session) and pgvector, when available and not installed.
+async fn extensions(
+    conn: &mut PgConnection,
+    server: &ServerInfo,
+    mode: Mode,
+    report: &mut ReconcileReport,
+) -> Result<(), ReconcileError> {
     if server.timescaledb.installed.is_none()
         && server.timescaledb.available.is_some()
         && server.timescaledb_preloaded
     {
-        create_extension(conn, "timescaledb", mode, &mut report).await?;
+        create_extension(conn, "timescaledb", mode, report).await?;
     }
     if server.vector.installed.is_none() && server.vector.available.is_some() {
-        create_extension(conn, "vector", mode, &mut report).await?;
+        create_extension(conn, "vector", mode, report).await?;
     }
-    if mode == Mode::Plan && !report.actions.is_empty() {
-        return Ok(report);
-    }
+    Ok(())
+}
 
-    let server = ServerInfo::probe(conn).await?;
-    let state = SchemaState::inspect(conn, &server).await?;
-
+/// Hypertables, retention policies and the vector column.
+async fn schema_steps(
+    conn: &mut PgConnection,
+    server: &ServerInfo,
+    state: &SchemaState,
+    retention_window: Duration,
+    mode: Mode,
+    report: &mut ReconcileReport,
+) -> Result<(), ReconcileError> {
     if server.timescaledb_usable() {
-        hypertables(conn, &state, mode, &mut report).await?;
+        hypertables(conn, state, mode, report).await?;
         if server.timescaledb_license.as_deref() == Some("timescale") {
-            retention_policies(conn, &state, retention_window, mode, &mut report).await?;
+            retention_policies(conn, state, retention_window, mode, report).await?;
         }
     }
     if server.vector.installed.is_some() {
-        vector_column(conn, &state, mode, &mut report).await?;
+        vector_column(conn, state, mode, report).await?;
     }
-    Ok(report)
+    Ok(())
 }
 
 async fn create_extension(

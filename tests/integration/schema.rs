@@ -507,13 +507,10 @@ async fn reconcile_turns_a_plain_reading_table_with_rows_into_a_hypertable() {
         .unwrap();
     assert_eq!(report.schema.hypertables.len(), 0);
 
-    let reconciled = victron_poller::db::reconcile::run(
-        &mut conn,
-        std::time::Duration::from_secs(72 * 3600),
-        victron_poller::db::reconcile::Mode::Apply,
-    )
-    .await
-    .unwrap();
+    let reconciled =
+        victron_poller::db::reconcile::run(&mut conn, std::time::Duration::from_secs(72 * 3600))
+            .await
+            .unwrap();
     assert!(
         reconciled
             .actions
@@ -542,13 +539,10 @@ async fn reconcile_turns_a_plain_reading_table_with_rows_into_a_hypertable() {
         0
     );
 
-    let again = victron_poller::db::reconcile::run(
-        &mut conn,
-        std::time::Duration::from_secs(72 * 3600),
-        victron_poller::db::reconcile::Mode::Apply,
-    )
-    .await
-    .unwrap();
+    let again =
+        victron_poller::db::reconcile::run(&mut conn, std::time::Duration::from_secs(72 * 3600))
+            .await
+            .unwrap();
     assert!(again.actions.is_empty(), "{:?}", again.actions);
 }
 

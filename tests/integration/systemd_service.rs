@@ -65,15 +65,15 @@ impl Systemd {
 
     /// Writes `contents` to `path` inside.
     fn write(&self, path: &str, contents: &[u8], mode: &str) {
-        let dir = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(dir.path(), contents).unwrap();
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), contents).unwrap();
         let output = self.run_with(
             &[
                 "sh",
                 "-c",
                 &format!("mkdir -p \"$(dirname {path})\" && cat > {path} && chmod {mode} {path}"),
             ],
-            Stdio::from(std::fs::File::open(dir.path()).unwrap()),
+            Stdio::from(std::fs::File::open(file.path()).unwrap()),
         );
         assert!(output.status.success(), "write {path}: {output:?}");
     }
@@ -159,9 +159,7 @@ async fn the_unit_under_a_real_systemd() {
     .unwrap();
     let port = sim.addr().port();
     // The simulator runs on this runtime; systemd is driven from a blocking thread.
-    let sim = std::sync::Arc::new(sim);
-    let sim_inside = std::sync::Arc::clone(&sim);
-    tokio::task::spawn_blocking(move || scenario(port, &sim_inside))
+    tokio::task::spawn_blocking(move || scenario(port, &sim))
         .await
         .unwrap();
 }
