@@ -11,7 +11,8 @@
 #   systemd-ns.sh start [SECONDS]   prints the PID (outside) of that systemd
 #   systemd-ns.sh run PID CMD...    runs CMD inside (systemctl, journalctl, ...)
 #   systemd-ns.sh stop PID
-# Several may run at once: each is found by its own overlay directory.
+# Each is found by its own overlay directory, but all share this machine's
+# cgroup tree: two must not run the same unit at once.
 set -euo pipefail
 case "${1:-}" in
   start)

@@ -23,6 +23,9 @@ mod legacy_adoption;
 mod modbus_source;
 /// systemd notify and watchdog, /healthz and /metrics, two-daemon failover.
 mod operations;
+/// The Debian package under a real systemd: install, upgrade, purge (needs root).
+#[cfg(feature = "servers")]
+mod package;
 /// Migrations on the three server flavours: catalog, degraded features, idempotence.
 #[cfg(feature = "servers")]
 mod schema;

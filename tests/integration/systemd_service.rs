@@ -10,132 +10,18 @@
 //!
 //! Needs root (namespaces, mounts), which `scripts/test` has.
 
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use victron_poller::simulator::gx::{self, GxSimOptions};
 
-const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/systemd-ns.sh");
+use crate::helpers::Systemd;
+
 const UNIT: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/systemd/victron-poller.service"
 );
 const CONFIG: &str = "/etc/victron-poller/victron-poller.toml";
-
-/// A systemd in its own namespace, stopped when dropped.
-struct Systemd {
-    pid: String,
-}
-
-impl Systemd {
-    fn boot() -> Systemd {
-        let output = Command::new("bash")
-            .args([SCRIPT, "start", "600"])
-            .output()
-            .expect("run scripts/systemd-ns.sh");
-        assert!(
-            output.status.success(),
-            "systemd did not boot in its namespace (root and systemd needed: scripts/test): {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        Systemd {
-            pid: String::from_utf8(output.stdout).unwrap().trim().to_string(),
-        }
-    }
-
-    /// Runs `args` inside, with `stdin` as its input.
-    fn run_with(&self, args: &[&str], stdin: Stdio) -> Output {
-        Command::new("bash")
-            .args([SCRIPT, "run", &self.pid])
-            .args(args)
-            .stdin(stdin)
-            .output()
-            .unwrap()
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.run_with(args, Stdio::null())
-    }
-
-    fn sh(&self, script: &str) -> String {
-        let output = self.run(&["sh", "-c", script]);
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    }
-
-    /// Writes `contents` to `path` inside.
-    fn write(&self, path: &str, contents: &[u8], mode: &str) {
-        let file = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(file.path(), contents).unwrap();
-        let output = self.run_with(
-            &[
-                "sh",
-                "-c",
-                &format!("mkdir -p \"$(dirname {path})\" && cat > {path} && chmod {mode} {path}"),
-            ],
-            Stdio::from(std::fs::File::open(file.path()).unwrap()),
-        );
-        assert!(output.status.success(), "write {path}: {output:?}");
-    }
-
-    fn systemctl(&self, args: &[&str]) -> Output {
-        let mut all = vec!["systemctl"];
-        all.extend_from_slice(args);
-        self.run(&all)
-    }
-
-    /// One property of the unit (`systemctl show -p NAME --value`).
-    fn property(&self, name: &str) -> String {
-        let output = self.systemctl(&["show", "-p", name, "--value", "victron-poller"]);
-        String::from_utf8_lossy(&output.stdout).trim().to_string()
-    }
-
-    fn journal(&self, extra: &[&str]) -> String {
-        let mut args = vec![
-            "journalctl",
-            "-u",
-            "victron-poller",
-            "--no-pager",
-            "-o",
-            "cat",
-        ];
-        args.extend_from_slice(extra);
-        String::from_utf8_lossy(&self.run(&args).stdout).into_owned()
-    }
-
-    /// Waits until `check` holds, showing the unit's state and journal if not.
-    fn wait(&self, what: &str, limit: Duration, check: impl Fn(&Systemd) -> bool) {
-        let start = Instant::now();
-        while !check(self) {
-            assert!(
-                start.elapsed() < limit,
-                "timed out waiting for {what}: {} {} NRestarts={}\n{}",
-                self.property("ActiveState"),
-                self.property("SubState"),
-                self.property("NRestarts"),
-                self.journal(&[])
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn readings_stored(&self) -> i64 {
-        let out = self
-            .sh("/usr/local/bin/victron-poller status --json --state-dir /var/lib/victron-poller");
-        serde_json::from_str::<serde_json::Value>(&out)
-            .ok()
-            .and_then(|v| v["readings_stored"].as_i64())
-            .unwrap_or(-1)
-    }
-}
-
-impl Drop for Systemd {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .args([SCRIPT, "stop", &self.pid])
-            .status();
-    }
-}
 
 fn config(port: u16) -> String {
     format!(
