@@ -146,7 +146,7 @@ async fn main() {
         .unwrap();
     let start = Instant::now();
     for rows_batch in &batches {
-        let refs: Vec<_> = rows_batch.iter().collect();
+        let refs: Vec<_> = rows_batch.iter().map(|row| &row.reading).collect();
         victron_poller::forward::copy_rows(&pool, &refs)
             .await
             .unwrap();

@@ -108,6 +108,7 @@ pub(super) async fn database_loop(shared: Shared, signals: Signals, cancel: Canc
         Arc::clone(&shared.link),
     )
     .with_write_timeout(db.write_timeout)
+    .with_direct_path(shared.direct.clone())
     .on_drained(signals.drained);
     signals.forwarding.store(true, Ordering::Relaxed);
     tokio::join!(

@@ -1,25 +1,49 @@
-//! The daemon's local side: its [`Snapshot`] saved in the local store every
-//! poll interval (what `status` reads without a database) and the systemd
-//! status line, and the local store's retention.
+//! The daemon's local side: its [`Snapshot`] as the systemd status line
+//! every poll interval and as the status document in the local store (what
+//! `status` reads without a database: committed with the next batch, every
+//! few seconds or when the verdict changes), and the local store's
+//! retention.
 
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
 use super::{Shared, observe};
 use crate::report::Snapshot;
+use crate::report::health::{self, Level};
 use crate::store::STATUS_NAME;
+
+/// How often the status document is saved while its verdict stays the
+/// same: well within what `status` allows before it calls a daemon gone
+/// (three poll intervals, at least 15 s), and rare enough to cost the SD
+/// card nothing.
+const STATUS_EVERY: Duration = Duration::from_secs(5);
 
 /// The local side: status document in the store, and the store's retention.
 pub(super) async fn local_loop(shared: Shared, cancel: CancellationToken) {
     let mut status_tick = crate::schedule::ticker(shared.poll_interval);
     let mut retention_tick = crate::schedule::ticker(shared.config.retention.run_every);
+    let mut last_staged: Option<(Instant, Level)> = None;
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
             _ = status_tick.tick() => {
-                crate::systemd::status(&write_local_status(&shared).await.one_line());
+                let snapshot = observe::snapshot(&shared).await;
+                crate::systemd::status(&snapshot.one_line());
+                // A document staged a tick ago that no batch committed (no
+                // device answers): committed on its own now.
+                if let Err(error) = shared.store.flush_status().await {
+                    tracing::debug!(%error, "Cannot save the status document.");
+                }
+                let now = Utc::now();
+                let level = health::judge(&snapshot, now, now).level;
+                let due = last_staged.is_none_or(|(at, was)| at.elapsed() >= STATUS_EVERY || was != level);
+                if due {
+                    stage(&shared, &snapshot);
+                    last_staged = Some((Instant::now(), level));
+                }
             }
             _ = retention_tick.tick() => {
                 let before = Utc::now() - chrono::Duration::from_std(shared.config.retention.window).unwrap_or_default();
@@ -42,14 +66,19 @@ pub(super) async fn local_loop(shared: Shared, cancel: CancellationToken) {
     }
 }
 
-/// Saves the daemon's snapshot in the store, and returns it.
+/// Stages the snapshot as the status document: the next batch commits it.
+fn stage(shared: &Shared, snapshot: &Snapshot) {
+    match serde_json::to_value(snapshot) {
+        Ok(doc) => shared.store.stage_status(STATUS_NAME, &doc),
+        Err(error) => tracing::debug!(%error, "Cannot encode the status document."),
+    }
+}
+
+/// Saves the daemon's snapshot in the store now (the last one, at a stop).
 pub(super) async fn write_local_status(shared: &Shared) -> Snapshot {
     let snapshot = observe::snapshot(shared).await;
-    let saved = match serde_json::to_value(&snapshot) {
-        Ok(doc) => shared.store.save_status(STATUS_NAME, &doc).await,
-        Err(error) => Err(crate::store::StoreError::Encode(error)),
-    };
-    if let Err(error) = saved {
+    stage(shared, &snapshot);
+    if let Err(error) = shared.store.flush_status().await {
         tracing::debug!(%error, "Cannot save the status document.");
     }
     snapshot

@@ -1,5 +1,7 @@
-//! The daemon: sources → batcher → local store → forwarder → PostgreSQL,
-//! plus the status writer and the retention job, and the ordered shutdown.
+//! The daemon: sources → batcher → local store → forwarder → PostgreSQL
+//! (or, while the store has nothing waiting and the database answers,
+//! batcher → PostgreSQL directly), plus the status writer and the retention
+//! job, and the ordered shutdown.
 //!
 //! Shutdown order, on one task tracker: sources stop between polls and drop
 //! their senders; the batcher commits the partial batch to the local store
@@ -33,7 +35,7 @@ use crate::config::Config;
 use crate::db::link::DatabaseLink;
 use crate::db::locks::LeaseKeeper;
 use crate::failover::Leases;
-use crate::forward::ForwardCounters;
+use crate::forward::{DirectPath, ForwardCounters};
 use crate::pipeline::{BatchReport, Batcher, StoreSink};
 use crate::reading::Reading;
 use crate::sources::modbus::GxPoller;
@@ -127,6 +129,8 @@ struct Shared {
     poll_interval: Duration,
     /// Each device's site.
     sites: Arc<HashMap<String, String>>,
+    /// Forward-first, opened by the database side once it forwards.
+    direct: DirectPath,
 }
 
 /// The shortest configured poll interval (status rows are written that often).
@@ -191,6 +195,7 @@ pub async fn run(
         stopped_at: Arc::default(),
         poll_interval: poll_interval(&config),
         sites: Arc::new(config.device_sites()),
+        direct: DirectPath::default(),
     };
 
     // One tracker for every task; the ordered stop below follows the data:
@@ -219,6 +224,15 @@ pub async fn run(
         Arc::clone(&wake),
     )
     .with_report(options.batch_report.clone());
+    let sink = if config.database.is_some() {
+        sink.with_direct_path(
+            shared.direct.clone(),
+            Arc::clone(&shared.forward),
+            Arc::clone(&shared.link),
+        )
+    } else {
+        sink
+    };
     let batcher = tasks.spawn(Batcher::new(config.batch, sink).run(rx));
 
     let background = CancellationToken::new();

@@ -8,8 +8,8 @@ use sqlx::PgPool;
 use super::error::{ForwardError, classify};
 use super::insert::insert_rows;
 use super::rows::{by_table, present_columns};
+use crate::reading::Reading;
 use crate::reading::{ColumnKind, Value};
-use crate::store::StoredReading;
 
 /// How a COPY of a batch went.
 enum Copied {
@@ -25,14 +25,14 @@ enum Copied {
 /// transaction: the fast path. When the database refuses it, the batch is
 /// inserted with `INSERT … ON CONFLICT DO NOTHING` instead, which skips the
 /// rows already there and names a row refused for good.
-pub async fn copy_rows(pool: &PgPool, rows: &[&StoredReading]) -> Result<(), ForwardError> {
+pub async fn copy_rows(pool: &PgPool, rows: &[&Reading]) -> Result<(), ForwardError> {
     match copy_batch(pool, rows).await? {
         Copied::Done => Ok(()),
         Copied::Refused => insert_rows(pool, rows).await,
     }
 }
 
-async fn copy_batch(pool: &PgPool, rows: &[&StoredReading]) -> Result<Copied, ForwardError> {
+async fn copy_batch(pool: &PgPool, rows: &[&Reading]) -> Result<Copied, ForwardError> {
     let mut tx = pool.begin().await.map_err(classify)?;
     let mut data = Vec::new();
     for (table, of_table) in by_table(rows) {
@@ -78,7 +78,7 @@ const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
 fn copy_binary(
     out: &mut Vec<u8>,
     columns: &[(&'static str, ColumnKind)],
-    rows: &[&StoredReading],
+    rows: &[&Reading],
 ) -> Result<(), OutOfRange> {
     fn field(out: &mut Vec<u8>, bytes: &[u8]) {
         out.extend_from_slice(&(bytes.len() as i32).to_be_bytes());
@@ -91,7 +91,7 @@ fn copy_binary(
     out.extend_from_slice(&0_i32.to_be_bytes()); // header extension
     let fields = i16::try_from(4 + columns.len()).map_err(|_| OutOfRange)?;
     for row in rows {
-        let r = &row.reading;
+        let r: &Reading = row;
         out.extend_from_slice(&fields.to_be_bytes());
         let pg_micros = r.measured_at.timestamp_micros() - PG_EPOCH_OFFSET_US;
         field(out, &pg_micros.to_be_bytes());
@@ -125,24 +125,21 @@ mod tests {
     use crate::reading::ReadingTable;
     use crate::reading::{Reading, SourceKind};
 
-    fn stored(values: Vec<(&'static str, Value)>) -> StoredReading {
-        StoredReading {
-            seq: 1,
-            reading: Reading {
-                site: "ranch".into(),
-                device: "bank".into(),
-                table: ReadingTable::Battery,
-                source: SourceKind::Modbus,
-                // One second after PostgreSQL's epoch.
-                measured_at: Utc.with_ymd_and_hms(2000, 1, 1, 0, 0, 1).unwrap(),
-                values,
-            },
+    fn reading(values: Vec<(&'static str, Value)>) -> Reading {
+        Reading {
+            site: "ranch".into(),
+            device: "bank".into(),
+            table: ReadingTable::Battery,
+            source: SourceKind::Modbus,
+            // One second after PostgreSQL's epoch.
+            measured_at: Utc.with_ymd_and_hms(2000, 1, 1, 0, 0, 1).unwrap(),
+            values,
         }
     }
 
     #[test]
     fn binary_copy_layout() {
-        let row = stored(vec![
+        let row = reading(vec![
             ("soc", Value::Float(0.5)),
             ("product_id", Value::Int(7)),
         ]);
@@ -174,7 +171,7 @@ mod tests {
 
     #[test]
     fn an_integer_beyond_the_column_is_left_to_the_checked_path() {
-        let row = stored(vec![("product_id", Value::Int(1 << 40))]);
+        let row = reading(vec![("product_id", Value::Int(1 << 40))]);
         let mut out = Vec::new();
         assert!(copy_binary(&mut out, &[("product_id", ColumnKind::Int)], &[&row]).is_err());
     }

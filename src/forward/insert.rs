@@ -7,11 +7,11 @@ use sqlx::PgPool;
 
 use super::error::{ForwardError, classify};
 use super::rows::{by_table, present_columns};
+use crate::reading::Reading;
 use crate::reading::{ColumnKind, ReadingTable, Value};
-use crate::store::StoredReading;
 
 /// Inserts `rows` (any tables) in one transaction.
-pub async fn insert_rows(pool: &PgPool, rows: &[&StoredReading]) -> Result<(), ForwardError> {
+pub async fn insert_rows(pool: &PgPool, rows: &[&Reading]) -> Result<(), ForwardError> {
     let mut tx = pool.begin().await.map_err(classify)?;
     for (table, of_table) in by_table(rows) {
         insert_table(&mut tx, table, &of_table).await?;
@@ -23,7 +23,7 @@ pub async fn insert_rows(pool: &PgPool, rows: &[&StoredReading]) -> Result<(), F
 async fn insert_table(
     tx: &mut sqlx::PgConnection,
     table: ReadingTable,
-    rows: &[&StoredReading],
+    rows: &[&Reading],
 ) -> Result<(), ForwardError> {
     let columns = present_columns(table, rows);
     let mut names = vec!["\"timestamp\"", "device", "installation_id", "source"];
@@ -53,17 +53,17 @@ async fn insert_table(
         names.join(", "),
         casts.join(", ")
     );
-    let times: Vec<DateTime<Utc>> = rows.iter().map(|r| r.reading.measured_at).collect();
-    let devices: Vec<&str> = rows.iter().map(|r| r.reading.device.as_str()).collect();
-    let installations: Vec<&str> = rows.iter().map(|r| &*r.reading.site).collect();
-    let sources: Vec<&str> = rows.iter().map(|r| r.reading.source.as_str()).collect();
+    let times: Vec<DateTime<Utc>> = rows.iter().map(|r| r.measured_at).collect();
+    let devices: Vec<&str> = rows.iter().map(|r| r.device.as_str()).collect();
+    let installations: Vec<&str> = rows.iter().map(|r| &*r.site).collect();
+    let sources: Vec<&str> = rows.iter().map(|r| r.source.as_str()).collect();
     let mut query = sqlx::query(&sql)
         .bind(times)
         .bind(devices)
         .bind(installations)
         .bind(sources);
     for (column, kind) in &columns {
-        let values = rows.iter().map(|r| r.reading.get(column));
+        let values = rows.iter().map(|r| r.get(column));
         query = match kind {
             ColumnKind::Float => query.bind(
                 values

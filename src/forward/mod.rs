@@ -7,6 +7,9 @@
 //! (installation_id, device, "timestamp") DO NOTHING` per table instead, so
 //! a replay inserts nothing twice. The COPY path is the fast one (about twice the rows per second).
 //!
+//! While the store holds nothing to forward, new batches may skip it
+//! ([`DirectPath`]: forward-first).
+//!
 //! Transient failures (the network, a restarting server) are retried with
 //! capped exponential backoff plus jitter; a row the database refuses for good
 //! (a data or constraint error) is found by halving the batch, parked in the
@@ -20,7 +23,7 @@ mod rows;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use backon::BackoffBuilder;
@@ -33,6 +36,7 @@ pub use error::ForwardError;
 pub use insert::insert_rows;
 
 use crate::db::link::{DatabaseLink, RETRY_MAX, retry_backoff};
+use crate::reading::Reading;
 use crate::store::{LocalStore, StoredReading};
 
 /// Counters the forwarder keeps (read by status and metrics).
@@ -49,16 +53,18 @@ pub struct ForwardCounters {
 }
 
 impl ForwardCounters {
-    /// Counts a committed batch for each site it holds.
-    fn count_sites(&self, rows: &[StoredReading]) {
+    /// Counts a committed batch: its rows, and for each site it holds.
+    fn count_batch<'a>(&self, rows: impl ExactSizeIterator<Item = &'a Reading>) {
+        self.rows_forwarded
+            .fetch_add(rows.len() as u64, Ordering::Relaxed);
         let mut by_site = self.by_site.lock().unwrap_or_else(|p| p.into_inner());
         for counts in by_site.values_mut() {
             counts.1 = 0;
         }
         for row in rows {
-            let counts = match by_site.get_mut(&*row.reading.site) {
+            let counts = match by_site.get_mut(&*row.site) {
                 Some(counts) => counts,
-                None => by_site.entry(row.reading.site.to_string()).or_default(),
+                None => by_site.entry(row.site.to_string()).or_default(),
             };
             counts.0 += 1;
             counts.1 += 1;
@@ -70,6 +76,64 @@ impl ForwardCounters {
         let by_site = self.by_site.lock().unwrap_or_else(|p| p.into_inner());
         by_site.get(site).copied().unwrap_or_default()
     }
+}
+
+/// How long a batch sent straight to PostgreSQL may take to be acknowledged
+/// before it is committed to the local store instead (its readings then
+/// reach PostgreSQL through the forwarder, once: the key ignores a repeat).
+pub const DIRECT_WRITE_LIMIT: Duration = Duration::from_secs(2);
+
+/// Forward-first: while the local store holds nothing to forward and the
+/// database answers, a new batch goes straight to PostgreSQL and never
+/// touches the store (no local write, no later delete: an SD card's wear).
+/// A batch PostgreSQL does not acknowledge within [`DIRECT_WRITE_LIMIT`]
+/// (an outage, a refused row, a slow link) is committed to the store as
+/// before, and from then on batches go to the store until the forwarder
+/// has emptied it, so that nothing overtakes a backlog. A kill -9 or a
+/// power cut during the direct write loses that batch, as it would lose a
+/// batch still being collected.
+#[derive(Debug, Clone, Default)]
+pub struct DirectPath {
+    /// The database, once the forwarder runs.
+    pool: Arc<std::sync::OnceLock<PgPool>>,
+    /// The forwarder found the store empty, and no batch went to it since.
+    caught_up: Arc<AtomicBool>,
+}
+
+impl DirectPath {
+    /// Writes `batch` straight to PostgreSQL when the path is open; true
+    /// when PostgreSQL committed it.
+    pub async fn forward(
+        &self,
+        batch: &[Reading],
+        counters: &ForwardCounters,
+        link: &DatabaseLink,
+    ) -> bool {
+        let Some(pool) = self.pool.get() else {
+            return false;
+        };
+        if !self.caught_up.load(Ordering::Relaxed) || link.down_since().is_some() {
+            return false;
+        }
+        let rows: Vec<&Reading> = batch.iter().collect();
+        match tokio::time::timeout(DIRECT_WRITE_LIMIT, copy_rows(pool, &rows)).await {
+            Ok(Ok(())) => {
+                counters.count_batch(rows.into_iter());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The batch went to the store: the next ones follow it there.
+    pub fn stored_locally(&self) {
+        self.caught_up.store(false, Ordering::Relaxed);
+    }
+}
+
+/// The readings of stored rows, for the writers.
+fn readings<'a>(rows: &[&'a StoredReading]) -> Vec<&'a Reading> {
+    rows.iter().map(|row| &row.reading).collect()
 }
 
 /// Forwards the store's readings until cancelled.
@@ -84,6 +148,8 @@ pub struct Forwarder {
     /// Told each time a drain leaves the store empty.
     drained: Option<Arc<Notify>>,
     write_timeout: Duration,
+    /// Told when the store is empty, so that new batches may skip it.
+    direct: DirectPath,
 }
 
 impl Forwarder {
@@ -104,7 +170,16 @@ impl Forwarder {
             link,
             drained: None,
             write_timeout: Duration::from_secs(30),
+            direct: DirectPath::default(),
         }
+    }
+
+    /// Opens `direct` to this forwarder's database: batches may go straight
+    /// to it while the store holds nothing to forward.
+    pub fn with_direct_path(mut self, direct: DirectPath) -> Self {
+        let _ = direct.pool.set(self.pool.clone());
+        self.direct = direct;
+        self
     }
 
     /// Tells `drained` each time the store is empty after a drain (a clean
@@ -130,7 +205,7 @@ impl Forwarder {
     /// rows are found by halving the batch ([`Self::isolate`]).
     async fn insert_batch(&self, rows: &[StoredReading]) -> Result<(), ForwardError> {
         let all: Vec<&StoredReading> = rows.iter().collect();
-        match self.bounded(copy_rows(&self.pool, &all)).await {
+        match self.bounded(copy_rows(&self.pool, &readings(&all))).await {
             Err(ForwardError::Permanent(_)) => self.isolate(&all).await,
             other => other,
         }
@@ -155,7 +230,7 @@ impl Forwarder {
     /// written again harmlessly if a later error makes the batch retry.
     async fn isolate(&self, rows: &[&StoredReading]) -> Result<(), ForwardError> {
         if let [row] = rows {
-            let error = match self.bounded(insert_rows(&self.pool, rows)).await {
+            let error = match self.bounded(insert_rows(&self.pool, &readings(rows))).await {
                 Err(ForwardError::Permanent(error)) => error,
                 other => return other,
             };
@@ -172,7 +247,7 @@ impl Forwarder {
         }
         let (left, right) = rows.split_at(rows.len() / 2);
         for half in [left, right] {
-            let written = self.bounded(insert_rows(&self.pool, half)).await;
+            let written = self.bounded(insert_rows(&self.pool, &readings(half))).await;
             match written {
                 Ok(()) => {}
                 Err(ForwardError::Permanent(_)) => Box::pin(self.isolate(half)).await?,
@@ -205,11 +280,8 @@ impl Forwarder {
             inserted?;
             committed = Some(last);
             total += current.len();
-            let rows = current.len() as u64;
             self.counters
-                .rows_forwarded
-                .fetch_add(rows, Ordering::Relaxed);
-            self.counters.count_sites(&current);
+                .count_batch(current.iter().map(|row| &row.reading));
             current = next?;
         }
         if let Some(seq) = committed {
@@ -228,6 +300,7 @@ impl Forwarder {
                 outcome = self.drain() => outcome,
             };
             if outcome.is_ok() {
+                self.direct.caught_up.store(true, Ordering::Relaxed);
                 if let Some(drained) = &self.drained {
                     drained.notify_waiters();
                 }

@@ -64,6 +64,16 @@ pub struct LocalStore {
     /// The site of readings stored before the store recorded sites (the
     /// column is NULL for them): the configured site.
     legacy_site: Arc<str>,
+    /// A status document waiting to be committed with the next batch.
+    staged_status: Arc<std::sync::Mutex<Option<StagedStatus>>>,
+}
+
+/// A status document staged by [`LocalStore::stage_status`].
+#[derive(Debug)]
+struct StagedStatus {
+    name: String,
+    doc: String,
+    at_us: i64,
 }
 
 const SCHEMA: &str = "
@@ -95,6 +105,19 @@ CREATE TABLE IF NOT EXISTS status (
     updated_at_us INTEGER NOT NULL
 );
 ";
+
+/// The statement that saves a status document.
+fn upsert_status(
+    status: &StagedStatus,
+) -> sqlx::query::Query<'_, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'_>> {
+    sqlx::query(
+        "INSERT INTO status (name, doc, updated_at_us) VALUES (?, ?, ?)
+         ON CONFLICT (name) DO UPDATE SET doc = excluded.doc, updated_at_us = excluded.updated_at_us",
+    )
+    .bind(&status.name)
+    .bind(&status.doc)
+    .bind(status.at_us)
+}
 
 fn micros(at: DateTime<Utc>) -> i64 {
     at.timestamp_micros()
@@ -139,6 +162,11 @@ impl LocalStore {
             .journal_mode(SqliteJournalMode::Wal)
             // FULL: a committed batch survives a power cut, not only a crash.
             .synchronous(SqliteSynchronous::Full)
+            // A commit appends its pages to the WAL: with a second's readings
+            // on a few small pages it writes one or two filesystem blocks,
+            // not four 4 KB pages (an SD card's wear). Takes effect when the
+            // file is created; an older store keeps its page size.
+            .page_size(1024)
             .busy_timeout(std::time::Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
             .max_connections(2)
@@ -169,6 +197,7 @@ impl LocalStore {
             pool,
             path,
             legacy_site: Arc::from(""),
+            staged_status: Arc::default(),
         })
     }
 
@@ -208,6 +237,7 @@ impl LocalStore {
             pool,
             path,
             legacy_site: Arc::from(""),
+            staged_status: Arc::default(),
         })
     }
 
@@ -236,8 +266,57 @@ impl LocalStore {
             .await?
             .rows_affected();
         }
-        tx.commit().await?;
+        let staged = self.take_staged_status();
+        if let Some(status) = &staged {
+            upsert_status(status).execute(&mut *tx).await?;
+        }
+        if let Err(error) = tx.commit().await {
+            self.restage(staged);
+            return Err(error.into());
+        }
         Ok(added)
+    }
+
+    /// Stages a status document: the next [`Self::append`] commits it in its
+    /// own transaction, so that the document costs no commit (no fsync) of
+    /// its own; [`Self::flush_status`] commits one no batch took. A newer
+    /// staged document replaces an older one.
+    pub fn stage_status(&self, name: &str, doc: &serde_json::Value) {
+        let staged = StagedStatus {
+            name: name.to_string(),
+            doc: doc.to_string(),
+            at_us: micros(Utc::now()),
+        };
+        *self.staged_status.lock().unwrap_or_else(|p| p.into_inner()) = Some(staged);
+    }
+
+    /// Commits the staged status document, if no batch took it. Returns
+    /// whether there was one.
+    pub async fn flush_status(&self) -> Result<bool, StoreError> {
+        let Some(status) = self.take_staged_status() else {
+            return Ok(false);
+        };
+        if let Err(error) = upsert_status(&status).execute(&self.pool).await {
+            self.restage(Some(status));
+            return Err(error.into());
+        }
+        Ok(true)
+    }
+
+    fn take_staged_status(&self) -> Option<StagedStatus> {
+        self.staged_status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
+    /// Puts back a staged document a failed commit did not write, unless a
+    /// newer one was staged meanwhile.
+    fn restage(&self, status: Option<StagedStatus>) {
+        let mut slot = self.staged_status.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = status;
+        }
     }
 
     /// The oldest `limit` readings, in order.
@@ -407,20 +486,6 @@ impl LocalStore {
             .collect())
     }
 
-    /// Saves a named status document (JSON).
-    pub async fn save_status(&self, name: &str, doc: &serde_json::Value) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO status (name, doc, updated_at_us) VALUES (?, ?, ?)
-             ON CONFLICT (name) DO UPDATE SET doc = excluded.doc, updated_at_us = excluded.updated_at_us",
-        )
-        .bind(name)
-        .bind(doc.to_string())
-        .bind(micros(Utc::now()))
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
     /// Loads a named status document and when it was saved.
     pub async fn load_status(
         &self,
@@ -460,6 +525,27 @@ mod tests {
                 ("product_id", Value::Int(0xA389)),
             ],
         }
+    }
+
+    /// A staged status document rides on the next batch's commit; one no
+    /// batch took is committed by `flush_status`; a newer one replaces it.
+    #[tokio::test]
+    async fn a_staged_status_document_is_committed_with_the_next_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).await.unwrap();
+        store.stage_status("daemon", &serde_json::json!({"n": 1}));
+        assert!(store.load_status("daemon").await.unwrap().is_none());
+        store.append(&[reading("bank", 0, 50.0)]).await.unwrap();
+        let (doc, _) = store.load_status("daemon").await.unwrap().unwrap();
+        assert_eq!(doc, serde_json::json!({"n": 1}));
+        assert!(!store.flush_status().await.unwrap(), "the batch took it");
+
+        store.stage_status("daemon", &serde_json::json!({"n": 2}));
+        store.stage_status("daemon", &serde_json::json!({"n": 3}));
+        assert!(store.flush_status().await.unwrap());
+        let (doc, _) = store.load_status("daemon").await.unwrap().unwrap();
+        assert_eq!(doc, serde_json::json!({"n": 3}));
+        store.close().await;
     }
 
     #[tokio::test]

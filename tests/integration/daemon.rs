@@ -858,6 +858,68 @@ async fn forwarding_resumes_within_two_seconds_of_the_database_coming_back() {
     }
 }
 
+/// Forward-first: while the database answers and the store holds nothing
+/// to forward, batches go straight to PostgreSQL — the local store takes no
+/// row (no write and no delete per reading: an SD card's wear) — and every
+/// reading still arrives exactly once.
+#[cfg(feature = "servers")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_skip_the_local_store_while_the_database_answers() {
+    let sim = simulator().await;
+    let db = TestDb::create(Flavour::Timescale).await;
+    db.migrate().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), sim.addr().port(), 200);
+    let state = dir.path().join("state");
+    let mut daemon = spawn_daemon(&config, &state, Some(&db.url));
+    wait_for("first rows", Duration::from_secs(30), async || {
+        rows(&db, "battery_readings").await > 10
+    })
+    .await;
+    // The status document as saved now, and one saved after 40 more polls.
+    let saved = async || {
+        let store = LocalStore::open_read_only(&state).await.ok()?;
+        let doc = store.load_status("daemon").await.ok().flatten();
+        store.close().await;
+        doc
+    };
+    let (before, saved_before) = saved().await.expect("a status document");
+    let rows_then = rows(&db, "battery_readings").await;
+    wait_for(
+        "40 more readings and a newer status document",
+        Duration::from_secs(30),
+        async || {
+            rows(&db, "battery_readings").await > rows_then + 40
+                && saved().await.is_some_and(|(_, at)| at > saved_before)
+        },
+    )
+    .await;
+    let (after, _) = saved().await.unwrap();
+    assert_eq!(
+        after["rows_stored"], before["rows_stored"],
+        "readings went through the local store while the database answered"
+    );
+    let store = LocalStore::open_read_only(&state).await.unwrap();
+    assert_eq!(store.depth().await.unwrap().0, 0);
+    store.close().await;
+
+    sigterm(&daemon);
+    assert_eq!(wait_exit(&mut daemon, Duration::from_secs(20)), 0);
+    let doc = store_status(&state).await;
+    for (device, table) in [("bank", "battery_readings"), ("gx", "system_readings")] {
+        let in_db = db
+            .scalar_i64(&format!(
+                "SELECT count(*) FROM victron.{table} WHERE device = '{device}'"
+            ))
+            .await;
+        assert_eq!(
+            in_db,
+            successful_polls(&doc, device),
+            "{device}: exactly once"
+        );
+    }
+}
+
 /// `kill -9` mid-run, then a restart: nothing that reached the local store is
 /// lost, nothing is duplicated.
 #[cfg(feature = "servers")]
