@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use super::Exit;
 use crate::config::{
     BatchConfig, Config, FailoverConfig, GxConfig, HealthConfig, LogConfig, ModbusClass,
-    ModbusDeviceConfig, RetentionConfig, SiteConfig,
+    ModbusDeviceConfig, RetentionConfig, SiteConfig, StoreConfig,
 };
 use crate::daemon::{self, DrainPolicy, RunOptions};
 use crate::signals::Signals;
@@ -45,6 +45,7 @@ pub async fn exec() -> anyhow::Result<Exit> {
         database: None,
         retention: RetentionConfig::default(),
         batch: BatchConfig::default(),
+        store: StoreConfig::default(),
         log: LogConfig::default(),
         site: SiteConfig {
             installation_id: Some("demo".into()),

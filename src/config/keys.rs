@@ -336,6 +336,11 @@ table! {
         Milliseconds,
         "...or when its first reading is this old",
     );
+    STORE_SYNC = text(
+        "store.sync",
+        "full",
+        "\"full\" (a committed batch survives a power cut) or \"normal\" (fewer disk writes)",
+    );
     LOG_FORMAT = text("log.format", "text", "\"text\" or \"json\" lines");
     LOG_LEVEL = text(
         "log.level",

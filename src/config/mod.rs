@@ -50,6 +50,8 @@ pub struct Config {
     pub retention: RetentionConfig,
     /// Batching before the local store.
     pub batch: BatchConfig,
+    /// How the local store commits.
+    pub store: StoreConfig,
     /// Log output.
     pub log: LogConfig,
     /// The site these readings belong to.
@@ -300,6 +302,46 @@ impl Default for BatchConfig {
     }
 }
 
+/// How the local store commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StoreConfig {
+    /// `store.sync`.
+    pub sync: StoreSync,
+}
+
+/// When a commit to the local store reaches the disk (`store.sync`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StoreSync {
+    /// Every commit is flushed to the disk (fsync) before it counts: a power
+    /// cut loses at most the batch being collected.
+    #[default]
+    Full,
+    /// Commits are flushed at checkpoints only, so the kernel writes several
+    /// together: far fewer disk writes, and a crash or kill -9 still loses
+    /// nothing, but a power cut may lose the commits of the last seconds
+    /// (the store itself stays intact).
+    Normal,
+}
+
+impl StoreSync {
+    /// Parses the configuration name (`full`, `normal`), exactly.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "full" => Some(Self::Full),
+            "normal" => Some(Self::Normal),
+            _ => None,
+        }
+    }
+
+    /// The configuration name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Full => "full",
+            Self::Normal => "normal",
+        }
+    }
+}
+
 /// Log output settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogConfig {
@@ -465,6 +507,7 @@ impl Config {
                 Shown::Number(u64::try_from(self.batch.max_readings).unwrap_or(u64::MAX))
             }
             "batch.max_age_ms" => Shown::Millis(self.batch.max_age),
+            "store.sync" => Shown::Text(self.store.sync.as_str().into()),
             "log.format" => Shown::Text(self.log.format.as_str().into()),
             "log.level" => Shown::Text(self.log.level.clone()),
             "health.listen" => self

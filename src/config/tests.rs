@@ -798,3 +798,24 @@ fn failover_through_a_pooler_needs_a_direct_lock_connection() {
         "{orphan:?}"
     );
 }
+
+/// `store.sync`: "full" by default, "normal" when asked, anything else
+/// refused naming the key and the choices.
+#[test]
+fn store_sync_is_full_normal_or_refused() {
+    let bare = Config::load_with_env(None, env(&[])).unwrap();
+    assert_eq!(bare.store.sync, StoreSync::Full);
+    let normal = Config::load_with_env(None, env(&[("VICTRON_POLLER_STORE__SYNC", "normal")]));
+    assert_eq!(normal.unwrap().store.sync, StoreSync::Normal);
+    let f = file("[store]\nsync = \"fast\"\n");
+    let refused = problems(Config::load_with_env(Some(f.path()), env(&[])));
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0].key, "store.sync");
+    assert!(
+        refused[0]
+            .message
+            .contains("\"fast\" is not a sync mode (use \"full\" or \"normal\")"),
+        "{}",
+        refused[0].message
+    );
+}

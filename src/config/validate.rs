@@ -14,7 +14,7 @@ use super::reader::{Problems, Table};
 use super::{
     BatchConfig, Config, ConfigError, DatabaseConfig, FailoverConfig, GxConfig, HealthConfig,
     LogConfig, LogFormat, ModbusClass, ModbusDeviceConfig, RetentionConfig, Secret, SiteConfig,
-    VeDirectConfig, VeDirectPort,
+    StoreConfig, StoreSync, VeDirectConfig, VeDirectPort,
 };
 
 /// `origins`: the keys environment variables set, and the variable of each.
@@ -53,6 +53,20 @@ pub(super) fn validate(
         max_readings: usize::try_from(t.integer(&keys::BATCH_MAX_READINGS, &mut problems))
             .unwrap_or(usize::MAX),
         max_age: Duration::from_millis(t.integer(&keys::BATCH_MAX_AGE_MS, &mut problems)),
+    };
+    t.finish(&mut problems);
+
+    let mut t = root.table("store", &mut problems);
+    let store = StoreConfig {
+        sync: match t.string(&keys::STORE_SYNC, &mut problems) {
+            None => StoreSync::default(),
+            Some(written) => StoreSync::parse(&written).unwrap_or_else(|| {
+                let message =
+                    format!("\"{written}\" is not a sync mode (use \"full\" or \"normal\")");
+                problems.push(&t.key("sync"), message);
+                StoreSync::default()
+            }),
+        },
     };
     t.finish(&mut problems);
 
@@ -103,6 +117,7 @@ pub(super) fn validate(
                 run_every: Duration::from_secs(run_every_minutes * 60),
             },
             batch,
+            store,
             log,
             site,
             gx,

@@ -167,7 +167,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
-    let store = LocalStore::open(&options.state_dir)
+    let store = LocalStore::open_with(&options.state_dir, config.store.sync)
         .await?
         .with_legacy_site(config.site.installation_id.as_deref().unwrap_or_default());
     tracing::info!(store = %store.path().display(), "Local store open.");

@@ -20,6 +20,7 @@ use sqlx::sqlite::{
 
 mod rows;
 
+use crate::config::StoreSync;
 use crate::reading::{Reading, ReadingTable, Value};
 
 /// The store's file name inside the state directory.
@@ -148,8 +149,15 @@ fn encode_values(values: &[(&'static str, Value)]) -> String {
 }
 
 impl LocalStore {
-    /// Opens (creating if needed) the store in `dir`.
+    /// Opens (creating if needed) the store in `dir`, every commit flushed
+    /// to the disk.
     pub async fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with(dir, StoreSync::Full).await
+    }
+
+    /// Opens (creating if needed) the store in `dir`, committing as `sync`
+    /// says.
+    pub async fn open_with(dir: &Path, sync: StoreSync) -> Result<Self, StoreError> {
         let path = dir.join(FILE_NAME);
         let open_error = |source| StoreError::Open {
             path: path.display().to_string(),
@@ -160,8 +168,13 @@ impl LocalStore {
             .map_err(open_error)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            // FULL: a committed batch survives a power cut, not only a crash.
-            .synchronous(SqliteSynchronous::Full)
+            // FULL: a committed batch survives a power cut, not only a
+            // crash; NORMAL (WAL): it survives a crash, and a power cut may
+            // take the last commits, never the store's integrity.
+            .synchronous(match sync {
+                StoreSync::Full => SqliteSynchronous::Full,
+                StoreSync::Normal => SqliteSynchronous::Normal,
+            })
             // A commit appends its pages to the WAL: with a second's readings
             // on a few small pages it writes one or two filesystem blocks,
             // not four 4 KB pages (an SD card's wear). Takes effect when the
