@@ -19,8 +19,11 @@ fn main() -> ExitCode {
             .into();
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread runs every task: a poller's work is a few small steps a
+    // second, and hand-offs between worker threads (wake-ups, futexes) cost
+    // more CPU than the work itself. SQLite and blocking calls keep their
+    // own threads.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
