@@ -67,6 +67,9 @@ pub struct LocalStore {
     legacy_site: Arc<str>,
     /// A status document waiting to be committed with the next batch.
     staged_status: Arc<std::sync::Mutex<Option<StagedStatus>>>,
+    /// How many readings wait, kept by this handle's own writes (it is the
+    /// file's only writer); `None` for a read-only handle, which counts.
+    waiting: Option<Arc<std::sync::atomic::AtomicI64>>,
 }
 
 /// A status document staged by [`LocalStore::stage_status`].
@@ -206,12 +209,24 @@ impl LocalStore {
                     .map_err(open_error)?;
             }
         }
+        let waiting: i64 = sqlx::query_scalar("SELECT count(*) FROM readings")
+            .fetch_one(&pool)
+            .await
+            .map_err(open_error)?;
         Ok(Self {
             pool,
             path,
             legacy_site: Arc::from(""),
             staged_status: Arc::default(),
+            waiting: Some(Arc::new(std::sync::atomic::AtomicI64::new(waiting))),
         })
+    }
+
+    /// Counts `delta` more (or fewer) readings waiting.
+    fn count_waiting(&self, delta: i64) {
+        if let Some(waiting) = &self.waiting {
+            waiting.fetch_add(delta, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// Readings stored before the store recorded sites belong to `site`.
@@ -251,6 +266,7 @@ impl LocalStore {
             path,
             legacy_site: Arc::from(""),
             staged_status: Arc::default(),
+            waiting: None,
         })
     }
 
@@ -287,6 +303,7 @@ impl LocalStore {
             self.restage(staged);
             return Err(error.into());
         }
+        self.count_waiting(i64::try_from(added).unwrap_or(i64::MAX));
         Ok(added)
     }
 
@@ -390,10 +407,12 @@ impl LocalStore {
     /// Removes every reading up to and including `seq` (the forwarder ships
     /// the oldest first, so these are exactly the ones it committed).
     pub async fn remove_through(&self, seq: i64) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM readings WHERE seq <= ?")
+        let removed = sqlx::query("DELETE FROM readings WHERE seq <= ?")
             .bind(seq)
             .execute(&self.pool)
-            .await?;
+            .await?
+            .rows_affected();
+        self.count_waiting(-i64::try_from(removed).unwrap_or(i64::MAX));
         Ok(())
     }
 
@@ -409,11 +428,13 @@ impl LocalStore {
         .bind(seq)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("DELETE FROM readings WHERE seq = ?")
+        let moved = sqlx::query("DELETE FROM readings WHERE seq = ?")
             .bind(seq)
             .execute(&mut *tx)
-            .await?;
+            .await?
+            .rows_affected();
         tx.commit().await?;
+        self.count_waiting(-i64::try_from(moved).unwrap_or(i64::MAX));
         Ok(())
     }
 
@@ -423,6 +444,9 @@ impl LocalStore {
     pub async fn depth_by_site(
         &self,
     ) -> Result<HashMap<String, (i64, Option<DateTime<Utc>>)>, StoreError> {
+        if self.known_waiting() == Some(0) {
+            return Ok(HashMap::new());
+        }
         let rows =
             sqlx::query("SELECT site, count(*), min(measured_at_us) FROM readings GROUP BY site")
                 .fetch_all(&self.pool)
@@ -443,11 +467,29 @@ impl LocalStore {
     }
 
     /// How many readings wait, and the measurement time of the oldest.
+    /// Asked every poll interval: the count is this handle's own (no scan
+    /// of a backlog of days), and the oldest time comes from its index.
     pub async fn depth(&self) -> Result<(i64, Option<DateTime<Utc>>), StoreError> {
-        let row = sqlx::query("SELECT count(*), min(measured_at_us) FROM readings")
+        let Some(waiting) = self.known_waiting() else {
+            let row = sqlx::query("SELECT count(*), min(measured_at_us) FROM readings")
+                .fetch_one(&self.pool)
+                .await?;
+            return Ok((row.get(0), row.get::<Option<i64>, _>(1).map(from_micros)));
+        };
+        if waiting == 0 {
+            return Ok((0, None));
+        }
+        let oldest: Option<i64> = sqlx::query_scalar("SELECT min(measured_at_us) FROM readings")
             .fetch_one(&self.pool)
             .await?;
-        Ok((row.get(0), row.get::<Option<i64>, _>(1).map(from_micros)))
+        Ok((waiting, oldest.map(from_micros)))
+    }
+
+    /// The count of readings waiting, when this handle keeps it.
+    fn known_waiting(&self) -> Option<i64> {
+        self.waiting
+            .as_ref()
+            .map(|w| w.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// How many readings are parked.
@@ -470,6 +512,7 @@ impl LocalStore {
             .await?
             .rows_affected();
             total += deleted;
+            self.count_waiting(-i64::try_from(deleted).unwrap_or(i64::MAX));
             if deleted < 10_000 {
                 break;
             }
@@ -603,6 +646,10 @@ mod tests {
             (depth, oldest),
             (1, Some(Utc.timestamp_opt(1_700_000_100, 0).unwrap()))
         );
+        // The count this handle keeps is what a reader counts in the file.
+        let reader = LocalStore::open_read_only(dir.path()).await.unwrap();
+        assert_eq!(reader.depth().await.unwrap(), (depth, oldest));
+        reader.close().await;
         store.close().await;
 
         // Reopened: what was committed is there.
