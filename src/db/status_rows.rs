@@ -137,37 +137,50 @@ async fn write_site(tx: &mut sqlx::PgConnection, site: &SiteRows) -> Result<(), 
     .bind(&site.site)
     .execute(&mut *tx)
     .await?;
-    for d in &site.devices {
-        sqlx::query(
-            "INSERT INTO victron.device_status (device, source, address, product_id, product_name, serial,
-                 firmware, last_attempt, last_success, last_error, last_error_class, consecutive_failures,
-                 backoff_ms, installation_id, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, now())
-             ON CONFLICT (installation_id, device) DO UPDATE SET source = excluded.source, address = excluded.address,
-                 product_id = excluded.product_id, product_name = excluded.product_name,
-                 serial = excluded.serial, firmware = excluded.firmware,
-                 last_attempt = excluded.last_attempt, last_success = excluded.last_success,
-                 last_error = excluded.last_error, last_error_class = excluded.last_error_class,
-                 consecutive_failures = excluded.consecutive_failures, backoff_ms = excluded.backoff_ms,
-                 updated_at = now()",
-        )
-        .bind(&d.device)
-        .bind(d.source.as_str())
-        .bind(&d.address)
-        .bind(d.product_id.and_then(|p| i32::try_from(p).ok()))
-        .bind(&d.product_name)
-        .bind(&d.serial)
-        .bind(&d.firmware)
-        .bind(d.last_attempt)
-        .bind(d.last_success)
-        .bind(&d.last_error)
-        .bind(d.last_error_class.map(|c| c.as_str()))
-        .bind(int(d.consecutive_failures))
-        .bind(big(d.backoff.as_millis()))
-        .bind(&site.site)
-        .execute(&mut *tx)
-        .await?;
-    }
+    // Every device of the site in one statement: one round trip, however
+    // many devices.
+    let devices = &site.devices;
+    sqlx::query(
+        "INSERT INTO victron.device_status (device, source, address, product_id, product_name, serial,
+             firmware, last_attempt, last_success, last_error, last_error_class, consecutive_failures,
+             backoff_ms, installation_id, updated_at)
+         SELECT d.*, $14, now() FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int[], $5::text[],
+             $6::text[], $7::text[], $8::timestamptz[], $9::timestamptz[], $10::text[], $11::text[],
+             $12::int[], $13::bigint[]) AS d
+         ON CONFLICT (installation_id, device) DO UPDATE SET source = excluded.source, address = excluded.address,
+             product_id = excluded.product_id, product_name = excluded.product_name,
+             serial = excluded.serial, firmware = excluded.firmware,
+             last_attempt = excluded.last_attempt, last_success = excluded.last_success,
+             last_error = excluded.last_error, last_error_class = excluded.last_error_class,
+             consecutive_failures = excluded.consecutive_failures, backoff_ms = excluded.backoff_ms,
+             updated_at = now()",
+    )
+    .bind(devices.iter().map(|d| d.device.as_str()).collect::<Vec<_>>())
+    .bind(devices.iter().map(|d| d.source.as_str()).collect::<Vec<_>>())
+    .bind(devices.iter().map(|d| d.address.as_str()).collect::<Vec<_>>())
+    .bind(
+        devices
+            .iter()
+            .map(|d| d.product_id.and_then(|p| i32::try_from(p).ok()))
+            .collect::<Vec<_>>(),
+    )
+    .bind(devices.iter().map(|d| d.product_name.as_deref()).collect::<Vec<_>>())
+    .bind(devices.iter().map(|d| d.serial.as_deref()).collect::<Vec<_>>())
+    .bind(devices.iter().map(|d| d.firmware.as_deref()).collect::<Vec<_>>())
+    .bind(devices.iter().map(|d| d.last_attempt).collect::<Vec<_>>())
+    .bind(devices.iter().map(|d| d.last_success).collect::<Vec<_>>())
+    .bind(devices.iter().map(|d| d.last_error.as_deref()).collect::<Vec<_>>())
+    .bind(
+        devices
+            .iter()
+            .map(|d| d.last_error_class.map(|c| c.as_str()))
+            .collect::<Vec<_>>(),
+    )
+    .bind(devices.iter().map(|d| int(d.consecutive_failures)).collect::<Vec<_>>())
+    .bind(devices.iter().map(|d| big(d.backoff.as_millis())).collect::<Vec<_>>())
+    .bind(&site.site)
+    .execute(&mut *tx)
+    .await?;
     Ok(())
 }
 
