@@ -10,9 +10,7 @@
 
 use std::time::Duration;
 
-use tokio::net::TcpListener;
-use victron_poller::simulator::gx::{self, GxSimOptions};
-
+use crate::daemon::simulator;
 use crate::helpers::Systemd;
 
 const CONFIG: &str = "/etc/victron-poller/victron-poller.toml";
@@ -37,14 +35,7 @@ fn version_of(deb: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_debian_package_installs_upgrades_and_purges() {
-    let sim = gx::start(
-        TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        GxSimOptions {
-            animate: false,
-            ..GxSimOptions::default()
-        },
-    )
-    .unwrap();
+    let sim = simulator().await;
     let port = sim.addr().port();
     tokio::task::spawn_blocking(move || scenario(port))
         .await

@@ -12,9 +12,9 @@
 
 use std::time::Duration;
 
-use tokio::net::TcpListener;
-use victron_poller::simulator::gx::{self, GxSimOptions};
+use victron_poller::simulator::gx;
 
+use crate::daemon::simulator;
 use crate::helpers::Systemd;
 
 const UNIT: &str = concat!(
@@ -35,14 +35,7 @@ fn config(port: u16) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_unit_under_a_real_systemd() {
-    let sim = gx::start(
-        TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        GxSimOptions {
-            animate: false,
-            ..GxSimOptions::default()
-        },
-    )
-    .unwrap();
+    let sim = simulator().await;
     let port = sim.addr().port();
     // The simulator runs on this runtime; systemd is driven from a blocking thread.
     tokio::task::spawn_blocking(move || scenario(port, &sim))
