@@ -1,8 +1,8 @@
 //! The daemon's local side: its [`Snapshot`] as the systemd status line
 //! every poll interval and as the status document in the local store (what
 //! `status` reads without a database: committed with the next batch, every
-//! few seconds or when the verdict changes), and the local store's
-//! retention.
+//! few seconds or when the verdict or the devices polled here change), and
+//! the local store's retention.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -25,7 +25,7 @@ const STATUS_EVERY: Duration = Duration::from_secs(5);
 pub(super) async fn local_loop(shared: Shared, cancel: CancellationToken) {
     let mut status_tick = crate::schedule::ticker(shared.poll_interval);
     let mut retention_tick = crate::schedule::ticker(shared.config.retention.run_every);
-    let mut last_staged: Option<(Instant, Level)> = None;
+    let mut last_staged: Option<(Instant, Shape)> = None;
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
@@ -37,12 +37,13 @@ pub(super) async fn local_loop(shared: Shared, cancel: CancellationToken) {
                 if let Err(error) = shared.store.flush_status().await {
                     tracing::debug!(%error, "Cannot save the status document.");
                 }
-                let now = Utc::now();
-                let level = health::judge(&snapshot, now, now).level;
-                let due = last_staged.is_none_or(|(at, was)| at.elapsed() >= STATUS_EVERY || was != level);
+                let shape = Shape::of(&snapshot);
+                let due = last_staged
+                    .as_ref()
+                    .is_none_or(|(at, was)| at.elapsed() >= STATUS_EVERY || *was != shape);
                 if due {
                     stage(&shared, &snapshot);
-                    last_staged = Some((Instant::now(), level));
+                    last_staged = Some((Instant::now(), shape));
                 }
             }
             _ = retention_tick.tick() => {
@@ -62,6 +63,29 @@ pub(super) async fn local_loop(shared: Shared, cancel: CancellationToken) {
                     Err(error) => tracing::warn!(%error, "Local retention failed."),
                 }
             }
+        }
+    }
+}
+
+/// What makes a status document worth saving at once rather than at the
+/// next [`STATUS_EVERY`]: the verdict, and which devices this daemon polls
+/// (a failover handover).
+#[derive(PartialEq)]
+struct Shape {
+    level: Level,
+    standby: Vec<bool>,
+}
+
+impl Shape {
+    fn of(snapshot: &Snapshot) -> Self {
+        let now = Utc::now();
+        Self {
+            level: health::judge(snapshot, now, now).level,
+            standby: snapshot
+                .devices
+                .iter()
+                .map(|device| device.standby)
+                .collect(),
         }
     }
 }
