@@ -25,6 +25,7 @@ fn reading(i: i64) -> Reading {
         source: SourceKind::Modbus,
         measured_at: Utc.timestamp_opt(1_800_000_000, 0).unwrap()
             + chrono::Duration::milliseconds(i * 250),
+        unconfirmed: None,
         values: vec![
             ("soc", Value::Float(80.0 + (i % 200) as f64 / 10.0)),
             ("voltage", Value::Float(52.31)),

@@ -8,7 +8,9 @@
 //!
 //! - [`sources`]: the Modbus-TCP poller for a GX ([`registers`] is Victron's
 //!   register list and the read planner) and the VE.Direct reader; both on
-//!   the fixed-rate [`schedule`], producing [`reading`]s.
+//!   the fixed-rate [`schedule`], producing [`reading`]s noted on the boot
+//!   and the wall clock; [`clock`] decides which wall time that was (a
+//!   gateway without a real-time clock may not know yet).
 //! - [`pipeline`]: the batcher, between the sources and the local store.
 //! - [`store`]: the local SQLite store, the durability boundary.
 //! - [`forward`]: the forwarder from the store to PostgreSQL.
@@ -41,6 +43,7 @@
 //! binary as migrations.
 
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod db;

@@ -9,6 +9,8 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
+use crate::clock::Mono;
+
 /// The reading tables of schema `victron`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ReadingTable {
@@ -214,6 +216,11 @@ pub struct Reading {
     pub source: SourceKind,
     /// When the values were measured (the read completed), UTC.
     pub measured_at: DateTime<Utc>,
+    /// While the measurement time is not confirmed: the boot-clock moment
+    /// of the measurement (`measured_at` is then the local clock's reading,
+    /// which may be wrong). Sources set it; [`crate::clock::TimeKeeper`]
+    /// confirms the time, or the reading is held until it can.
+    pub unconfirmed: Option<Mono>,
     /// Column values; columns not listed are NULL. Names are from
     /// [`ReadingTable::columns`].
     pub values: Vec<(&'static str, Value)>,

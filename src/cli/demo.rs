@@ -10,8 +10,8 @@ use tokio::sync::mpsc;
 
 use super::Exit;
 use crate::config::{
-    BatchConfig, Config, FailoverConfig, GxConfig, HealthConfig, LogConfig, ModbusClass,
-    ModbusDeviceConfig, RetentionConfig, SiteConfig, StoreConfig,
+    BatchConfig, ClockConfig, Config, FailoverConfig, GxConfig, HealthConfig, LogConfig,
+    ModbusClass, ModbusDeviceConfig, RetentionConfig, SiteConfig, StoreConfig,
 };
 use crate::daemon::{self, DrainPolicy, RunOptions};
 use crate::signals::Signals;
@@ -68,6 +68,7 @@ pub async fn exec() -> anyhow::Result<Exit> {
         vedirect: Vec::new(),
         health: HealthConfig::default(),
         failover: FailoverConfig::default(),
+        clock: ClockConfig::default(),
     };
     let dir = tempfile::Builder::new()
         .prefix("victron-poller-demo-")

@@ -388,6 +388,13 @@ fn print_text(report: &Report) {
             s.version,
             ago(Some(daemon.saved_at))
         );
+        outln!("clock        {}", s.clock.summary());
+        if s.held_readings > 0 {
+            outln!(
+                "  held       {} reading(s) wait for their time",
+                s.held_readings
+            );
+        }
     }
     if let (Some(depth), Some(store)) = (report.readings_stored, &report.store) {
         outln!("store        {depth} readings in {}", store.display());
@@ -497,6 +504,17 @@ fn print_poller(p: &PollerView) {
         "store        {} waiting to be forwarded",
         p.spool_depth.unwrap_or(0)
     );
+    if let Some(clock) = &p.clock {
+        let offset = p
+            .clock_offset_s
+            .map(|o| format!(", {o:+.3} s to its reference"))
+            .unwrap_or_default();
+        let held = match p.held_readings.filter(|n| *n > 0) {
+            Some(n) => format!(", {n} reading(s) held for their time"),
+            None => String::new(),
+        };
+        outln!("clock        times from {clock}{offset}{held}");
+    }
     match p.last_retention_run {
         Some(_) => outln!(
             "retention    last run {}, dropped {} rows / {} chunks",

@@ -341,6 +341,11 @@ table! {
         "full",
         "\"full\" (a committed batch survives a power cut) or \"normal\" (fewer disk writes)",
     );
+    CLOCK_TRUST_LOCAL = boolean(
+        "clock.trust_local",
+        false,
+        "this machine's clock is always right (a battery-backed RTC, GPS): no checks against references",
+    );
     LOG_FORMAT = text("log.format", "text", "\"text\" or \"json\" lines");
     LOG_LEVEL = text(
         "log.level",

@@ -52,6 +52,8 @@ pub struct Config {
     pub batch: BatchConfig,
     /// How the local store commits.
     pub store: StoreConfig,
+    /// Whether the local clock needs checking.
+    pub clock: ClockConfig,
     /// Log output.
     pub log: LogConfig,
     /// The site these readings belong to.
@@ -302,6 +304,14 @@ impl Default for BatchConfig {
     }
 }
 
+/// How far the local clock is trusted (see [`crate::clock`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ClockConfig {
+    /// `clock.trust_local`: the machine has a clock that is right from
+    /// boot (a battery-backed RTC, GPS), so nothing is checked or held.
+    pub trust_local: bool,
+}
+
 /// How the local store commits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct StoreConfig {
@@ -508,6 +518,7 @@ impl Config {
             }
             "batch.max_age_ms" => Shown::Millis(self.batch.max_age),
             "store.sync" => Shown::Text(self.store.sync.as_str().into()),
+            "clock.trust_local" => Shown::Flag(self.clock.trust_local),
             "log.format" => Shown::Text(self.log.format.as_str().into()),
             "log.level" => Shown::Text(self.log.level.clone()),
             "health.listen" => self

@@ -12,9 +12,9 @@ use url::Url;
 use super::keys::{self, KnownKey};
 use super::reader::{Problems, Table};
 use super::{
-    BatchConfig, Config, ConfigError, DatabaseConfig, FailoverConfig, GxConfig, HealthConfig,
-    LogConfig, LogFormat, ModbusClass, ModbusDeviceConfig, RetentionConfig, Secret, SiteConfig,
-    StoreConfig, StoreSync, VeDirectConfig, VeDirectPort,
+    BatchConfig, ClockConfig, Config, ConfigError, DatabaseConfig, FailoverConfig, GxConfig,
+    HealthConfig, LogConfig, LogFormat, ModbusClass, ModbusDeviceConfig, RetentionConfig, Secret,
+    SiteConfig, StoreConfig, StoreSync, VeDirectConfig, VeDirectPort,
 };
 
 /// `origins`: the keys environment variables set, and the variable of each.
@@ -70,6 +70,12 @@ pub(super) fn validate(
     };
     t.finish(&mut problems);
 
+    let mut t = root.table("clock", &mut problems);
+    let clock = ClockConfig {
+        trust_local: t.boolean(&keys::CLOCK_TRUST_LOCAL, &mut problems),
+    };
+    t.finish(&mut problems);
+
     let mut t = root.table("log", &mut problems);
     let log = log(&mut t, &mut problems);
     t.finish(&mut problems);
@@ -118,6 +124,7 @@ pub(super) fn validate(
             },
             batch,
             store,
+            clock,
             log,
             site,
             gx,

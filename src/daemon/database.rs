@@ -29,6 +29,12 @@ const REFUSED_RETRY: Duration = Duration::from_secs(30);
 /// database never stalls anything else.
 const STATUS_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The status rows' error while readings wait for their time.
+const HELD_ERROR: &str = "readings held: the clock is not confirmed";
+
+/// The longest a sample of the server's clock may take.
+const CLOCK_SAMPLE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// The longest the last status write at shutdown may take.
 const LAST_STATUS_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -100,6 +106,9 @@ pub(super) async fn database_loop(shared: Shared, signals: Signals, cancel: Canc
     };
     shared.link.works();
     tracing::info!(database = %db.redacted_url(), storage = %mode, "Database ready.");
+    // Before anything is forwarded: readings held for their time may be
+    // stamped from the server's clock.
+    sample_database_clock(&shared, &pool).await;
     let forwarder = Forwarder::new(
         shared.store.clone(),
         pool.clone(),
@@ -128,6 +137,9 @@ async fn status_writer(shared: Shared, pool: PgPool, mode: StorageMode, cancel: 
         tokio::select! {
             () = cancel.cancelled() => return,
             _ = tick.tick() => {}
+        }
+        if shared.clock.wants_database_sample() {
+            sample_database_clock(&shared, &pool).await;
         }
         // Bounded: a slow or absent database never stalls anything else.
         let result =
@@ -161,6 +173,19 @@ async fn status_writer(shared: Shared, pool: PgPool, mode: StorageMode, cancel: 
     }
 }
 
+/// Samples the server's clock for the time keeper, bounded; a failure is
+/// only a missing sample.
+async fn sample_database_clock(shared: &Shared, pool: &PgPool) {
+    let sampled = tokio::time::timeout(
+        CLOCK_SAMPLE_TIMEOUT,
+        crate::db::clock::sample(pool, &shared.clock),
+    )
+    .await;
+    if let Ok(Err(error)) = sampled {
+        tracing::debug!(%error, "Cannot read the database server's clock.");
+    }
+}
+
 /// Writes the status rows of the sites and devices this daemon polls.
 async fn write_db_status(
     shared: &Shared,
@@ -178,6 +203,8 @@ async fn write_db_status(
         by_site.entry(site).or_default().push(device);
     }
     let spool = shared.store.depth_by_site().await.unwrap_or_default();
+    let held = shared.store.held_by_site().await.unwrap_or_default();
+    let clock = shared.clock.report();
     let stopped_at = shared.stopped_at.get().copied();
     let sites: Vec<SiteRows> = by_site
         .into_iter()
@@ -191,13 +218,17 @@ async fn write_db_status(
                 last_error: devices
                     .iter()
                     .filter(|d| d.is_failing())
-                    .find_map(|d| d.last_error.as_ref().map(|e| format!("{}: {e}", d.device))),
+                    .find_map(|d| d.last_error.as_ref().map(|e| format!("{}: {e}", d.device)))
+                    .or_else(|| clock.holds_readings().then(|| HELD_ERROR.to_string())),
                 consecutive_failures: devices
                     .iter()
                     .map(|d| d.consecutive_failures)
                     .max()
                     .unwrap_or(0),
-                healthy: healthy == devices.len() && !devices.is_empty() && stopped_at.is_none(),
+                healthy: healthy == devices.len()
+                    && !devices.is_empty()
+                    && stopped_at.is_none()
+                    && !clock.holds_readings(),
                 host: host_name(),
                 version: env!("CARGO_PKG_VERSION"),
                 started_at: shared.started_at,
@@ -212,6 +243,9 @@ async fn write_db_status(
                     .map(|o| (Utc::now() - o).num_milliseconds() as f64 / 1000.0),
                 retention_window: shared.config.retention.window,
                 storage_mode: mode,
+                clock: clock.basis.as_str(),
+                clock_offset_s: clock.offset_s,
+                held_readings: held.get(&site).copied().unwrap_or(0),
             };
             SiteRows {
                 site,

@@ -31,7 +31,8 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::clock::TimeKeeper;
+use crate::config::{Config, ModbusClass};
 use crate::db::link::DatabaseLink;
 use crate::db::locks::LeaseKeeper;
 use crate::failover::Leases;
@@ -131,6 +132,8 @@ struct Shared {
     sites: Arc<HashMap<String, String>>,
     /// Forward-first, opened by the database side once it forwards.
     direct: DirectPath,
+    /// Measurement times: fed by the GX pollers and the database side.
+    clock: Arc<TimeKeeper>,
 }
 
 /// The shortest configured poll interval (status rows are written that often).
@@ -148,6 +151,16 @@ pub fn poll_interval(config: &Config) -> Duration {
         )
         .min()
         .unwrap_or(Duration::from_secs(5))
+}
+
+/// Whether a clock reference is configured: a database, or a GX's system
+/// overview (which carries the GX's clock).
+fn expects_clock_reference(config: &Config) -> bool {
+    config.database.is_some()
+        || config
+            .gx
+            .iter()
+            .any(|gx| gx.devices.iter().any(|d| d.class == ModbusClass::System))
 }
 
 /// Every configured device's name.
@@ -171,6 +184,13 @@ pub async fn run(
         .await?
         .with_legacy_site(config.site.installation_id.as_deref().unwrap_or_default());
     tracing::info!(store = %store.path().display(), "Local store open.");
+    let unstampable = store.park_held_from_earlier_boots().await?;
+    if unstampable > 0 {
+        tracing::warn!(
+            readings = unstampable,
+            "Readings held for their time before the machine restarted can no longer be stamped: they are parked in the local store."
+        );
+    }
     let http_listener = match config.health.listen {
         Some(address) => Some(crate::report::http::bind(address).await?),
         None => None,
@@ -196,6 +216,10 @@ pub async fn run(
         poll_interval: poll_interval(&config),
         sites: Arc::new(config.device_sites()),
         direct: DirectPath::default(),
+        clock: Arc::new(TimeKeeper::new(
+            config.clock.trust_local,
+            expects_clock_reference(&config),
+        )),
     };
 
     // One tracker for every task; the ordered stop below follows the data:
@@ -204,8 +228,9 @@ pub async fn run(
     let tasks = TaskTracker::new();
     let (tx, rx) = mpsc::channel::<Reading>(4096);
     for gx in &config.gx {
-        let poller =
-            GxPoller::new(gx, shared.status.clone(), tx.clone()).with_leases(leases.clone());
+        let poller = GxPoller::new(gx, shared.status.clone(), tx.clone())
+            .with_leases(leases.clone())
+            .with_clock(Arc::clone(&shared.clock));
         tasks.spawn(poller.run(shutdown.clone()));
     }
     for device in &config.vedirect {
@@ -222,6 +247,7 @@ pub async fn run(
         store.clone(),
         Arc::clone(&shared.counters.rows_stored),
         Arc::clone(&wake),
+        Arc::clone(&shared.clock),
     )
     .with_report(options.batch_report.clone());
     let sink = if config.database.is_some() {

@@ -45,6 +45,8 @@ pub(super) async fn snapshot(shared: &Shared) -> Snapshot {
             .unwrap_or(u64::MAX),
         stalled,
         devices: shared.status.snapshot(),
+        clock: shared.clock.report(),
+        held_readings: shared.store.held(),
     }
 }
 

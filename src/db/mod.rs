@@ -4,6 +4,7 @@
 //!
 //! Nothing here prints; callers decide how to show the results.
 
+pub mod clock;
 pub mod link;
 pub mod locks;
 pub mod migrate;

@@ -54,6 +54,12 @@ pub struct PollerRow {
     pub retention_window: Duration,
     /// How readings are stored.
     pub storage_mode: StorageMode,
+    /// Where measurement times come from ([`crate::clock::Basis`]).
+    pub clock: &'static str,
+    /// The local clock minus its best reference (s).
+    pub clock_offset_s: Option<f64>,
+    /// Readings waiting in the local store for their time.
+    pub held_readings: i64,
 }
 
 fn int(n: impl TryInto<i32>) -> i32 {
@@ -102,8 +108,10 @@ async fn write_site(tx: &mut sqlx::PgConnection, site: &SiteRows) -> Result<(), 
              last_error, consecutive_failures, is_healthy, poller_host, poller_version,
              poller_started_at, poll_interval_ms, devices_configured, devices_healthy,
              rows_written_last_batch, rows_written_total, spool_depth, spool_oldest_age_s,
-             retention_window_s, storage_mode, poller_stopped_at, updated_at)
-         VALUES ($19, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, now())
+             retention_window_s, storage_mode, poller_stopped_at, clock, clock_offset_s, held_readings,
+             updated_at)
+         VALUES ($19, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
+             $20, $21, $22, now())
          ON CONFLICT (installation_id) DO UPDATE SET last_poll_attempt = excluded.last_poll_attempt,
              last_successful_poll = excluded.last_successful_poll, last_error = excluded.last_error,
              consecutive_failures = excluded.consecutive_failures, is_healthy = excluded.is_healthy,
@@ -114,7 +122,8 @@ async fn write_site(tx: &mut sqlx::PgConnection, site: &SiteRows) -> Result<(), 
              rows_written_total = excluded.rows_written_total, spool_depth = excluded.spool_depth,
              spool_oldest_age_s = excluded.spool_oldest_age_s, retention_window_s = excluded.retention_window_s,
              storage_mode = excluded.storage_mode, poller_stopped_at = excluded.poller_stopped_at,
-             updated_at = now()",
+             clock = excluded.clock, clock_offset_s = excluded.clock_offset_s,
+             held_readings = excluded.held_readings, updated_at = now()",
     )
     .bind(poller.last_attempt)
     .bind(poller.last_success)
@@ -135,6 +144,9 @@ async fn write_site(tx: &mut sqlx::PgConnection, site: &SiteRows) -> Result<(), 
     .bind(poller.storage_mode.as_str())
     .bind(poller.stopped_at)
     .bind(&site.site)
+    .bind(poller.clock)
+    .bind(poller.clock_offset_s)
+    .bind(poller.held_readings)
     .execute(&mut *tx)
     .await?;
     // Every device of the site in one statement: one round trip, however
@@ -193,7 +205,7 @@ INSERT INTO victron.polling_status (id, last_poll_attempt, last_successful_poll,
     consecutive_failures, is_healthy, poller_host, poller_version, poller_started_at,
     poller_stopped_at, poll_interval_ms, devices_configured, devices_healthy,
     rows_written_last_batch, rows_written_total, spool_depth, spool_oldest_age_s,
-    retention_window_s, storage_mode)
+    retention_window_s, storage_mode, clock, clock_offset_s, held_readings)
 SELECT 1, max(last_poll_attempt), min(last_successful_poll),
     (SELECT CASE WHEN u.installation_id = '' THEN '' ELSE u.installation_id || ': ' END
             || coalesce(u.last_error,
@@ -207,7 +219,13 @@ SELECT 1, max(last_poll_attempt), min(last_successful_poll),
     CASE WHEN bool_and(poller_stopped_at IS NOT NULL) THEN max(poller_stopped_at) END,
     min(poll_interval_ms), sum(devices_configured)::int, sum(devices_healthy)::int,
     sum(rows_written_last_batch)::int, sum(rows_written_total)::bigint, sum(spool_depth)::bigint,
-    max(spool_oldest_age_s), max(retention_window_s), max(storage_mode)
+    max(spool_oldest_age_s), max(retention_window_s), max(storage_mode),
+    (SELECT c.clock FROM victron.site_status c WHERE c.clock IS NOT NULL
+       ORDER BY CASE c.clock WHEN 'held' THEN 0 WHEN 'carried' THEN 1 WHEN 'database' THEN 2
+                             WHEN 'gx' THEN 3 ELSE 4 END LIMIT 1),
+    (SELECT c.clock_offset_s FROM victron.site_status c
+       ORDER BY abs(c.clock_offset_s) DESC NULLS LAST LIMIT 1),
+    sum(held_readings)::bigint
 FROM victron.site_status
 ON CONFLICT (id) DO UPDATE SET last_poll_attempt = excluded.last_poll_attempt,
     last_successful_poll = excluded.last_successful_poll, last_error = excluded.last_error,
@@ -218,7 +236,8 @@ ON CONFLICT (id) DO UPDATE SET last_poll_attempt = excluded.last_poll_attempt,
     devices_healthy = excluded.devices_healthy, rows_written_last_batch = excluded.rows_written_last_batch,
     rows_written_total = excluded.rows_written_total, spool_depth = excluded.spool_depth,
     spool_oldest_age_s = excluded.spool_oldest_age_s, retention_window_s = excluded.retention_window_s,
-    storage_mode = excluded.storage_mode";
+    storage_mode = excluded.storage_mode, clock = excluded.clock,
+    clock_offset_s = excluded.clock_offset_s, held_readings = excluded.held_readings";
 
 /// Records a retention run in `victron.polling_status`.
 pub async fn record_retention(
@@ -341,6 +360,17 @@ pub struct PollerView {
     /// Of them, those not healthy or stale.
     #[serde(default)]
     pub sites_unhealthy: Option<i64>,
+    /// Where measurement times come from (the worst site's, in the
+    /// singleton): `local`, `gx`, `database`, `carried` or `held`.
+    #[serde(default)]
+    pub clock: Option<String>,
+    /// The local clock minus its best reference (s; the largest, in the
+    /// singleton).
+    #[serde(default)]
+    pub clock_offset_s: Option<f64>,
+    /// Readings waiting in the local store for their time.
+    #[serde(default)]
+    pub held_readings: Option<i64>,
 }
 
 /// What `status` reads: the operator's view, one row per site, and the

@@ -133,6 +133,7 @@ mod tests {
             source: SourceKind::Modbus,
             // One second after PostgreSQL's epoch.
             measured_at: Utc.with_ymd_and_hms(2000, 1, 1, 0, 0, 1).unwrap(),
+            unconfirmed: None,
             values,
         }
     }

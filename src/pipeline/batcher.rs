@@ -22,8 +22,12 @@ const RETRY_MAX: Duration = Duration::from_secs(10);
 
 /// Where batches go.
 pub trait BatchSink {
-    /// Commits one batch, all or nothing.
-    fn commit(&mut self, batch: &[Reading]) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Commits one batch, all or nothing. The sink may settle the readings'
+    /// measurement times in place (see [`crate::clock`]).
+    fn commit(
+        &mut self,
+        batch: &mut [Reading],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 /// The batching stage.
@@ -76,7 +80,7 @@ impl<S: BatchSink> Batcher<S> {
         }
         let mut delay = RETRY_FIRST;
         let mut failed = false;
-        while let Err(error) = self.sink.commit(&self.batch).await {
+        while let Err(error) = self.sink.commit(&mut self.batch).await {
             if !failed {
                 failed = true;
                 tracing::error!(%error, readings = self.batch.len(), "Cannot write to the local store; retrying.");
@@ -112,7 +116,7 @@ mod tests {
     }
 
     impl BatchSink for Recorder {
-        async fn commit(&mut self, batch: &[Reading]) -> Result<(), StoreError> {
+        async fn commit(&mut self, batch: &mut [Reading]) -> Result<(), StoreError> {
             let mut failures = self.failures.lock().unwrap();
             if *failures > 0 {
                 *failures -= 1;
@@ -137,6 +141,7 @@ mod tests {
             table: ReadingTable::Battery,
             source: SourceKind::Modbus,
             measured_at: Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 0).unwrap(),
+            unconfirmed: None,
             values: vec![("soc", Value::Float(soc))],
         }
     }

@@ -1,19 +1,25 @@
 //! The stage between the sources and the local store: the [`batcher`]
-//! groups readings into batches, and [`StoreSink`] commits each to the local
+//! groups readings into batches, and [`StoreSink`] settles their measurement
+//! times ([`TimeKeeper`]: stamped, or held while nobody knows the time;
+//! per series, times never go backwards), commits each batch to the local
 //! store (the durability boundary), wakes the forwarder and counts it — or,
 //! while the store has nothing to forward and the database answers, sends
 //! it straight to PostgreSQL ([`DirectPath`]).
 
 pub mod batcher;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use chrono::{DateTime, Utc};
+
 use tokio::sync::{Notify, mpsc};
 
+use crate::clock::{Taken, TimeKeeper, stamp_with};
 use crate::db::link::DatabaseLink;
 use crate::forward::{DirectPath, ForwardCounters};
-use crate::reading::Reading;
+use crate::reading::{Reading, ReadingTable};
 use crate::store::{LocalStore, StoreError};
 pub use batcher::{BatchSink, Batcher};
 
@@ -39,6 +45,10 @@ pub struct StoreSink {
     report: Option<mpsc::UnboundedSender<BatchReport>>,
     /// Forward-first, when a database is configured.
     direct: Option<Direct>,
+    /// Decides measurement times.
+    clock: Arc<TimeKeeper>,
+    /// The last measurement time of each series (site, device, table).
+    last_times: HashMap<(Arc<str>, String, ReadingTable), DateTime<Utc>>,
 }
 
 /// What the sink needs to send a batch straight to PostgreSQL.
@@ -50,15 +60,76 @@ struct Direct {
 }
 
 impl StoreSink {
-    /// A sink into `store` that counts into `rows_stored` and wakes `forwarder`.
-    pub fn new(store: LocalStore, rows_stored: Arc<AtomicU64>, forwarder: Arc<Notify>) -> Self {
+    /// A sink into `store` that counts into `rows_stored`, wakes
+    /// `forwarder`, and takes measurement times from `clock`.
+    pub fn new(
+        store: LocalStore,
+        rows_stored: Arc<AtomicU64>,
+        forwarder: Arc<Notify>,
+        clock: Arc<TimeKeeper>,
+    ) -> Self {
         Self {
             store,
             rows_stored,
             forwarder,
             report: None,
             direct: None,
+            clock,
+            last_times: HashMap::new(),
         }
+    }
+
+    /// Stamps the readings whose time is not settled yet; returns whether
+    /// some stay held. Once the time is known, readings held earlier are
+    /// re-stamped in the store too.
+    async fn settle_times(&mut self, batch: &mut [Reading]) -> Result<bool, StoreError> {
+        let offset = self.clock.current_offset();
+        let mut held = false;
+        for reading in batch.iter_mut() {
+            let Some(mono) = reading.unconfirmed else {
+                continue;
+            };
+            let Some((basis, offset)) = offset else {
+                held = true;
+                continue;
+            };
+            let taken = Taken {
+                mono,
+                wall: reading.measured_at,
+            };
+            let mut at = stamp_with(taken, basis, offset);
+            // Never before the series' last reading (a correction of the
+            // clock's offset, two blocks within one microsecond).
+            let key = (
+                Arc::clone(&reading.site),
+                reading.device.clone(),
+                reading.table,
+            );
+            if let Some(last) = self.last_times.get(&key)
+                && at <= *last
+            {
+                at = *last + chrono::Duration::microseconds(1);
+            }
+            self.last_times.insert(key, at);
+            reading.measured_at = at;
+            reading.unconfirmed = None;
+        }
+        if let Some((basis, offset)) = offset
+            && self.store.held() > 0
+        {
+            let released = self
+                .store
+                .release_held(|taken| stamp_with(taken, basis, offset))
+                .await?;
+            if released > 0 {
+                tracing::info!(
+                    readings = released,
+                    "Readings held for their time are stamped now and queued for forwarding."
+                );
+                self.forwarder.notify_one();
+            }
+        }
+        Ok(held)
     }
 
     /// Sends batches straight to PostgreSQL while `path` is open (see
@@ -85,10 +156,12 @@ impl StoreSink {
 }
 
 impl BatchSink for StoreSink {
-    async fn commit(&mut self, batch: &[Reading]) -> Result<(), StoreError> {
+    async fn commit(&mut self, batch: &mut [Reading]) -> Result<(), StoreError> {
+        let held = self.settle_times(batch).await?;
+        let batch: &[Reading] = batch;
         let forwarded = match &self.direct {
-            Some(d) => d.path.forward(batch, &d.counters, &d.link).await,
-            None => false,
+            Some(d) if !held => d.path.forward(batch, &d.counters, &d.link).await,
+            _ => false,
         };
         let stored = if forwarded {
             0

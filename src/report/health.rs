@@ -110,6 +110,12 @@ pub fn judge(snapshot: &Snapshot, saved_at: DateTime<Utc>, now: DateTime<Utc>) -
         down.push("no device answers".into());
     }
     degraded.extend(failing);
+    if snapshot.clock.holds_readings() {
+        degraded.push(format!(
+            "readings held for their time for {:.0} s: the local clock is not synchronised and no clock reference has answered",
+            snapshot.clock.held_for_s.unwrap_or_default()
+        ));
+    }
     Health::from_findings(down, degraded)
 }
 
@@ -172,7 +178,28 @@ mod tests {
             stall_timeout_ms: 120_000,
             stalled: Vec::new(),
             devices: board.snapshot(),
+            clock: crate::clock::ClockReport::default(),
+            held_readings: 0,
         }
+    }
+
+    /// Readings held for their time make a daemon degraded when a reference
+    /// is expected (they hold back forwarding), not otherwise.
+    #[test]
+    fn readings_held_for_their_time_degrade() {
+        let now = Utc::now();
+        let mut held = snapshot(&[("a", 0, false)]);
+        held.clock.basis = crate::clock::Basis::Held;
+        held.clock.held_for_s = Some(42.0);
+        held.clock.expects_reference = true;
+        let verdict = judge(&held, now, now);
+        assert_eq!(verdict.level, Level::Degraded);
+        assert!(
+            verdict.reasons[0].contains("held for their time for 42 s"),
+            "{verdict:?}"
+        );
+        held.clock.expects_reference = false;
+        assert_eq!(judge(&held, now, now).level, Level::Healthy);
     }
 
     #[test]

@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 
 use super::Snapshot;
 use super::health::{Health, Level};
+use crate::clock::Basis;
 
 /// The kind of a metric family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -262,7 +263,73 @@ pub fn page(snapshot: &Snapshot, health: &Health, now: DateTime<Utc>) -> String 
     for (name, kind, help, value) in totals {
         page.family(name, kind, help).sample(name, &[], value);
     }
+    clock(&mut page, snapshot);
     page.finish()
+}
+
+/// The clock's families: where measurement times come from, the kernel's
+/// synchronisation, the offset to each reference, steps, held readings.
+fn clock(page: &mut MetricsText, snapshot: &Snapshot) {
+    let clock = &snapshot.clock;
+    page.family(
+        "victron_poller_clock_basis",
+        Kind::Gauge,
+        "1 for where measurement times come from: local, gx, database, carried (the last trusted offset on the boot clock) or held (readings wait for a clock reference).",
+    );
+    for basis in [
+        Basis::Local,
+        Basis::Gx,
+        Basis::Database,
+        Basis::Carried,
+        Basis::Held,
+    ] {
+        let value = if clock.basis == basis { 1.0 } else { 0.0 };
+        page.sample(
+            "victron_poller_clock_basis",
+            &[("basis", basis.as_str())],
+            value,
+        );
+    }
+    if let Some(synchronised) = clock.synchronised {
+        page.family(
+            "victron_poller_clock_synchronised",
+            Kind::Gauge,
+            "1 when the kernel says its clock is synchronised (an NTP client steers it), else 0.",
+        )
+        .sample(
+            "victron_poller_clock_synchronised",
+            &[],
+            if synchronised { 1.0 } else { 0.0 },
+        );
+    }
+    page.family(
+        "victron_poller_clock_offset_seconds",
+        Kind::Gauge,
+        "The local clock minus a reference's clock (positive: the local clock is ahead).",
+    );
+    for reference in &clock.references {
+        page.sample(
+            "victron_poller_clock_offset_seconds",
+            &[("reference", &reference.name)],
+            reference.offset_s,
+        );
+    }
+    page.family(
+        "victron_poller_clock_steps_total",
+        Kind::Counter,
+        "Steps of the local wall clock seen since start.",
+    )
+    .sample("victron_poller_clock_steps_total", &[], clock.steps as f64);
+    page.family(
+        "victron_poller_readings_held",
+        Kind::Gauge,
+        "Readings waiting in the local store for their measurement time to be known.",
+    )
+    .sample(
+        "victron_poller_readings_held",
+        &[],
+        snapshot.held_readings as f64,
+    );
 }
 
 #[cfg(test)]

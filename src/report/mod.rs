@@ -11,6 +11,7 @@ pub mod metrics;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::clock::{Basis, ClockReport};
 use crate::status::DeviceStatus;
 
 /// The daemon's status at one moment.
@@ -60,6 +61,12 @@ pub struct Snapshot {
     pub stalled: Vec<Stalled>,
     /// Every device.
     pub devices: Vec<DeviceStatus>,
+    /// Where measurement times come from, and the offsets to the references.
+    #[serde(default)]
+    pub clock: ClockReport,
+    /// Readings waiting in the local store for their time.
+    #[serde(default)]
+    pub held_readings: i64,
 }
 
 /// A source that made no progress for too long.
@@ -90,6 +97,12 @@ impl Snapshot {
             line.push_str(&format!(", {depth} reading(s) waiting to be forwarded"));
         } else {
             line.push_str(&format!(", {depth} reading(s) in the local store"));
+        }
+        if self.clock.basis != Basis::Local {
+            line.push_str(&format!(", times from {}", self.clock.basis.as_str()));
+        }
+        if self.held_readings > 0 {
+            line.push_str(&format!(", {} held for their time", self.held_readings));
         }
         line
     }

@@ -20,6 +20,7 @@ use sqlx::sqlite::{
 
 mod rows;
 
+use crate::clock::{Mono, Taken, boot_id};
 use crate::config::StoreSync;
 use crate::reading::{Reading, ReadingTable, Value};
 
@@ -45,6 +46,9 @@ pub enum StoreError {
     Encode(#[from] serde_json::Error),
 }
 
+/// Why readings held across a reboot are parked.
+pub const HELD_ACROSS_BOOT: &str = "held for its time across a restart of the machine: the measurement time could not be confirmed";
+
 /// The name the daemon saves its [`crate::report::Snapshot`] under.
 pub const STATUS_NAME: &str = "daemon";
 
@@ -67,9 +71,13 @@ pub struct LocalStore {
     legacy_site: Arc<str>,
     /// A status document waiting to be committed with the next batch.
     staged_status: Arc<std::sync::Mutex<Option<StagedStatus>>>,
-    /// How many readings wait, kept by this handle's own writes (it is the
-    /// file's only writer); `None` for a read-only handle, which counts.
+    /// How many readings wait to be forwarded, kept by this handle's own
+    /// writes (it is the file's only writer); `None` for a read-only
+    /// handle, which counts.
     waiting: Option<Arc<std::sync::atomic::AtomicI64>>,
+    /// How many readings are held for their time (see [`crate::clock`]):
+    /// kept, not forwarded, until re-stamped.
+    held: Arc<std::sync::atomic::AtomicI64>,
 }
 
 /// A status document staged by [`LocalStore::stage_status`].
@@ -89,6 +97,8 @@ CREATE TABLE IF NOT EXISTS readings (
     measured_at_us INTEGER NOT NULL,
     vals           TEXT    NOT NULL,
     site           TEXT,
+    held_mono      INTEGER,
+    held_boot      TEXT,
     UNIQUE (reading_table, device, measured_at_us)
 );
 CREATE INDEX IF NOT EXISTS readings_measured_at ON readings (measured_at_us);
@@ -193,32 +203,42 @@ impl LocalStore {
             .execute(&pool)
             .await
             .map_err(open_error)?;
-        // A store written before readings carried their site gains the
-        // column; its rows keep NULL (see `legacy_site`).
-        for table in ["readings", "parked"] {
-            let has_site: bool = sqlx::query_scalar(&format!(
-                "SELECT count(*) > 0 FROM pragma_table_info('{table}') WHERE name = 'site'"
+        // A store written before readings carried their site (its rows keep
+        // NULL: see `legacy_site`), or before readings could be held for
+        // their time, gains the columns.
+        let added = [
+            ("readings", "site", "TEXT"),
+            ("parked", "site", "TEXT"),
+            ("readings", "held_mono", "INTEGER"),
+            ("readings", "held_boot", "TEXT"),
+        ];
+        for (table, column, ty) in added {
+            let has: bool = sqlx::query_scalar(&format!(
+                "SELECT count(*) > 0 FROM pragma_table_info('{table}') WHERE name = '{column}'"
             ))
             .fetch_one(&pool)
             .await
             .map_err(open_error)?;
-            if !has_site {
-                sqlx::query(&format!("ALTER TABLE {table} ADD COLUMN site TEXT"))
+            if !has {
+                sqlx::query(&format!("ALTER TABLE {table} ADD COLUMN {column} {ty}"))
                     .execute(&pool)
                     .await
                     .map_err(open_error)?;
             }
         }
-        let waiting: i64 = sqlx::query_scalar("SELECT count(*) FROM readings")
-            .fetch_one(&pool)
-            .await
-            .map_err(open_error)?;
+        let (waiting, held): (i64, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE held_mono IS NULL), count(*) FILTER (WHERE held_mono IS NOT NULL) FROM readings",
+        )
+        .fetch_one(&pool)
+        .await
+        .map_err(open_error)?;
         Ok(Self {
             pool,
             path,
             legacy_site: Arc::from(""),
             staged_status: Arc::default(),
             waiting: Some(Arc::new(std::sync::atomic::AtomicI64::new(waiting))),
+            held: Arc::new(std::sync::atomic::AtomicI64::new(held)),
         })
     }
 
@@ -267,6 +287,7 @@ impl LocalStore {
             legacy_site: Arc::from(""),
             staged_status: Arc::default(),
             waiting: None,
+            held: Arc::default(),
         })
     }
 
@@ -279,11 +300,12 @@ impl LocalStore {
     /// table, device and time) is ignored. Returns how many were new.
     pub async fn append(&self, readings: &[Reading]) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let mut added = 0;
+        let (mut added, mut held) = (0, 0);
         for reading in readings {
-            added += sqlx::query(
-                "INSERT OR IGNORE INTO readings (reading_table, device, source, measured_at_us, vals, site)
-                 VALUES (?, ?, ?, ?, ?, ?)",
+            let moment = reading.unconfirmed.map(Mono::nanos);
+            let n = sqlx::query(
+                "INSERT OR IGNORE INTO readings (reading_table, device, source, measured_at_us, vals, site, held_mono, held_boot)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(reading.table.name())
             .bind(&reading.device)
@@ -291,9 +313,16 @@ impl LocalStore {
             .bind(micros(reading.measured_at))
             .bind(encode_values(&reading.values))
             .bind(&*reading.site)
+            .bind(moment)
+            .bind(moment.map(|_| boot_id()))
             .execute(&mut *tx)
             .await?
             .rows_affected();
+            if moment.is_some() {
+                held += n;
+            } else {
+                added += n;
+            }
         }
         let staged = self.take_staged_status();
         if let Some(status) = &staged {
@@ -304,7 +333,100 @@ impl LocalStore {
             return Err(error.into());
         }
         self.count_waiting(i64::try_from(added).unwrap_or(i64::MAX));
-        Ok(added)
+        self.held.fetch_add(
+            i64::try_from(held).unwrap_or(i64::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        Ok(added + held)
+    }
+
+    /// How many readings are held for their time (this handle's count).
+    pub fn held(&self) -> i64 {
+        self.held.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Re-stamps the readings held during this boot, now that the time is
+    /// known (`stamp` turns a reading's two clocks into its wall time), and
+    /// queues them for forwarding. Returns how many.
+    pub async fn release_held(
+        &self,
+        stamp: impl Fn(Taken) -> DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let rows: Vec<(i64, i64, i64)> = sqlx::query_as(
+            "SELECT seq, measured_at_us, held_mono FROM readings
+             WHERE held_mono IS NOT NULL AND held_boot = ? ORDER BY seq",
+        )
+        .bind(boot_id())
+        .fetch_all(&self.pool)
+        .await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let stamps: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|&(seq, wall_us, mono)| {
+                let taken = Taken {
+                    mono: Mono::from_nanos(mono),
+                    wall: from_micros(wall_us),
+                };
+                serde_json::json!([seq, micros(stamp(taken))])
+            })
+            .collect();
+        let released = sqlx::query(
+            "UPDATE OR IGNORE readings SET measured_at_us = s.value ->> 1, held_mono = NULL, held_boot = NULL
+             FROM json_each(?) AS s WHERE readings.seq = s.value ->> 0",
+        )
+        .bind(serde_json::Value::Array(stamps).to_string())
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        // A re-stamped reading that lands on the time of one already stored
+        // (same table and device) is that reading again.
+        let last = rows.last().map_or(0, |r| r.0);
+        let duplicates = sqlx::query(
+            "DELETE FROM readings WHERE held_mono IS NOT NULL AND held_boot = ? AND seq <= ?",
+        )
+        .bind(boot_id())
+        .bind(last)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        let n = i64::try_from(released).unwrap_or(i64::MAX);
+        self.held.fetch_sub(
+            n + i64::try_from(duplicates).unwrap_or(i64::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        self.count_waiting(n);
+        Ok(released)
+    }
+
+    /// Parks the readings held during an earlier boot: their boot-clock
+    /// moments mean nothing now, so their time can never be confirmed.
+    /// Returns how many.
+    pub async fn park_held_from_earlier_boots(&self) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT OR REPLACE INTO parked (seq, reading_table, device, source, measured_at_us, vals, error, parked_at_us, site)
+             SELECT seq, reading_table, device, source, measured_at_us, vals, ?, ?, site FROM readings
+             WHERE held_mono IS NOT NULL AND held_boot IS NOT ?",
+        )
+        .bind(HELD_ACROSS_BOOT)
+        .bind(micros(Utc::now()))
+        .bind(boot_id())
+        .execute(&mut *tx)
+        .await?;
+        let moved =
+            sqlx::query("DELETE FROM readings WHERE held_mono IS NOT NULL AND held_boot IS NOT ?")
+                .bind(boot_id())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        tx.commit().await?;
+        self.held.fetch_sub(
+            i64::try_from(moved).unwrap_or(i64::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        Ok(moved)
     }
 
     /// Stages a status document: the next [`Self::append`] commits it in its
@@ -360,8 +482,13 @@ impl LocalStore {
         seq: i64,
         limit: i64,
     ) -> Result<Vec<StoredReading>, StoreError> {
-        self.select("WHERE seq > ?1 ORDER BY seq LIMIT ?2", seq, limit, "")
-            .await
+        self.select(
+            "WHERE seq > ?1 AND held_mono IS NULL ORDER BY seq LIMIT ?2",
+            seq,
+            limit,
+            "",
+        )
+        .await
     }
 
     /// The latest reading of a device, if any.
@@ -407,7 +534,7 @@ impl LocalStore {
     /// Removes every reading up to and including `seq` (the forwarder ships
     /// the oldest first, so these are exactly the ones it committed).
     pub async fn remove_through(&self, seq: i64) -> Result<(), StoreError> {
-        let removed = sqlx::query("DELETE FROM readings WHERE seq <= ?")
+        let removed = sqlx::query("DELETE FROM readings WHERE seq <= ? AND held_mono IS NULL")
             .bind(seq)
             .execute(&self.pool)
             .await?
@@ -448,7 +575,7 @@ impl LocalStore {
             return Ok(HashMap::new());
         }
         let rows =
-            sqlx::query("SELECT site, count(*), min(measured_at_us) FROM readings GROUP BY site")
+            sqlx::query("SELECT site, count(*), min(measured_at_us) FROM readings WHERE held_mono IS NULL GROUP BY site")
                 .fetch_all(&self.pool)
                 .await?;
         let mut by_site: HashMap<String, (i64, Option<DateTime<Utc>>)> = HashMap::new();
@@ -466,22 +593,44 @@ impl LocalStore {
         Ok(by_site)
     }
 
+    /// How many readings of each site are held for their time.
+    pub async fn held_by_site(&self) -> Result<HashMap<String, i64>, StoreError> {
+        if self.held() == 0 {
+            return Ok(HashMap::new());
+        }
+        let rows: Vec<(Option<String>, i64)> = sqlx::query_as(
+            "SELECT site, count(*) FROM readings WHERE held_mono IS NOT NULL GROUP BY site",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut by_site = HashMap::new();
+        for (site, n) in rows {
+            *by_site
+                .entry(site.unwrap_or_else(|| self.legacy_site.to_string()))
+                .or_insert(0) += n;
+        }
+        Ok(by_site)
+    }
+
     /// How many readings wait, and the measurement time of the oldest.
     /// Asked every poll interval: the count is this handle's own (no scan
     /// of a backlog of days), and the oldest time comes from its index.
     pub async fn depth(&self) -> Result<(i64, Option<DateTime<Utc>>), StoreError> {
         let Some(waiting) = self.known_waiting() else {
-            let row = sqlx::query("SELECT count(*), min(measured_at_us) FROM readings")
-                .fetch_one(&self.pool)
-                .await?;
+            let row = sqlx::query(
+                "SELECT count(*), min(measured_at_us) FROM readings WHERE held_mono IS NULL",
+            )
+            .fetch_one(&self.pool)
+            .await?;
             return Ok((row.get(0), row.get::<Option<i64>, _>(1).map(from_micros)));
         };
         if waiting == 0 {
             return Ok((0, None));
         }
-        let oldest: Option<i64> = sqlx::query_scalar("SELECT min(measured_at_us) FROM readings")
-            .fetch_one(&self.pool)
-            .await?;
+        let oldest: Option<i64> =
+            sqlx::query_scalar("SELECT min(measured_at_us) FROM readings WHERE held_mono IS NULL")
+                .fetch_one(&self.pool)
+                .await?;
         Ok((waiting, oldest.map(from_micros)))
     }
 
@@ -505,7 +654,7 @@ impl LocalStore {
         loop {
             let deleted = sqlx::query(
                 "DELETE FROM readings WHERE seq IN
-                 (SELECT seq FROM readings WHERE measured_at_us < ? LIMIT 10000)",
+                 (SELECT seq FROM readings WHERE measured_at_us < ? AND held_mono IS NULL LIMIT 10000)",
             )
             .bind(micros(before))
             .execute(&self.pool)
@@ -575,6 +724,7 @@ mod tests {
             table: ReadingTable::Battery,
             source: SourceKind::VeDirect,
             measured_at: Utc.timestamp_opt(1_700_000_000 + second, 0).unwrap(),
+            unconfirmed: None,
             values: vec![
                 ("soc", Value::Float(soc)),
                 ("state", Value::Text("idle".into())),

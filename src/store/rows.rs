@@ -108,6 +108,7 @@ impl<'de> Visitor<'de> for RowSeed<'_> {
                     SourceKind::Modbus
                 },
                 measured_at: from_micros(measured_at_us),
+                unconfirmed: None,
                 values,
             },
         }))

@@ -472,6 +472,7 @@ async fn parking(route: Route) {
         table: ReadingTable::Battery,
         source: SourceKind::VeDirect,
         measured_at: Utc.timestamp_opt(1_800_000_000 + second, 0).unwrap(),
+        unconfirmed: None,
         values: vec![
             ("soc", Value::Float(50.0)),
             ("product_id", Value::Int(product_id)),

@@ -31,12 +31,22 @@ pub(crate) enum Kind {
     Alarm,
     /// The number of AC phases (not stored; hides absent phases).
     Phases,
+    /// The GX's clock, UTC seconds (not stored; a clock reference).
+    Clock,
+}
+
+#[cfg(test)]
+impl Kind {
+    /// Whether the field fills a column (the others steer decoding).
+    pub(crate) fn is_column(self) -> bool {
+        !matches!(self, Self::Phases | Self::Clock)
+    }
 }
 
 /// One register → column mapping.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct FieldSpec {
-    /// Target column (for [`Kind::Phases`], unused).
+    /// Target column (unused where the kind is no column).
     pub column: &'static str,
     /// D-Bus path in the class's service.
     pub path: &'static str,
@@ -286,6 +296,12 @@ const SYSTEM: &[FieldSpec] = &[
     num("dc_pv_power", "/Dc/Pv/Power", 0.0, W),
     num("dc_pv_current", "/Dc/Pv/Current", -A, A),
     num("dc_system_power", "/Dc/System/Power", -W, W),
+    FieldSpec {
+        column: "",
+        path: "/DateAndTime",
+        prefer: None,
+        kind: Kind::Clock,
+    },
 ];
 
 /// The field list of a class.
@@ -375,6 +391,25 @@ impl FieldMap {
         &self.fields
     }
 
+    /// The GX's clock (UTC seconds) and the index of the block that held
+    /// it, when this class reads it and the block was read.
+    pub fn gx_clock(&self, blocks: &[(Block, Vec<u16>)]) -> Option<(u64, usize)> {
+        let field = self.fields.iter().find(|f| f.spec.kind == Kind::Clock)?;
+        let need = field.need();
+        blocks
+            .iter()
+            .enumerate()
+            .find_map(|(index, (block, words))| {
+                if !block.contains(need) || words.len() != usize::from(block.count) {
+                    return None;
+                }
+                let offset = usize::from(need.address - block.start);
+                let words = &words[offset..offset + usize::from(need.words)];
+                let raw = raw_integer(field.register.ty, 1.0, words)?;
+                Some((u64::try_from(raw).ok()?, index))
+            })
+    }
+
     /// Column values from the words read for `blocks` (parallel slices).
     /// A field whose words are missing (a failed block) is left out (NULL).
     pub fn decode(&self, blocks: &[(Block, Vec<u16>)]) -> Vec<(&'static str, Value)> {
@@ -435,6 +470,7 @@ impl FieldMap {
                     }
                 }
                 Kind::Phases => phases = Some(number),
+                Kind::Clock => {}
             }
         }
         for (column, text) in alarms {
@@ -498,7 +534,7 @@ mod tests {
         for class in ModbusClass::ALL {
             let map = FieldMap::resolve(class, list).unwrap();
             for field in map.fields() {
-                if field.spec.kind == Kind::Phases {
+                if !field.spec.kind.is_column() {
                     continue;
                 }
                 let kind = table(class).column_kind(field.spec.column);
@@ -616,15 +652,12 @@ mod tests {
             let table = table(class);
             let values: Vec<(&str, f64)> = specs(class)
                 .iter()
-                .filter(|spec| !matches!(spec.kind, Kind::Phases))
+                .filter(|spec| spec.kind.is_column())
                 .map(|spec| (spec.path, 1.0))
                 .collect();
             let map = FieldMap::resolve(class, list).unwrap();
             let emitted = map.decode(&block_of(list, class, &values));
-            for spec in specs(class)
-                .iter()
-                .filter(|s| !matches!(s.kind, Kind::Phases))
-            {
+            for spec in specs(class).iter().filter(|s| s.kind.is_column()) {
                 assert!(
                     table.column_kind(spec.column).is_some(),
                     "{class:?}: {} is not a column of {}",
@@ -667,6 +700,7 @@ mod tests {
             table: ReadingTable::Battery,
             source: crate::reading::SourceKind::Modbus,
             measured_at: chrono::Utc::now(),
+            unconfirmed: None,
             values,
         };
         assert_eq!(reading.float("voltage"), Some(52.31));

@@ -27,6 +27,7 @@ use tokio_modbus::slave::SlaveContext;
 use tokio_modbus::{ExceptionCode, Request, Response, Slave};
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::{Mono, Taken, TimeKeeper};
 use crate::config::{GxConfig, ModbusDeviceConfig};
 use crate::failover::Leases;
 use crate::reading::{Reading, SourceKind};
@@ -155,6 +156,8 @@ pub struct GxPoller {
     status: StatusBoard,
     readings: mpsc::Sender<Reading>,
     leases: Leases,
+    /// Told the GX's clock every poll of its system overview.
+    clock: Option<Arc<TimeKeeper>>,
 }
 
 impl std::fmt::Debug for GxPoller {
@@ -211,12 +214,20 @@ impl GxPoller {
             status,
             readings,
             leases: Leases::always(),
+            clock: None,
         }
     }
 
     /// Polls only the devices `leases` allows (failover between daemons).
     pub fn with_leases(mut self, leases: Leases) -> Self {
         self.leases = leases;
+        self
+    }
+
+    /// Tells `clock` the GX's time (`/DateAndTime`) at every poll of the
+    /// system overview: a clock reference.
+    pub fn with_clock(mut self, clock: Arc<TimeKeeper>) -> Self {
+        self.clock = Some(clock);
         self
     }
 
@@ -398,13 +409,17 @@ impl GxPoller {
     ) -> Result<(), PollError> {
         let unit = self.devices[index].config.unit_id;
         let mut words: Vec<(Block, Vec<u16>)> = Vec::new();
+        // When each block's request went out and its answer came.
+        let mut exchanged: Vec<(Mono, Mono)> = Vec::new();
         let mut next = 0;
         while next < self.devices[index].blocks.len() {
             let block = self.devices[index].blocks[next];
             report.requests += 1;
+            let sent = Mono::now();
             match self.read(unit, block).await {
                 Ok(w) => {
                     words.push((block, w));
+                    exchanged.push((sent, Mono::now()));
                     next += 1;
                 }
                 Err(PollError::Exception(ExceptionCode::IllegalDataAddress)) => {
@@ -420,6 +435,7 @@ impl GxPoller {
                         device.level = finer;
                         device.replan(self.list);
                         words.clear();
+                        exchanged.clear();
                         next = 0;
                     } else {
                         tracing::warn!(
@@ -438,16 +454,26 @@ impl GxPoller {
         if words.is_empty() {
             return Err(PollError::Exception(ExceptionCode::IllegalDataAddress));
         }
-        let measured_at = Utc::now();
+        let taken = Taken::now();
+        if let (Some(clock), Some((seconds, block))) = (&self.clock, device.map.gx_clock(&words)) {
+            let (sent, received) = exchanged[block];
+            clock.gx_sample(
+                &format!("{}:{}", self.host, self.port),
+                sent,
+                received,
+                seconds,
+            );
+        }
         let reading = Reading {
             site: Arc::clone(&self.site),
             device: device.config.name.clone(),
             table: fields::table(device.config.class),
             source: SourceKind::Modbus,
-            measured_at,
+            measured_at: taken.wall,
+            unconfirmed: Some(taken.mono),
             values: device.map.decode(&words),
         };
-        self.status.success(&device.config.name, measured_at);
+        self.status.success(&device.config.name, taken.wall);
         report.readings += 1;
         // A closed channel means shutdown: the reading has nowhere to go.
         let _ = self.readings.send(reading).await;

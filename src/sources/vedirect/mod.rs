@@ -9,6 +9,7 @@ pub mod codec;
 pub mod fields;
 pub mod frame;
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,6 +23,7 @@ use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::{Mono, Taken};
 use crate::config::{VeDirectConfig, VeDirectPort};
 use crate::failover::Leases;
 use crate::reading::{Reading, SourceKind};
@@ -36,6 +38,10 @@ pub const BAUD_RATE: u32 = 19_200;
 const STANDBY_RECHECK: Duration = Duration::from_millis(500);
 
 type Port = Pin<Box<dyn AsyncRead + Send>>;
+
+/// How many block stamps [`VeDirectSource`] remembers on both clocks: more
+/// than the blocks of one cycle.
+const BLOCK_MOMENTS: usize = 8;
 
 /// Reads one VE.Direct device.
 #[derive(Debug)]
@@ -54,6 +60,9 @@ pub struct VeDirectSource {
     /// the database's microsecond resolution, even when a bridge delivers
     /// several in one burst (two rows of a device never share a time).
     last_block_at: Option<DateTime<Utc>>,
+    /// The boot-clock moments of the last blocks' stamps, newest last: a
+    /// snapshot's measurement time on both clocks.
+    block_moments: VecDeque<(DateTime<Utc>, Mono)>,
     /// When the port went down, while it is down.
     down_since: Option<Instant>,
     warned_unknown_product: bool,
@@ -78,6 +87,7 @@ impl VeDirectSource {
             stats: DecodeStats::default(),
             last_emitted: None,
             last_block_at: None,
+            block_moments: VecDeque::with_capacity(BLOCK_MOMENTS),
             down_since: None,
             warned_unknown_product: false,
             leases: Leases::always(),
@@ -259,7 +269,28 @@ impl VeDirectSource {
             _ => now,
         };
         self.last_block_at = Some(at);
+        if self.block_moments.len() == BLOCK_MOMENTS {
+            self.block_moments.pop_front();
+        }
+        self.block_moments.push_back((at, Mono::now()));
         at
+    }
+
+    /// The boot-clock moment of the block stamped `at` (estimated from the
+    /// clocks now if it is no longer remembered).
+    fn moment_of(&self, at: DateTime<Utc>) -> Mono {
+        self.block_moments
+            .iter()
+            .rev()
+            .find(|(stamp, _)| *stamp == at)
+            .map_or_else(
+                || {
+                    let now = Taken::now();
+                    let back = (now.wall - at).num_microseconds().unwrap_or(0);
+                    Mono::from_nanos(now.mono.nanos() - back.saturating_mul(1_000))
+                },
+                |(_, mono)| *mono,
+            )
     }
 
     /// With a zero poll interval, sends each of the `count` snapshots just
@@ -300,6 +331,7 @@ impl VeDirectSource {
             table,
             source: SourceKind::VeDirect,
             measured_at: snapshot.received_at,
+            unconfirmed: Some(self.moment_of(snapshot.received_at)),
             values: snapshot.columns(table),
         };
         let (pid, serial, firmware) = (
