@@ -25,6 +25,8 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)             # the TLS t
   missing+=(python3-prometheus-client) # Prometheus's own parser checks /metrics
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)      # the unit file's checks and test
 command -v pgrep >/dev/null 2>&1 || missing+=(procps)                # scripts/systemd-ns.sh finds its systemd
+dpkg -s libfaketime >/dev/null 2>&1 ||
+  missing+=(libfaketime)                                             # the clock tests run the daemon on a wrong clock
 if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q >/dev/null

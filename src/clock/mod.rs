@@ -53,6 +53,12 @@ const KERNEL_EVERY_S: f64 = 5.0;
 /// that says so.
 pub const EARLIEST_PLAUSIBLE_US: i64 = 1_735_689_600_000_000;
 
+/// Whether the kernel says its clock is synchronised (`None`: it cannot be
+/// asked).
+pub fn kernel_synchronised() -> Option<bool> {
+    kernel::synchronised()
+}
+
 /// When a source measured, on both clocks.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Taken {

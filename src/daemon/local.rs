@@ -1,8 +1,8 @@
 //! The daemon's local side: its [`Snapshot`] as the systemd status line
 //! every poll interval and as the status document in the local store (what
 //! `status` reads without a database: committed with the next batch, every
-//! few seconds or when the verdict or the devices polled here change), and
-//! the local store's retention.
+//! few seconds or when the verdict, the devices polled here or the clock's
+//! basis change), and the local store's retention.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -11,6 +11,7 @@ use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
 use super::{Shared, observe};
+use crate::clock::Basis;
 use crate::report::Snapshot;
 use crate::report::health::{self, Level};
 use crate::store::STATUS_NAME;
@@ -68,12 +69,13 @@ pub(super) async fn local_loop(shared: Shared, cancel: CancellationToken) {
 }
 
 /// What makes a status document worth saving at once rather than at the
-/// next [`STATUS_EVERY`]: the verdict, and which devices this daemon polls
-/// (a failover handover).
+/// next [`STATUS_EVERY`]: the verdict, which devices this daemon polls (a
+/// failover handover), and where measurement times come from.
 #[derive(PartialEq)]
 struct Shape {
     level: Level,
     standby: Vec<bool>,
+    clock: Basis,
 }
 
 impl Shape {
@@ -86,6 +88,7 @@ impl Shape {
                 .iter()
                 .map(|device| device.standby)
                 .collect(),
+            clock: snapshot.clock.basis,
         }
     }
 }

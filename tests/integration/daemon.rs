@@ -102,6 +102,11 @@ pub fn spawn_daemon_with(config: &Path, state: &Path, env: &[(&str, &str)]) -> D
     Daemon(command.spawn().expect("start the daemon"))
 }
 
+/// What a daemon started by [`spawn_daemon_with`] has logged so far.
+pub fn log_of(state: &Path) -> String {
+    std::fs::read_to_string(state.with_extension("log")).unwrap_or_default()
+}
+
 /// Starts `run` reaching the database at `url` (a URL by `route`).
 #[cfg(feature = "servers")]
 fn spawn_daemon_routed(config: &Path, state: &Path, route: Route, url: &str) -> Daemon {

@@ -14,6 +14,8 @@ mod helpers;
 
 /// Bad config, unreachable or refusing databases: exit codes and messages.
 mod cli;
+/// A wrong or stepped wall clock (libfaketime): true measurement times anyway.
+mod clock;
 /// The daemon end to end: simulator → run → store → PostgreSQL; outages, kill -9.
 mod daemon;
 /// Adopting a database built by the legacy Python runner.

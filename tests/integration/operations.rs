@@ -10,7 +10,7 @@ use victron_poller::simulator::gx::SimHandle;
 
 #[cfg(feature = "servers")]
 use crate::daemon::{Daemon, store_status, successful_polls, try_store_status};
-use crate::daemon::{sigterm, simulator, spawn_daemon_with, wait_exit, wait_for};
+use crate::daemon::{log_of, sigterm, simulator, spawn_daemon_with, wait_exit, wait_for};
 use crate::helpers::http_get;
 #[cfg(feature = "servers")]
 use crate::helpers::{Flavour, Route, TcpProxy, TestDb, server_address, url_via};
@@ -41,10 +41,6 @@ fn config(dir: &Path, sim: &SimHandle, extra: &str) -> std::path::PathBuf {
 }
 
 /// host:port of a database URL.
-fn log_of(state: &Path) -> String {
-    std::fs::read_to_string(state.with_extension("log")).unwrap_or_default()
-}
-
 /// The address the daemon logged for its health endpoint.
 async fn health_address(state: &Path) -> SocketAddr {
     let mut found = None;

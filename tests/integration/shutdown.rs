@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use victron_poller::store::LocalStore;
 
-use crate::daemon::{sigterm, simulator, spawn_daemon_with, wait_exit, wait_for, write_config};
+use crate::daemon::{
+    log_of, sigterm, simulator, spawn_daemon_with, wait_exit, wait_for, write_config,
+};
 
 /// Readings waiting in the local store at `state`.
 async fn stored(state: &Path) -> i64 {
@@ -20,10 +22,6 @@ async fn stored(state: &Path) -> i64 {
         }
         Err(_) => 0,
     }
-}
-
-fn log_of(state: &Path) -> String {
-    std::fs::read_to_string(state.with_extension("log")).unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

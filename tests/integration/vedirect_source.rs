@@ -408,7 +408,9 @@ async fn a_pty_and_a_tcp_socket_give_the_same_readings_as_the_capture() {
     }
 }
 
-fn bmv_cycle(n: u32) -> Vec<u8> {
+/// A SmartShunt's cycle (a text block, a HEX frame, its history block)
+/// whose voltage counts `n`: 26.000 V + n mV.
+pub fn bmv_cycle(n: u32) -> Vec<u8> {
     let mut bytes = encode_block(&[
         ("PID", "0xA389"),
         ("V", &format!("{}", 26000 + n)),
