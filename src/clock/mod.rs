@@ -152,19 +152,22 @@ pub struct ClockReport {
     /// Steps of the wall clock seen since start.
     pub steps: u64,
     /// The last step (s, negative: back).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub last_step_s: Option<f64>,
     /// How long readings have been held (s), while they are.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub held_for_s: Option<f64>,
-    /// Whether a reference is configured (a database, or a GX's system
-    /// overview): readings held while one is expected hold back forwarding.
-    pub expects_reference: bool,
+    /// Whether a database is configured: held readings then hold back
+    /// forwarding (without one they wait in the store, as every reading
+    /// does, until they can be re-stamped).
+    pub forwarding: bool,
 }
 
 impl ClockReport {
     /// Whether readings are held back because of the clock: what makes a
     /// daemon "degraded".
     pub fn holds_readings(&self) -> bool {
-        self.basis == Basis::Held && self.expects_reference
+        self.basis == Basis::Held && self.forwarding
     }
 
     /// One line for `status`: the basis and the offset to each reference.
@@ -203,8 +206,8 @@ pub struct TimeKeeper {
     /// `clock.trust_local`: the machine has a clock that is always right
     /// (a battery-backed RTC, GPS): no checks.
     trust_local: bool,
-    /// A reference is configured (see [`ClockReport::expects_reference`]).
-    expects_reference: bool,
+    /// A database is configured (see [`ClockReport::forwarding`]).
+    forwarding: bool,
     inner: Mutex<Inner>,
 }
 
@@ -232,12 +235,11 @@ struct Inner {
 }
 
 impl TimeKeeper {
-    /// A keeper. `expects_reference`: a database or a GX system overview is
-    /// configured.
-    pub fn new(trust_local: bool, expects_reference: bool) -> Self {
+    /// A keeper. `forwarding`: a database is configured.
+    pub fn new(trust_local: bool, forwarding: bool) -> Self {
         Self {
             trust_local,
-            expects_reference,
+            forwarding,
             inner: Mutex::new(Inner::default()),
         }
     }
@@ -330,11 +332,14 @@ impl TimeKeeper {
         self.decide(&mut inner);
         let now = Mono::now();
         let local = inner.local_offset.unwrap_or_default();
+        // Milliseconds are what an operator reads (and keep the status
+        // document small).
+        let ms = |s: f64| (s * 1e3).round() / 1e3;
         let reference = |name: String, e: &Estimate| ReferenceReport {
             name,
-            offset_s: (local - e.offset()) as f64 / 1e6,
-            uncertainty_s: e.uncertainty() as f64 / 1e6,
-            age_s: now.seconds_since(e.at),
+            offset_s: ms((local - e.offset()) as f64 / 1e6),
+            uncertainty_s: ms(e.uncertainty() as f64 / 1e6),
+            age_s: ms(now.seconds_since(e.at)),
         };
         let mut references: Vec<ReferenceReport> = inner
             .gx
@@ -349,12 +354,12 @@ impl TimeKeeper {
             synchronised: inner.kernel.and_then(|(_, s)| s),
             offset_s: inner
                 .best_reference(now)
-                .map(|(_, offset)| (local - offset) as f64 / 1e6),
+                .map(|(_, offset)| ms((local - offset) as f64 / 1e6)),
             references,
             steps: inner.steps,
             last_step_s: inner.last_step_us.map(|us| us as f64 / 1e6),
             held_for_s: inner.held_since.map(|since| now.seconds_since(since)),
-            expects_reference: self.expects_reference,
+            forwarding: self.forwarding,
         }
     }
 

@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::clock::TimeKeeper;
-use crate::config::{Config, ModbusClass};
+use crate::config::Config;
 use crate::db::link::DatabaseLink;
 use crate::db::locks::LeaseKeeper;
 use crate::failover::Leases;
@@ -153,16 +153,6 @@ pub fn poll_interval(config: &Config) -> Duration {
         .unwrap_or(Duration::from_secs(5))
 }
 
-/// Whether a clock reference is configured: a database, or a GX's system
-/// overview (which carries the GX's clock).
-fn expects_clock_reference(config: &Config) -> bool {
-    config.database.is_some()
-        || config
-            .gx
-            .iter()
-            .any(|gx| gx.devices.iter().any(|d| d.class == ModbusClass::System))
-}
-
 /// Every configured device's name.
 fn device_names(config: &Config) -> Vec<&str> {
     config
@@ -218,7 +208,7 @@ pub async fn run(
         direct: DirectPath::default(),
         clock: Arc::new(TimeKeeper::new(
             config.clock.trust_local,
-            expects_clock_reference(&config),
+            config.database.is_some(),
         )),
     };
 

@@ -183,22 +183,22 @@ mod tests {
         }
     }
 
-    /// Readings held for their time make a daemon degraded when a reference
-    /// is expected (they hold back forwarding), not otherwise.
+    /// Readings held for their time make a daemon degraded when they hold
+    /// back forwarding, not in a daemon without a database.
     #[test]
     fn readings_held_for_their_time_degrade() {
         let now = Utc::now();
         let mut held = snapshot(&[("a", 0, false)]);
         held.clock.basis = crate::clock::Basis::Held;
         held.clock.held_for_s = Some(42.0);
-        held.clock.expects_reference = true;
+        held.clock.forwarding = true;
         let verdict = judge(&held, now, now);
         assert_eq!(verdict.level, Level::Degraded);
         assert!(
             verdict.reasons[0].contains("held for their time for 42 s"),
             "{verdict:?}"
         );
-        held.clock.expects_reference = false;
+        held.clock.forwarding = false;
         assert_eq!(judge(&held, now, now).level, Level::Healthy);
     }
 

@@ -254,56 +254,99 @@ mod with_servers {
         path
     }
 
+    /// A daemon polling the GX simulator (four devices at 5 Hz) into a
+    /// database, on a fake clock.
+    struct GxRun {
+        _sim: victron_poller::simulator::gx::SimHandle,
+        db: TestDb,
+        dir: tempfile::TempDir,
+        clock: FakeClock,
+        state: PathBuf,
+        daemon: crate::daemon::Daemon,
+    }
+
+    impl GxRun {
+        async fn start(flavour: Flavour, offset: &str) -> Self {
+            let sim = simulator().await;
+            let db = TestDb::create(flavour).await;
+            db.migrate().await;
+            let dir = tempfile::tempdir().unwrap();
+            let clock = FakeClock::new(dir.path(), offset);
+            let config = gx_config(dir.path(), sim.addr().port());
+            let state = dir.path().join("state");
+            let env = clock.env();
+            let daemon = spawn_daemon_with(
+                &config,
+                &state,
+                &env_with(&env, &[("DATABASE_URL", &db.url)]),
+            );
+            Self {
+                _sim: sim,
+                db,
+                dir,
+                clock,
+                state,
+                daemon,
+            }
+        }
+
+        async fn bank_rows(&self) -> i64 {
+            self.db
+                .scalar_i64("SELECT count(*) FROM victron.battery_readings WHERE device = 'bank'")
+                .await
+        }
+
+        /// Waits for `more` readings of the battery beyond what there is.
+        async fn wait_for_more(&self, what: &str, more: i64) {
+            let target = self.bank_rows().await + more;
+            wait_for(what, Duration::from_secs(30), async || {
+                self.bank_rows().await >= target
+            })
+            .await;
+        }
+
+        /// Stops the daemon; every reading was stored with its true time,
+        /// its series only goes forward, and one line reported the step,
+        /// by about `step_s`.
+        async fn stop_and_check(mut self, step_s: f64) {
+            sigterm(&self.daemon);
+            assert_eq!(wait_exit(&mut self.daemon, Duration::from_secs(20)), 0);
+            let log = log_of(&self.state);
+            assert_eq!(rows_off_their_insert_time(&self.db).await, 0, "{log}");
+            assert!(series_goes_forward(&self.db, "bank").await, "{log}");
+            let steps = step_lines(&self.state);
+            assert_eq!(steps.len(), 1, "{log}");
+            let logged: f64 = steps[0]
+                .split("stepped by ")
+                .nth(1)
+                .and_then(|rest| rest.split(' ').next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("no step size in {}", steps[0]));
+            assert!((logged - step_s).abs() < 1.0, "{log}");
+            drop(self.dir);
+        }
+    }
+
     /// The clock a day behind at start, stepped to the true time after a
     /// few seconds (NTP's first sync), with a GX: every reading stored with
     /// its true time, one log line for the step.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_clock_a_day_behind_is_corrected_from_the_gx() {
-        let sim = simulator().await;
-        let db = TestDb::create(Flavour::Timescale).await;
-        db.migrate().await;
-        let dir = tempfile::tempdir().unwrap();
-        let clock = FakeClock::new(dir.path(), "-1d");
-        let config = gx_config(dir.path(), sim.addr().port());
-        let state = dir.path().join("state");
-        let env = clock.env();
-        let mut daemon = spawn_daemon_with(
-            &config,
-            &state,
-            &env_with(&env, &[("DATABASE_URL", &db.url)]),
-        );
-        let count = "SELECT count(*) FROM victron.battery_readings WHERE device = 'bank'";
-        wait_for(
-            "readings on the wrong clock",
-            Duration::from_secs(30),
-            async || db.scalar_i64(count).await >= 15,
-        )
-        .await;
+        let run = GxRun::start(Flavour::Timescale, "-1d").await;
+        run.wait_for_more("readings on the wrong clock", 15).await;
         let status = run_cli(
-            &["status", "--state-dir", state.to_str().unwrap()],
-            &env_with(&env, &[]),
+            &["status", "--state-dir", run.state.to_str().unwrap()],
+            &env_with(&run.clock.env(), &[]),
         );
         let text = String::from_utf8_lossy(&status.stdout).to_string();
         assert!(text.contains("times from gx"), "{text}");
-        clock.set("+0");
-        let before = db.scalar_i64(count).await;
-        wait_for(
-            "readings after the step",
-            Duration::from_secs(30),
-            async || db.scalar_i64(count).await >= before + 15 && !step_lines(&state).is_empty(),
-        )
+        run.clock.set("+0");
+        run.wait_for_more("readings after the step", 15).await;
+        wait_for("the step logged", Duration::from_secs(10), async || {
+            !step_lines(&run.state).is_empty()
+        })
         .await;
-        sigterm(&daemon);
-        assert_eq!(wait_exit(&mut daemon, Duration::from_secs(20)), 0);
-        let log = log_of(&state);
-        assert_eq!(rows_off_their_insert_time(&db).await, 0, "{log}");
-        assert!(series_goes_forward(&db, "bank").await, "{log}");
-        let steps = step_lines(&state);
-        assert_eq!(steps.len(), 1, "{log}");
-        assert!(
-            steps[0].contains("stepped by +86399") || steps[0].contains("stepped by +86400"),
-            "{log}"
-        );
+        run.stop_and_check(86_400.0).await;
     }
 
     /// The clock stepped back one hour while running (a person setting the
@@ -311,52 +354,18 @@ mod with_servers {
     /// one log line; the schedule goes on.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_clock_stepped_back_an_hour_changes_no_stored_time() {
-        let sim = simulator().await;
-        let db = TestDb::create(Flavour::NoPreload).await;
-        db.migrate().await;
-        let dir = tempfile::tempdir().unwrap();
-        let clock = FakeClock::new(dir.path(), "+0");
-        let config = gx_config(dir.path(), sim.addr().port());
-        let state = dir.path().join("state");
-        let env = clock.env();
-        let mut daemon = spawn_daemon_with(
-            &config,
-            &state,
-            &env_with(&env, &[("DATABASE_URL", &db.url)]),
-        );
-        let count = "SELECT count(*) FROM victron.battery_readings WHERE device = 'bank'";
-        wait_for(
-            "readings on the true clock",
-            Duration::from_secs(30),
-            async || db.scalar_i64(count).await >= 10,
-        )
-        .await;
-        clock.set("-1h");
-        let before = db.scalar_i64(count).await;
+        let run = GxRun::start(Flavour::NoPreload, "+0").await;
+        run.wait_for_more("readings on the true clock", 10).await;
+        run.clock.set("-1h");
         let started = std::time::Instant::now();
-        wait_for(
-            "readings after the step",
-            Duration::from_secs(30),
-            async || db.scalar_i64(count).await >= before + 15,
-        )
-        .await;
+        run.wait_for_more("readings after the step", 15).await;
         // 15 polls at 200 ms: the schedule did not stall.
         assert!(
             started.elapsed() < Duration::from_secs(10),
             "{:?}",
             started.elapsed()
         );
-        sigterm(&daemon);
-        assert_eq!(wait_exit(&mut daemon, Duration::from_secs(20)), 0);
-        let log = log_of(&state);
-        assert_eq!(rows_off_their_insert_time(&db).await, 0, "{log}");
-        assert!(series_goes_forward(&db, "bank").await, "{log}");
-        let steps = step_lines(&state);
-        assert_eq!(steps.len(), 1, "{log}");
-        assert!(
-            steps[0].contains("stepped by -3600") || steps[0].contains("stepped by -3599"),
-            "{log}"
-        );
+        run.stop_and_check(-3_600.0).await;
     }
 
     /// A VE.Direct device and a database, the clock a day behind, the
