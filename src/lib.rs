@@ -49,6 +49,7 @@ pub mod daemon;
 pub mod db;
 pub mod failover;
 pub mod forward;
+pub mod history;
 pub mod logging;
 pub mod pipeline;
 pub mod reading;

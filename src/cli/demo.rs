@@ -10,8 +10,8 @@ use tokio::sync::mpsc;
 
 use super::Exit;
 use crate::config::{
-    BatchConfig, ClockConfig, Config, FailoverConfig, GxConfig, HealthConfig, LogConfig,
-    ModbusClass, ModbusDeviceConfig, RetentionConfig, SiteConfig, StoreConfig,
+    BatchConfig, ClockConfig, Config, FailoverConfig, GxConfig, HealthConfig, HistoryConfig,
+    LogConfig, ModbusClass, ModbusDeviceConfig, RetentionConfig, SiteConfig, StoreConfig,
 };
 use crate::daemon::{self, DrainPolicy, RunOptions};
 use crate::signals::Signals;
@@ -49,6 +49,7 @@ pub async fn exec() -> anyhow::Result<Exit> {
         log: LogConfig::default(),
         site: SiteConfig {
             installation_id: Some("demo".into()),
+            timezone: chrono_tz::UTC,
         },
         gx: vec![GxConfig {
             site: String::new(),
@@ -69,6 +70,7 @@ pub async fn exec() -> anyhow::Result<Exit> {
         health: HealthConfig::default(),
         failover: FailoverConfig::default(),
         clock: ClockConfig::default(),
+        history: HistoryConfig::default(),
     };
     let dir = tempfile::Builder::new()
         .prefix("victron-poller-demo-")

@@ -14,6 +14,8 @@ macro_rules! outln {
 
 pub mod check_config;
 pub mod demo;
+pub mod energy;
+pub mod history;
 pub mod migrate;
 pub mod probe;
 pub mod run;
@@ -135,6 +137,11 @@ pub enum Command {
             its local store is shown when --state-dir finds it)."
     )]
     Status(status::StatusArgs),
+    /// Rollups and daily energy: `history rebuild` recomputes whole local
+    /// days from the raw readings in PostgreSQL.
+    History(history::HistoryArgs),
+    /// Daily energy (kWh) and the battery's SOC range, per site and local day.
+    Energy(energy::EnergyArgs),
     /// Run a built-in device simulator (for demos and tests).
     Simulate(simulate::SimulateArgs),
     /// Discover which unit ids of a GX answer, and print a configuration snippet.
@@ -153,7 +160,12 @@ impl Command {
             Self::Demo => Some("demo"),
             Self::Simulate(_) => Some("simulate"),
             Self::Probe(_) => Some("probe"),
-            Self::Run(_) | Self::Migrate(_) | Self::CheckConfig | Self::Status(_) => None,
+            Self::Run(_)
+            | Self::Migrate(_)
+            | Self::CheckConfig
+            | Self::Status(_)
+            | Self::History(_)
+            | Self::Energy(_) => None,
         }
     }
 }
@@ -215,6 +227,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Migrate(args) => migrate::exec(&configured()?, args).await,
         Command::CheckConfig => check_config::exec(&configured()?, path),
         Command::Status(args) => status::exec(&configured()?, args).await,
+        Command::History(args) => history::exec(&configured()?, args).await,
+        Command::Energy(args) => energy::exec(&configured()?, args).await,
         // Simulators and the probe need no configuration.
         Command::Simulate(args) => {
             crate::logging::init(&crate::config::LogConfig::default());

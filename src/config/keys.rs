@@ -70,6 +70,10 @@ pub enum Unit {
     Hours,
     /// Minutes.
     Minutes,
+    /// Seconds.
+    Seconds,
+    /// Days.
+    Days,
     /// Readings (a batch's size).
     Readings,
     /// Database connections.
@@ -85,6 +89,8 @@ impl Unit {
             Self::Milliseconds => ("ms", "ms"),
             Self::Hours => ("hour", "hours"),
             Self::Minutes => ("minute", "minutes"),
+            Self::Seconds => ("s", "s"),
+            Self::Days => ("day", "days"),
             Self::Readings => ("reading", "readings"),
             Self::Connections => ("connection", "connections"),
             Self::Number => return value.to_string(),
@@ -264,7 +270,7 @@ macro_rules! table {
     };
 }
 
-use Unit::{Connections, Hours, Milliseconds, Minutes, Number, Readings};
+use Unit::{Connections, Days, Hours, Milliseconds, Minutes, Number, Readings, Seconds};
 
 table! {
     DATABASE_URL = optional_text(
@@ -307,6 +313,39 @@ table! {
         "site.installation_id",
         "none",
         "the site's name, stored in every reading (at most 100 characters)",
+    );
+    SITE_TIMEZONE = text(
+        "site.timezone",
+        "UTC",
+        "the site's IANA time zone (\"Europe/Berlin\"): daily history and energy run from its local midnight",
+    );
+    HISTORY_KEEP_5M_DAYS = integer(
+        "history.keep_5m_days",
+        35,
+        (0, 36_500),
+        Days,
+        "5-minute rollups older than this are deleted (0: kept forever)",
+    );
+    HISTORY_KEEP_1H_DAYS = integer(
+        "history.keep_1h_days",
+        800,
+        (0, 36_500),
+        Days,
+        "hourly rollups older than this are deleted (0: kept forever)",
+    );
+    HISTORY_KEEP_1D_DAYS = integer(
+        "history.keep_1d_days",
+        0,
+        (0, 36_500),
+        Days,
+        "daily rollups older than this are deleted (0: kept forever)",
+    );
+    HISTORY_MAX_GAP_S = integer(
+        "history.max_gap_s",
+        60,
+        (1, 86_400),
+        Seconds,
+        "energy is integrated between two readings of a device at most this far apart",
     );
     RETENTION_WINDOW_HOURS = integer(
         "retention.window_hours",

@@ -54,6 +54,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// Whether the local clock needs checking.
     pub clock: ClockConfig,
+    /// Rollups and daily energy.
+    pub history: HistoryConfig,
     /// Log output.
     pub log: LogConfig,
     /// The site these readings belong to.
@@ -157,6 +159,38 @@ impl fmt::Display for VeDirectPort {
 pub struct SiteConfig {
     /// Stored in each reading's `installation_id` (`site.installation_id`).
     pub installation_id: Option<String>,
+    /// The site's time zone (`site.timezone`): local days of history and
+    /// energy.
+    pub timezone: chrono_tz::Tz,
+}
+
+/// The rollups beyond raw retention (`[history]`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HistoryConfig {
+    /// How long each resolution is kept (`history.keep_*_days`; `None`:
+    /// forever), finest first.
+    pub keep: [Option<Duration>; 3],
+    /// The longest interval between two readings that energy bridges
+    /// (`history.max_gap_s`).
+    pub max_gap: Duration,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        let days = |key: &keys::KnownKey| {
+            Some(key.integer_default())
+                .filter(|d| *d > 0)
+                .map(|d| Duration::from_secs(d * 86_400))
+        };
+        Self {
+            keep: [
+                days(&keys::HISTORY_KEEP_5M_DAYS),
+                days(&keys::HISTORY_KEEP_1H_DAYS),
+                days(&keys::HISTORY_KEEP_1D_DAYS),
+            ],
+            max_gap: Duration::from_secs(keys::HISTORY_MAX_GAP_S.integer_default()),
+        }
+    }
 }
 
 /// One GX device (Cerbo GX, Venus GX ...) reached over Modbus-TCP.
@@ -519,6 +553,11 @@ impl Config {
             "batch.max_age_ms" => Shown::Millis(self.batch.max_age),
             "store.sync" => Shown::Text(self.store.sync.as_str().into()),
             "clock.trust_local" => Shown::Flag(self.clock.trust_local),
+            "site.timezone" => Shown::Text(self.site.timezone.name().into()),
+            "history.keep_5m_days" => Shown::Number(keep_days(self.history.keep[0])),
+            "history.keep_1h_days" => Shown::Number(keep_days(self.history.keep[1])),
+            "history.keep_1d_days" => Shown::Number(keep_days(self.history.keep[2])),
+            "history.max_gap_s" => Shown::Number(self.history.max_gap.as_secs()),
             "log.format" => Shown::Text(self.log.format.as_str().into()),
             "log.level" => Shown::Text(self.log.level.clone()),
             "health.listen" => self
@@ -576,6 +615,11 @@ impl fmt::Debug for DatabaseConfig {
             .field("lock_session", &self.lock_session)
             .finish()
     }
+}
+
+/// A retention in days as its key says it (0: forever).
+fn keep_days(keep: Option<Duration>) -> u64 {
+    keep.map_or(0, |d| d.as_secs() / 86_400)
 }
 
 /// The environment variable that sets `key`.

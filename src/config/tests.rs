@@ -167,6 +167,10 @@ fn defaults_are_the_tables() {
             "batch.max_readings" => u64::try_from(config.batch.max_readings).unwrap(),
             "batch.max_age_ms" => ms(config.batch.max_age),
             "health.stall_timeout_ms" => ms(config.health.stall_timeout),
+            "history.keep_5m_days" => config.history.keep[0].map_or(0, |d| d.as_secs() / 86_400),
+            "history.keep_1h_days" => config.history.keep[1].map_or(0, |d| d.as_secs() / 86_400),
+            "history.keep_1d_days" => config.history.keep[2].map_or(0, |d| d.as_secs() / 86_400),
+            "history.max_gap_s" => config.history.max_gap.as_secs(),
             "gx[].port" => u64::from(gx.port),
             "gx[].poll_interval_ms" => ms(gx.poll_interval),
             "gx[].request_timeout_ms" => ms(gx.request_timeout),
@@ -185,6 +189,7 @@ fn defaults_are_the_tables() {
     assert_eq!(config.log, LogConfig::default());
     assert_eq!(config.health, HealthConfig::default());
     assert_eq!(config.failover, FailoverConfig::default());
+    assert_eq!(config.history, HistoryConfig::default());
 }
 
 /// `check-config` shows every key outside the device lists, numbers with
@@ -815,6 +820,29 @@ fn store_sync_is_full_normal_or_refused() {
         refused[0]
             .message
             .contains("\"fast\" is not a sync mode (use \"full\" or \"normal\")"),
+        "{}",
+        refused[0].message
+    );
+}
+
+/// `site.timezone`: an IANA name; anything else refused naming the key.
+#[test]
+fn site_timezone_is_an_iana_name_or_refused() {
+    let bare = Config::load_with_env(None, env(&[])).unwrap();
+    assert_eq!(bare.site.timezone, chrono_tz::UTC);
+    let berlin = Config::load_with_env(
+        None,
+        env(&[("VICTRON_POLLER_SITE__TIMEZONE", "Europe/Berlin")]),
+    );
+    assert_eq!(berlin.unwrap().site.timezone, chrono_tz::Europe::Berlin);
+    let f = file("[site]\ntimezone = \"Mars/Olympus\"\n");
+    let refused = problems(Config::load_with_env(Some(f.path()), env(&[])));
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0].key, "site.timezone");
+    assert!(
+        refused[0]
+            .message
+            .contains("\"Mars/Olympus\" is not an IANA time zone name"),
         "{}",
         refused[0].message
     );

@@ -13,8 +13,8 @@ use super::keys::{self, KnownKey};
 use super::reader::{Problems, Table};
 use super::{
     BatchConfig, ClockConfig, Config, ConfigError, DatabaseConfig, FailoverConfig, GxConfig,
-    HealthConfig, LogConfig, LogFormat, ModbusClass, ModbusDeviceConfig, RetentionConfig, Secret,
-    SiteConfig, StoreConfig, StoreSync, VeDirectConfig, VeDirectPort,
+    HealthConfig, HistoryConfig, LogConfig, LogFormat, ModbusClass, ModbusDeviceConfig,
+    RetentionConfig, Secret, SiteConfig, StoreConfig, StoreSync, VeDirectConfig, VeDirectPort,
 };
 
 /// `origins`: the keys environment variables set, and the variable of each.
@@ -39,6 +39,16 @@ pub(super) fn validate(
             .string(&keys::SITE_INSTALLATION_ID, &mut problems)
             .filter(|s| !s.is_empty())
             .and_then(|s| site_name(s, &site_key, &mut problems)),
+        timezone: match t.string(&keys::SITE_TIMEZONE, &mut problems) {
+            None => chrono_tz::UTC,
+            Some(name) => name.parse().unwrap_or_else(|_| {
+                problems.push(
+                    &t.key("timezone"),
+                    format!("\"{name}\" is not an IANA time zone name (such as \"Europe/Berlin\" or \"UTC\")"),
+                );
+                chrono_tz::UTC
+            }),
+        },
     };
     t.finish(&mut problems);
     let default_site = site.installation_id.clone().unwrap_or_default();
@@ -67,6 +77,23 @@ pub(super) fn validate(
                 StoreSync::default()
             }),
         },
+    };
+    t.finish(&mut problems);
+
+    let mut t = root.table("history", &mut problems);
+    let mut keep_days = |key: &keys::KnownKey| {
+        Some(t.integer(key, &mut problems))
+            .filter(|d| *d > 0)
+            .map(|d| Duration::from_secs(d * 86_400))
+    };
+    let keep = [
+        keep_days(&keys::HISTORY_KEEP_5M_DAYS),
+        keep_days(&keys::HISTORY_KEEP_1H_DAYS),
+        keep_days(&keys::HISTORY_KEEP_1D_DAYS),
+    ];
+    let history = HistoryConfig {
+        keep,
+        max_gap: Duration::from_secs(t.integer(&keys::HISTORY_MAX_GAP_S, &mut problems)),
     };
     t.finish(&mut problems);
 
@@ -125,6 +152,7 @@ pub(super) fn validate(
             batch,
             store,
             clock,
+            history,
             log,
             site,
             gx,

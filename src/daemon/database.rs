@@ -290,5 +290,10 @@ async fn retention_loop(
             Err(error) => tracing::warn!(%error, "Retention run failed."),
         }
         let _ = status_rows::record_retention(&pool, Utc::now(), &result, window).await;
+        match crate::retention::history(&pool, shared.config.history.keep).await {
+            Ok(0) => {}
+            Ok(rows) => tracing::info!(rows, "Expired rollups removed."),
+            Err(error) => tracing::warn!(%error, "History retention failed."),
+        }
     }
 }

@@ -18,6 +18,9 @@ mod cli;
 mod clock;
 /// The daemon end to end: simulator → run → store → PostgreSQL; outages, kill -9.
 mod daemon;
+/// Rollups and daily energy: `history rebuild` on the three flavours.
+#[cfg(feature = "servers")]
+mod history;
 /// Adopting a database built by the legacy Python runner.
 #[cfg(feature = "servers")]
 mod legacy_adoption;

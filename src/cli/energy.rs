@@ -1,0 +1,109 @@
+//! `victron-poller energy [--days N] [--site S] [--json]`: a table of daily
+//! energy and the SOC range, from `victron.energy_daily`.
+
+use chrono::{NaiveDate, Utc};
+use clap::Args;
+use sqlx::Row;
+
+use super::{Exit, require_database};
+use crate::config::Config;
+use crate::history::DayEnergy;
+use crate::history::buckets::local_day;
+
+/// Options of `energy`.
+#[derive(Debug, Args)]
+pub struct EnergyArgs {
+    /// How many local days, up to today.
+    #[arg(long, default_value_t = 14)]
+    days: u32,
+    /// Only this site (`installation_id`).
+    #[arg(long)]
+    site: Option<String>,
+    /// One JSON array of days instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs the subcommand.
+pub async fn exec(config: &Config, args: EnergyArgs) -> anyhow::Result<Exit> {
+    let db = require_database(config)?;
+    let mut conn = crate::db::connect_once(db).await?;
+    let today = local_day(Utc::now(), config.site.timezone);
+    let first = today - chrono::Duration::days(i64::from(args.days.max(1)) - 1);
+    let rows = sqlx::query(
+        "SELECT installation_id, day, solar_kwh, consumption_kwh, battery_charge_kwh,
+                battery_discharge_kwh, grid_import_kwh, grid_export_kwh, genset_kwh,
+                min_soc, max_soc, coverage_pct
+         FROM victron.energy_daily
+         WHERE day >= $1 AND ($2::text IS NULL OR installation_id = $2)
+         ORDER BY installation_id, day",
+    )
+    .bind(first)
+    .bind(args.site.as_deref())
+    .fetch_all(&mut conn)
+    .await?;
+    let days: Vec<DayEnergy> = rows
+        .iter()
+        .map(|r| DayEnergy {
+            site: r.get(0),
+            day: r.get::<NaiveDate, _>(1),
+            solar_kwh: r.get(2),
+            consumption_kwh: r.get(3),
+            battery_charge_kwh: r.get(4),
+            battery_discharge_kwh: r.get(5),
+            grid_import_kwh: r.get(6),
+            grid_export_kwh: r.get(7),
+            genset_kwh: r.get(8),
+            min_soc: r.get(9),
+            max_soc: r.get(10),
+            coverage_pct: r.get(11),
+        })
+        .collect();
+    if args.json {
+        outln!("{}", serde_json::to_string_pretty(&days)?);
+        return Ok(Exit::Ok);
+    }
+    if days.is_empty() {
+        outln!(
+            "no daily energy since {first}: run the daemon, or `victron-poller history rebuild`"
+        );
+        return Ok(Exit::Ok);
+    }
+    let kwh = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.2}"));
+    let soc = |d: &DayEnergy| match (d.min_soc, d.max_soc) {
+        (Some(lo), Some(hi)) => format!("{lo:.0}–{hi:.0}"),
+        _ => "-".into(),
+    };
+    outln!(
+        "{:<12} {:<12} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8} {:>9} {:>9}",
+        "site",
+        "day",
+        "solar",
+        "loads",
+        "charge",
+        "discharge",
+        "grid in",
+        "grid out",
+        "genset",
+        "soc %",
+        "coverage"
+    );
+    for d in &days {
+        outln!(
+            "{:<12} {:<12} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8} {:>9} {:>8.1}%",
+            if d.site.is_empty() { "-" } else { &d.site },
+            d.day,
+            kwh(d.solar_kwh),
+            kwh(d.consumption_kwh),
+            kwh(d.battery_charge_kwh),
+            kwh(d.battery_discharge_kwh),
+            kwh(d.grid_import_kwh),
+            kwh(d.grid_export_kwh),
+            kwh(d.genset_kwh),
+            soc(d),
+            d.coverage_pct
+        );
+    }
+    outln!("(kWh per local day, {})", config.site.timezone.name());
+    Ok(Exit::Ok)
+}

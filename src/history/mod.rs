@@ -1,0 +1,22 @@
+//! The site's energy record beyond the raw readings' retention: rollups of
+//! every numeric column of every reading table at 5 minutes, 1 hour and 1
+//! local day (`victron.history_5m`, `_1h`, `_1d`: samples, min, max, mean,
+//! last), and the energy of each local day (`victron.energy_daily`: solar,
+//! consumption, battery charge and discharge, grid import and export,
+//! genset, the SOC range, and how much of the day the readings cover).
+//!
+//! One aggregator ([`aggregate::Aggregator`]) computes both from raw
+//! readings in time order per device; [`rebuild`] feeds it the raw rows of
+//! whole local days from PostgreSQL and replaces those days' rollups
+//! (idempotent upserts: a recomputed bucket replaces the old one), for
+//! `victron-poller history rebuild`. [`buckets`] owns the boundaries
+//! (local days of `site.timezone`, 23 or 25 hours on DST days), [`energy`]
+//! which powers feed which energy.
+
+pub mod aggregate;
+pub mod buckets;
+pub mod energy;
+pub mod rebuild;
+
+pub use aggregate::{Aggregator, DayEnergy, Rollup};
+pub use buckets::Resolution;

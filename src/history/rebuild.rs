@@ -1,0 +1,292 @@
+//! `victron-poller history rebuild`: the raw rows of whole local days, read
+//! from PostgreSQL in time order per device, through the aggregator; those
+//! days' rollups and daily energy are replaced in one transaction.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, NaiveDate, Utc};
+use chrono_tz::Tz;
+use futures_util::TryStreamExt as _;
+use sqlx::{PgPool, Row};
+
+use super::aggregate::{Aggregator, DayEnergy, Rollup};
+use super::buckets::{Resolution, day_end, day_start, local_day};
+use crate::reading::{ColumnKind, Reading, ReadingTable, SourceKind, Value};
+
+/// What to rebuild: a site (every site when `None`) and local days
+/// (from the oldest raw row, to the newest, when not given).
+#[derive(Debug, Clone, Default)]
+pub struct Range {
+    /// The site.
+    pub site: Option<String>,
+    /// The first day.
+    pub from: Option<NaiveDate>,
+    /// The last day (included).
+    pub to: Option<NaiveDate>,
+}
+
+/// What a rebuild did.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Report {
+    /// The days rebuilt, when there were raw rows.
+    pub days: Option<(NaiveDate, NaiveDate)>,
+    /// Raw readings read.
+    pub readings: u64,
+    /// Rollup rows written.
+    pub rollups: usize,
+    /// Site-days of energy written.
+    pub energy_days: usize,
+    /// How long it took.
+    pub elapsed: Duration,
+}
+
+/// Rebuilds `range` for local days of `tz`, bridging up to `max_gap_s`.
+pub async fn rebuild(
+    pool: &PgPool,
+    tz: Tz,
+    max_gap_s: f64,
+    range: &Range,
+) -> Result<Report, sqlx::Error> {
+    let started = Instant::now();
+    let Some((first, last)) = days(pool, tz, range).await? else {
+        return Ok(Report {
+            days: None,
+            readings: 0,
+            rollups: 0,
+            energy_days: 0,
+            elapsed: started.elapsed(),
+        });
+    };
+    let (from, to) = (day_start(first, tz), day_end(last, tz));
+    let mut aggregator = Aggregator::new(tz, max_gap_s).within(from, to);
+    // Readings just outside bound the intervals that reach into the days.
+    let margin = chrono::Duration::milliseconds((max_gap_s * 1000.0) as i64);
+    let mut readings = 0;
+    for table in ReadingTable::ALL {
+        readings += feed(
+            pool,
+            table,
+            range.site.as_deref(),
+            from - margin,
+            to + margin,
+            &mut aggregator,
+        )
+        .await?;
+    }
+    let (rollups, energy) = aggregator.finish();
+    write(
+        pool,
+        range.site.as_deref(),
+        from,
+        to,
+        (first, last),
+        &rollups,
+        &energy,
+    )
+    .await?;
+    Ok(Report {
+        days: Some((first, last)),
+        readings,
+        rollups: rollups.len(),
+        energy_days: energy.len(),
+        elapsed: started.elapsed(),
+    })
+}
+
+/// The days to rebuild: as given, or those of the oldest and newest raw rows.
+async fn days(
+    pool: &PgPool,
+    tz: Tz,
+    range: &Range,
+) -> Result<Option<(NaiveDate, NaiveDate)>, sqlx::Error> {
+    if let (Some(from), Some(to)) = (range.from, range.to) {
+        return Ok((from <= to).then_some((from, to)));
+    }
+    let union = ReadingTable::ALL
+        .iter()
+        .map(|t| {
+            format!(
+                "SELECT min(\"timestamp\") AS lo, max(\"timestamp\") AS hi FROM victron.{} WHERE $1::text IS NULL OR installation_id = $1",
+                t.name()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ");
+    let row = sqlx::query(&format!("SELECT min(lo), max(hi) FROM ({union}) r"))
+        .bind(range.site.as_deref())
+        .fetch_one(pool)
+        .await?;
+    let (lo, hi): (Option<DateTime<Utc>>, Option<DateTime<Utc>>) = (row.get(0), row.get(1));
+    let from = range.from.or(lo.map(|t| local_day(t, tz)));
+    let to = range.to.or(hi.map(|t| local_day(t, tz)));
+    Ok(match (from, to) {
+        (Some(from), Some(to)) if from <= to => Some((from, to)),
+        _ => None,
+    })
+}
+
+/// Streams a table's rows in `[from, to)` (of `site`) into the aggregator,
+/// in time order per device. Returns how many.
+async fn feed(
+    pool: &PgPool,
+    table: ReadingTable,
+    site: Option<&str>,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    aggregator: &mut Aggregator,
+) -> Result<u64, sqlx::Error> {
+    let numeric: Vec<&'static str> = table
+        .columns()
+        .iter()
+        .filter(|(_, kind)| *kind != ColumnKind::Text)
+        .map(|(name, _)| *name)
+        .collect();
+    let select = numeric
+        .iter()
+        .map(|c| format!("{c}::float8"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "SELECT coalesce(installation_id, ''), device, \"timestamp\", {select} FROM victron.{}
+         WHERE \"timestamp\" >= $1 AND \"timestamp\" < $2 AND ($3::text IS NULL OR installation_id = $3)
+         ORDER BY installation_id, device, \"timestamp\"",
+        table.name()
+    );
+    let mut rows = sqlx::query(&sql).bind(from).bind(to).bind(site).fetch(pool);
+    let mut count = 0;
+    let mut site_name: Arc<str> = Arc::from("");
+    while let Some(row) = rows.try_next().await? {
+        let site: &str = row.get(0);
+        if *site != *site_name {
+            site_name = Arc::from(site);
+        }
+        let values = numeric
+            .iter()
+            .enumerate()
+            .filter_map(|(i, column)| {
+                row.get::<Option<f64>, _>(i + 3)
+                    .map(|v| (*column, Value::Float(v)))
+            })
+            .collect();
+        aggregator.push(&Reading {
+            site: Arc::clone(&site_name),
+            device: row.get(1),
+            table,
+            source: SourceKind::Modbus,
+            measured_at: row.get(2),
+            unconfirmed: None,
+            values,
+        });
+        count += 1;
+    }
+    Ok(count)
+}
+
+/// Replaces the days' rollups and energy (of `site`, or every site).
+async fn write(
+    pool: &PgPool,
+    site: Option<&str>,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    (first, last): (NaiveDate, NaiveDate),
+    rollups: &[Rollup],
+    energy: &[DayEnergy],
+) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    for resolution in Resolution::ALL {
+        sqlx::query(&format!(
+            "DELETE FROM victron.{} WHERE bucket >= $1 AND bucket < $2 AND ($3::text IS NULL OR installation_id = $3)",
+            resolution.table()
+        ))
+        .bind(from)
+        .bind(to)
+        .bind(site)
+        .execute(&mut *tx)
+        .await?;
+        let rows: Vec<&Rollup> = rollups
+            .iter()
+            .filter(|r| r.resolution == resolution)
+            .collect();
+        for chunk in rows.chunks(20_000) {
+            upsert_rollups(&mut tx, resolution, chunk).await?;
+        }
+    }
+    sqlx::query(
+        "DELETE FROM victron.energy_daily WHERE day >= $1 AND day <= $2 AND ($3::text IS NULL OR installation_id = $3)",
+    )
+    .bind(first)
+    .bind(last)
+    .bind(site)
+    .execute(&mut *tx)
+    .await?;
+    upsert_energy(&mut tx, energy).await?;
+    tx.commit().await
+}
+
+/// Writes rollup rows; a bucket already there is replaced.
+pub async fn upsert_rollups(
+    conn: &mut sqlx::PgConnection,
+    resolution: Resolution,
+    rows: &[&Rollup],
+) -> Result<(), sqlx::Error> {
+    sqlx::query(&format!(
+        "INSERT INTO victron.{} (installation_id, device, reading_table, metric, bucket, samples, min, max, mean, last)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::int[],
+             $7::float8[], $8::float8[], $9::float8[], $10::float8[])
+         ON CONFLICT (installation_id, device, metric, bucket) DO UPDATE SET reading_table = excluded.reading_table,
+             samples = excluded.samples, min = excluded.min, max = excluded.max, mean = excluded.mean,
+             last = excluded.last",
+        resolution.table()
+    ))
+    .bind(rows.iter().map(|r| &*r.site).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.device.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.table.name()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.metric).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.bucket).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| i32::try_from(r.samples).unwrap_or(i32::MAX)).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.min).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.max).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.mean).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.last).collect::<Vec<_>>())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Writes days of energy; a day already there is replaced.
+pub async fn upsert_energy(
+    conn: &mut sqlx::PgConnection,
+    days: &[DayEnergy],
+) -> Result<(), sqlx::Error> {
+    let column = |f: fn(&DayEnergy) -> Option<f64>| days.iter().map(f).collect::<Vec<_>>();
+    sqlx::query(
+        "INSERT INTO victron.energy_daily (installation_id, day, solar_kwh, consumption_kwh,
+             battery_charge_kwh, battery_discharge_kwh, grid_import_kwh, grid_export_kwh, genset_kwh,
+             min_soc, max_soc, coverage_pct, updated_at)
+         SELECT *, now() FROM UNNEST($1::text[], $2::date[], $3::float8[], $4::float8[], $5::float8[],
+             $6::float8[], $7::float8[], $8::float8[], $9::float8[], $10::float8[], $11::float8[],
+             $12::float8[])
+         ON CONFLICT (installation_id, day) DO UPDATE SET solar_kwh = excluded.solar_kwh,
+             consumption_kwh = excluded.consumption_kwh, battery_charge_kwh = excluded.battery_charge_kwh,
+             battery_discharge_kwh = excluded.battery_discharge_kwh,
+             grid_import_kwh = excluded.grid_import_kwh, grid_export_kwh = excluded.grid_export_kwh,
+             genset_kwh = excluded.genset_kwh, min_soc = excluded.min_soc, max_soc = excluded.max_soc,
+             coverage_pct = excluded.coverage_pct, updated_at = now()",
+    )
+    .bind(days.iter().map(|d| d.site.as_str()).collect::<Vec<_>>())
+    .bind(days.iter().map(|d| d.day).collect::<Vec<_>>())
+    .bind(column(|d| d.solar_kwh))
+    .bind(column(|d| d.consumption_kwh))
+    .bind(column(|d| d.battery_charge_kwh))
+    .bind(column(|d| d.battery_discharge_kwh))
+    .bind(column(|d| d.grid_import_kwh))
+    .bind(column(|d| d.grid_export_kwh))
+    .bind(column(|d| d.genset_kwh))
+    .bind(column(|d| d.min_soc))
+    .bind(column(|d| d.max_soc))
+    .bind(days.iter().map(|d| d.coverage_pct).collect::<Vec<_>>())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}

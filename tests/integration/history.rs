@@ -1,0 +1,194 @@
+//! Rollups and daily energy on the three server flavours: raw rows of a
+//! synthetic day inserted with SQL, `victron-poller history rebuild` run as
+//! a process, the results checked against arithmetic (PV 1 kW for 12 hours
+//! is 12 kWh) and the calendar (a DST day has 23 or 25 hours).
+
+use crate::helpers::{Flavour, TestDb, run_cli, texts};
+
+/// Inserts a synthetic day of site `ranch` in `tz`: PV 1 kW from 06:00 to
+/// 18:00 local (solar charger `mppt`), 500 W of loads all day, the battery
+/// (`bank`) taking the difference; a reading every 10 s, none during the
+/// `hole_minutes` from local noon.
+async fn insert_synthetic_day(db: &TestDb, day: &str, tz: &str, hole_minutes: i64) {
+    let series = format!(
+        "WITH t AS (SELECT ts FROM generate_series(('{day}'::date)::timestamp AT TIME ZONE '{tz}',
+                                                ('{day}'::date + 1)::timestamp AT TIME ZONE '{tz}' - interval '10 seconds',
+                                                interval '10 seconds') ts
+                    WHERE NOT ((ts AT TIME ZONE '{tz}')::time >= '12:00'
+                               AND (ts AT TIME ZONE '{tz}')::time < time '12:00' + make_interval(mins => {hole_minutes}))),
+              p AS (SELECT ts, CASE WHEN (ts AT TIME ZONE '{tz}')::time >= '06:00'
+                                     AND (ts AT TIME ZONE '{tz}')::time < '18:00' THEN 1000.0 ELSE 0.0 END AS pv FROM t)"
+    );
+    db.execute(&format!(
+        "{series} INSERT INTO victron.solar_readings (installation_id, device, \"timestamp\", pv_power)
+         SELECT 'ranch', 'mppt', ts, pv FROM p"
+    ))
+    .await;
+    db.execute(&format!(
+        "{series} INSERT INTO victron.battery_readings (installation_id, device, \"timestamp\", power, soc)
+         SELECT 'ranch', 'bank', ts, pv - 500.0, CASE WHEN pv > 0 THEN 90.0 ELSE 60.0 END FROM p"
+    ))
+    .await;
+}
+
+/// Runs `history rebuild` for `day` in `tz`; asserts it succeeded.
+fn rebuild(db: &TestDb, day: &str, tz: &str) {
+    let out = run_cli(
+        &[
+            "history", "rebuild", "--site", "ranch", "--from", day, "--to", day,
+        ],
+        &[
+            ("DATABASE_URL", &db.url),
+            ("VICTRON_POLLER_SITE__TIMEZONE", tz),
+        ],
+    );
+    let (stdout, stderr) = texts(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("rebuilt"), "{stdout}");
+}
+
+async fn energy(db: &TestDb, column: &str, day: &str) -> f64 {
+    db.scalar_f64(&format!(
+        "SELECT {column}::float8 FROM victron.energy_daily WHERE installation_id = 'ranch' AND day = '{day}'"
+    ))
+    .await
+}
+
+fn within(value: f64, want: f64, share: f64) -> bool {
+    (value - want).abs() <= want * share
+}
+
+async fn a_synthetic_day_rebuilds_to_its_energies(flavour: Flavour) {
+    let db = TestDb::create(flavour).await;
+    db.migrate().await;
+    let day = "2026-06-01";
+    insert_synthetic_day(&db, day, "UTC", 0).await;
+    rebuild(&db, day, "UTC");
+    for (column, want) in [
+        ("solar_kwh", 12.0),
+        ("consumption_kwh", 12.0),
+        ("battery_charge_kwh", 6.0),
+        ("battery_discharge_kwh", 6.0),
+    ] {
+        let got = energy(&db, column, day).await;
+        assert!(within(got, want, 0.005), "{flavour:?} {column}: {got}");
+    }
+    // The day's last reading closes no interval: 10 s of 24 h uncovered.
+    let coverage = energy(&db, "coverage_pct", day).await;
+    assert!(coverage > 99.9 && coverage <= 100.0, "{coverage}");
+    assert_eq!(energy(&db, "min_soc", day).await, 60.0);
+    assert_eq!(energy(&db, "max_soc", day).await, 90.0);
+    // Rollups: 288 five-minute buckets of the charger's PV power, 24 hours,
+    // one day whose mean is half a kilowatt and whose max is 1 kW.
+    for (table, buckets) in [("history_5m", 288), ("history_1h", 24), ("history_1d", 1)] {
+        let n = db
+            .scalar_i64(&format!(
+                "SELECT count(*) FROM victron.{table} WHERE device = 'mppt' AND metric = 'pv_power'"
+            ))
+            .await;
+        assert_eq!(n, buckets, "{flavour:?} {table}");
+    }
+    let (mean, max) = (
+        db.scalar_f64(
+            "SELECT mean FROM victron.history_1d WHERE device = 'mppt' AND metric = 'pv_power'",
+        )
+        .await,
+        db.scalar_f64(
+            "SELECT max FROM victron.history_1d WHERE device = 'mppt' AND metric = 'pv_power'",
+        )
+        .await,
+    );
+    assert!(within(mean, 500.0, 0.001) && max == 1000.0, "{mean} {max}");
+
+    // Again: the same rows, replaced, not added.
+    let before = db
+        .scalar_i64("SELECT count(*) FROM victron.history_5m")
+        .await;
+    rebuild(&db, day, "UTC");
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM victron.history_5m")
+            .await,
+        before
+    );
+    assert!(within(energy(&db, "solar_kwh", day).await, 12.0, 0.005));
+
+    // `energy` shows the day.
+    let out = run_cli(
+        &["energy", "--days", "400", "--site", "ranch", "--json"],
+        &[("DATABASE_URL", &db.url)],
+    );
+    let (stdout, stderr) = texts(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    let days: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(days[0]["day"], day, "{stdout}");
+    assert!(
+        within(days[0]["solar_kwh"].as_f64().unwrap(), 12.0, 0.005),
+        "{stdout}"
+    );
+    let table = run_cli(&["energy", "--days", "400"], &[("DATABASE_URL", &db.url)]);
+    let (text, _) = texts(&table);
+    assert!(
+        text.contains("2026-06-01") && text.contains("12.00"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_synthetic_day_rebuilds_to_its_energies_on_timescaledb() {
+    a_synthetic_day_rebuilds_to_its_energies(Flavour::Timescale).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_synthetic_day_rebuilds_to_its_energies_on_postgres_17() {
+    a_synthetic_day_rebuilds_to_its_energies(Flavour::NoPreload).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_synthetic_day_rebuilds_to_its_energies_on_postgres_15() {
+    a_synthetic_day_rebuilds_to_its_energies(Flavour::Plain).await;
+}
+
+/// A 30-minute hole is not bridged: 97.9 % coverage, half an hour of PV
+/// less.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hole_is_not_bridged() {
+    let db = TestDb::create(Flavour::Timescale).await;
+    db.migrate().await;
+    let day = "2026-06-02";
+    insert_synthetic_day(&db, day, "UTC", 30).await;
+    rebuild(&db, day, "UTC");
+    let coverage = energy(&db, "coverage_pct", day).await;
+    assert!((coverage - 97.9).abs() < 0.05, "{coverage}");
+    let solar = energy(&db, "solar_kwh", day).await;
+    assert!(within(solar, 11.5, 0.005), "{solar}");
+}
+
+/// Local days of a DST change: 23 hourly buckets in Berlin in spring, 25 in
+/// Denver in autumn, and the day's energy is the day's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dst_days_have_their_hours() {
+    for (tz, day, hours) in [
+        ("Europe/Berlin", "2026-03-29", 23),
+        ("America/Denver", "2026-11-01", 25),
+    ] {
+        let db = TestDb::create(Flavour::NoPreload).await;
+        db.migrate().await;
+        insert_synthetic_day(&db, day, tz, 0).await;
+        rebuild(&db, day, tz);
+        let n = db
+            .scalar_i64(
+                "SELECT count(*) FROM victron.history_1h WHERE device = 'mppt' AND metric = 'pv_power'",
+            )
+            .await;
+        assert_eq!(n, hours, "{tz}");
+        let start = db
+            .scalar_i64(&format!(
+                "SELECT count(*) FROM victron.history_1d WHERE device = 'mppt'
+                 AND bucket = ('{day}'::date)::timestamp AT TIME ZONE '{tz}'"
+            ))
+            .await;
+        assert!(start > 0, "{tz}: the day's bucket starts at local midnight");
+        let solar = energy(&db, "solar_kwh", day).await;
+        assert!(within(solar, 12.0, 0.005), "{tz}: {solar}");
+    }
+}
