@@ -18,6 +18,8 @@ mod cli;
 mod clock;
 /// The daemon end to end: simulator → run → store → PostgreSQL; outages, kill -9.
 mod daemon;
+/// The Grafana dashboard's queries, macros expanded, on every flavour.
+mod dashboard;
 /// Rollups and daily energy: `history rebuild` on the three flavours.
 #[cfg(feature = "servers")]
 mod history;
