@@ -81,7 +81,6 @@ fn interval_seconds(text: &str) -> u64 {
 }
 
 /// The panels' queries and the columns each names, from the dashboard.
-#[cfg(feature = "servers")]
 fn panels() -> Vec<(String, String, String, Vec<String>)> {
     let dashboard: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(DASHBOARD).unwrap()).unwrap();
@@ -153,6 +152,19 @@ async fn every_panel_query_runs_on_every_flavour() {
             check_panels(&db, true).await;
         }
     }
+}
+
+/// Every panel has a raw SQL query for the PostgreSQL data source the
+/// import asks for, and names the columns it shows.
+#[test]
+fn every_panel_queries_the_imported_data_source() {
+    for (title, _, sql, names) in panels() {
+        assert!(sql.contains("victron."), "{title}");
+        assert!(!names.is_empty(), "{title}");
+    }
+    let text = std::fs::read_to_string(DASHBOARD).unwrap();
+    assert!(text.contains("\"${DS_POSTGRES}\""));
+    assert!(!text.contains("time_bucket"), "no TimescaleDB-only function");
 }
 
 #[test]
