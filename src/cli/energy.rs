@@ -1,11 +1,12 @@
 //! `victron-poller energy [--days N] [--site S] [--json]`: a table of daily
-//! energy and the SOC range, from `victron.energy_daily`.
+//! energy and the SOC range, from `victron.energy_daily` — or, without a
+//! database, computed from the readings in the local store.
 
 use chrono::{NaiveDate, Utc};
 use clap::Args;
 use sqlx::Row;
 
-use super::{Exit, require_database};
+use super::Exit;
 use crate::config::Config;
 use crate::history::DayEnergy;
 use crate::history::buckets::local_day;
@@ -22,14 +23,43 @@ pub struct EnergyArgs {
     /// One JSON array of days instead of the table.
     #[arg(long)]
     json: bool,
+    /// Directory of the local store, read without a database (default as
+    /// for `run`).
+    #[arg(long, env = "VICTRON_POLLER_STATE_DIR", value_name = "DIR")]
+    state_dir: Option<std::path::PathBuf>,
 }
 
 /// Runs the subcommand.
 pub async fn exec(config: &Config, args: EnergyArgs) -> anyhow::Result<Exit> {
-    let db = require_database(config)?;
-    let mut conn = crate::db::connect_once(db).await?;
     let today = local_day(Utc::now(), config.site.timezone);
     let first = today - chrono::Duration::days(i64::from(args.days.max(1)) - 1);
+    let days = match &config.database {
+        Some(db) => from_database(db, first, args.site.as_deref()).await?,
+        None => {
+            let dir = super::run::state_dir(args.state_dir.clone());
+            let store = crate::store::LocalStore::open_read_only(&dir).await?;
+            let days = crate::history::local::energy(
+                &store,
+                config.site.timezone,
+                config.history.max_gap.as_secs_f64(),
+            )
+            .await?;
+            store.close().await;
+            days.into_iter()
+                .filter(|d| d.day >= first && args.site.as_ref().is_none_or(|s| *s == d.site))
+                .collect()
+        }
+    };
+    print(config, &days, first, args.json)
+}
+
+/// The days of `victron.energy_daily` from `first` (of `site`).
+async fn from_database(
+    db: &crate::config::DatabaseConfig,
+    first: NaiveDate,
+    site: Option<&str>,
+) -> anyhow::Result<Vec<DayEnergy>> {
+    let mut conn = crate::db::connect_once(db).await?;
     let rows = sqlx::query(
         "SELECT installation_id, day, solar_kwh, consumption_kwh, battery_charge_kwh,
                 battery_discharge_kwh, grid_import_kwh, grid_export_kwh, genset_kwh,
@@ -39,10 +69,10 @@ pub async fn exec(config: &Config, args: EnergyArgs) -> anyhow::Result<Exit> {
          ORDER BY installation_id, day",
     )
     .bind(first)
-    .bind(args.site.as_deref())
+    .bind(site)
     .fetch_all(&mut conn)
     .await?;
-    let days: Vec<DayEnergy> = rows
+    Ok(rows
         .iter()
         .map(|r| DayEnergy {
             site: r.get(0),
@@ -58,9 +88,18 @@ pub async fn exec(config: &Config, args: EnergyArgs) -> anyhow::Result<Exit> {
             max_soc: r.get(10),
             coverage_pct: r.get(11),
         })
-        .collect();
-    if args.json {
-        outln!("{}", serde_json::to_string_pretty(&days)?);
+        .collect())
+}
+
+/// The table, or `--json`'s array.
+fn print(
+    config: &Config,
+    days: &[DayEnergy],
+    first: NaiveDate,
+    json: bool,
+) -> anyhow::Result<Exit> {
+    if json {
+        outln!("{}", serde_json::to_string_pretty(days)?);
         return Ok(Exit::Ok);
     }
     if days.is_empty() {
@@ -88,7 +127,7 @@ pub async fn exec(config: &Config, args: EnergyArgs) -> anyhow::Result<Exit> {
         "soc %",
         "coverage"
     );
-    for d in &days {
+    for d in days {
         outln!(
             "{:<12} {:<12} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8} {:>9} {:>8.1}%",
             if d.site.is_empty() { "-" } else { &d.site },

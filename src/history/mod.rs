@@ -9,13 +9,15 @@
 //! readings in time order per device; [`rebuild`] feeds it the raw rows of
 //! whole local days from PostgreSQL and replaces those days' rollups
 //! (idempotent upserts: a recomputed bucket replaces the old one), for
-//! `victron-poller history rebuild`. [`buckets`] owns the boundaries
+//! `victron-poller history rebuild`; without a database, [`local`] feeds it
+//! the local store's readings for `energy`. [`buckets`] owns the boundaries
 //! (local days of `site.timezone`, 23 or 25 hours on DST days), [`energy`]
 //! which powers feed which energy.
 
 pub mod aggregate;
 pub mod buckets;
 pub mod energy;
+pub mod local;
 pub mod rebuild;
 
 pub use aggregate::{Aggregator, DayEnergy, Rollup};

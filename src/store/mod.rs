@@ -504,6 +504,36 @@ impl LocalStore {
         Ok(found.into_iter().next())
     }
 
+    /// Every series (table and device) with confirmed readings.
+    pub async fn series(&self) -> Result<Vec<(ReadingTable, String)>, StoreError> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT DISTINCT reading_table, device FROM readings WHERE held_mono IS NULL ORDER BY 1, 2",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(table, device)| Some((table_from_name(&table)?, device)))
+            .collect())
+    }
+
+    /// Up to `limit` confirmed readings of one series measured after
+    /// `after`, in time order (a page of the series).
+    pub async fn series_after(
+        &self,
+        table: ReadingTable,
+        device: &str,
+        after: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<StoredReading>, StoreError> {
+        let tail = format!(
+            "WHERE reading_table = '{}' AND device = ?3 AND measured_at_us > ?1 AND held_mono IS NULL
+             ORDER BY measured_at_us LIMIT ?2",
+            table.name()
+        );
+        self.select(&tail, micros(after), limit, device).await
+    }
+
     /// Readings matching `tail` (binds: ?1 an i64, ?2 a limit, ?3 a text).
     /// They come back as one row of JSON: sqlx's SQLite driver hands rows
     /// over one by one between threads, which costs far more than parsing.

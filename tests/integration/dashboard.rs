@@ -164,7 +164,10 @@ fn every_panel_queries_the_imported_data_source() {
     }
     let text = std::fs::read_to_string(DASHBOARD).unwrap();
     assert!(text.contains("\"${DS_POSTGRES}\""));
-    assert!(!text.contains("time_bucket"), "no TimescaleDB-only function");
+    assert!(
+        !text.contains("time_bucket"),
+        "no TimescaleDB-only function"
+    );
 }
 
 #[test]

@@ -3,12 +3,15 @@
 //! a process, the results checked against arithmetic (PV 1 kW for 12 hours
 //! is 12 kWh) and the calendar (a DST day has 23 or 25 hours).
 
-use crate::helpers::{Flavour, TestDb, run_cli, texts};
+#[cfg(feature = "servers")]
+use crate::helpers::{Flavour, TestDb};
+use crate::helpers::{run_cli, texts};
 
 /// Inserts a synthetic day of site `ranch` in `tz`: PV 1 kW from 06:00 to
 /// 18:00 local (solar charger `mppt`), 500 W of loads all day, the battery
 /// (`bank`) taking the difference; a reading every 10 s, none during the
 /// `hole_minutes` from local noon.
+#[cfg(feature = "servers")]
 async fn insert_synthetic_day(db: &TestDb, day: &str, tz: &str, hole_minutes: i64) {
     let series = format!(
         "WITH t AS (SELECT ts FROM generate_series(('{day}'::date)::timestamp AT TIME ZONE '{tz}',
@@ -32,6 +35,7 @@ async fn insert_synthetic_day(db: &TestDb, day: &str, tz: &str, hole_minutes: i6
 }
 
 /// Runs `history rebuild` for `day` in `tz`; asserts it succeeded.
+#[cfg(feature = "servers")]
 fn rebuild(db: &TestDb, day: &str, tz: &str) {
     let out = run_cli(
         &[
@@ -47,6 +51,7 @@ fn rebuild(db: &TestDb, day: &str, tz: &str) {
     assert!(stdout.contains("rebuilt"), "{stdout}");
 }
 
+#[cfg(feature = "servers")]
 async fn energy(db: &TestDb, column: &str, day: &str) -> f64 {
     db.scalar_f64(&format!(
         "SELECT {column}::float8 FROM victron.energy_daily WHERE installation_id = 'ranch' AND day = '{day}'"
@@ -58,6 +63,7 @@ fn within(value: f64, want: f64, share: f64) -> bool {
     (value - want).abs() <= want * share
 }
 
+#[cfg(feature = "servers")]
 async fn a_synthetic_day_rebuilds_to_its_energies(flavour: Flavour) {
     let db = TestDb::create(flavour).await;
     db.migrate().await;
@@ -133,16 +139,19 @@ async fn a_synthetic_day_rebuilds_to_its_energies(flavour: Flavour) {
     );
 }
 
+#[cfg(feature = "servers")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_synthetic_day_rebuilds_to_its_energies_on_timescaledb() {
     a_synthetic_day_rebuilds_to_its_energies(Flavour::Timescale).await;
 }
 
+#[cfg(feature = "servers")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_synthetic_day_rebuilds_to_its_energies_on_postgres_17() {
     a_synthetic_day_rebuilds_to_its_energies(Flavour::NoPreload).await;
 }
 
+#[cfg(feature = "servers")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_synthetic_day_rebuilds_to_its_energies_on_postgres_15() {
     a_synthetic_day_rebuilds_to_its_energies(Flavour::Plain).await;
@@ -150,6 +159,7 @@ async fn a_synthetic_day_rebuilds_to_its_energies_on_postgres_15() {
 
 /// A 30-minute hole is not bridged: 97.9 % coverage, half an hour of PV
 /// less.
+#[cfg(feature = "servers")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hole_is_not_bridged() {
     let db = TestDb::create(Flavour::Timescale).await;
@@ -165,6 +175,7 @@ async fn a_hole_is_not_bridged() {
 
 /// Local days of a DST change: 23 hourly buckets in Berlin in spring, 25 in
 /// Denver in autumn, and the day's energy is the day's.
+#[cfg(feature = "servers")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dst_days_have_their_hours() {
     for (tz, day, hours) in [
@@ -190,5 +201,77 @@ async fn dst_days_have_their_hours() {
         assert!(start > 0, "{tz}: the day's bucket starts at local midnight");
         let solar = energy(&db, "solar_kwh", day).await;
         assert!(within(solar, 12.0, 0.005), "{tz}: {solar}");
+    }
+}
+
+/// Without a database, `energy` integrates the local store's readings: a
+/// synthetic day written to a real store, read by the real binary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn energy_answers_from_the_local_store() {
+    use chrono::{Duration, TimeZone, Utc};
+    use victron_poller::reading::{Reading, ReadingTable, SourceKind, Value};
+    use victron_poller::store::LocalStore;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(dir.path()).await.unwrap();
+    let start = Utc.with_ymd_and_hms(2026, 6, 3, 0, 0, 0).unwrap();
+    let reading = |device: &str, table, at, values: Vec<(&'static str, f64)>| Reading {
+        site: "ranch".into(),
+        device: device.into(),
+        table,
+        source: SourceKind::VeDirect,
+        measured_at: at,
+        unconfirmed: None,
+        values: values
+            .into_iter()
+            .map(|(c, v)| (c, Value::Float(v)))
+            .collect(),
+    };
+    let mut batch = Vec::new();
+    for step in 0..8640 {
+        let at = start + Duration::seconds(10 * step);
+        let hour = step / 360;
+        let pv = if (6..18).contains(&hour) { 1000.0 } else { 0.0 };
+        batch.push(reading(
+            "mppt",
+            ReadingTable::Solar,
+            at,
+            vec![("pv_power", pv)],
+        ));
+        batch.push(reading(
+            "bank",
+            ReadingTable::Battery,
+            at,
+            vec![("power", pv - 500.0), ("soc", 80.0)],
+        ));
+        if batch.len() >= 2000 {
+            store.append(&batch).await.unwrap();
+            batch.clear();
+        }
+    }
+    store.append(&batch).await.unwrap();
+    store.close().await;
+
+    let state = dir.path().to_str().unwrap();
+    let out = run_cli(
+        &["energy", "--days", "400", "--json", "--state-dir", state],
+        &[],
+    );
+    let (stdout, stderr) = texts(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    let days: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let day = days
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["day"] == "2026-06-03")
+        .expect(&stdout);
+    for (column, want) in [
+        ("solar_kwh", 12.0),
+        ("consumption_kwh", 12.0),
+        ("battery_charge_kwh", 6.0),
+    ] {
+        let got = day[column].as_f64().unwrap();
+        assert!(within(got, want, 0.005), "{column}: {got}");
     }
 }

@@ -20,8 +20,8 @@ mod clock;
 mod daemon;
 /// The Grafana dashboard's queries, macros expanded, on every flavour.
 mod dashboard;
-/// Rollups and daily energy: `history rebuild` on the three flavours.
-#[cfg(feature = "servers")]
+/// Rollups and daily energy: `history rebuild` on the three flavours;
+/// `energy` from the local store.
 mod history;
 /// Adopting a database built by the legacy Python runner.
 #[cfg(feature = "servers")]
