@@ -173,6 +173,31 @@ async fn status_writer(shared: Shared, pool: PgPool, mode: StorageMode, cancel: 
     }
 }
 
+/// Rolls up the completed local days of every site this daemon polls
+/// (see [`crate::history::rebuild::roll_completed_days`]).
+async fn roll_completed_days(shared: &Shared, pool: &PgPool) {
+    let waiting = shared.store.depth_by_site().await.unwrap_or_default();
+    let mut sites: Vec<&String> = shared.sites.values().collect();
+    sites.sort();
+    sites.dedup();
+    for site in sites {
+        let rolled = crate::history::rebuild::roll_completed_days(
+            pool,
+            shared.config.site.timezone,
+            shared.config.history.max_gap.as_secs_f64(),
+            site,
+            shared.config.retention.window,
+            waiting.get(site).and_then(|(_, oldest)| *oldest),
+        )
+        .await;
+        match rolled {
+            Ok(days) if days.is_empty() => {}
+            Ok(days) => tracing::info!(site, days = ?days, "Rolled up completed days."),
+            Err(error) => tracing::warn!(site, %error, "Rolling up completed days failed."),
+        }
+    }
+}
+
 /// Samples the server's clock for the time keeper, bounded; a failure is
 /// only a missing sample.
 async fn sample_database_clock(shared: &Shared, pool: &PgPool) {
@@ -274,6 +299,8 @@ async fn retention_loop(
             _ = tick.tick() => {}
         }
         let window = shared.config.retention.window;
+        // Completed days are rolled up before their raw rows can expire.
+        roll_completed_days(&shared, &pool).await;
         // A stop does not wait for a long run: what it did not delete, the
         // next run does (each batch of deletes is its own statement).
         let result = tokio::select! {

@@ -290,3 +290,71 @@ pub async fn upsert_energy(
     .await?;
     Ok(())
 }
+
+/// How long after a local day ends its readings are taken as all there:
+/// what the daemon forwards late (a batch in flight, a short outage) has
+/// arrived by then.
+pub const SETTLE: chrono::Duration = chrono::Duration::hours(1);
+
+/// Rolls up the completed local days of `site` whose raw readings are all
+/// still there (raw retention has not started on them) that have no daily
+/// energy yet, or only one computed before the day had settled: each such
+/// day is rebuilt from its raw rows, oldest first, so that every day is
+/// rolled up before raw retention takes its rows. `complete_before` is when the
+/// oldest reading of the site still waiting in the local store was measured
+/// (a day after it is not complete in PostgreSQL yet). Returns the days
+/// rebuilt.
+pub async fn roll_completed_days(
+    pool: &PgPool,
+    tz: Tz,
+    max_gap_s: f64,
+    site: &str,
+    window: Duration,
+    complete_before: Option<DateTime<Utc>>,
+) -> Result<Vec<NaiveDate>, sqlx::Error> {
+    let now = Utc::now();
+    let window = chrono::Duration::from_std(window).unwrap_or_default();
+    // A day raw retention has started on is not rebuilt: its rollups would
+    // lose what expired. Retention deleted what was older than its last
+    // run minus the window.
+    let last_retention: Option<DateTime<Utc>> =
+        sqlx::query_scalar("SELECT last_retention_run FROM victron.polling_status WHERE id = 1")
+            .fetch_optional(pool)
+            .await?
+            .flatten();
+    let intact_from = last_retention.map_or(now - window, |run| run - window);
+    let mut oldest = local_day(intact_from, tz);
+    if day_start(oldest, tz) < intact_from {
+        oldest = oldest.succ_opt().unwrap_or(oldest);
+    }
+    let today = local_day(now, tz);
+    let rolled: Vec<(NaiveDate, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT day, updated_at FROM victron.energy_daily WHERE installation_id = $1 AND day >= $2",
+    )
+    .bind(site)
+    .bind(oldest)
+    .fetch_all(pool)
+    .await?;
+    let mut done = Vec::new();
+    let mut day = oldest;
+    while day < today {
+        let end = day_end(day, tz);
+        let settled = end + SETTLE <= now && complete_before.is_none_or(|t| t >= end);
+        let current = rolled
+            .iter()
+            .any(|(d, updated)| *d == day && *updated >= end + SETTLE);
+        if settled && !current {
+            let range = Range {
+                site: Some(site.to_string()),
+                from: Some(day),
+                to: Some(day),
+            };
+            let report = rebuild(pool, tz, max_gap_s, &range).await?;
+            if report.readings > 0 {
+                done.push(day);
+            }
+        }
+        day = day.succ_opt().unwrap_or(today);
+    }
+    Ok(done)
+}

@@ -275,3 +275,50 @@ async fn energy_answers_from_the_local_store() {
         assert!(within(got, want, 0.005), "{column}: {got}");
     }
 }
+
+/// The daemon rolls up completed days by itself, before raw retention can
+/// take their rows: a day two days back, inserted raw, has its energy once
+/// the daemon has run its first retention round.
+#[cfg(feature = "servers")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_rolls_up_completed_days() {
+    use std::time::Duration;
+
+    use crate::daemon::{
+        log_of, sigterm, simulator, spawn_daemon_with, wait_exit, wait_for, write_site_config,
+    };
+
+    let db = TestDb::create(Flavour::Timescale).await;
+    db.migrate().await;
+    let day = (chrono::Utc::now().date_naive() - chrono::Duration::days(2)).to_string();
+    insert_synthetic_day(&db, &day, "UTC", 0).await;
+    let sim = simulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_site_config(dir.path(), "ranch", sim.addr().port(), 500);
+    let state = dir.path().join("state");
+    let mut daemon = spawn_daemon_with(&config, &state, &[("DATABASE_URL", &db.url)]);
+    let query = format!(
+        "SELECT count(*) FROM victron.energy_daily WHERE installation_id = 'ranch' AND day = '{day}'"
+    );
+    wait_for(
+        "the completed day rolled up",
+        Duration::from_secs(60),
+        async || db.scalar_i64(&query).await == 1,
+    )
+    .await;
+    sigterm(&daemon);
+    assert_eq!(wait_exit(&mut daemon, Duration::from_secs(20)), 0);
+    let solar = energy(&db, "solar_kwh", &day).await;
+    assert!(within(solar, 12.0, 0.005), "{solar}\n{}", log_of(&state));
+    assert!(
+        log_of(&state).contains("Rolled up completed days"),
+        "{}",
+        log_of(&state)
+    );
+    let hours = db
+        .scalar_i64(
+            "SELECT count(*) FROM victron.history_1h WHERE device = 'mppt' AND metric = 'pv_power'",
+        )
+        .await;
+    assert_eq!(hours, 24);
+}
