@@ -528,6 +528,30 @@ mod tests {
     use super::*;
     use crate::registers::plan::{Coalescing, MAX_REGISTERS, plan};
 
+    /// The GX's clock (830–833) lies inside the system overview's one
+    /// block: the reference costs no request of its own.
+    #[test]
+    fn the_gx_clock_is_read_with_the_system_block() {
+        let list = RegisterList::victron();
+        let map = FieldMap::resolve(ModbusClass::System, list).unwrap();
+        let blocks = plan(
+            &map.needs(),
+            ModbusClass::System.service(),
+            list,
+            Coalescing::AcrossMapped,
+        );
+        assert_eq!(blocks.len(), 1, "{blocks:?}");
+        assert!(
+            blocks[0].start <= 830 && blocks[0].end() >= 834,
+            "{blocks:?}"
+        );
+        let mut words = vec![0u16; usize::from(blocks[0].count)];
+        let at = usize::from(830 - blocks[0].start);
+        words[at..at + 4].copy_from_slice(&[0, 0, 0x6B2C, 0x4E00]);
+        let seconds = u64::from(0x6B2C_u32) << 16 | 0x4E00;
+        assert_eq!(map.gx_clock(&[(blocks[0], words)]), Some((seconds, 0)));
+    }
+
     #[test]
     fn every_field_resolves_and_targets_a_real_column() {
         let list = RegisterList::victron();
