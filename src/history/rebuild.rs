@@ -58,6 +58,11 @@ pub async fn rebuild(
             elapsed: started.elapsed(),
         });
     };
+    // The server's time before any raw row is read: the days' `updated_at`,
+    // so that a row committed while this runs counts as arrived after it.
+    let read_from: DateTime<Utc> = sqlx::query_scalar("SELECT clock_timestamp()")
+        .fetch_one(pool)
+        .await?;
     let (from, to) = (day_start(first, tz), day_end(last, tz));
     let mut aggregator = Aggregator::new(tz, max_gap_s).within(from, to);
     // Readings just outside bound the intervals that reach into the days.
@@ -78,11 +83,11 @@ pub async fn rebuild(
     write(
         pool,
         range.site.as_deref(),
-        from,
-        to,
+        (from, to),
         (first, last),
         &rollups,
         &energy,
+        read_from,
     )
     .await?;
     Ok(Report {
@@ -187,11 +192,11 @@ async fn feed(
 async fn write(
     pool: &PgPool,
     site: Option<&str>,
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
+    (from, to): (DateTime<Utc>, DateTime<Utc>),
     (first, last): (NaiveDate, NaiveDate),
     rollups: &[Rollup],
     energy: &[DayEnergy],
+    read_from: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
     for resolution in Resolution::ALL {
@@ -220,7 +225,7 @@ async fn write(
     .bind(site)
     .execute(&mut *tx)
     .await?;
-    upsert_energy(&mut tx, energy).await?;
+    upsert_energy(&mut tx, energy, read_from).await?;
     tx.commit().await
 }
 
@@ -254,25 +259,27 @@ pub async fn upsert_rollups(
     Ok(())
 }
 
-/// Writes days of energy; a day already there is replaced.
+/// Writes days of energy computed from the raw rows as they were at
+/// `read_from` (their `updated_at`); a day already there is replaced.
 pub async fn upsert_energy(
     conn: &mut sqlx::PgConnection,
     days: &[DayEnergy],
+    read_from: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
     let column = |f: fn(&DayEnergy) -> Option<f64>| days.iter().map(f).collect::<Vec<_>>();
     sqlx::query(
         "INSERT INTO victron.energy_daily (installation_id, day, solar_kwh, consumption_kwh,
              battery_charge_kwh, battery_discharge_kwh, grid_import_kwh, grid_export_kwh, genset_kwh,
              min_soc, max_soc, coverage_pct, updated_at)
-         SELECT *, now() FROM UNNEST($1::text[], $2::date[], $3::float8[], $4::float8[], $5::float8[],
-             $6::float8[], $7::float8[], $8::float8[], $9::float8[], $10::float8[], $11::float8[],
-             $12::float8[])
+         SELECT *, $13::timestamptz FROM UNNEST($1::text[], $2::date[], $3::float8[], $4::float8[],
+             $5::float8[], $6::float8[], $7::float8[], $8::float8[], $9::float8[], $10::float8[],
+             $11::float8[], $12::float8[])
          ON CONFLICT (installation_id, day) DO UPDATE SET solar_kwh = excluded.solar_kwh,
              consumption_kwh = excluded.consumption_kwh, battery_charge_kwh = excluded.battery_charge_kwh,
              battery_discharge_kwh = excluded.battery_discharge_kwh,
              grid_import_kwh = excluded.grid_import_kwh, grid_export_kwh = excluded.grid_export_kwh,
              genset_kwh = excluded.genset_kwh, min_soc = excluded.min_soc, max_soc = excluded.max_soc,
-             coverage_pct = excluded.coverage_pct, updated_at = now()",
+             coverage_pct = excluded.coverage_pct, updated_at = excluded.updated_at",
     )
     .bind(days.iter().map(|d| d.site.as_str()).collect::<Vec<_>>())
     .bind(days.iter().map(|d| d.day).collect::<Vec<_>>())
@@ -286,6 +293,7 @@ pub async fn upsert_energy(
     .bind(column(|d| d.min_soc))
     .bind(column(|d| d.max_soc))
     .bind(days.iter().map(|d| d.coverage_pct).collect::<Vec<_>>())
+    .bind(read_from)
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -298,9 +306,10 @@ pub const SETTLE: chrono::Duration = chrono::Duration::hours(1);
 
 /// Rolls up the completed local days of `site` whose raw readings are all
 /// still there (raw retention has not started on them) that have no daily
-/// energy yet, or only one computed before the day had settled: each such
-/// day is rebuilt from its raw rows, oldest first, so that every day is
-/// rolled up before raw retention takes its rows. `complete_before` is when the
+/// energy yet, one computed before the day had settled, or raw rows that
+/// arrived after it (a backlog forwarded late): each such day is rebuilt
+/// from its raw rows, oldest first, so that every day is rolled up, with
+/// everything it has, before raw retention takes its rows. `complete_before` is when the
 /// oldest reading of the site still waiting in the local store was measured
 /// (a day after it is not complete in PostgreSQL yet). Returns the days
 /// rebuilt.
@@ -340,9 +349,12 @@ pub async fn roll_completed_days(
     while day < today {
         let end = day_end(day, tz);
         let settled = end + SETTLE <= now && complete_before.is_none_or(|t| t >= end);
-        let current = rolled
-            .iter()
-            .any(|(d, updated)| *d == day && *updated >= end + SETTLE);
+        let current = match rolled.iter().find(|(d, _)| *d == day) {
+            Some((_, updated)) if *updated >= end + SETTLE => {
+                !arrived_since(pool, site, day_start(day, tz), end, *updated).await?
+            }
+            _ => false,
+        };
         if settled && !current {
             let range = Range {
                 site: Some(site.to_string()),
@@ -350,11 +362,42 @@ pub async fn roll_completed_days(
                 to: Some(day),
             };
             let report = rebuild(pool, tz, max_gap_s, &range).await?;
-            if report.readings > 0 {
+            // (A day without readings of its own reads at most its
+            // neighbours' edges: nothing to report.)
+            if report.rollups > 0 {
                 done.push(day);
             }
         }
         day = day.succ_opt().unwrap_or(today);
     }
     Ok(done)
+}
+
+/// Whether raw rows of `site` measured in `[from, to)` reached the database
+/// after `since` (a backlog forwarded late, after the day was rolled up).
+async fn arrived_since(
+    pool: &PgPool,
+    site: &str,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    since: DateTime<Utc>,
+) -> Result<bool, sqlx::Error> {
+    let any = ReadingTable::ALL
+        .iter()
+        .map(|t| {
+            format!(
+                "EXISTS (SELECT 1 FROM victron.{} WHERE installation_id = $1 AND \"timestamp\" >= $2
+                 AND \"timestamp\" < $3 AND created_at > $4)",
+                t.name()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" OR ");
+    sqlx::query_scalar(&format!("SELECT {any}"))
+        .bind(site)
+        .bind(from)
+        .bind(to)
+        .bind(since)
+        .fetch_one(pool)
+        .await
 }

@@ -322,3 +322,37 @@ async fn the_daemon_rolls_up_completed_days() {
         .await;
     assert_eq!(hours, 24);
 }
+
+/// A day already rolled up is rolled up again when raw rows of it arrive
+/// later (a backlog forwarded after an outage), and only then.
+#[cfg(feature = "servers")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_backlog_rolls_its_day_up_again() {
+    use victron_poller::history::rebuild::roll_completed_days;
+
+    let db = TestDb::create(Flavour::NoPreload).await;
+    db.migrate().await;
+    let day = (chrono::Utc::now().date_naive() - chrono::Duration::days(2)).to_string();
+    insert_synthetic_day(&db, &day, "UTC", 0).await;
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let window = std::time::Duration::from_secs(72 * 3600);
+    let roll = async || {
+        roll_completed_days(&pool, chrono_tz::UTC, 60.0, "ranch", window, None)
+            .await
+            .unwrap()
+    };
+    assert_eq!(roll().await.len(), 1);
+    assert!(roll().await.is_empty(), "a current day is not rolled again");
+    // A second charger's day arrives late: 1 kW for 12 hours more.
+    db.execute(&format!(
+        "INSERT INTO victron.solar_readings (installation_id, device, \"timestamp\", pv_power)
+         SELECT 'ranch', 'mppt-2', ts, 1000.0 FROM generate_series(('{day}'::date)::timestamptz + interval '6 hours',
+             ('{day}'::date)::timestamptz + interval '18 hours' - interval '10 seconds', interval '10 seconds') ts"
+    ))
+    .await;
+    assert_eq!(roll().await.len(), 1, "the late rows roll the day up again");
+    let solar = energy(&db, "solar_kwh", &day).await;
+    assert!(within(solar, 24.0, 0.005), "{solar}");
+    assert!(roll().await.is_empty());
+    pool.close().await;
+}
