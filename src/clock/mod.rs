@@ -386,14 +386,26 @@ impl TimeKeeper {
         }
         let synchronised = inner.kernel.and_then(|(_, s)| s) == Some(true);
         let plausible = wall_us >= EARLIEST_PLAUSIBLE_US;
-        let agrees = |offset: i64| plausible && (local - offset).abs() <= TOLERANCE_US;
+        // Hysteresis: the local clock is left beyond the tolerance and taken
+        // back only within half of it, so that a clock near the edge does
+        // not flip (and move stamps back) with every estimate.
+        let tolerance = if inner.basis == Basis::Local {
+            TOLERANCE_US
+        } else {
+            TOLERANCE_US / 2
+        };
+        let agrees = |offset: i64| plausible && (local - offset).abs() <= tolerance;
+        let database_fresh = inner
+            .database
+            .as_ref()
+            .is_some_and(|e| now.seconds_since(e.at) <= FRESH_S);
 
         let (basis, offset) = if self.trust_local {
             (Basis::Local, Some(local))
         } else if let Some((basis, offset)) = inner.best_reference(now) {
             if agrees(offset) {
                 (Basis::Local, Some(local))
-            } else if basis == Basis::Gx && synchronised && plausible && inner.database.is_none() {
+            } else if basis == Basis::Gx && synchronised && plausible && !database_fresh {
                 // A synchronised kernel outranks a GX alone.
                 if !inner.warned_gx_disagrees {
                     inner.warned_gx_disagrees = true;

@@ -49,7 +49,7 @@ pub(super) async fn local_loop(shared: Shared, cancel: CancellationToken) {
             }
             _ = retention_tick.tick() => {
                 let before = Utc::now() - chrono::Duration::from_std(shared.config.retention.window).unwrap_or_default();
-                let result = shared.store.expire(before).await;
+                let result = shared.store.expire(before, shared.config.retention.window).await;
                 shared.counters.count_retention(result.is_ok());
                 match result {
                     Ok(0) => {}

@@ -60,9 +60,12 @@ pub async fn rebuild(
     };
     // The server's time before any raw row is read: the days' `updated_at`,
     // so that a row committed while this runs counts as arrived after it.
-    let read_from: DateTime<Utc> = sqlx::query_scalar("SELECT clock_timestamp()")
-        .fetch_one(pool)
-        .await?;
+    // (Less a margin: a row's `created_at` is when its transaction began,
+    // which may be before this read although it commits after.)
+    let read_from: DateTime<Utc> =
+        sqlx::query_scalar("SELECT clock_timestamp() - interval '10 minutes'")
+            .fetch_one(pool)
+            .await?;
     let (from, to) = (day_start(first, tz), day_end(last, tz));
     let mut aggregator = Aggregator::new(tz, max_gap_s).within(from, to);
     // Readings just outside bound the intervals that reach into the days.
@@ -80,16 +83,7 @@ pub async fn rebuild(
         .await?;
     }
     let (rollups, energy) = aggregator.finish();
-    write(
-        pool,
-        range.site.as_deref(),
-        (from, to),
-        (first, last),
-        &rollups,
-        &energy,
-        read_from,
-    )
-    .await?;
+    write(pool, tz, &rollups, &energy, read_from).await?;
     Ok(Report {
         days: Some((first, last)),
         readings,
@@ -123,12 +117,44 @@ async fn days(
         .fetch_one(pool)
         .await?;
     let (lo, hi): (Option<DateTime<Utc>>, Option<DateTime<Utc>>) = (row.get(0), row.get(1));
-    let from = range.from.or(lo.map(|t| local_day(t, tz)));
+    // Unless asked for, a day raw retention has started on is left as it
+    // is: its rollups hold more than its raw rows now do.
+    let (_, intact_from) = retention_bound(pool).await?;
+    let oldest = lo.map(|t| match intact_from {
+        Some(bound) if t < bound => first_day_from(bound, tz),
+        _ => local_day(t, tz),
+    });
+    let from = range.from.or(oldest);
     let to = range.to.or(hi.map(|t| local_day(t, tz)));
     Ok(match (from, to) {
         (Some(from), Some(to)) if from <= to => Some((from, to)),
         _ => None,
     })
+}
+
+/// The database's time now, and the first instant whose raw rows raw
+/// retention has not touched: its last run minus its window, both as the
+/// server recorded them (`None` before any run: everything is there).
+async fn retention_bound(
+    pool: &PgPool,
+) -> Result<(DateTime<Utc>, Option<DateTime<Utc>>), sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT now(), (SELECT last_retention_run - make_interval(secs => retention_window_s)
+                        FROM victron.polling_status WHERE id = 1)",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok((row.get(0), row.get(1)))
+}
+
+/// The first local day that starts at or after `instant`.
+fn first_day_from(instant: DateTime<Utc>, tz: Tz) -> NaiveDate {
+    let day = local_day(instant, tz);
+    if day_start(day, tz) < instant {
+        day.succ_opt().unwrap_or(day)
+    } else {
+        day
+    }
 }
 
 /// Streams a table's rows in `[from, to)` (of `site`) into the aggregator,
@@ -188,25 +214,43 @@ async fn feed(
     Ok(count)
 }
 
-/// Replaces the days' rollups and energy (of `site`, or every site).
+/// Replaces the rollups and energy of the site-days the raw rows gave.
 async fn write(
     pool: &PgPool,
-    site: Option<&str>,
-    (from, to): (DateTime<Utc>, DateTime<Utc>),
-    (first, last): (NaiveDate, NaiveDate),
+    tz: Tz,
     rollups: &[Rollup],
     energy: &[DayEnergy],
     read_from: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
+    // Only the site-days the raw rows gave are replaced: a day without
+    // raw rows (expired, or never there) keeps what it has.
+    let days: Vec<(&str, DateTime<Utc>)> = rollups
+        .iter()
+        .filter(|r| r.resolution == Resolution::Day)
+        .map(|r| (&*r.site, r.bucket))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let sites: Vec<&str> = days.iter().map(|(site, _)| *site).collect();
+    let starts: Vec<DateTime<Utc>> = days.iter().map(|(_, start)| *start).collect();
+    let ends: Vec<DateTime<Utc>> = days
+        .iter()
+        .map(|(_, start)| day_end(local_day(*start, tz), tz))
+        .collect();
+    let dates: Vec<NaiveDate> = days
+        .iter()
+        .map(|(_, start)| local_day(*start, tz))
+        .collect();
     let mut tx = pool.begin().await?;
     for resolution in Resolution::ALL {
         sqlx::query(&format!(
-            "DELETE FROM victron.{} WHERE bucket >= $1 AND bucket < $2 AND ($3::text IS NULL OR installation_id = $3)",
+            "DELETE FROM victron.{} h USING UNNEST($1::text[], $2::timestamptz[], $3::timestamptz[]) AS d(site, lo, hi)
+             WHERE h.installation_id = d.site AND h.bucket >= d.lo AND h.bucket < d.hi",
             resolution.table()
         ))
-        .bind(from)
-        .bind(to)
-        .bind(site)
+        .bind(&sites)
+        .bind(&starts)
+        .bind(&ends)
         .execute(&mut *tx)
         .await?;
         let rows: Vec<&Rollup> = rollups
@@ -218,11 +262,11 @@ async fn write(
         }
     }
     sqlx::query(
-        "DELETE FROM victron.energy_daily WHERE day >= $1 AND day <= $2 AND ($3::text IS NULL OR installation_id = $3)",
+        "DELETE FROM victron.energy_daily e USING UNNEST($1::text[], $2::date[]) AS d(site, day)
+         WHERE e.installation_id = d.site AND e.day = d.day",
     )
-    .bind(first)
-    .bind(last)
-    .bind(site)
+    .bind(&sites)
+    .bind(&dates)
     .execute(&mut *tx)
     .await?;
     upsert_energy(&mut tx, energy, read_from).await?;
@@ -321,21 +365,12 @@ pub async fn roll_completed_days(
     window: Duration,
     complete_before: Option<DateTime<Utc>>,
 ) -> Result<Vec<NaiveDate>, sqlx::Error> {
-    let now = Utc::now();
-    let window = chrono::Duration::from_std(window).unwrap_or_default();
+    let (now, intact_from) = retention_bound(pool).await?;
     // A day raw retention has started on is not rebuilt: its rollups would
-    // lose what expired. Retention deleted what was older than its last
-    // run minus the window.
-    let last_retention: Option<DateTime<Utc>> =
-        sqlx::query_scalar("SELECT last_retention_run FROM victron.polling_status WHERE id = 1")
-            .fetch_optional(pool)
-            .await?
-            .flatten();
-    let intact_from = last_retention.map_or(now - window, |run| run - window);
-    let mut oldest = local_day(intact_from, tz);
-    if day_start(oldest, tz) < intact_from {
-        oldest = oldest.succ_opt().unwrap_or(oldest);
-    }
+    // lose what expired. Before any retention run, the window says where
+    // it will start.
+    let window = chrono::Duration::from_std(window).unwrap_or_default();
+    let oldest = first_day_from(intact_from.unwrap_or(now - window), tz);
     let today = local_day(now, tz);
     let rolled: Vec<(NaiveDate, DateTime<Utc>)> = sqlx::query_as(
         "SELECT day, updated_at FROM victron.energy_daily WHERE installation_id = $1 AND day >= $2",

@@ -404,23 +404,23 @@ impl LocalStore {
     /// moments mean nothing now, so their time can never be confirmed.
     /// Returns how many.
     pub async fn park_held_from_earlier_boots(&self) -> Result<u64, StoreError> {
+        // Without a boot id (`""`), no boot-clock moment can be trusted.
+        let earlier = "held_mono IS NOT NULL AND (held_boot IS NOT ?1 OR ?1 = '')";
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
+        sqlx::query(&format!(
             "INSERT OR REPLACE INTO parked (seq, reading_table, device, source, measured_at_us, vals, error, parked_at_us, site)
-             SELECT seq, reading_table, device, source, measured_at_us, vals, ?, ?, site FROM readings
-             WHERE held_mono IS NOT NULL AND held_boot IS NOT ?",
-        )
+             SELECT seq, reading_table, device, source, measured_at_us, vals, ?2, ?3, site FROM readings WHERE {earlier}"
+        ))
+        .bind(boot_id())
         .bind(HELD_ACROSS_BOOT)
         .bind(micros(Utc::now()))
-        .bind(boot_id())
         .execute(&mut *tx)
         .await?;
-        let moved =
-            sqlx::query("DELETE FROM readings WHERE held_mono IS NOT NULL AND held_boot IS NOT ?")
-                .bind(boot_id())
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
+        let moved = sqlx::query(&format!("DELETE FROM readings WHERE {earlier}"))
+            .bind(boot_id())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         tx.commit().await?;
         self.held.fetch_sub(
             i64::try_from(moved).unwrap_or(i64::MAX),
@@ -678,9 +678,29 @@ impl LocalStore {
             .await?)
     }
 
-    /// Deletes readings measured before `before`; returns how many.
-    pub async fn expire(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
-        let mut total = 0;
+    /// Deletes readings measured before `before`, and readings held for
+    /// their time longer than `held_for` on the boot clock (without any
+    /// reference they would otherwise pile up); returns how many.
+    pub async fn expire(
+        &self,
+        before: DateTime<Utc>,
+        held_for: std::time::Duration,
+    ) -> Result<u64, StoreError> {
+        let held_before =
+            Mono::now().nanos() - i64::try_from(held_for.as_nanos()).unwrap_or(i64::MAX);
+        let held_expired = sqlx::query(
+            "DELETE FROM readings WHERE held_mono IS NOT NULL AND held_boot = ? AND held_mono < ?",
+        )
+        .bind(boot_id())
+        .bind(held_before)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        self.held.fetch_sub(
+            i64::try_from(held_expired).unwrap_or(i64::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        let mut total = held_expired;
         loop {
             let deleted = sqlx::query(
                 "DELETE FROM readings WHERE seq IN
@@ -817,7 +837,10 @@ mod tests {
             .await
             .unwrap();
         let expired = store
-            .expire(Utc.timestamp_opt(1_700_000_050, 0).unwrap())
+            .expire(
+                Utc.timestamp_opt(1_700_000_050, 0).unwrap(),
+                std::time::Duration::from_secs(3600),
+            )
             .await
             .unwrap();
         assert_eq!(expired, 1);

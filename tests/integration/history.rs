@@ -334,6 +334,17 @@ async fn a_late_backlog_rolls_its_day_up_again() {
     db.migrate().await;
     let day = (chrono::Utc::now().date_naive() - chrono::Duration::days(2)).to_string();
     insert_synthetic_day(&db, &day, "UTC", 0).await;
+    // Rows that arrived an hour ago (a roll-up allows 10 minutes for a
+    // writer's transaction still open when it reads).
+    let arrived_long_ago = async || {
+        for table in ["solar_readings", "battery_readings"] {
+            db.execute(&format!(
+                "UPDATE victron.{table} SET created_at = now() - interval '1 hour'"
+            ))
+            .await;
+        }
+    };
+    arrived_long_ago().await;
     let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
     let window = std::time::Duration::from_secs(72 * 3600);
     let roll = async || {
@@ -353,6 +364,46 @@ async fn a_late_backlog_rolls_its_day_up_again() {
     assert_eq!(roll().await.len(), 1, "the late rows roll the day up again");
     let solar = energy(&db, "solar_kwh", &day).await;
     assert!(within(solar, 24.0, 0.005), "{solar}");
+    arrived_long_ago().await;
     assert!(roll().await.is_empty());
     pool.close().await;
+}
+
+/// A rebuild never replaces a day its raw rows no longer cover: the raw
+/// rows of a rolled-up day deleted (as raw retention does), a rebuild over
+/// it keeps the day's rollups and energy.
+#[cfg(feature = "servers")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_keeps_days_without_raw_rows() {
+    let db = TestDb::create(Flavour::NoPreload).await;
+    db.migrate().await;
+    let day = "2026-06-04";
+    insert_synthetic_day(&db, day, "UTC", 0).await;
+    rebuild(&db, day, "UTC");
+    let rollups = db
+        .scalar_i64("SELECT count(*) FROM victron.history_5m")
+        .await;
+    for table in ["solar_readings", "battery_readings"] {
+        db.execute(&format!("DELETE FROM victron.{table}")).await;
+    }
+    let out = run_cli(
+        &[
+            "history",
+            "rebuild",
+            "--site",
+            "ranch",
+            "--from",
+            "2026-06-03",
+            "--to",
+            "2026-06-05",
+        ],
+        &[("DATABASE_URL", &db.url)],
+    );
+    assert_eq!(out.status.code(), Some(0), "{:?}", texts(&out));
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM victron.history_5m")
+            .await,
+        rollups
+    );
+    assert!(within(energy(&db, "solar_kwh", day).await, 12.0, 0.005));
 }
