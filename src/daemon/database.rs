@@ -316,7 +316,7 @@ async fn retention_loop(
             ),
             Err(error) => tracing::warn!(%error, "Retention run failed."),
         }
-        let _ = status_rows::record_retention(&pool, Utc::now(), &result, window).await;
+        let _ = status_rows::record_retention(&pool, &result, window).await;
         match crate::retention::history(&pool, shared.config.history.keep).await {
             Ok(0) => {}
             Ok(rows) => tracing::info!(rows, "Expired rollups removed."),

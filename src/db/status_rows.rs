@@ -239,10 +239,10 @@ ON CONFLICT (id) DO UPDATE SET last_poll_attempt = excluded.last_poll_attempt,
     storage_mode = excluded.storage_mode, clock = excluded.clock,
     clock_offset_s = excluded.clock_offset_s, held_readings = excluded.held_readings";
 
-/// Records a retention run in `victron.polling_status`.
+/// Records a retention run in `victron.polling_status`, at the server's
+/// time (the clock retention's cutoff is on).
 pub async fn record_retention(
     pool: &PgPool,
-    at: DateTime<Utc>,
     result: &Result<RetentionOutcome, sqlx::Error>,
     window: Duration,
 ) -> Result<(), sqlx::Error> {
@@ -253,14 +253,13 @@ pub async fn record_retention(
     sqlx::query(
         "INSERT INTO victron.polling_status (id, last_retention_run, last_retention_rows_dropped,
              last_retention_chunks_dropped, last_retention_error, retention_window_s)
-         VALUES (1, $1, $2, $3, $4, $5)
+         VALUES (1, now(), $1, $2, $3, $4)
          ON CONFLICT (id) DO UPDATE SET last_retention_run = excluded.last_retention_run,
              last_retention_rows_dropped = excluded.last_retention_rows_dropped,
              last_retention_chunks_dropped = excluded.last_retention_chunks_dropped,
              last_retention_error = excluded.last_retention_error,
              retention_window_s = excluded.retention_window_s",
     )
-    .bind(at)
     .bind(rows)
     .bind(chunks)
     .bind(error)

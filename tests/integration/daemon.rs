@@ -602,7 +602,6 @@ async fn retention(route: Route) {
         }
         victron_poller::db::status_rows::record_retention(
             &pool,
-            Utc::now(),
             &Ok(outcome),
             Duration::from_secs(72 * 3600),
         )
