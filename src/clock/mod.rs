@@ -302,8 +302,10 @@ impl TimeKeeper {
     }
 
     /// The wall time of `taken`, or `None` while nobody knows it (the
-    /// reading is held).
-    pub fn stamp(&self, taken: Taken) -> Option<DateTime<Utc>> {
+    /// reading is held). (The sink stamps a batch with one
+    /// [`Self::current_offset`].)
+    #[cfg(test)]
+    fn stamp(&self, taken: Taken) -> Option<DateTime<Utc>> {
         let (basis, offset) = self.current_offset()?;
         Some(stamp_with(taken, basis, offset))
     }
@@ -320,7 +322,8 @@ impl TimeKeeper {
     }
 
     /// What measurement times are taken from now.
-    pub fn basis(&self) -> Basis {
+    #[cfg(test)]
+    fn basis(&self) -> Basis {
         let mut inner = self.lock();
         self.decide(&mut inner);
         inner.basis

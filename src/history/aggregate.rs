@@ -154,13 +154,14 @@ impl Aggregator {
     /// Takes the next reading of its device (in time order per device;
     /// a reading not later than the device's last is ignored).
     pub fn push(&mut self, reading: &Reading) {
+        let at = reading.measured_at;
+        let powers = Powers::of(reading);
+        let inside = self.inside(at);
         let key = (
             Arc::clone(&reading.site),
             reading.device.clone(),
             reading.table,
         );
-        let at = reading.measured_at;
-        let powers = Powers::of(reading);
         let series = self.series.entry(key).or_insert_with(|| Series {
             open: [None, None, None],
             last: None,
@@ -169,56 +170,18 @@ impl Aggregator {
             return;
         }
         let previous = series.last.replace((at, powers));
+        if inside {
+            add_to_buckets(series, &mut self.rollups, self.tz, reading);
+        }
         if let Some((from, before)) = previous {
             let gap = (at - from).num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6;
             if gap <= self.max_gap_s {
                 self.integrate(reading, from, before, at, powers);
             }
         }
-        if !self.inside(at) {
-            return;
-        }
-        let soc = powers.soc;
-        if let Some(soc) = soc {
+        if let (true, Some(soc)) = (inside, powers.soc) {
             let day = local_day(at, self.tz);
             self.device_day(reading, day).soc(soc);
-        }
-        let columns = reading.table.columns();
-        let Some(series) = self.series.get_mut(&(
-            Arc::clone(&reading.site),
-            reading.device.clone(),
-            reading.table,
-        )) else {
-            return;
-        };
-        for (index, resolution) in Resolution::ALL.into_iter().enumerate() {
-            let start = resolution.bucket(at, self.tz);
-            let slot = &mut series.open[index];
-            if slot.as_ref().is_some_and(|open| open.start != start) {
-                let closed = slot.take().expect("checked above");
-                close(&mut self.rollups, reading, resolution, closed);
-            }
-            let open = slot.get_or_insert_with(|| Open {
-                start,
-                stats: vec![None; columns.len()],
-            });
-            for (column, value) in &reading.values {
-                let number = match value {
-                    Value::Float(v) => *v,
-                    Value::Int(v) => *v as f64,
-                    Value::Text(_) => continue,
-                };
-                let Some(i) = columns
-                    .iter()
-                    .position(|(c, k)| c == column && *k != ColumnKind::Text)
-                else {
-                    continue;
-                };
-                match &mut open.stats[i] {
-                    Some(stats) => stats.add(number),
-                    slot @ None => *slot = Some(Stats::new(number)),
-                }
-            }
         }
     }
 
@@ -295,15 +258,49 @@ impl Aggregator {
     }
 }
 
-fn close(rollups: &mut Vec<Rollup>, reading: &Reading, resolution: Resolution, open: Open) {
-    emit(
-        rollups,
-        &reading.site,
-        &reading.device,
-        reading.table,
-        resolution,
-        open,
-    );
+/// Adds a reading's numeric values to its device's open buckets, emitting
+/// the buckets it has left.
+fn add_to_buckets(series: &mut Series, rollups: &mut Vec<Rollup>, tz: Tz, reading: &Reading) {
+    let columns = reading.table.columns();
+    let numbers: Vec<(usize, f64)> = reading
+        .values
+        .iter()
+        .filter_map(|(column, value)| {
+            let number = match value {
+                Value::Float(v) => *v,
+                Value::Int(v) => *v as f64,
+                Value::Text(_) => return None,
+            };
+            let i = columns
+                .iter()
+                .position(|(c, k)| c == column && *k != ColumnKind::Text)?;
+            Some((i, number))
+        })
+        .collect();
+    for (index, resolution) in Resolution::ALL.into_iter().enumerate() {
+        let start = resolution.bucket(reading.measured_at, tz);
+        let slot = &mut series.open[index];
+        if let Some(closed) = slot.take_if(|open| open.start != start) {
+            emit(
+                rollups,
+                &reading.site,
+                &reading.device,
+                reading.table,
+                resolution,
+                closed,
+            );
+        }
+        let open = slot.get_or_insert_with(|| Open {
+            start,
+            stats: vec![None; columns.len()],
+        });
+        for &(i, number) in &numbers {
+            match &mut open.stats[i] {
+                Some(stats) => stats.add(number),
+                slot @ None => *slot = Some(Stats::new(number)),
+            }
+        }
+    }
 }
 
 fn emit(

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use sqlx::Row;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -20,7 +20,7 @@ use sqlx::sqlite::{
 
 mod rows;
 
-use crate::clock::{Mono, Taken, boot_id};
+use crate::clock::{Mono, Taken, boot_id, from_micros};
 use crate::config::StoreSync;
 use crate::reading::{Reading, ReadingTable, Value};
 
@@ -135,10 +135,6 @@ fn upsert_status(
 
 fn micros(at: DateTime<Utc>) -> i64 {
     at.timestamp_micros()
-}
-
-fn from_micros(us: i64) -> DateTime<Utc> {
-    Utc.timestamp_micros(us).single().unwrap_or_default()
 }
 
 fn table_from_name(name: &str) -> Option<ReadingTable> {
@@ -766,6 +762,7 @@ impl LocalStore {
 mod tests {
     use super::*;
     use crate::reading::SourceKind;
+    use chrono::TimeZone;
 
     fn reading(device: &str, second: i64, soc: f64) -> Reading {
         Reading {

@@ -102,6 +102,25 @@ pub fn spawn_daemon_with(config: &Path, state: &Path, env: &[(&str, &str)]) -> D
     Daemon(command.spawn().expect("start the daemon"))
 }
 
+/// Every successful poll the status document `doc` counts for each
+/// `(device, table)` is one row in PostgreSQL: none lost, none twice.
+#[cfg(feature = "servers")]
+async fn assert_every_poll_stored_once(
+    db: &TestDb,
+    doc: &serde_json::Value,
+    devices: &[(&str, &str)],
+    context: &str,
+) {
+    for (device, table) in devices {
+        let in_db = db
+            .scalar_i64(&format!(
+                "SELECT count(*) FROM victron.{table} WHERE device = '{device}'"
+            ))
+            .await;
+        assert_eq!(in_db, successful_polls(doc, device), "{context} {device}");
+    }
+}
+
 /// What a daemon started by [`spawn_daemon_with`] has logged so far.
 pub fn log_of(state: &Path) -> String {
     std::fs::read_to_string(state.with_extension("log")).unwrap_or_default()
@@ -319,23 +338,14 @@ async fn end_to_end(flavour: Flavour, route: Route) {
             "durations are milliseconds: {device}"
         );
     }
-    for (device, table) in [
+    let context = format!("{flavour:?} {route:?}");
+    let all = [
         ("gx", "system_readings"),
         ("bank", "battery_readings"),
         ("mppt", "solar_readings"),
         ("multi", "inverter_readings"),
-    ] {
-        let in_db = db
-            .scalar_i64(&format!(
-                "SELECT count(*) FROM victron.{table} WHERE device = '{device}'"
-            ))
-            .await;
-        assert_eq!(
-            in_db,
-            successful_polls(&doc, device),
-            "{flavour:?} {route:?} {device}"
-        );
-    }
+    ];
+    assert_every_poll_stored_once(&db, &doc, &all, &context).await;
     assert_eq!(doc["spool_depth"], 0, "{doc}");
 }
 
@@ -911,18 +921,8 @@ async fn batches_skip_the_local_store_while_the_database_answers() {
     sigterm(&daemon);
     assert_eq!(wait_exit(&mut daemon, Duration::from_secs(20)), 0);
     let doc = store_status(&state).await;
-    for (device, table) in [("bank", "battery_readings"), ("gx", "system_readings")] {
-        let in_db = db
-            .scalar_i64(&format!(
-                "SELECT count(*) FROM victron.{table} WHERE device = '{device}'"
-            ))
-            .await;
-        assert_eq!(
-            in_db,
-            successful_polls(&doc, device),
-            "{device}: exactly once"
-        );
-    }
+    let devices = [("bank", "battery_readings"), ("gx", "system_readings")];
+    assert_every_poll_stored_once(&db, &doc, &devices, "exactly once").await;
 }
 
 /// `kill -9` mid-run, then a restart: nothing that reached the local store is

@@ -143,6 +143,8 @@ pub struct GxPoller {
     site: Arc<str>,
     host: String,
     port: u16,
+    /// `host:port`, as logs and the clock's references name the GX.
+    address: String,
     poll_interval: Duration,
     request_timeout: Duration,
     backoff_builder: ExponentialBuilder,
@@ -198,6 +200,7 @@ impl GxPoller {
             site: Arc::from(config.site.as_str()),
             host: config.host.clone(),
             port: config.port,
+            address: format!("{}:{}", config.host, config.port),
             poll_interval: config.poll_interval,
             request_timeout: config.request_timeout,
             backoff_builder: ExponentialBuilder::default()
@@ -339,7 +342,7 @@ impl GxPoller {
     }
 
     async fn connect(&mut self) -> Result<(), PollError> {
-        let address = format!("{}:{}", self.host, self.port);
+        let address = self.address.clone();
         let connect_error = |source| PollError::Connect {
             address: address.clone(),
             source,
@@ -457,12 +460,7 @@ impl GxPoller {
         let taken = Taken::now();
         if let (Some(clock), Some((seconds, block))) = (&self.clock, device.map.gx_clock(&words)) {
             let (sent, received) = exchanged[block];
-            clock.gx_sample(
-                &format!("{}:{}", self.host, self.port),
-                sent,
-                received,
-                seconds,
-            );
+            clock.gx_sample(&self.address, sent, received, seconds);
         }
         let reading = Reading {
             site: Arc::clone(&self.site),
