@@ -400,6 +400,9 @@ impl LocalStore {
     /// moments mean nothing now, so their time can never be confirmed.
     /// Returns how many.
     pub async fn park_held_from_earlier_boots(&self) -> Result<u64, StoreError> {
+        if self.held() == 0 {
+            return Ok(0);
+        }
         // Without a boot id (`""`), no boot-clock moment can be trusted.
         let earlier = "held_mono IS NOT NULL AND (held_boot IS NOT ?1 OR ?1 = '')";
         let mut tx = self.pool.begin().await?;
