@@ -64,28 +64,44 @@ pub async fn run(
 }
 
 /// Removes rollups older than their resolution's retention (`keep`, finest
-/// first; `None`: kept forever), in bounded batches; daily energy follows
-/// the daily rollups. Returns how many rows.
-pub async fn history(pool: &PgPool, keep: [Option<Duration>; 3]) -> Result<u64, sqlx::Error> {
+/// first; `None`: kept forever), in bounded batches on plain tables (one
+/// statement on hypertables, where a row's `ctid` names a place in its
+/// chunk only); daily energy follows the daily rollups. Returns how many
+/// rows.
+pub async fn history(
+    pool: &PgPool,
+    mode: StorageMode,
+    keep: [Option<Duration>; 3],
+) -> Result<u64, sqlx::Error> {
     let mut removed = 0;
     for (resolution, keep) in crate::history::Resolution::ALL.into_iter().zip(keep) {
         let Some(keep) = keep else { continue };
         let keep_s = keep.as_secs() as f64;
-        loop {
-            let deleted = sqlx::query(&format!(
-                "DELETE FROM victron.{table} WHERE ctid IN (SELECT ctid FROM victron.{table}
-                 WHERE bucket < now() - make_interval(secs => $1) LIMIT $2)",
-                table = resolution.table()
+        let table = resolution.table();
+        if mode == StorageMode::Postgres {
+            loop {
+                let deleted = sqlx::query(&format!(
+                    "DELETE FROM victron.{table} WHERE ctid IN (SELECT ctid FROM victron.{table}
+                     WHERE bucket < now() - make_interval(secs => $1) LIMIT $2)"
+                ))
+                .bind(keep_s)
+                .bind(DELETE_BATCH)
+                .execute(pool)
+                .await?
+                .rows_affected();
+                removed += deleted;
+                if deleted < DELETE_BATCH as u64 {
+                    break;
+                }
+            }
+        } else {
+            removed += sqlx::query(&format!(
+                "DELETE FROM victron.{table} WHERE bucket < now() - make_interval(secs => $1)"
             ))
             .bind(keep_s)
-            .bind(DELETE_BATCH)
             .execute(pool)
             .await?
             .rows_affected();
-            removed += deleted;
-            if deleted < DELETE_BATCH as u64 {
-                break;
-            }
         }
         if resolution == crate::history::Resolution::Day {
             removed += sqlx::query(

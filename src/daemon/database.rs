@@ -124,6 +124,11 @@ pub(super) async fn database_loop(shared: Shared, signals: Signals, cancel: Canc
         forwarder.run(cancel.clone()),
         status_writer(shared.clone(), pool.clone(), mode, cancel.clone()),
         retention_loop(shared.clone(), pool.clone(), mode, cancel.clone()),
+        super::rollups::rollup_loop(
+            shared.clone(),
+            crate::history::live::RawRows::Database(pool.clone()),
+            cancel.clone()
+        ),
     );
     // A last status row, best effort.
     let _ = tokio::time::timeout(LAST_STATUS_TIMEOUT, write_db_status(&shared, &pool, mode)).await;
@@ -317,7 +322,7 @@ async fn retention_loop(
             Err(error) => tracing::warn!(%error, "Retention run failed."),
         }
         let _ = status_rows::record_retention(&pool, &result, window).await;
-        match crate::retention::history(&pool, shared.config.history.keep).await {
+        match crate::retention::history(&pool, mode, shared.config.history.keep).await {
             Ok(0) => {}
             Ok(rows) => tracing::info!(rows, "Expired rollups removed."),
             Err(error) => tracing::warn!(%error, "History retention failed."),

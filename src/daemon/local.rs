@@ -63,6 +63,14 @@ pub(super) async fn local_loop(shared: Shared, cancel: CancellationToken) {
                     Ok(n) => tracing::info!(readings = n, "Retention removed expired readings from the local store."),
                     Err(error) => tracing::warn!(%error, "Local retention failed."),
                 }
+                // Without a database the store keeps the rollups too.
+                if shared.config.database.is_none() {
+                    match shared.store.expire_history(shared.config.history.keep, Utc::now()).await {
+                        Ok(0) => {}
+                        Ok(rows) => tracing::info!(rows, "Expired rollups removed from the local store."),
+                        Err(error) => tracing::warn!(%error, "Local history retention failed."),
+                    }
+                }
             }
         }
     }

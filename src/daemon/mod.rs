@@ -18,6 +18,7 @@
 mod database;
 mod local;
 mod observe;
+mod rollups;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -280,6 +281,13 @@ pub async fn run(
         config.health.stall_timeout,
         background.clone(),
     ));
+    if config.database.is_none() {
+        tasks.spawn(rollups::rollup_loop(
+            shared.clone(),
+            crate::history::live::RawRows::Store(store.clone()),
+            background.clone(),
+        ));
+    }
     if config.database.is_some() {
         tasks.spawn(database::database_loop(
             shared.clone(),

@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde::Serialize;
 use sqlx::{Connection as _, PgConnection};
 
-use super::server::{CHUNK_INTERVAL_US, SchemaState, ServerInfo};
+use super::server::{CHUNK_INTERVAL_US, HISTORY_TABLES, SchemaState, ServerInfo};
 
 /// Why the reconcile step failed.
 #[derive(Debug, thiserror::Error)]
@@ -150,6 +150,7 @@ async fn schema_steps(
 ) -> Result<(), ReconcileError> {
     if server.timescaledb_usable() {
         hypertables(conn, state, mode, report).await?;
+        history_hypertables(conn, state, mode, report).await?;
         if server.timescaledb_license.as_deref() == Some("timescale") {
             retention_policies(conn, state, retention_window, mode, report).await?;
         }
@@ -245,6 +246,42 @@ async fn hypertables(
             }
             Some(_) => {}
         }
+    }
+    Ok(())
+}
+
+/// The rollup tables become hypertables on their bucket (their own
+/// retention, `history.keep_*_days`, is the daemon's: no policy).
+async fn history_hypertables(
+    conn: &mut PgConnection,
+    state: &SchemaState,
+    mode: Mode,
+    report: &mut ReconcileReport,
+) -> Result<(), ReconcileError> {
+    for (table, interval) in HISTORY_TABLES {
+        if state.history_hypertables.iter().any(|t| t == table) {
+            continue;
+        }
+        if mode == Mode::Plan {
+            report
+                .actions
+                .push(format!("make victron.{table} a hypertable"));
+            continue;
+        }
+        sqlx::query(&format!(
+            "SELECT create_hypertable('victron.{table}'::regclass, 'bucket',
+                chunk_time_interval => INTERVAL '{interval}',
+                migrate_data => true, create_default_indexes => false)"
+        ))
+        .execute(&mut *conn)
+        .await
+        .map_err(|source| ReconcileError::Hypertable {
+            table: format!("victron.{table}"),
+            source,
+        })?;
+        report.actions.push(format!(
+            "victron.{table} is now a hypertable with {interval} chunks"
+        ));
     }
     Ok(())
 }

@@ -19,6 +19,15 @@ pub const READING_TABLES: [&str; 4] = [
     "system_readings",
 ];
 
+/// The rollup tables, in schema `victron`, with the chunk interval each
+/// gets as a hypertable (about a hundred thousand rows per chunk for a
+/// five-device site).
+pub const HISTORY_TABLES: [(&str, &str); 3] = [
+    ("history_5m", "7 days"),
+    ("history_1h", "90 days"),
+    ("history_1d", "3650 days"),
+];
+
 /// Chunk interval of the reading hypertables, in microseconds (1 hour).
 pub const CHUNK_INTERVAL_US: i64 = 3_600_000_000;
 
@@ -165,6 +174,8 @@ pub struct SchemaState {
     pub reading_tables: Vec<String>,
     /// Reading tables that are hypertables, with their chunk interval (µs).
     pub hypertables: Vec<(String, i64)>,
+    /// Rollup tables that are hypertables.
+    pub history_hypertables: Vec<String>,
     /// Reading tables with a TimescaleDB retention policy, with its `drop_after`.
     pub retention_policies: Vec<(String, String)>,
     /// `kb_chunks.embedding`'s type (`vector(1536)`, `real[]`), if the column exists.
@@ -217,6 +228,17 @@ impl SchemaState {
         } else {
             (Vec::new(), Vec::new())
         };
+        let history_hypertables = if server.timescaledb_usable() {
+            sqlx::query_scalar(
+                "SELECT hypertable_name::text FROM timescaledb_information.hypertables
+                 WHERE hypertable_schema = 'victron' AND hypertable_name = ANY($1) ORDER BY 1",
+            )
+            .bind(HISTORY_TABLES.map(|(t, _)| t).to_vec())
+            .fetch_all(&mut *conn)
+            .await?
+        } else {
+            Vec::new()
+        };
 
         let embedding_type = sqlx::query_scalar(
             "SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
@@ -235,6 +257,7 @@ impl SchemaState {
         Ok(Self {
             reading_tables,
             hypertables,
+            history_hypertables,
             retention_policies,
             embedding_type,
             embedding_index,

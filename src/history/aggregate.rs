@@ -102,7 +102,7 @@ impl Stats {
 }
 
 /// An open bucket of one device: per numeric column of its table.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Open {
     start: DateTime<Utc>,
     stats: Vec<Option<Stats>>,
@@ -227,6 +227,54 @@ impl Aggregator {
             .or_default()
             .entry(reading.device.clone())
             .or_insert_with(|| DeviceDay::new(reading.table))
+    }
+
+    /// The buckets closed since the last call, final: a device's bucket
+    /// closes at its first reading of a later bucket, or when everything
+    /// measured before `through` has been fed and the bucket ends by then.
+    pub fn take_closed(&mut self, through: DateTime<Utc>) -> Vec<Rollup> {
+        for ((site, device, table), series) in &mut self.series {
+            for (index, slot) in series.open.iter_mut().enumerate() {
+                let resolution = Resolution::ALL[index];
+                let current = resolution.bucket(through, self.tz);
+                if let Some(closed) = slot.take_if(|open| open.start < current) {
+                    emit(&mut self.rollups, site, device, *table, resolution, closed);
+                }
+            }
+        }
+        std::mem::take(&mut self.rollups)
+    }
+
+    /// What the buckets still open and the days so far hold, as of
+    /// `through` (the days' coverage is of their part before it): what a
+    /// reader sees of the current hour and day until they close.
+    pub fn provisional(&self, through: DateTime<Utc>) -> (Vec<Rollup>, Vec<DayEnergy>) {
+        let mut rollups = Vec::new();
+        for ((site, device, table), series) in &self.series {
+            for (index, open) in series.open.iter().enumerate() {
+                if let Some(open) = open {
+                    emit(
+                        &mut rollups,
+                        site,
+                        device,
+                        *table,
+                        Resolution::ALL[index],
+                        open.clone(),
+                    );
+                }
+            }
+        }
+        let tz = self.tz;
+        let days = self
+            .days
+            .iter()
+            .map(|((site, day), devices)| {
+                let (start, end) = (day_start(*day, tz), day_end(*day, tz).min(through));
+                let seconds = (end - start).num_milliseconds().max(1) as f64 / 1000.0;
+                combine(site, *day, seconds, devices)
+            })
+            .collect();
+        (rollups, days)
     }
 
     /// Every rollup and every day's energy.

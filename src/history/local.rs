@@ -1,18 +1,49 @@
-//! Daily energy without a database: the local store's readings (what the
-//! store keeps: the retention window) through the aggregator, for
-//! `victron-poller energy` on an embedded gateway.
+//! Daily energy without a database, for `victron-poller energy` on an
+//! embedded gateway: the days the local store keeps (written by the live
+//! rollups, kept for `history.keep_1d_days`), and for any day its raw
+//! readings (the retention window) cover that the store holds no complete
+//! day of, the readings through the aggregator.
+
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 
 use super::aggregate::{Aggregator, DayEnergy};
+use super::buckets::day_end;
 use crate::store::{LocalStore, StoreError};
 
 /// Readings per page read from the store.
 const PAGE: i64 = 20_000;
 
-/// Every local day of energy the store's readings give.
+/// Every local day of energy the store knows, oldest first.
 pub async fn energy(
+    store: &LocalStore,
+    tz: Tz,
+    max_gap_s: f64,
+) -> Result<Vec<DayEnergy>, StoreError> {
+    let mut days: BTreeMap<_, (DayEnergy, bool)> = BTreeMap::new();
+    for kept in store.energy_days().await? {
+        let complete = kept.updated_at >= day_end(kept.energy.day, tz);
+        let key = (kept.energy.day, kept.energy.site.clone());
+        days.insert(key, (kept.energy, complete));
+    }
+    for computed in from_readings(store, tz, max_gap_s).await? {
+        let key = (computed.day, computed.site.clone());
+        match days.get(&key) {
+            // A day kept whole is what its readings gave before any of
+            // them expired.
+            Some((_, true)) => {}
+            _ => {
+                days.insert(key, (computed, false));
+            }
+        }
+    }
+    Ok(days.into_values().map(|(day, _)| day).collect())
+}
+
+/// The days the store's confirmed readings give.
+async fn from_readings(
     store: &LocalStore,
     tz: Tz,
     max_gap_s: f64,

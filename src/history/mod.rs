@@ -17,6 +17,7 @@
 pub mod aggregate;
 pub mod buckets;
 pub mod energy;
+pub mod live;
 pub mod local;
 pub mod rebuild;
 

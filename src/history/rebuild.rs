@@ -159,7 +159,7 @@ fn first_day_from(instant: DateTime<Utc>, tz: Tz) -> NaiveDate {
 
 /// Streams a table's rows in `[from, to)` (of `site`) into the aggregator,
 /// in time order per device. Returns how many.
-async fn feed(
+pub(super) async fn feed(
     pool: &PgPool,
     table: ReadingTable,
     site: Option<&str>,

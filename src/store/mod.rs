@@ -18,7 +18,10 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+mod history;
 mod rows;
+
+pub use history::StoredDay;
 
 use crate::clock::{Mono, Taken, boot_id, from_micros};
 use crate::config::StoreSync;
@@ -196,6 +199,10 @@ impl LocalStore {
             .await
             .map_err(open_error)?;
         sqlx::raw_sql(SCHEMA)
+            .execute(&pool)
+            .await
+            .map_err(open_error)?;
+        sqlx::raw_sql(history::SCHEMA)
             .execute(&pool)
             .await
             .map_err(open_error)?;
@@ -533,6 +540,25 @@ impl LocalStore {
         self.select(&tail, micros(after), limit, device).await
     }
 
+    /// Up to `limit` confirmed readings of one series measured in
+    /// `[from, to)`, in time order.
+    pub async fn series_between(
+        &self,
+        table: ReadingTable,
+        device: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<StoredReading>, StoreError> {
+        let tail = format!(
+            "WHERE reading_table = '{}' AND device = ?3 AND measured_at_us >= ?1 AND measured_at_us < {}
+             AND held_mono IS NULL ORDER BY measured_at_us LIMIT ?2",
+            table.name(),
+            micros(to)
+        );
+        self.select(&tail, micros(from), limit, device).await
+    }
+
     /// Readings matching `tail` (binds: ?1 an i64, ?2 a limit, ?3 a text).
     /// They come back as one row of JSON: sqlx's SQLite driver hands rows
     /// over one by one between threads, which costs far more than parsing.
@@ -661,6 +687,15 @@ impl LocalStore {
                 .fetch_one(&self.pool)
                 .await?;
         Ok((waiting, oldest.map(from_micros)))
+    }
+
+    /// When the oldest confirmed reading was measured.
+    pub async fn oldest_confirmed(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let oldest: Option<i64> =
+            sqlx::query_scalar("SELECT min(measured_at_us) FROM readings WHERE held_mono IS NULL")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(oldest.map(from_micros))
     }
 
     /// The count of readings waiting, when this handle keeps it.

@@ -19,7 +19,7 @@ use crate::daemon::{log_of, sigterm, spawn_daemon_with, wait_exit, wait_for};
 use crate::vedirect_source::bmv_cycle;
 
 /// libfaketime, as Debian's `libfaketime` package installs it.
-fn libfaketime() -> PathBuf {
+pub fn libfaketime() -> PathBuf {
     let candidates = [
         "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
         "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
@@ -35,12 +35,12 @@ fn libfaketime() -> PathBuf {
 /// at every clock call, so the test can step it while the daemon runs. The
 /// monotonic clocks stay true (`FAKETIME_DONT_FAKE_MONOTONIC`), as on a
 /// real machine whose wall clock is stepped.
-struct FakeClock {
+pub struct FakeClock {
     file: PathBuf,
 }
 
 impl FakeClock {
-    fn new(dir: &Path, offset: &str) -> Self {
+    pub fn new(dir: &Path, offset: &str) -> Self {
         let clock = Self {
             file: dir.join("faketime"),
         };
@@ -49,13 +49,13 @@ impl FakeClock {
     }
 
     /// `-1d`, `+0`, `-1h`: libfaketime's relative offsets.
-    fn set(&self, offset: &str) {
+    pub fn set(&self, offset: &str) {
         let staged = self.file.with_extension("new");
         std::fs::write(&staged, format!("{offset}\n")).unwrap();
         std::fs::rename(&staged, &self.file).unwrap();
     }
 
-    fn env(&self) -> Vec<(&'static str, String)> {
+    pub fn env(&self) -> Vec<(&'static str, String)> {
         vec![
             ("LD_PRELOAD", libfaketime().display().to_string()),
             ("FAKETIME_TIMESTAMP_FILE", self.file.display().to_string()),
@@ -66,7 +66,7 @@ impl FakeClock {
 }
 
 /// The daemon's environment: the fake clock's plus `extra`.
-fn env_with<'a>(
+pub fn env_with<'a>(
     clock: &'a [(&'static str, String)],
     extra: &[(&'a str, &'a str)],
 ) -> Vec<(&'a str, &'a str)> {

@@ -26,6 +26,9 @@ mod history;
 /// Adopting a database built by the legacy Python runner.
 #[cfg(feature = "servers")]
 mod legacy_adoption;
+/// Live rollups: the daemon across a five-minute boundary, an outage and a
+/// kill -9 in the bucket, with and without a database.
+mod live_history;
 /// The Modbus-TCP source against the GX simulator and misbehaving servers.
 mod modbus_source;
 /// systemd notify and watchdog, /healthz and /metrics, two-daemon failover.

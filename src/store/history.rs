@@ -1,0 +1,271 @@
+//! The rollups and daily energy of a gateway without a database: the same
+//! tables as in PostgreSQL (`history_5m`, `history_1h`, `history_1d`,
+//! `energy_daily`), in the local store, written by the live rollups
+//! ([`crate::history::live`]) and kept for `history.keep_*_days`, so that
+//! an embedded gateway's energy record outlives its raw readings.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use sqlx::Row;
+
+use std::sync::Arc;
+
+use super::{LocalStore, StoreError, from_micros, micros, table_from_name};
+use crate::history::{DayEnergy, Resolution, Rollup};
+
+/// The tables; created with the store, and added to an older one.
+pub(super) const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS history_5m (
+    site          TEXT    NOT NULL,
+    device        TEXT    NOT NULL,
+    reading_table TEXT    NOT NULL,
+    metric        TEXT    NOT NULL,
+    bucket_us     INTEGER NOT NULL,
+    samples       INTEGER NOT NULL,
+    min REAL, max REAL, mean REAL, last REAL,
+    PRIMARY KEY (site, device, metric, bucket_us)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS history_1h (
+    site          TEXT    NOT NULL,
+    device        TEXT    NOT NULL,
+    reading_table TEXT    NOT NULL,
+    metric        TEXT    NOT NULL,
+    bucket_us     INTEGER NOT NULL,
+    samples       INTEGER NOT NULL,
+    min REAL, max REAL, mean REAL, last REAL,
+    PRIMARY KEY (site, device, metric, bucket_us)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS history_1d (
+    site          TEXT    NOT NULL,
+    device        TEXT    NOT NULL,
+    reading_table TEXT    NOT NULL,
+    metric        TEXT    NOT NULL,
+    bucket_us     INTEGER NOT NULL,
+    samples       INTEGER NOT NULL,
+    min REAL, max REAL, mean REAL, last REAL,
+    PRIMARY KEY (site, device, metric, bucket_us)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS energy_daily (
+    site                  TEXT NOT NULL,
+    day                   TEXT NOT NULL,
+    solar_kwh REAL, consumption_kwh REAL, battery_charge_kwh REAL,
+    battery_discharge_kwh REAL, grid_import_kwh REAL, grid_export_kwh REAL,
+    genset_kwh REAL, min_soc REAL, max_soc REAL,
+    coverage_pct          REAL    NOT NULL,
+    updated_at_us         INTEGER NOT NULL,
+    PRIMARY KEY (site, day)
+) WITHOUT ROWID;
+";
+
+/// A day of energy as the store keeps it, with when it was computed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredDay {
+    /// The day's energy.
+    pub energy: DayEnergy,
+    /// When it was computed (a day computed before its end is provisional).
+    pub updated_at: DateTime<Utc>,
+}
+
+impl LocalStore {
+    /// Writes rollups and days of energy in one transaction; a bucket or
+    /// day already there is replaced.
+    pub async fn write_history(
+        &self,
+        rollups: &[Rollup],
+        days: &[DayEnergy],
+        updated_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for resolution in Resolution::ALL {
+            let rows: Vec<serde_json::Value> = rollups
+                .iter()
+                .filter(|r| r.resolution == resolution)
+                .map(|r| {
+                    serde_json::json!([
+                        &*r.site,
+                        r.device,
+                        r.table.name(),
+                        r.metric,
+                        micros(r.bucket),
+                        r.samples,
+                        r.min,
+                        r.max,
+                        r.mean,
+                        r.last
+                    ])
+                })
+                .collect();
+            if rows.is_empty() {
+                continue;
+            }
+            sqlx::query(&format!(
+                "INSERT INTO {} (site, device, reading_table, metric, bucket_us, samples, min, max, mean, last)
+                 SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5,
+                        value ->> 6, value ->> 7, value ->> 8, value ->> 9
+                 FROM json_each(?) WHERE true
+                 ON CONFLICT (site, device, metric, bucket_us) DO UPDATE SET
+                     reading_table = excluded.reading_table, samples = excluded.samples,
+                     min = excluded.min, max = excluded.max, mean = excluded.mean, last = excluded.last",
+                resolution.table()
+            ))
+            .bind(serde_json::Value::Array(rows).to_string())
+            .execute(&mut *tx)
+            .await?;
+        }
+        for d in days {
+            sqlx::query(
+                "INSERT INTO energy_daily (site, day, solar_kwh, consumption_kwh, battery_charge_kwh,
+                     battery_discharge_kwh, grid_import_kwh, grid_export_kwh, genset_kwh, min_soc,
+                     max_soc, coverage_pct, updated_at_us)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                 ON CONFLICT (site, day) DO UPDATE SET solar_kwh = excluded.solar_kwh,
+                     consumption_kwh = excluded.consumption_kwh,
+                     battery_charge_kwh = excluded.battery_charge_kwh,
+                     battery_discharge_kwh = excluded.battery_discharge_kwh,
+                     grid_import_kwh = excluded.grid_import_kwh,
+                     grid_export_kwh = excluded.grid_export_kwh, genset_kwh = excluded.genset_kwh,
+                     min_soc = excluded.min_soc, max_soc = excluded.max_soc,
+                     coverage_pct = excluded.coverage_pct, updated_at_us = excluded.updated_at_us",
+            )
+            .bind(&d.site)
+            .bind(d.day.to_string())
+            .bind(d.solar_kwh)
+            .bind(d.consumption_kwh)
+            .bind(d.battery_charge_kwh)
+            .bind(d.battery_discharge_kwh)
+            .bind(d.grid_import_kwh)
+            .bind(d.grid_export_kwh)
+            .bind(d.genset_kwh)
+            .bind(d.min_soc)
+            .bind(d.max_soc)
+            .bind(d.coverage_pct)
+            .bind(micros(updated_at))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Every day of energy the store keeps, oldest first (none in a store
+    /// written before it kept energy).
+    pub async fn energy_days(&self) -> Result<Vec<StoredDay>, StoreError> {
+        if !self.has_table("energy_daily").await? {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(
+            "SELECT site, day, solar_kwh, consumption_kwh, battery_charge_kwh, battery_discharge_kwh,
+                    grid_import_kwh, grid_export_kwh, genset_kwh, min_soc, max_soc, coverage_pct,
+                    updated_at_us
+             FROM energy_daily ORDER BY day, site",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .filter_map(|row| {
+                let day: String = row.get(1);
+                Some(StoredDay {
+                    energy: DayEnergy {
+                        site: row.get(0),
+                        day: day.parse::<NaiveDate>().ok()?,
+                        solar_kwh: row.get(2),
+                        consumption_kwh: row.get(3),
+                        battery_charge_kwh: row.get(4),
+                        battery_discharge_kwh: row.get(5),
+                        grid_import_kwh: row.get(6),
+                        grid_export_kwh: row.get(7),
+                        genset_kwh: row.get(8),
+                        min_soc: row.get(9),
+                        max_soc: row.get(10),
+                        coverage_pct: row.get(11),
+                    },
+                    updated_at: from_micros(row.get(12)),
+                })
+            })
+            .collect())
+    }
+
+    /// The rollups of one resolution with buckets in `[from, to)`, for
+    /// reading the history back (a metric no reading table has any more is
+    /// left out).
+    pub async fn rollups(
+        &self,
+        resolution: Resolution,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<Rollup>, StoreError> {
+        if !self.has_table(resolution.table()).await? {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(&format!(
+            "SELECT site, device, reading_table, metric, bucket_us, samples, min, max, mean, last
+             FROM {} WHERE bucket_us >= ? AND bucket_us < ? ORDER BY site, device, metric, bucket_us",
+            resolution.table()
+        ))
+        .bind(micros(from))
+        .bind(micros(to))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                let table = table_from_name(r.get(2))?;
+                let metric: &str = r.get(3);
+                let metric = table.columns().iter().find(|(c, _)| *c == metric)?.0;
+                Some(Rollup {
+                    site: Arc::from(r.get::<&str, _>(0)),
+                    device: r.get(1),
+                    table,
+                    metric,
+                    resolution,
+                    bucket: from_micros(r.get(4)),
+                    samples: r.get(5),
+                    min: r.get(6),
+                    max: r.get(7),
+                    mean: r.get(8),
+                    last: r.get(9),
+                })
+            })
+            .collect())
+    }
+
+    /// Removes rollups older than their resolution's retention (`keep`,
+    /// finest first; `None`: kept forever) as of `now`; daily energy
+    /// follows the daily rollups. Returns how many rows.
+    pub async fn expire_history(
+        &self,
+        keep: [Option<std::time::Duration>; 3],
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let mut removed = 0;
+        for (resolution, keep) in Resolution::ALL.into_iter().zip(keep) {
+            let Some(keep) = keep else { continue };
+            let before = now - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
+            removed += sqlx::query(&format!(
+                "DELETE FROM {} WHERE bucket_us < ?",
+                resolution.table()
+            ))
+            .bind(micros(before))
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            if resolution == Resolution::Day {
+                removed += sqlx::query("DELETE FROM energy_daily WHERE day < ?")
+                    .bind(before.date_naive().to_string())
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+            }
+        }
+        Ok(removed)
+    }
+
+    async fn has_table(&self, name: &str) -> Result<bool, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?",
+        )
+        .bind(name)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+}
