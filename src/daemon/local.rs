@@ -48,7 +48,13 @@ pub(super) async fn local_loop(shared: Shared, cancel: CancellationToken) {
                 }
             }
             _ = retention_tick.tick() => {
-                let before = Utc::now() - chrono::Duration::from_std(shared.config.retention.window).unwrap_or_default();
+                let mut before = Utc::now() - chrono::Duration::from_std(shared.config.retention.window).unwrap_or_default();
+                // Without a database the raw readings are the rollups'
+                // source: none goes before its buckets are rolled up.
+                if shared.config.database.is_none() {
+                    let rolled = crate::clock::from_micros(shared.rolled_through.load(Ordering::Relaxed).max(0));
+                    before = before.min(rolled);
+                }
                 let result = shared.store.expire(before, shared.config.retention.window).await;
                 shared.counters.count_retention(result.is_ok());
                 match result {

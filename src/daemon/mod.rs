@@ -135,6 +135,9 @@ struct Shared {
     direct: DirectPath,
     /// Measurement times: fed by the GX pollers and the database side.
     clock: Arc<TimeKeeper>,
+    /// Without a database: everything measured before this (µs since the
+    /// epoch) is rolled up, so the local store's retention may take it.
+    rolled_through: Arc<std::sync::atomic::AtomicI64>,
 }
 
 /// The shortest configured poll interval (status rows are written that often).
@@ -207,6 +210,7 @@ pub async fn run(
         poll_interval: poll_interval(&config),
         sites: Arc::new(config.device_sites()),
         direct: DirectPath::default(),
+        rolled_through: Arc::new(std::sync::atomic::AtomicI64::new(i64::MIN)),
         clock: Arc::new(TimeKeeper::new(
             config.clock.trust_local,
             config.database.is_some(),

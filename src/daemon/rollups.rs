@@ -8,6 +8,7 @@
 //! again; so after an outage or a restart every bucket holds every reading
 //! once.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -48,6 +49,12 @@ pub(super) async fn rollup_loop(shared: Shared, rows: RawRows, cancel: Cancellat
         from,
     );
     let settle = settle(&shared);
+    let publish = |live: &LiveRollups| {
+        shared
+            .rolled_through
+            .store(live.through().timestamp_micros(), Ordering::Relaxed);
+    };
+    publish(&live);
     let mut held_before = shared.store.held();
     let mut failing = false;
     loop {
@@ -73,7 +80,9 @@ pub(super) async fn rollup_loop(shared: Shared, rows: RawRows, cancel: Cancellat
                 live.rewind(today(&shared, now));
             }
             held_before = held;
-            match live.advance(&rows, target).await {
+            let advanced = live.advance(&rows, target).await;
+            publish(&live);
+            match advanced {
                 Ok(step) => {
                     if failing {
                         failing = false;

@@ -45,9 +45,6 @@ pub enum RawRows {
     Store(LocalStore),
 }
 
-/// Readings per page read from the local store.
-const PAGE: i64 = 20_000;
-
 impl RawRows {
     /// Feeds the readings of `sites` measured in `[from, to)` to
     /// `aggregator`, in time order per device; returns how many.
@@ -70,26 +67,18 @@ impl RawRows {
                 }
             }
             Self::Store(store) => {
-                for (table, device) in store.series().await? {
-                    let mut after = from;
-                    loop {
-                        let page = store
-                            .series_between(table, &device, after, to, PAGE)
-                            .await?;
-                        for row in &page {
-                            if sites.iter().any(|s| **s == *row.reading.site) {
-                                aggregator.push(&row.reading);
-                                count += 1;
-                            }
-                        }
-                        match page.last() {
-                            Some(last) if page.len() as i64 == PAGE => {
-                                after =
-                                    last.reading.measured_at + chrono::Duration::microseconds(1);
-                            }
-                            _ => break,
+                // In spans of minutes: a day read again after a restart is
+                // never one large result.
+                let mut start = from;
+                while start < to {
+                    let end = (start + chrono::Duration::minutes(10)).min(to);
+                    for row in store.readings_between(start, end).await? {
+                        if sites.iter().any(|s| **s == *row.reading.site) {
+                            aggregator.push(&row.reading);
+                            count += 1;
                         }
                     }
+                    start = end;
                 }
             }
         }

@@ -6,11 +6,13 @@
 //! genset, the SOC range, and how much of the day the readings cover).
 //!
 //! One aggregator ([`aggregate::Aggregator`]) computes both from raw
-//! readings in time order per device; [`rebuild`] feeds it the raw rows of
-//! whole local days from PostgreSQL and replaces those days' rollups
-//! (idempotent upserts: a recomputed bucket replaces the old one), for
-//! `victron-poller history rebuild`; without a database, [`local`] feeds it
-//! the local store's readings for `energy`. [`buckets`] owns the boundaries
+//! readings in time order per device. [`live`] feeds it, while the daemon
+//! runs, five minutes at a time from the raw rows (PostgreSQL's, or the
+//! local store's on a gateway without a database); [`rebuild`] feeds it the
+//! raw rows of whole local days from PostgreSQL and replaces those days'
+//! rollups (idempotent upserts: a recomputed bucket replaces the old one),
+//! for completed days and `victron-poller history rebuild`; [`local`] gives
+//! `energy` its days without a database. [`buckets`] owns the boundaries
 //! (local days of `site.timezone`, 23 or 25 hours on DST days), [`energy`]
 //! which powers feed which energy.
 

@@ -540,23 +540,20 @@ impl LocalStore {
         self.select(&tail, micros(after), limit, device).await
     }
 
-    /// Up to `limit` confirmed readings of one series measured in
-    /// `[from, to)`, in time order.
-    pub async fn series_between(
+    /// Every confirmed reading measured in `[from, to)`, in time order (by
+    /// the time index: a span of minutes costs what its rows cost, however
+    /// long the store's backlog).
+    pub async fn readings_between(
         &self,
-        table: ReadingTable,
-        device: &str,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
-        limit: i64,
     ) -> Result<Vec<StoredReading>, StoreError> {
         let tail = format!(
-            "WHERE reading_table = '{}' AND device = ?3 AND measured_at_us >= ?1 AND measured_at_us < {}
-             AND held_mono IS NULL ORDER BY measured_at_us LIMIT ?2",
-            table.name(),
+            "WHERE measured_at_us >= ?1 AND measured_at_us < {} AND held_mono IS NULL
+             ORDER BY measured_at_us, seq LIMIT ?2",
             micros(to)
         );
-        self.select(&tail, micros(from), limit, device).await
+        self.select(&tail, micros(from), i64::MAX, "").await
     }
 
     /// Readings matching `tail` (binds: ?1 an i64, ?2 a limit, ?3 a text).
