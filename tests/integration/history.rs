@@ -407,3 +407,78 @@ async fn a_rebuild_keeps_days_without_raw_rows() {
     );
     assert!(within(energy(&db, "solar_kwh", day).await, 12.0, 0.005));
 }
+
+/// Raw rows expire at 72 hours and their rollups stay; rollups expire by
+/// their own retention (5-minute buckets at 35 days, hourly ones not yet),
+/// on hypertables and plain tables alike.
+#[cfg(feature = "servers")]
+async fn rollups_outlive_raw_rows_and_expire_by_their_own_retention(flavour: Flavour) {
+    use std::time::Duration;
+
+    let db = TestDb::create(flavour).await;
+    let report = db.migrate().await;
+    let today = chrono::Utc::now().date_naive();
+    let old = (today - chrono::Duration::days(40)).to_string();
+    let recent = (today - chrono::Duration::days(4)).to_string();
+    for day in [&old, &recent] {
+        insert_synthetic_day(&db, day, "UTC", 0).await;
+        rebuild(&db, day, "UTC");
+    }
+    let count = async |table: &str, day: &str| {
+        db.scalar_i64(&format!(
+            "SELECT count(*) FROM victron.{table} WHERE device = 'mppt'
+             AND bucket >= '{day}'::timestamptz AND bucket < '{day}'::timestamptz + interval '1 day'"
+        ))
+        .await
+    };
+    // The day's 288 five-minute buckets and 24 hours of PV power.
+    assert_eq!(count("history_5m", &recent).await, 288);
+    assert_eq!(count("history_1h", &old).await, 24);
+
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    victron_poller::retention::run(
+        &pool,
+        report.storage_mode,
+        Duration::from_secs(72 * 3600),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM victron.solar_readings")
+            .await,
+        0,
+        "{flavour:?}: raw rows older than 72 h expire"
+    );
+    assert_eq!(count("history_5m", &recent).await, 288, "{flavour:?}");
+    assert_eq!(count("history_5m", &old).await, 288, "{flavour:?}");
+
+    let days = |d: u64| Some(Duration::from_secs(d * 86_400));
+    let removed = victron_poller::retention::history(
+        &pool,
+        report.storage_mode,
+        [days(35), days(800), None],
+    )
+    .await
+    .unwrap();
+    pool.close().await;
+    // Two devices' columns of the old day's 288 buckets went.
+    assert!(removed >= 2 * 288, "{flavour:?}: {removed}");
+    assert_eq!(count("history_5m", &old).await, 0, "{flavour:?}");
+    assert_eq!(count("history_5m", &recent).await, 288, "{flavour:?}");
+    assert_eq!(count("history_1h", &old).await, 24, "{flavour:?}");
+    assert_eq!(count("history_1d", &old).await, 1, "{flavour:?}");
+    let solar = energy(&db, "solar_kwh", &old).await;
+    assert!(within(solar, 12.0, 0.005), "{flavour:?}: {solar}");
+}
+
+#[cfg(feature = "servers")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollups_outlive_raw_rows_on_timescaledb() {
+    rollups_outlive_raw_rows_and_expire_by_their_own_retention(Flavour::Timescale).await;
+}
+
+#[cfg(feature = "servers")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollups_outlive_raw_rows_on_postgres_15() {
+    rollups_outlive_raw_rows_and_expire_by_their_own_retention(Flavour::Plain).await;
+}

@@ -337,6 +337,9 @@ async fn fresh_migration(flavour: Flavour) -> TestDb {
                 chunks,
                 vec![
                     "battery_readings 01:00:00",
+                    "history_1d 3650 days",
+                    "history_1h 90 days",
+                    "history_5m 7 days",
                     "inverter_readings 01:00:00",
                     "solar_readings 01:00:00",
                     "system_readings 01:00:00"
