@@ -686,6 +686,22 @@ impl LocalStore {
         Ok((waiting, oldest.map(from_micros)))
     }
 
+    /// The sites of the stored readings (a reading stored before sites were
+    /// recorded is the legacy site's).
+    pub async fn sites(&self) -> Result<Vec<String>, StoreError> {
+        let sites: Vec<Option<String>> =
+            sqlx::query_scalar("SELECT DISTINCT site FROM readings ORDER BY 1")
+                .fetch_all(&self.pool)
+                .await?;
+        let mut sites: Vec<String> = sites
+            .into_iter()
+            .map(|s| s.unwrap_or_else(|| self.legacy_site.to_string()))
+            .collect();
+        sites.sort();
+        sites.dedup();
+        Ok(sites)
+    }
+
     /// When the oldest confirmed reading was measured.
     pub async fn oldest_confirmed(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
         let oldest: Option<i64> =

@@ -274,6 +274,49 @@ async fn energy_answers_from_the_local_store() {
         let got = day[column].as_f64().unwrap();
         assert!(within(got, want, 0.005), "{column}: {got}");
     }
+
+    // `history rebuild` without a database writes the store's own rollups.
+    let out = run_cli(
+        &[
+            "history",
+            "rebuild",
+            "--from",
+            "2026-06-03",
+            "--to",
+            "2026-06-03",
+            "--state-dir",
+            state,
+        ],
+        &[],
+    );
+    let (stdout, stderr) = texts(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("1 whole day"), "{stdout}");
+    let store = LocalStore::open_read_only(dir.path()).await.unwrap();
+    let kept = store.energy_days().await.unwrap();
+    let hours = store
+        .rollups(
+            victron_poller::history::Resolution::Hour,
+            start,
+            start + Duration::days(1),
+        )
+        .await
+        .unwrap();
+    store.close().await;
+    let day = kept
+        .iter()
+        .find(|d| d.energy.day.to_string() == "2026-06-03")
+        .unwrap_or_else(|| panic!("{kept:?}"));
+    let solar = day.energy.solar_kwh.unwrap();
+    assert!(within(solar, 12.0, 0.005), "{solar}");
+    let pv_hours: Vec<_> = hours
+        .iter()
+        .filter(|r| r.device == "mppt" && r.metric == "pv_power")
+        .collect();
+    assert_eq!(pv_hours.len(), 24);
+    // 06:00–07:00 local: PV at 1 kW all hour, 360 readings.
+    let seventh = pv_hours[6];
+    assert_eq!((seventh.samples, seventh.mean), (360, 1000.0));
 }
 
 /// The daemon rolls up completed days by itself, before raw retention can
@@ -436,13 +479,9 @@ async fn rollups_outlive_raw_rows_and_expire_by_their_own_retention(flavour: Fla
     assert_eq!(count("history_1h", &old).await, 24);
 
     let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
-    victron_poller::retention::run(
-        &pool,
-        report.storage_mode,
-        Duration::from_secs(72 * 3600),
-    )
-    .await
-    .unwrap();
+    victron_poller::retention::run(&pool, report.storage_mode, Duration::from_secs(72 * 3600))
+        .await
+        .unwrap();
     assert_eq!(
         db.scalar_i64("SELECT count(*) FROM victron.solar_readings")
             .await,
@@ -453,13 +492,10 @@ async fn rollups_outlive_raw_rows_and_expire_by_their_own_retention(flavour: Fla
     assert_eq!(count("history_5m", &old).await, 288, "{flavour:?}");
 
     let days = |d: u64| Some(Duration::from_secs(d * 86_400));
-    let removed = victron_poller::retention::history(
-        &pool,
-        report.storage_mode,
-        [days(35), days(800), None],
-    )
-    .await
-    .unwrap();
+    let removed =
+        victron_poller::retention::history(&pool, report.storage_mode, [days(35), days(800), None])
+            .await
+            .unwrap();
     pool.close().await;
     // Two devices' columns of the old day's 288 buckets went.
     assert!(removed >= 2 * 288, "{flavour:?}: {removed}");
