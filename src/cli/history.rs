@@ -129,7 +129,11 @@ async fn in_local_store(
         day_start(first, tz),
     );
     let end = day_end(last, tz).min(live.boundary(now));
-    let step = live.advance(&RawRows::Store(store.clone()), end).await?;
+    let rows = RawRows::Store(store.clone());
+    let mut step = live.advance(&rows, end).await?;
+    let last_day = live.finish(&rows).await?;
+    step.rollups += last_day.rollups;
+    step.days_completed += last_day.days_completed;
     store.close().await;
     outln!(
         "rebuilt {first} … {last} ({}) in the local store: {} readings → {} rollups, {} whole day(s) in {:.1} s",

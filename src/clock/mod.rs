@@ -329,6 +329,13 @@ impl TimeKeeper {
         inner.basis
     }
 
+    /// The time now on the basis readings are stamped with; `None` while
+    /// readings are held.
+    pub fn now(&self) -> Option<DateTime<Utc>> {
+        let (basis, offset) = self.current_offset()?;
+        Some(stamp_with(Taken::now(), basis, offset))
+    }
+
     /// The state for `status` and `/metrics`.
     pub fn report(&self) -> ClockReport {
         let mut inner = self.lock();

@@ -120,15 +120,21 @@ pub(super) async fn database_loop(shared: Shared, signals: Signals, cancel: Canc
     .with_direct_path(shared.direct.clone())
     .on_drained(signals.drained);
     signals.forwarding.store(true, Ordering::Relaxed);
+    // Its own task: whatever happens to the rollups, forwarding goes on.
+    let rollups = tokio::spawn(super::rollups::rollup_loop(
+        shared.clone(),
+        crate::history::live::RawRows::Database(pool.clone()),
+        cancel.clone(),
+    ));
     tokio::join!(
         forwarder.run(cancel.clone()),
         status_writer(shared.clone(), pool.clone(), mode, cancel.clone()),
         retention_loop(shared.clone(), pool.clone(), mode, cancel.clone()),
-        super::rollups::rollup_loop(
-            shared.clone(),
-            crate::history::live::RawRows::Database(pool.clone()),
-            cancel.clone()
-        ),
+        async {
+            if let Err(error) = rollups.await {
+                tracing::error!(%error, "The live rollups stopped.");
+            }
+        },
     );
     // A last status row, best effort.
     let _ = tokio::time::timeout(LAST_STATUS_TIMEOUT, write_db_status(&shared, &pool, mode)).await;

@@ -31,11 +31,22 @@ fn settle(shared: &Shared) -> chrono::Duration {
     chrono::Duration::from_std(limit).unwrap_or(chrono::Duration::seconds(10))
 }
 
-/// Runs the live rollups on `rows` until cancelled.
+/// Runs the live rollups on `rows` until cancelled. Time is the clock
+/// readings are stamped with (a gateway without a real-time clock may take
+/// it from its GX or its database); while readings are held for their
+/// time, nothing is rolled up.
 pub(super) async fn rollup_loop(shared: Shared, rows: RawRows, cancel: CancellationToken) {
     let tz = shared.config.site.timezone;
     let sites = sites_of(shared.sites.values());
-    let now = Utc::now();
+    let now = loop {
+        if let Some(now) = shared.clock.now() {
+            break now;
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(RECHECK) => {}
+        }
+    };
     let from = match &rows {
         // Completed days are PostgreSQL's daily roll-up's: the live side
         // starts with today.
@@ -52,63 +63,26 @@ pub(super) async fn rollup_loop(shared: Shared, rows: RawRows, cancel: Cancellat
     let publish = |live: &LiveRollups| {
         shared
             .rolled_through
-            .store(live.through().timestamp_micros(), Ordering::Relaxed);
+            .store(live.needed_from().timestamp_micros(), Ordering::Relaxed);
     };
     publish(&live);
-    let mut held_before = shared.store.held();
     let mut failing = false;
     loop {
-        let now = Utc::now();
-        let target = live.boundary(now - settle);
-        let wait = if target <= live.through() {
-            // Until the next boundary has settled (looked at again now and
-            // then: the wall clock may be set meanwhile).
-            let next = live.through() + chrono::Duration::minutes(5) + settle;
-            (next - now)
-                .to_std()
-                .unwrap_or(RECHECK)
-                .clamp(RECHECK, Duration::from_secs(60))
-        } else if let Some(blocked) =
-            waiting_before(&shared, &rows, &sites, &mut live, target).await
-        {
-            tracing::trace!(%blocked, "Rollups wait for readings still in the local store.");
-            RECHECK
-        } else {
-            // Readings released with a confirmed time land in the past.
-            let held = shared.store.held();
-            if held < held_before {
-                live.rewind(today(&shared, now));
-            }
-            held_before = held;
-            let advanced = live.advance(&rows, target).await;
-            publish(&live);
-            match advanced {
-                Ok(step) => {
-                    if failing {
-                        failing = false;
-                        tracing::info!("Rollups are written again.");
-                    }
-                    tracing::debug!(
-                        readings = step.readings,
-                        rollups = step.rollups,
-                        days = step.days_completed,
-                        through = %live.through(),
-                        "Rollups brought up to date."
-                    );
-                    if step.days_completed > 0 {
-                        tracing::info!(days = step.days_completed, "Rolled up a completed day.");
-                    }
-                    Duration::ZERO
-                }
-                Err(error) => {
-                    if !failing {
-                        failing = true;
-                        tracing::warn!(%error, "Cannot write the rollups; they are retried.");
-                    }
-                    RECHECK * 6
-                }
+        let wait = match shared.clock.now() {
+            None => RECHECK,
+            Some(now) => {
+                step(
+                    &shared,
+                    &rows,
+                    &sites,
+                    &mut live,
+                    now - settle,
+                    &mut failing,
+                )
+                .await
             }
         };
+        publish(&live);
         if wait.is_zero() {
             continue;
         }
@@ -119,14 +93,78 @@ pub(super) async fn rollup_loop(shared: Shared, rows: RawRows, cancel: Cancellat
     }
 }
 
-/// The start of today, where a rewind may go back to at the furthest:
-/// with a database, earlier days are the daily roll-up's.
-fn today(shared: &Shared, now: DateTime<Utc>) -> DateTime<Utc> {
+/// One look: brings the rollups up to the last boundary settled at
+/// `settled`, when nothing it needs still waits; returns how long to wait
+/// before the next look.
+async fn step(
+    shared: &Shared,
+    rows: &RawRows,
+    sites: &[String],
+    live: &mut LiveRollups,
+    settled: DateTime<Utc>,
+    failing: &mut bool,
+) -> Duration {
+    // Readings released with a confirmed time join the readings in the
+    // past; readings of an outage's backlog still wait in the store.
+    if let Some(released) = shared.store.take_released_from() {
+        live.rewind(released.max(earliest_rewind(shared, live, settled)));
+    }
+    let target = live.boundary(settled);
+    if target <= live.through() {
+        // Until the next boundary has settled (looked at again now and
+        // then: the clock may be set meanwhile).
+        let next = live.through() + chrono::Duration::minutes(5);
+        return (next - settled)
+            .to_std()
+            .unwrap_or(RECHECK)
+            .clamp(RECHECK, Duration::from_secs(60));
+    }
+    if let Some(blocked) = waiting_before(shared, rows, sites, live, settled, target).await {
+        tracing::trace!(%blocked, "Rollups wait for readings still in the local store.");
+        return RECHECK;
+    }
+    match live.advance(rows, target).await {
+        Ok(step) => {
+            if *failing {
+                *failing = false;
+                tracing::info!("Rollups are written again.");
+            }
+            tracing::debug!(
+                readings = step.readings,
+                rollups = step.rollups,
+                days = step.days_completed,
+                through = %live.through(),
+                "Rollups brought up to date."
+            );
+            if step.days_completed > 0 {
+                tracing::info!(days = step.days_completed, "Rolled up a completed day.");
+            }
+            Duration::ZERO
+        }
+        Err(error) => {
+            if !*failing {
+                *failing = true;
+                tracing::warn!(%error, "Cannot write the rollups; they are retried.");
+            }
+            RECHECK * 6
+        }
+    }
+}
+
+/// How far back a rewind may go: with a database, to the start of the day
+/// being rolled up or of today, whichever is earlier (earlier days are the
+/// daily roll-up's, which sees late rows by their arrival); without one,
+/// to the first day raw retention has not started on.
+fn earliest_rewind(shared: &Shared, live: &LiveRollups, now: DateTime<Utc>) -> DateTime<Utc> {
     let tz = shared.config.site.timezone;
-    let start = day_start(local_day(now, tz), tz);
     match shared.config.database {
-        Some(_) => start,
-        None => DateTime::<Utc>::MIN_UTC,
+        Some(_) => day_start(local_day(now, tz), tz).min(live.needed_from()),
+        None => {
+            let window = chrono::Duration::from_std(shared.config.retention.window)
+                .unwrap_or(chrono::Duration::days(3));
+            let bound = now - window;
+            day_start(local_day(bound, tz), tz).max(bound)
+        }
     }
 }
 
@@ -138,11 +176,15 @@ async fn waiting_before(
     rows: &RawRows,
     sites: &[String],
     live: &mut LiveRollups,
+    now: DateTime<Utc>,
     target: DateTime<Utc>,
 ) -> Option<DateTime<Utc>> {
     let RawRows::Database(_) = rows else {
         return None;
     };
+    if shared.store.depth().await.is_ok_and(|(n, _)| n == 0) {
+        return None;
+    }
     let waiting = match shared.store.depth_by_site().await {
         Ok(waiting) => waiting,
         // Cannot tell: wait.
@@ -153,7 +195,7 @@ async fn waiting_before(
         .filter_map(|site| waiting.get(site).and_then(|(_, oldest)| *oldest))
         .min()?;
     if oldest < live.through() {
-        live.rewind(oldest.max(today(shared, Utc::now())));
+        live.rewind(oldest.max(earliest_rewind(shared, live, now)));
     }
     (oldest < target).then_some(oldest)
 }

@@ -23,7 +23,7 @@ use sqlx::PgPool;
 use super::aggregate::{Aggregator, DayEnergy, Rollup};
 use super::buckets::{Resolution, day_end, day_start, local_day};
 use crate::reading::ReadingTable;
-use crate::store::{LocalStore, StoreError};
+use crate::store::{LocalStore, SiteDay, StoreError};
 
 /// Why a step failed (nothing was written; the next step retries).
 #[derive(Debug, thiserror::Error)]
@@ -85,33 +85,38 @@ impl RawRows {
         Ok(count)
     }
 
-    /// Writes rollups and days of energy (a bucket or day already there is
-    /// replaced), in one transaction.
-    async fn write(&self, rollups: &[Rollup], days: &[DayEnergy]) -> Result<(), LiveError> {
+    /// Writes rollups and days of energy computed from the readings
+    /// measured before `read_through`, in one transaction; `whole` days are
+    /// replaced (what was there for them is removed first), and a bucket or
+    /// day already there is replaced.
+    async fn write(
+        &self,
+        rollups: &[Rollup],
+        days: &[DayEnergy],
+        whole: &[SiteDay],
+        read_through: DateTime<Utc>,
+        tz: Tz,
+    ) -> Result<(), LiveError> {
         match self {
             Self::Database(pool) => {
-                // As a rebuild: the server's time, less what a writer's
-                // open transaction may take (see `rebuild`).
-                let updated_at: DateTime<Utc> =
-                    sqlx::query_scalar("SELECT clock_timestamp() - interval '10 minutes'")
-                        .fetch_one(pool)
-                        .await?;
-                let mut tx = pool.begin().await?;
-                for resolution in Resolution::ALL {
-                    let rows: Vec<&Rollup> = rollups
-                        .iter()
-                        .filter(|r| r.resolution == resolution)
-                        .collect();
-                    for chunk in rows.chunks(20_000) {
-                        super::rebuild::upsert_rollups(&mut tx, resolution, chunk).await?;
+                let read_from = super::rebuild::read_from(pool).await?;
+                if whole.is_empty() {
+                    let mut tx = pool.begin().await?;
+                    super::rebuild::upsert_all(&mut tx, rollups).await?;
+                    if !days.is_empty() {
+                        super::rebuild::upsert_energy(&mut tx, days, read_from).await?;
                     }
+                    tx.commit().await?;
+                } else {
+                    // As a rebuild writes its days.
+                    super::rebuild::write(pool, tz, rollups, days, read_from).await?;
                 }
-                if !days.is_empty() {
-                    super::rebuild::upsert_energy(&mut tx, days, updated_at).await?;
-                }
-                tx.commit().await?;
             }
-            Self::Store(store) => store.write_history(rollups, days, Utc::now()).await?,
+            Self::Store(store) => {
+                store
+                    .write_history(rollups, days, whole, read_through)
+                    .await?;
+            }
         }
         Ok(())
     }
@@ -136,8 +141,13 @@ pub struct LiveRollups {
     sites: Vec<String>,
     /// Everything measured before this has been fed (a 5-minute boundary).
     through: DateTime<Utc>,
-    /// The day being aggregated, once its start has been read.
+    /// The day being aggregated, once its start has been read; it is
+    /// written whole once what follows its end within the longest bridged
+    /// gap has been read too (the interval across midnight).
     day: Option<(NaiveDate, Aggregator)>,
+    /// The day was just read from its start: its next write replaces what
+    /// was there for it.
+    fresh: bool,
 }
 
 impl LiveRollups {
@@ -150,12 +160,24 @@ impl LiveRollups {
             sites,
             through: day_start(local_day(from, tz), tz),
             day: None,
+            fresh: false,
         }
     }
 
     /// Everything measured before this is rolled up.
     pub fn through(&self) -> DateTime<Utc> {
         self.through
+    }
+
+    /// The earliest measurement a later step may read again: from the
+    /// start of the day being rolled up, less the longest bridged gap.
+    /// Raw readings before it are no longer needed by the rollups.
+    pub fn needed_from(&self) -> DateTime<Utc> {
+        let day = match &self.day {
+            Some((day, _)) => *day,
+            None => local_day(self.through, self.tz),
+        };
+        day_start(day, self.tz) - self.gap()
     }
 
     /// Readings measured at `at` reached the raw rows after their five
@@ -168,79 +190,171 @@ impl LiveRollups {
         }
     }
 
+    /// After a failed step: the day being rolled up is read again from its
+    /// start (part of a span may have been fed).
+    fn restart_day(&mut self) {
+        let day = match &self.day {
+            Some((day, _)) => *day,
+            None => local_day(self.through, self.tz),
+        };
+        self.through = day_start(day, self.tz).min(self.through);
+        self.day = None;
+    }
+
     /// The latest five-minute boundary at or before `at`: what a step may
     /// bring the rollups up to once `at` is settled.
     pub fn boundary(&self, at: DateTime<Utc>) -> DateTime<Utc> {
         Resolution::FiveMinutes.bucket(at, self.tz)
     }
 
+    fn gap(&self) -> chrono::Duration {
+        chrono::Duration::milliseconds((self.max_gap_s * 1000.0) as i64)
+    }
+
     /// Feeds what was measured from [`Self::through`] up to `to` and
-    /// writes what changed, a day at a time; on an error nothing of the
-    /// failing day's part is counted as done.
+    /// writes what changed, a day at a time; on an error the day is read
+    /// again from its start at the next step.
     pub async fn advance(&mut self, rows: &RawRows, to: DateTime<Utc>) -> Result<Step, LiveError> {
         let mut step = Step::default();
-        let gap = chrono::Duration::milliseconds((self.max_gap_s * 1000.0) as i64);
-        while self.through < to {
+        let result = self.advance_inner(rows, to, &mut step).await;
+        if result.is_err() {
+            self.restart_day();
+        }
+        result.map(|()| step)
+    }
+
+    async fn advance_inner(
+        &mut self,
+        rows: &RawRows,
+        to: DateTime<Utc>,
+        step: &mut Step,
+    ) -> Result<(), LiveError> {
+        let gap = self.gap();
+        loop {
+            // A day whose end has been reached is written whole once what
+            // follows it within the gap has been read.
+            if let Some((day, _)) = &self.day {
+                let end = day_end(*day, self.tz);
+                if self.through >= end {
+                    if to < end + gap {
+                        return Ok(());
+                    }
+                    self.finish_day(rows, step).await?;
+                }
+            }
+            if self.through >= to {
+                return Ok(());
+            }
             let day = local_day(self.through, self.tz);
             let (start, end) = (day_start(day, self.tz), day_end(day, self.tz));
-            let (_, aggregator) = match &mut self.day {
-                Some((d, aggregator)) if *d == day => (d, aggregator),
-                slot => {
-                    // A new day: its first readings bound intervals that
-                    // reach back before midnight, and a day started before
-                    // (a restart) is read from its start.
-                    let mut aggregator =
-                        Aggregator::new(self.tz, self.max_gap_s).within(start, end);
-                    if let Err(error) = rows
-                        .feed(&self.sites, start - gap, self.through, &mut aggregator)
-                        .await
-                    {
-                        *slot = None;
-                        return Err(error);
-                    }
-                    let filled = slot.insert((day, aggregator));
-                    (&mut filled.0, &mut filled.1)
-                }
+            if self.day.is_none() {
+                // Its first readings bound intervals that reach back before
+                // midnight, and a day started before (a restart) is read
+                // from its start.
+                let mut aggregator = Aggregator::new(self.tz, self.max_gap_s).within(start, end);
+                rows.feed(&self.sites, start - gap, self.through, &mut aggregator)
+                    .await?;
+                self.day = Some((day, aggregator));
+                self.fresh = true;
+            }
+            let Some((_, aggregator)) = &mut self.day else {
+                return Ok(());
             };
             let until = to.min(end);
-            let fed = rows
+            step.readings += rows
                 .feed(&self.sites, self.through, until, aggregator)
-                .await;
-            let fed = match fed {
-                Ok(n) => n,
-                Err(error) => {
-                    // Part of the span may have been fed: read the day again.
-                    self.day = None;
-                    self.through = start;
-                    return Err(error);
-                }
-            };
-            step.readings += fed;
-            let (rollups, days, complete) = if until == end {
-                let Some((_, aggregator)) = self.day.take() else {
-                    break;
-                };
-                let (rollups, days) = aggregator.finish();
-                (rollups, days, true)
+                .await?;
+            // Every bucket that ends by `until` (a 5-minute boundary) is
+            // final; the hour and day still open are provisional.
+            let mut rollups = aggregator.take_closed(until);
+            let (open, days) = aggregator.provisional(until);
+            rollups.extend(open);
+            // Read from its start, the day replaces what was there (a
+            // restart, a changed time zone): in the same transaction.
+            let whole = if self.fresh {
+                site_days(&rollups, day, start, end)
             } else {
-                // Every bucket that ends by `until` (a 5-minute boundary)
-                // is final; the hour and day still open are provisional.
-                let mut rollups = aggregator.take_closed(until);
-                let (open, days) = aggregator.provisional(until);
-                rollups.extend(open);
-                (rollups, days, false)
+                Vec::new()
             };
-            if let Err(error) = rows.write(&rollups, &days).await {
-                self.day = None;
-                self.through = start;
-                return Err(error);
-            }
+            rows.write(&rollups, &days, &whole, until, self.tz).await?;
+            self.fresh = false;
             step.rollups += rollups.len();
-            step.days_completed += usize::from(complete);
             self.through = until;
+        }
+    }
+
+    /// Reads what follows the finished day's end within the gap, and writes
+    /// the day whole.
+    async fn finish_day(&mut self, rows: &RawRows, step: &mut Step) -> Result<(), LiveError> {
+        let Some((day, mut aggregator)) = self.day.take() else {
+            return Ok(());
+        };
+        let (start, end) = (day_start(day, self.tz), day_end(day, self.tz));
+        let edge = end + self.gap();
+        let written = async {
+            rows.feed(&self.sites, end, edge, &mut aggregator).await?;
+            let (rollups, days) = aggregator.finish();
+            // (A day still fresh was read whole in this step.)
+            let whole = if self.fresh {
+                site_days(&rollups, day, start, end)
+            } else {
+                Vec::new()
+            };
+            rows.write(&rollups, &days, &whole, edge, self.tz).await?;
+            self.fresh = false;
+            Ok::<_, LiveError>(rollups.len())
+        }
+        .await;
+        match written {
+            Ok(rollups) => {
+                step.rollups += rollups;
+                step.days_completed += 1;
+                Ok(())
+            }
+            Err(error) => {
+                // The day is read again from its start.
+                self.through = start;
+                Err(error)
+            }
+        }
+    }
+
+    /// Writes the day being rolled up whole when its end has been reached
+    /// (a rebuild that ends there); returns whether it did.
+    pub async fn finish(&mut self, rows: &RawRows) -> Result<Step, LiveError> {
+        let mut step = Step::default();
+        let ended = self
+            .day
+            .as_ref()
+            .is_some_and(|(day, _)| self.through >= day_end(*day, self.tz));
+        if ended {
+            self.finish_day(rows, &mut step).await?;
         }
         Ok(step)
     }
+}
+
+/// The site-days `rollups` has a daily bucket of.
+fn site_days(
+    rollups: &[Rollup],
+    day: NaiveDate,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+) -> Vec<SiteDay> {
+    let sites: std::collections::BTreeSet<&str> = rollups
+        .iter()
+        .filter(|r| r.resolution == Resolution::Day)
+        .map(|r| &*r.site)
+        .collect();
+    sites
+        .into_iter()
+        .map(|site| SiteDay {
+            site: site.to_string(),
+            day,
+            start,
+            end,
+        })
+        .collect()
 }
 
 /// Where an embedded gateway's live rollups start: the day after the last
@@ -272,4 +386,107 @@ pub fn sites_of<'a>(sites: impl IntoIterator<Item = &'a String>) -> Vec<String> 
     sites.sort();
     sites.dedup();
     sites
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reading::{Reading, SourceKind, Value};
+    use chrono::Duration;
+
+    /// A day and a half of a solar charger and a battery monitor every
+    /// 10 s (PV 1 kW by day, the battery the difference to 500 W of loads),
+    /// starting at local midnight of `tz`.
+    fn readings(tz: Tz, day: NaiveDate) -> Vec<Reading> {
+        let start = day_start(day, tz);
+        let mut out = Vec::new();
+        for step in 0..(36 * 360) {
+            let at = start + Duration::seconds(10 * step) + Duration::milliseconds(300);
+            let hour = (step / 360) % 24;
+            let pv = if (6..18).contains(&hour) { 1000.0 } else { 0.0 };
+            let reading = |device: &str, table, values: Vec<(&'static str, f64)>| Reading {
+                site: "ranch".into(),
+                device: device.into(),
+                table,
+                source: SourceKind::VeDirect,
+                measured_at: at,
+                unconfirmed: None,
+                values: values
+                    .into_iter()
+                    .map(|(c, v)| (c, Value::Float(v)))
+                    .collect(),
+            };
+            out.push(reading(
+                "mppt",
+                ReadingTable::Solar,
+                vec![("pv_power", pv + step as f64 % 7.0)],
+            ));
+            out.push(reading(
+                "bank",
+                ReadingTable::Battery,
+                vec![
+                    ("power", pv - 500.0),
+                    ("soc", 50.0 + (step % 400) as f64 / 10.0),
+                ],
+            ));
+        }
+        out
+    }
+
+    /// Five minutes at a time, across a whole day and midnight, the live
+    /// rollups write exactly what one aggregator fed the whole day (as a
+    /// rebuild reads it) computes.
+    #[tokio::test]
+    async fn live_steps_write_what_a_rebuild_computes() {
+        for (tz, day) in [
+            (chrono_tz::UTC, (2026, 6, 1)),
+            (chrono_tz::America::Denver, (2026, 11, 1)),
+        ] {
+            let day = NaiveDate::from_ymd_opt(day.0, day.1, day.2).unwrap();
+            let all = readings(tz, day);
+            let dir = tempfile::tempdir().unwrap();
+            let store = LocalStore::open(dir.path()).await.unwrap();
+            for chunk in all.chunks(5_000) {
+                store.append(chunk).await.unwrap();
+            }
+            let rows = RawRows::Store(store.clone());
+            let (start, end) = (day_start(day, tz), day_end(day, tz));
+            let mut live = LiveRollups::new(tz, 60.0, vec!["ranch".into()], start);
+            let mut to = start;
+            while to < end + Duration::minutes(10) {
+                to += Duration::minutes(5);
+                live.advance(&rows, to).await.unwrap();
+            }
+
+            let gap = Duration::seconds(60);
+            let mut reference = Aggregator::new(tz, 60.0).within(start, end);
+            for reading in all
+                .iter()
+                .filter(|r| r.measured_at >= start - gap && r.measured_at < end + gap)
+            {
+                reference.push(reading);
+            }
+            let (mut want, want_days) = reference.finish();
+            let key = |r: &Rollup| (r.resolution, r.device.clone(), r.metric, r.bucket);
+            want.sort_by_key(key);
+            let mut got = Vec::new();
+            for resolution in Resolution::ALL {
+                got.extend(store.rollups(resolution, start, end).await.unwrap());
+            }
+            got.sort_by_key(key);
+            assert_eq!(got.len(), want.len(), "{tz}");
+            assert!(got == want, "{tz}: the rollups differ");
+            let kept = store.energy_days().await.unwrap();
+            let kept = kept.iter().find(|d| d.energy.day == day).unwrap();
+            assert!(kept.is_complete(tz), "{tz}");
+            assert_eq!(kept.energy, want_days[0], "{tz}");
+            // The hours of the day (25 on Denver's autumn change).
+            let hours = got
+                .iter()
+                .filter(|r| r.resolution == Resolution::Hour && r.metric == "pv_power")
+                .count();
+            assert_eq!(hours, if tz == chrono_tz::UTC { 24 } else { 25 });
+            store.close().await;
+        }
+    }
 }

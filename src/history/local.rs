@@ -10,7 +10,6 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 
 use super::aggregate::{Aggregator, DayEnergy};
-use super::buckets::day_end;
 use crate::store::{LocalStore, StoreError};
 
 /// Readings per page read from the store.
@@ -24,7 +23,7 @@ pub async fn energy(
 ) -> Result<Vec<DayEnergy>, StoreError> {
     let mut days: BTreeMap<_, (DayEnergy, bool)> = BTreeMap::new();
     for kept in store.energy_days().await? {
-        let complete = kept.updated_at >= day_end(kept.energy.day, tz);
+        let complete = kept.is_complete(tz);
         let key = (kept.energy.day, kept.energy.site.clone());
         days.insert(key, (kept.energy, complete));
     }

@@ -58,14 +58,9 @@ pub async fn rebuild(
             elapsed: started.elapsed(),
         });
     };
-    // The server's time before any raw row is read: the days' `updated_at`,
-    // so that a row committed while this runs counts as arrived after it.
-    // (Less a margin: a row's `created_at` is when its transaction began,
-    // which may be before this read although it commits after.)
-    let read_from: DateTime<Utc> =
-        sqlx::query_scalar("SELECT clock_timestamp() - interval '10 minutes'")
-            .fetch_one(pool)
-            .await?;
+    // Before any raw row is read: a row committed while this runs counts
+    // as arrived after it.
+    let read_from = read_from(pool).await?;
     let (from, to) = (day_start(first, tz), day_end(last, tz));
     let mut aggregator = Aggregator::new(tz, max_gap_s).within(from, to);
     // Readings just outside bound the intervals that reach into the days.
@@ -91,6 +86,16 @@ pub async fn rebuild(
         energy_days: energy.len(),
         elapsed: started.elapsed(),
     })
+}
+
+/// The server's time now, less what a writer's open transaction may take:
+/// the `updated_at` of days computed from raw rows read after it (a row's
+/// `created_at` is when its transaction began, which may be before this
+/// read although it commits after).
+pub(super) async fn read_from(pool: &PgPool) -> Result<DateTime<Utc>, sqlx::Error> {
+    sqlx::query_scalar("SELECT clock_timestamp() - interval '10 minutes'")
+        .fetch_one(pool)
+        .await
 }
 
 /// The days to rebuild: as given, or those of the oldest and newest raw rows.
@@ -215,7 +220,7 @@ pub(super) async fn feed(
 }
 
 /// Replaces the rollups and energy of the site-days the raw rows gave.
-async fn write(
+pub(super) async fn write(
     pool: &PgPool,
     tz: Tz,
     rollups: &[Rollup],
@@ -253,14 +258,8 @@ async fn write(
         .bind(&ends)
         .execute(&mut *tx)
         .await?;
-        let rows: Vec<&Rollup> = rollups
-            .iter()
-            .filter(|r| r.resolution == resolution)
-            .collect();
-        for chunk in rows.chunks(20_000) {
-            upsert_rollups(&mut tx, resolution, chunk).await?;
-        }
     }
+    upsert_all(&mut tx, rollups).await?;
     sqlx::query(
         "DELETE FROM victron.energy_daily e USING UNNEST($1::text[], $2::date[]) AS d(site, day)
          WHERE e.installation_id = d.site AND e.day = d.day",
@@ -269,8 +268,28 @@ async fn write(
     .bind(&dates)
     .execute(&mut *tx)
     .await?;
-    upsert_energy(&mut tx, energy, read_from).await?;
+    if !energy.is_empty() {
+        upsert_energy(&mut tx, energy, read_from).await?;
+    }
     tx.commit().await
+}
+
+/// Writes rollup rows of every resolution; a bucket already there is
+/// replaced.
+pub(super) async fn upsert_all(
+    conn: &mut sqlx::PgConnection,
+    rollups: &[Rollup],
+) -> Result<(), sqlx::Error> {
+    for resolution in Resolution::ALL {
+        let rows: Vec<&Rollup> = rollups
+            .iter()
+            .filter(|r| r.resolution == resolution)
+            .collect();
+        for chunk in rows.chunks(20_000) {
+            upsert_rollups(conn, resolution, chunk).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Writes rollup rows; a bucket already there is replaced.

@@ -61,20 +61,63 @@ CREATE TABLE IF NOT EXISTS energy_daily (
 pub struct StoredDay {
     /// The day's energy.
     pub energy: DayEnergy,
-    /// When it was computed (a day computed before its end is provisional).
+    /// The readings measured before this were in it (a day computed from
+    /// readings before its end is the day so far).
     pub updated_at: DateTime<Utc>,
 }
 
+/// A site's local day whose rollups are replaced whole.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SiteDay {
+    /// The site.
+    pub site: String,
+    /// The local day.
+    pub day: NaiveDate,
+    /// Its start.
+    pub start: DateTime<Utc>,
+    /// Its end.
+    pub end: DateTime<Utc>,
+}
+
+impl StoredDay {
+    /// Whether the day was computed from readings through its end (else it
+    /// is the day so far).
+    pub fn is_complete(&self, tz: chrono_tz::Tz) -> bool {
+        self.updated_at > crate::history::buckets::day_end(self.energy.day, tz)
+    }
+}
+
 impl LocalStore {
-    /// Writes rollups and days of energy in one transaction; a bucket or
-    /// day already there is replaced.
+    /// Writes rollups and days of energy in one transaction, computed from
+    /// the readings measured before `read_through`: what `replace` names is
+    /// removed first (a day written whole), and a bucket or day already
+    /// there is replaced.
     pub async fn write_history(
         &self,
         rollups: &[Rollup],
         days: &[DayEnergy],
-        updated_at: DateTime<Utc>,
+        replace: &[SiteDay],
+        read_through: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
+        for whole in replace {
+            for resolution in Resolution::ALL {
+                sqlx::query(&format!(
+                    "DELETE FROM {} WHERE site = ? AND bucket_us >= ? AND bucket_us < ?",
+                    resolution.table()
+                ))
+                .bind(&whole.site)
+                .bind(micros(whole.start))
+                .bind(micros(whole.end))
+                .execute(&mut *tx)
+                .await?;
+            }
+            sqlx::query("DELETE FROM energy_daily WHERE site = ? AND day = ?")
+                .bind(&whole.site)
+                .bind(whole.day.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
         for resolution in Resolution::ALL {
             let rows: Vec<serde_json::Value> = rollups
                 .iter()
@@ -138,7 +181,7 @@ impl LocalStore {
             .bind(d.min_soc)
             .bind(d.max_soc)
             .bind(d.coverage_pct)
-            .bind(micros(updated_at))
+            .bind(micros(read_through))
             .execute(&mut *tx)
             .await?;
         }
@@ -163,7 +206,7 @@ impl LocalStore {
         Ok(rows
             .iter()
             .filter_map(|row| {
-                let day: String = row.get(1);
+                let day: String = row.try_get(1).ok()?;
                 Some(StoredDay {
                     energy: DayEnergy {
                         site: row.get(0),
@@ -177,9 +220,9 @@ impl LocalStore {
                         genset_kwh: row.get(8),
                         min_soc: row.get(9),
                         max_soc: row.get(10),
-                        coverage_pct: row.get(11),
+                        coverage_pct: row.try_get(11).ok()?,
                     },
-                    updated_at: from_micros(row.get(12)),
+                    updated_at: from_micros(row.try_get(12).ok()?),
                 })
             })
             .collect())
@@ -220,10 +263,27 @@ impl LocalStore {
                     resolution,
                     bucket: from_micros(r.get(4)),
                     samples: r.get(5),
-                    min: r.get(6),
-                    max: r.get(7),
-                    mean: r.get(8),
-                    last: r.get(9),
+                    // A value that was not a number is kept as NULL.
+                    min: r
+                        .try_get::<Option<f64>, _>(6)
+                        .ok()
+                        .flatten()
+                        .unwrap_or(f64::NAN),
+                    max: r
+                        .try_get::<Option<f64>, _>(7)
+                        .ok()
+                        .flatten()
+                        .unwrap_or(f64::NAN),
+                    mean: r
+                        .try_get::<Option<f64>, _>(8)
+                        .ok()
+                        .flatten()
+                        .unwrap_or(f64::NAN),
+                    last: r
+                        .try_get::<Option<f64>, _>(9)
+                        .ok()
+                        .flatten()
+                        .unwrap_or(f64::NAN),
                 })
             })
             .collect())
@@ -240,7 +300,12 @@ impl LocalStore {
         let mut removed = 0;
         for (resolution, keep) in Resolution::ALL.into_iter().zip(keep) {
             let Some(keep) = keep else { continue };
-            let before = now - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
+            let Some(before) = chrono::Duration::from_std(keep)
+                .ok()
+                .and_then(|keep| now.checked_sub_signed(keep))
+            else {
+                continue;
+            };
             removed += sqlx::query(&format!(
                 "DELETE FROM {} WHERE bucket_us < ?",
                 resolution.table()

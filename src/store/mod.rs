@@ -21,7 +21,7 @@ use sqlx::sqlite::{
 mod history;
 mod rows;
 
-pub use history::StoredDay;
+pub use history::{SiteDay, StoredDay};
 
 use crate::clock::{Mono, Taken, boot_id, from_micros};
 use crate::config::StoreSync;
@@ -81,6 +81,9 @@ pub struct LocalStore {
     /// How many readings are held for their time (see [`crate::clock`]):
     /// kept, not forwarded, until re-stamped.
     held: Arc<std::sync::atomic::AtomicI64>,
+    /// The earliest time held readings were re-stamped to since it was last
+    /// taken (µs; `i64::MAX`: none).
+    released_from: Arc<std::sync::atomic::AtomicI64>,
 }
 
 /// A status document staged by [`LocalStore::stage_status`].
@@ -242,6 +245,7 @@ impl LocalStore {
             staged_status: Arc::default(),
             waiting: Some(Arc::new(std::sync::atomic::AtomicI64::new(waiting))),
             held: Arc::new(std::sync::atomic::AtomicI64::new(held)),
+            released_from: Arc::new(std::sync::atomic::AtomicI64::new(i64::MAX)),
         })
     }
 
@@ -291,6 +295,7 @@ impl LocalStore {
             staged_status: Arc::default(),
             waiting: None,
             held: Arc::default(),
+            released_from: Arc::new(std::sync::atomic::AtomicI64::new(i64::MAX)),
         })
     }
 
@@ -348,6 +353,15 @@ impl LocalStore {
         self.held.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// The earliest time readings released since the last call were
+    /// stamped with (they joined the readings in the past).
+    pub fn take_released_from(&self) -> Option<DateTime<Utc>> {
+        let us = self
+            .released_from
+            .swap(i64::MAX, std::sync::atomic::Ordering::Relaxed);
+        (us != i64::MAX).then(|| from_micros(us))
+    }
+
     /// Re-stamps the readings held during this boot, now that the time is
     /// known (`stamp` turns a reading's two clocks into its wall time), and
     /// queues them for forwarding. Returns how many.
@@ -365,6 +379,7 @@ impl LocalStore {
         if rows.is_empty() {
             return Ok(0);
         }
+        let mut earliest = i64::MAX;
         let stamps: Vec<serde_json::Value> = rows
             .iter()
             .map(|&(seq, wall_us, mono)| {
@@ -372,7 +387,9 @@ impl LocalStore {
                     mono: Mono::from_nanos(mono),
                     wall: from_micros(wall_us),
                 };
-                serde_json::json!([seq, micros(stamp(taken))])
+                let at = micros(stamp(taken));
+                earliest = earliest.min(at);
+                serde_json::json!([seq, at])
             })
             .collect();
         let released = sqlx::query(
@@ -394,6 +411,8 @@ impl LocalStore {
         .execute(&self.pool)
         .await?
         .rows_affected();
+        self.released_from
+            .fetch_min(earliest, std::sync::atomic::Ordering::Relaxed);
         let n = i64::try_from(released).unwrap_or(i64::MAX);
         self.held.fetch_sub(
             n + i64::try_from(duplicates).unwrap_or(i64::MAX),
