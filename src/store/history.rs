@@ -13,48 +13,39 @@ use super::{LocalStore, StoreError, from_micros, micros, table_from_name};
 use crate::history::{DayEnergy, Resolution, Rollup};
 
 /// The tables; created with the store, and added to an older one.
-pub(super) const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS history_5m (
-    site          TEXT    NOT NULL,
-    device        TEXT    NOT NULL,
-    reading_table TEXT    NOT NULL,
-    metric        TEXT    NOT NULL,
-    bucket_us     INTEGER NOT NULL,
-    samples       INTEGER NOT NULL,
-    min REAL, max REAL, mean REAL, last REAL,
-    PRIMARY KEY (site, device, metric, bucket_us)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS history_1h (
-    site          TEXT    NOT NULL,
-    device        TEXT    NOT NULL,
-    reading_table TEXT    NOT NULL,
-    metric        TEXT    NOT NULL,
-    bucket_us     INTEGER NOT NULL,
-    samples       INTEGER NOT NULL,
-    min REAL, max REAL, mean REAL, last REAL,
-    PRIMARY KEY (site, device, metric, bucket_us)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS history_1d (
-    site          TEXT    NOT NULL,
-    device        TEXT    NOT NULL,
-    reading_table TEXT    NOT NULL,
-    metric        TEXT    NOT NULL,
-    bucket_us     INTEGER NOT NULL,
-    samples       INTEGER NOT NULL,
-    min REAL, max REAL, mean REAL, last REAL,
-    PRIMARY KEY (site, device, metric, bucket_us)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS energy_daily (
-    site                  TEXT NOT NULL,
-    day                   TEXT NOT NULL,
-    solar_kwh REAL, consumption_kwh REAL, battery_charge_kwh REAL,
-    battery_discharge_kwh REAL, grid_import_kwh REAL, grid_export_kwh REAL,
-    genset_kwh REAL, min_soc REAL, max_soc REAL,
-    coverage_pct          REAL    NOT NULL,
-    updated_at_us         INTEGER NOT NULL,
-    PRIMARY KEY (site, day)
-) WITHOUT ROWID;
-";
+pub(super) fn schema() -> String {
+    let mut sql: String = Resolution::ALL
+        .iter()
+        .map(|resolution| {
+            format!(
+                "CREATE TABLE IF NOT EXISTS {} (
+                    site          TEXT    NOT NULL,
+                    device        TEXT    NOT NULL,
+                    reading_table TEXT    NOT NULL,
+                    metric        TEXT    NOT NULL,
+                    bucket_us     INTEGER NOT NULL,
+                    samples       INTEGER NOT NULL,
+                    min REAL, max REAL, mean REAL, last REAL,
+                    PRIMARY KEY (site, device, metric, bucket_us)
+                ) WITHOUT ROWID;\n",
+                resolution.table()
+            )
+        })
+        .collect();
+    sql.push_str(
+        "CREATE TABLE IF NOT EXISTS energy_daily (
+            site                  TEXT NOT NULL,
+            day                   TEXT NOT NULL,
+            solar_kwh REAL, consumption_kwh REAL, battery_charge_kwh REAL,
+            battery_discharge_kwh REAL, grid_import_kwh REAL, grid_export_kwh REAL,
+            genset_kwh REAL, min_soc REAL, max_soc REAL,
+            coverage_pct          REAL    NOT NULL,
+            updated_at_us         INTEGER NOT NULL,
+            PRIMARY KEY (site, day)
+        ) WITHOUT ROWID;",
+    );
+    sql
+}
 
 /// A day of energy as the store keeps it, with when it was computed.
 #[derive(Debug, Clone, PartialEq)]

@@ -205,7 +205,7 @@ impl LocalStore {
             .execute(&pool)
             .await
             .map_err(open_error)?;
-        sqlx::raw_sql(history::SCHEMA)
+        sqlx::raw_sql(&history::schema())
             .execute(&pool)
             .await
             .map_err(open_error)?;
