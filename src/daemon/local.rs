@@ -1,5 +1,5 @@
 //! The daemon's local side: its [`Snapshot`] as the systemd status line
-//! every poll interval and as the status document in the local store (what
+//! every poll interval (at most once a second) and as the status document in the local store (what
 //! `status` reads without a database: committed with the next batch, every
 //! few seconds or when the verdict, the devices polled here or the clock's
 //! basis change), and the local store's retention.
@@ -24,7 +24,9 @@ const STATUS_EVERY: Duration = Duration::from_secs(5);
 
 /// The local side: status document in the store, and the store's retention.
 pub(super) async fn local_loop(shared: Shared, cancel: CancellationToken) {
-    let mut status_tick = crate::schedule::ticker(shared.poll_interval);
+    // At most once a second: a 10 Hz daemon need not judge itself ten
+    // times a second.
+    let mut status_tick = crate::schedule::ticker(shared.poll_interval.max(Duration::from_secs(1)));
     let mut retention_tick = crate::schedule::ticker(shared.config.retention.run_every);
     let mut last_staged: Option<(Instant, Shape)> = None;
     loop {

@@ -116,7 +116,8 @@ impl DirectPath {
             return false;
         }
         let rows: Vec<&Reading> = batch.iter().collect();
-        match tokio::time::timeout(DIRECT_WRITE_LIMIT, copy_rows(pool, &rows)).await {
+        // One statement, one round trip: a live batch is small.
+        match tokio::time::timeout(DIRECT_WRITE_LIMIT, insert_rows(pool, &rows)).await {
             Ok(Ok(())) => {
                 counters.count_batch(rows.into_iter());
                 true

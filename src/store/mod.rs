@@ -139,6 +139,42 @@ fn upsert_status(
     .bind(status.at_us)
 }
 
+/// Inserts readings (none already stored: same table, device and time) in
+/// one statement, in order; returns how many were new.
+async fn insert_rows<'c>(
+    executor: impl sqlx::SqliteExecutor<'c>,
+    readings: &[&Reading],
+) -> Result<u64, sqlx::Error> {
+    if readings.is_empty() {
+        return Ok(0);
+    }
+    let rows: Vec<serde_json::Value> = readings
+        .iter()
+        .map(|r| {
+            let moment = r.unconfirmed.map(Mono::nanos);
+            serde_json::json!([
+                r.table.name(),
+                r.device,
+                r.source.as_str(),
+                micros(r.measured_at),
+                encode_values(&r.values),
+                &*r.site,
+                moment,
+                moment.map(|_| boot_id()),
+            ])
+        })
+        .collect();
+    Ok(sqlx::query(
+        "INSERT OR IGNORE INTO readings (reading_table, device, source, measured_at_us, vals, site, held_mono, held_boot)
+         SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, value ->> 6, value ->> 7
+         FROM json_each(?) ORDER BY key",
+    )
+    .bind(serde_json::Value::Array(rows).to_string())
+    .execute(executor)
+    .await?
+    .rows_affected())
+}
+
 fn micros(at: DateTime<Utc>) -> i64 {
     at.timestamp_micros()
 }
@@ -195,6 +231,10 @@ impl LocalStore {
             // not four 4 KB pages (an SD card's wear). Takes effect when the
             // file is created; an older store keeps its page size.
             .page_size(1024)
+            // 256 pages of cache per connection (SQLite's default is 2 MB):
+            // the writer appends at the end and readers read in order, and a
+            // gateway's memory is small.
+            .pragma("cache_size", "-256")
             .busy_timeout(std::time::Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
             .max_connections(2)
@@ -306,40 +346,37 @@ impl LocalStore {
 
     /// Commits readings in one transaction; a reading already stored (same
     /// table, device and time) is ignored. Returns how many were new.
+    ///
+    /// One statement for the whole batch (its rows as one JSON array), and
+    /// without a status document to save nor readings held for their time
+    /// no explicit transaction either: a single statement is its own, so a
+    /// batch costs one round trip to SQLite's thread and one commit.
     pub async fn append(&self, readings: &[Reading]) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let (mut added, mut held) = (0, 0);
-        for reading in readings {
-            let moment = reading.unconfirmed.map(Mono::nanos);
-            let n = sqlx::query(
-                "INSERT OR IGNORE INTO readings (reading_table, device, source, measured_at_us, vals, site, held_mono, held_boot)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(reading.table.name())
-            .bind(&reading.device)
-            .bind(reading.source.as_str())
-            .bind(micros(reading.measured_at))
-            .bind(encode_values(&reading.values))
-            .bind(&*reading.site)
-            .bind(moment)
-            .bind(moment.map(|_| boot_id()))
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if moment.is_some() {
-                held += n;
-            } else {
-                added += n;
-            }
-        }
+        let (held, confirmed): (Vec<&Reading>, Vec<&Reading>) =
+            readings.iter().partition(|r| r.unconfirmed.is_some());
         let staged = self.take_staged_status();
-        if let Some(status) = &staged {
-            upsert_status(status).execute(&mut *tx).await?;
-        }
-        if let Err(error) = tx.commit().await {
-            self.restage(staged);
-            return Err(error.into());
-        }
+        let (added, held) = if held.is_empty() && staged.is_none() {
+            (insert_rows(&self.pool, &confirmed).await?, 0)
+        } else {
+            let written = async {
+                let mut tx = self.pool.begin().await?;
+                let added = insert_rows(&mut *tx, &confirmed).await?;
+                let held = insert_rows(&mut *tx, &held).await?;
+                if let Some(status) = &staged {
+                    upsert_status(status).execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                Ok::<_, sqlx::Error>((added, held))
+            }
+            .await;
+            match written {
+                Ok(counts) => counts,
+                Err(error) => {
+                    self.restage(staged);
+                    return Err(error.into());
+                }
+            }
+        };
         self.count_waiting(i64::try_from(added).unwrap_or(i64::MAX));
         self.held.fetch_add(
             i64::try_from(held).unwrap_or(i64::MAX),
