@@ -15,15 +15,21 @@ use super::rows::{by_table, present_columns};
 use crate::reading::Reading;
 use crate::reading::{ColumnKind, ReadingTable, Value};
 
+/// A table's rows and the columns they have.
+type TableRows<'a> = (
+    ReadingTable,
+    Vec<&'a Reading>,
+    Vec<(&'static str, ColumnKind)>,
+);
+
 /// Inserts `rows` (any tables) in one statement.
 pub async fn insert_rows(pool: &PgPool, rows: &[&Reading]) -> Result<(), ForwardError> {
-    let tables: Vec<(ReadingTable, Vec<&Reading>, Vec<(&'static str, ColumnKind)>)> =
-        by_table(rows)
-            .map(|(table, of_table)| {
-                let columns = present_columns(table, &of_table);
-                (table, of_table, columns)
-            })
-            .collect();
+    let tables: Vec<TableRows<'_>> = by_table(rows)
+        .map(|(table, of_table)| {
+            let columns = present_columns(table, &of_table);
+            (table, of_table, columns)
+        })
+        .collect();
     if tables.is_empty() {
         return Ok(());
     }
