@@ -141,29 +141,9 @@ pub(super) async fn database_loop(shared: Shared, signals: Signals, cancel: Canc
     pool.close().await;
 }
 
-/// How often the status rows are written while nothing an operator judges
-/// by changes (what does change — a device's health, which devices this
-/// daemon polls, the clock's basis — is written at the next tick): well
-/// within what `status` allows before it calls a daemon gone (three poll
-/// intervals, at least 15 s), and a fifth of the statements of writing
-/// every poll.
-const STATUS_ROWS_EVERY: Duration = Duration::from_secs(5);
-
-/// What makes the status rows worth writing at once.
-fn rows_shape(shared: &Shared) -> (Vec<(String, bool, bool)>, crate::clock::Basis) {
-    let devices = shared
-        .status
-        .snapshot()
-        .into_iter()
-        .map(|d| (d.device.clone(), d.is_healthy(), d.standby))
-        .collect();
-    (devices, shared.clock.report().basis)
-}
-
 async fn status_writer(shared: Shared, pool: PgPool, mode: StorageMode, cancel: CancellationToken) {
     let mut tick = crate::schedule::ticker(shared.poll_interval);
     let mut failing = false;
-    let mut written: Option<(std::time::Instant, _)> = None;
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
@@ -172,14 +152,6 @@ async fn status_writer(shared: Shared, pool: PgPool, mode: StorageMode, cancel: 
         if shared.clock.wants_database_sample() {
             sample_database_clock(&shared, &pool).await;
         }
-        let shape = rows_shape(&shared);
-        let due = written
-            .as_ref()
-            .is_none_or(|(at, was)| at.elapsed() >= STATUS_ROWS_EVERY || *was != shape || failing);
-        if !due {
-            continue;
-        }
-        written = Some((std::time::Instant::now(), shape));
         // Bounded: a slow or absent database never stalls anything else.
         let result =
             tokio::time::timeout(STATUS_WRITE_TIMEOUT, write_db_status(&shared, &pool, mode)).await;

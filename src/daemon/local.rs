@@ -34,20 +34,27 @@ pub(super) async fn local_loop(shared: Shared, cancel: CancellationToken) {
             () = cancel.cancelled() => return,
             _ = status_tick.tick() => {
                 let snapshot = observe::snapshot(&shared).await;
-                crate::systemd::status(&snapshot.one_line());
                 // A document staged a tick ago that no batch committed (no
                 // device answers): committed on its own now.
                 if let Err(error) = shared.store.flush_status().await {
                     tracing::debug!(%error, "Cannot save the status document.");
                 }
                 let shape = Shape::of(&snapshot);
+                let changed = last_staged.as_ref().is_none_or(|(_, was)| *was != shape);
                 let due = last_staged
                     .as_ref()
-                    .is_none_or(|(at, was)| at.elapsed() >= STATUS_EVERY || *was != shape);
-                if due {
+                    .is_none_or(|(at, _)| at.elapsed() >= STATUS_EVERY);
+                if changed || due {
                     stage(&shared, &snapshot);
                     last_staged = Some((Instant::now(), shape));
                 }
+                // A change is saved at once (what `status` reads agrees with
+                // the systemd status line); the periodic save rides with the
+                // next batch.
+                if changed && let Err(error) = shared.store.flush_status().await {
+                    tracing::debug!(%error, "Cannot save the status document.");
+                }
+                crate::systemd::status(&snapshot.one_line());
             }
             _ = retention_tick.tick() => {
                 let mut before = Utc::now() - chrono::Duration::from_std(shared.config.retention.window).unwrap_or_default();

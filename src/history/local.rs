@@ -6,14 +6,10 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 
 use super::aggregate::{Aggregator, DayEnergy};
 use crate::store::{LocalStore, StoreError};
-
-/// Readings per page read from the store.
-const PAGE: i64 = 20_000;
 
 /// Every local day of energy the store knows, oldest first.
 pub async fn energy(
@@ -41,25 +37,27 @@ pub async fn energy(
     Ok(days.into_values().map(|(day, _)| day).collect())
 }
 
-/// The days the store's confirmed readings give.
+/// The days the store's confirmed readings give (read in time order, an
+/// hour at a time).
 async fn from_readings(
     store: &LocalStore,
     tz: Tz,
     max_gap_s: f64,
 ) -> Result<Vec<DayEnergy>, StoreError> {
     let mut aggregator = Aggregator::new(tz, max_gap_s);
-    for (table, device) in store.series().await? {
-        let mut after = DateTime::<Utc>::MIN_UTC;
-        loop {
-            let page = store.series_after(table, &device, after, PAGE).await?;
-            for row in &page {
-                aggregator.push(&row.reading);
-            }
-            match page.last() {
-                Some(last) if page.len() as i64 == PAGE => after = last.reading.measured_at,
-                _ => break,
-            }
+    let (Some(oldest), Some(newest)) = (
+        store.oldest_confirmed().await?,
+        store.newest_confirmed().await?,
+    ) else {
+        return Ok(Vec::new());
+    };
+    let mut from = oldest;
+    while from <= newest {
+        let to = from + chrono::Duration::hours(1);
+        for row in store.readings_between(from, to).await? {
+            aggregator.push(&row.reading);
         }
+        from = to;
     }
     Ok(aggregator.finish().1)
 }

@@ -5,7 +5,8 @@
 //! after the remote commit; without one, the store *is* the database.
 //! Rows that can never be written remotely are parked, not dropped.
 //!
-//! Values are kept as JSON per row; the column set is the reading model's.
+//! Values are kept as a JSON array per row, in the order of the reading
+//! table's columns (the reading model's).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -105,9 +106,8 @@ CREATE TABLE IF NOT EXISTS readings (
     site           TEXT,
     held_mono      INTEGER,
     held_boot      TEXT,
-    UNIQUE (reading_table, device, measured_at_us)
+    UNIQUE (measured_at_us, reading_table, device)
 );
-CREATE INDEX IF NOT EXISTS readings_measured_at ON readings (measured_at_us);
 CREATE TABLE IF NOT EXISTS parked (
     seq            INTEGER PRIMARY KEY,
     reading_table  TEXT    NOT NULL,
@@ -157,7 +157,7 @@ async fn insert_rows<'c>(
                 r.device,
                 r.source.as_str(),
                 micros(r.measured_at),
-                encode_values(&r.values),
+                encode_values(r.table, &r.values),
                 &*r.site,
                 moment,
                 moment.map(|_| boot_id()),
@@ -183,20 +183,28 @@ fn table_from_name(name: &str) -> Option<ReadingTable> {
     ReadingTable::ALL.into_iter().find(|t| t.name() == name)
 }
 
-fn encode_values(values: &[(&'static str, Value)]) -> String {
-    let map: serde_json::Map<String, serde_json::Value> = values
-        .iter()
-        .map(|(column, value)| {
-            let json = match value {
-                Value::Float(v) => serde_json::Number::from_f64(*v)
-                    .map_or(serde_json::Value::Null, serde_json::Value::Number),
-                Value::Int(v) => serde_json::Value::from(*v),
-                Value::Text(t) => serde_json::Value::from(t.as_ref()),
-            };
-            ((*column).to_string(), json)
-        })
-        .collect();
-    serde_json::Value::Object(map).to_string()
+/// A reading's values as the store keeps them: a JSON array in the order of
+/// its table's columns (`null` for a column without a value, trailing ones
+/// left out) — a third of the bytes of an object naming every column, and
+/// so fewer pages per commit. (Rows stored as objects are read as well.)
+fn encode_values(table: ReadingTable, values: &[(&'static str, Value)]) -> String {
+    let columns = table.columns();
+    let mut slots = vec![serde_json::Value::Null; columns.len()];
+    for (column, value) in values {
+        let Some(index) = columns.iter().position(|(c, _)| c == column) else {
+            continue;
+        };
+        slots[index] = match value {
+            Value::Float(v) => serde_json::Number::from_f64(*v)
+                .map_or(serde_json::Value::Null, serde_json::Value::Number),
+            Value::Int(v) => serde_json::Value::from(*v),
+            Value::Text(t) => serde_json::Value::from(t.as_ref()),
+        };
+    }
+    while slots.last().is_some_and(serde_json::Value::is_null) {
+        slots.pop();
+    }
+    serde_json::Value::Array(slots).to_string()
 }
 
 impl LocalStore {
@@ -566,36 +574,6 @@ impl LocalStore {
         Ok(found.into_iter().next())
     }
 
-    /// Every series (table and device) with confirmed readings.
-    pub async fn series(&self) -> Result<Vec<(ReadingTable, String)>, StoreError> {
-        let rows: Vec<(String, String)> = sqlx::query_as(
-            "SELECT DISTINCT reading_table, device FROM readings WHERE held_mono IS NULL ORDER BY 1, 2",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|(table, device)| Some((table_from_name(&table)?, device)))
-            .collect())
-    }
-
-    /// Up to `limit` confirmed readings of one series measured after
-    /// `after`, in time order (a page of the series).
-    pub async fn series_after(
-        &self,
-        table: ReadingTable,
-        device: &str,
-        after: DateTime<Utc>,
-        limit: i64,
-    ) -> Result<Vec<StoredReading>, StoreError> {
-        let tail = format!(
-            "WHERE reading_table = '{}' AND device = ?3 AND measured_at_us > ?1 AND held_mono IS NULL
-             ORDER BY measured_at_us LIMIT ?2",
-            table.name()
-        );
-        self.select(&tail, micros(after), limit, device).await
-    }
-
     /// Every confirmed reading measured in `[from, to)`, in time order (by
     /// the time index: a span of minutes costs what its rows cost, however
     /// long the store's backlog).
@@ -756,6 +734,15 @@ impl LocalStore {
         sites.sort();
         sites.dedup();
         Ok(sites)
+    }
+
+    /// When the newest confirmed reading was measured.
+    pub async fn newest_confirmed(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let newest: Option<i64> =
+            sqlx::query_scalar("SELECT max(measured_at_us) FROM readings WHERE held_mono IS NULL")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(newest.map(from_micros))
     }
 
     /// When the oldest confirmed reading was measured.

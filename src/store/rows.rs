@@ -123,7 +123,20 @@ impl<'de> DeserializeSeed<'de> for ValuesSeed {
     type Value = Vec<(&'static str, Value)>;
 
     fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_map(self)
+        d.deserialize_any(self)
+    }
+}
+
+/// A stored value typed by its column's kind (`None`: of the wrong kind).
+fn typed(kind: ColumnKind, value: Scalar) -> Option<Value> {
+    match value {
+        Scalar::Number(n) => match kind {
+            ColumnKind::Float => n.as_f64().map(Value::Float),
+            ColumnKind::Int => n.as_i64().map(Value::Int),
+            ColumnKind::Text => None,
+        },
+        Scalar::Text(t) if kind == ColumnKind::Text => Some(Value::Text(t.into())),
+        Scalar::Text(_) | Scalar::Null => None,
     }
 }
 
@@ -131,7 +144,23 @@ impl<'de> Visitor<'de> for ValuesSeed {
     type Value = Vec<(&'static str, Value)>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an object of column values")
+        f.write_str("an array of column values (or an object naming them)")
+    }
+
+    /// Values in the table's column order.
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let columns = self.0.columns();
+        let mut values = Vec::with_capacity(columns.len());
+        let mut index = 0;
+        while let Some(value) = seq.next_element::<Scalar>()? {
+            if let Some((column, kind)) = columns.get(index)
+                && let Some(value) = typed(*kind, value)
+            {
+                values.push((*column, value));
+            }
+            index += 1;
+        }
+        Ok(values)
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
@@ -145,17 +174,7 @@ impl<'de> Visitor<'de> for ValuesSeed {
                 map.next_value::<IgnoredAny>()?;
                 continue;
             };
-            let kind = &columns[index].1;
-            let value = match map.next_value::<Scalar>()? {
-                Scalar::Number(n) => match kind {
-                    ColumnKind::Float => n.as_f64().map(Value::Float),
-                    ColumnKind::Int => n.as_i64().map(Value::Int),
-                    ColumnKind::Text => None,
-                },
-                Scalar::Text(t) if *kind == ColumnKind::Text => Some(Value::Text(t.into())),
-                Scalar::Text(_) | Scalar::Null => None,
-            };
-            slots[index] = value;
+            slots[index] = typed(columns[index].1, map.next_value::<Scalar>()?);
         }
         Ok(columns
             .iter()
@@ -209,5 +228,32 @@ impl Visitor<'_> for ScalarVisitor {
 
     fn visit_unit<E>(self) -> Result<Scalar, E> {
         Ok(Scalar::Null)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A row as this store writes it (values by column position) and as
+    /// earlier stores did (an object naming each column) read alike.
+    #[test]
+    fn values_by_position_and_by_name_read_alike() {
+        let legacy: Arc<str> = Arc::from("ranch");
+        // The battery table's first columns: soc, voltage, current, power, state.
+        let by_position = r#"[[7,"battery_readings","bank","modbus",1800000000000000,[80.5,52.31,null,-650,"discharging"],"ranch"]]"#;
+        let by_name = r#"[[7,"battery_readings","bank","modbus",1800000000000000,{"state":"discharging","power":-650,"voltage":52.31,"soc":80.5},null]]"#;
+        let a = parse(by_position, &legacy).unwrap();
+        let b = parse(by_name, &legacy).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(
+            a[0].reading.values,
+            vec![
+                ("soc", Value::Float(80.5)),
+                ("voltage", Value::Float(52.31)),
+                ("power", Value::Float(-650.0)),
+                ("state", Value::Text("discharging".into())),
+            ]
+        );
     }
 }
