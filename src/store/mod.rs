@@ -85,6 +85,12 @@ pub struct LocalStore {
     /// The earliest time held readings were re-stamped to since it was last
     /// taken (µs; `i64::MAX`: none).
     released_from: Arc<std::sync::atomic::AtomicI64>,
+    /// The next reading's `seq`: kept by the only writer, above every seq
+    /// the file ever held, so it never repeats — a forwarder's pending
+    /// `remove_through(seq)` can never take a newer reading, even after the
+    /// table emptied (what SQLite's AUTOINCREMENT guarantees with a write to
+    /// its counter table in every commit).
+    next_seq: Arc<std::sync::atomic::AtomicI64>,
 }
 
 /// A status document staged by [`LocalStore::stage_status`].
@@ -97,7 +103,7 @@ struct StagedStatus {
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS readings (
-    seq            INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq            INTEGER PRIMARY KEY,
     reading_table  TEXT    NOT NULL,
     device         TEXT    NOT NULL,
     source         TEXT    NOT NULL,
@@ -143,16 +149,23 @@ fn upsert_status(
 /// one statement, in order; returns how many were new.
 async fn insert_rows<'c>(
     executor: impl sqlx::SqliteExecutor<'c>,
+    next_seq: &std::sync::atomic::AtomicI64,
     readings: &[&Reading],
 ) -> Result<u64, sqlx::Error> {
     if readings.is_empty() {
         return Ok(0);
     }
+    let first = next_seq.fetch_add(
+        i64::try_from(readings.len()).unwrap_or(i64::MAX),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let rows: Vec<serde_json::Value> = readings
         .iter()
-        .map(|r| {
+        .zip(first..)
+        .map(|(r, seq)| {
             let moment = r.unconfirmed.map(Mono::nanos);
             serde_json::json!([
+                seq,
                 r.table.name(),
                 r.device,
                 r.source.as_str(),
@@ -165,8 +178,9 @@ async fn insert_rows<'c>(
         })
         .collect();
     Ok(sqlx::query(
-        "INSERT OR IGNORE INTO readings (reading_table, device, source, measured_at_us, vals, site, held_mono, held_boot)
-         SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, value ->> 6, value ->> 7
+        "INSERT OR IGNORE INTO readings (seq, reading_table, device, source, measured_at_us, vals, site, held_mono, held_boot)
+         SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, value ->> 6,
+                value ->> 7, value ->> 8
          FROM json_each(?) ORDER BY key",
     )
     .bind(serde_json::Value::Array(rows).to_string())
@@ -280,6 +294,25 @@ impl LocalStore {
                     .map_err(open_error)?;
             }
         }
+        // Above every seq the file holds or (with AUTOINCREMENT, in a store
+        // created before the store kept its own counter) ever held.
+        let counted: bool = sqlx::query_scalar(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE name = 'sqlite_sequence'",
+        )
+        .fetch_one(&pool)
+        .await
+        .map_err(open_error)?;
+        let highest_seq: i64 = sqlx::query_scalar(&format!(
+            "SELECT max(coalesce((SELECT max(seq) FROM readings), 0), coalesce((SELECT max(seq) FROM parked), 0){})",
+            if counted {
+                ", coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'readings'), 0)"
+            } else {
+                ""
+            }
+        ))
+        .fetch_one(&pool)
+        .await
+        .map_err(open_error)?;
         let (waiting, held): (i64, i64) = sqlx::query_as(
             "SELECT count(*) FILTER (WHERE held_mono IS NULL), count(*) FILTER (WHERE held_mono IS NOT NULL) FROM readings",
         )
@@ -294,6 +327,7 @@ impl LocalStore {
             waiting: Some(Arc::new(std::sync::atomic::AtomicI64::new(waiting))),
             held: Arc::new(std::sync::atomic::AtomicI64::new(held)),
             released_from: Arc::new(std::sync::atomic::AtomicI64::new(i64::MAX)),
+            next_seq: Arc::new(std::sync::atomic::AtomicI64::new(highest_seq + 1)),
         })
     }
 
@@ -344,6 +378,7 @@ impl LocalStore {
             waiting: None,
             held: Arc::default(),
             released_from: Arc::new(std::sync::atomic::AtomicI64::new(i64::MAX)),
+            next_seq: Arc::default(),
         })
     }
 
@@ -364,12 +399,15 @@ impl LocalStore {
             readings.iter().partition(|r| r.unconfirmed.is_some());
         let staged = self.take_staged_status();
         let (added, held) = if held.is_empty() && staged.is_none() {
-            (insert_rows(&self.pool, &confirmed).await?, 0)
+            (
+                insert_rows(&self.pool, &self.next_seq, &confirmed).await?,
+                0,
+            )
         } else {
             let written = async {
                 let mut tx = self.pool.begin().await?;
-                let added = insert_rows(&mut *tx, &confirmed).await?;
-                let held = insert_rows(&mut *tx, &held).await?;
+                let added = insert_rows(&mut *tx, &self.next_seq, &confirmed).await?;
+                let held = insert_rows(&mut *tx, &self.next_seq, &held).await?;
                 if let Some(status) = &staged {
                     upsert_status(status).execute(&mut *tx).await?;
                 }
