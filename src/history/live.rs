@@ -269,17 +269,23 @@ impl LiveRollups {
             let mut rollups = aggregator.take_closed(until);
             let (open, days) = aggregator.provisional(until);
             rollups.extend(open);
-            // Read from its start, the day replaces what was there (a
-            // restart, a changed time zone): in the same transaction.
-            let whole = if self.fresh {
-                site_days(&rollups, day, start, end)
-            } else {
-                Vec::new()
-            };
+            let whole = self.replaced(&rollups, day);
             rows.write(&rollups, &days, &whole, until, self.tz).await?;
             self.fresh = false;
             step.rollups += rollups.len();
             self.through = until;
+        }
+    }
+
+    /// What the next write of `day` replaces: read from its start (a new
+    /// day, a restart, a re-read), the day replaces what was there for
+    /// each of its sites (a changed time zone leaves nothing behind), in
+    /// the same transaction; otherwise nothing.
+    fn replaced(&self, rollups: &[Rollup], day: NaiveDate) -> Vec<SiteDay> {
+        if self.fresh {
+            site_days(rollups, day, day_start(day, self.tz), day_end(day, self.tz))
+        } else {
+            Vec::new()
         }
     }
 
@@ -294,12 +300,7 @@ impl LiveRollups {
         let written = async {
             rows.feed(&self.sites, end, edge, &mut aggregator).await?;
             let (rollups, days) = aggregator.finish();
-            // (A day still fresh was read whole in this step.)
-            let whole = if self.fresh {
-                site_days(&rollups, day, start, end)
-            } else {
-                Vec::new()
-            };
+            let whole = self.replaced(&rollups, day);
             rows.write(&rollups, &days, &whole, edge, self.tz).await?;
             self.fresh = false;
             Ok::<_, LiveError>(rollups.len())
