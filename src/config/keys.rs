@@ -350,9 +350,10 @@ table! {
     RETENTION_WINDOW_HOURS = integer(
         "retention.window_hours",
         72,
-        (1, 24 * 365 * 10),
+        (26, 24 * 365 * 10),
         Hours,
-        "readings older than this are deleted, in every store",
+        "readings older than this are deleted, in every store (at least a day and two hours: \
+         a completed day is rolled up from its readings an hour after it ends)",
     );
     RETENTION_RUN_EVERY_MINUTES = integer(
         "retention.run_every_minutes",
