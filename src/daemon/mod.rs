@@ -174,6 +174,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
+    // Held until the daemon ends: one daemon per local store.
+    let _state_lock = crate::store::StateLock::take(&options.state_dir)?;
     let store = LocalStore::open_with(&options.state_dir, config.store.sync)
         .await?
         .with_legacy_site(config.site.installation_id.as_deref().unwrap_or_default());

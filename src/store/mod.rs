@@ -48,6 +48,51 @@ pub enum StoreError {
     /// A status document could not be encoded.
     #[error("cannot encode a status document: {0}")]
     Encode(#[from] serde_json::Error),
+    /// Another daemon runs on the same state directory.
+    #[error(
+        "another victron-poller daemon runs on the state directory {path} (it holds {LOCK_NAME}); \
+         give each daemon its own --state-dir"
+    )]
+    InUse {
+        /// The directory.
+        path: String,
+    },
+}
+
+/// The lock file a running daemon holds in its state directory.
+pub const LOCK_NAME: &str = "victron-poller.lock";
+
+/// A state directory held by this process for as long as it lives: one
+/// daemon per local store (its writer keeps the readings' order).
+#[derive(Debug)]
+pub struct StateLock {
+    _file: std::fs::File,
+}
+
+impl StateLock {
+    /// Takes the state directory `dir` (creating it), or says which daemon
+    /// has it. The kernel releases it when the process ends, however.
+    pub fn take(dir: &Path) -> Result<Self, StoreError> {
+        let path = dir.join(LOCK_NAME);
+        let open_error = |e: std::io::Error| StoreError::Open {
+            path: path.display().to_string(),
+            source: sqlx::Error::Io(e),
+        };
+        std::fs::create_dir_all(dir).map_err(open_error)?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(open_error)?;
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => Ok(Self { _file: file }),
+            Err(rustix::io::Errno::WOULDBLOCK) => Err(StoreError::InUse {
+                path: dir.display().to_string(),
+            }),
+            Err(e) => Err(open_error(e.into())),
+        }
+    }
 }
 
 /// Why readings held across a reboot are parked.

@@ -387,6 +387,57 @@ async fn end_to_end_through_pgbouncer_on_plain_postgres() {
     end_to_end(Flavour::Plain, Route::PgBouncer).await;
 }
 
+/// One daemon per state directory: a second one started on it refuses,
+/// naming the directory, and the first goes on polling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_daemon_on_the_same_state_directory_refuses() {
+    let sim = simulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), sim.addr().port(), 100);
+    let state = dir.path().join("state");
+    let mut first = spawn_daemon(&config, &state, None);
+    wait_for(
+        "the first daemon's readings",
+        Duration::from_secs(20),
+        async || {
+            try_store_status(&state)
+                .await
+                .is_some_and(|doc| doc["rows_stored"].as_i64().unwrap_or(0) > 0)
+        },
+    )
+    .await;
+    let second = run_cli(
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "run",
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let (stdout, stderr) = texts(&second);
+    assert_ne!(second.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("another victron-poller daemon runs on the state directory")
+            && stderr.contains(state.to_str().unwrap()),
+        "{stderr}"
+    );
+    let before = store_status(&state).await["rows_stored"].as_i64().unwrap();
+    wait_for(
+        "the first daemon still storing",
+        Duration::from_secs(20),
+        async || {
+            try_store_status(&state)
+                .await
+                .is_some_and(|doc| doc["rows_stored"].as_i64().unwrap_or(0) > before)
+        },
+    )
+    .await;
+    sigterm(&first);
+    assert_eq!(wait_exit(&mut first, Duration::from_secs(20)), 0);
+}
+
 /// No database: the local store is the database, and `status` reads it.
 /// SIGTERM mid-batch: every reading the sources produced is in the store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
