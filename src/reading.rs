@@ -38,7 +38,9 @@ impl ReadingTable {
         }
     }
 
-    /// The value columns (all but the common ones), with their kind.
+    /// The value columns (all but the common ones), with their kind. New
+    /// columns go at the end of a table's list: the local store keeps a
+    /// reading's values by their position in it.
     pub fn columns(self) -> &'static [(&'static str, ColumnKind)] {
         use ColumnKind::{Float, Int, Text};
         match self {

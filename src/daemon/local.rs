@@ -34,11 +34,6 @@ pub(super) async fn local_loop(shared: Shared, cancel: CancellationToken) {
             () = cancel.cancelled() => return,
             _ = status_tick.tick() => {
                 let snapshot = observe::snapshot(&shared).await;
-                // A document staged a tick ago that no batch committed (no
-                // device answers): committed on its own now.
-                if let Err(error) = shared.store.flush_status().await {
-                    tracing::debug!(%error, "Cannot save the status document.");
-                }
                 let shape = Shape::of(&snapshot);
                 let changed = last_staged.as_ref().is_none_or(|(_, was)| *was != shape);
                 let due = last_staged
@@ -50,8 +45,9 @@ pub(super) async fn local_loop(shared: Shared, cancel: CancellationToken) {
                 }
                 // A change is saved at once (what `status` reads agrees with
                 // the systemd status line); the periodic save rides with the
-                // next batch.
-                if changed && let Err(error) = shared.store.flush_status().await {
+                // next batch, and one staged a tick ago that no batch
+                // committed (no device answers) is committed on its own now.
+                if (changed || !due) && let Err(error) = shared.store.flush_status().await {
                     tracing::debug!(%error, "Cannot save the status document.");
                 }
                 crate::systemd::status(&snapshot.one_line());

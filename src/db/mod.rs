@@ -92,12 +92,9 @@ pub fn connect_options(config: &DatabaseConfig) -> Result<PgConnectOptions, DbEr
 /// limit; connections beyond the first close after a minute unused.
 pub async fn connect(config: &DatabaseConfig) -> Result<PgPool, DbError> {
     let options = connect_options(config)?;
-    // No ping before each use (a round trip per batch): a connection that
-    // broke fails its statement, which every caller retries.
     let pool = PgPoolOptions::new()
         .max_connections(config.max_connections)
         .min_connections(0)
-        .test_before_acquire(false)
         .idle_timeout(Some(std::time::Duration::from_secs(60)))
         .acquire_timeout(config.connect_timeout.max(config.write_timeout))
         .connect_lazy_with(options);

@@ -45,19 +45,17 @@ async fn from_readings(
     max_gap_s: f64,
 ) -> Result<Vec<DayEnergy>, StoreError> {
     let mut aggregator = Aggregator::new(tz, max_gap_s);
-    let (Some(oldest), Some(newest)) = (
-        store.oldest_confirmed().await?,
-        store.newest_confirmed().await?,
-    ) else {
-        return Ok(Vec::new());
-    };
-    let mut from = oldest;
-    while from <= newest {
-        let to = from + chrono::Duration::hours(1);
+    // An hour at a time, skipping to the next reading over any gap (a
+    // stray time years away costs one query, not one per hour between).
+    let mut next = store.oldest_confirmed().await?;
+    while let Some(from) = next {
+        let Some(to) = from.checked_add_signed(chrono::Duration::hours(1)) else {
+            break;
+        };
         for row in store.readings_between(from, to).await? {
             aggregator.push(&row.reading);
         }
-        from = to;
+        next = store.next_confirmed(to).await?;
     }
     Ok(aggregator.finish().1)
 }

@@ -223,10 +223,13 @@ async fn insert_rows<'c>(
         })
         .collect();
     Ok(sqlx::query(
-        "INSERT OR IGNORE INTO readings (seq, reading_table, device, source, measured_at_us, vals, site, held_mono, held_boot)
+        // Only a reading already stored is skipped: a clash of `seq` (which
+        // one writer per store never makes) is an error, not a lost reading.
+        "INSERT INTO readings (seq, reading_table, device, source, measured_at_us, vals, site, held_mono, held_boot)
          SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, value ->> 6,
                 value ->> 7, value ->> 8
-         FROM json_each(?) ORDER BY key",
+         FROM json_each(?) WHERE true ORDER BY key
+         ON CONFLICT (measured_at_us, reading_table, device) DO NOTHING",
     )
     .bind(serde_json::Value::Array(rows).to_string())
     .execute(executor)
@@ -298,7 +301,7 @@ impl LocalStore {
             // not four 4 KB pages (an SD card's wear). Takes effect when the
             // file is created; an older store keeps its page size.
             .page_size(1024)
-            // 256 pages of cache per connection (SQLite's default is 2 MB):
+            // 256 KiB of cache per connection (SQLite's default is 2 MiB):
             // the writer appends at the end and readers read in order, and a
             // gateway's memory is small.
             .pragma("cache_size", "-256")
@@ -826,6 +829,21 @@ impl LocalStore {
                 .fetch_one(&self.pool)
                 .await?;
         Ok(newest.map(from_micros))
+    }
+
+    /// When the first confirmed reading measured at or after `at` was
+    /// measured.
+    pub async fn next_confirmed(
+        &self,
+        at: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let next: Option<i64> = sqlx::query_scalar(
+            "SELECT min(measured_at_us) FROM readings WHERE measured_at_us >= ? AND held_mono IS NULL",
+        )
+        .bind(micros(at))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(next.map(from_micros))
     }
 
     /// When the oldest confirmed reading was measured.
