@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 
 use super::{Exit, require_database};
 use crate::config::Config;
-use crate::history::buckets::{day_end, day_start, local_day};
+use crate::history::buckets::{day_end, day_start, first_day_from, local_day};
 use crate::history::live::{LiveRollups, RawRows};
 use crate::history::rebuild::{self, Range};
 use crate::store::LocalStore;
@@ -111,12 +111,7 @@ async fn in_local_store(
         return Ok(Exit::Ok);
     };
     let window = chrono::Duration::from_std(config.retention.window).unwrap_or_default();
-    let first = from.unwrap_or_else(|| {
-        let untouched = local_day(now - window, tz)
-            .succ_opt()
-            .unwrap_or(local_day(now, tz));
-        local_day(oldest, tz).max(untouched)
-    });
+    let first = from.unwrap_or_else(|| local_day(oldest, tz).max(first_day_from(now - window, tz)));
     let last = to.unwrap_or_else(|| local_day(now, tz));
     let sites = match site {
         Some(site) => vec![site],

@@ -188,10 +188,7 @@ async fn status_writer(shared: Shared, pool: PgPool, mode: StorageMode, cancel: 
 /// (see [`crate::history::rebuild::roll_completed_days`]).
 async fn roll_completed_days(shared: &Shared, pool: &PgPool) {
     let waiting = shared.store.depth_by_site().await.unwrap_or_default();
-    let mut sites: Vec<&String> = shared.sites.values().collect();
-    sites.sort();
-    sites.dedup();
-    for site in sites {
+    for site in &crate::history::live::sites_of(shared.sites.values()) {
         let rolled = crate::history::rebuild::roll_completed_days(
             pool,
             shared.config.site.timezone,

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Shared;
 use crate::forward::DIRECT_WRITE_LIMIT;
-use crate::history::buckets::{day_start, local_day};
+use crate::history::buckets::{day_start, first_day_from, local_day};
 use crate::history::live::{LiveRollups, RawRows, resume_from, sites_of};
 
 /// How often a boundary that cannot be taken yet is looked at again.
@@ -53,12 +53,7 @@ pub(super) async fn rollup_loop(shared: Shared, rows: RawRows, cancel: Cancellat
         RawRows::Database(_) => now,
         RawRows::Store(store) => resume_from(store, tz, now).await,
     };
-    let mut live = LiveRollups::new(
-        tz,
-        shared.config.history.max_gap.as_secs_f64(),
-        sites.clone(),
-        from,
-    );
+    let mut live = LiveRollups::new(tz, shared.config.history.max_gap.as_secs_f64(), sites, from);
     let settle = settle(&shared);
     let publish = |live: &LiveRollups| {
         shared
@@ -70,17 +65,7 @@ pub(super) async fn rollup_loop(shared: Shared, rows: RawRows, cancel: Cancellat
     loop {
         let wait = match shared.clock.now() {
             None => RECHECK,
-            Some(now) => {
-                step(
-                    &shared,
-                    &rows,
-                    &sites,
-                    &mut live,
-                    now - settle,
-                    &mut failing,
-                )
-                .await
-            }
+            Some(now) => step(&shared, &rows, &mut live, now - settle, &mut failing).await,
         };
         publish(&live);
         if wait.is_zero() {
@@ -99,7 +84,6 @@ pub(super) async fn rollup_loop(shared: Shared, rows: RawRows, cancel: Cancellat
 async fn step(
     shared: &Shared,
     rows: &RawRows,
-    sites: &[String],
     live: &mut LiveRollups,
     settled: DateTime<Utc>,
     failing: &mut bool,
@@ -119,7 +103,7 @@ async fn step(
             .unwrap_or(RECHECK)
             .clamp(RECHECK, Duration::from_secs(60));
     }
-    if let Some(blocked) = waiting_before(shared, rows, sites, live, settled, target).await {
+    if let Some(blocked) = waiting_before(shared, rows, live, settled, target).await {
         tracing::trace!(%blocked, "Rollups wait for readings still in the local store.");
         return RECHECK;
     }
@@ -154,16 +138,16 @@ async fn step(
 /// How far back a rewind may go: with a database, to the start of the day
 /// being rolled up or of today, whichever is earlier (earlier days are the
 /// daily roll-up's, which sees late rows by their arrival); without one,
-/// to the first day raw retention has not started on.
+/// to the first day raw retention has not started on (a day it has would
+/// be rolled up again with less than it had).
 fn earliest_rewind(shared: &Shared, live: &LiveRollups, now: DateTime<Utc>) -> DateTime<Utc> {
     let tz = shared.config.site.timezone;
     match shared.config.database {
-        Some(_) => day_start(local_day(now, tz), tz).min(live.needed_from()),
+        Some(_) => day_start(local_day(now, tz), tz).min(live.open_day_start()),
         None => {
             let window = chrono::Duration::from_std(shared.config.retention.window)
                 .unwrap_or(chrono::Duration::days(3));
-            let bound = now - window;
-            day_start(local_day(bound, tz), tz).max(bound)
+            day_start(first_day_from(now - window, tz), tz)
         }
     }
 }
@@ -174,7 +158,6 @@ fn earliest_rewind(shared: &Shared, live: &LiveRollups, now: DateTime<Utc>) -> D
 async fn waiting_before(
     shared: &Shared,
     rows: &RawRows,
-    sites: &[String],
     live: &mut LiveRollups,
     now: DateTime<Utc>,
     target: DateTime<Utc>,
@@ -190,7 +173,8 @@ async fn waiting_before(
         // Cannot tell: wait.
         Err(_) => return Some(target),
     };
-    let oldest = sites
+    let oldest = live
+        .sites()
         .iter()
         .filter_map(|site| waiting.get(site).and_then(|(_, oldest)| *oldest))
         .min()?;

@@ -48,6 +48,17 @@ impl Resolution {
     }
 }
 
+/// The first local day that starts at or after `instant` (the first day
+/// whole after a retention bound).
+pub fn first_day_from(instant: DateTime<Utc>, tz: Tz) -> NaiveDate {
+    let day = local_day(instant, tz);
+    if day_start(day, tz) < instant {
+        day.succ_opt().unwrap_or(day)
+    } else {
+        day
+    }
+}
+
 /// The local date `at` falls on.
 pub fn local_day(at: DateTime<Utc>, tz: Tz) -> NaiveDate {
     at.with_timezone(&tz).date_naive()

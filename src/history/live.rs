@@ -169,15 +169,25 @@ impl LiveRollups {
         self.through
     }
 
-    /// The earliest measurement a later step may read again: from the
-    /// start of the day being rolled up, less the longest bridged gap.
-    /// Raw readings before it are no longer needed by the rollups.
-    pub fn needed_from(&self) -> DateTime<Utc> {
+    /// The sites rolled up.
+    pub fn sites(&self) -> &[String] {
+        &self.sites
+    }
+
+    /// The start of the day being rolled up.
+    pub fn open_day_start(&self) -> DateTime<Utc> {
         let day = match &self.day {
             Some((day, _)) => *day,
             None => local_day(self.through, self.tz),
         };
-        day_start(day, self.tz) - self.gap()
+        day_start(day, self.tz)
+    }
+
+    /// The earliest measurement a later step may read again: from the
+    /// start of the day being rolled up, less the longest bridged gap.
+    /// Raw readings before it are no longer needed by the rollups.
+    pub fn needed_from(&self) -> DateTime<Utc> {
+        self.open_day_start() - self.gap()
     }
 
     /// Readings measured at `at` reached the raw rows after their five
@@ -193,11 +203,7 @@ impl LiveRollups {
     /// After a failed step: the day being rolled up is read again from its
     /// start (part of a span may have been fed).
     fn restart_day(&mut self) {
-        let day = match &self.day {
-            Some((day, _)) => *day,
-            None => local_day(self.through, self.tz),
-        };
-        self.through = day_start(day, self.tz).min(self.through);
+        self.through = self.open_day_start().min(self.through);
         self.day = None;
     }
 

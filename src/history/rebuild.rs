@@ -11,7 +11,7 @@ use futures_util::TryStreamExt as _;
 use sqlx::{PgPool, Row};
 
 use super::aggregate::{Aggregator, DayEnergy, Rollup};
-use super::buckets::{Resolution, day_end, day_start, local_day};
+use super::buckets::{Resolution, day_end, day_start, first_day_from, local_day};
 use crate::reading::{ColumnKind, Reading, ReadingTable, SourceKind, Value};
 
 /// What to rebuild: a site (every site when `None`) and local days
@@ -150,16 +150,6 @@ async fn retention_bound(
     .fetch_one(pool)
     .await?;
     Ok((row.get(0), row.get(1)))
-}
-
-/// The first local day that starts at or after `instant`.
-fn first_day_from(instant: DateTime<Utc>, tz: Tz) -> NaiveDate {
-    let day = local_day(instant, tz);
-    if day_start(day, tz) < instant {
-        day.succ_opt().unwrap_or(day)
-    } else {
-        day
-    }
 }
 
 /// Streams a table's rows in `[from, to)` (of `site`) into the aggregator,
