@@ -96,6 +96,11 @@ pub async fn connect(config: &DatabaseConfig) -> Result<PgPool, DbError> {
         .max_connections(config.max_connections)
         .min_connections(0)
         .idle_timeout(Some(std::time::Duration::from_secs(60)))
+        // No ping before each use (two round trips a second on every
+        // gateway, with the one sqlx makes as each connection is released,
+        // which closes a broken one): a connection that died since its last
+        // use fails that one write, and the local store keeps its batch.
+        .test_before_acquire(false)
         .acquire_timeout(config.connect_timeout.max(config.write_timeout))
         .connect_lazy_with(options);
     match pool.acquire().await {

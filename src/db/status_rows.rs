@@ -87,12 +87,13 @@ pub struct SiteRows {
 /// taken first, so writers of other sites wait their turn and each
 /// recomputation sees every committed site row.
 pub async fn write(pool: &PgPool, sites: &[SiteRows]) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SET LOCAL statement_timeout = '5s'")
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("SELECT 1 FROM victron.polling_status WHERE id = 1 FOR UPDATE")
-        .execute(&mut *tx)
+    // One round trip opens the transaction, bounds it and takes the lock
+    // (written every poll interval: each round trip is a gateway's CPU).
+    let mut tx = pool
+        .begin_with(
+            "BEGIN; SET LOCAL statement_timeout = '5s';
+             SELECT 1 FROM victron.polling_status WHERE id = 1 FOR UPDATE",
+        )
         .await?;
     for site in sites {
         write_site(&mut tx, site).await?;
@@ -103,8 +104,11 @@ pub async fn write(pool: &PgPool, sites: &[SiteRows]) -> Result<(), sqlx::Error>
 
 async fn write_site(tx: &mut sqlx::PgConnection, site: &SiteRows) -> Result<(), sqlx::Error> {
     let poller = &site.status;
+    let devices = &site.devices;
+    // The site's row and every device's row in one statement: one round
+    // trip, however many devices.
     sqlx::query(
-        "INSERT INTO victron.site_status (installation_id, last_poll_attempt, last_successful_poll,
+        "WITH site AS (INSERT INTO victron.site_status (installation_id, last_poll_attempt, last_successful_poll,
              last_error, consecutive_failures, is_healthy, poller_host, poller_version,
              poller_started_at, poll_interval_ms, devices_configured, devices_healthy,
              rows_written_last_batch, rows_written_total, spool_depth, spool_oldest_age_s,
@@ -123,7 +127,20 @@ async fn write_site(tx: &mut sqlx::PgConnection, site: &SiteRows) -> Result<(), 
              spool_oldest_age_s = excluded.spool_oldest_age_s, retention_window_s = excluded.retention_window_s,
              storage_mode = excluded.storage_mode, poller_stopped_at = excluded.poller_stopped_at,
              clock = excluded.clock, clock_offset_s = excluded.clock_offset_s,
-             held_readings = excluded.held_readings, updated_at = now()",
+             held_readings = excluded.held_readings, updated_at = now())
+         INSERT INTO victron.device_status (device, source, address, product_id, product_name, serial,
+             firmware, last_attempt, last_success, last_error, last_error_class, consecutive_failures,
+             backoff_ms, installation_id, updated_at)
+         SELECT d.*, $19, now() FROM UNNEST($23::text[], $24::text[], $25::text[], $26::int[], $27::text[],
+             $28::text[], $29::text[], $30::timestamptz[], $31::timestamptz[], $32::text[], $33::text[],
+             $34::int[], $35::bigint[]) AS d
+         ON CONFLICT (installation_id, device) DO UPDATE SET source = excluded.source, address = excluded.address,
+             product_id = excluded.product_id, product_name = excluded.product_name,
+             serial = excluded.serial, firmware = excluded.firmware,
+             last_attempt = excluded.last_attempt, last_success = excluded.last_success,
+             last_error = excluded.last_error, last_error_class = excluded.last_error_class,
+             consecutive_failures = excluded.consecutive_failures, backoff_ms = excluded.backoff_ms,
+             updated_at = now()",
     )
     .bind(poller.last_attempt)
     .bind(poller.last_success)
@@ -147,26 +164,6 @@ async fn write_site(tx: &mut sqlx::PgConnection, site: &SiteRows) -> Result<(), 
     .bind(poller.clock)
     .bind(poller.clock_offset_s)
     .bind(poller.held_readings)
-    .execute(&mut *tx)
-    .await?;
-    // Every device of the site in one statement: one round trip, however
-    // many devices.
-    let devices = &site.devices;
-    sqlx::query(
-        "INSERT INTO victron.device_status (device, source, address, product_id, product_name, serial,
-             firmware, last_attempt, last_success, last_error, last_error_class, consecutive_failures,
-             backoff_ms, installation_id, updated_at)
-         SELECT d.*, $14, now() FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int[], $5::text[],
-             $6::text[], $7::text[], $8::timestamptz[], $9::timestamptz[], $10::text[], $11::text[],
-             $12::int[], $13::bigint[]) AS d
-         ON CONFLICT (installation_id, device) DO UPDATE SET source = excluded.source, address = excluded.address,
-             product_id = excluded.product_id, product_name = excluded.product_name,
-             serial = excluded.serial, firmware = excluded.firmware,
-             last_attempt = excluded.last_attempt, last_success = excluded.last_success,
-             last_error = excluded.last_error, last_error_class = excluded.last_error_class,
-             consecutive_failures = excluded.consecutive_failures, backoff_ms = excluded.backoff_ms,
-             updated_at = now()",
-    )
     .bind(devices.iter().map(|d| d.device.as_str()).collect::<Vec<_>>())
     .bind(devices.iter().map(|d| d.source.as_str()).collect::<Vec<_>>())
     .bind(devices.iter().map(|d| d.address.as_str()).collect::<Vec<_>>())
@@ -190,7 +187,6 @@ async fn write_site(tx: &mut sqlx::PgConnection, site: &SiteRows) -> Result<(), 
     )
     .bind(devices.iter().map(|d| int(d.consecutive_failures)).collect::<Vec<_>>())
     .bind(devices.iter().map(|d| big(d.backoff.as_millis())).collect::<Vec<_>>())
-    .bind(&site.site)
     .execute(&mut *tx)
     .await?;
     Ok(())

@@ -136,6 +136,20 @@ pub struct LocalStore {
     /// table emptied (what SQLite's AUTOINCREMENT guarantees with a write to
     /// its counter table in every commit).
     next_seq: Arc<std::sync::atomic::AtomicI64>,
+    /// The measurement time of the oldest waiting reading, as this handle's
+    /// writes keep it (asked every poll interval for the status).
+    oldest_waiting: Arc<std::sync::Mutex<OldestWaiting>>,
+}
+
+/// What [`LocalStore::depth`] knows of the oldest waiting reading without
+/// asking SQLite: an append can only lower it (to its own oldest), anything
+/// else that changes the waiting readings makes it unknown. `generation`
+/// counts those changes, so that an answer read while one committed is not
+/// kept.
+#[derive(Debug, Default)]
+struct OldestWaiting {
+    known: Option<Option<i64>>,
+    generation: u64,
 }
 
 /// A status document staged by [`LocalStore::stage_status`].
@@ -308,6 +322,9 @@ impl LocalStore {
             .busy_timeout(std::time::Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
             .max_connections(2)
+            // A local file's connection cannot have died idle: no ping (a
+            // round trip to SQLite's thread) before each use.
+            .test_before_acquire(false)
             .connect_with(options)
             .await
             .map_err(open_error)?;
@@ -376,14 +393,42 @@ impl LocalStore {
             held: Arc::new(std::sync::atomic::AtomicI64::new(held)),
             released_from: Arc::new(std::sync::atomic::AtomicI64::new(i64::MAX)),
             next_seq: Arc::new(std::sync::atomic::AtomicI64::new(highest_seq + 1)),
+            oldest_waiting: Arc::default(),
         })
     }
 
-    /// Counts `delta` more (or fewer) readings waiting.
+    /// Counts `delta` more (or fewer) readings waiting, after a change
+    /// other than an append: the oldest is not known any more.
     fn count_waiting(&self, delta: i64) {
         if let Some(waiting) = &self.waiting {
             waiting.fetch_add(delta, std::sync::atomic::Ordering::Relaxed);
         }
+        let mut oldest = self.oldest_waiting();
+        oldest.generation += 1;
+        oldest.known = None;
+    }
+
+    /// Counts `added` readings appended, the oldest measured at `oldest_us`.
+    fn count_appended(&self, added: u64, oldest_us: i64) {
+        if let Some(waiting) = &self.waiting {
+            waiting.fetch_add(
+                i64::try_from(added).unwrap_or(i64::MAX),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
+        if added > 0 {
+            let mut oldest = self.oldest_waiting();
+            oldest.generation += 1;
+            if let Some(known) = oldest.known {
+                oldest.known = Some(Some(known.map_or(oldest_us, |t| t.min(oldest_us))));
+            }
+        }
+    }
+
+    fn oldest_waiting(&self) -> std::sync::MutexGuard<'_, OldestWaiting> {
+        self.oldest_waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// Readings stored before the store recorded sites belong to `site`.
@@ -427,6 +472,7 @@ impl LocalStore {
             held: Arc::default(),
             released_from: Arc::new(std::sync::atomic::AtomicI64::new(i64::MAX)),
             next_seq: Arc::default(),
+            oldest_waiting: Arc::default(),
         })
     }
 
@@ -471,7 +517,12 @@ impl LocalStore {
                 }
             }
         };
-        self.count_waiting(i64::try_from(added).unwrap_or(i64::MAX));
+        let oldest_us = confirmed
+            .iter()
+            .map(|r| micros(r.measured_at))
+            .min()
+            .unwrap_or(i64::MAX);
+        self.count_appended(added, oldest_us);
         self.held.fetch_add(
             i64::try_from(held).unwrap_or(i64::MAX),
             std::sync::atomic::Ordering::Relaxed,
@@ -799,10 +850,21 @@ impl LocalStore {
         if waiting == 0 {
             return Ok((0, None));
         }
+        let generation = {
+            let oldest = self.oldest_waiting();
+            if let Some(known) = oldest.known {
+                return Ok((waiting, known.map(from_micros)));
+            }
+            oldest.generation
+        };
         let oldest: Option<i64> =
             sqlx::query_scalar("SELECT min(measured_at_us) FROM readings WHERE held_mono IS NULL")
                 .fetch_one(&self.pool)
                 .await?;
+        let mut cached = self.oldest_waiting();
+        if cached.generation == generation {
+            cached.known = Some(oldest);
+        }
         Ok((waiting, oldest.map(from_micros)))
     }
 
