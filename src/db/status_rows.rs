@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::{PgPool, Row as _};
+use sqlx::{Executor as _, PgPool, Row as _};
 
 use crate::db::server::StorageMode;
 use crate::reading::SourceKind;
@@ -87,19 +87,45 @@ pub struct SiteRows {
 /// taken first, so writers of other sites wait their turn and each
 /// recomputation sees every committed site row.
 pub async fn write(pool: &PgPool, sites: &[SiteRows]) -> Result<(), sqlx::Error> {
-    // One round trip opens the transaction, bounds it and takes the lock
-    // (written every poll interval: each round trip is a gateway's CPU).
-    let mut tx = pool
-        .begin_with(
+    // Three round trips (written every poll interval: each one is a
+    // gateway's CPU): one opens the transaction, bounds it and takes the
+    // lock; one per site writes its rows; one recomputes the singleton and
+    // commits.
+    let mut open = RawTransaction {
+        connection: pool.acquire().await?,
+        ended: false,
+    };
+    // A text without parameters goes as a simple query: several statements
+    // in one message.
+    open.connection
+        .execute(
             "BEGIN; SET LOCAL statement_timeout = '5s';
              SELECT 1 FROM victron.polling_status WHERE id = 1 FOR UPDATE",
         )
         .await?;
     for site in sites {
-        write_site(&mut tx, site).await?;
+        write_site(&mut open.connection, site).await?;
     }
-    sqlx::query(SINGLETON_FROM_SITES).execute(&mut *tx).await?;
-    tx.commit().await
+    open.connection.execute(SINGLETON_AND_COMMIT).await?;
+    open.ended = true;
+    Ok(())
+}
+
+/// A pool connection in a transaction opened by hand (so that its last
+/// statement and the `COMMIT` go in one round trip): unless the
+/// transaction ended, the connection is closed when this is dropped, never
+/// returned to the pool mid-transaction (an error, a caller's timeout).
+struct RawTransaction {
+    connection: sqlx::pool::PoolConnection<sqlx::Postgres>,
+    ended: bool,
+}
+
+impl Drop for RawTransaction {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.connection.close_on_drop();
+        }
+    }
 }
 
 async fn write_site(tx: &mut sqlx::PgConnection, site: &SiteRows) -> Result<(), sqlx::Error> {
@@ -192,11 +218,11 @@ async fn write_site(tx: &mut sqlx::PgConnection, site: &SiteRows) -> Result<(), 
     Ok(())
 }
 
-/// The singleton as the sum of every site's row: healthy only when every
+/// The singleton as the sum of every site's row, and the commit: healthy only when every
 /// site is, the oldest last success (the worst age), sums of counts; its
 /// error names the first unhealthy site. The retention columns are the
 /// retention job's and stay as they are.
-const SINGLETON_FROM_SITES: &str = "
+const SINGLETON_AND_COMMIT: &str = "
 INSERT INTO victron.polling_status (id, last_poll_attempt, last_successful_poll, last_error,
     consecutive_failures, is_healthy, poller_host, poller_version, poller_started_at,
     poller_stopped_at, poll_interval_ms, devices_configured, devices_healthy,
@@ -233,7 +259,8 @@ ON CONFLICT (id) DO UPDATE SET last_poll_attempt = excluded.last_poll_attempt,
     rows_written_total = excluded.rows_written_total, spool_depth = excluded.spool_depth,
     spool_oldest_age_s = excluded.spool_oldest_age_s, retention_window_s = excluded.retention_window_s,
     storage_mode = excluded.storage_mode, clock = excluded.clock,
-    clock_offset_s = excluded.clock_offset_s, held_readings = excluded.held_readings";
+    clock_offset_s = excluded.clock_offset_s, held_readings = excluded.held_readings;
+COMMIT";
 
 /// Records a retention run in `victron.polling_status`, at the server's
 /// time (the clock retention's cutoff is on).
