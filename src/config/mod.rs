@@ -324,7 +324,7 @@ impl Default for RetentionConfig {
 pub struct BatchConfig {
     /// A batch closes at this many readings (`batch.max_readings`, default 200).
     pub max_readings: usize,
-    /// …or when its first reading is this old (`batch.max_age_ms`, default 2000).
+    /// …or when its first reading is this old (`batch.max_age_ms`, default 500; 2000 without a database).
     pub max_age: Duration,
 }
 

@@ -310,8 +310,10 @@ fn defaults_apply_without_a_file() {
     assert_eq!(config.log.format, LogFormat::Text);
     assert_eq!(config.log.level, "info");
     assert_eq!(config.retention.run_every, Duration::from_secs(3600));
-    assert_eq!(config.batch, BatchConfig::default());
     assert_eq!(config.batch.max_readings, 200);
+    // Without a database a batch may be two seconds old (the store is the
+    // database: fewer commits), with one half a second (the default).
+    assert_eq!(config.batch.max_age, Duration::from_millis(2000));
     assert_eq!(config.health.stall_timeout, Duration::from_secs(120));
     assert!(!config.failover.enabled);
 
@@ -319,13 +321,13 @@ fn defaults_apply_without_a_file() {
         None,
         env(&[
             ("VICTRON_POLLER_BATCH__MAX_READINGS", "50"),
-            ("VICTRON_POLLER_BATCH__MAX_AGE_MS", "2000"),
+            ("VICTRON_POLLER_BATCH__MAX_AGE_MS", "750"),
             ("VICTRON_POLLER_RETENTION__RUN_EVERY_MINUTES", "5"),
         ]),
     )
     .unwrap();
     assert_eq!(config.batch.max_readings, 50);
-    assert_eq!(config.batch.max_age, Duration::from_millis(2000));
+    assert_eq!(config.batch.max_age, Duration::from_millis(750));
     assert_eq!(config.retention.run_every, Duration::from_secs(300));
 
     // The state directory's variable belongs to the command line, not to a key.

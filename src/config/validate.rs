@@ -62,7 +62,14 @@ pub(super) fn validate(
     let batch = BatchConfig {
         max_readings: usize::try_from(t.integer(&keys::BATCH_MAX_READINGS, &mut problems))
             .unwrap_or(usize::MAX),
-        max_age: Duration::from_millis(t.integer(&keys::BATCH_MAX_AGE_MS, &mut problems)),
+        max_age: Duration::from_millis(
+            t.integer_opt(&keys::BATCH_MAX_AGE_MS, &mut problems)
+                .unwrap_or(if database.is_some() {
+                    keys::BATCH_MAX_AGE_MS.integer_default()
+                } else {
+                    keys::STORE_ONLY_BATCH_MAX_AGE_MS
+                }),
+        ),
     };
     t.finish(&mut problems);
 

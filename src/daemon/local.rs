@@ -39,15 +39,20 @@ pub(super) async fn local_loop(shared: Shared, cancel: CancellationToken) {
                 let due = last_staged
                     .as_ref()
                     .is_none_or(|(at, _)| at.elapsed() >= STATUS_EVERY);
+                let unclaimed = last_staged
+                    .as_ref()
+                    .is_some_and(|(at, _)| at.elapsed() >= shared.config.batch.max_age);
                 if changed || due {
                     stage(&shared, &snapshot);
                     last_staged = Some((Instant::now(), shape));
                 }
                 // A change is saved at once (what `status` reads agrees with
                 // the systemd status line); the periodic save rides with the
-                // next batch, and one staged a tick ago that no batch
-                // committed (no device answers) is committed on its own now.
-                if (changed || !due) && let Err(error) = shared.store.flush_status().await {
+                // next batch, and one that no batch committed within a
+                // batch's age (no device answers) is committed on its own.
+                if (changed || (!due && unclaimed))
+                    && let Err(error) = shared.store.flush_status().await
+                {
                     tracing::debug!(%error, "Cannot save the status document.");
                 }
                 crate::systemd::status(&snapshot.one_line());

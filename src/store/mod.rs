@@ -517,12 +517,17 @@ impl LocalStore {
                 }
             }
         };
-        let oldest_us = confirmed
-            .iter()
-            .map(|r| micros(r.measured_at))
-            .min()
-            .unwrap_or(i64::MAX);
-        self.count_appended(added, oldest_us);
+        if added == u64::try_from(confirmed.len()).unwrap_or(u64::MAX) {
+            let oldest_us = confirmed
+                .iter()
+                .map(|r| micros(r.measured_at))
+                .min()
+                .unwrap_or(i64::MAX);
+            self.count_appended(added, oldest_us);
+        } else {
+            // Some were stored already: which is the oldest now is not known.
+            self.count_waiting(i64::try_from(added).unwrap_or(i64::MAX));
+        }
         self.held.fetch_add(
             i64::try_from(held).unwrap_or(i64::MAX),
             std::sync::atomic::Ordering::Relaxed,
@@ -582,6 +587,8 @@ impl LocalStore {
         .execute(&self.pool)
         .await?
         .rows_affected();
+        let n = i64::try_from(released).unwrap_or(i64::MAX);
+        self.count_waiting(n);
         // A re-stamped reading that lands on the time of one already stored
         // (same table and device) is that reading again.
         let last = rows.last().map_or(0, |r| r.0);
@@ -595,12 +602,10 @@ impl LocalStore {
         .rows_affected();
         self.released_from
             .fetch_min(earliest, std::sync::atomic::Ordering::Relaxed);
-        let n = i64::try_from(released).unwrap_or(i64::MAX);
         self.held.fetch_sub(
             n + i64::try_from(duplicates).unwrap_or(i64::MAX),
             std::sync::atomic::Ordering::Relaxed,
         );
-        self.count_waiting(n);
         Ok(released)
     }
 

@@ -447,7 +447,7 @@ async fn embedded_mode_and_sigterm_during_a_batch() {
     let config = write_config(dir.path(), sim.addr().port(), 100);
     let state = dir.path().join("state");
     let mut daemon = spawn_daemon(&config, &state, None);
-    // 100 ms polls, 500 ms batches: SIGTERM once 40 readings are stored and
+    // 100 ms polls, 2 s batches (no database): SIGTERM once 40 readings are stored and
     // a batch is open (the daemon's last status document counts more
     // readings polled than its store held).
     wait_for(
