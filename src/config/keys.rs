@@ -580,6 +580,12 @@ fn edit_distance(a: &str, b: &str) -> usize {
     previous[b.len()]
 }
 
+/// `batch.max_age_ms` when no database is configured: the local store is
+/// the database, nothing downstream waits for a batch, and two seconds of
+/// readings per commit halve an SD card's writes against one commit per
+/// poll (what a kill -9 or a power cut can lose: the open batch).
+pub(super) const STORE_ONLY_BATCH_MAX_AGE_MS: u64 = 2000;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -630,9 +636,3 @@ mod tests {
         assert_eq!(GX_PORT.with_unit(502), "502");
     }
 }
-
-/// `batch.max_age_ms` when no database is configured: the local store is
-/// the database, nothing downstream waits for a batch, and two seconds of
-/// readings per commit halve an SD card's writes against one commit per
-/// poll (what a kill -9 or a power cut can lose: the open batch).
-pub(super) const STORE_ONLY_BATCH_MAX_AGE_MS: u64 = 2000;
