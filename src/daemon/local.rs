@@ -39,17 +39,20 @@ pub(super) async fn local_loop(shared: Shared, cancel: CancellationToken) {
                 let due = last_staged
                     .as_ref()
                     .is_none_or(|(at, _)| at.elapsed() >= STATUS_EVERY);
-                let unclaimed = last_staged
-                    .as_ref()
-                    .is_some_and(|(at, _)| at.elapsed() >= shared.config.batch.max_age);
+                // A batch's age, but never longer than the save period:
+                // batches of minutes must not age the document past what
+                // `status` allows.
+                let unclaimed = last_staged.as_ref().is_some_and(|(at, _)| {
+                    at.elapsed() >= shared.config.batch.max_age.min(STATUS_EVERY)
+                });
                 if changed || due {
                     stage(&shared, &snapshot);
                     last_staged = Some((Instant::now(), shape));
                 }
                 // A change is saved at once (what `status` reads agrees with
                 // the systemd status line); the periodic save rides with the
-                // next batch, and one that no batch committed within a
-                // batch's age (no device answers) is committed on its own.
+                // next batch, and one that no batch committed in time (no
+                // device answers) is committed on its own.
                 if (changed || (!due && unclaimed))
                     && let Err(error) = shared.store.flush_status().await
                 {

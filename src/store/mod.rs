@@ -862,15 +862,12 @@ impl LocalStore {
             }
             oldest.generation
         };
-        let oldest: Option<i64> =
-            sqlx::query_scalar("SELECT min(measured_at_us) FROM readings WHERE held_mono IS NULL")
-                .fetch_one(&self.pool)
-                .await?;
+        let oldest = self.oldest_confirmed().await?;
         let mut cached = self.oldest_waiting();
         if cached.generation == generation {
-            cached.known = Some(oldest);
+            cached.known = Some(oldest.map(micros));
         }
-        Ok((waiting, oldest.map(from_micros)))
+        Ok((waiting, oldest))
     }
 
     /// The sites of the stored readings (a reading stored before sites were
