@@ -378,33 +378,30 @@ async fn misbehaving_server(reply: Reply, then: Then) -> u16 {
     port
 }
 
-/// Each malformation gets the class `PollError::class` gives what
-/// `read_registers` makes of it. On connecting, the poller reads the GX
-/// firmware first and ignores a failure there, keeping the connection; the
-/// first device's first read then fails, which drops the connection and
-/// fails every device with the same error. Where the decoder refused the
-/// firmware reply, the device's read after it finds the reply stream ended
-/// (tokio-util ends a stream after a decoding error, which tokio-modbus
-/// reports as an I/O error): a transport error too.
+/// Each malformation gets the class an operator should see: a reply that
+/// cannot be a Modbus-TCP reply to the request is a transport error, a
+/// frame that stops coming is a timeout. On connecting, the poller reads
+/// the GX firmware first; a broken reply there fails the connection, and
+/// with it every device, with the same error.
 #[tokio::test]
 async fn malformed_short_and_mismatched_replies_are_errors_not_panics() {
     let replies: [(&str, Reply, Then, ErrorClass); 7] = [
-        // A length the decoder can wait for, then a protocol id that is not
-        // Modbus's (0xbeef): refused as soon as it arrives.
+        // A protocol id that is not Modbus's (0xbeef): refused as soon as
+        // the header arrives.
         (
             "garbage",
             |_| b"\xde\xad\xbe\xef\x00\x05garbage that is no MBAP frame at all".to_vec(),
             Then::Listen,
             ErrorClass::Transport,
         ),
-        // Its length field (0x2067) promises 8 KiB that never come, on a
-        // connection the server keeps open: the client can only wait for the
-        // rest of the frame until its request timeout.
+        // Its length field (0x2067) promises 8 KiB, more than any Modbus-TCP
+        // frame holds, on a connection the server keeps open: refused at the
+        // header, not waited for until the request timeout.
         (
             "garbage whose length field promises more than comes",
-            |_| b"\xde\xad\xbe\xef garbage that is no MBAP frame at all".to_vec(),
+            |_| b"\x00\x01\x00\x00\x20\x67 garbage that is no MBAP frame at all".to_vec(),
             Then::Listen,
-            ErrorClass::Timeout,
+            ErrorClass::Transport,
         ),
         // A well-formed reply to another request: a header mismatch.
         (
@@ -420,7 +417,7 @@ async fn malformed_short_and_mismatched_replies_are_errors_not_panics() {
             Then::Listen,
             ErrorClass::Transport,
         ),
-        // One register where more were asked: `read_registers` checks the count.
+        // One register where more were asked: the count is checked.
         (
             "fewer registers than asked",
             |req| {
@@ -474,4 +471,115 @@ async fn malformed_short_and_mismatched_replies_are_errors_not_panics() {
         let bank = status.get("bank").unwrap();
         assert_eq!(bank.last_error_class, Some(class), "{what}: {bank:?}");
     }
+}
+
+/// How [`zero_server`] answers the read requests after the first (the
+/// poller's firmware read on connecting, answered at once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answering {
+    /// Holds its replies until this many requests have arrived, then
+    /// answers them last first.
+    AllAtOnceReversed(usize),
+    /// Answers the first request of each read from the socket and drops the
+    /// rest, as a server that takes one frame per read does.
+    FirstOfEachRead,
+}
+
+/// A server that answers every read with zeros, in the way `answering` says.
+async fn zero_server(answering: Answering) -> u16 {
+    fn reply(request: &[u8]) -> Vec<u8> {
+        let count = u16::from_be_bytes([request[10], request[11]]);
+        let mut r = vec![request[0], request[1], 0, 0];
+        r.extend_from_slice(&(3 + 2 * count).to_be_bytes());
+        r.extend_from_slice(&[request[6], 3, (2 * count) as u8]);
+        r.extend(std::iter::repeat_n(0, usize::from(2 * count)));
+        r
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buffer = vec![0u8; 4096];
+                let mut received = Vec::new();
+                let mut held: Vec<Vec<u8>> = Vec::new();
+                let mut answered_first = false;
+                loop {
+                    let n = match stream.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    received.extend_from_slice(&buffer[..n]);
+                    let mut replies = Vec::new();
+                    let requests: Vec<Vec<u8>> =
+                        received.chunks_exact(12).map(<[u8]>::to_vec).collect();
+                    received.drain(..requests.len() * 12);
+                    for (i, request) in requests.iter().enumerate() {
+                        if !answered_first {
+                            answered_first = true;
+                            replies.push(reply(request));
+                            continue;
+                        }
+                        match answering {
+                            Answering::AllAtOnceReversed(n) => {
+                                held.push(reply(request));
+                                if held.len() == n {
+                                    replies.extend(held.drain(..).rev());
+                                }
+                            }
+                            Answering::FirstOfEachRead if i == 0 => replies.push(reply(request)),
+                            Answering::FirstOfEachRead => {}
+                        }
+                    }
+                    if stream.write_all(&replies.concat()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// A poll sends its devices' requests before their replies come, and takes
+/// the replies in whatever order they come (matched by transaction id): a
+/// server that answers only once all five of a poll's requests have arrived,
+/// last first, is read completely on every poll.
+#[tokio::test]
+async fn a_poll_sends_its_requests_at_once_and_matches_replies_in_any_order() {
+    let port = zero_server(Answering::AllAtOnceReversed(5)).await;
+    let (tx, mut rx) = mpsc::channel(64);
+    let status = StatusBoard::new();
+    let mut poller = GxPoller::new(&gx_config(port, 1000), status.clone(), tx);
+    assert_eq!(poller.planned_requests(), 5);
+    for _ in 0..3 {
+        let report = poller.poll_once().await;
+        assert_eq!((report.requests, report.readings, report.failed), (5, 4, 0));
+    }
+    let readings = drain(&mut rx);
+    assert_eq!(readings.len(), 12);
+    let bank = readings.iter().find(|r| r.device == "bank").unwrap();
+    assert_eq!(bank.float("soc"), Some(0.0), "the zeros served, decoded");
+}
+
+/// A server that answers only the first of several requests sent at once
+/// costs one poll: that poll times out, and the poller asks it one request
+/// at a time from then on.
+#[tokio::test]
+async fn a_gx_that_answers_one_request_per_read_is_asked_one_at_a_time() {
+    let port = zero_server(Answering::FirstOfEachRead).await;
+    let (tx, mut rx) = mpsc::channel(64);
+    let status = StatusBoard::new();
+    let mut poller = GxPoller::new(&gx_config(port, 1000), status.clone(), tx);
+    let first = poller.poll_once().await;
+    assert!(first.failed > 0, "{first:?}");
+    assert_eq!(
+        status.get("bank").unwrap().last_error_class,
+        Some(ErrorClass::Timeout)
+    );
+    for _ in 0..3 {
+        let report = poll_after_the_reconnect_delay(&mut poller).await;
+        assert_eq!((report.requests, report.readings, report.failed), (5, 4, 0));
+    }
+    drain(&mut rx);
 }

@@ -1,10 +1,13 @@
-//! The Modbus-TCP source: one task per GX, one TCP connection, one request at
-//! a time, a timeout on every request. Polls run on fixed-rate monotonic
-//! ticks. Each device is read in the fewest blocks its [`FieldMap`] plans;
-//! exception 0x02 makes that device fall back to finer blocks (remembered),
-//! 0x0A marks it unavailable without touching the others, and a transport
-//! error or timeout drops the connection, which is re-opened with capped
-//! exponential backoff plus jitter.
+//! The Modbus-TCP source: one task per GX, one TCP connection, a timeout on
+//! every request. Polls run on fixed-rate monotonic ticks. Each device is
+//! read in the fewest blocks its [`FieldMap`] plans, and a poll sends the
+//! blocks of all its devices at once ([`transport`]: Modbus-TCP matches
+//! replies by transaction id), or one at a time to a GX that answers only the
+//! first of several. Exception 0x02 makes that device fall back to finer
+//! blocks (remembered), 0x0A marks it unavailable without touching the
+//! others, and a transport error or timeout drops the connection, which is
+//! re-opened with capped exponential backoff plus jitter; devices fully
+//! answered before it keep their readings.
 //!
 //! Readings go to a channel; status goes to the [`StatusBoard`].
 
@@ -22,9 +25,7 @@ use chrono::Utc;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
-use tokio_modbus::client::Client;
-use tokio_modbus::slave::SlaveContext;
-use tokio_modbus::{ExceptionCode, Request, Response, Slave};
+use tokio_modbus::ExceptionCode;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::{Mono, Taken, TimeKeeper};
@@ -36,7 +37,7 @@ use crate::registers::plan::{Block, Coalescing, plan};
 use crate::status::{ErrorClass, StatusBoard};
 pub use fields::FieldMap;
 pub use transport::Connection;
-use transport::{describe_io_error, describe_modbus_error};
+use transport::{Answer, Exchange, ReadRequest, describe_io_error};
 
 /// Why one request (or the connection) failed.
 #[derive(Debug, thiserror::Error)]
@@ -55,10 +56,13 @@ pub enum PollError {
     /// The GX closed the connection (a read saw the end of the stream).
     #[error("{}", transport::CLOSED_BY_GX)]
     Closed,
-    /// The connection broke, or the reply was malformed or mismatched; the
-    /// text names what differed, never the reply's payload.
-    #[error("{}", describe_modbus_error(.0))]
-    Transport(#[from] tokio_modbus::Error),
+    /// Sending or receiving failed.
+    #[error("{}", describe_io_error(.0))]
+    Io(io::Error),
+    /// A reply was malformed or did not match its request; the text names
+    /// what differed, never the reply's payload.
+    #[error("{0}")]
+    Reply(String),
     /// The GX answered with an exception.
     #[error("exception {:#04x} ({})", u8::from(*.0), exception_name(*.0))]
     Exception(ExceptionCode),
@@ -84,7 +88,7 @@ impl PollError {
         match self {
             Self::Connect { .. } => ErrorClass::Connect,
             Self::Timeout(_) => ErrorClass::Timeout,
-            Self::Closed | Self::Transport(_) => ErrorClass::Transport,
+            Self::Closed | Self::Io(_) | Self::Reply(_) => ErrorClass::Transport,
             Self::Exception(
                 ExceptionCode::GatewayPathUnavailable | ExceptionCode::GatewayTargetDevice,
             ) => ErrorClass::Unavailable,
@@ -153,6 +157,9 @@ pub struct GxPoller {
     /// No connection attempt before this instant.
     next_connect: Option<Instant>,
     connection: Option<Connection>,
+    /// Requests sent before their replies are awaited: the transport's
+    /// window, or 1 for a GX that answered only some of several.
+    window: usize,
     devices: Vec<DevicePlan>,
     list: &'static RegisterList,
     status: StatusBoard,
@@ -212,6 +219,7 @@ impl GxPoller {
             backoff: None,
             next_connect: None,
             connection: None,
+            window: transport::WINDOW,
             devices,
             list,
             status,
@@ -269,12 +277,10 @@ impl GxPoller {
     /// One poll of every device.
     pub async fn poll_once(&mut self) -> CycleReport {
         let mut report = CycleReport::default();
-        let active: Vec<bool> = self
-            .devices
-            .iter()
-            .map(|d| self.leases.may_poll(&d.config.name))
+        let mut pending: Vec<usize> = (0..self.devices.len())
+            .filter(|&d| self.leases.may_poll(&self.devices[d].config.name))
             .collect();
-        if !active.contains(&true) {
+        if pending.is_empty() {
             // Another daemon polls them all: keep no connection to the GX.
             self.connection = None;
             report.skipped = true;
@@ -286,44 +292,171 @@ impl GxPoller {
                 return report;
             }
             if let Err(error) = self.connect().await {
-                self.fail_all(0, &error, &mut report);
+                self.fail(&pending, &error, &mut report);
                 self.schedule_reconnect();
                 return report;
             }
         }
-        for (index, active) in active.into_iter().enumerate() {
-            if !active {
-                continue;
-            }
-            match self.poll_device(index, &mut report).await {
-                Ok(()) => {}
-                Err(error) if error.drops_connection() => {
-                    self.connection = None;
-                    self.fail_all(index, &error, &mut report);
-                    self.schedule_reconnect();
-                    break;
+        // Rounds: a device whose block was refused (0x02) is read again in
+        // finer blocks in the next round of the same poll.
+        while !pending.is_empty() {
+            let requests: Vec<ReadRequest> = pending
+                .iter()
+                .flat_map(|&d| {
+                    let unit = self.devices[d].config.unit_id;
+                    self.devices[d]
+                        .blocks
+                        .iter()
+                        .map(move |&block| ReadRequest { unit, block })
+                })
+                .collect();
+            report.requests += u32::try_from(requests.len()).unwrap_or(u32::MAX);
+            let exchange = self.exchange(&requests).await;
+            let mut again = Vec::new();
+            let mut unanswered = Vec::new();
+            let mut first = 0;
+            for &d in &pending {
+                let answers = &exchange.answers[first..first + self.devices[d].blocks.len()];
+                first += answers.len();
+                match self.settle(d, answers) {
+                    Settled::Words(words) => self.emit(d, exchange.sent, words, &mut report).await,
+                    Settled::ReadAgain => again.push(d),
+                    Settled::Failed(error) => self.fail(&[d], &error, &mut report),
+                    Settled::Unanswered => unanswered.push(d),
                 }
-                Err(error) => {
-                    report.failed += 1;
-                    let name = &self.devices[index].config.name;
-                    self.status
-                        .failure(name, Utc::now(), error.class(), &error.to_string());
-                }
             }
+            if let Some(error) = exchange.failure {
+                if exchange.stalled_mid_window && self.window > 1 {
+                    tracing::info!(
+                        gx = %self.address,
+                        "The GX answered only some of several requests sent at once; \
+                         asking it one request at a time from now on."
+                    );
+                    self.window = 1;
+                }
+                self.connection = None;
+                unanswered.extend(again);
+                self.fail(&unanswered, &error, &mut report);
+                self.schedule_reconnect();
+                break;
+            }
+            pending = again;
         }
         report
     }
 
-    /// Marks devices `from..` failed with `error`.
-    fn fail_all(&mut self, from: usize, error: &PollError, report: &mut CycleReport) {
-        let now = Utc::now();
-        for device in &self.devices[from..] {
-            if !self.leases.may_poll(&device.config.name) {
-                continue;
+    /// Sends `requests` on the connection, as many at once as the GX takes.
+    async fn exchange(&mut self, requests: &[ReadRequest]) -> Exchange {
+        match self.connection.as_mut() {
+            Some(connection) => {
+                connection
+                    .exchange(requests, self.request_timeout, self.window)
+                    .await
             }
+            None => Exchange {
+                sent: Mono::now(),
+                answers: vec![None; requests.len()],
+                failure: Some(PollError::Io(io::Error::from(io::ErrorKind::NotConnected))),
+                stalled_mid_window: false,
+            },
+        }
+    }
+
+    /// What device `index`'s answers make: its registers, a finer plan to
+    /// read again with (after 0x02), or a failure.
+    fn settle(&mut self, index: usize, answers: &[Option<Answer>]) -> Settled {
+        let Some(answers) = answers
+            .iter()
+            .map(Option::as_ref)
+            .collect::<Option<Vec<&Answer>>>()
+        else {
+            return Settled::Unanswered;
+        };
+        let refused = |a: &&Answer| a.result == Err(ExceptionCode::IllegalDataAddress);
+        if let Some(code) = answers
+            .iter()
+            .filter(|a| !refused(a))
+            .find_map(|a| a.result.as_ref().err())
+        {
+            return Settled::Failed(PollError::Exception(*code));
+        }
+        let device = &mut self.devices[index];
+        if let Some(block) = answers.iter().position(refused).map(|at| device.blocks[at]) {
+            if let Some(finer) = device.level.finer() {
+                tracing::info!(
+                    device = %device.config.name,
+                    block_start = block.start,
+                    block_count = block.count,
+                    level = ?finer,
+                    "The GX refused a block read (0x02); reading this device in smaller blocks."
+                );
+                device.level = finer;
+                device.replan(self.list);
+                return Settled::ReadAgain;
+            }
+        }
+        let mut words = Vec::with_capacity(answers.len());
+        let mut kept = Vec::with_capacity(answers.len());
+        for (block, answer) in device.blocks.iter().zip(&answers) {
+            match &answer.result {
+                Ok(w) => {
+                    words.push(((*block, w.clone()), answer.received));
+                    kept.push(*block);
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        device = %device.config.name,
+                        register = block.start,
+                        "This GX does not map a register; its column stays empty."
+                    );
+                    device.unsupported.push(*block);
+                }
+            }
+        }
+        device.blocks = kept;
+        if words.is_empty() {
+            return Settled::Failed(PollError::Exception(ExceptionCode::IllegalDataAddress));
+        }
+        Settled::Words(words)
+    }
+
+    /// Makes device `index`'s reading of `words` and sends it on.
+    async fn emit(
+        &mut self,
+        index: usize,
+        sent: Mono,
+        words: Vec<((Block, Vec<u16>), Mono)>,
+        report: &mut CycleReport,
+    ) {
+        let (words, received): (Vec<(Block, Vec<u16>)>, Vec<Mono>) = words.into_iter().unzip();
+        let device = &self.devices[index];
+        let taken = Taken::now();
+        if let (Some(clock), Some((seconds, block))) = (&self.clock, device.map.gx_clock(&words)) {
+            clock.gx_sample(&self.address, sent, received[block], seconds);
+        }
+        let reading = Reading {
+            site: Arc::clone(&self.site),
+            device: device.config.name.clone(),
+            table: fields::table(device.config.class),
+            source: SourceKind::Modbus,
+            measured_at: taken.wall,
+            unconfirmed: Some(taken.mono),
+            values: device.map.decode(&words),
+        };
+        self.status.success(&device.config.name, taken.wall);
+        report.readings += 1;
+        // A closed channel means shutdown: the reading has nowhere to go.
+        let _ = self.readings.send(reading).await;
+    }
+
+    /// Marks the devices at `indices` failed with `error`.
+    fn fail(&self, indices: &[usize], error: &PollError, report: &mut CycleReport) {
+        let now = Utc::now();
+        let text = error.to_string();
+        for &index in indices {
             report.failed += 1;
             self.status
-                .failure(&device.config.name, now, error.class(), &error.to_string());
+                .failure(&self.devices[index].config.name, now, error.class(), &text);
         }
     }
 
@@ -364,156 +497,43 @@ impl GxPoller {
         .map_err(|_| connect_error(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")))?
         .map_err(connect_error)?;
         stream.set_nodelay(true).map_err(connect_error)?;
-        self.connection = Some(Connection::attach(stream));
+        let mut connection = Connection::attach(stream);
+        // The GX firmware (registers 834–835 of the system service); an
+        // exception leaves it unknown, a broken reply fails the connection.
+        let firmware = Block {
+            start: 834,
+            count: 2,
+        };
+        match connection.read(100, firmware, self.request_timeout).await {
+            Ok(words) => {
+                let version = firmware_text(&words);
+                for device in &self.devices {
+                    self.status
+                        .update(&device.config.name, |s| s.firmware = Some(version.clone()));
+                }
+            }
+            Err(error) if error.drops_connection() => return Err(error),
+            Err(_) => {}
+        }
+        self.connection = Some(connection);
         self.backoff = None;
         self.next_connect = None;
         tracing::info!(gx = %address, "Connected to the GX.");
-        self.read_firmware().await;
-        Ok(())
-    }
-
-    /// Reads the GX firmware (registers 834–835 of the system service).
-    async fn read_firmware(&mut self) {
-        let Ok(words) = self
-            .read(
-                100,
-                Block {
-                    start: 834,
-                    count: 2,
-                },
-            )
-            .await
-        else {
-            return;
-        };
-        let version = firmware_text(&words);
-        for device in &self.devices {
-            self.status
-                .update(&device.config.name, |s| s.firmware = Some(version.clone()));
-        }
-    }
-
-    async fn read(&mut self, unit: u8, block: Block) -> Result<Vec<u16>, PollError> {
-        let Some(connection) = self.connection.as_mut() else {
-            return Err(PollError::Transport(tokio_modbus::Error::Transport(
-                io::Error::new(io::ErrorKind::NotConnected, "not connected"),
-            )));
-        };
-        connection.context.set_slave(Slave(unit));
-        timeout(self.request_timeout, read_registers(connection, block))
-            .await
-            .map_err(|_| PollError::Timeout(self.request_timeout))?
-    }
-
-    async fn poll_device(
-        &mut self,
-        index: usize,
-        report: &mut CycleReport,
-    ) -> Result<(), PollError> {
-        let unit = self.devices[index].config.unit_id;
-        let mut words: Vec<(Block, Vec<u16>)> = Vec::new();
-        // When each block's request went out and its answer came.
-        let mut exchanged: Vec<(Mono, Mono)> = Vec::new();
-        let mut next = 0;
-        while next < self.devices[index].blocks.len() {
-            let block = self.devices[index].blocks[next];
-            report.requests += 1;
-            let sent = Mono::now();
-            match self.read(unit, block).await {
-                Ok(w) => {
-                    words.push((block, w));
-                    exchanged.push((sent, Mono::now()));
-                    next += 1;
-                }
-                Err(PollError::Exception(ExceptionCode::IllegalDataAddress)) => {
-                    let device = &mut self.devices[index];
-                    if let Some(finer) = device.level.finer() {
-                        tracing::info!(
-                            device = %device.config.name,
-                            block_start = block.start,
-                            block_count = block.count,
-                            level = ?finer,
-                            "The GX refused a block read (0x02); reading this device in smaller blocks."
-                        );
-                        device.level = finer;
-                        device.replan(self.list);
-                        words.clear();
-                        exchanged.clear();
-                        next = 0;
-                    } else {
-                        tracing::warn!(
-                            device = %device.config.name,
-                            register = block.start,
-                            "This GX does not map a register; its column stays empty."
-                        );
-                        device.unsupported.push(block);
-                        device.blocks.remove(next);
-                    }
-                }
-                Err(error) => return Err(error),
-            }
-        }
-        let device = &self.devices[index];
-        if words.is_empty() {
-            return Err(PollError::Exception(ExceptionCode::IllegalDataAddress));
-        }
-        let taken = Taken::now();
-        if let (Some(clock), Some((seconds, block))) = (&self.clock, device.map.gx_clock(&words)) {
-            let (sent, received) = exchanged[block];
-            clock.gx_sample(&self.address, sent, received, seconds);
-        }
-        let reading = Reading {
-            site: Arc::clone(&self.site),
-            device: device.config.name.clone(),
-            table: fields::table(device.config.class),
-            source: SourceKind::Modbus,
-            measured_at: taken.wall,
-            unconfirmed: Some(taken.mono),
-            values: device.map.decode(&words),
-        };
-        self.status.success(&device.config.name, taken.wall);
-        report.readings += 1;
-        // A closed channel means shutdown: the reading has nowhere to go.
-        let _ = self.readings.send(reading).await;
         Ok(())
     }
 }
 
-/// Reads `block` with function 0x03 through the lower-level `Client::call`,
-/// checking the reply's length itself: tokio-modbus's `read_holding_registers`
-/// only `debug_assert`s it, which would panic on a short reply from the network.
-/// A failure after the GX closed the connection is [`PollError::Closed`].
-pub async fn read_registers(
-    connection: &mut Connection,
-    block: Block,
-) -> Result<Vec<u16>, PollError> {
-    let request = Request::ReadHoldingRegisters(block.start, block.count);
-    match Client::call(&mut connection.context, request).await {
-        Ok(Ok(Response::ReadHoldingRegisters(words)))
-            if words.len() == usize::from(block.count) =>
-        {
-            Ok(words)
-        }
-        Ok(Ok(other)) => Err(PollError::Transport(tokio_modbus::Error::Transport(
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "asked for {} registers at {}, got {}",
-                    block.count,
-                    block.start,
-                    match other {
-                        Response::ReadHoldingRegisters(words) =>
-                            format!("{} registers", words.len()),
-                        other =>
-                            format!("a reply to function {:#04x}", other.function_code().value()),
-                    }
-                ),
-            ),
-        ))),
-        Ok(Err(code)) => Err(PollError::Exception(code)),
-        Err(_) if connection.closed_by_peer() => Err(PollError::Closed),
-        Err(e) => Err(PollError::Transport(e)),
-    }
+/// What one device's answers in a round make.
+#[derive(Debug)]
+enum Settled {
+    /// Every block read: (block, registers) with when each reply arrived.
+    Words(Vec<((Block, Vec<u16>), Mono)>),
+    /// A block was refused (0x02): the device is planned finer, to read again.
+    ReadAgain,
+    /// The GX raised an exception for the device.
+    Failed(PollError),
+    /// The connection failed before all its answers came.
+    Unanswered,
 }
 
 /// Register 834 (major/minor as hex digits) and 835 (beta number, 0 for a

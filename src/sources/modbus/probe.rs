@@ -9,11 +9,10 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 use tokio::time::{MissedTickBehavior, interval, timeout};
-use tokio_modbus::slave::SlaveContext;
-use tokio_modbus::{ExceptionCode, Slave};
+use tokio_modbus::ExceptionCode;
 
 use super::transport::describe_io_error;
-use super::{Connection, PollError, read_registers};
+use super::{Connection, PollError};
 use crate::config::ModbusClass;
 use crate::registers::plan::Block;
 
@@ -97,29 +96,20 @@ pub async fn probe(
         for class in ModbusClass::ALL {
             pace.tick().await;
             report.requests += 1;
-            connection.context.set_slave(Slave(unit));
             let block = Block {
                 start: probe_register(class),
                 count: 1,
             };
-            let reply = timeout(request_timeout, read_registers(&mut connection, block)).await;
-            match reply {
-                Ok(Ok(_) | Err(PollError::Exception(ExceptionCode::IllegalDataAddress))) => {
+            match connection.read(unit, block, request_timeout).await {
+                Ok(_) | Err(PollError::Exception(ExceptionCode::IllegalDataAddress)) => {
                     failures_in_a_row = 0;
                     report.found.push((unit, class));
                 }
-                Ok(Err(PollError::Exception(_))) => failures_in_a_row = 0,
-                Ok(Err(error)) => {
+                Err(PollError::Exception(_)) => failures_in_a_row = 0,
+                Err(error) => {
                     failures_in_a_row += 1;
                     if failures_in_a_row >= 3 {
                         return Err(ProbeError::Lost(address, error.to_string()));
-                    }
-                    connection = reconnect(host, port, request_timeout, &address).await?;
-                }
-                Err(_) => {
-                    failures_in_a_row += 1;
-                    if failures_in_a_row >= 3 {
-                        return Err(ProbeError::Lost(address, "no reply in time".into()));
                     }
                     // A late reply would be taken for the next request's: start afresh.
                     connection = reconnect(host, port, request_timeout, &address).await?;

@@ -1,24 +1,36 @@
-//! The TCP side of a GX connection, and what its failures mean to an
+//! The TCP side of a GX connection: register reads framed as Modbus-TCP
+//! (MBAP), several in flight at once, and what a failure means to an
 //! operator: one line that says what to do, never the payload of a reply.
 //!
-//! tokio-modbus 0.17 reports a connection the GX closed (end of stream) as
-//! `io::Error::last_os_error()` (`service/tcp.rs`, `Client::call`), which is
-//! whatever `errno` the worker thread last left behind: typically
-//! "Operation now in progress (os error 115)" from the non-blocking
-//! `connect`. [`Connection`] therefore watches the stream for end-of-stream
-//! itself, so the error can say "connection closed by the GX".
+//! Modbus-TCP matches replies to requests by transaction id, so a client may
+//! send the next request before the last reply came. [`Connection::exchange`]
+//! sends up to a window of reads in one write and takes the replies in
+//! whatever order they come: one send and about one wake-up per poll instead
+//! of one per register block, which is most of a poll's CPU time (the
+//! kernel's side of each send and receive). A GX's `dbus-modbustcp` frames
+//! every request out of its stream and answers each; a server that answers
+//! only the first of a window is found by its silence
+//! ([`Exchange::stalled_mid_window`]) and the poller asks it one request at
+//! a time from then on.
+//!
+//! tokio-modbus's client sends one request and waits for its reply before
+//! the next, so this small client replaces it; the simulator still serves
+//! with tokio-modbus's server. A reply is checked as strictly as
+//! tokio-modbus checked it, and more: the protocol id and length field as
+//! soon as a header arrives, the unit id and function, and the register
+//! count (tokio-modbus only `debug_assert`s it).
 
-use std::fmt;
 use std::io;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_modbus::client::Context;
-use tokio_modbus::{ExceptionResponse, ProtocolError};
+use tokio::time::timeout;
+use tokio_modbus::ExceptionCode;
+
+use super::PollError;
+use crate::clock::Mono;
+use crate::registers::plan::Block;
 
 /// The fix for a refused connection.
 pub const ENABLE_MODBUS_TCP: &str = "enable Modbus TCP on the GX: Settings → Services → Modbus TCP";
@@ -26,99 +38,309 @@ pub const ENABLE_MODBUS_TCP: &str = "enable Modbus TCP on the GX: Settings → S
 /// What a connection the GX closed reads as.
 pub const CLOSED_BY_GX: &str = "connection closed by the GX";
 
-/// One Modbus-TCP connection to a GX.
-pub struct Connection {
-    /// The tokio-modbus client on it.
-    pub context: Context,
-    closed: Arc<AtomicBool>,
+/// Most requests sent before their replies are awaited.
+pub const WINDOW: usize = 16;
+
+/// Modbus function 0x03, read holding registers.
+const READ_HOLDING_REGISTERS: u8 = 0x03;
+
+/// MBAP header: transaction id, protocol id, length, unit id.
+const HEADER_LEN: usize = 7;
+
+/// Longest length field of a Modbus-TCP frame: unit id and a 253-byte PDU.
+const MAX_LENGTH_FIELD: usize = 254;
+
+/// One register read: a block of holding registers of one unit id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadRequest {
+    /// The unit id (the device behind the GX).
+    pub unit: u8,
+    /// The registers.
+    pub block: Block,
 }
 
-impl fmt::Debug for Connection {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Connection")
-            .field("closed_by_peer", &self.closed_by_peer())
-            .finish_non_exhaustive()
-    }
+/// The GX's answer to one read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// The registers, or the exception the GX raised.
+    pub result: Result<Vec<u16>, ExceptionCode>,
+    /// When the reply arrived.
+    pub received: Mono,
+}
+
+/// What an exchange of several reads brought back.
+#[derive(Debug)]
+pub struct Exchange {
+    /// When the first request went out.
+    pub sent: Mono,
+    /// One entry per request, in request order; `None` where no answer came.
+    pub answers: Vec<Option<Answer>>,
+    /// What ended the exchange early; the connection is then no longer to be
+    /// used. After a malformed or mismatched reply no answer is kept: a stream
+    /// that sent one is trusted for none.
+    pub failure: Option<PollError>,
+    /// The failure came after some but not all replies of a window of several
+    /// requests: the sign of a server that answers one request per read.
+    pub stalled_mid_window: bool,
+}
+
+/// One Modbus-TCP connection to a GX.
+#[derive(Debug)]
+pub struct Connection {
+    stream: TcpStream,
+    /// Bytes read and not yet taken as a reply.
+    received: Vec<u8>,
+    next_transaction: u16,
+}
+
+/// A request on its way: its transaction id and its place in the exchange.
+#[derive(Debug, Clone, Copy)]
+struct Outstanding {
+    transaction: u16,
+    index: usize,
+    request: ReadRequest,
 }
 
 impl Connection {
     /// A Modbus-TCP client on a connected stream.
     pub fn attach(stream: TcpStream) -> Self {
-        let closed = Arc::new(AtomicBool::new(false));
-        let context = tokio_modbus::client::tcp::attach(Watched {
-            inner: stream,
-            closed: Arc::clone(&closed),
-        });
-        Self { context, closed }
-    }
-
-    /// Whether a read has seen the end of the stream: the GX closed it.
-    pub fn closed_by_peer(&self) -> bool {
-        self.closed.load(Ordering::Relaxed)
-    }
-}
-
-/// A TCP stream that notes when a read returns end-of-stream.
-#[derive(Debug)]
-struct Watched {
-    inner: TcpStream,
-    closed: Arc<AtomicBool>,
-}
-
-impl AsyncRead for Watched {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let had_room = buf.remaining() > 0;
-        let before = buf.filled().len();
-        let poll = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if matches!(poll, Poll::Ready(Ok(()))) && had_room && buf.filled().len() == before {
-            this.closed.store(true, Ordering::Relaxed);
+        Self {
+            stream,
+            received: Vec::with_capacity(512),
+            next_transaction: 1,
         }
-        poll
+    }
+
+    /// Reads one block; `wait` bounds the send and the wait for the reply.
+    pub async fn read(
+        &mut self,
+        unit: u8,
+        block: Block,
+        wait: Duration,
+    ) -> Result<Vec<u16>, PollError> {
+        let mut exchange = self.exchange(&[ReadRequest { unit, block }], wait, 1).await;
+        if let Some(failure) = exchange.failure {
+            return Err(failure);
+        }
+        match exchange.answers.pop().flatten() {
+            Some(answer) => answer.result.map_err(PollError::Exception),
+            None => Err(PollError::Timeout(wait)),
+        }
+    }
+
+    /// Sends `requests`, at most `window` of them before their replies, and
+    /// collects the answers. `wait` bounds each send and the wait for each
+    /// next reply, as it bounds a request sent alone.
+    pub async fn exchange(
+        &mut self,
+        requests: &[ReadRequest],
+        wait: Duration,
+        window: usize,
+    ) -> Exchange {
+        let mut exchange = Exchange {
+            sent: Mono::now(),
+            answers: vec![None; requests.len()],
+            failure: None,
+            stalled_mid_window: false,
+        };
+        let window = window.clamp(1, WINDOW);
+        let mut frames = Vec::with_capacity(12 * window);
+        for (chunk_index, chunk) in requests.chunks(window).enumerate() {
+            let first = chunk_index * window;
+            let mut outstanding = Vec::with_capacity(chunk.len());
+            frames.clear();
+            for (offset, request) in chunk.iter().enumerate() {
+                let transaction = self.take_transaction();
+                frames.extend_from_slice(&request_frame(transaction, *request));
+                outstanding.push(Outstanding {
+                    transaction,
+                    index: first + offset,
+                    request: *request,
+                });
+            }
+            let mut result = self.send(&frames, wait).await;
+            if result.is_ok() {
+                result = self
+                    .receive(&mut outstanding, &mut exchange.answers, wait)
+                    .await;
+            }
+            if let Err(failure) = result {
+                let answered = chunk.len() - outstanding.len();
+                exchange.stalled_mid_window = chunk.len() > 1
+                    && answered > 0
+                    && matches!(failure, PollError::Timeout(_) | PollError::Closed);
+                if matches!(failure, PollError::Reply(_)) {
+                    exchange.answers.iter_mut().for_each(|a| *a = None);
+                }
+                exchange.failure = Some(failure);
+                break;
+            }
+        }
+        exchange
+    }
+
+    fn take_transaction(&mut self) -> u16 {
+        let id = self.next_transaction;
+        self.next_transaction = self.next_transaction.wrapping_add(1);
+        id
+    }
+
+    async fn send(&mut self, frames: &[u8], wait: Duration) -> Result<(), PollError> {
+        match timeout(wait, self.stream.write_all(frames)).await {
+            Err(_) => Err(PollError::Timeout(wait)),
+            Ok(result) => result.map_err(PollError::Io),
+        }
+    }
+
+    /// Reads until every outstanding request is answered.
+    async fn receive(
+        &mut self,
+        outstanding: &mut Vec<Outstanding>,
+        answers: &mut [Option<Answer>],
+        wait: Duration,
+    ) -> Result<(), PollError> {
+        loop {
+            while let Some(frame_len) = complete_frame(&self.received)? {
+                let answer = take_answer(&self.received[..frame_len], outstanding)?;
+                self.received.drain(..frame_len);
+                let (index, result) = answer;
+                answers[index] = Some(Answer {
+                    result,
+                    received: Mono::now(),
+                });
+            }
+            if outstanding.is_empty() {
+                return Ok(());
+            }
+            match timeout(wait, self.stream.read_buf(&mut self.received)).await {
+                Err(_) => return Err(PollError::Timeout(wait)),
+                Ok(Ok(0)) => return Err(PollError::Closed),
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => return Err(PollError::Io(error)),
+            }
+        }
     }
 }
 
-impl AsyncWrite for Watched {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
+/// A read-holding-registers request frame.
+fn request_frame(transaction: u16, request: ReadRequest) -> [u8; 12] {
+    let [t0, t1] = transaction.to_be_bytes();
+    let [s0, s1] = request.block.start.to_be_bytes();
+    let [c0, c1] = request.block.count.to_be_bytes();
+    [
+        t0,
+        t1,
+        0,
+        0,
+        0,
+        6,
+        request.unit,
+        READ_HOLDING_REGISTERS,
+        s0,
+        s1,
+        c0,
+        c1,
+    ]
+}
 
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+/// The length of the frame at the start of `bytes` once it is all there;
+/// a header that cannot start a Modbus-TCP frame is refused at once.
+fn complete_frame(bytes: &[u8]) -> Result<Option<usize>, PollError> {
+    if bytes.len() < HEADER_LEN {
+        return Ok(None);
     }
+    let protocol = u16::from_be_bytes([bytes[2], bytes[3]]);
+    if protocol != 0 {
+        return Err(PollError::Reply(format!(
+            "reply header does not match the request: protocol id {protocol}, expected 0 \
+             (is this a Modbus-TCP server?)"
+        )));
+    }
+    let length = usize::from(u16::from_be_bytes([bytes[4], bytes[5]]));
+    if !(3..=MAX_LENGTH_FIELD).contains(&length) {
+        return Err(PollError::Reply(format!(
+            "malformed reply: length field {length}, a Modbus-TCP frame has 3 to \
+             {MAX_LENGTH_FIELD}"
+        )));
+    }
+    let total = 6 + length;
+    Ok((bytes.len() >= total).then_some(total))
+}
 
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+/// Matches one whole reply frame to its request and decodes it: the
+/// request's place and the registers or exception. The request is no longer
+/// outstanding afterwards.
+fn take_answer(
+    frame: &[u8],
+    outstanding: &mut Vec<Outstanding>,
+) -> Result<(usize, Result<Vec<u16>, ExceptionCode>), PollError> {
+    let transaction = u16::from_be_bytes([frame[0], frame[1]]);
+    let unit = frame[6];
+    let Some(position) = outstanding
+        .iter()
+        .position(|o| o.transaction == transaction)
+    else {
+        let expected = outstanding.first().map_or(0, |o| o.transaction);
+        return Err(PollError::Reply(format!(
+            "reply header does not match the request: transaction id {transaction}, expected \
+             {expected} (a late reply to an earlier request?)"
+        )));
+    };
+    let Outstanding { index, request, .. } = outstanding.remove(position);
+    if unit != request.unit {
+        return Err(PollError::Reply(format!(
+            "reply header does not match the request: unit id {unit}, expected {}",
+            request.unit
+        )));
     }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    let function = frame[7];
+    let body = &frame[8..];
+    if function == READ_HOLDING_REGISTERS | 0x80 {
+        let code = body.first().copied().unwrap_or_default();
+        return Ok((index, Err(ExceptionCode::new(code))));
     }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    if function != READ_HOLDING_REGISTERS {
+        let got = if function & 0x80 != 0 {
+            format!(
+                "exception {:#04x} for function {:#04x}",
+                body.first().copied().unwrap_or_default(),
+                function & 0x7f
+            )
+        } else {
+            format!("function {function:#04x}")
+        };
+        return Err(PollError::Reply(format!(
+            "reply does not match the request: {got}, expected function \
+             {READ_HOLDING_REGISTERS:#04x}"
+        )));
     }
+    let block = request.block;
+    let data = body.get(1..).unwrap_or_default();
+    let announced = body.first().map_or(0, |&n| usize::from(n));
+    if announced != data.len() || data.len() % 2 != 0 {
+        return Err(PollError::Reply(format!(
+            "malformed reply: byte count {announced} for {} bytes of registers",
+            data.len()
+        )));
+    }
+    if data.len() != 2 * usize::from(block.count) {
+        return Err(PollError::Reply(format!(
+            "asked for {} registers at {}, got {} registers",
+            block.count,
+            block.start,
+            data.len() / 2
+        )));
+    }
+    let words = data
+        .chunks_exact(2)
+        .map(|pair| u16::from_be_bytes([pair[0], pair[1]]))
+        .collect();
+    Ok((index, Ok(words)))
 }
 
 /// A socket error as one actionable line.
 pub fn describe_io_error(error: &io::Error) -> String {
     use io::ErrorKind as K;
-    if is_stale_errno(error) {
-        // tokio-modbus's end-of-stream (see the module documentation).
-        return CLOSED_BY_GX.into();
-    }
     match error.kind() {
         K::ConnectionRefused => format!("connection refused: {ENABLE_MODBUS_TCP}"),
         K::ConnectionReset => "connection reset by the GX".into(),
@@ -130,104 +352,8 @@ pub fn describe_io_error(error: &io::Error) -> String {
         K::HostUnreachable | K::NetworkUnreachable | K::NetworkDown | K::AddrNotAvailable => {
             format!("{}: check the GX's address and the network", plain(error))
         }
-        K::InvalidData => {
-            let text = error.to_string();
-            // tokio-modbus's decoder checks the protocol id (codec/tcp.rs).
-            match text.strip_prefix("Invalid protocol identifier: expected = 0, actual = ") {
-                Some(actual) => format!(
-                    "reply header does not match the request: protocol id {actual}, expected 0 \
-                     (is this a Modbus-TCP server?)"
-                ),
-                None => format!("malformed reply: {text}"),
-            }
-        }
         _ => plain(error),
     }
-}
-
-/// A tokio-modbus error as one line, without the reply's payload.
-pub fn describe_modbus_error(error: &tokio_modbus::Error) -> String {
-    match error {
-        tokio_modbus::Error::Transport(io) => describe_io_error(io),
-        tokio_modbus::Error::Protocol(ProtocolError::HeaderMismatch { message, .. }) => {
-            header_mismatch(message)
-        }
-        tokio_modbus::Error::Protocol(ProtocolError::FunctionCodeMismatch { request, result }) => {
-            let got = match result {
-                Ok(response) => format!("function {:#04x}", response.function_code().value()),
-                Err(ExceptionResponse {
-                    function,
-                    exception,
-                }) => format!(
-                    "exception {:#04x} for function {:#04x}",
-                    u8::from(*exception),
-                    function.value()
-                ),
-            };
-            format!(
-                "reply does not match the request: {got}, expected function {:#04x}",
-                request.value()
-            )
-        }
-    }
-}
-
-/// The fields that differ, from tokio-modbus 0.17's mismatch text
-/// `expected/request = Header { transaction_id: 5, unit_id: 100 }, actual/response = Header { .. }`
-/// (`service/mod.rs`, `verify_response_header`; `Header` itself is crate-private).
-fn header_mismatch(message: &str) -> String {
-    const LEAD: &str = "reply header does not match the request";
-    let Some((expected, actual)) = message
-        .split_once(", actual/response = ")
-        .and_then(|(e, a)| Some((header_fields(e)?, header_fields(a)?)))
-    else {
-        return LEAD.into();
-    };
-    let mut differences = Vec::new();
-    if actual.0 != expected.0 {
-        differences.push(format!(
-            "transaction id {}, expected {} (a late reply to an earlier request?)",
-            actual.0, expected.0
-        ));
-    }
-    if actual.1 != expected.1 {
-        differences.push(format!("unit id {}, expected {}", actual.1, expected.1));
-    }
-    if differences.is_empty() {
-        LEAD.into()
-    } else {
-        format!("{LEAD}: {}", differences.join("; "))
-    }
-}
-
-/// (transaction id, unit id) out of `Header { transaction_id: 5, unit_id: 100 }`.
-fn header_fields(text: &str) -> Option<(u16, u8)> {
-    let number = |name: &str| {
-        let rest = &text[text.find(name)? + name.len()..];
-        let end = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        rest[..end].parse::<u16>().ok()
-    };
-    let transaction = number("transaction_id: ")?;
-    let unit = u8::try_from(number("unit_id: ")?).ok()?;
-    Some((transaction, unit))
-}
-
-/// The `errno` values tokio-modbus's `last_os_error()` leaves at end of
-/// stream; no socket call of an async stream reports them as a failure.
-fn is_stale_errno(error: &io::Error) -> bool {
-    #[cfg(target_os = "linux")]
-    const STALE: [i32; 4] = [
-        0, 11,  /* EAGAIN */
-        114, /* EALREADY */
-        115, /* EINPROGRESS */
-    ];
-    #[cfg(not(target_os = "linux"))]
-    const STALE: [i32; 1] = [0];
-    error
-        .raw_os_error()
-        .is_some_and(|code| STALE.contains(&code))
 }
 
 /// The error's text without " (os error N)", starting lower-case.
@@ -249,9 +375,18 @@ fn plain(error: &io::Error) -> String {
 
 #[cfg(test)]
 mod tests {
-    use tokio_modbus::{ExceptionCode, FunctionCode, Response};
-
     use super::*;
+
+    fn outstanding(transaction: u16, unit: u8, count: u16) -> Outstanding {
+        Outstanding {
+            transaction,
+            index: usize::from(transaction),
+            request: ReadRequest {
+                unit,
+                block: Block { start: 840, count },
+            },
+        }
+    }
 
     #[test]
     fn socket_errors_say_what_to_do() {
@@ -265,64 +400,92 @@ mod tests {
         }
         #[cfg(target_os = "linux")]
         assert_eq!(
-            describe_io_error(&io::Error::from_raw_os_error(115)),
-            CLOSED_BY_GX,
-            "EINPROGRESS is tokio-modbus's end of stream"
-        );
-        #[cfg(target_os = "linux")]
-        assert_eq!(
             describe_io_error(&io::Error::from_raw_os_error(113)),
             "no route to host: check the GX's address and the network"
         );
     }
 
     #[test]
-    fn a_header_mismatch_names_the_fields_not_the_payload() {
-        let error = tokio_modbus::Error::Protocol(ProtocolError::HeaderMismatch {
-            message: "expected/request = Header { transaction_id: 5, unit_id: 100 }, \
-                      actual/response = Header { transaction_id: 4, unit_id: 246 }"
-                .into(),
-            result: Ok(Response::ReadHoldingRegisters(vec![4321; 53])),
-        });
-        let text = describe_modbus_error(&error);
-        assert_eq!(
-            text,
-            "reply header does not match the request: transaction id 4, expected 5 \
-             (a late reply to an earlier request?); unit id 246, expected 100"
+    fn a_request_frame_is_the_mbap_header_and_the_pdu() {
+        let frame = request_frame(
+            0x0102,
+            ReadRequest {
+                unit: 226,
+                block: Block {
+                    start: 259,
+                    count: 5,
+                },
+            },
         );
-        assert!(!text.contains("4321") && !text.contains("ReadHoldingRegisters"));
-        let unparsable = tokio_modbus::Error::Protocol(ProtocolError::HeaderMismatch {
-            message: "something else".into(),
-            result: Ok(Response::ReadHoldingRegisters(vec![4321; 53])),
-        });
-        assert_eq!(
-            describe_modbus_error(&unparsable),
-            "reply header does not match the request"
-        );
+        // Modbus Messaging on TCP/IP V1.0b, 4.1: 2 + 2 + 2 bytes, unit, PDU.
+        assert_eq!(frame, [1, 2, 0, 0, 0, 6, 226, 3, 0x01, 0x03, 0, 5]);
     }
 
     #[test]
-    fn a_function_mismatch_names_both_functions() {
-        let error = tokio_modbus::Error::Protocol(ProtocolError::FunctionCodeMismatch {
-            request: FunctionCode::ReadHoldingRegisters,
-            result: Err(ExceptionResponse {
-                function: FunctionCode::ReadInputRegisters,
-                exception: ExceptionCode::IllegalDataAddress,
-            }),
-        });
+    fn a_header_is_judged_as_soon_as_it_arrives() {
+        assert!(matches!(complete_frame(&[0, 1, 0, 0, 0]), Ok(None)));
+        assert!(matches!(complete_frame(&[0, 1, 0, 0, 0, 7, 100]), Ok(None)));
+        assert!(matches!(
+            complete_frame(&[0, 1, 0, 0, 0, 5, 100, 3, 2, 0, 1]),
+            Ok(Some(11))
+        ));
+        let Err(PollError::Reply(text)) = complete_frame(b"\xde\xad\xbe\xef\x20\x67 garbage")
+        else {
+            panic!("a protocol id other than 0 is refused");
+        };
+        assert!(text.contains("protocol id 48879, expected 0"), "{text}");
+        let Err(PollError::Reply(text)) = complete_frame(&[0, 1, 0, 0, 0x01, 0x00, 100]) else {
+            panic!("a length beyond a frame's is refused");
+        };
+        assert!(text.contains("length field 256"), "{text}");
+    }
+
+    #[test]
+    fn replies_are_matched_by_transaction_id_in_any_order() {
+        let mut waiting = vec![outstanding(7, 100, 1), outstanding(8, 226, 2)];
+        let second = [0, 8, 0, 0, 0, 7, 226, 3, 4, 0x12, 0x34, 0xff, 0xff];
         assert_eq!(
-            describe_modbus_error(&error),
-            "reply does not match the request: exception 0x02 for function 0x04, \
+            take_answer(&second, &mut waiting).unwrap(),
+            (8, Ok(vec![0x1234, 0xffff]))
+        );
+        let exception = [0, 7, 0, 0, 0, 3, 100, 0x83, 0x0a];
+        assert_eq!(
+            take_answer(&exception, &mut waiting).unwrap(),
+            (7, Err(ExceptionCode::GatewayPathUnavailable))
+        );
+        assert!(waiting.is_empty());
+    }
+
+    #[test]
+    fn a_reply_that_does_not_fit_its_request_names_what_differs() {
+        let text = |frame: &[u8], waiting: &mut Vec<Outstanding>| match take_answer(frame, waiting)
+        {
+            Err(PollError::Reply(text)) => text,
+            other => panic!("{other:?}"),
+        };
+        let late = [0, 4, 0, 0, 0, 5, 100, 3, 2, 0x10, 0xe1];
+        assert_eq!(
+            text(&late, &mut vec![outstanding(5, 100, 1)]),
+            "reply header does not match the request: transaction id 4, expected 5 \
+             (a late reply to an earlier request?)"
+        );
+        let other_unit = [0, 5, 0, 0, 0, 5, 246, 3, 2, 0x10, 0xe1];
+        assert_eq!(
+            text(&other_unit, &mut vec![outstanding(5, 100, 1)]),
+            "reply header does not match the request: unit id 246, expected 100"
+        );
+        let short = [0, 5, 0, 0, 0, 5, 100, 3, 2, 0, 1];
+        assert_eq!(
+            text(&short, &mut vec![outstanding(5, 100, 53)]),
+            "asked for 53 registers at 840, got 1 registers"
+        );
+        let other_function = [0, 5, 0, 0, 0, 3, 100, 0x90, 0x04];
+        assert_eq!(
+            text(&other_function, &mut vec![outstanding(5, 100, 1)]),
+            "reply does not match the request: exception 0x04 for function 0x10, \
              expected function 0x03"
         );
-    }
-
-    #[test]
-    fn a_wrong_protocol_id_is_named() {
-        let error = io::Error::new(
-            io::ErrorKind::InvalidData,
-            "Invalid protocol identifier: expected = 0, actual = 7",
-        );
-        assert!(describe_io_error(&error).contains("protocol id 7, expected 0"));
+        let miscounted = [0, 5, 0, 0, 0, 5, 100, 3, 4, 0, 1];
+        assert!(text(&miscounted, &mut vec![outstanding(5, 100, 1)]).contains("byte count 4"));
     }
 }
