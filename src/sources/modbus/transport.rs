@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::timeout;
+use tokio::time::{Instant, timeout, timeout_at};
 use tokio_modbus::ExceptionCode;
 
 use super::PollError;
@@ -192,13 +192,16 @@ impl Connection {
         }
     }
 
-    /// Reads until every outstanding request is answered.
+    /// Reads until every outstanding request is answered, each next reply
+    /// within `wait` of the one before (a reply that trickles in byte by
+    /// byte gets no more time than one that does not come).
     async fn receive(
         &mut self,
         outstanding: &mut Vec<Outstanding>,
         answers: &mut [Option<Answer>],
         wait: Duration,
     ) -> Result<(), PollError> {
+        let mut deadline = Instant::now() + wait;
         loop {
             while let Some(frame_len) = complete_frame(&self.received)? {
                 let answer = take_answer(&self.received[..frame_len], outstanding)?;
@@ -208,11 +211,12 @@ impl Connection {
                     result,
                     received: Mono::now(),
                 });
+                deadline = Instant::now() + wait;
             }
             if outstanding.is_empty() {
                 return Ok(());
             }
-            match timeout(wait, self.stream.read_buf(&mut self.received)).await {
+            match timeout_at(deadline, self.stream.read_buf(&mut self.received)).await {
                 Err(_) => return Err(PollError::Timeout(wait)),
                 Ok(Ok(0)) => return Err(PollError::Closed),
                 Ok(Ok(_)) => {}
