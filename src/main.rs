@@ -33,18 +33,7 @@ fn main() -> ExitCode {
             return Exit::Internal.into();
         }
     };
-    // The command runs as a task, not as `block_on`'s own future: waking
-    // that future always writes to the runtime's wake-up descriptor (a
-    // syscall and an extra turn of the event loop), waking a task on the
-    // runtime's thread does not.
-    let outcome = match runtime.block_on(async { tokio::spawn(cli::run(cli)).await }) {
-        Ok(outcome) => outcome,
-        Err(panic) => {
-            victron_poller::logging::flush();
-            eprintln!("victron-poller: error: internal error: {panic}");
-            return Exit::Internal.into();
-        }
-    };
+    let outcome = runtime.block_on(cli::run(cli));
     // A stop that was forced leaves tasks behind: give them no more time.
     runtime.shutdown_timeout(std::time::Duration::from_millis(500));
     // The last log lines are written before the error line and the exit.

@@ -311,15 +311,17 @@ impl GxPoller {
                 })
                 .collect();
             report.requests += u32::try_from(requests.len()).unwrap_or(u32::MAX);
-            let exchange = self.exchange(&requests).await;
+            let mut exchange = self.exchange(&requests).await;
             let mut again = Vec::new();
             let mut unanswered = Vec::new();
             let mut first = 0;
             for &d in &pending {
-                let answers = &exchange.answers[first..first + self.devices[d].blocks.len()];
+                let answers = &mut exchange.answers[first..first + self.devices[d].blocks.len()];
                 first += answers.len();
                 match self.settle(d, answers) {
-                    Settled::Words(words) => self.emit(d, exchange.sent, words, &mut report).await,
+                    Settled::Words { words, exchanged } => {
+                        self.emit(d, words, &exchanged, &mut report).await;
+                    }
                     Settled::ReadAgain => again.push(d),
                     Settled::Failed(error) => self.fail(&[d], &error, &mut report),
                     Settled::Unanswered => unanswered.push(d),
@@ -354,7 +356,6 @@ impl GxPoller {
                     .await
             }
             None => Exchange {
-                sent: Mono::now(),
                 answers: vec![None; requests.len()],
                 failure: Some(PollError::Io(io::Error::from(io::ErrorKind::NotConnected))),
                 stalled_mid_window: false,
@@ -364,15 +365,15 @@ impl GxPoller {
 
     /// What device `index`'s answers make: its registers, a finer plan to
     /// read again with (after 0x02), or a failure.
-    fn settle(&mut self, index: usize, answers: &[Option<Answer>]) -> Settled {
+    fn settle(&mut self, index: usize, answers: &mut [Option<Answer>]) -> Settled {
         let Some(answers) = answers
-            .iter()
-            .map(Option::as_ref)
-            .collect::<Option<Vec<&Answer>>>()
+            .iter_mut()
+            .map(Option::take)
+            .collect::<Option<Vec<Answer>>>()
         else {
             return Settled::Unanswered;
         };
-        let refused = |a: &&Answer| a.result == Err(ExceptionCode::IllegalDataAddress);
+        let refused = |a: &Answer| a.result == Err(ExceptionCode::IllegalDataAddress);
         if let Some(code) = answers
             .iter()
             .filter(|a| !refused(a))
@@ -396,11 +397,13 @@ impl GxPoller {
             }
         }
         let mut words = Vec::with_capacity(answers.len());
+        let mut exchanged = Vec::with_capacity(answers.len());
         let mut kept = Vec::with_capacity(answers.len());
-        for (block, answer) in device.blocks.iter().zip(&answers) {
-            match &answer.result {
+        for (block, answer) in device.blocks.iter().zip(answers) {
+            match answer.result {
                 Ok(w) => {
-                    words.push(((*block, w.clone()), answer.received));
+                    words.push((*block, w));
+                    exchanged.push((answer.sent, answer.received));
                     kept.push(*block);
                 }
                 Err(_) => {
@@ -417,22 +420,22 @@ impl GxPoller {
         if words.is_empty() {
             return Settled::Failed(PollError::Exception(ExceptionCode::IllegalDataAddress));
         }
-        Settled::Words(words)
+        Settled::Words { words, exchanged }
     }
 
     /// Makes device `index`'s reading of `words` and sends it on.
     async fn emit(
         &mut self,
         index: usize,
-        sent: Mono,
-        words: Vec<((Block, Vec<u16>), Mono)>,
+        words: Vec<(Block, Vec<u16>)>,
+        exchanged: &[(Mono, Mono)],
         report: &mut CycleReport,
     ) {
-        let (words, received): (Vec<(Block, Vec<u16>)>, Vec<Mono>) = words.into_iter().unzip();
         let device = &self.devices[index];
         let taken = Taken::now();
         if let (Some(clock), Some((seconds, block))) = (&self.clock, device.map.gx_clock(&words)) {
-            clock.gx_sample(&self.address, sent, received[block], seconds);
+            let (sent, received) = exchanged[block];
+            clock.gx_sample(&self.address, sent, received, seconds);
         }
         let reading = Reading {
             site: Arc::clone(&self.site),
@@ -526,8 +529,13 @@ impl GxPoller {
 /// What one device's answers in a round make.
 #[derive(Debug)]
 enum Settled {
-    /// Every block read: (block, registers) with when each reply arrived.
-    Words(Vec<((Block, Vec<u16>), Mono)>),
+    /// Every block read.
+    Words {
+        /// (block, registers), in plan order.
+        words: Vec<(Block, Vec<u16>)>,
+        /// When each block's request went out and its reply arrived.
+        exchanged: Vec<(Mono, Mono)>,
+    },
     /// A block was refused (0x02): the device is planned finer, to read again.
     ReadAgain,
     /// The GX raised an exception for the device.

@@ -64,6 +64,8 @@ pub struct ReadRequest {
 pub struct Answer {
     /// The registers, or the exception the GX raised.
     pub result: Result<Vec<u16>, ExceptionCode>,
+    /// When the request went out (with the others of its window).
+    pub sent: Mono,
     /// When the reply arrived.
     pub received: Mono,
 }
@@ -71,8 +73,6 @@ pub struct Answer {
 /// What an exchange of several reads brought back.
 #[derive(Debug)]
 pub struct Exchange {
-    /// When the first request went out.
-    pub sent: Mono,
     /// One entry per request, in request order; `None` where no answer came.
     pub answers: Vec<Option<Answer>>,
     /// What ended the exchange early; the connection is then no longer to be
@@ -138,7 +138,6 @@ impl Connection {
         window: usize,
     ) -> Exchange {
         let mut exchange = Exchange {
-            sent: Mono::now(),
             answers: vec![None; requests.len()],
             failure: None,
             stalled_mid_window: false,
@@ -158,10 +157,11 @@ impl Connection {
                     request: *request,
                 });
             }
+            let sent = Mono::now();
             let mut result = self.send(&frames, wait).await;
             if result.is_ok() {
                 result = self
-                    .receive(&mut outstanding, &mut exchange.answers, wait)
+                    .receive(&mut outstanding, &mut exchange.answers, sent, wait)
                     .await;
             }
             if let Err(failure) = result {
@@ -199,6 +199,7 @@ impl Connection {
         &mut self,
         outstanding: &mut Vec<Outstanding>,
         answers: &mut [Option<Answer>],
+        sent: Mono,
         wait: Duration,
     ) -> Result<(), PollError> {
         let mut deadline = Instant::now() + wait;
@@ -209,6 +210,7 @@ impl Connection {
                 let (index, result) = answer;
                 answers[index] = Some(Answer {
                     result,
+                    sent,
                     received: Mono::now(),
                 });
                 deadline = Instant::now() + wait;
