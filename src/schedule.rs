@@ -1,6 +1,8 @@
-//! The fixed-rate schedule every periodic task uses: polls, status writes,
-//! retention runs.
+//! The fixed-rate schedule every periodic task uses (polls, status writes,
+//! retention runs), and the cadence of a saved status: at once when what
+//! matters in it changed, otherwise every few seconds.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use tokio::time::{Instant, sleep_until};
@@ -63,10 +65,125 @@ impl Ticker {
     }
 }
 
-/// A fixed-rate schedule of `period` (sources' polls, status writes,
-/// retention runs).
+/// A fixed-rate schedule of `period` starting now (retention runs: the
+/// first is due at once, however late the task started).
 pub fn ticker(period: Duration) -> Ticker {
     Ticker::new(period)
+}
+
+/// The origin of the process's common grid: set by the first
+/// [`Grid::common`].
+static COMMON_ORIGIN: OnceLock<Instant> = OnceLock::new();
+
+/// Points in time at origin + k × period, for any period: schedules on one
+/// grid fall together wherever their periods have common multiples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grid {
+    origin: Instant,
+}
+
+impl Grid {
+    /// The process's common grid (its origin is the first call's time): the
+    /// tasks that run every poll or every second (the sources' polls, the
+    /// status writers, the forwarder's recheck, the batches' closing) wake
+    /// together, one wake-up of the process where each would take its own,
+    /// and a wake-up is most of an idle gateway's CPU.
+    pub fn common() -> Self {
+        Self {
+            origin: *COMMON_ORIGIN.get_or_init(Instant::now),
+        }
+    }
+
+    /// A grid with its origin at `origin`.
+    pub fn starting_at(origin: Instant) -> Self {
+        Self { origin }
+    }
+
+    /// A fixed-rate schedule of `period` on this grid. A task started at the
+    /// origin ticks at once; one started later, at the next grid point
+    /// (within a period).
+    pub fn ticker(self, period: Duration) -> Ticker {
+        let mut ticker = Ticker::new(period);
+        ticker.start = self.origin;
+        ticker
+    }
+
+    /// The latest point of the grid of `period` at or before `t`; `None`
+    /// before the origin.
+    pub fn point_at_or_before(self, t: Instant, period: Duration) -> Option<Instant> {
+        let since = t.checked_duration_since(self.origin)?.as_nanos();
+        let period = period.as_nanos().max(1);
+        let offset = u64::try_from(since - since % period).ok()?;
+        Some(self.origin + Duration::from_nanos(offset))
+    }
+}
+
+/// A fixed-rate schedule of `period` on the process's common grid
+/// ([`Grid::common`]).
+pub fn common_ticker(period: Duration) -> Ticker {
+    Grid::common().ticker(period)
+}
+
+/// What a status calls for ([`Cadence::judge`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Save {
+    /// What matters in it changed (or nothing was saved yet): save it now.
+    Changed,
+    /// Only its times and counts moved, and the period is over: save it.
+    Due,
+    /// Only its times and counts moved, within the period: leave it.
+    Not,
+}
+
+/// When a status is saved: at once when its `S` (what matters in it, such
+/// as each device's health) differs from the last saved one, otherwise
+/// once a period. The status document and the status rows keep this rule.
+#[derive(Debug)]
+pub struct Cadence<S> {
+    every: Duration,
+    last: Option<(Instant, S)>,
+}
+
+impl<S: PartialEq> Cadence<S> {
+    /// Nothing saved yet: the first status is [`Save::Changed`].
+    pub fn new(every: Duration) -> Self {
+        Self { every, last: None }
+    }
+
+    /// What a status of shape `shape` calls for at `now`.
+    pub fn judge(&self, shape: &S, now: Instant) -> Save {
+        match &self.last {
+            Some((_, was)) if was != shape => Save::Changed,
+            Some((at, _)) if now.saturating_duration_since(*at) < self.every => Save::Not,
+            Some(_) => Save::Due,
+            None => Save::Changed,
+        }
+    }
+
+    /// A status of shape `shape` was saved at `at`.
+    pub fn saved(&mut self, shape: S, at: Instant) {
+        self.last = Some((at, shape));
+    }
+
+    /// Saving failed: the next status is saved whatever it is.
+    pub fn forget(&mut self) {
+        self.last = None;
+    }
+
+    /// How long ago the last status was saved; `None` before the first.
+    pub fn since_saved(&self, now: Instant) -> Option<Duration> {
+        self.last
+            .as_ref()
+            .map(|(at, _)| now.saturating_duration_since(*at))
+    }
+}
+
+/// The period of a status rewritten on a `tick` schedule at least `every`:
+/// `every` rounded up to whole ticks, at least one.
+pub fn whole_ticks(every: Duration, tick: Duration) -> Duration {
+    let tick_ns = tick.as_nanos().max(1);
+    let ticks = every.as_nanos().div_ceil(tick_ns).max(1);
+    Duration::from_nanos(u64::try_from(ticks * tick_ns).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]
@@ -128,5 +245,88 @@ mod tests {
         ticker.tick().await;
         assert_eq!(start.elapsed().as_millis(), 1000);
         assert_eq!(ticker.skipped(), 0);
+    }
+
+    /// A change is saved at once; the same shape once a period (5 s of
+    /// 1-s ticks: the 5th tick after a save), counted from the last save;
+    /// a failed save makes the next one due at once.
+    #[test]
+    fn a_status_is_saved_when_it_changes_and_once_a_period() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut cadence = Cadence::new(Duration::from_secs(5));
+        assert_eq!(cadence.judge(&"healthy", at(0)), Save::Changed);
+        cadence.saved("healthy", at(0));
+        let verdicts: Vec<Save> = (1..=5).map(|s| cadence.judge(&"healthy", at(s))).collect();
+        assert_eq!(
+            verdicts,
+            [Save::Not, Save::Not, Save::Not, Save::Not, Save::Due]
+        );
+        assert_eq!(cadence.judge(&"failing", at(1)), Save::Changed);
+        cadence.saved("failing", at(1));
+        assert_eq!(cadence.judge(&"failing", at(5)), Save::Not);
+        assert_eq!(cadence.since_saved(at(5)), Some(Duration::from_secs(4)));
+        cadence.forget();
+        assert_eq!(cadence.judge(&"failing", at(6)), Save::Changed);
+        assert_eq!(cadence.since_saved(at(6)), None);
+    }
+
+    /// 5 s on 1-s ticks is 5 s; on 3-s ticks 6 s; on 10-s ticks one tick;
+    /// at 10 Hz 5 s.
+    #[test]
+    fn a_period_is_rounded_up_to_whole_ticks() {
+        let five = Duration::from_secs(5);
+        let ms = Duration::from_millis;
+        assert_eq!(whole_ticks(five, ms(1000)), ms(5000));
+        assert_eq!(whole_ticks(five, ms(3000)), ms(6000));
+        assert_eq!(whole_ticks(five, ms(10_000)), ms(10_000));
+        assert_eq!(whole_ticks(five, ms(100)), ms(5000));
+        assert_eq!(whole_ticks(five, ms(0)), five);
+    }
+
+    /// Common tickers of different periods, started at different times,
+    /// share one grid: a 250-ms ticker started 300 ms after a 1-s one's
+    /// tick first ticks at the next quarter (500 ms after it), and then on
+    /// the 1-s ticker's next second too.
+    #[tokio::test(start_paused = true)]
+    async fn tickers_on_one_grid_tick_together() {
+        let grid = Grid::starting_at(Instant::now());
+        let mut seconds = grid.ticker(Duration::from_secs(1));
+        let origin = seconds.start;
+        let s1 = seconds.tick().await;
+        assert_eq!((s1 - origin).as_nanos() % 1_000_000_000, 0, "on the grid");
+        sleep(Duration::from_millis(300)).await;
+        let mut quarters = grid.ticker(Duration::from_millis(250));
+        let q1 = quarters.tick().await;
+        assert_eq!(q1 - s1, Duration::from_millis(500));
+        let s2 = seconds.tick().await;
+        assert_eq!(s2 - s1, Duration::from_secs(1));
+        let mut at = q1;
+        while at < s2 {
+            at = quarters.tick().await;
+        }
+        assert_eq!(at, s2, "the quarter-second ticker ticks on the second too");
+    }
+
+    /// The latest grid point at or before a time, for any period; none
+    /// before the origin.
+    #[tokio::test(start_paused = true)]
+    async fn the_latest_grid_point_before_a_time() {
+        let origin = Instant::now() + Duration::from_secs(10);
+        let grid = Grid::starting_at(origin);
+        let ms = Duration::from_millis;
+        assert_eq!(
+            grid.point_at_or_before(origin + ms(2700), ms(1000)),
+            Some(origin + ms(2000))
+        );
+        assert_eq!(
+            grid.point_at_or_before(origin + ms(2000), ms(1000)),
+            Some(origin + ms(2000))
+        );
+        assert_eq!(
+            grid.point_at_or_before(origin + ms(2700), ms(500)),
+            Some(origin + ms(2500))
+        );
+        assert_eq!(grid.point_at_or_before(origin - ms(1), ms(1000)), None);
     }
 }

@@ -252,7 +252,7 @@ fn judge_database(
                 down.push(format!("no site is healthy ({sites} sites)"));
             } else if sites <= 1 && p.is_stale == Some(true) {
                 down.push(format!(
-                    "no successful poll for {:.0} s (3 poll intervals)",
+                    "no successful poll for {:.0} s (stale)",
                     p.seconds_since_last_success.unwrap_or_default()
                 ));
             }

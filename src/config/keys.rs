@@ -371,7 +371,7 @@ table! {
     );
     BATCH_MAX_AGE_MS = integer(
         "batch.max_age_ms",
-        500,
+        1000,
         (1, 600_000),
         Milliseconds,
         "...or when its first reading is this old (without a database: 2000)",

@@ -312,7 +312,7 @@ fn defaults_apply_without_a_file() {
     assert_eq!(config.retention.run_every, Duration::from_secs(3600));
     assert_eq!(config.batch.max_readings, 200);
     // Without a database a batch may be two seconds old (the store is the
-    // database: fewer commits), with one half a second (the default).
+    // database: fewer commits), with one a second (the default).
     assert_eq!(config.batch.max_age, Duration::from_millis(2000));
     assert_eq!(config.health.stall_timeout, Duration::from_secs(120));
     assert!(!config.failover.enabled);

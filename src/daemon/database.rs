@@ -14,12 +14,14 @@ use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::{Shared, host_name};
+use super::{STATUS_EVERY, Shared, host_name};
+use crate::clock::Basis;
 use crate::db::link::retry_backoff;
 use crate::db::server::StorageMode;
 use crate::db::status_rows::{self, PollerRow, SiteRows};
 use crate::forward::Forwarder;
-use crate::status::DeviceStatus;
+use crate::schedule::{Cadence, Save};
+use crate::status::{DeviceStatus, ErrorClass};
 
 /// How long the daemon waits before asking again a database server that
 /// answered and refused it (credentials, no such database).
@@ -137,24 +139,39 @@ pub(super) async fn database_loop(shared: Shared, signals: Signals, cancel: Canc
         },
     );
     // A last status row, best effort.
-    let _ = tokio::time::timeout(LAST_STATUS_TIMEOUT, write_db_status(&shared, &pool, mode)).await;
+    let last = write_db_status(&shared, &pool, mode, polled_devices(&shared));
+    let _ = tokio::time::timeout(LAST_STATUS_TIMEOUT, last).await;
     pool.close().await;
 }
 
 async fn status_writer(shared: Shared, pool: PgPool, mode: StorageMode, cancel: CancellationToken) {
-    let mut tick = crate::schedule::ticker(shared.poll_interval);
+    let mut tick = crate::schedule::common_ticker(shared.poll_interval);
+    let mut cadence = Cadence::new(status_every(&shared));
     let mut failing = false;
     loop {
-        tokio::select! {
+        let now = tokio::select! {
             () = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+            at = tick.tick() => at,
+        };
         if shared.clock.wants_database_sample() {
             sample_database_clock(&shared, &pool).await;
         }
+        let devices = polled_devices(&shared);
+        let shape = RowsShape::of(&shared, &devices);
+        if cadence.judge(&shape, now) == Save::Not {
+            continue;
+        }
         // Bounded: a slow or absent database never stalls anything else.
-        let result =
-            tokio::time::timeout(STATUS_WRITE_TIMEOUT, write_db_status(&shared, &pool, mode)).await;
+        let result = tokio::time::timeout(
+            STATUS_WRITE_TIMEOUT,
+            write_db_status(&shared, &pool, mode, devices),
+        )
+        .await;
+        if matches!(result, Ok(Ok(()))) {
+            cadence.saved(shape, now);
+        } else {
+            cadence.forget();
+        }
         match &result {
             Ok(Ok(())) => shared.link.works(),
             // The connection itself failed: the database is out of reach. (An
@@ -219,15 +236,58 @@ async fn sample_database_clock(shared: &Shared, pool: &PgPool) {
     }
 }
 
-/// Writes the status rows of the sites and devices this daemon polls.
+/// How often the status rows are rewritten while only their times and
+/// counts move: [`STATUS_EVERY`] in whole poll intervals (every poll, when
+/// a poll interval is longer).
+fn status_every(shared: &Shared) -> Duration {
+    crate::schedule::whole_ticks(STATUS_EVERY, shared.poll_interval)
+}
+
+/// The devices this daemon polls: those another daemon polls (on standby
+/// here) are that daemon's to report.
+fn polled_devices(shared: &Shared) -> Vec<DeviceStatus> {
+    let mut devices = shared.status.snapshot();
+    devices.retain(|d| !d.standby);
+    devices
+}
+
+/// What makes the status rows worth writing at once rather than at the end
+/// of their period: which devices this daemon polls (a failover handover),
+/// each one's health and error class, where measurement times come from,
+/// whether readings are held, and a stop.
+#[derive(Debug, PartialEq)]
+struct RowsShape {
+    devices: Vec<(String, bool, Option<ErrorClass>)>,
+    clock: Basis,
+    holds_readings: bool,
+    stopped: bool,
+}
+
+impl RowsShape {
+    fn of(shared: &Shared, devices: &[DeviceStatus]) -> Self {
+        let clock = shared.clock.report();
+        Self {
+            devices: devices
+                .iter()
+                .map(|d| (d.device.clone(), d.is_healthy(), d.last_error_class))
+                .collect(),
+            clock: clock.basis,
+            holds_readings: clock.holds_readings(),
+            stopped: shared.stopped_at.get().is_some(),
+        }
+    }
+}
+
+/// Writes the status rows of the sites of `devices` (those this daemon
+/// polls).
 async fn write_db_status(
     shared: &Shared,
     pool: &PgPool,
     mode: StorageMode,
+    devices: Vec<DeviceStatus>,
 ) -> Result<(), sqlx::Error> {
-    // Devices another daemon polls are that daemon's to report.
     let mut by_site: BTreeMap<String, Vec<DeviceStatus>> = BTreeMap::new();
-    for device in shared.status.snapshot().into_iter().filter(|d| !d.standby) {
+    for device in devices {
         let site = shared
             .sites
             .get(&device.device)
@@ -279,6 +339,7 @@ async fn write_db_status(
                 clock: clock.basis.as_str(),
                 clock_offset_s: clock.offset_s,
                 held_readings: held.get(&site).copied().unwrap_or(0),
+                status_every: status_every(shared),
             };
             SiteRows {
                 site,

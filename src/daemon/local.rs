@@ -5,55 +5,48 @@
 //! basis change), and the local store's retention.
 
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
-use super::{Shared, observe};
+use super::{STATUS_EVERY, Shared, observe};
 use crate::clock::Basis;
 use crate::report::Snapshot;
 use crate::report::health::{self, Level};
+use crate::schedule::{Cadence, Save};
 use crate::store::STATUS_NAME;
-
-/// How often the status document is saved while its verdict stays the
-/// same: well within what `status` allows before it calls a daemon gone
-/// (three poll intervals, at least 15 s), and rare enough to cost the SD
-/// card nothing.
-const STATUS_EVERY: Duration = Duration::from_secs(5);
 
 /// The local side: status document in the store, and the store's retention.
 pub(super) async fn local_loop(shared: Shared, cancel: CancellationToken) {
     // At most once a second: a 10 Hz daemon need not judge itself ten
     // times a second.
-    let mut status_tick = crate::schedule::ticker(shared.poll_interval.max(Duration::from_secs(1)));
+    let mut status_tick =
+        crate::schedule::common_ticker(shared.poll_interval.max(Duration::from_secs(1)));
     let mut retention_tick = crate::schedule::ticker(shared.config.retention.run_every);
-    let mut last_staged: Option<(Instant, Shape)> = None;
+    let mut cadence = Cadence::new(STATUS_EVERY);
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
-            _ = status_tick.tick() => {
+            now = status_tick.tick() => {
                 let snapshot = observe::snapshot(&shared).await;
                 let shape = Shape::of(&snapshot);
-                let changed = last_staged.as_ref().is_none_or(|(_, was)| *was != shape);
-                let due = last_staged
-                    .as_ref()
-                    .is_none_or(|(at, _)| at.elapsed() >= STATUS_EVERY);
+                let save = cadence.judge(&shape, now);
                 // A batch's age, but never longer than the save period:
                 // batches of minutes must not age the document past what
                 // `status` allows.
-                let unclaimed = last_staged.as_ref().is_some_and(|(at, _)| {
-                    at.elapsed() >= shared.config.batch.max_age.min(STATUS_EVERY)
-                });
-                if changed || due {
+                let unclaimed = cadence
+                    .since_saved(now)
+                    .is_some_and(|ago| ago >= shared.config.batch.max_age.min(STATUS_EVERY));
+                if save != Save::Not {
                     stage(&shared, &snapshot);
-                    last_staged = Some((Instant::now(), shape));
+                    cadence.saved(shape, now);
                 }
                 // A change is saved at once (what `status` reads agrees with
                 // the systemd status line); the periodic save rides with the
                 // next batch, and one that no batch committed in time (no
                 // device answers) is committed on its own.
-                if (changed || (!due && unclaimed))
+                if (save == Save::Changed || (save == Save::Not && unclaimed))
                     && let Err(error) = shared.store.flush_status().await
                 {
                     tracing::debug!(%error, "Cannot save the status document.");
@@ -96,7 +89,7 @@ pub(super) async fn local_loop(shared: Shared, cancel: CancellationToken) {
 }
 
 /// What makes a status document worth saving at once rather than at the
-/// next [`STATUS_EVERY`]: the verdict, which devices this daemon polls (a
+/// end of its [`STATUS_EVERY`]: the verdict, which devices this daemon polls (a
 /// failover handover), and where measurement times come from.
 #[derive(PartialEq)]
 struct Shape {

@@ -45,6 +45,13 @@ use crate::sources::vedirect::VeDirectSource;
 use crate::status::StatusBoard;
 use crate::store::LocalStore;
 
+/// How often the daemon's status is saved (the status document in the local
+/// store, the status rows in PostgreSQL) while only its times and counts
+/// move; a change in what it says is saved at once. Well within what
+/// `status` allows before it calls a daemon gone (three poll intervals, at
+/// least 15 s), and rare enough to cost neither the SD card nor the CPU.
+const STATUS_EVERY: Duration = Duration::from_secs(5);
+
 /// How long each step of an ordered stop may take. Sources stop between
 /// polls and the batcher commits the partial batch without a limit (the
 /// local store is the durability boundary); the rest is bounded.
@@ -256,7 +263,11 @@ pub async fn run(
     } else {
         sink
     };
-    let batcher = tasks.spawn(Batcher::new(config.batch, sink).run(rx));
+    let batcher = tasks.spawn(
+        Batcher::new(config.batch, sink)
+            .on_grid(crate::schedule::Grid::common())
+            .run(rx),
+    );
 
     let background = CancellationToken::new();
     tasks.spawn(local::local_loop(shared.clone(), background.clone()));

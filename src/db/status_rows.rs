@@ -60,6 +60,9 @@ pub struct PollerRow {
     pub clock_offset_s: Option<f64>,
     /// Readings waiting in the local store for their time.
     pub held_readings: i64,
+    /// How often the rows are rewritten while only their times and counts
+    /// change (what the views' `is_stale` allows for).
+    pub status_every: Duration,
 }
 
 fn int(n: impl TryInto<i32>) -> i32 {
@@ -87,8 +90,7 @@ pub struct SiteRows {
 /// taken first, so writers of other sites wait their turn and each
 /// recomputation sees every committed site row.
 pub async fn write(pool: &PgPool, sites: &[SiteRows]) -> Result<(), sqlx::Error> {
-    // Three round trips (written every poll interval: each one is a
-    // gateway's CPU): one opens the transaction, bounds it and takes the
+    // Three round trips (each one is a gateway's CPU): one opens the transaction, bounds it and takes the
     // lock; one per site writes its rows; one recomputes the singleton and
     // commits.
     let mut open = RawTransaction {
@@ -139,9 +141,9 @@ async fn write_site(tx: &mut sqlx::PgConnection, site: &SiteRows) -> Result<(), 
              poller_started_at, poll_interval_ms, devices_configured, devices_healthy,
              rows_written_last_batch, rows_written_total, spool_depth, spool_oldest_age_s,
              retention_window_s, storage_mode, poller_stopped_at, clock, clock_offset_s, held_readings,
-             updated_at)
+             status_every_ms, updated_at)
          VALUES ($19, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
-             $20, $21, $22, now())
+             $20, $21, $22, $36, now())
          ON CONFLICT (installation_id) DO UPDATE SET last_poll_attempt = excluded.last_poll_attempt,
              last_successful_poll = excluded.last_successful_poll, last_error = excluded.last_error,
              consecutive_failures = excluded.consecutive_failures, is_healthy = excluded.is_healthy,
@@ -153,7 +155,8 @@ async fn write_site(tx: &mut sqlx::PgConnection, site: &SiteRows) -> Result<(), 
              spool_oldest_age_s = excluded.spool_oldest_age_s, retention_window_s = excluded.retention_window_s,
              storage_mode = excluded.storage_mode, poller_stopped_at = excluded.poller_stopped_at,
              clock = excluded.clock, clock_offset_s = excluded.clock_offset_s,
-             held_readings = excluded.held_readings, updated_at = now())
+             held_readings = excluded.held_readings, status_every_ms = excluded.status_every_ms,
+             updated_at = now())
          INSERT INTO victron.device_status (device, source, address, product_id, product_name, serial,
              firmware, last_attempt, last_success, last_error, last_error_class, consecutive_failures,
              backoff_ms, installation_id, updated_at)
@@ -213,6 +216,7 @@ async fn write_site(tx: &mut sqlx::PgConnection, site: &SiteRows) -> Result<(), 
     )
     .bind(devices.iter().map(|d| int(d.consecutive_failures)).collect::<Vec<_>>())
     .bind(devices.iter().map(|d| big(d.backoff.as_millis())).collect::<Vec<_>>())
+    .bind(int(poller.status_every.as_millis()))
     .execute(&mut *tx)
     .await?;
     Ok(())
@@ -227,7 +231,7 @@ INSERT INTO victron.polling_status (id, last_poll_attempt, last_successful_poll,
     consecutive_failures, is_healthy, poller_host, poller_version, poller_started_at,
     poller_stopped_at, poll_interval_ms, devices_configured, devices_healthy,
     rows_written_last_batch, rows_written_total, spool_depth, spool_oldest_age_s,
-    retention_window_s, storage_mode, clock, clock_offset_s, held_readings)
+    retention_window_s, storage_mode, clock, clock_offset_s, held_readings, status_every_ms)
 SELECT 1, max(last_poll_attempt), min(last_successful_poll),
     (SELECT CASE WHEN u.installation_id = '' THEN '' ELSE u.installation_id || ': ' END
             || coalesce(u.last_error,
@@ -247,7 +251,7 @@ SELECT 1, max(last_poll_attempt), min(last_successful_poll),
                              WHEN 'gx' THEN 3 ELSE 4 END LIMIT 1),
     (SELECT c.clock_offset_s FROM victron.site_status c
        ORDER BY abs(c.clock_offset_s) DESC NULLS LAST LIMIT 1),
-    sum(held_readings)::bigint
+    sum(held_readings)::bigint, max(status_every_ms)
 FROM victron.site_status
 ON CONFLICT (id) DO UPDATE SET last_poll_attempt = excluded.last_poll_attempt,
     last_successful_poll = excluded.last_successful_poll, last_error = excluded.last_error,
@@ -259,7 +263,8 @@ ON CONFLICT (id) DO UPDATE SET last_poll_attempt = excluded.last_poll_attempt,
     rows_written_total = excluded.rows_written_total, spool_depth = excluded.spool_depth,
     spool_oldest_age_s = excluded.spool_oldest_age_s, retention_window_s = excluded.retention_window_s,
     storage_mode = excluded.storage_mode, clock = excluded.clock,
-    clock_offset_s = excluded.clock_offset_s, held_readings = excluded.held_readings;
+    clock_offset_s = excluded.clock_offset_s, held_readings = excluded.held_readings,
+    status_every_ms = excluded.status_every_ms;
 COMMIT";
 
 /// Records a retention run in `victron.polling_status`, at the server's
@@ -308,7 +313,9 @@ pub struct PollerView {
     pub last_successful_poll: Option<DateTime<Utc>>,
     /// Seconds since then.
     pub seconds_since_last_success: Option<f64>,
-    /// No successful poll for 3 poll intervals.
+    /// No successful poll for 2 poll intervals plus the longer of a poll
+    /// interval and the rows' rewrite period (3 poll intervals, when the
+    /// rows are rewritten every poll).
     pub is_stale: Option<bool>,
     /// The first failing device's error.
     pub last_error: Option<String>,

@@ -298,6 +298,9 @@ impl Forwarder {
 
     /// Runs until `cancel`; a batch in flight is abandoned (it stays in the store).
     pub async fn run(self, cancel: CancellationToken) {
+        // Idle, it looks again every second (a wake-up it may have missed),
+        // on the common grid: with the polls, not a wake-up of its own.
+        let mut recheck = crate::schedule::common_ticker(Duration::from_secs(1));
         let mut delays = retry_backoff().build();
         let mut failing = false;
         loop {
@@ -316,7 +319,7 @@ impl Forwarder {
                     tokio::select! {
                         () = cancel.cancelled() => return,
                         () = self.wake.notified() => {}
-                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = recheck.tick() => {}
                     }
                 }
                 Ok(_) => {

@@ -1,5 +1,6 @@
 //! Groups readings into batches — a batch closes at `max_readings`, or
-//! `max_age` after its first reading, whichever comes first — and hands each
+//! `max_age` after its first reading (on a grid point in the second half of
+//! that age, when given a [`Grid`]), whichever comes first — and hands each
 //! to a [`BatchSink`]. A commit that fails is retried with backoff while the
 //! readings wait in memory (the sink is the durability boundary: nothing is
 //! dropped). When every source has dropped its sender, the partial batch is
@@ -10,9 +11,11 @@ use std::future::Future;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use crate::config::BatchConfig;
 use crate::reading::Reading;
+use crate::schedule::Grid;
 use crate::store::StoreError;
 
 /// The first wait after a failed commit; it doubles up to [`RETRY_MAX`].
@@ -36,6 +39,7 @@ pub struct Batcher<S> {
     limits: BatchConfig,
     sink: S,
     batch: Vec<Reading>,
+    grid: Option<Grid>,
 }
 
 impl<S: BatchSink> Batcher<S> {
@@ -45,6 +49,29 @@ impl<S: BatchSink> Batcher<S> {
             batch: Vec::with_capacity(limits.max_readings.min(10_000)),
             limits,
             sink,
+            grid: None,
+        }
+    }
+
+    /// Closes batches on points of `grid` where one falls in the second
+    /// half of a batch's age: on the common grid with an age that is a
+    /// multiple of the poll interval, a batch closes as a poll starts, in
+    /// the same wake-up, not in one of its own.
+    pub fn on_grid(mut self, grid: Grid) -> Self {
+        self.grid = Some(grid);
+        self
+    }
+
+    /// When a batch opened at `opened` closes: `batch.max_age` after, or the
+    /// latest grid point of that period in the second half of its age.
+    fn deadline(&self, opened: Instant) -> Instant {
+        let latest = opened + self.limits.max_age;
+        match self
+            .grid
+            .and_then(|grid| grid.point_at_or_before(latest, self.limits.max_age))
+        {
+            Some(point) if point >= opened + self.limits.max_age / 2 => point,
+            _ => latest,
         }
     }
 
@@ -53,7 +80,7 @@ impl<S: BatchSink> Batcher<S> {
     pub async fn run(mut self, mut readings: mpsc::Receiver<Reading>) -> S {
         while let Some(first) = readings.recv().await {
             self.batch.push(first);
-            let deadline = tokio::time::Instant::now() + self.limits.max_age;
+            let deadline = self.deadline(Instant::now());
             let mut closed = false;
             while self.batch.len() < self.limits.max_readings {
                 match tokio::time::timeout_at(deadline, readings.recv()).await {
@@ -179,6 +206,34 @@ mod tests {
         assert_eq!(batches[1].0 - start, Duration::from_millis(500));
         drop(tx);
         task.await.unwrap();
+    }
+
+    /// On a grid, a batch closes on the grid point in the second half of
+    /// its age: opened 300 ms past a point of a 1-s grid, it closes 700 ms
+    /// later (on the next point), not 1 s later; opened 700 ms past one
+    /// (the next point only 300 ms away, less than half its age), after
+    /// its full age.
+    #[tokio::test(start_paused = true)]
+    async fn on_a_grid_a_batch_closes_on_a_grid_point() {
+        for (past_point, closes_after) in [(300, 700), (700, 1000)] {
+            let sink = Recorder::default();
+            let (tx, rx) = mpsc::channel(16);
+            let start = Instant::now();
+            let grid = Grid::starting_at(start - Duration::from_millis(past_point));
+            let batcher = Batcher::new(limits(200, 1000), sink.clone()).on_grid(grid);
+            let task = tokio::spawn(batcher.run(rx));
+            tx.send(reading(1.0)).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let batches = sink.batches();
+            assert_eq!(batches.len(), 1);
+            assert_eq!(
+                batches[0].0 - start,
+                Duration::from_millis(closes_after),
+                "opened {past_point} ms past a grid point"
+            );
+            drop(tx);
+            task.await.unwrap();
+        }
     }
 
     #[tokio::test(start_paused = true)]

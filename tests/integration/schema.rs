@@ -619,6 +619,53 @@ async fn every_reading_column_exists_with_its_type() {
     }
 }
 
+/// The views' `is_stale`: no successful poll for 2 poll intervals plus the
+/// longer of a poll interval and the rows' rewrite period. A 1-s poller
+/// rewriting every 5 s is stale after 7 s; one from before the period (NULL,
+/// it wrote every poll) after 3 s, as it always was.
+#[tokio::test]
+async fn staleness_allows_for_the_status_rows_rewrite_period() {
+    let db = TestDb::create(Flavour::Plain).await;
+    db.migrate().await;
+    // (site, seconds since the last success, status_every_ms)
+    let cases = [
+        ("every-5s-6s-ago", 6.5, Some(5000)),
+        ("every-5s-8s-ago", 7.5, Some(5000)),
+        ("every-poll-2s-ago", 2.5, None),
+        ("every-poll-4s-ago", 3.5, None),
+        ("every-1s-4s-ago", 3.5, Some(1000)),
+    ];
+    for (site, ago, every) in cases {
+        let every = every.map_or("NULL".to_string(), |ms: i32| ms.to_string());
+        db.execute(&format!(
+            "INSERT INTO victron.site_status (installation_id, last_successful_poll,
+                 poll_interval_ms, status_every_ms, is_healthy)
+             VALUES ('{site}', now() - interval '{ago} seconds', 1000, {every}, true)"
+        ))
+        .await;
+    }
+    assert_eq!(
+        db.strings(
+            "SELECT installation_id FROM victron.site_status_view WHERE is_stale ORDER BY 1"
+        )
+        .await,
+        vec!["every-1s-4s-ago", "every-5s-8s-ago", "every-poll-4s-ago"]
+    );
+    // The singleton's own row follows the same rule.
+    db.execute(
+        "INSERT INTO victron.polling_status (id, last_successful_poll, poll_interval_ms, status_every_ms)
+         VALUES (1, now() - interval '6.5 seconds', 1000, 5000)
+         ON CONFLICT (id) DO UPDATE SET last_successful_poll = excluded.last_successful_poll,
+             poll_interval_ms = excluded.poll_interval_ms, status_every_ms = excluded.status_every_ms",
+    )
+    .await;
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM victron.polling_status_view WHERE NOT is_stale")
+            .await,
+        1
+    );
+}
+
 /// A database written by the schema before sites (migrations 0001–0006,
 /// rows without a site, device rows keyed by name) moves on every flavour:
 /// its rows are kept with the empty site and the keys include the site.

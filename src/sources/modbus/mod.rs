@@ -258,7 +258,7 @@ impl GxPoller {
     /// Polls on fixed-rate ticks until `cancel` fires; a poll in progress
     /// finishes first (the safe point). Gives the poller back.
     pub async fn run(mut self, cancel: CancellationToken) -> Self {
-        let mut ticker = crate::schedule::ticker(self.poll_interval);
+        let mut ticker = crate::schedule::common_ticker(self.poll_interval);
         loop {
             tokio::select! {
                 biased;

@@ -192,7 +192,7 @@ impl VeDirectSource {
         cancel: &CancellationToken,
     ) -> Result<(), (ErrorClass, String)> {
         let mut frames = FramedRead::new(port, VeDirectCodec::new());
-        let mut ticker = crate::schedule::ticker(self.config.poll_interval);
+        let mut ticker = crate::schedule::common_ticker(self.config.poll_interval);
         // The port opened, or the last valid block arrived, at `last_data`:
         // silent for too long → reopen.
         let mut last_data = Instant::now();
