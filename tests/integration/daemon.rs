@@ -1091,9 +1091,10 @@ async fn a_reader_that_stops_reading_the_logs_blocks_nothing() {
     let db = TestDb::create(Flavour::Timescale).await;
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), sim.addr().port(), 100);
-    // Every statement logged: far more than a pipe holds within seconds.
-    // The health endpoint on a port picked here: the log that would name it
-    // is not read.
+    // Every statement logged, a batch per reading (forty a second, a line of
+    // about 3 KB each): the pipe is full within a second, the daemon's queue
+    // of 1024 lines within half a minute. The health endpoint on a port picked
+    // here: the log that would name it is not read.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -1102,7 +1103,8 @@ async fn a_reader_that_stops_reading_the_logs_blocks_nothing() {
     let text = std::fs::read_to_string(&config)
         .unwrap()
         .replace("level = \"info\"", "level = \"debug,sqlx=debug\"");
-    let text = format!("[health]\nlisten = \"127.0.0.1:{port}\"\n{text}");
+    let text =
+        format!("[health]\nlisten = \"127.0.0.1:{port}\"\n[batch]\nmax_readings = 1\n{text}");
     std::fs::write(&config, text).unwrap();
     let state = dir.path().join("state");
     // Killed if the test fails before its SIGTERM.
@@ -1121,7 +1123,7 @@ async fn a_reader_that_stops_reading_the_logs_blocks_nothing() {
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     wait_for(
         "log lines dropped (the unread pipe full)",
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         async || {
             let page = tokio::task::spawn_blocking(move || try_http_get(addr, "/metrics"))
                 .await
