@@ -1,10 +1,17 @@
 //! The fixed-rate schedule every periodic task uses (polls, status writes,
-//! retention runs), and the cadence of a saved status: at once when what
-//! matters in it changed, otherwise every few seconds.
+//! retention runs), the common grid the frequent ones share (woken by a
+//! kernel timer each), and the cadence of a saved status: at once when
+//! what matters in it changed, otherwise every few seconds.
 
+use std::io;
+use std::os::fd::OwnedFd;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use rustix::time::{
+    ClockId, Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags, Timespec,
+};
+use tokio::io::unix::AsyncFd;
 use tokio::time::{Instant, sleep_until};
 
 /// A fixed-rate schedule on the monotonic clock: ticks fall on
@@ -18,6 +25,7 @@ pub struct Ticker {
     period: Duration,
     next: u64,
     skipped: u64,
+    alarm: Alarm,
 }
 
 impl Ticker {
@@ -28,7 +36,15 @@ impl Ticker {
             period: period.max(Duration::from_millis(1)),
             next: 0,
             skipped: 0,
+            alarm: Alarm::runtime(),
         }
+    }
+
+    /// Sleeps on a kernel timer of its own ([`Alarm::kernel`]): one
+    /// wake-up per tick instead of two.
+    pub fn with_kernel_timer(mut self) -> Self {
+        self.alarm = Alarm::kernel();
+        self
     }
 
     /// Waits for the next grid point that is not in the past; returns it.
@@ -53,7 +69,7 @@ impl Ticker {
         let k = self.next.max(due);
         let offset = u64::try_from(period.saturating_mul(u128::from(k))).unwrap_or(u64::MAX);
         let at = self.start + Duration::from_nanos(offset);
-        sleep_until(at).await;
+        self.alarm.sleep_until(at).await;
         self.skipped += k - self.next;
         self.next = k.saturating_add(1);
         at
@@ -119,9 +135,121 @@ impl Grid {
 }
 
 /// A fixed-rate schedule of `period` on the process's common grid
-/// ([`Grid::common`]).
+/// ([`Grid::common`]), on a kernel timer ([`Ticker::with_kernel_timer`]).
 pub fn common_ticker(period: Duration) -> Ticker {
-    Grid::common().ticker(period)
+    Grid::common().ticker(period).with_kernel_timer()
+}
+
+/// Sleeps until given instants: on a kernel timer of its own when one can
+/// be made, otherwise on the runtime's timer wheel, which wakes the process
+/// once more before each deadline over about 64 ms away (to move it to a
+/// finer level of the wheel) and rounds deadlines up to the next
+/// millisecond (so that two timers due at one instant, one on each, may
+/// take two wake-ups).
+#[derive(Debug)]
+pub struct Alarm {
+    timer: Option<KernelTimer>,
+}
+
+impl Alarm {
+    /// On a kernel timer (a `timerfd`; the runtime's timer if none can be
+    /// made): one wake-up, exactly at the instant.
+    pub fn kernel() -> Self {
+        match KernelTimer::new() {
+            Ok(timer) => Self { timer: Some(timer) },
+            Err(error) => {
+                tracing::debug!(%error, "No kernel timer: the runtime's timer it is.");
+                Self::runtime()
+            }
+        }
+    }
+
+    /// On the runtime's timer (which a paused test clock drives).
+    pub fn runtime() -> Self {
+        Self { timer: None }
+    }
+
+    /// Sleeps until `at`. Cancellation-safe: a dropped sleep changes
+    /// nothing for the next one.
+    pub async fn sleep_until(&mut self, at: Instant) {
+        if let Some(timer) = &self.timer {
+            match timer.sleep_until(at).await {
+                Ok(()) => return,
+                Err(error) => {
+                    tracing::debug!(%error, "The kernel timer failed: the runtime's timer it is.");
+                    self.timer = None;
+                }
+            }
+        }
+        sleep_until(at).await;
+    }
+}
+
+/// A one-shot `CLOCK_MONOTONIC` timerfd (the clock `Instant` reads),
+/// watched by the runtime's I/O driver: it wakes the process exactly once,
+/// at its deadline.
+#[derive(Debug)]
+struct KernelTimer {
+    fd: AsyncFd<OwnedFd>,
+}
+
+impl KernelTimer {
+    /// Needs the runtime's I/O driver (an error without one).
+    #[allow(unsafe_code)]
+    fn new() -> io::Result<Self> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(io::Error::other("no runtime"));
+        }
+        let fd = rustix::time::timerfd_create(
+            TimerfdClockId::Monotonic,
+            TimerfdFlags::NONBLOCK | TimerfdFlags::CLOEXEC,
+        )?;
+        // SAFETY: the `OwnedFd` is moved into the `AsyncFd` and owned by it
+        // alone: the descriptor stays open, and the same one, until the
+        // `AsyncFd` is dropped (which deregisters it before closing it).
+        let fd = unsafe { AsyncFd::register(fd) }.map_err(io::Error::other)?;
+        Ok(Self { fd })
+    }
+
+    /// Arms the timer for `at` and waits for it. Cancellation-safe: a
+    /// dropped wait leaves it armed, and the next call arms it anew (which
+    /// also clears an expiry nobody read).
+    async fn sleep_until(&self, at: Instant) -> io::Result<()> {
+        // The delay first, then the clock: the deadline in the kernel's
+        // terms is never before `at`.
+        let delay = at.saturating_duration_since(Instant::now());
+        let delay = Timespec::try_from(delay).map_err(|_| io::Error::other("delay too long"))?;
+        let mut deadline = rustix::time::clock_gettime(ClockId::Monotonic) + delay;
+        // A zero value disarms a timerfd.
+        if deadline.tv_sec == 0 && deadline.tv_nsec == 0 {
+            deadline.tv_nsec = 1;
+        }
+        rustix::time::timerfd_settime(
+            self.fd.get_ref(),
+            TimerfdTimerFlags::ABSTIME,
+            &Itimerspec {
+                it_interval: Timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                },
+                it_value: deadline,
+            },
+        )?;
+        loop {
+            let mut ready = self.fd.readable().await?;
+            let mut expirations = [0u8; 8];
+            match rustix::io::read(self.fd.get_ref(), &mut expirations) {
+                Ok(_) => {
+                    // Read, it is not readable until it expires again: the
+                    // next wait need not try a read to learn that.
+                    ready.clear_ready();
+                    return Ok(());
+                }
+                Err(rustix::io::Errno::AGAIN) => ready.clear_ready(),
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
 }
 
 /// What a status calls for ([`Cadence::judge`]).
@@ -328,5 +456,30 @@ mod tests {
             Some(origin + ms(2500))
         );
         assert_eq!(grid.point_at_or_before(origin - ms(1), ms(1000)), None);
+    }
+
+    /// On a kernel timer, in real time: ticks are on the grid, none fires
+    /// before its grid point, and a dropped wait changes nothing.
+    #[tokio::test]
+    async fn a_kernel_timer_ticks_on_the_grid_never_early() {
+        let period = Duration::from_millis(30);
+        let grid = Grid::starting_at(Instant::now());
+        let mut ticker = grid.ticker(period).with_kernel_timer();
+        assert!(ticker.alarm.timer.is_some(), "a timerfd can be made here");
+        let first = ticker.tick().await;
+        tokio::select! {
+            _ = ticker.tick() => panic!("no grid point within 1 ms"),
+            () = tokio::time::sleep(Duration::from_millis(1)) => {}
+        }
+        for n in 1..=5u32 {
+            let at = ticker.tick().await;
+            assert!(Instant::now() >= at, "tick {n} fired early");
+            assert_eq!(
+                (at - first).as_nanos() % period.as_nanos(),
+                0,
+                "tick {n} off the grid"
+            );
+            assert!(at > first);
+        }
     }
 }

@@ -1,8 +1,9 @@
 //! Whether the kernel's clock is disciplined by a time service: `adjtimex`
 //! says "unsynchronised" (`STA_UNSYNC`, or the `TIME_ERROR` state) until an
 //! NTP client (systemd-timesyncd, chrony, ntpd) has set and steers it.
-//! The one call of the project that needs `unsafe`: no maintained crate
-//! wraps `adjtimex`.
+//! One of the project's two uses of `unsafe` (the other registers a
+//! kernel timer with the runtime, in `schedule`): no maintained crate wraps
+//! `adjtimex`.
 #![allow(unsafe_code)]
 
 /// `Some(true)` when the kernel says its clock is synchronised, `Some(false)`

@@ -265,7 +265,10 @@ pub async fn run(
     };
     let batcher = tasks.spawn(
         Batcher::new(config.batch, sink)
-            .on_grid(crate::schedule::Grid::common())
+            .on_grid(
+                crate::schedule::Grid::common(),
+                crate::schedule::Alarm::kernel(),
+            )
             .run(rx),
     );
 

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use crate::config::BatchConfig;
 use crate::reading::Reading;
-use crate::schedule::Grid;
+use crate::schedule::{Alarm, Grid};
 use crate::store::StoreError;
 
 /// The first wait after a failed commit; it doubles up to [`RETRY_MAX`].
@@ -40,6 +40,7 @@ pub struct Batcher<S> {
     sink: S,
     batch: Vec<Reading>,
     grid: Option<Grid>,
+    alarm: Alarm,
 }
 
 impl<S: BatchSink> Batcher<S> {
@@ -50,15 +51,18 @@ impl<S: BatchSink> Batcher<S> {
             limits,
             sink,
             grid: None,
+            alarm: Alarm::runtime(),
         }
     }
 
     /// Closes batches on points of `grid` where one falls in the second
     /// half of a batch's age: on the common grid with an age that is a
     /// multiple of the poll interval, a batch closes as a poll starts, in
-    /// the same wake-up, not in one of its own.
-    pub fn on_grid(mut self, grid: Grid) -> Self {
+    /// the same wake-up (with the polls' kind of `alarm`), not in one of
+    /// its own.
+    pub fn on_grid(mut self, grid: Grid, alarm: Alarm) -> Self {
         self.grid = Some(grid);
+        self.alarm = alarm;
         self
     }
 
@@ -82,14 +86,21 @@ impl<S: BatchSink> Batcher<S> {
             self.batch.push(first);
             let deadline = self.deadline(Instant::now());
             let mut closed = false;
-            while self.batch.len() < self.limits.max_readings {
-                match tokio::time::timeout_at(deadline, readings.recv()).await {
-                    Ok(Some(reading)) => self.batch.push(reading),
-                    Ok(None) => {
-                        closed = true;
-                        break;
+            {
+                let aged = self.alarm.sleep_until(deadline);
+                tokio::pin!(aged);
+                while self.batch.len() < self.limits.max_readings {
+                    tokio::select! {
+                        biased;
+                        reading = readings.recv() => match reading {
+                            Some(reading) => self.batch.push(reading),
+                            None => {
+                                closed = true;
+                                break;
+                            }
+                        },
+                        () = &mut aged => break,
                     }
-                    Err(_) => break,
                 }
             }
             self.commit().await;
@@ -220,7 +231,8 @@ mod tests {
             let (tx, rx) = mpsc::channel(16);
             let start = Instant::now();
             let grid = Grid::starting_at(start - Duration::from_millis(past_point));
-            let batcher = Batcher::new(limits(200, 1000), sink.clone()).on_grid(grid);
+            let batcher =
+                Batcher::new(limits(200, 1000), sink.clone()).on_grid(grid, Alarm::runtime());
             let task = tokio::spawn(batcher.run(rx));
             tx.send(reading(1.0)).await.unwrap();
             tokio::time::sleep(Duration::from_millis(1500)).await;
