@@ -5,15 +5,27 @@
 --   them changes but the times and counts (a device's health, an error, a
 --   stop, a failover or the clock's basis are written at once). NULL in rows
 --   of daemons from before: they wrote every poll.
--- - is_stale, in both views: no successful poll in two poll intervals plus
---   the longer of a poll interval and that period (three poll intervals, as
---   before, for a daemon that writes every poll). A live daemon's
---   last_successful_poll lags by up to the period.
+-- - is_stale, in both views (one definition: victron.status_is_stale): no
+--   successful poll in two poll intervals plus the longer of a poll interval
+--   and that period (three poll intervals, as before, for a daemon that
+--   writes every poll). A live daemon's last_successful_poll lags by up to
+--   the period.
 -- The singleton carries the longest period of any site; both views gain the
 -- column at their end.
 
 ALTER TABLE victron.site_status ADD COLUMN IF NOT EXISTS status_every_ms INTEGER;
 ALTER TABLE victron.polling_status ADD COLUMN IF NOT EXISTS status_every_ms INTEGER;
+
+-- The one definition of stale, for both views.
+CREATE OR REPLACE FUNCTION victron.status_is_stale(
+    last_successful_poll TIMESTAMPTZ, poll_interval_ms INTEGER, status_every_ms INTEGER)
+RETURNS BOOLEAN LANGUAGE sql STABLE AS $$
+    SELECT last_successful_poll IS NULL
+        OR now() - last_successful_poll
+           > make_interval(secs => (2 * coalesce(poll_interval_ms, 0)
+                                    + greatest(coalesce(poll_interval_ms, 0),
+                                               coalesce(status_every_ms, 0))) / 1000.0)
+$$;
 
 CREATE OR REPLACE VIEW victron.site_status_view AS
 SELECT
@@ -22,11 +34,7 @@ SELECT
     s.last_poll_attempt,
     s.last_successful_poll,
     extract(epoch FROM NOW() - s.last_successful_poll)::double precision AS seconds_since_last_success,
-    (s.last_successful_poll IS NULL
-        OR NOW() - s.last_successful_poll
-           > make_interval(secs => (2 * coalesce(s.poll_interval_ms, 0)
-                                    + greatest(coalesce(s.poll_interval_ms, 0),
-                                               coalesce(s.status_every_ms, 0))) / 1000.0)) AS is_stale,
+    victron.status_is_stale(s.last_successful_poll, s.poll_interval_ms, s.status_every_ms) AS is_stale,
     (s.poller_started_at IS NOT NULL AND s.poller_stopped_at IS NULL) AS is_running,
     s.last_error,
     s.consecutive_failures,
@@ -92,11 +100,7 @@ SELECT
     s.last_poll_attempt,
     s.last_successful_poll,
     extract(epoch FROM NOW() - s.last_successful_poll)::double precision AS seconds_since_last_success,
-    (s.last_successful_poll IS NULL
-        OR NOW() - s.last_successful_poll
-           > make_interval(secs => (2 * coalesce(s.poll_interval_ms, 0)
-                                    + greatest(coalesce(s.poll_interval_ms, 0),
-                                               coalesce(s.status_every_ms, 0))) / 1000.0)) AS is_stale,
+    victron.status_is_stale(s.last_successful_poll, s.poll_interval_ms, s.status_every_ms) AS is_stale,
     s.last_error,
     s.consecutive_failures,
     s.poll_interval_ms,
