@@ -148,10 +148,17 @@ async fn status_writer(shared: Shared, pool: PgPool, mode: StorageMode, cancel: 
     let mut tick = crate::schedule::common_ticker(shared.poll_interval);
     let mut cadence = Cadence::new(status_every(&shared));
     let mut failing = false;
+    // The first rows at once (the database has just come up), then on the
+    // common grid (whose next point may be up to a poll interval away).
+    let mut first = true;
     loop {
-        let now = tokio::select! {
-            () = cancel.cancelled() => return,
-            at = tick.tick() => at,
+        let now = if std::mem::take(&mut first) {
+            tokio::time::Instant::now()
+        } else {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                at = tick.tick() => at,
+            }
         };
         if shared.clock.wants_database_sample() {
             sample_database_clock(&shared, &pool).await;
