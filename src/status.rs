@@ -30,6 +30,8 @@ pub enum ErrorClass {
     Decode,
     /// A serial port or stream problem.
     Port,
+    /// The daemon's own task for the device failed (a panic): a bug.
+    Internal,
 }
 
 impl ErrorClass {
@@ -43,6 +45,7 @@ impl ErrorClass {
             Self::Exception => "exception",
             Self::Decode => "decode",
             Self::Port => "port",
+            Self::Internal => "internal",
         }
     }
 }

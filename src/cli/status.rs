@@ -259,7 +259,7 @@ fn judge_database(
             let interval_s = p.poll_interval_ms.map_or(5.0, |ms| ms as f64 / 1000.0);
             if let Some(age) = p
                 .spool_oldest_age_s
-                .filter(|a| *a > 3.0 * interval_s.max(5.0))
+                .filter(|a| *a > health::backlog_after(interval_s))
             {
                 degraded.push(format!("readings wait in the local store since {age:.0} s"));
             }

@@ -381,6 +381,14 @@ table! {
         "full",
         "\"full\" (a committed batch survives a power cut) or \"normal\" (fewer disk writes)",
     );
+    STORE_MAX_READINGS_IN_MEMORY = integer(
+        "store.max_readings_in_memory",
+        20_000,
+        (100, 10_000_000),
+        Readings,
+        "while the local store refuses writes (a full disk), readings wait in memory up to this many \
+         (about 1 KB each); beyond it the oldest are dropped and counted",
+    );
     CLOCK_TRUST_LOCAL = boolean(
         "clock.trust_local",
         false,

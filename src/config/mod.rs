@@ -347,10 +347,25 @@ pub struct ClockConfig {
 }
 
 /// How the local store commits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoreConfig {
     /// `store.sync`.
     pub sync: StoreSync,
+    /// `store.max_readings_in_memory`: how many readings may wait in memory
+    /// while the store refuses writes.
+    pub max_readings_in_memory: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            sync: StoreSync::default(),
+            max_readings_in_memory: usize::try_from(
+                keys::STORE_MAX_READINGS_IN_MEMORY.integer_default(),
+            )
+            .unwrap_or(usize::MAX),
+        }
+    }
 }
 
 /// When a commit to the local store reaches the disk (`store.sync`).

@@ -84,6 +84,10 @@ pub(super) fn validate(
                 StoreSync::default()
             }),
         },
+        max_readings_in_memory: usize::try_from(
+            t.integer(&keys::STORE_MAX_READINGS_IN_MEMORY, &mut problems),
+        )
+        .unwrap_or(usize::MAX),
     };
     t.finish(&mut problems);
 

@@ -31,9 +31,6 @@ const REFUSED_RETRY: Duration = Duration::from_secs(30);
 /// database never stalls anything else.
 const STATUS_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The status rows' error while readings wait for their time.
-const HELD_ERROR: &str = "readings held: the clock is not confirmed";
-
 /// The longest a sample of the server's clock may take.
 const CLOCK_SAMPLE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -302,6 +299,17 @@ async fn write_db_status(
             .unwrap_or_default();
         by_site.entry(site).or_default().push(device);
     }
+    // The rows say what the one health judge says of each site's part of
+    // the daemon's snapshot (its devices; the store and the tasks are every
+    // site's).
+    let snapshot = super::observe::snapshot(shared).await;
+    let now = Utc::now();
+    let verdict_of = |devices: &[DeviceStatus]| {
+        let mut part = snapshot.clone();
+        part.devices
+            .retain(|d| devices.iter().any(|s| s.device == d.device));
+        crate::report::health::judge(&part, now, now)
+    };
     let spool = shared.store.depth_by_site().await.unwrap_or_default();
     let held = shared.store.held_by_site().await.unwrap_or_default();
     let clock = shared.clock.report();
@@ -310,25 +318,21 @@ async fn write_db_status(
         .into_iter()
         .map(|(site, devices)| {
             let healthy = devices.iter().filter(|d| d.is_healthy()).count();
+            let verdict = verdict_of(&devices);
             let (spool_depth, oldest) = spool.get(&site).copied().unwrap_or_default();
             let (rows_total, rows_last_batch) = shared.forward.site(&site);
             let status = PollerRow {
                 last_attempt: devices.iter().filter_map(|d| d.last_attempt).max(),
                 last_success: devices.iter().filter_map(|d| d.last_success).max(),
-                last_error: devices
-                    .iter()
-                    .filter(|d| d.is_failing())
-                    .find_map(|d| d.last_error.as_ref().map(|e| format!("{}: {e}", d.device)))
-                    .or_else(|| clock.holds_readings().then(|| HELD_ERROR.to_string())),
+                last_error: verdict.reasons.first().cloned(),
                 consecutive_failures: devices
                     .iter()
                     .map(|d| d.consecutive_failures)
                     .max()
                     .unwrap_or(0),
-                healthy: healthy == devices.len()
-                    && !devices.is_empty()
-                    && stopped_at.is_none()
-                    && !clock.holds_readings(),
+                healthy: verdict.level == crate::report::health::Level::Healthy
+                    && healthy == devices.len()
+                    && !devices.is_empty(),
                 host: host_name(),
                 version: env!("CARGO_PKG_VERSION"),
                 started_at: shared.started_at,

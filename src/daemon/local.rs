@@ -13,11 +13,16 @@ use tokio_util::sync::CancellationToken;
 use super::{STATUS_EVERY, Shared, observe};
 use crate::clock::Basis;
 use crate::report::Snapshot;
-use crate::report::health::{self, Level};
+use crate::report::health::{self, Health, Level};
 use crate::schedule::{Cadence, Save};
 use crate::store::STATUS_NAME;
 
-/// The local side: status document in the store, and the store's retention.
+/// How often the store's file is checked for having been deleted or
+/// replaced under the daemon (a `stat`).
+const FILE_CHECK_EVERY: Duration = Duration::from_secs(10);
+
+/// The local side: status document in the store, the store's file, and the
+/// store's retention.
 pub(super) async fn local_loop(shared: Shared, cancel: CancellationToken) {
     // At most once a second: a 10 Hz daemon need not judge itself ten
     // times a second.
@@ -25,12 +30,20 @@ pub(super) async fn local_loop(shared: Shared, cancel: CancellationToken) {
         crate::schedule::common_ticker(shared.poll_interval.max(Duration::from_secs(1)));
     let mut retention_tick = crate::schedule::ticker(shared.config.retention.run_every);
     let mut cadence = Cadence::new(STATUS_EVERY);
+    let mut file_tick = crate::schedule::common_ticker(FILE_CHECK_EVERY);
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
+            _ = file_tick.tick() => {
+                if let Err(error) = shared.store.check_file().await {
+                    tracing::error!(%error, "Cannot reopen the local store.");
+                }
+            }
             now = status_tick.tick() => {
                 let snapshot = observe::snapshot(&shared).await;
-                let shape = Shape::of(&snapshot);
+                let wall = Utc::now();
+                let verdict = health::judge(&snapshot, wall, wall);
+                let shape = Shape::of(&snapshot, &verdict);
                 let save = cadence.judge(&shape, now);
                 // A batch's age, but never longer than the save period:
                 // batches of minutes must not age the document past what
@@ -51,7 +64,7 @@ pub(super) async fn local_loop(shared: Shared, cancel: CancellationToken) {
                 {
                     tracing::debug!(%error, "Cannot save the status document.");
                 }
-                crate::systemd::status(&snapshot.one_line());
+                crate::systemd::status(&snapshot.status_line(&verdict));
             }
             _ = retention_tick.tick() => {
                 let mut before = Utc::now() - chrono::Duration::from_std(shared.config.retention.window).unwrap_or_default();
@@ -88,6 +101,16 @@ pub(super) async fn local_loop(shared: Shared, cancel: CancellationToken) {
     }
 }
 
+/// The longest gap between two saves of the status document: its period
+/// in whole status ticks, and then up to a batch's age for the batch it
+/// rides with.
+pub(super) fn status_every(shared: &Shared) -> Duration {
+    crate::schedule::whole_ticks(
+        STATUS_EVERY,
+        shared.poll_interval.max(Duration::from_secs(1)),
+    ) + shared.config.batch.max_age.min(STATUS_EVERY)
+}
+
 /// What makes a status document worth saving at once rather than at the
 /// end of its [`STATUS_EVERY`]: the verdict, which devices this daemon polls (a
 /// failover handover), and where measurement times come from.
@@ -99,10 +122,9 @@ struct Shape {
 }
 
 impl Shape {
-    fn of(snapshot: &Snapshot) -> Self {
-        let now = Utc::now();
+    fn of(snapshot: &Snapshot, verdict: &Health) -> Self {
         Self {
-            level: health::judge(snapshot, now, now).level,
+            level: verdict.level,
             standby: snapshot
                 .devices
                 .iter()

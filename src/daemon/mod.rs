@@ -19,6 +19,7 @@ mod database;
 mod local;
 mod observe;
 mod rollups;
+pub mod supervise;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -38,7 +39,7 @@ use crate::db::link::DatabaseLink;
 use crate::db::locks::LeaseKeeper;
 use crate::failover::Leases;
 use crate::forward::{DirectPath, ForwardCounters};
-use crate::pipeline::{BatchReport, Batcher, StoreSink};
+use crate::pipeline::{BatchReport, Batcher, StoreSink, WriteHealth};
 use crate::reading::Reading;
 use crate::sources::modbus::GxPoller;
 use crate::sources::vedirect::VeDirectSource;
@@ -145,6 +146,10 @@ struct Shared {
     /// Without a database: everything measured before this (µs since the
     /// epoch) is rolled up, so the local store's retention may take it.
     rolled_through: Arc<std::sync::atomic::AtomicI64>,
+    /// How the local store takes the batches.
+    writes: Arc<WriteHealth>,
+    /// The tasks restarted after a panic.
+    restarts: Arc<supervise::Restarts>,
 }
 
 /// The shortest configured poll interval (status rows are written that often).
@@ -220,6 +225,8 @@ pub async fn run(
         sites: Arc::new(config.device_sites()),
         direct: DirectPath::default(),
         rolled_through: Arc::new(std::sync::atomic::AtomicI64::new(i64::MIN)),
+        writes: Arc::default(),
+        restarts: Arc::default(),
         clock: Arc::new(TimeKeeper::new(
             config.clock.trust_local,
             config.database.is_some(),
@@ -231,16 +238,65 @@ pub async fn run(
     // then the forwarder drains, then everything else is cancelled.
     let tasks = TaskTracker::new();
     let (tx, rx) = mpsc::channel::<Reading>(4096);
+    // Every source under a supervisor: one that panics is restarted with
+    // its own reconnect backoff, its devices failed meanwhile.
     for gx in &config.gx {
-        let poller = GxPoller::new(gx, shared.status.clone(), tx.clone())
-            .with_leases(leases.clone())
-            .with_clock(Arc::clone(&shared.clock));
-        tasks.spawn(poller.run(shutdown.clone()));
+        let what = supervise::Supervised {
+            task: format!("source gx {}:{}", gx.host, gx.port),
+            devices: gx.devices.iter().map(|d| d.name.clone()).collect(),
+            backoff: (gx.reconnect_min, gx.reconnect_max),
+        };
+        let (gx, status, tx, leases, clock, stop) = (
+            gx.clone(),
+            shared.status.clone(),
+            tx.clone(),
+            leases.clone(),
+            Arc::clone(&shared.clock),
+            shutdown.clone(),
+        );
+        tasks.spawn(supervise::supervise(
+            what,
+            shared.status.clone(),
+            Arc::clone(&shared.restarts),
+            shutdown.clone(),
+            move || {
+                let poller = GxPoller::new(&gx, status.clone(), tx.clone())
+                    .with_leases(leases.clone())
+                    .with_clock(Arc::clone(&clock));
+                let stop = stop.clone();
+                async move {
+                    poller.run(stop).await;
+                }
+            },
+        ));
     }
     for device in &config.vedirect {
-        let source = VeDirectSource::new(device, shared.status.clone(), tx.clone())
-            .with_leases(leases.clone());
-        tasks.spawn(source.run(shutdown.clone()));
+        let what = supervise::Supervised {
+            task: format!("source vedirect {}", device.name),
+            devices: vec![device.name.clone()],
+            backoff: (device.reconnect_min, device.reconnect_max),
+        };
+        let (device, status, tx, leases, stop) = (
+            device.clone(),
+            shared.status.clone(),
+            tx.clone(),
+            leases.clone(),
+            shutdown.clone(),
+        );
+        tasks.spawn(supervise::supervise(
+            what,
+            shared.status.clone(),
+            Arc::clone(&shared.restarts),
+            shutdown.clone(),
+            move || {
+                let source = VeDirectSource::new(&device, status.clone(), tx.clone())
+                    .with_leases(leases.clone());
+                let stop = stop.clone();
+                async move {
+                    source.run(stop).await;
+                }
+            },
+        ));
     }
     drop(tx);
 
@@ -268,6 +324,11 @@ pub async fn run(
             .on_grid(
                 crate::schedule::Grid::common(),
                 crate::schedule::Alarm::kernel(),
+            )
+            .holding(
+                config.store.max_readings_in_memory,
+                Arc::clone(&shared.writes),
+                options.drain.store_close.max(Duration::from_secs(5)),
             )
             .run(rx),
     );
@@ -327,8 +388,18 @@ pub async fn run(
     shutdown.cancelled().await;
     crate::systemd::stopping();
     tracing::info!("Stopping: finishing the current polls.");
-    batcher.await.context("The batcher stopped abnormally")?;
-    tracing::info!("Every reading received is in the local store.");
+    let finished = batcher.await.context("The batcher stopped abnormally")?;
+    let writes = shared.writes.now();
+    if writes.readings_dropped == 0 {
+        tracing::info!("Every reading received is in the local store.");
+    } else {
+        tracing::error!(
+            lost = writes.readings_dropped,
+            lost_at_stop = finished.unstored,
+            error = writes.last_error.as_deref().unwrap_or_default(),
+            "Not every reading received is in the local store: it refused writes, and the readings it could not take are lost."
+        );
+    }
 
     let drain = options.drain;
     // Only a forwarder that runs against a reachable database can drain;

@@ -29,6 +29,8 @@ pub(super) async fn snapshot(shared: &Shared) -> Snapshot {
         started_at: shared.started_at,
         stopped_at: shared.stopped_at.get().copied(),
         poll_interval_ms: u64::try_from(shared.poll_interval.as_millis()).unwrap_or(u64::MAX),
+        status_every_ms: u64::try_from(super::local::status_every(shared).as_millis())
+            .unwrap_or(u64::MAX),
         rows_stored: counters.rows_stored.load(Ordering::Relaxed),
         rows_forwarded: forward.rows_forwarded.load(Ordering::Relaxed),
         rows_parked: forward.rows_parked.load(Ordering::Relaxed),
@@ -47,6 +49,9 @@ pub(super) async fn snapshot(shared: &Shared) -> Snapshot {
         devices: shared.status.snapshot(),
         clock: shared.clock.report(),
         held_readings: shared.store.held(),
+        store_writes: shared.writes.now(),
+        store_incidents: shared.store.incidents(),
+        restarts: shared.restarts.recent(),
     }
 }
 

@@ -21,7 +21,40 @@ use crate::db::link::DatabaseLink;
 use crate::forward::{DirectPath, ForwardCounters};
 use crate::reading::{Reading, ReadingTable};
 use crate::store::{LocalStore, StoreError};
-pub use batcher::{BatchSink, Batcher};
+pub use batcher::{BatchSink, Batcher, Finished};
+
+/// How the local store takes the batches, for the daemon's status: whether
+/// it refuses writes now (a full disk) and since when, how many readings
+/// wait in memory, and how many were dropped since start.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoreWrites {
+    /// Since when the store refuses writes; `None` while it takes them.
+    pub failing_since: Option<DateTime<Utc>>,
+    /// The last error it answered.
+    pub last_error: Option<String>,
+    /// Readings waiting in memory for the store.
+    pub readings_in_memory: u64,
+    /// Readings dropped since start because the store refused them for
+    /// too long (the memory bound), or at the stop.
+    pub readings_dropped: u64,
+    /// When readings were last dropped.
+    pub last_dropped_at: Option<DateTime<Utc>>,
+}
+
+/// The batcher's [`StoreWrites`], shared with the status writers.
+#[derive(Debug, Default)]
+pub struct WriteHealth(std::sync::Mutex<StoreWrites>);
+
+impl WriteHealth {
+    /// What it says now.
+    pub fn now(&self) -> StoreWrites {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn update(&self, change: impl FnOnce(&mut StoreWrites)) {
+        change(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+}
 
 /// One committed batch, for `demo`'s line per reading.
 #[derive(Debug, Clone)]

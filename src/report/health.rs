@@ -7,6 +7,8 @@
 //! tell (a stopped or stale poller, a backlog, pending migrations); a hung
 //! source and the database's own reachability are the live daemon's to see.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 
 use super::Snapshot;
@@ -74,6 +76,22 @@ pub fn database_down_after(poll_interval_s: f64) -> f64 {
     (3.0 * poll_interval_s).max(10.0)
 }
 
+/// The one definition of stale: no sign of life for two poll intervals
+/// plus the longer of a poll interval and the period between two saves of
+/// the status (it lags by up to that period). A status document older than
+/// that means the daemon is not running; a status row whose last success is
+/// older is stale. `victron.status_is_stale` (migration 0011) is this rule
+/// in SQL, held equal to it by a test on a real server.
+pub fn stale_after(poll_interval: Duration, status_every: Duration) -> Duration {
+    2 * poll_interval + poll_interval.max(status_every)
+}
+
+/// How old the oldest reading waiting to be forwarded may be before the
+/// backlog is a reason: three poll intervals, at least 15 s.
+pub fn backlog_after(poll_interval_s: f64) -> f64 {
+    3.0 * poll_interval_s.max(5.0)
+}
+
 /// Judges a daemon's [`Snapshot`] taken at `saved_at` (now, live; or when
 /// the daemon last saved it in its local store), as of `now`.
 pub fn judge(snapshot: &Snapshot, saved_at: DateTime<Utc>, now: DateTime<Utc>) -> Health {
@@ -81,10 +99,14 @@ pub fn judge(snapshot: &Snapshot, saved_at: DateTime<Utc>, now: DateTime<Utc>) -
     let mut degraded = Vec::new();
     let interval_s = snapshot.poll_interval_s();
     let age = seconds_between(saved_at, now);
+    let stale = stale_after(
+        Duration::from_millis(snapshot.poll_interval_ms),
+        Duration::from_millis(snapshot.status_every_ms),
+    );
     if let Some(stopped) = snapshot.stopped_at {
         let ago = seconds_between(stopped, now);
         down.push(format!("the daemon stopped {ago:.0} s ago"));
-    } else if age > (3.0 * interval_s).max(15.0) {
+    } else if age > stale.as_secs_f64() {
         down.push(format!(
             "the daemon is not running (last status {age:.0} s ago)"
         ));
@@ -116,7 +138,54 @@ pub fn judge(snapshot: &Snapshot, saved_at: DateTime<Utc>, now: DateTime<Utc>) -
             snapshot.clock.held_for_s.unwrap_or_default()
         ));
     }
+    if snapshot.database.is_some()
+        && let Some(oldest) = snapshot.spool_oldest
+    {
+        let waited = seconds_between(oldest, now);
+        if waited > backlog_after(interval_s) {
+            degraded.push(format!(
+                "readings wait in the local store since {waited:.0} s ({} waiting)",
+                snapshot.spool_depth
+            ));
+        }
+    }
+    degraded.extend(store_findings(snapshot, now));
+    for restart in &snapshot.restarts {
+        degraded.push(format!(
+            "{} panicked {} time(s), last {:.0} s ago ({}); it was restarted",
+            restart.task,
+            restart.panics,
+            seconds_between(restart.at, now),
+            restart.last_panic
+        ));
+    }
     Health::from_findings(down, degraded)
+}
+
+/// What is wrong with the local store: it refuses writes, readings were
+/// lost, its file was damaged or deleted.
+fn store_findings(snapshot: &Snapshot, now: DateTime<Utc>) -> Vec<String> {
+    let mut found = Vec::new();
+    let writes = &snapshot.store_writes;
+    if let Some(since) = writes.failing_since {
+        found.push(format!(
+            "the local store refuses writes since {:.0} s ({}): {} reading(s) wait in memory",
+            seconds_between(since, now),
+            writes.last_error.as_deref().unwrap_or("no reason given"),
+            writes.readings_in_memory
+        ));
+    }
+    let lost_lately = writes
+        .last_dropped_at
+        .is_some_and(|at| seconds_between(at, now) < crate::store::INCIDENT_LASTS.as_secs_f64());
+    if writes.readings_dropped > 0 && lost_lately {
+        found.push(format!(
+            "{} reading(s) lost since the daemon started: the local store refused them for too long",
+            writes.readings_dropped
+        ));
+    }
+    found.extend(snapshot.store_incidents.iter().map(|i| i.what.clone()));
+    found
 }
 
 /// `device: what is wrong`, for each failing device.
@@ -180,6 +249,10 @@ mod tests {
             devices: board.snapshot(),
             clock: crate::clock::ClockReport::default(),
             held_readings: 0,
+            status_every_ms: 5000,
+            store_writes: Default::default(),
+            store_incidents: Vec::new(),
+            restarts: Vec::new(),
         }
     }
 

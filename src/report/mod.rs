@@ -12,7 +12,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::clock::{Basis, ClockReport};
+use crate::pipeline::StoreWrites;
 use crate::status::DeviceStatus;
+use crate::store::StoreIncident;
 
 /// The daemon's status at one moment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -28,6 +30,10 @@ pub struct Snapshot {
     pub stopped_at: Option<DateTime<Utc>>,
     /// The shortest poll interval, in milliseconds.
     pub poll_interval_ms: u64,
+    /// The longest the daemon goes between two saves of this status, in
+    /// milliseconds.
+    #[serde(default = "older_status_every_ms")]
+    pub status_every_ms: u64,
     /// Readings committed to the local store since start.
     pub rows_stored: u64,
     /// Readings committed to PostgreSQL since start.
@@ -67,6 +73,35 @@ pub struct Snapshot {
     /// Readings waiting in the local store for their time.
     #[serde(default)]
     pub held_readings: i64,
+    /// How the local store takes writes (a full disk refuses them).
+    #[serde(default)]
+    pub store_writes: StoreWrites,
+    /// What happened to the local store's file lately (damaged and moved
+    /// aside, deleted under the daemon).
+    #[serde(default)]
+    pub store_incidents: Vec<StoreIncident>,
+    /// The daemon's tasks restarted after a panic lately.
+    #[serde(default)]
+    pub restarts: Vec<TaskRestart>,
+}
+
+/// What a document of an older daemon, which does not say, is allowed:
+/// what `status` allowed it then (15 s at a 1-s poll).
+fn older_status_every_ms() -> u64 {
+    13_000
+}
+
+/// A task of the daemon that panicked and was restarted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskRestart {
+    /// The task: `source gx 127.0.0.1:502`, `source vedirect bank` …
+    pub task: String,
+    /// How many times it panicked since the daemon started.
+    pub panics: u64,
+    /// The last panic's message.
+    pub last_panic: String,
+    /// When it last panicked.
+    pub at: DateTime<Utc>,
 }
 
 /// A source that made no progress for too long.
@@ -84,7 +119,23 @@ impl Snapshot {
         self.poll_interval_ms as f64 / 1000.0
     }
 
-    /// One line for `systemctl status`.
+    /// The line for `systemctl status`: the verdict and its first reason,
+    /// then the summary.
+    pub fn status_line(&self, verdict: &health::Health) -> String {
+        let mut line = verdict.level.as_str().to_string();
+        if let Some(first) = verdict.reasons.first() {
+            line.push_str(": ");
+            line.push_str(first);
+            if verdict.reasons.len() > 1 {
+                line.push_str(&format!(" (+{} more)", verdict.reasons.len() - 1));
+            }
+        }
+        line.push_str("; ");
+        line.push_str(&self.one_line());
+        line
+    }
+
+    /// One line summing the daemon up.
     pub fn one_line(&self) -> String {
         let active = self.devices.iter().filter(|d| !d.standby).count();
         let failing = self.devices.iter().filter(|d| d.is_failing()).count();

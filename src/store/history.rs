@@ -90,7 +90,7 @@ impl LocalStore {
         replace: &[SiteDay],
         read_through: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = super::write::WriteTx::begin(&self.pool()).await?;
         for whole in replace {
             for resolution in Resolution::ALL {
                 sqlx::query(&format!(
@@ -100,13 +100,13 @@ impl LocalStore {
                 .bind(&whole.site)
                 .bind(micros(whole.start))
                 .bind(micros(whole.end))
-                .execute(&mut *tx)
+                .execute(tx.conn())
                 .await?;
             }
             sqlx::query("DELETE FROM energy_daily WHERE site = ? AND day = ?")
                 .bind(&whole.site)
                 .bind(whole.day.to_string())
-                .execute(&mut *tx)
+                .execute(tx.conn())
                 .await?;
         }
         for resolution in Resolution::ALL {
@@ -142,7 +142,7 @@ impl LocalStore {
                 resolution.table()
             ))
             .bind(serde_json::Value::Array(rows).to_string())
-            .execute(&mut *tx)
+            .execute(tx.conn())
             .await?;
         }
         for d in days {
@@ -173,7 +173,7 @@ impl LocalStore {
             .bind(d.max_soc)
             .bind(d.coverage_pct)
             .bind(micros(read_through))
-            .execute(&mut *tx)
+            .execute(tx.conn())
             .await?;
         }
         tx.commit().await?;
@@ -192,7 +192,7 @@ impl LocalStore {
                     updated_at_us
              FROM energy_daily ORDER BY day, site",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&self.pool())
         .await?;
         Ok(rows
             .iter()
@@ -238,7 +238,7 @@ impl LocalStore {
         ))
         .bind(micros(from))
         .bind(micros(to))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.pool())
         .await?;
         Ok(rows
             .iter()
@@ -297,20 +297,18 @@ impl LocalStore {
             else {
                 continue;
             };
-            removed += sqlx::query(&format!(
-                "DELETE FROM {} WHERE bucket_us < ?",
-                resolution.table()
-            ))
-            .bind(micros(before))
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
+            let sql = format!("DELETE FROM {} WHERE bucket_us < ?", resolution.table());
+            removed += super::write::execute(&self.pool(), sqlx::query(&sql).bind(micros(before)))
+                .await?
+                .rows_affected();
             if resolution == Resolution::Day {
-                removed += sqlx::query("DELETE FROM energy_daily WHERE day < ?")
-                    .bind(before.date_naive().to_string())
-                    .execute(&self.pool)
-                    .await?
-                    .rows_affected();
+                removed += super::write::execute(
+                    &self.pool(),
+                    sqlx::query("DELETE FROM energy_daily WHERE day < ?")
+                        .bind(before.date_naive().to_string()),
+                )
+                .await?
+                .rows_affected();
             }
         }
         Ok(removed)
@@ -321,7 +319,7 @@ impl LocalStore {
             "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?",
         )
         .bind(name)
-        .fetch_one(&self.pool)
+        .fetch_one(&self.pool())
         .await?)
     }
 }

@@ -10,17 +10,18 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use sqlx::Row;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 
 mod history;
+mod open;
 mod rows;
+mod write;
+
+pub use open::INCIDENT_LASTS;
 
 pub use history::{SiteDay, StoredDay};
 
@@ -110,11 +111,31 @@ pub struct StoredReading {
     pub reading: Reading,
 }
 
+/// Something that happened to the store's file that the operator should
+/// know of for a while ([`INCIDENT_LASTS`]): a damaged store moved aside, a
+/// store deleted under the running daemon.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoreIncident {
+    /// When it happened.
+    pub at: DateTime<Utc>,
+    /// What happened, for the operator.
+    pub what: String,
+    /// The moved-aside file, while it lasts: removing it ends the incident.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+}
+
 /// The local store.
 #[derive(Debug, Clone)]
 pub struct LocalStore {
-    pool: SqlitePool,
+    /// Replaced when the file is deleted under the running daemon.
+    pool: Arc<std::sync::RwLock<SqlitePool>>,
     path: PathBuf,
+    sync: StoreSync,
+    /// The file's identity when opened (`None`: read-only handle).
+    identity: Arc<std::sync::Mutex<Option<open::FileIdentity>>>,
+    /// What happened to the file lately.
+    incidents: Arc<std::sync::Mutex<Vec<StoreIncident>>>,
     /// The site of readings stored before the store recorded sites (the
     /// column is NULL for them): the configured site.
     legacy_site: Arc<str>,
@@ -206,8 +227,8 @@ fn upsert_status(
 
 /// Inserts readings (none already stored: same table, device and time) in
 /// one statement, in order; returns how many were new.
-async fn insert_rows<'c>(
-    executor: impl sqlx::SqliteExecutor<'c>,
+async fn insert_rows(
+    conn: &mut sqlx::SqliteConnection,
     next_seq: &std::sync::atomic::AtomicI64,
     readings: &[&Reading],
 ) -> Result<u64, sqlx::Error> {
@@ -246,7 +267,7 @@ async fn insert_rows<'c>(
          ON CONFLICT (measured_at_us, reading_table, device) DO NOTHING",
     )
     .bind(serde_json::Value::Array(rows).to_string())
-    .execute(executor)
+    .execute(conn)
     .await?
     .rows_affected())
 }
@@ -294,105 +315,23 @@ impl LocalStore {
     /// says.
     pub async fn open_with(dir: &Path, sync: StoreSync) -> Result<Self, StoreError> {
         let path = dir.join(FILE_NAME);
-        let open_error = |source| StoreError::Open {
-            path: path.display().to_string(),
-            source,
-        };
-        std::fs::create_dir_all(dir).map_err(|e| open_error(sqlx::Error::Io(e)))?;
-        let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
-            .map_err(open_error)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // FULL: a committed batch survives a power cut, not only a
-            // crash; NORMAL (WAL): it survives a crash, and a power cut may
-            // take the last commits, never the store's integrity.
-            .synchronous(match sync {
-                StoreSync::Full => SqliteSynchronous::Full,
-                StoreSync::Normal => SqliteSynchronous::Normal,
-            })
-            // A commit appends its pages to the WAL: with a second's readings
-            // on a few small pages it writes one or two filesystem blocks,
-            // not four 4 KB pages (an SD card's wear). Takes effect when the
-            // file is created; an older store keeps its page size.
-            .page_size(1024)
-            // 256 KiB of cache per connection (SQLite's default is 2 MiB):
-            // the writer appends at the end and readers read in order, and a
-            // gateway's memory is small.
-            .pragma("cache_size", "-256")
-            .busy_timeout(std::time::Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(2)
-            // A local file's connection cannot have died idle: no ping (a
-            // round trip to SQLite's thread) before each use.
-            .test_before_acquire(false)
-            .connect_with(options)
-            .await
-            .map_err(open_error)?;
-        sqlx::raw_sql(SCHEMA)
-            .execute(&pool)
-            .await
-            .map_err(open_error)?;
-        sqlx::raw_sql(&history::schema())
-            .execute(&pool)
-            .await
-            .map_err(open_error)?;
-        // A store written before readings carried their site (its rows keep
-        // NULL: see `legacy_site`), or before readings could be held for
-        // their time, gains the columns.
-        let added = [
-            ("readings", "site", "TEXT"),
-            ("parked", "site", "TEXT"),
-            ("readings", "held_mono", "INTEGER"),
-            ("readings", "held_boot", "TEXT"),
-        ];
-        for (table, column, ty) in added {
-            let has: bool = sqlx::query_scalar(&format!(
-                "SELECT count(*) > 0 FROM pragma_table_info('{table}') WHERE name = '{column}'"
-            ))
-            .fetch_one(&pool)
-            .await
-            .map_err(open_error)?;
-            if !has {
-                sqlx::query(&format!("ALTER TABLE {table} ADD COLUMN {column} {ty}"))
-                    .execute(&pool)
-                    .await
-                    .map_err(open_error)?;
-            }
-        }
-        // Above every seq the file holds or (with AUTOINCREMENT, in a store
-        // created before the store kept its own counter) ever held.
-        let counted: bool = sqlx::query_scalar(
-            "SELECT count(*) > 0 FROM sqlite_master WHERE name = 'sqlite_sequence'",
-        )
-        .fetch_one(&pool)
-        .await
-        .map_err(open_error)?;
-        let highest_seq: i64 = sqlx::query_scalar(&format!(
-            "SELECT max(coalesce((SELECT max(seq) FROM readings), 0), coalesce((SELECT max(seq) FROM parked), 0){})",
-            if counted {
-                ", coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'readings'), 0)"
-            } else {
-                ""
-            }
-        ))
-        .fetch_one(&pool)
-        .await
-        .map_err(open_error)?;
-        let (waiting, held): (i64, i64) = sqlx::query_as(
-            "SELECT count(*) FILTER (WHERE held_mono IS NULL), count(*) FILTER (WHERE held_mono IS NOT NULL) FROM readings",
-        )
-        .fetch_one(&pool)
-        .await
-        .map_err(open_error)?;
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
+            path: dir.display().to_string(),
+            source: sqlx::Error::Io(e),
+        })?;
+        let opened = open::open_or_recover(&path, sync).await?;
         Ok(Self {
-            pool,
+            pool: Arc::new(std::sync::RwLock::new(opened.pool)),
             path,
+            sync,
+            identity: Arc::new(std::sync::Mutex::new(opened.identity)),
+            incidents: Arc::new(std::sync::Mutex::new(opened.incidents)),
             legacy_site: Arc::from(""),
             staged_status: Arc::default(),
-            waiting: Some(Arc::new(std::sync::atomic::AtomicI64::new(waiting))),
-            held: Arc::new(std::sync::atomic::AtomicI64::new(held)),
+            waiting: Some(Arc::new(std::sync::atomic::AtomicI64::new(opened.waiting))),
+            held: Arc::new(std::sync::atomic::AtomicI64::new(opened.held)),
             released_from: Arc::new(std::sync::atomic::AtomicI64::new(i64::MAX)),
-            next_seq: Arc::new(std::sync::atomic::AtomicI64::new(highest_seq + 1)),
+            next_seq: Arc::new(std::sync::atomic::AtomicI64::new(opened.highest_seq + 1)),
             oldest_waiting: Arc::default(),
         })
     }
@@ -464,8 +403,11 @@ impl LocalStore {
             .await
             .map_err(open_error)?;
         Ok(Self {
-            pool,
+            pool: Arc::new(std::sync::RwLock::new(pool)),
             path,
+            sync: StoreSync::default(),
+            identity: Arc::default(),
+            incidents: Arc::default(),
             legacy_site: Arc::from(""),
             staged_status: Arc::default(),
             waiting: None,
@@ -481,6 +423,90 @@ impl LocalStore {
         &self.path
     }
 
+    /// The pool of the current file.
+    fn pool(&self) -> SqlitePool {
+        self.pool.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// What happened to the store's file in the last [`INCIDENT_LASTS`]
+    /// (a moved-aside file the operator removed ends its incident).
+    pub fn incidents(&self) -> Vec<StoreIncident> {
+        let since = Utc::now() - chrono::Duration::from_std(INCIDENT_LASTS).unwrap_or_default();
+        let mut incidents = self.incidents.lock().unwrap_or_else(|p| p.into_inner());
+        incidents.retain(|i| i.at >= since && i.file.as_ref().is_none_or(|f| f.exists()));
+        incidents.clone()
+    }
+
+    /// Checks that the store's file is still the one this handle writes:
+    /// a file deleted (or replaced) under the running daemon is rebuilt from
+    /// the open, unlinked one (`VACUUM INTO`: nothing it held is lost) and
+    /// reopened. Returns whether it had to; a writer's check only.
+    pub async fn check_file(&self) -> Result<bool, StoreError> {
+        let Some(opened) = *self.identity.lock().unwrap_or_else(|p| p.into_inner()) else {
+            return Ok(false);
+        };
+        let now = open::FileIdentity::of(&self.path);
+        if now == Some(opened) {
+            return Ok(false);
+        }
+        let old = self.pool();
+        let restoring = self.path.with_extension("sqlite.restoring");
+        let _ = std::fs::remove_file(&restoring);
+        let what = if now.is_none() {
+            // The unlinked file is still open here: copy it back.
+            let copied = sqlx::query("VACUUM INTO ?")
+                .bind(restoring.display().to_string())
+                .execute(&old)
+                .await;
+            match copied {
+                Ok(_) => format!(
+                    "the local store {} was deleted while the daemon ran; it was rebuilt from the open file, nothing lost",
+                    self.path.display()
+                ),
+                Err(error) => format!(
+                    "the local store {} was deleted while the daemon ran and could not be rebuilt ({error}): what it held is lost",
+                    self.path.display()
+                ),
+            }
+        } else {
+            format!(
+                "the local store {} was replaced by another file while the daemon ran; the daemon now writes to that one",
+                self.path.display()
+            )
+        };
+        tracing::error!(store = %self.path.display(), "{what}");
+        // The old file's connections go first: closing them removes its
+        // -wal and -shm by name, which must not be the new file's.
+        old.close().await;
+        if now.is_none() && restoring.exists() {
+            std::fs::rename(&restoring, &self.path).map_err(|e| StoreError::Open {
+                path: self.path.display().to_string(),
+                source: sqlx::Error::Io(e),
+            })?;
+        }
+        let opened = open::open_or_recover(&self.path, self.sync).await?;
+        self.next_seq
+            .fetch_max(opened.highest_seq + 1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(waiting) = &self.waiting {
+            waiting.store(opened.waiting, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.held
+            .store(opened.held, std::sync::atomic::Ordering::Relaxed);
+        self.count_waiting(0);
+        *self.identity.lock().unwrap_or_else(|p| p.into_inner()) = opened.identity;
+        *self.pool.write().unwrap_or_else(|p| p.into_inner()) = opened.pool;
+        let mut incidents = self.incidents.lock().unwrap_or_else(|p| p.into_inner());
+        incidents.extend(opened.incidents);
+        incidents.push(StoreIncident {
+            at: Utc::now(),
+            what,
+            file: None,
+        });
+        incidents.sort_by_key(|i| i.at);
+        incidents.dedup();
+        Ok(true)
+    }
+
     /// Commits readings in one transaction; a reading already stored (same
     /// table, device and time) is ignored. Returns how many were new.
     ///
@@ -493,17 +519,22 @@ impl LocalStore {
             readings.iter().partition(|r| r.unconfirmed.is_some());
         let staged = self.take_staged_status();
         let (added, held) = if held.is_empty() && staged.is_none() {
-            (
-                insert_rows(&self.pool, &self.next_seq, &confirmed).await?,
-                0,
-            )
+            let mut conn = self.pool().acquire().await?;
+            match insert_rows(&mut conn, &self.next_seq, &confirmed).await {
+                Ok(added) => (added, 0),
+                Err(error) => {
+                    // Not back into the pool: see `write`.
+                    conn.close_on_drop();
+                    return Err(error.into());
+                }
+            }
         } else {
             let written = async {
-                let mut tx = self.pool.begin().await?;
-                let added = insert_rows(&mut *tx, &self.next_seq, &confirmed).await?;
-                let held = insert_rows(&mut *tx, &self.next_seq, &held).await?;
+                let mut tx = write::WriteTx::begin(&self.pool()).await?;
+                let added = insert_rows(tx.conn(), &self.next_seq, &confirmed).await?;
+                let held = insert_rows(tx.conn(), &self.next_seq, &held).await?;
                 if let Some(status) = &staged {
-                    upsert_status(status).execute(&mut *tx).await?;
+                    upsert_status(status).execute(tx.conn()).await?;
                 }
                 tx.commit().await?;
                 Ok::<_, sqlx::Error>((added, held))
@@ -561,7 +592,7 @@ impl LocalStore {
              WHERE held_mono IS NOT NULL AND held_boot = ? ORDER BY seq",
         )
         .bind(boot_id())
-        .fetch_all(&self.pool)
+        .fetch_all(&self.pool())
         .await?;
         if rows.is_empty() {
             return Ok(0);
@@ -579,12 +610,14 @@ impl LocalStore {
                 serde_json::json!([seq, at])
             })
             .collect();
-        let released = sqlx::query(
-            "UPDATE OR IGNORE readings SET measured_at_us = s.value ->> 1, held_mono = NULL, held_boot = NULL
-             FROM json_each(?) AS s WHERE readings.seq = s.value ->> 0",
+        let released = write::execute(
+            &self.pool(),
+            sqlx::query(
+                "UPDATE OR IGNORE readings SET measured_at_us = s.value ->> 1, held_mono = NULL, held_boot = NULL
+                 FROM json_each(?) AS s WHERE readings.seq = s.value ->> 0",
+            )
+            .bind(serde_json::Value::Array(stamps).to_string()),
         )
-        .bind(serde_json::Value::Array(stamps).to_string())
-        .execute(&self.pool)
         .await?
         .rows_affected();
         let n = i64::try_from(released).unwrap_or(i64::MAX);
@@ -592,12 +625,14 @@ impl LocalStore {
         // A re-stamped reading that lands on the time of one already stored
         // (same table and device) is that reading again.
         let last = rows.last().map_or(0, |r| r.0);
-        let duplicates = sqlx::query(
-            "DELETE FROM readings WHERE held_mono IS NOT NULL AND held_boot = ? AND seq <= ?",
+        let duplicates = write::execute(
+            &self.pool(),
+            sqlx::query(
+                "DELETE FROM readings WHERE held_mono IS NOT NULL AND held_boot = ? AND seq <= ?",
+            )
+            .bind(boot_id())
+            .bind(last),
         )
-        .bind(boot_id())
-        .bind(last)
-        .execute(&self.pool)
         .await?
         .rows_affected();
         self.released_from
@@ -618,7 +653,7 @@ impl LocalStore {
         }
         // Without a boot id (`""`), no boot-clock moment can be trusted.
         let earlier = "held_mono IS NOT NULL AND (held_boot IS NOT ?1 OR ?1 = '')";
-        let mut tx = self.pool.begin().await?;
+        let mut tx = write::WriteTx::begin(&self.pool()).await?;
         sqlx::query(&format!(
             "INSERT OR REPLACE INTO parked (seq, reading_table, device, source, measured_at_us, vals, error, parked_at_us, site)
              SELECT seq, reading_table, device, source, measured_at_us, vals, ?2, ?3, site FROM readings WHERE {earlier}"
@@ -626,11 +661,11 @@ impl LocalStore {
         .bind(boot_id())
         .bind(HELD_ACROSS_BOOT)
         .bind(micros(Utc::now()))
-        .execute(&mut *tx)
+        .execute(tx.conn())
         .await?;
         let moved = sqlx::query(&format!("DELETE FROM readings WHERE {earlier}"))
             .bind(boot_id())
-            .execute(&mut *tx)
+            .execute(tx.conn())
             .await?
             .rows_affected();
         tx.commit().await?;
@@ -660,7 +695,7 @@ impl LocalStore {
         let Some(status) = self.take_staged_status() else {
             return Ok(false);
         };
-        if let Err(error) = upsert_status(&status).execute(&self.pool).await {
+        if let Err(error) = write::execute(&self.pool(), upsert_status(&status)).await {
             self.restage(Some(status));
             return Err(error.into());
         }
@@ -750,7 +785,7 @@ impl LocalStore {
             .bind(number)
             .bind(limit)
             .bind(text)
-            .fetch_one(&self.pool)
+            .fetch_one(&self.pool())
             .await?;
         let Some(json) = json else {
             return Ok(Vec::new());
@@ -762,18 +797,19 @@ impl LocalStore {
     /// Removes every reading up to and including `seq` (the forwarder ships
     /// the oldest first, so these are exactly the ones it committed).
     pub async fn remove_through(&self, seq: i64) -> Result<(), StoreError> {
-        let removed = sqlx::query("DELETE FROM readings WHERE seq <= ? AND held_mono IS NULL")
-            .bind(seq)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
+        let removed = write::execute(
+            &self.pool(),
+            sqlx::query("DELETE FROM readings WHERE seq <= ? AND held_mono IS NULL").bind(seq),
+        )
+        .await?
+        .rows_affected();
         self.count_waiting(-i64::try_from(removed).unwrap_or(i64::MAX));
         Ok(())
     }
 
     /// Moves a reading the database refuses for good to the parked table.
     pub async fn park(&self, seq: i64, error: &str) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = write::WriteTx::begin(&self.pool()).await?;
         sqlx::query(
             "INSERT OR REPLACE INTO parked (seq, reading_table, device, source, measured_at_us, vals, error, parked_at_us, site)
              SELECT seq, reading_table, device, source, measured_at_us, vals, ?, ?, site FROM readings WHERE seq = ?",
@@ -781,11 +817,11 @@ impl LocalStore {
         .bind(error)
         .bind(micros(Utc::now()))
         .bind(seq)
-        .execute(&mut *tx)
+        .execute(tx.conn())
         .await?;
         let moved = sqlx::query("DELETE FROM readings WHERE seq = ?")
             .bind(seq)
-            .execute(&mut *tx)
+            .execute(tx.conn())
             .await?
             .rows_affected();
         tx.commit().await?;
@@ -804,7 +840,7 @@ impl LocalStore {
         }
         let rows =
             sqlx::query("SELECT site, count(*), min(measured_at_us) FROM readings WHERE held_mono IS NULL GROUP BY site")
-                .fetch_all(&self.pool)
+                .fetch_all(&self.pool())
                 .await?;
         let mut by_site: HashMap<String, (i64, Option<DateTime<Utc>>)> = HashMap::new();
         for row in rows {
@@ -829,7 +865,7 @@ impl LocalStore {
         let rows: Vec<(Option<String>, i64)> = sqlx::query_as(
             "SELECT site, count(*) FROM readings WHERE held_mono IS NOT NULL GROUP BY site",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&self.pool())
         .await?;
         let mut by_site = HashMap::new();
         for (site, n) in rows {
@@ -848,7 +884,7 @@ impl LocalStore {
             let row = sqlx::query(
                 "SELECT count(*), min(measured_at_us) FROM readings WHERE held_mono IS NULL",
             )
-            .fetch_one(&self.pool)
+            .fetch_one(&self.pool())
             .await?;
             return Ok((row.get(0), row.get::<Option<i64>, _>(1).map(from_micros)));
         };
@@ -875,7 +911,7 @@ impl LocalStore {
     pub async fn sites(&self) -> Result<Vec<String>, StoreError> {
         let sites: Vec<Option<String>> =
             sqlx::query_scalar("SELECT DISTINCT site FROM readings ORDER BY 1")
-                .fetch_all(&self.pool)
+                .fetch_all(&self.pool())
                 .await?;
         let mut sites: Vec<String> = sites
             .into_iter()
@@ -890,7 +926,7 @@ impl LocalStore {
     pub async fn newest_confirmed(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
         let newest: Option<i64> =
             sqlx::query_scalar("SELECT max(measured_at_us) FROM readings WHERE held_mono IS NULL")
-                .fetch_one(&self.pool)
+                .fetch_one(&self.pool())
                 .await?;
         Ok(newest.map(from_micros))
     }
@@ -905,7 +941,7 @@ impl LocalStore {
             "SELECT min(measured_at_us) FROM readings WHERE measured_at_us >= ? AND held_mono IS NULL",
         )
         .bind(micros(at))
-        .fetch_one(&self.pool)
+        .fetch_one(&self.pool())
         .await?;
         Ok(next.map(from_micros))
     }
@@ -914,7 +950,7 @@ impl LocalStore {
     pub async fn oldest_confirmed(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
         let oldest: Option<i64> =
             sqlx::query_scalar("SELECT min(measured_at_us) FROM readings WHERE held_mono IS NULL")
-                .fetch_one(&self.pool)
+                .fetch_one(&self.pool())
                 .await?;
         Ok(oldest.map(from_micros))
     }
@@ -929,7 +965,7 @@ impl LocalStore {
     /// How many readings are parked.
     pub async fn parked(&self) -> Result<i64, StoreError> {
         Ok(sqlx::query_scalar("SELECT count(*) FROM parked")
-            .fetch_one(&self.pool)
+            .fetch_one(&self.pool())
             .await?)
     }
 
@@ -943,12 +979,14 @@ impl LocalStore {
     ) -> Result<u64, StoreError> {
         let held_before =
             Mono::now().nanos() - i64::try_from(held_for.as_nanos()).unwrap_or(i64::MAX);
-        let held_expired = sqlx::query(
-            "DELETE FROM readings WHERE held_mono IS NOT NULL AND held_boot = ? AND held_mono < ?",
+        let held_expired = write::execute(
+            &self.pool(),
+            sqlx::query(
+                "DELETE FROM readings WHERE held_mono IS NOT NULL AND held_boot = ? AND held_mono < ?",
+            )
+            .bind(boot_id())
+            .bind(held_before),
         )
-        .bind(boot_id())
-        .bind(held_before)
-        .execute(&self.pool)
         .await?
         .rows_affected();
         self.held.fetch_sub(
@@ -957,12 +995,14 @@ impl LocalStore {
         );
         let mut total = held_expired;
         loop {
-            let deleted = sqlx::query(
-                "DELETE FROM readings WHERE seq IN
-                 (SELECT seq FROM readings WHERE measured_at_us < ? AND held_mono IS NULL LIMIT 10000)",
+            let deleted = write::execute(
+                &self.pool(),
+                sqlx::query(
+                    "DELETE FROM readings WHERE seq IN
+                     (SELECT seq FROM readings WHERE measured_at_us < ? AND held_mono IS NULL LIMIT 10000)",
+                )
+                .bind(micros(before)),
             )
-            .bind(micros(before))
-            .execute(&self.pool)
             .await?
             .rows_affected();
             total += deleted;
@@ -971,10 +1011,11 @@ impl LocalStore {
                 break;
             }
         }
-        sqlx::query("DELETE FROM parked WHERE measured_at_us < ?")
-            .bind(micros(before))
-            .execute(&self.pool)
-            .await?;
+        write::execute(
+            &self.pool(),
+            sqlx::query("DELETE FROM parked WHERE measured_at_us < ?").bind(micros(before)),
+        )
+        .await?;
         Ok(total)
     }
 
@@ -988,7 +1029,7 @@ impl LocalStore {
              WHERE measured_at_us >= ? GROUP BY reading_table, device ORDER BY reading_table, device",
         )
         .bind(micros(since))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.pool())
         .await?;
         Ok(rows
             .into_iter()
@@ -1003,7 +1044,7 @@ impl LocalStore {
     ) -> Result<Option<(serde_json::Value, DateTime<Utc>)>, StoreError> {
         let row = sqlx::query("SELECT doc, updated_at_us FROM status WHERE name = ?")
             .bind(name)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.pool())
             .await?;
         Ok(row.and_then(|r| {
             let doc = serde_json::from_str(r.get::<&str, _>(0)).ok()?;
@@ -1013,7 +1054,7 @@ impl LocalStore {
 
     /// Closes the pool, finishing the WAL checkpoint.
     pub async fn close(&self) {
-        self.pool.close().await;
+        self.pool().close().await;
     }
 }
 

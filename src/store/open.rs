@@ -1,0 +1,428 @@
+//! Opening the local store: its connection options, the schema and the
+//! upgrade of older stores, the integrity check at start, and what happens
+//! when the file is damaged (a power cut on an SD card) or taken away while
+//! the daemon runs.
+//!
+//! A damaged store never stops the gateway: the file and its `-wal`/`-shm`
+//! are moved aside as `victron-poller.sqlite.corrupt-<UTC time>`, a fresh
+//! store is started, and the readings the damaged file still yields are
+//! copied into it (read in order, skipping what cannot be read). The
+//! daemon stays degraded for a day ([`INCIDENT_LASTS`]) or until the
+//! operator removes the moved-aside file.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use sqlx::SqlitePool;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+
+use super::{FILE_NAME, SCHEMA, StoreError, StoreIncident, history};
+use crate::config::StoreSync;
+
+/// How long a damaged or lost store keeps the daemon degraded.
+pub const INCIDENT_LASTS: Duration = Duration::from_secs(24 * 3600);
+
+/// What a moved-aside damaged store is called after: `<file>.corrupt-<time>`.
+const CORRUPT_MARK: &str = ".corrupt-";
+/// The time format in that name.
+const CORRUPT_TIME: &str = "%Y%m%dT%H%M%SZ";
+
+/// An open store and what its file held.
+pub(super) struct Opened {
+    pub(super) pool: SqlitePool,
+    /// The file's identity when opened: a file deleted or replaced under a
+    /// running daemon is told by it.
+    pub(super) identity: Option<FileIdentity>,
+    /// Damaged stores moved aside in the last day.
+    pub(super) incidents: Vec<StoreIncident>,
+    /// Readings waiting to be forwarded.
+    pub(super) waiting: i64,
+    /// Readings held for their time.
+    pub(super) held: i64,
+    /// The highest `seq` the file ever held.
+    pub(super) highest_seq: i64,
+}
+
+/// A file's device and inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct FileIdentity {
+    dev: u64,
+    ino: u64,
+}
+
+impl FileIdentity {
+    /// The identity of the file at `path` now; `None` when it is gone.
+    pub(super) fn of(path: &Path) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt as _;
+        let meta = std::fs::metadata(path).ok()?;
+        Some(Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
+}
+
+/// Why a store could not be opened as it is.
+enum OpenFailure {
+    /// The file is damaged: SQLite says so, or the integrity check fails.
+    Damaged(String),
+    /// Anything else (permissions, a full disk, a directory): not the
+    /// file's fault, so it is left alone.
+    Other(sqlx::Error),
+}
+
+impl From<sqlx::Error> for OpenFailure {
+    fn from(error: sqlx::Error) -> Self {
+        if is_damage(&error) {
+            Self::Damaged(error.to_string())
+        } else {
+            Self::Other(error)
+        }
+    }
+}
+
+/// SQLITE_CORRUPT (11) or SQLITE_NOTADB (26), with any extended code.
+fn is_damage(error: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = error else {
+        return false;
+    };
+    db.code()
+        .and_then(|code| code.parse::<i64>().ok())
+        .is_some_and(|code| matches!(code & 0xff, 11 | 26))
+}
+
+/// The connection options of the daemon's store.
+pub(super) fn options(path: &Path, sync: StoreSync) -> SqliteConnectOptions {
+    // By file name, not a URL: a state directory with `?` or `%` in its
+    // path is a path like any other.
+    SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        // FULL: a committed batch survives a power cut, not only a
+        // crash; NORMAL (WAL): it survives a crash, and a power cut may
+        // take the last commits, never the store's integrity.
+        .synchronous(match sync {
+            StoreSync::Full => SqliteSynchronous::Full,
+            StoreSync::Normal => SqliteSynchronous::Normal,
+        })
+        // A commit appends its pages to the WAL: with a second's readings
+        // on a few small pages it writes one or two filesystem blocks,
+        // not four 4 KB pages (an SD card's wear). Takes effect when the
+        // file is created; an older store keeps its page size.
+        .page_size(1024)
+        // 256 KiB of cache per connection (SQLite's default is 2 MiB):
+        // the writer appends at the end and readers read in order, and a
+        // gateway's memory is small.
+        .pragma("cache_size", "-256")
+        .busy_timeout(Duration::from_secs(10))
+}
+
+/// Opens the store at `path`; a damaged one is moved aside, replaced by a
+/// fresh one, and what it still yields is copied over.
+pub(super) async fn open_or_recover(path: &Path, sync: StoreSync) -> Result<Opened, StoreError> {
+    let open_error = |source| StoreError::Open {
+        path: path.display().to_string(),
+        source,
+    };
+    let existed = path.exists();
+    let mut opened = match open_checked(path, sync).await {
+        Ok(opened) => {
+            if !existed {
+                tracing::info!(store = %path.display(), "A new, empty local store was created.");
+            }
+            opened
+        }
+        Err(OpenFailure::Other(error)) => return Err(open_error(error)),
+        Err(OpenFailure::Damaged(why)) => {
+            let aside = move_aside(path).map_err(|e| open_error(sqlx::Error::Io(e)))?;
+            tracing::error!(
+                store = %path.display(),
+                moved_to = %aside.display(),
+                error = %why,
+                "The local store is damaged: it is moved aside and a new one started."
+            );
+            let opened = match open_checked(path, sync).await {
+                Ok(opened) => opened,
+                Err(OpenFailure::Other(error)) => return Err(open_error(error)),
+                Err(OpenFailure::Damaged(why)) => {
+                    return Err(open_error(sqlx::Error::Protocol(format!(
+                        "a new store is damaged at once: {why}"
+                    ))));
+                }
+            };
+            let saved = salvage(&aside, &opened.pool).await;
+            tracing::error!(
+                readings = saved,
+                moved_to = %aside.display(),
+                "Readings copied from the damaged local store into the new one."
+            );
+            let note = serde_json::json!({"readings_saved": saved, "error": why});
+            let _ = super::write::execute(
+                &opened.pool,
+                sqlx::query(
+                    "INSERT OR REPLACE INTO status (name, doc, updated_at_us) VALUES (?, ?, ?)",
+                )
+                .bind(format!("quarantine:{}", file_name(&aside)))
+                .bind(note.to_string())
+                .bind(Utc::now().timestamp_micros()),
+            )
+            .await;
+            // Counted again, with what was copied.
+            let mut reopened = count(opened.pool, opened.identity)
+                .await
+                .map_err(open_error)?;
+            reopened.highest_seq = reopened.highest_seq.max(opened.highest_seq);
+            reopened
+        }
+    };
+    opened.incidents = incidents(path, &opened.pool).await;
+    Ok(opened)
+}
+
+/// Opens `path`, brings its schema up to date and checks its integrity.
+async fn open_checked(path: &Path, sync: StoreSync) -> Result<Opened, OpenFailure> {
+    let pool = SqlitePoolOptions::new()
+        .max_connections(2)
+        // A local file's connection cannot have died idle: no ping (a
+        // round trip to SQLite's thread) before each use.
+        .test_before_acquire(false)
+        .connect_with(options(path, sync))
+        .await?;
+    let checked = async {
+        let check: String = sqlx::query_scalar("PRAGMA quick_check(1)")
+            .fetch_one(&pool)
+            .await?;
+        if check != "ok" {
+            return Err(OpenFailure::Damaged(format!(
+                "the integrity check failed: {check}"
+            )));
+        }
+        upgrade(&pool).await?;
+        Ok(())
+    }
+    .await;
+    if let Err(failure) = checked {
+        pool.close().await;
+        return Err(failure);
+    }
+    let identity = FileIdentity::of(path);
+    Ok(count(pool, identity).await?)
+}
+
+/// Creates the tables a store needs, and the columns an older store lacks.
+async fn upgrade(pool: &SqlitePool) -> Result<(), sqlx::Error> {
+    sqlx::raw_sql(SCHEMA).execute(pool).await?;
+    sqlx::raw_sql(&history::schema()).execute(pool).await?;
+    // A store written before readings carried their site (its rows keep
+    // NULL: see `legacy_site`), or before readings could be held for
+    // their time, gains the columns.
+    let added = [
+        ("readings", "site", "TEXT"),
+        ("parked", "site", "TEXT"),
+        ("readings", "held_mono", "INTEGER"),
+        ("readings", "held_boot", "TEXT"),
+    ];
+    for (table, column, ty) in added {
+        let has: bool = sqlx::query_scalar(&format!(
+            "SELECT count(*) > 0 FROM pragma_table_info('{table}') WHERE name = '{column}'"
+        ))
+        .fetch_one(pool)
+        .await?;
+        if !has {
+            sqlx::query(&format!("ALTER TABLE {table} ADD COLUMN {column} {ty}"))
+                .execute(pool)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// What the store holds: the waiting and held readings, the highest seq.
+async fn count(pool: SqlitePool, identity: Option<FileIdentity>) -> Result<Opened, sqlx::Error> {
+    // Above every seq the file holds or (with AUTOINCREMENT, in a store
+    // created before the store kept its own counter) ever held.
+    let counted: bool =
+        sqlx::query_scalar("SELECT count(*) > 0 FROM sqlite_master WHERE name = 'sqlite_sequence'")
+            .fetch_one(&pool)
+            .await?;
+    let highest_seq: i64 = sqlx::query_scalar(&format!(
+        "SELECT max(coalesce((SELECT max(seq) FROM readings), 0), coalesce((SELECT max(seq) FROM parked), 0){})",
+        if counted {
+            ", coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'readings'), 0)"
+        } else {
+            ""
+        }
+    ))
+    .fetch_one(&pool)
+    .await?;
+    let (waiting, held): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE held_mono IS NULL), count(*) FILTER (WHERE held_mono IS NOT NULL) FROM readings",
+    )
+    .fetch_one(&pool)
+    .await?;
+    Ok(Opened {
+        pool,
+        identity,
+        incidents: Vec::new(),
+        waiting,
+        held,
+        highest_seq,
+    })
+}
+
+/// Renames the store and its `-wal` and `-shm` to `<file>.corrupt-<time>`
+/// (and its `-wal`, `-shm`), so SQLite can still read them together.
+fn move_aside(path: &Path) -> std::io::Result<PathBuf> {
+    let stamp = Utc::now().format(CORRUPT_TIME);
+    let aside = PathBuf::from(format!("{}{CORRUPT_MARK}{stamp}", path.display()));
+    for suffix in ["-wal", "-shm"] {
+        let from = PathBuf::from(format!("{}{suffix}", path.display()));
+        if from.exists() {
+            std::fs::rename(&from, format!("{}{suffix}", aside.display()))?;
+        }
+    }
+    std::fs::rename(path, &aside)?;
+    Ok(aside)
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Copies the readings the damaged store at `damaged` still yields into
+/// `into`, in order, skipping what cannot be read; returns how many.
+async fn salvage(damaged: &Path, into: &SqlitePool) -> u64 {
+    let options = SqliteConnectOptions::new()
+        .filename(damaged)
+        .read_only(true)
+        .busy_timeout(Duration::from_secs(1));
+    let Ok(pool) = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+    else {
+        return 0;
+    };
+    let mut saved = 0;
+    let mut after = i64::MIN;
+    // Bounded: a file can only hold so many rows, and every round moves
+    // `after` forward or ends.
+    loop {
+        let chunk: Result<Vec<String>, sqlx::Error> = sqlx::query_scalar(
+            "SELECT json_array(seq, reading_table, device, source, measured_at_us, vals, site, held_mono, held_boot)
+             FROM readings WHERE seq > ? ORDER BY seq LIMIT 500",
+        )
+        .bind(after)
+        .fetch_all(&pool)
+        .await;
+        match chunk {
+            Ok(rows) if rows.is_empty() => break,
+            Ok(rows) => {
+                let last = rows
+                    .last()
+                    .and_then(|r| serde_json::from_str::<serde_json::Value>(r).ok())
+                    .and_then(|r| r.get(0).and_then(serde_json::Value::as_i64));
+                let Some(last) = last else { break };
+                saved += copy_rows(into, &rows).await;
+                after = last;
+            }
+            Err(_) => match next_readable(&pool, after).await {
+                Some(next) => after = next - 1,
+                None => break,
+            },
+        }
+    }
+    pool.close().await;
+    saved
+}
+
+/// The first seq past an unreadable stretch after `after`: probes further
+/// and further ahead (a seek by key avoids the damaged pages before it).
+async fn next_readable(pool: &SqlitePool, after: i64) -> Option<i64> {
+    let start = after.max(0);
+    for shift in 0..48 {
+        let probe = start.checked_add(1_i64 << shift)?;
+        let found: Result<Option<i64>, sqlx::Error> =
+            sqlx::query_scalar("SELECT seq FROM readings WHERE seq > ? ORDER BY seq LIMIT 1")
+                .bind(probe)
+                .fetch_optional(pool)
+                .await;
+        match found {
+            Ok(Some(seq)) => return Some(seq),
+            Ok(None) => return None,
+            Err(_) => continue,
+        }
+    }
+    None
+}
+
+/// Inserts rows read by [`salvage`] (JSON arrays in the readings' column
+/// order); returns how many were new.
+async fn copy_rows(into: &SqlitePool, rows: &[String]) -> u64 {
+    let array = format!("[{}]", rows.join(","));
+    super::write::execute(
+        into,
+        sqlx::query(
+            "INSERT OR IGNORE INTO readings (seq, reading_table, device, source, measured_at_us, vals, site, held_mono, held_boot)
+             SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5,
+                    value ->> 6, value ->> 7, value ->> 8
+             FROM json_each(?) WHERE true ORDER BY key",
+        )
+        .bind(array),
+    )
+    .await
+    .map_or(0, |done| done.rows_affected())
+}
+
+/// The damaged stores moved aside next to `path` in the last day, as
+/// incidents (with how many readings were saved from each, when known).
+async fn incidents(path: &Path, pool: &SqlitePool) -> Vec<StoreIncident> {
+    let Some(dir) = path.parent() else {
+        return Vec::new();
+    };
+    let prefix = format!("{FILE_NAME}{CORRUPT_MARK}");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let since = Utc::now() - chrono::Duration::from_std(INCIDENT_LASTS).unwrap_or_default();
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(stamp) = name.strip_prefix(&prefix) else {
+            continue;
+        };
+        let Ok(at) = NaiveDateTime::parse_from_str(stamp, CORRUPT_TIME) else {
+            continue; // its -wal or -shm, or another file
+        };
+        let at: DateTime<Utc> = at.and_utc();
+        if at < since {
+            continue;
+        }
+        let note: Option<String> = sqlx::query_scalar("SELECT doc FROM status WHERE name = ?")
+            .bind(format!("quarantine:{name}"))
+            .fetch_optional(pool)
+            .await
+            .ok()
+            .flatten();
+        let saved = note
+            .and_then(|n| serde_json::from_str::<serde_json::Value>(&n).ok())
+            .and_then(|n| n.get("readings_saved").and_then(serde_json::Value::as_u64));
+        let saved = saved.map_or_else(String::new, |n| {
+            format!("; {n} reading(s) were copied from it")
+        });
+        found.push(StoreIncident {
+            at,
+            what: format!(
+                "the local store was damaged and moved aside to {}{saved} (remove that file once looked at)",
+                dir.join(&name).display()
+            ),
+            file: Some(dir.join(&name)),
+        });
+    }
+    found.sort_by_key(|i| i.at);
+    found
+}
