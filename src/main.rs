@@ -19,6 +19,8 @@ fn main() -> ExitCode {
             .into();
         }
     };
+    // A panic anywhere is an error in the daemon's log, with its place.
+    victron_poller::daemon::supervise::log_panics();
     // One thread runs every task: a poller's work is a few small steps a
     // second, and hand-offs between worker threads (wake-ups, futexes) cost
     // more CPU than the work itself. SQLite and blocking calls keep their

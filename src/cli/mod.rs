@@ -57,6 +57,10 @@ pub enum Exit {
     Usage,
     /// 70: an unexpected failure (a bug, or the daemon's stop took too long).
     Internal,
+    /// 73: the state directory cannot be used (not writable, not a
+    /// directory, or another daemon runs on it); a restart would only fail
+    /// again.
+    StateDir,
     /// 78: the configuration is invalid.
     Config,
     /// 130: a second signal stopped the daemon at once.
@@ -74,6 +78,7 @@ impl Exit {
             Self::Migration => 4,
             Self::Usage => 64,
             Self::Internal => 70,
+            Self::StateDir => 73,
             Self::Config => 78,
             Self::Interrupted => 130,
         }
@@ -85,7 +90,7 @@ const EXIT_CODES: &str = "Exit status: 0 success (status: healthy); 1 status: de
     migrate --check: a migration pending, probe: no unit id answered; 2 status: down or \
     stopped, probe: the GX cannot be reached; 3 the database cannot be reached or refused \
     the credentials; 4 a migration failed; 64 usage error; 70 internal failure; \
-    78 configuration error; 130 stopped at once by a second signal.";
+    73 the state directory cannot be used; 78 configuration error; 130 stopped at once by a second signal.";
 
 impl From<Exit> for ExitCode {
     fn from(exit: Exit) -> Self {
@@ -261,6 +266,12 @@ pub fn exit_for(error: &anyhow::Error) -> Exit {
         }
         if cause.is::<UsageError>() {
             return Exit::Usage;
+        }
+        if let Some(
+            crate::store::StoreError::StateDir { .. } | crate::store::StoreError::InUse { .. },
+        ) = cause.downcast_ref()
+        {
+            return Exit::StateDir;
         }
     }
     Exit::Internal

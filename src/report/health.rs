@@ -48,9 +48,11 @@ pub struct Health {
 }
 
 impl Health {
-    /// Down when anything says down, else degraded when anything says so.
-    pub fn from_findings(down: Vec<String>, degraded: Vec<String>) -> Self {
+    /// Down when anything says down, else degraded when anything says so;
+    /// the reasons for down first, then the others.
+    pub fn from_findings(mut down: Vec<String>, degraded: Vec<String>) -> Self {
         if !down.is_empty() {
+            down.extend(degraded);
             Self {
                 level: Level::Down,
                 reasons: down,

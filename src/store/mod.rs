@@ -19,6 +19,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 mod history;
 mod open;
 mod rows;
+mod salvage;
 mod write;
 
 pub use open::INCIDENT_LASTS;
@@ -49,6 +50,18 @@ pub enum StoreError {
     /// A status document could not be encoded.
     #[error("cannot encode a status document: {0}")]
     Encode(#[from] serde_json::Error),
+    /// The state directory cannot be used: it cannot be created, is not a
+    /// directory, or is not writable by the daemon's user.
+    #[error(
+        "the state directory {path} cannot be used: {problem}; give the daemon a directory \
+         its user can write (--state-dir, or STATE_DIRECTORY as systemd sets it)"
+    )]
+    StateDir {
+        /// The directory.
+        path: String,
+        /// What is wrong, once.
+        problem: String,
+    },
     /// Another daemon runs on the same state directory.
     #[error(
         "another victron-poller daemon runs on the state directory {path} (it holds {LOCK_NAME}); \
@@ -75,9 +88,9 @@ impl StateLock {
     /// has it. The kernel releases it when the process ends, however.
     pub fn take(dir: &Path) -> Result<Self, StoreError> {
         let path = dir.join(LOCK_NAME);
-        let open_error = |e: std::io::Error| StoreError::Open {
-            path: path.display().to_string(),
-            source: sqlx::Error::Io(e),
+        let open_error = |e: std::io::Error| StoreError::StateDir {
+            path: dir.display().to_string(),
+            problem: e.to_string(),
         };
         std::fs::create_dir_all(dir).map_err(open_error)?;
         let file = std::fs::OpenOptions::new()
@@ -315,9 +328,9 @@ impl LocalStore {
     /// says.
     pub async fn open_with(dir: &Path, sync: StoreSync) -> Result<Self, StoreError> {
         let path = dir.join(FILE_NAME);
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::StateDir {
             path: dir.display().to_string(),
-            source: sqlx::Error::Io(e),
+            problem: e.to_string(),
         })?;
         let opened = open::open_or_recover(&path, sync).await?;
         Ok(Self {
@@ -450,13 +463,20 @@ impl LocalStore {
             return Ok(false);
         }
         let old = self.pool();
+        // Every connection of the old file taken: nothing commits to it
+        // between the copy below and its close (a writer waits, then finds
+        // the new file).
+        let mut taken = Vec::with_capacity(open::CONNECTIONS as usize);
+        for _ in 0..open::CONNECTIONS {
+            taken.push(old.acquire().await?);
+        }
         let restoring = self.path.with_extension("sqlite.restoring");
         let _ = std::fs::remove_file(&restoring);
         let what = if now.is_none() {
             // The unlinked file is still open here: copy it back.
             let copied = sqlx::query("VACUUM INTO ?")
                 .bind(restoring.display().to_string())
-                .execute(&old)
+                .execute(&mut *taken[0])
                 .await;
             match copied {
                 Ok(_) => format!(
@@ -477,6 +497,9 @@ impl LocalStore {
         tracing::error!(store = %self.path.display(), "{what}");
         // The old file's connections go first: closing them removes its
         // -wal and -shm by name, which must not be the new file's.
+        for mut conn in taken {
+            conn.close_on_drop();
+        }
         old.close().await;
         if now.is_none() && restoring.exists() {
             std::fs::rename(&restoring, &self.path).map_err(|e| StoreError::Open {

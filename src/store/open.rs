@@ -6,7 +6,7 @@
 //! A damaged store never stops the gateway: the file and its `-wal`/`-shm`
 //! are moved aside as `victron-poller.sqlite.corrupt-<UTC time>`, a fresh
 //! store is started, and the readings the damaged file still yields are
-//! copied into it (read in order, skipping what cannot be read). The
+//! copied into it ([`super::salvage`]). The
 //! daemon stays degraded for a day ([`INCIDENT_LASTS`]) or until the
 //! operator removes the moved-aside file.
 
@@ -22,6 +22,9 @@ use crate::config::StoreSync;
 
 /// How long a damaged or lost store keeps the daemon degraded.
 pub const INCIDENT_LASTS: Duration = Duration::from_secs(24 * 3600);
+
+/// The connections of a daemon's store: its writer and one reader.
+pub(super) const CONNECTIONS: u32 = 2;
 
 /// What a moved-aside damaged store is called after: `<file>.corrupt-<time>`.
 const CORRUPT_MARK: &str = ".corrupt-";
@@ -92,6 +95,20 @@ fn is_damage(error: &sqlx::Error) -> bool {
         .is_some_and(|code| matches!(code & 0xff, 11 | 26))
 }
 
+/// What is wrong with the directory, when SQLite cannot open or write a
+/// file in it for want of permission (SQLITE_CANTOPEN, SQLITE_READONLY,
+/// SQLITE_PERM, SQLITE_AUTH) rather than for the file's own sake.
+fn unusable_directory(error: &sqlx::Error) -> Option<String> {
+    match error {
+        sqlx::Error::Io(io) => Some(io.to_string()),
+        sqlx::Error::Database(db) => {
+            let code = db.code()?.parse::<i64>().ok()?;
+            matches!(code & 0xff, 3 | 8 | 14 | 23).then(|| db.message().to_string())
+        }
+        _ => None,
+    }
+}
+
 /// The connection options of the daemon's store.
 pub(super) fn options(path: &Path, sync: StoreSync) -> SqliteConnectOptions {
     // By file name, not a URL: a state directory with `?` or `%` in its
@@ -122,9 +139,18 @@ pub(super) fn options(path: &Path, sync: StoreSync) -> SqliteConnectOptions {
 /// Opens the store at `path`; a damaged one is moved aside, replaced by a
 /// fresh one, and what it still yields is copied over.
 pub(super) async fn open_or_recover(path: &Path, sync: StoreSync) -> Result<Opened, StoreError> {
-    let open_error = |source| StoreError::Open {
-        path: path.display().to_string(),
-        source,
+    let open_error = |source: sqlx::Error| match unusable_directory(&source) {
+        Some(problem) => StoreError::StateDir {
+            path: path
+                .parent()
+                .map(|d| d.display().to_string())
+                .unwrap_or_default(),
+            problem,
+        },
+        None => StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        },
     };
     let existed = path.exists();
     let mut opened = match open_checked(path, sync).await {
@@ -152,7 +178,7 @@ pub(super) async fn open_or_recover(path: &Path, sync: StoreSync) -> Result<Open
                     ))));
                 }
             };
-            let saved = salvage(&aside, &opened.pool).await;
+            let saved = super::salvage::salvage(&aside, &opened.pool).await;
             tracing::error!(
                 readings = saved,
                 moved_to = %aside.display(),
@@ -184,7 +210,7 @@ pub(super) async fn open_or_recover(path: &Path, sync: StoreSync) -> Result<Open
 /// Opens `path`, brings its schema up to date and checks its integrity.
 async fn open_checked(path: &Path, sync: StoreSync) -> Result<Opened, OpenFailure> {
     let pool = SqlitePoolOptions::new()
-        .max_connections(2)
+        .max_connections(CONNECTIONS)
         // A local file's connection cannot have died idle: no ping (a
         // round trip to SQLite's thread) before each use.
         .test_before_acquire(false)
@@ -291,91 +317,6 @@ fn file_name(path: &Path) -> String {
     path.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default()
-}
-
-/// Copies the readings the damaged store at `damaged` still yields into
-/// `into`, in order, skipping what cannot be read; returns how many.
-async fn salvage(damaged: &Path, into: &SqlitePool) -> u64 {
-    let options = SqliteConnectOptions::new()
-        .filename(damaged)
-        .read_only(true)
-        .busy_timeout(Duration::from_secs(1));
-    let Ok(pool) = SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect_with(options)
-        .await
-    else {
-        return 0;
-    };
-    let mut saved = 0;
-    let mut after = i64::MIN;
-    // Bounded: a file can only hold so many rows, and every round moves
-    // `after` forward or ends.
-    loop {
-        let chunk: Result<Vec<String>, sqlx::Error> = sqlx::query_scalar(
-            "SELECT json_array(seq, reading_table, device, source, measured_at_us, vals, site, held_mono, held_boot)
-             FROM readings WHERE seq > ? ORDER BY seq LIMIT 500",
-        )
-        .bind(after)
-        .fetch_all(&pool)
-        .await;
-        match chunk {
-            Ok(rows) if rows.is_empty() => break,
-            Ok(rows) => {
-                let last = rows
-                    .last()
-                    .and_then(|r| serde_json::from_str::<serde_json::Value>(r).ok())
-                    .and_then(|r| r.get(0).and_then(serde_json::Value::as_i64));
-                let Some(last) = last else { break };
-                saved += copy_rows(into, &rows).await;
-                after = last;
-            }
-            Err(_) => match next_readable(&pool, after).await {
-                Some(next) => after = next - 1,
-                None => break,
-            },
-        }
-    }
-    pool.close().await;
-    saved
-}
-
-/// The first seq past an unreadable stretch after `after`: probes further
-/// and further ahead (a seek by key avoids the damaged pages before it).
-async fn next_readable(pool: &SqlitePool, after: i64) -> Option<i64> {
-    let start = after.max(0);
-    for shift in 0..48 {
-        let probe = start.checked_add(1_i64 << shift)?;
-        let found: Result<Option<i64>, sqlx::Error> =
-            sqlx::query_scalar("SELECT seq FROM readings WHERE seq > ? ORDER BY seq LIMIT 1")
-                .bind(probe)
-                .fetch_optional(pool)
-                .await;
-        match found {
-            Ok(Some(seq)) => return Some(seq),
-            Ok(None) => return None,
-            Err(_) => continue,
-        }
-    }
-    None
-}
-
-/// Inserts rows read by [`salvage`] (JSON arrays in the readings' column
-/// order); returns how many were new.
-async fn copy_rows(into: &SqlitePool, rows: &[String]) -> u64 {
-    let array = format!("[{}]", rows.join(","));
-    super::write::execute(
-        into,
-        sqlx::query(
-            "INSERT OR IGNORE INTO readings (seq, reading_table, device, source, measured_at_us, vals, site, held_mono, held_boot)
-             SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5,
-                    value ->> 6, value ->> 7, value ->> 8
-             FROM json_each(?) WHERE true ORDER BY key",
-        )
-        .bind(array),
-    )
-    .await
-    .map_or(0, |done| done.rows_affected())
 }
 
 /// The damaged stores moved aside next to `path` in the last day, as

@@ -20,6 +20,9 @@ mod clock;
 mod daemon;
 /// The Grafana dashboard's queries, macros expanded, on every flavour.
 mod dashboard;
+/// Faults a gateway meets: a full disk, a damaged or deleted store, an
+/// unusable state directory.
+mod faults;
 /// Rollups and daily energy: `history rebuild` on the three flavours;
 /// `energy` from the local store.
 mod history;
