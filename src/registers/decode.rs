@@ -1,6 +1,10 @@
 //! Register words ↔ values, as the GX encodes them: big-endian words, high
 //! word first, `value = raw / scale` with the register's signedness.
 //!
+//! Every decoder here is total: any words give a value or a typed
+//! [`DecodeError`], never a panic. A string register's text is Latin-1 up
+//! to its first NUL; a control character before it makes it no text.
+//!
 //! One rule beyond the notes' table: with a negative scale (consumed Ah,
 //! discharge history) the GX writes `round(value × scale)` into an unsigned
 //! register, wrapping a negative product. So a negative scale reads the word
@@ -19,16 +23,27 @@ pub enum Decoded {
     Reserved,
 }
 
-/// The words do not fit the register.
+/// The words are no value of the register.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("register at {address} needs {expected} words, got {got}")]
-pub struct DecodeError {
-    /// The register's address.
-    pub address: u16,
-    /// Words the type needs.
-    pub expected: u16,
-    /// Words given.
-    pub got: usize,
+pub enum DecodeError {
+    /// The words do not fit the register.
+    #[error("register at {address} needs {expected} words, got {got}")]
+    Words {
+        /// The register's address.
+        address: u16,
+        /// Words the type needs.
+        expected: u16,
+        /// Words given.
+        got: usize,
+    },
+    /// A string register holds a control character before its end.
+    #[error("string register at {address} holds control byte {byte:#04x}: not text")]
+    NotText {
+        /// The register's address.
+        address: u16,
+        /// The first control byte.
+        byte: u8,
+    },
 }
 
 /// The raw integer of the words, with the signedness the scale implies.
@@ -69,7 +84,7 @@ pub fn scaled(raw: i128, scale: f64) -> f64 {
 pub fn decode(register: &Register, words: &[u16]) -> Result<Decoded, DecodeError> {
     let expected = register.ty.words();
     if words.len() != usize::from(expected) {
-        return Err(DecodeError {
+        return Err(DecodeError::Words {
             address: register.address,
             expected,
             got: words.len(),
@@ -77,7 +92,12 @@ pub fn decode(register: &Register, words: &[u16]) -> Result<Decoded, DecodeError
     }
     Ok(match register.ty {
         ModbusType::Reserved(_) => Decoded::Reserved,
-        ModbusType::Str(_) => Decoded::Text(decode_text(words)),
+        ModbusType::Str(_) => {
+            Decoded::Text(decode_text(words).map_err(|byte| DecodeError::NotText {
+                address: register.address,
+                byte,
+            })?)
+        }
         ty => {
             let raw = raw_integer(ty, register.scale, words).unwrap_or_default();
             Decoded::Number(scaled(raw, register.scale))
@@ -85,13 +105,17 @@ pub fn decode(register: &Register, words: &[u16]) -> Result<Decoded, DecodeError
     })
 }
 
-/// Latin-1 text, two characters per word, high byte first, NULs dropped.
-fn decode_text(words: &[u16]) -> String {
+/// Latin-1 text, two characters per word, high byte first, up to the first
+/// NUL; the first control byte (C0, DEL, C1) before it when there is one.
+fn decode_text(words: &[u16]) -> Result<String, u8> {
     words
         .iter()
         .flat_map(|w| w.to_be_bytes())
         .take_while(|b| *b != 0)
-        .map(char::from)
+        .map(|b| {
+            let c = char::from(b);
+            if c.is_control() { Err(b) } else { Ok(c) }
+        })
         .collect()
 }
 
@@ -271,6 +295,119 @@ mod tests {
         }
     }
 
+    /// Words of every shape: any, NUL, printable ASCII pairs, Latin-1
+    /// letters, control bytes.
+    fn any_word() -> impl proptest::strategy::Strategy<Value = u16> {
+        use proptest::prelude::*;
+        let pair = |high: std::ops::RangeInclusive<u8>, low: std::ops::RangeInclusive<u8>| {
+            (high, low).prop_map(|(h, l)| u16::from_be_bytes([h, l]))
+        };
+        prop_oneof![
+            any::<u16>(),
+            Just(0u16),
+            pair(0x20..=0x7E, 0x20..=0x7E),
+            pair(0x20..=0x7E, 0x00..=0x00),
+            pair(0xA0..=0xFF, 0x20..=0xFF),
+            pair(0x00..=0x1F, 0x7F..=0x9F),
+        ]
+    }
+
+    /// A string register's text per the notes (Latin-1, high byte first, up
+    /// to the first NUL), or the first control byte (C0, DEL, C1) before it.
+    fn expected_text(words: &[u16]) -> Result<String, u8> {
+        let mut text = String::new();
+        for byte in words
+            .iter()
+            .flat_map(|w| [(w >> 8) as u8, (w & 0xFF) as u8])
+        {
+            match byte {
+                0 => break,
+                0x01..=0x1F | 0x7F..=0x9F => return Err(byte),
+                _ => text.push(char::from_u32(u32::from(byte)).unwrap()),
+            }
+        }
+        Ok(text)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Any words, for every register of the list: a value (a string
+        /// register's Latin-1 text, a finite number), or a typed error for a
+        /// string holding a control character and for the wrong number of
+        /// words. Never a panic.
+        #[test]
+        fn any_words_give_a_value_or_a_typed_error(
+            pool in proptest::collection::vec(any_word(), 64),
+            off_by in 1usize..4,
+        ) {
+            let list = RegisterList::victron();
+            let mut strings = 0;
+            for (i, register) in list.iter().enumerate() {
+                let n = usize::from(register.ty.words());
+                let words: Vec<u16> = pool.iter().cycle().skip(i * 7 % 64).take(n).copied().collect();
+                let got = decode(register, &words);
+                match register.ty {
+                    ModbusType::Str(_) => {
+                        strings += 1;
+                        let want = expected_text(&words)
+                            .map(Decoded::Text)
+                            .map_err(|byte| DecodeError::NotText { address: register.address, byte });
+                        proptest::prop_assert_eq!(got, want, "{}", register.path);
+                    }
+                    ModbusType::Reserved(_) => proptest::prop_assert_eq!(got, Ok(Decoded::Reserved)),
+                    _ => match got {
+                        Ok(Decoded::Number(v)) => proptest::prop_assert!(v.is_finite(), "{}: {v}", register.path),
+                        other => proptest::prop_assert!(false, "{}: {other:?}", register.path),
+                    },
+                }
+                for wrong in [n.saturating_sub(off_by), n + off_by] {
+                    if wrong == n {
+                        continue;
+                    }
+                    let words: Vec<u16> = pool.iter().cycle().take(wrong).copied().collect();
+                    proptest::prop_assert_eq!(
+                        decode(register, &words),
+                        Err(DecodeError::Words { address: register.address, expected: register.ty.words(), got: wrong })
+                    );
+                }
+            }
+            proptest::prop_assert!(strings > 10, "{strings} string registers");
+        }
+    }
+
+    #[test]
+    fn a_string_with_a_control_byte_is_no_text() {
+        let reg = Register {
+            service: String::new(),
+            path: "/Serial".into(),
+            unit: String::new(),
+            enum_texts: Default::default(),
+            address: 800,
+            ty: ModbusType::Str(3),
+            scale: 1.0,
+            writable: false,
+        };
+        // "HQ" then ESC: no serial number.
+        assert_eq!(
+            decode(&reg, &[0x4851, 0x1B5B, 0]),
+            Err(DecodeError::NotText {
+                address: 800,
+                byte: 0x1B
+            })
+        );
+        // After the NUL, bytes are padding and not looked at.
+        assert_eq!(
+            decode(&reg, &[0x4851, 0x00FF, 0x0101]),
+            Ok(Decoded::Text("HQ".into()))
+        );
+        // Latin-1 letters are text.
+        assert_eq!(
+            decode(&reg, &[0x4DFC, 0x6C6C, 0x6572]),
+            Ok(Decoded::Text("Müller".into()))
+        );
+    }
+
     #[test]
     fn types_and_scales() {
         let reg = |ty, scale| Register {
@@ -304,7 +441,13 @@ mod tests {
             decode(&reg(ModbusType::Str(3), 1.0), &[0x4142, 0x4300, 0]).unwrap(),
             Decoded::Text("ABC".into())
         );
-        let err = decode(&reg(ModbusType::U32, 1.0), &[1]).unwrap_err();
-        assert_eq!((err.expected, err.got), (2, 1));
+        assert_eq!(
+            decode(&reg(ModbusType::U32, 1.0), &[1]),
+            Err(DecodeError::Words {
+                address: 0,
+                expected: 2,
+                got: 1
+            })
+        );
     }
 }

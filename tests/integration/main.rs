@@ -51,5 +51,7 @@ mod systemd_service;
 mod systemd_unit;
 /// TLS to PostgreSQL: verify-full with a CA file, refusals.
 mod tls;
+/// Odd bytes in a VE.Direct value: the source lives on, the block's numbers kept.
+mod vedirect_odd_values;
 /// The VE.Direct decoder on real captures; the source over a pty and TCP.
 mod vedirect_source;

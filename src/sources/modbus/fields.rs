@@ -784,6 +784,57 @@ mod tests {
         assert!(values.is_empty());
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Any words in every block of every class (some of the wrong
+        /// length, as a confused server sends): each column once, a column
+        /// of the class's table, numbers finite and within their field's
+        /// plausible range, texts printable. Never a panic.
+        #[test]
+        fn any_words_give_plausible_columns(
+            pool in proptest::collection::vec(proptest::prelude::any::<u16>(), 256),
+            short_block in proptest::prelude::any::<proptest::sample::Index>(),
+        ) {
+            let list = RegisterList::victron();
+            for class in ModbusClass::ALL {
+                let map = FieldMap::resolve(class, list).unwrap();
+                let blocks = plan(&map.needs(), class.service(), list, Coalescing::AcrossMapped);
+                let short = short_block.index(blocks.len() + 1);
+                let read: Vec<(Block, Vec<u16>)> = blocks
+                    .iter()
+                    .enumerate()
+                    .map(|(i, block)| {
+                        let count = usize::from(block.count) - usize::from(i == short);
+                        (*block, pool.iter().cycle().skip(i * 31).take(count).copied().collect())
+                    })
+                    .collect();
+                let values = map.decode(&read);
+                let mut seen = std::collections::HashSet::new();
+                for (column, value) in &values {
+                    proptest::prop_assert!(seen.insert(*column), "{class:?}: {column} twice");
+                    proptest::prop_assert!(table(class).column_kind(column).is_some(), "{column}");
+                    match value {
+                        Value::Float(v) => {
+                            let in_range = specs(class).iter().any(|spec| match spec.kind {
+                                Kind::Number { min, max, .. } => {
+                                    spec.column == *column && (min..=max).contains(v)
+                                }
+                                _ => false,
+                            });
+                            proptest::prop_assert!(in_range, "{class:?}: {column} = {v}");
+                        }
+                        Value::Text(text) => proptest::prop_assert!(
+                            !text.chars().any(char::is_control),
+                            "{class:?}: {column} = {text:?}"
+                        ),
+                        Value::Int(_) => {}
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn single_phase_vebus_hides_l2_and_l3() {
         let list = RegisterList::victron();

@@ -561,6 +561,32 @@ pub fn firmware_text(words: &[u16]) -> String {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        /// Any two words render as a version: `v`, hex digits, a dot, two
+        /// hex digits, and a beta number after a tilde when there is one.
+        #[test]
+        fn any_firmware_words_render_as_a_version(major_minor: u16, beta: u16) {
+            let text = firmware_text(&[major_minor, beta]);
+            let [major, minor] = major_minor.to_be_bytes();
+            let mut expected = format!("v{}.{}", hex(major, 1), hex(minor, 2));
+            if beta != 0 {
+                expected.push('~');
+                expected.push_str(&beta.to_string());
+            }
+            proptest::prop_assert_eq!(text, expected);
+        }
+    }
+
+    /// `n` in lower-case hex digits, at least `width` of them.
+    fn hex(n: u8, width: usize) -> String {
+        let digits = b"0123456789abcdef";
+        let mut out: Vec<u8> = vec![digits[usize::from(n >> 4)], digits[usize::from(n & 0xF)]];
+        while out.len() > width && out[0] == b'0' {
+            out.remove(0);
+        }
+        String::from_utf8(out).unwrap()
+    }
+
     #[test]
     fn firmware_renders_as_hex_digits() {
         assert_eq!(firmware_text(&[0x0342, 0]), "v3.42");

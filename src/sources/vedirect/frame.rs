@@ -24,9 +24,9 @@ impl TextBlock {
             .get(2..self.bytes.len().saturating_sub(10))
             .unwrap_or_default();
         body.split(|b| *b == b'\n').filter_map(|line| {
-            let line = line.strip_suffix(b"\r")?;
-            let tab = line.iter().position(|b| *b == b'\t')?;
-            Some((&line[..tab], &line[tab + 1..]))
+            // The label ends at the first tab; the value is the rest, as sent.
+            let mut parts = line.strip_suffix(b"\r")?.splitn(2, |b| *b == b'\t');
+            Some((parts.next()?, parts.next()?))
         })
     }
 

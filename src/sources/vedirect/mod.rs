@@ -66,6 +66,9 @@ pub struct VeDirectSource {
     /// When the port went down, while it is down.
     down_since: Option<Instant>,
     warned_unknown_product: bool,
+    /// Labels already logged for a value that did not parse (one bit each,
+    /// [`fields::Snapshot::bad_labels`]).
+    warned_bad_labels: u64,
     /// Whether this daemon may read the device (failover between daemons).
     leases: Leases,
 }
@@ -90,6 +93,7 @@ impl VeDirectSource {
             block_moments: VecDeque::with_capacity(BLOCK_MOMENTS),
             down_since: None,
             warned_unknown_product: false,
+            warned_bad_labels: 0,
             leases: Leases::always(),
         }
     }
@@ -313,6 +317,17 @@ impl VeDirectSource {
             .is_some_and(|last| snapshot.received_at <= last)
         {
             return;
+        }
+        let unwarned = snapshot.bad_labels() & !self.warned_bad_labels;
+        if unwarned != 0 {
+            self.warned_bad_labels |= unwarned;
+            let labels: Vec<&str> = fields::Snapshot::label_names(unwarned).collect();
+            tracing::warn!(
+                device = %self.config.name,
+                labels = %labels.join(","),
+                "VE.Direct fields whose value does not parse are left empty; \
+                 the rest of the block is kept (logged once per field)."
+            );
         }
         let Some(table) = snapshot.table() else {
             if !self.warned_unknown_product {

@@ -1,7 +1,13 @@
 //! VE.Direct labels and how each is read: the table of every label of the
 //! notes with its kind (a decimal in SI units, an integer, hex, ON/OFF,
-//! text, minutes), the fast label → slot lookup, and the parsing of a value
-//! into a [`Typed`] value.
+//! text, a firmware version, minutes), the fast label → slot lookup, and the
+//! parsing of a value into a [`Typed`] value.
+//!
+//! Every parser here takes the value's raw bytes and is total: any bytes
+//! give a typed value or "does not parse" (the snapshot counts it and leaves
+//! the field empty), never a panic and never a number read from part of the
+//! value. Nothing slices device text by byte position: values are matched as
+//! bytes, and text is decoded before it is looked at.
 //!
 //! Units: mV → V, mA → A, mAh → Ah, ‰ → %, minutes → s (`TTG -1` = NULL),
 //! 0.01 kWh → kWh, 0.01 V and 0.1 A for inverter AC output; a decimal is
@@ -35,8 +41,16 @@ pub(super) enum Kind {
     Hex,
     /// ON/OFF.
     OnOff,
-    /// Text.
+    /// Text: Latin-1, printable (a control character makes it a bad value).
     Text,
+    /// A firmware version: an optional release-candidate letter and decimal
+    /// digits, the last two being the minor version (`FW`: `0308`, `159`,
+    /// `C208`); with `release`, two hex digits of release byte follow
+    /// (`FWE`: `0208FF`). Kept as sent; [`firmware_version`] renders it.
+    Firmware {
+        /// Whether a release byte ends it.
+        release: bool,
+    },
     /// Minutes, −1 = infinite.
     Minutes,
 }
@@ -103,8 +117,8 @@ pub(super) const LABELS: &[(&str, Kind)] = &[
     ("DC_IN_P", Kind::Decimal(0)),
     ("PID", Kind::Hex),
     ("SER#", Kind::Text),
-    ("FW", Kind::Text),
-    ("FWE", Kind::Text),
+    ("FW", Kind::Firmware { release: false }),
+    ("FWE", Kind::Firmware { release: true }),
     ("BMV", Kind::Text),
     ("HC#", Kind::Text),
 ];
@@ -194,22 +208,92 @@ fn parse_int(value: &[u8]) -> Option<i64> {
     if digits.is_empty() {
         return None;
     }
-    let mut n: i64 = 0;
-    for &d in digits {
-        if !d.is_ascii_digit() {
-            return None;
+    // Negative numbers are summed downwards: i64::MIN has no positive twin.
+    digits.iter().try_fold(0i64, |n, &d| {
+        let d = i64::from(char::from(d).to_digit(10)?);
+        let n = n.checked_mul(10)?;
+        if negative {
+            n.checked_sub(d)
+        } else {
+            n.checked_add(d)
         }
-        n = n.checked_mul(10)?.checked_add(i64::from(d - b'0'))?;
-    }
-    Some(if negative { -n } else { n })
+    })
 }
 
+/// A `0x` hex integer (spaces around it allowed); `None` on anything else
+/// (a sign, a non-hex byte, no digits) or overflow.
 fn parse_hex(value: &[u8]) -> Option<i64> {
-    let text = std::str::from_utf8(value).ok()?.trim();
-    let digits = text
-        .strip_prefix("0x")
-        .or_else(|| text.strip_prefix("0X"))?;
-    i64::from_str_radix(digits, 16).ok()
+    let [b'0', b'x' | b'X', digits @ ..] = value.trim_ascii() else {
+        return None;
+    };
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0i64, |n, &d| {
+        let d = char::from(d).to_digit(16)?;
+        n.checked_mul(16)?.checked_add(i64::from(d))
+    })
+}
+
+/// A text value as Latin-1 characters, or `None` when it holds a control
+/// character (C0, DEL, C1: a NUL, a line break or an escape sequence is no
+/// serial number or model name, and could not be stored or shown as text).
+fn text_of(value: &[u8], mut text: String) -> Option<String> {
+    if value.iter().any(|b| char::from(*b).is_control()) {
+        return None;
+    }
+    match std::str::from_utf8(value) {
+        Ok(ascii) if value.is_ascii() => text.push_str(ascii),
+        // Latin-1, byte by byte.
+        _ => text.extend(value.iter().map(|b| char::from(*b))),
+    }
+    Some(text)
+}
+
+/// A firmware version as `x.yy` (`0308` → `3.08`, `159` → `1.59`, `C208` →
+/// `C2.08`; with `release`, `0208FF` → `2.08` and a beta's release byte
+/// after a tilde, `0208A3` → `2.08~A3`), or `None` when the value is not a
+/// version ([`Kind::Firmware`]). Spaces around it are ignored.
+pub(super) fn firmware_version(value: &[u8], release: bool) -> Option<String> {
+    let value = value.trim_ascii();
+    let (letter, rest) = match value {
+        [c, rest @ ..] if c.is_ascii_alphabetic() => (Some(char::from(*c)), rest),
+        _ => (None, value),
+    };
+    let (digits, release_byte) = if release {
+        let (digits, byte) = rest.split_last_chunk::<2>()?;
+        if !byte.iter().all(u8::is_ascii_hexdigit) {
+            return None;
+        }
+        (digits, Some(byte))
+    } else {
+        (rest, None)
+    };
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let mut significant = digits;
+    while let [b'0', rest @ ..] = significant {
+        significant = rest;
+    }
+    let (major, minor) = match significant {
+        [] => (&[][..], [b'0', b'0']),
+        [d] => (&[][..], [b'0', *d]),
+        _ => significant.split_last_chunk::<2>().map(|(m, n)| (m, *n))?,
+    };
+    let mut out = String::with_capacity(significant.len() + 6);
+    out.extend(letter);
+    if major.is_empty() {
+        out.push('0');
+    }
+    out.extend(major.iter().map(|d| char::from(*d)));
+    out.push('.');
+    out.extend(minor.iter().map(|d| char::from(*d)));
+    if let Some(byte) = release_byte.filter(|b| !b.eq_ignore_ascii_case(b"FF")) {
+        out.push('~');
+        out.extend(byte.iter().map(|d| char::from(*d)));
+    }
+    Some(out)
 }
 
 /// `n × 10^−k` as the double nearest to that decimal: dividing by the
@@ -232,20 +316,16 @@ pub(super) fn type_into(kind: Kind, value: &[u8], slot: &mut Option<Typed>) -> b
             b"OFF" => Some(Typed::Bool(false)),
             _ => None,
         },
-        Kind::Text => {
-            let mut text = match slot.take() {
+        Kind::Firmware { release } if firmware_version(value, release).is_none() => None,
+        Kind::Text | Kind::Firmware { .. } => {
+            let text = match slot.take() {
                 Some(Typed::Text(mut text)) => {
                     text.clear();
                     text
                 }
                 _ => String::with_capacity(value.len()),
             };
-            match std::str::from_utf8(value) {
-                Ok(utf8) if value.is_ascii() => text.push_str(utf8),
-                // Latin-1, byte by byte.
-                _ => text.extend(value.iter().map(|b| char::from(*b))),
-            }
-            Some(Typed::Text(text))
+            text_of(value, text).map(Typed::Text)
         }
         Kind::Minutes => parse_int(value).map(|minutes| match minutes {
             -1 => Typed::None,
@@ -275,5 +355,55 @@ mod tests {
         assert_eq!(parse_int(b"-"), None);
         assert_eq!(parse_int(b"12a"), None);
         assert_eq!(parse_int(b"99999999999999999999"), None);
+        assert_eq!(parse_int(b"-9223372036854775808"), Some(i64::MIN));
+        assert_eq!(parse_int(b"9223372036854775808"), None);
+        assert_eq!(parse_int(b"+5"), None);
+    }
+
+    #[test]
+    fn hex_is_0x_and_hex_digits_only() {
+        assert_eq!(parse_hex(b"0xA389"), Some(0xA389));
+        assert_eq!(parse_hex(b"0X00000001"), Some(1));
+        assert_eq!(parse_hex(b" 0x203 "), Some(0x203));
+        assert_eq!(parse_hex(b"0x7FFFFFFFFFFFFFFF"), Some(i64::MAX));
+        for odd in [
+            &b"0x"[..],
+            b"0x+1F",
+            b"0x-1",
+            b"0x1G",
+            b"203",
+            b"0x8000000000000000",
+            b"0x\xE9",
+        ] {
+            assert_eq!(parse_hex(odd), None, "{odd:?}");
+        }
+    }
+
+    #[test]
+    fn firmware_versions() {
+        for (value, release, version) in [
+            (&b"0308"[..], false, Some("3.08")),
+            (b"159", false, Some("1.59")),
+            (b"C208", false, Some("C2.08")),
+            (b"0", false, Some("0.00")),
+            (b"5", false, Some("0.05")),
+            (b"0105", false, Some("1.05")),
+            (b"0208FF", true, Some("2.08")),
+            (b"0208ff", true, Some("2.08")),
+            (b"0208A3", true, Some("2.08~A3")),
+            (b"FF", true, None),
+            (b"0208", true, Some("0.02~08")),
+            (b"\xE9 1", false, None),
+            (b"\xE91", false, None),
+            (b"3.08", false, None),
+            (b"", false, None),
+            (b"12 34", false, None),
+        ] {
+            assert_eq!(
+                firmware_version(value, release).as_deref(),
+                version,
+                "{value:?}"
+            );
+        }
     }
 }

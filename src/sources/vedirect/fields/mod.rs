@@ -8,6 +8,10 @@ pub mod labels;
 pub mod merger;
 pub mod snapshot;
 
+/// Any bytes as any label's value, through the codec and the snapshot.
+#[cfg(test)]
+mod odd_values;
+
 pub use catalog::{product_name, table_of_product};
 pub use labels::Typed;
 pub use merger::Merger;

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use super::catalog::{
     alarm_reasons, error_text, mode_text, mppt_text, state_text, table_of_product,
 };
-use super::labels::{LABELS, SLOTS, Typed, slot, type_into};
+use super::labels::{LABELS, SLOTS, Typed, firmware_version, slot, type_into};
 use crate::reading::{ReadingTable, Value};
 use crate::sources::vedirect::codec::TextBlock;
 
@@ -24,6 +24,8 @@ pub struct Snapshot {
     pub unknown_labels: u32,
     /// Fields whose value did not parse (left empty).
     pub bad_values: u32,
+    /// Which labels had a value that did not parse (one bit per slot).
+    bad_labels: u64,
     /// Blocks merged into it.
     pub blocks: u32,
     /// When its last block arrived.
@@ -37,6 +39,7 @@ impl Snapshot {
             present: 0,
             unknown_labels: 0,
             bad_values: 0,
+            bad_labels: 0,
             blocks: 0,
             received_at: at,
         }
@@ -47,6 +50,7 @@ impl Snapshot {
         self.present = 0;
         self.unknown_labels = 0;
         self.bad_values = 0;
+        self.bad_labels = 0;
         self.blocks = 0;
         self.received_at = at;
     }
@@ -68,6 +72,7 @@ impl Snapshot {
                     } else {
                         self.present &= !(1 << i);
                         self.bad_values += 1;
+                        self.bad_labels |= 1 << i;
                     }
                 }
                 None => self.unknown_labels += 1,
@@ -75,6 +80,21 @@ impl Snapshot {
         }
         self.blocks += 1;
         self.received_at = at;
+    }
+
+    /// The labels whose values did not parse, as bits of the label table's
+    /// order (see [`Self::label_names`]).
+    pub fn bad_labels(&self) -> u64 {
+        self.bad_labels
+    }
+
+    /// The labels of the set bits of `bits` ([`Self::bad_labels`]).
+    pub fn label_names(bits: u64) -> impl Iterator<Item = &'static str> {
+        LABELS
+            .iter()
+            .enumerate()
+            .filter(move |(i, _)| bits >> i & 1 == 1)
+            .map(|(_, (label, _))| *label)
     }
 
     /// The typed value of `label`.
@@ -118,15 +138,13 @@ impl Snapshot {
         self.text("SER#")
     }
 
-    /// The firmware version as `x.yy` (`FW 0308` → 3.08, `FW 159` → 1.59).
+    /// The firmware version as `x.yy` (`FW 0308` → 3.08, `FW 159` → 1.59,
+    /// `FWE 0208FF` → 2.08); `None` without a valid `FW` or `FWE` (a value
+    /// that is no version was counted as a bad value and left empty).
     pub fn firmware(&self) -> Option<String> {
-        let fw = self.text("FW").or_else(|| self.text("FWE"))?.trim();
-        let digits = fw.trim_start_matches('0');
-        match digits.len() {
-            0 => Some("0.00".into()),
-            1 | 2 => Some(format!("0.{digits:0>2}")),
-            n => Some(format!("{}.{}", &digits[..n - 2], &digits[n - 2..])),
-        }
+        [("FW", false), ("FWE", true)]
+            .into_iter()
+            .find_map(|(label, release)| firmware_version(self.text(label)?.as_bytes(), release))
     }
 
     /// Which reading table this device's rows go to: from the product id,
