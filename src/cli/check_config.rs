@@ -2,7 +2,8 @@
 //! the effective settings without secrets: every key of the table of keys
 //! ([`crate::config::KNOWN_KEYS`]) with its value and unit, then each
 //! device. It refuses exactly what `run` refuses, so a configuration it
-//! passes is one the daemon runs with.
+//! passes is one the daemon runs with; a database server the connection
+//! does not verify is a warning, as at `run`'s start.
 
 use std::path::Path;
 
@@ -54,6 +55,11 @@ pub fn exec(config: &Config, path: Option<&Path>) -> anyhow::Result<Exit> {
             device.port,
             site_name(&device.site)
         );
+    }
+    // Accepted, but worth knowing: on standard error, after the settings.
+    for server in config.unverified_servers() {
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), "warning: {server}");
     }
     Ok(Exit::Ok)
 }

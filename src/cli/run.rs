@@ -1,7 +1,8 @@
 //! `victron-poller run`: the daemon. SIGTERM or SIGINT stops it in order
 //! (sources, then the partial batch into the local store, then the forwarder
 //! with a deadline); a second signal, or a stop past its hard limit, ends it
-//! at once (exit 130, 70).
+//! at once (exit 130, 70). A database server the connection does not
+//! verify is warned about once, at start.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -44,6 +45,9 @@ pub fn state_dir(flag: Option<PathBuf>) -> PathBuf {
 /// Runs `run`.
 pub async fn exec(config: Config, args: RunArgs) -> anyhow::Result<Exit> {
     config.check_runnable()?;
+    for server in config.unverified_servers() {
+        tracing::warn!(key = server.key, host = %server.host, "{server}");
+    }
     let drain = DrainPolicy::with_forward_deadline(Duration::from_secs(args.drain_deadline_s));
     let signals = Signals::listen(drain.hard_limit())?;
     let options = RunOptions {

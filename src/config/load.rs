@@ -2,8 +2,8 @@
 //! variables a platform sets, the prefixed `VICTRON_POLLER_…` variables, the
 //! device lists as TOML in `VICTRON_POLLER_GX` / `VICTRON_POLLER_VEDIRECT`),
 //! which key each variable set (so that a problem names it), and TOML
-//! syntax errors as a user needs them (position, reason, the line, secrets
-//! masked).
+//! syntax errors as a user needs them (position, reason, the line unless it
+//! may hold a secret).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -12,7 +12,7 @@ use config::{Environment, File, FileFormat};
 
 use super::{
     CONFIG_PATH_ENV, Config, ConfigError, ConfigProblem, ENV_PREFIX, LIST_VARIABLES, env_var_for,
-    validate,
+    redact, validate,
 };
 
 impl Config {
@@ -118,7 +118,8 @@ impl Config {
 }
 
 /// A TOML parse error as the user needs it: the position, the reason, and
-/// the offending line, with any secret on it masked. The `config` crate's
+/// the offending line, unless it may hold a secret: then its key alone
+/// ([`redact::redact_toml_line`]). The `config` crate's
 /// text spreads that over a drawing (`3 | level = "debug"`, carets) and
 /// names no key for a duplicate; this names it.
 fn redact_file_error(message: &str) -> String {
@@ -143,7 +144,7 @@ fn redact_file_error(message: &str) -> String {
             }
         }
     }
-    let quoted = quoted.map(|line| mask_secret(&line));
+    let quoted = quoted.map(|line| redact::redact_toml_line(&line));
     if reason == "duplicate key" {
         if let Some(key) = quoted
             .as_deref()
@@ -162,29 +163,4 @@ fn redact_file_error(message: &str) -> String {
         out.push_str(&format!(", in `{}`", line.trim()));
     }
     out
-}
-
-/// A TOML line with its secret masked: the value of a password key, the
-/// password inside a URL (`postgres://user:***@host`).
-fn mask_secret(line: &str) -> String {
-    if let Some((key, _)) = line.split_once('=') {
-        if key.to_ascii_lowercase().contains("password") {
-            return format!("{}= ***", key);
-        }
-    }
-    let Some(scheme_end) = line.find("://") else {
-        return line.to_string();
-    };
-    let rest = &line[scheme_end + 3..];
-    let authority_end = rest.find(['/', '"', '\'', ' ']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    match (authority.rfind('@'), authority.find(':')) {
-        (Some(at), Some(colon)) if colon < at => format!(
-            "{}{}:***{}",
-            &line[..scheme_end + 3],
-            &authority[..colon],
-            &line[scheme_end + 3 + at..]
-        ),
-        _ => line.to_string(),
-    }
 }

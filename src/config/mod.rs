@@ -20,6 +20,8 @@
 mod keys;
 mod load;
 mod reader;
+mod redact;
+mod tls;
 mod validate;
 
 use std::collections::HashMap;
@@ -30,6 +32,7 @@ use std::time::Duration;
 use url::Url;
 
 pub use keys::{KNOWN_KEYS, KeyKind, KnownKey, Unit};
+pub use tls::UnverifiedServer;
 
 /// Prefix of the environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "VICTRON_POLLER";
@@ -596,9 +599,10 @@ impl Config {
 }
 
 impl DatabaseConfig {
-    /// The URL to show in logs and messages: no password, ever.
+    /// The URL to show in logs and messages: no password, ever (the one
+    /// rule of [`redact`] for every place a URL is shown).
     pub fn redacted_url(&self) -> String {
-        self.url.to_string()
+        redact::redact_url(&self.url)
     }
 
     /// The connection URL without its password.

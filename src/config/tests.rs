@@ -663,10 +663,7 @@ fn a_toml_error_keeps_its_reason_and_line_but_no_secret() {
         unterminated.starts_with("TOML parse error at line 2"),
         "{unterminated}"
     );
-    assert!(
-        unterminated.contains("postgres://ranch:***@db.example.net/x"),
-        "{unterminated}"
-    );
+    assert!(unterminated.contains("in `url = ***`"), "{unterminated}");
     let bare = message("[database]\npassword = hunter2\n");
     assert!(bare.contains("in `password = ***`"), "{bare}");
     for text in [unterminated, bare] {

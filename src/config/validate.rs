@@ -11,6 +11,7 @@ use url::Url;
 
 use super::keys::{self, KnownKey};
 use super::reader::{Problems, Table};
+use super::redact;
 use super::{
     BatchConfig, ClockConfig, Config, ConfigError, DatabaseConfig, FailoverConfig, GxConfig,
     HealthConfig, HistoryConfig, LogConfig, LogFormat, ModbusClass, ModbusDeviceConfig,
@@ -254,7 +255,11 @@ fn lock_session(
 }
 
 /// A `postgres://` URL with a host and valid TLS settings, and the password
-/// it held (removed from the URL).
+/// it held (removed from the URL): in its user part, or in its `password`
+/// parameter, which wins as it does for libpq and the driver. Any other
+/// parameter that holds a secret ([`redact::is_secret_parameter`]) is a
+/// problem, named without its value: the driver would ignore it and log it,
+/// value and all (`sslpassword`: it reads no encrypted client key).
 fn postgres_url(
     url: &str,
     url_key: &str,
@@ -281,12 +286,44 @@ fn postgres_url(
         return None;
     }
     tls_settings(&url, url_key, problems);
-    let url_password = url.password().map(|p| {
+    let mut url_password = url.password().map(|p| {
         percent_encoding::percent_decode_str(p)
             .decode_utf8_lossy()
             .into_owned()
     });
     let _ = url.set_password(None);
+    let mut kept = Vec::new();
+    for (raw, (name, value)) in url
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .zip(url.query_pairs())
+    {
+        if name == "password" {
+            url_password = Some(value.into_owned());
+        } else if name == "sslpassword" {
+            problems.push(
+                url_key,
+                "sslpassword is not supported (value not shown): the driver reads only an \
+                 unencrypted client key (sslkey); decrypt it (openssl pkey -in KEY -out KEY.plain) \
+                 and keep it readable by the service alone",
+            );
+        } else if redact::is_secret_parameter(&name) {
+            problems.push(
+                url_key,
+                format!(
+                    "parameter `{name}` is unknown (value not shown): the password goes in the \
+                     URL's user part, its `password` parameter, or database.password"
+                ),
+            );
+        } else {
+            kept.push(raw.to_string());
+        }
+    }
+    if url.query().is_some() {
+        url.set_query((!kept.is_empty()).then(|| kept.join("&")).as_deref());
+    }
     Some((url, url_password))
 }
 

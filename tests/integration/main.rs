@@ -20,6 +20,8 @@ mod clock;
 mod daemon;
 /// The Grafana dashboard's queries, macros expanded, on every flavour.
 mod dashboard;
+/// The service's environment file as the package reads it: never run.
+mod environment_file;
 /// Faults a gateway meets: a full disk, a damaged or deleted store, an
 /// unusable state directory.
 mod faults;
@@ -42,8 +44,14 @@ mod package;
 /// Migrations on the three server flavours: catalog, degraded features, idempotence.
 #[cfg(feature = "servers")]
 mod schema;
+/// The database password on every surface; unverified database servers.
+mod secrets;
 /// A second signal, and a stop that cannot finish.
 mod shutdown;
+/// The unit's sandbox under a real systemd: the clock's state, a UART, open
+/// files; the environment file as the package reads it (needs root).
+#[cfg(feature = "servers")]
+mod systemd_sandbox;
 /// The unit under a real systemd in its own namespace (needs root).
 #[cfg(feature = "servers")]
 mod systemd_service;

@@ -91,7 +91,7 @@ fn the_unit_keeps_what_the_daemon_needs() {
         "Type=notify",
         "WatchdogSec=",
         "Restart=on-failure",
-        "RestartPreventExitStatus=78",
+        "RestartPreventExitStatus=78 73",
         "StateDirectory=victron-poller",
         "EnvironmentFile=-/etc/victron-poller/victron-poller.env",
         "SupplementaryGroups=dialout",
@@ -132,4 +132,63 @@ fn the_environment_file_example_names_real_settings() {
         }
     }
     assert!(named >= 3, "{text}");
+}
+
+/// The sandbox lets the daemon do what it needs and no more: every serial
+/// port class a gateway has (DeviceAllow= names drivers as /proc/devices
+/// lists them), the kernel's NTP state read (`adjtimex`: no ProtectClock=,
+/// whose own seccomp filter denies it whatever SystemCallFilter= says),
+/// the clock never set, and room for more open files than the default 1024.
+/// (`systemd_sandbox` runs it under a real systemd.)
+#[test]
+fn the_unit_opens_the_serial_ports_and_the_clock_state_and_no_more() {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/victron-poller.service"
+    ))
+    .unwrap();
+    let values = |key: &str| -> Vec<String> {
+        unit.lines()
+            .filter_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(values("DevicePolicy"), ["closed"]);
+    let allowed = values("DeviceAllow");
+    // USB adapters, and the onboard UARTs: 8250/16550 (ttyS, major 4) and
+    // a Raspberry Pi's PL011 (ttyAMA, major 204).
+    for class in ["char-ttyUSB", "char-ttyACM", "char-ttyS", "char-ttyAMA"] {
+        assert!(
+            allowed.iter().any(|a| a == &format!("{class} rw")),
+            "{class} not allowed: {allowed:?}"
+        );
+    }
+    assert_eq!(allowed.len(), 4, "nothing else: {allowed:?}");
+    assert!(values("ProtectClock").iter().all(|v| v == "no"), "{unit}");
+    let filters = values("SystemCallFilter");
+    let allows: Vec<&str> = filters
+        .iter()
+        .filter(|f| !f.starts_with('~'))
+        .flat_map(|f| f.split_whitespace())
+        .collect();
+    assert!(allows.contains(&"adjtimex"), "{filters:?}");
+    for setter in [
+        "clock_settime",
+        "settimeofday",
+        "@clock",
+        "@privileged",
+        "stime",
+    ] {
+        assert!(!allows.contains(&setter), "{setter} allowed: {filters:?}");
+    }
+    // No capability at all, so no CAP_SYS_TIME: adjtimex with modes fails.
+    assert_eq!(values("CapabilityBoundingSet"), [""]);
+    let nofile: Vec<u64> = values("LimitNOFILE")
+        .iter()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    assert!(
+        matches!(nofile[..], [n] if n > 1024),
+        "LimitNOFILE: {nofile:?}"
+    );
 }
