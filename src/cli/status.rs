@@ -193,12 +193,8 @@ async fn gather(config: &Config, args: &StatusArgs) -> anyhow::Result<Gathered> 
             .context("Failed to read the status rows")?
     };
     let devices: Vec<DeviceStatus> = rows.devices.iter().map(|(_, d)| d.clone()).collect();
-    let health = judge_database(
-        &schema,
-        rows.poller.as_ref(),
-        &devices,
-        args.site.as_deref(),
-    );
+    let pending = schema.migrations.pending.len();
+    let health = health::judge_rows(pending, rows.poller.as_ref(), &devices, args.site.as_deref());
     let report = Report {
         poller: rows.poller,
         sites: rows.sites,
@@ -221,63 +217,6 @@ fn print(report: &Report, json: bool) -> anyhow::Result<()> {
         print_text(report);
     }
     Ok(())
-}
-
-fn judge_database(
-    schema: &SchemaReport,
-    poller: Option<&PollerView>,
-    devices: &[DeviceStatus],
-    site: Option<&str>,
-) -> Health {
-    let mut down = Vec::new();
-    let mut degraded = Vec::new();
-    if !schema.migrations.is_current() {
-        degraded.push(format!(
-            "{} migration(s) pending: run `victron-poller migrate`",
-            schema.migrations.pending.len()
-        ));
-    }
-    match poller {
-        Some(p) if p.poller_started_at.is_some() => {
-            // With several sites the singleton's age is the worst site's:
-            // one stale site is that site's problem (below), not the
-            // database's, unless no site is healthy.
-            let sites = p.sites.unwrap_or(0);
-            let unhealthy = p.sites_unhealthy.unwrap_or(0);
-            if p.poller_stopped_at.is_some() {
-                down.push(format!("the daemon stopped {}", ago(p.poller_stopped_at)));
-            } else if p.last_successful_poll.is_none() {
-                down.push("no successful poll yet".into());
-            } else if sites > 1 && unhealthy >= sites {
-                down.push(format!("no site is healthy ({sites} sites)"));
-            } else if sites <= 1 && p.is_stale == Some(true) {
-                down.push(format!(
-                    "no successful poll for {:.0} s (stale)",
-                    p.seconds_since_last_success.unwrap_or_default()
-                ));
-            }
-            let interval_s = p.poll_interval_ms.map_or(5.0, |ms| ms as f64 / 1000.0);
-            if let Some(age) = p
-                .spool_oldest_age_s
-                .filter(|a| *a > health::backlog_after(interval_s))
-            {
-                degraded.push(format!("readings wait in the local store since {age:.0} s"));
-            }
-            if let Some(n) = p.sites_unhealthy.filter(|n| *n > 0) {
-                degraded.push(format!(
-                    "{n} of {} site(s) not healthy: {}",
-                    p.sites.unwrap_or(n),
-                    p.last_error.as_deref().unwrap_or("see the sites below")
-                ));
-            }
-        }
-        _ => match site {
-            Some(site) => down.push(format!("no daemon has written status for site \"{site}\"")),
-            None => down.push("no daemon has written status here yet".into()),
-        },
-    }
-    degraded.extend(health::failing_devices(devices));
-    Health::from_findings(down, degraded)
 }
 
 /// The verdict and report from the daemon's snapshot in the local store.

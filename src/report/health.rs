@@ -1,17 +1,21 @@
-//! The health verdict — healthy, degraded or down, with the reasons — shared
-//! by `victron-poller status` (exit 0, 1, 2) and the `/healthz` endpoint
-//! (200, 200, 503). It judges the daemon's [`Snapshot`] (what the daemon
-//! holds live, and saves in its local store). `status` judges the status
-//! rows in PostgreSQL with the same definition of a failing device
-//! ([`DeviceStatus::is_failing`], [`failing_devices`]) and what the rows can
-//! tell (a stopped or stale poller, a backlog, pending migrations); a hung
-//! source and the database's own reachability are the live daemon's to see.
+//! The one health judge: healthy, degraded or down, with the reasons. Every
+//! surface says what it decides — `/healthz` (200, 200, 503), `status`
+//! (exit 0, 1, 2), the systemd `STATUS=` line, and the status rows in
+//! PostgreSQL (a site's `is_healthy` and `last_error` are its verdict and
+//! first reason). [`judge`] decides from the daemon's [`Snapshot`] (what
+//! the daemon holds live, and saves in its local store): devices, hung
+//! sources, the database's reachability, the backlog, the clock, the local
+//! store's faults (writes refused, readings lost, a damaged or deleted
+//! file) and tasks restarted after a panic. [`judge_rows`] decides from the
+//! status rows, which carry that verdict, with the same rules (one
+//! [`stale_after`], one [`backlog_after`], one [`failing_devices`]).
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
 use super::Snapshot;
+use crate::db::status_rows::PollerView;
 use crate::status::DeviceStatus;
 
 /// How well the daemon is doing.
@@ -188,6 +192,69 @@ fn store_findings(snapshot: &Snapshot, now: DateTime<Utc>) -> Vec<String> {
     }
     found.extend(snapshot.store_incidents.iter().map(|i| i.what.clone()));
     found
+}
+
+/// Judges the status rows in PostgreSQL (what `status` reads with a
+/// database): the poller's singleton (or a site's row) and the devices,
+/// with `migrations_pending` migrations not applied. A site's row carries
+/// [`judge`]'s verdict of the daemon that wrote it (`is_healthy`, and its
+/// first reason as `last_error`); staleness is `victron.status_is_stale`,
+/// which is [`stale_after`].
+pub fn judge_rows(
+    migrations_pending: usize,
+    poller: Option<&PollerView>,
+    devices: &[DeviceStatus],
+    site: Option<&str>,
+) -> Health {
+    let mut down = Vec::new();
+    let mut degraded = Vec::new();
+    if migrations_pending > 0 {
+        degraded.push(format!(
+            "{migrations_pending} migration(s) pending: run `victron-poller migrate`"
+        ));
+    }
+    match poller {
+        Some(p) if p.poller_started_at.is_some() => {
+            // With several sites the singleton's age is the worst site's:
+            // one stale site is that site's problem (below), not the
+            // database's, unless no site is healthy.
+            let sites = p.sites.unwrap_or(0);
+            let unhealthy = p.sites_unhealthy.unwrap_or(0);
+            if p.poller_stopped_at.is_some() {
+                let ago = p.poller_stopped_at.map_or(0.0, |at| seconds_between(at, Utc::now()));
+                down.push(format!("the daemon stopped {ago:.0} s ago"));
+            } else if p.last_successful_poll.is_none() {
+                down.push("no successful poll yet".into());
+            } else if sites > 1 && unhealthy >= sites {
+                down.push(format!("no site is healthy ({sites} sites)"));
+            } else if sites <= 1 && p.is_stale == Some(true) {
+                down.push(format!(
+                    "no successful poll for {:.0} s (stale)",
+                    p.seconds_since_last_success.unwrap_or_default()
+                ));
+            }
+            let interval_s = p.poll_interval_ms.map_or(5.0, |ms| ms as f64 / 1000.0);
+            if let Some(age) = p
+                .spool_oldest_age_s
+                .filter(|a| *a > backlog_after(interval_s))
+            {
+                degraded.push(format!("readings wait in the local store since {age:.0} s"));
+            }
+            if let Some(n) = p.sites_unhealthy.filter(|n| *n > 0) {
+                degraded.push(format!(
+                    "{n} of {} site(s) not healthy: {}",
+                    p.sites.unwrap_or(n),
+                    p.last_error.as_deref().unwrap_or("see the sites below")
+                ));
+            }
+        }
+        _ => match site {
+            Some(site) => down.push(format!("no daemon has written status for site \"{site}\"")),
+            None => down.push("no daemon has written status here yet".into()),
+        },
+    }
+    degraded.extend(failing_devices(devices));
+    Health::from_findings(down, degraded)
 }
 
 /// `device: what is wrong`, for each failing device.

@@ -25,6 +25,10 @@ mod environment_file;
 /// Faults a gateway meets: a full disk, a damaged or deleted store, an
 /// unusable state directory.
 mod faults;
+/// One health model: the SQL stale rule is the Rust one; one verdict on
+/// every surface.
+#[cfg(feature = "servers")]
+mod health_model;
 /// Rollups and daily energy: `history rebuild` on the three flavours;
 /// `energy` from the local store.
 mod history;

@@ -222,7 +222,7 @@ async fn notify_socket_gets_ready_and_a_watchdog_that_stops_when_a_poll_hangs() 
     let all_answering = |messages: &[(Duration, String)]| {
         messages
             .iter()
-            .any(|(_, m)| m.contains("STATUS=4 of 4 device(s) answering"))
+            .any(|(_, m)| m.contains("STATUS=healthy; 4 of 4 device(s) answering"))
     };
     let ready_and_fed = |messages: &[(Duration, String)]| {
         pings_after_ready(messages).is_some_and(|pings| pings >= 5) && all_answering(messages)
