@@ -4,14 +4,32 @@
 //!   verdict and its reasons as JSON (the same verdict as `status`);
 //! - `GET /metrics`: Prometheus text exposition format 0.0.4.
 //!
-//! HTTP/1.1 on hyper; GET and HEAD only; every connection is bounded in
-//! time so a slow or idle client cannot hold resources.
+//! HTTP/1.1 on hyper; GET and HEAD only. Whatever clients do, the endpoint
+//! cannot take the daemon down:
+//!
+//! - at most [`MAX_CONNECTIONS`] connections at once, fewer when the
+//!   open-file limit is low: [`DESCRIPTOR_RESERVE`] descriptors stay for the
+//!   devices, the local store and the database. A connection beyond that is
+//!   accepted and closed at once (not left in the kernel's queue);
+//! - request headers of at most [`MAX_HEADER_BYTES`] (431 beyond), read
+//!   within [`HEADER_READ_TIMEOUT`] (a new connection, or an idle one between
+//!   requests, is closed after that), and no connection lives longer than
+//!   [`CONNECTION_LIFETIME`]: a connection's memory is bounded, and so is
+//!   how long a slow or idle client holds its place;
+//! - failed accepts (out of descriptors and the like) back off from 100 ms
+//!   to 1 s, logged once when they start and once when accepting works
+//!   again; connections closed for want of a place, once when that starts
+//!   and once at the first one served [`REFUSALS_QUIET`] after the last.
+//!
+//! At start the soft open-file limit is raised to the hard one (systemd
+//! starts services with 1,024 soft for the sake of `select()`, which nothing
+//! here uses; the hard limit is what the administrator allows).
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -44,34 +62,218 @@ pub async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("Cannot listen on {address} (health.listen)"))
 }
 
+/// The most connections served at once. A health check or a Prometheus
+/// scrape holds one for milliseconds (a scraper that keeps its connection
+/// alive, one each): a handful of monitors never come near it, while 32
+/// connections' buffers (about 20 KB each) stay well under a megabyte.
+pub const MAX_CONNECTIONS: usize = 32;
+
+/// Open files kept for everything but HTTP clients: the daemon's own
+/// descriptors (about 25 with one database connection: the store and its
+/// journal, the state lock, log files, the runtime's epoll, eventfd and
+/// timers, one socket per GX and database connection) with room for more
+/// database connections, devices and a reconnect's new socket before the
+/// old one is closed.
+pub const DESCRIPTOR_RESERVE: u64 = 48;
+
+/// The most bytes of request line and headers (hyper's smallest buffer; its
+/// default is about 400 KB). `/healthz` and `/metrics` requests are a few
+/// hundred bytes.
+pub const MAX_HEADER_BYTES: usize = 8 * 1024;
+
+/// How long a client has to send its request line and headers, from
+/// connecting or from the end of its previous response.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a connection lives at most, however busy.
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
+
+/// The first pause after a failed accept; it doubles to [`ACCEPT_BACKOFF_MAX`].
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// How many connections the endpoint serves at once under a soft open-file
+/// limit of `soft` (`None`: unlimited): [`MAX_CONNECTIONS`], or what the
+/// limit leaves beyond [`DESCRIPTOR_RESERVE`], and at least one.
+pub fn connection_limit(soft: Option<u64>) -> usize {
+    let room = soft.map_or(u64::MAX, |soft| soft.saturating_sub(DESCRIPTOR_RESERVE));
+    usize::try_from(room)
+        .unwrap_or(usize::MAX)
+        .clamp(1, MAX_CONNECTIONS)
+}
+
+/// Raises the soft open-file limit to the hard one, and returns the soft
+/// limit in force (`None`: unlimited).
+fn raise_open_file_limit() -> Option<u64> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let (Some(soft), Some(hard)) = (limit.current, limit.maximum) else {
+        return limit.current;
+    };
+    if soft >= hard {
+        return Some(soft);
+    }
+    let raised = Rlimit {
+        current: Some(hard),
+        maximum: Some(hard),
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => {
+            tracing::info!(
+                from = soft,
+                to = hard,
+                "Raised the open-file limit to its hard limit."
+            );
+            Some(hard)
+        }
+        Err(error) => {
+            tracing::warn!(
+                %error,
+                soft,
+                hard,
+                "Cannot raise the open-file limit to its hard limit: keeping the soft one."
+            );
+            Some(soft)
+        }
+    }
+}
+
+/// How long after the last connection closed for want of a place the next
+/// one served ends the run of refusals: under a flood the endpoint is at its
+/// limit, then not, many times a second, and logs that once.
+const REFUSALS_QUIET: Duration = Duration::from_secs(5);
+
+/// A run of failed accepts.
+#[derive(Debug)]
+struct AcceptTrouble {
+    since: Instant,
+    failures: u64,
+    pause: Duration,
+}
+
+/// A run of connections closed for want of a place.
+#[derive(Debug)]
+struct Refusals {
+    since: Instant,
+    last: Instant,
+    count: u64,
+}
+
 /// Serves until `cancel`.
 pub async fn serve<O: Observe>(listener: TcpListener, observer: Arc<O>, cancel: CancellationToken) {
+    let open_files = raise_open_file_limit();
+    let limit = connection_limit(open_files);
+    tracing::info!(
+        connections = limit,
+        open_file_limit = open_files.map_or_else(|| "unlimited".to_string(), |n| n.to_string()),
+        "Health endpoint: at most {limit} connections at once."
+    );
+    if open_files.is_some_and(|soft| soft < DESCRIPTOR_RESERVE + 1) {
+        tracing::warn!(
+            open_file_limit = open_files,
+            reserve = DESCRIPTOR_RESERVE,
+            "The open-file limit is below what the daemon keeps for its devices, store and database: raise it (LimitNOFILE=)."
+        );
+    }
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEADER_BYTES);
+
     let mut connections = tokio::task::JoinSet::new();
+    let mut trouble: Option<AcceptTrouble> = None;
+    let mut refusals: Option<Refusals> = None;
     loop {
-        let (stream, _) = tokio::select! {
+        let accepted = tokio::select! {
             () = cancel.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // Out of file descriptors and the like: pause, do not spin.
-                    tracing::warn!(%error, "Health endpoint: accept failed.");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
-                }
-            },
+            accepted = listener.accept() => accepted,
         };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                // Out of file descriptors and the like: the connection stays
+                // queued and the listener ready, so pause, do not spin.
+                let pause = match trouble.as_mut() {
+                    Some(run) => {
+                        run.failures += 1;
+                        run.pause = (run.pause * 2).min(ACCEPT_BACKOFF_MAX);
+                        run.pause
+                    }
+                    None => {
+                        tracing::warn!(
+                            %error,
+                            "Health endpoint: cannot accept connections; retrying from every {} ms to every {} s.",
+                            ACCEPT_BACKOFF_MIN.as_millis(),
+                            ACCEPT_BACKOFF_MAX.as_secs()
+                        );
+                        trouble = Some(AcceptTrouble {
+                            since: Instant::now(),
+                            failures: 1,
+                            pause: ACCEPT_BACKOFF_MIN,
+                        });
+                        ACCEPT_BACKOFF_MIN
+                    }
+                };
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    () = tokio::time::sleep(pause) => continue,
+                }
+            }
+        };
+        if let Some(run) = trouble.take() {
+            tracing::info!(
+                failed = run.failures,
+                for_s = run.since.elapsed().as_secs_f64(),
+                "Health endpoint: accepting connections again."
+            );
+        }
         while connections.try_join_next().is_some() {}
+        if connections.len() >= limit {
+            // Closed now: neither a descriptor nor a place in the kernel's
+            // queue for it.
+            drop(stream);
+            let now = Instant::now();
+            match refusals.as_mut() {
+                Some(run) => {
+                    run.count += 1;
+                    run.last = now;
+                }
+                None => {
+                    tracing::warn!(
+                        connections = limit,
+                        "Health endpoint: {limit} connections open, its most; closing new ones until one ends."
+                    );
+                    refusals = Some(Refusals {
+                        since: now,
+                        last: now,
+                        count: 1,
+                    });
+                }
+            }
+            continue;
+        }
+        if let Some(run) = refusals.take_if(|run| run.last.elapsed() >= REFUSALS_QUIET) {
+            tracing::info!(
+                refused = run.count,
+                for_s = run.last.duration_since(run.since).as_secs_f64(),
+                "Health endpoint: serving new connections again."
+            );
+        }
         let observer = Arc::clone(&observer);
+        let service = service_fn(move |request| {
+            let observer = Arc::clone(&observer);
+            async move { Ok::<_, Infallible>(respond(request, observer.as_ref()).await) }
+        });
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
         connections.spawn(async move {
-            let service = service_fn(move |request| {
-                let observer = Arc::clone(&observer);
-                async move { Ok::<_, Infallible>(respond(request, observer.as_ref()).await) }
-            });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(5))
-                .serve_connection(TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(Duration::from_secs(30), connection).await;
+            match tokio::time::timeout(CONNECTION_LIFETIME, connection).await {
+                Ok(Ok(())) => {}
+                // A client's own failing (a header too large or too slow, a
+                // reset): its connection ends, nothing else is affected.
+                Ok(Err(error)) => tracing::debug!(%error, "Health endpoint: connection failed."),
+                Err(_) => tracing::debug!("Health endpoint: connection closed at its time limit."),
+            }
         });
     }
     connections.abort_all();
@@ -126,4 +328,23 @@ fn plain(code: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_limit_leaves_the_reserve_to_the_daemon() {
+        // systemd's soft default, and unlimited: the fixed most.
+        assert_eq!(connection_limit(Some(1024)), 32);
+        assert_eq!(connection_limit(None), 32);
+        // 64 descriptors: 48 kept, 16 for HTTP.
+        assert_eq!(connection_limit(Some(64)), 16);
+        assert_eq!(connection_limit(Some(80)), 32);
+        // Below the reserve: one connection at a time, never none.
+        assert_eq!(connection_limit(Some(49)), 1);
+        assert_eq!(connection_limit(Some(10)), 1);
+        assert_eq!(connection_limit(Some(0)), 1);
+    }
 }

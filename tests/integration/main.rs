@@ -32,6 +32,9 @@ mod health_model;
 /// Rollups and daily energy: `history rebuild` on the three flavours;
 /// `energy` from the local store.
 mod history;
+/// The health endpoint under abuse: every connection held, huge headers,
+/// slow clients, a low open-file limit; the GX reconnects regardless.
+mod http_limits;
 /// Adopting a database built by the legacy Python runner.
 #[cfg(feature = "servers")]
 mod legacy_adoption;
