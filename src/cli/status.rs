@@ -194,7 +194,12 @@ async fn gather(config: &Config, args: &StatusArgs) -> anyhow::Result<Gathered> 
     };
     let devices: Vec<DeviceStatus> = rows.devices.iter().map(|(_, d)| d.clone()).collect();
     let pending = schema.migrations.pending.len();
-    let health = health::judge_rows(pending, rows.poller.as_ref(), &devices, args.site.as_deref());
+    let health = health::judge_rows(
+        pending,
+        rows.poller.as_ref(),
+        &devices,
+        args.site.as_deref(),
+    );
     let report = Report {
         poller: rows.poller,
         sites: rows.sites,

@@ -221,7 +221,9 @@ pub fn judge_rows(
             let sites = p.sites.unwrap_or(0);
             let unhealthy = p.sites_unhealthy.unwrap_or(0);
             if p.poller_stopped_at.is_some() {
-                let ago = p.poller_stopped_at.map_or(0.0, |at| seconds_between(at, Utc::now()));
+                let ago = p
+                    .poller_stopped_at
+                    .map_or(0.0, |at| seconds_between(at, Utc::now()));
                 down.push(format!("the daemon stopped {ago:.0} s ago"));
             } else if p.last_successful_poll.is_none() {
                 down.push("no successful poll yet".into());

@@ -34,7 +34,7 @@ async fn the_stale_rule_in_sql_is_the_rust_rule() {
         for age_s in [0.0, boundary - 0.5, boundary + 0.5, boundary * 3.0] {
             let in_sql = db
                 .scalar_i64(&format!(
-                    "SELECT victron.status_is_stale(now() - make_interval(secs => {age_s}), {interval_ms}, {})::int",
+                    "SELECT victron.status_is_stale(now() - make_interval(secs => {age_s}), {interval_ms}, {})::int::int8",
                     every_ms.map_or("NULL".into(), |e| e.to_string())
                 ))
                 .await;
@@ -88,31 +88,39 @@ async fn one_situation_one_verdict_on_every_surface() {
     let ghost = |text: &str| text.contains("ghost:");
     // /healthz.
     let mut healthz = serde_json::Value::Null;
-    wait_for("/healthz names the ghost", Duration::from_secs(30), async || {
-        healthz = try_http_get(health, "/healthz")
-            .ok()
-            .and_then(|(_, body)| serde_json::from_str(&body).ok())
-            .unwrap_or_default();
-        healthz["reasons"]
-            .as_array()
-            .is_some_and(|r| r.iter().any(|r| ghost(r.as_str().unwrap_or_default())))
-    })
+    wait_for(
+        "/healthz names the ghost",
+        Duration::from_secs(30),
+        async || {
+            healthz = try_http_get(health, "/healthz")
+                .ok()
+                .and_then(|(_, body)| serde_json::from_str(&body).ok())
+                .unwrap_or_default();
+            healthz["reasons"]
+                .as_array()
+                .is_some_and(|r| r.iter().any(|r| ghost(r.as_str().unwrap_or_default())))
+        },
+    )
     .await;
     assert_eq!(healthz["health"], "degraded", "{healthz}");
     // The STATUS= line.
     let mut line = String::new();
     let mut buf = vec![0u8; 4096];
-    wait_for("a STATUS= line naming the ghost", Duration::from_secs(10), async || {
-        if let Ok(Ok(n)) =
-            tokio::time::timeout(Duration::from_millis(500), socket.recv(&mut buf)).await
-        {
-            let message = String::from_utf8_lossy(&buf[..n]).into_owned();
-            if let Some(status) = message.lines().find_map(|l| l.strip_prefix("STATUS=")) {
-                line = status.to_string();
+    wait_for(
+        "a STATUS= line naming the ghost",
+        Duration::from_secs(10),
+        async || {
+            if let Ok(Ok(n)) =
+                tokio::time::timeout(Duration::from_millis(500), socket.recv(&mut buf)).await
+            {
+                let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if let Some(status) = message.lines().find_map(|l| l.strip_prefix("STATUS=")) {
+                    line = status.to_string();
+                }
             }
-        }
-        ghost(&line)
-    })
+            ghost(&line)
+        },
+    )
     .await;
     assert!(line.starts_with("degraded: "), "{line}");
     // The site's status row.
@@ -125,8 +133,10 @@ async fn one_situation_one_verdict_on_every_surface() {
     })
     .await;
     assert_eq!(
-        db.scalar_i64("SELECT is_healthy::int FROM victron.site_status WHERE installation_id = 'ranch'")
-            .await,
+        db.scalar_i64(
+            "SELECT is_healthy::int::int8 FROM victron.site_status WHERE installation_id = 'ranch'"
+        )
+        .await,
         0
     );
     // `status --json`, from the rows.
