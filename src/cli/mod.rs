@@ -137,9 +137,11 @@ pub enum Command {
             features). Reads victron.polling_status_view and victron.device_status when a \
             database is configured, else the local store.\n\n\
             Exit status: 0 healthy, 1 degraded (a device failing, a backlog, a migration \
-            pending), 2 down (no successful poll for 3 poll intervals, or for 2 and the 5 s between \
-            status writes when that is longer; or the daemon stopped or not running), 3 the database cannot be reached (the daemon's own status from \
-            its local store is shown when --state-dir finds it)."
+            pending, the local store refusing writes or replaced after damage, a task restarted \
+            after a panic), 2 down (no device answers; stale: nothing for 2 poll intervals plus \
+            the longer of a poll interval and the period between status saves; or the daemon \
+            stopped or not running), 3 the database cannot be reached (the daemon's own status \
+            from its local store is shown when --state-dir finds it)."
     )]
     Status(status::StatusArgs),
     /// Rollups and daily energy: `history rebuild` recomputes whole local

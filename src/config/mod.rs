@@ -570,6 +570,9 @@ impl Config {
             }
             "batch.max_age_ms" => Shown::Millis(self.batch.max_age),
             "store.sync" => Shown::Text(self.store.sync.as_str().into()),
+            "store.max_readings_in_memory" => {
+                Shown::Number(u64::try_from(self.store.max_readings_in_memory).unwrap_or(u64::MAX))
+            }
             "clock.trust_local" => Shown::Flag(self.clock.trust_local),
             "site.timezone" => Shown::Text(self.site.timezone.name().into()),
             "history.keep_5m_days" => Shown::Number(keep_days(self.history.keep[0])),

@@ -166,6 +166,9 @@ fn defaults_are_the_tables() {
             "retention.run_every_minutes" => config.retention.run_every.as_secs() / 60,
             "batch.max_readings" => u64::try_from(config.batch.max_readings).unwrap(),
             "batch.max_age_ms" => ms(config.batch.max_age),
+            "store.max_readings_in_memory" => {
+                u64::try_from(config.store.max_readings_in_memory).unwrap()
+            }
             "health.stall_timeout_ms" => ms(config.health.stall_timeout),
             "history.keep_5m_days" => config.history.keep[0].map_or(0, |d| d.as_secs() / 86_400),
             "history.keep_1h_days" => config.history.keep[1].map_or(0, |d| d.as_secs() / 86_400),

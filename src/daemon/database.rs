@@ -308,6 +308,9 @@ async fn write_db_status(
         let mut part = snapshot.clone();
         part.devices
             .retain(|d| devices.iter().any(|s| s.device == d.device));
+        // A stop is the rows' own column (`poller_stopped_at`), which the
+        // views say in words.
+        part.stopped_at = None;
         crate::report::health::judge(&part, now, now)
     };
     let spool = shared.store.depth_by_site().await.unwrap_or_default();
@@ -332,7 +335,8 @@ async fn write_db_status(
                     .unwrap_or(0),
                 healthy: verdict.level == crate::report::health::Level::Healthy
                     && healthy == devices.len()
-                    && !devices.is_empty(),
+                    && !devices.is_empty()
+                    && stopped_at.is_none(),
                 host: host_name(),
                 version: env!("CARGO_PKG_VERSION"),
                 started_at: shared.started_at,

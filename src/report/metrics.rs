@@ -263,8 +263,54 @@ pub fn page(snapshot: &Snapshot, health: &Health, now: DateTime<Utc>) -> String 
     for (name, kind, help, value) in totals {
         page.family(name, kind, help).sample(name, &[], value);
     }
+    faults(&mut page, snapshot);
     clock(&mut page, snapshot);
     page.finish()
+}
+
+/// The local store's faults and the tasks restarted after a panic.
+fn faults(page: &mut MetricsText, snapshot: &Snapshot) {
+    let writes = &snapshot.store_writes;
+    let restarts: u64 = snapshot.restarts.iter().map(|r| r.panics).sum();
+    let families: [(&str, Kind, &str, f64); 5] = [
+        (
+            "victron_poller_store_writes_failing",
+            Kind::Gauge,
+            "1 while the local store refuses writes (a full disk), else 0.",
+            if writes.failing_since.is_some() {
+                1.0
+            } else {
+                0.0
+            },
+        ),
+        (
+            "victron_poller_readings_in_memory",
+            Kind::Gauge,
+            "Readings waiting in memory for the local store to take writes again.",
+            writes.readings_in_memory as f64,
+        ),
+        (
+            "victron_poller_readings_dropped_total",
+            Kind::Counter,
+            "Readings lost because the local store refused them for too long.",
+            writes.readings_dropped as f64,
+        ),
+        (
+            "victron_poller_store_incidents",
+            Kind::Gauge,
+            "Things that happened to the local store's file lately (damaged and moved aside, deleted).",
+            snapshot.store_incidents.len() as f64,
+        ),
+        (
+            "victron_poller_task_panics_recent",
+            Kind::Gauge,
+            "Panics of the daemon's tasks (each restarted) within the last hour.",
+            restarts as f64,
+        ),
+    ];
+    for (name, kind, help, value) in families {
+        page.family(name, kind, help).sample(name, &[], value);
+    }
 }
 
 /// The clock's families: where measurement times come from, the kernel's
