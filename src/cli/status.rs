@@ -412,7 +412,9 @@ fn print_text(report: &Report) {
             schema.schema.hypertables.len()
         );
         for d in &schema.degraded {
-            outln!("degraded     {}: {}", d.feature, d.reason);
+            // What this server lacks is worked around (or a companion's
+            // feature): a note, not part of the verdict.
+            outln!("note         {}: {}", d.feature, d.reason);
         }
     }
 }

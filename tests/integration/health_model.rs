@@ -156,6 +156,19 @@ async fn one_situation_one_verdict_on_every_surface() {
             .any(|r| ghost(r.as_str().unwrap_or_default())),
         "{out}"
     );
+    // The table: what the server lacks (here the Apache edition's retention
+    // policy) is a note, never a second "degraded".
+    let output = run_cli(
+        &["--config", config.to_str().unwrap(), "status"],
+        &[("DATABASE_URL", &db.url)],
+    );
+    let (out, _) = texts(&output);
+    assert!(out.contains("note         retention policy:"), "{out}");
+    assert_eq!(
+        out.lines().filter(|l| l.contains("degraded")).count(),
+        1,
+        "the verdict's line only: {out}"
+    );
     sigterm(&daemon);
     assert_eq!(wait_exit(&mut daemon, Duration::from_secs(20)), 0);
 }
