@@ -152,6 +152,29 @@ struct Shared {
     restarts: Arc<supervise::Restarts>,
 }
 
+impl Shared {
+    /// `start()`'s task under a supervisor reporting to this daemon's
+    /// status and restarts.
+    fn supervise<F, Fut>(
+        &self,
+        what: supervise::Supervised,
+        stop: CancellationToken,
+        start: F,
+    ) -> impl std::future::Future<Output = ()> + use<F, Fut>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        supervise::supervise(
+            what,
+            self.status.clone(),
+            Arc::clone(&self.restarts),
+            stop,
+            start,
+        )
+    }
+}
+
 /// The shortest configured poll interval (status rows are written that often).
 pub fn poll_interval(config: &Config) -> Duration {
     config
@@ -254,21 +277,15 @@ pub async fn run(
             Arc::clone(&shared.clock),
             shutdown.clone(),
         );
-        tasks.spawn(supervise::supervise(
-            what,
-            shared.status.clone(),
-            Arc::clone(&shared.restarts),
-            shutdown.clone(),
-            move || {
-                let poller = GxPoller::new(&gx, status.clone(), tx.clone())
-                    .with_leases(leases.clone())
-                    .with_clock(Arc::clone(&clock));
-                let stop = stop.clone();
-                async move {
-                    poller.run(stop).await;
-                }
-            },
-        ));
+        tasks.spawn(shared.supervise(what, shutdown.clone(), move || {
+            let poller = GxPoller::new(&gx, status.clone(), tx.clone())
+                .with_leases(leases.clone())
+                .with_clock(Arc::clone(&clock));
+            let stop = stop.clone();
+            async move {
+                poller.run(stop).await;
+            }
+        }));
     }
     for device in &config.vedirect {
         let what = supervise::Supervised {
@@ -283,20 +300,14 @@ pub async fn run(
             leases.clone(),
             shutdown.clone(),
         );
-        tasks.spawn(supervise::supervise(
-            what,
-            shared.status.clone(),
-            Arc::clone(&shared.restarts),
-            shutdown.clone(),
-            move || {
-                let source = VeDirectSource::new(&device, status.clone(), tx.clone())
-                    .with_leases(leases.clone());
-                let stop = stop.clone();
-                async move {
-                    source.run(stop).await;
-                }
-            },
-        ));
+        tasks.spawn(shared.supervise(what, shutdown.clone(), move || {
+            let source = VeDirectSource::new(&device, status.clone(), tx.clone())
+                .with_leases(leases.clone());
+            let stop = stop.clone();
+            async move {
+                source.run(stop).await;
+            }
+        }));
     }
     drop(tx);
 
