@@ -383,11 +383,11 @@ table! {
     );
     STORE_MAX_READINGS_IN_MEMORY = integer(
         "store.max_readings_in_memory",
-        20_000,
+        10_000,
         (100, 10_000_000),
         Readings,
         "while the local store refuses writes (a full disk), readings wait in memory up to this many \
-         (about 1 KB each); beyond it the oldest are dropped and counted",
+         (about 2.5 KB each); beyond it the oldest are dropped and counted",
     );
     CLOCK_TRUST_LOCAL = boolean(
         "clock.trust_local",
