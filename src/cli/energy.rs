@@ -6,7 +6,7 @@ use chrono::{NaiveDate, Utc};
 use clap::Args;
 use sqlx::Row;
 
-use super::Exit;
+use super::{Context, Exit};
 use crate::config::Config;
 use crate::history::DayEnergy;
 use crate::history::buckets::local_day;
@@ -24,19 +24,19 @@ pub struct EnergyArgs {
     #[arg(long)]
     json: bool,
     /// Directory of the local store, read without a database (default as
-    /// for `run`).
+    /// for `status`).
     #[arg(long, env = "VICTRON_POLLER_STATE_DIR", value_name = "DIR")]
     state_dir: Option<std::path::PathBuf>,
 }
 
 /// Runs the subcommand.
-pub async fn exec(config: &Config, args: EnergyArgs) -> anyhow::Result<Exit> {
+pub async fn exec(config: &Config, args: EnergyArgs, context: &Context) -> anyhow::Result<Exit> {
     let today = local_day(Utc::now(), config.site.timezone);
     let first = today - chrono::Duration::days(i64::from(args.days.max(1)) - 1);
     let days = match &config.database {
         Some(db) => from_database(db, first, args.site.as_deref()).await?,
         None => {
-            let dir = super::run::state_dir(args.state_dir.clone());
+            let dir = context.store_dir(args.state_dir.clone());
             let store = crate::store::LocalStore::open_read_only(&dir).await?;
             let days = crate::history::local::energy(
                 &store,

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use clap::Args;
 use serde::Serialize;
 
-use super::Exit;
+use super::{Context, Exit};
 use crate::config::Config;
 use crate::db::SchemaReport;
 use crate::db::connect_once;
@@ -30,7 +30,8 @@ pub struct StatusArgs {
     #[arg(long)]
     json: bool,
     /// Directory of the local store, for a daemon without a database
-    /// (default as for `run`).
+    /// (default: $STATE_DIRECTORY; the service's /var/lib/victron-poller
+    /// with the installed configuration; else as for `run`).
     #[arg(long, env = "VICTRON_POLLER_STATE_DIR", value_name = "DIR")]
     state_dir: Option<PathBuf>,
     /// Only this site (its installation id): its status row and devices.
@@ -127,8 +128,8 @@ enum Gathered {
 
 /// Runs the subcommand. `--json` prints one document whatever happens: a
 /// failure to read the status is a document with an `error` field.
-pub async fn exec(config: &Config, args: StatusArgs) -> anyhow::Result<Exit> {
-    match gather(config, &args).await {
+pub async fn exec(config: &Config, args: StatusArgs, context: &Context) -> anyhow::Result<Exit> {
+    match gather(config, &args, context).await {
         Ok(Gathered::Verdict(health, report)) => {
             print(&report, args.json)?;
             Ok(exit_for(health.level))
@@ -155,8 +156,8 @@ pub async fn exec(config: &Config, args: StatusArgs) -> anyhow::Result<Exit> {
     }
 }
 
-async fn gather(config: &Config, args: &StatusArgs) -> anyhow::Result<Gathered> {
-    let dir = super::run::state_dir(args.state_dir.clone());
+async fn gather(config: &Config, args: &StatusArgs, context: &Context) -> anyhow::Result<Gathered> {
+    let dir = context.store_dir(args.state_dir.clone());
     let Some(db) = &config.database else {
         let (health, report) = local_view(&dir, &config.device_sites()).await?;
         return Ok(Gathered::Verdict(health, report));
@@ -286,14 +287,20 @@ async fn local_view(
     sites: &HashMap<String, String>,
 ) -> anyhow::Result<(Health, Report)> {
     let file = dir.join(crate::store::FILE_NAME);
-    if !file.is_file() {
-        let health = Health::from_findings(
-            vec![format!(
-                "no local store at {}: the daemon has not run with this state directory (see --state-dir)",
-                file.display()
-            )],
-            Vec::new(),
-        );
+    let missing = match std::fs::metadata(&file) {
+        Ok(meta) if meta.is_file() => None,
+        Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => Some(format!(
+            "cannot read the local store in {}: permission denied (a service's state \
+             directory is root's only): run status as root",
+            dir.display()
+        )),
+        _ => Some(format!(
+            "no local store at {}: the daemon has not run with this state directory (see --state-dir)",
+            file.display()
+        )),
+    };
+    if let Some(why) = missing {
+        let health = Health::from_findings(vec![why], Vec::new());
         let report = Report {
             store: Some(file),
             ..Report::judged(&health)

@@ -23,6 +23,9 @@ mod dashboard;
 /// Rollups and daily energy: `history rebuild` on the three flavours;
 /// `energy` from the local store.
 mod history;
+/// The installed layout: no file named, the example copied unchanged, the
+/// paths the unit and the package share.
+mod installed_layout;
 /// Adopting a database built by the legacy Python runner.
 #[cfg(feature = "servers")]
 mod legacy_adoption;
