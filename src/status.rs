@@ -1,7 +1,9 @@
 //! Live status of every configured device, shared between the sources that
 //! update it and whoever reports it (`status`, the database status rows, the
-//! health endpoint). Also the one place that logs device state changes: a
-//! device going down or coming back is logged once, not every failed poll.
+//! health endpoint). Also where device state changes are logged: a device
+//! going down or coming back is logged once, not every failed poll — and
+//! not at all when its source logs the cause itself (a GX that cannot be
+//! reached is one line for all its devices).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -197,6 +199,16 @@ impl StatusBoard {
 
     /// Records a successful poll; logs the recovery of a failing device.
     pub fn success(&self, device: &str, at: DateTime<Utc>) {
+        self.record_success(device, at, true);
+    }
+
+    /// Records a successful poll whose recovery its source logged itself
+    /// (a GX that answers again brings all its devices back: one line).
+    pub fn success_unlogged(&self, device: &str, at: DateTime<Utc>) {
+        self.record_success(device, at, false);
+    }
+
+    fn record_success(&self, device: &str, at: DateTime<Utc>, log: bool) {
         // Log after the lock is released: a slow log sink must not hold it.
         let (was_failing, first, address) = {
             let mut devices = self.lock();
@@ -216,7 +228,7 @@ impl StatusBoard {
             status.backoff = Duration::ZERO;
             noted
         };
-        if was_failing > 0 {
+        if was_failing > 0 && log {
             tracing::info!(device, failed_polls = was_failing, "Device is back.");
         } else if first {
             tracing::info!(device, address = %address, "Device answered its first poll.");
@@ -225,6 +237,30 @@ impl StatusBoard {
 
     /// Records a failed poll; logs only the first failure of a run.
     pub fn failure(&self, device: &str, at: DateTime<Utc>, class: ErrorClass, error: &str) {
+        self.record_failure(device, at, class, error, true);
+    }
+
+    /// Records a failed poll whose cause its source logs itself (a GX that
+    /// cannot be reached takes all its devices with it: one line for the
+    /// GX, not one per device).
+    pub fn failure_unlogged(
+        &self,
+        device: &str,
+        at: DateTime<Utc>,
+        class: ErrorClass,
+        error: &str,
+    ) {
+        self.record_failure(device, at, class, error, false);
+    }
+
+    fn record_failure(
+        &self,
+        device: &str,
+        at: DateTime<Utc>,
+        class: ErrorClass,
+        error: &str,
+        log: bool,
+    ) {
         let newly_down = {
             let mut devices = self.lock();
             let Some(status) = devices.get_mut(device) else {
@@ -241,7 +277,7 @@ impl StatusBoard {
             status.failures += 1;
             newly_down
         };
-        if newly_down {
+        if newly_down && log {
             tracing::warn!(
                 device,
                 error_class = class.as_str(),

@@ -20,6 +20,8 @@ mod clock;
 mod daemon;
 /// The Grafana dashboard's queries, macros expanded, on every flavour.
 mod dashboard;
+/// A GX that answered and went away: the advice, one warning, "back after".
+mod gx_outage;
 /// Rollups and daily energy: `history rebuild` on the three flavours;
 /// `energy` from the local store.
 mod history;
