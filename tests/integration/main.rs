@@ -20,6 +20,10 @@ mod clock;
 mod daemon;
 /// The Grafana dashboard's queries, macros expanded, on every flavour.
 mod dashboard;
+/// Figures an operator reads: rounded averages, collection at most 100 %,
+/// today's energy before its row is written.
+#[cfg(feature = "servers")]
+mod figures;
 /// A GX that answered and went away: the advice, one warning, "back after".
 mod gx_outage;
 /// Rollups and daily energy: `history rebuild` on the three flavours;
