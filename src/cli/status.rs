@@ -55,7 +55,9 @@ struct Report {
     /// With a database: each site's row (only the one asked for).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     sites: Vec<PollerView>,
-    /// The devices' status, with their sites.
+    /// The devices' status, with their sites. Without a database, a
+    /// device's `last_success` is the later of the daemon's saved status
+    /// and its newest reading in the local store.
     devices: Vec<SiteDevice>,
     /// With a database: its schema state.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -327,17 +329,34 @@ async fn local_view(
         Err(why) => Health::from_findings(vec![why.clone()], Vec::new()),
     };
     let daemon = saved.ok();
-    let report = Report {
-        devices: daemon
-            .as_ref()
-            .map(|d| d.status.devices.clone())
-            .unwrap_or_default()
-            .into_iter()
-            .map(|status| SiteDevice {
+    // One last success per device: the status document is saved every few
+    // seconds, while a stored reading is a successful poll of its own; the
+    // later of the two is the device's last success.
+    let mut newest: HashMap<&str, DateTime<Utc>> = HashMap::new();
+    for (_, device, _, latest) in &counts {
+        let at = newest.entry(device.as_str()).or_insert(*latest);
+        *at = (*at).max(*latest);
+    }
+    let devices = daemon
+        .as_ref()
+        .map(|d| d.status.devices.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|mut status| {
+            if let Some(stored) = newest.get(status.device.as_str()).copied() {
+                if status.last_success.is_none_or(|t| t < stored) {
+                    status.last_success = Some(stored);
+                    status.last_attempt = status.last_attempt.max(Some(stored));
+                }
+            }
+            SiteDevice {
                 site: sites.get(&status.device).cloned().unwrap_or_default(),
                 status,
-            })
-            .collect(),
+            }
+        })
+        .collect();
+    let report = Report {
+        devices,
         store: Some(file),
         readings_stored: Some(depth),
         daemon,
@@ -405,13 +424,13 @@ fn print_text(report: &Report) {
     }
     if let (Some(depth), Some(store)) = (report.readings_stored, &report.store) {
         outln!("store        {depth} readings in {}", store.display());
+        // The newest reading's time is in its device's last success below.
         for r in &report.readings_last_hour {
             outln!(
-                "  {:<20} {:<18} {} in the last hour, latest {}",
+                "  {:<20} {:<18} {} in the last hour",
                 r.device,
                 r.table,
-                r.last_hour,
-                ago(Some(r.latest))
+                r.last_hour
             );
         }
     }

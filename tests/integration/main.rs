@@ -50,6 +50,8 @@ mod package;
 mod schema;
 /// A second signal, and a stop that cannot finish.
 mod shutdown;
+/// `status` on a local store: one last success per device.
+mod status_local;
 /// The unit under a real systemd in its own namespace (needs root).
 #[cfg(feature = "servers")]
 mod systemd_service;
