@@ -340,14 +340,26 @@ mod tests {
         board.register("mppt", SourceKind::Modbus, "gx:502/224".into());
         std::thread::sleep(Duration::from_millis(30));
         assert_eq!(board.stalled(Duration::from_millis(20)).len(), 2);
+        // Progress restarts the measure: from the heartbeat and the failed
+        // poll on (not "not stalled 20 ms later", which a busy machine may
+        // not give this thread).
+        let progress = Instant::now();
         board.heartbeat("bank");
         board.failure("mppt", Utc::now(), ErrorClass::Timeout, "no reply");
-        assert!(board.stalled(Duration::from_millis(20)).is_empty());
+        for device in ["bank", "mppt"] {
+            assert!(
+                board.get(device).unwrap().progress_at >= progress,
+                "{device}"
+            );
+        }
         std::thread::sleep(Duration::from_millis(30));
         board.set_standby("mppt", true);
         let stalled = board.stalled(Duration::from_millis(20));
+        let since_progress = progress.elapsed();
         assert_eq!(stalled.len(), 1);
         assert_eq!(stalled[0].0, "bank");
+        // Idle since the heartbeat, not since it was registered.
         assert!(stalled[0].1 >= Duration::from_millis(30));
+        assert!(stalled[0].1 <= since_progress);
     }
 }
