@@ -467,8 +467,14 @@ mod tests {
         let mut ticker = grid.ticker(period).with_kernel_timer();
         assert!(ticker.alarm.timer.is_some(), "a timerfd can be made here");
         let first = ticker.tick().await;
+        // A wait dropped before its grid point. (On a busy machine this
+        // thread may run again only after the next point: then the tick
+        // is due, and must not be early either.)
         tokio::select! {
-            _ = ticker.tick() => panic!("no grid point within 1 ms"),
+            at = ticker.tick() => {
+                assert!(Instant::now() >= at, "a tick fired before its grid point");
+                assert!(at > first && (at - first).as_nanos() % period.as_nanos() == 0);
+            }
             () = tokio::time::sleep(Duration::from_millis(1)) => {}
         }
         for n in 1..=5u32 {

@@ -1,7 +1,9 @@
 //! Live status of every configured device, shared between the sources that
 //! update it and whoever reports it (`status`, the database status rows, the
-//! health endpoint). Also the one place that logs device state changes: a
-//! device going down or coming back is logged once, not every failed poll.
+//! health endpoint). Also where device state changes are logged: a device
+//! going down or coming back is logged once, not every failed poll — and
+//! not at all when its source logs the cause itself (a GX that cannot be
+//! reached is one line for all its devices).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -200,6 +202,16 @@ impl StatusBoard {
 
     /// Records a successful poll; logs the recovery of a failing device.
     pub fn success(&self, device: &str, at: DateTime<Utc>) {
+        self.record_success(device, at, true);
+    }
+
+    /// Records a successful poll whose recovery its source logged itself
+    /// (a GX that answers again brings all its devices back: one line).
+    pub fn success_unlogged(&self, device: &str, at: DateTime<Utc>) {
+        self.record_success(device, at, false);
+    }
+
+    fn record_success(&self, device: &str, at: DateTime<Utc>, log: bool) {
         // Log after the lock is released: a slow log sink must not hold it.
         let (was_failing, first, address) = {
             let mut devices = self.lock();
@@ -219,7 +231,7 @@ impl StatusBoard {
             status.backoff = Duration::ZERO;
             noted
         };
-        if was_failing > 0 {
+        if was_failing > 0 && log {
             tracing::info!(device, failed_polls = was_failing, "Device is back.");
         } else if first {
             tracing::info!(device, address = %address, "Device answered its first poll.");
@@ -228,6 +240,30 @@ impl StatusBoard {
 
     /// Records a failed poll; logs only the first failure of a run.
     pub fn failure(&self, device: &str, at: DateTime<Utc>, class: ErrorClass, error: &str) {
+        self.record_failure(device, at, class, error, true);
+    }
+
+    /// Records a failed poll whose cause its source logs itself (a GX that
+    /// cannot be reached takes all its devices with it: one line for the
+    /// GX, not one per device).
+    pub fn failure_unlogged(
+        &self,
+        device: &str,
+        at: DateTime<Utc>,
+        class: ErrorClass,
+        error: &str,
+    ) {
+        self.record_failure(device, at, class, error, false);
+    }
+
+    fn record_failure(
+        &self,
+        device: &str,
+        at: DateTime<Utc>,
+        class: ErrorClass,
+        error: &str,
+        log: bool,
+    ) {
         let newly_down = {
             let mut devices = self.lock();
             let Some(status) = devices.get_mut(device) else {
@@ -244,7 +280,7 @@ impl StatusBoard {
             status.failures += 1;
             newly_down
         };
-        if newly_down {
+        if newly_down && log {
             tracing::warn!(
                 device,
                 error_class = class.as_str(),
@@ -307,14 +343,26 @@ mod tests {
         board.register("mppt", SourceKind::Modbus, "gx:502/224".into());
         std::thread::sleep(Duration::from_millis(30));
         assert_eq!(board.stalled(Duration::from_millis(20)).len(), 2);
+        // Progress restarts the measure: from the heartbeat and the failed
+        // poll on (not "not stalled 20 ms later", which a busy machine may
+        // not give this thread).
+        let progress = Instant::now();
         board.heartbeat("bank");
         board.failure("mppt", Utc::now(), ErrorClass::Timeout, "no reply");
-        assert!(board.stalled(Duration::from_millis(20)).is_empty());
+        for device in ["bank", "mppt"] {
+            assert!(
+                board.get(device).unwrap().progress_at >= progress,
+                "{device}"
+            );
+        }
         std::thread::sleep(Duration::from_millis(30));
         board.set_standby("mppt", true);
         let stalled = board.stalled(Duration::from_millis(20));
+        let since_progress = progress.elapsed();
         assert_eq!(stalled.len(), 1);
         assert_eq!(stalled[0].0, "bank");
+        // Idle since the heartbeat, not since it was registered.
         assert!(stalled[0].1 >= Duration::from_millis(30));
+        assert!(stalled[0].1 <= since_progress);
     }
 }

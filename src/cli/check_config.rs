@@ -5,18 +5,18 @@
 //! passes is one the daemon runs with; a database server the connection
 //! does not verify is a warning, as at `run`'s start.
 
-use std::path::Path;
-
 use super::Exit;
-use crate::config::{Config, KNOWN_KEYS};
+use crate::config::{Config, ConfigSource, KNOWN_KEYS};
 
 /// Runs `check-config`.
-pub fn exec(config: &Config, path: Option<&Path>) -> anyhow::Result<Exit> {
+pub fn exec(config: &Config, source: &ConfigSource) -> anyhow::Result<Exit> {
     config.check_runnable()?;
-    let source = path.map_or_else(
-        || "no file (defaults and environment)".to_string(),
-        |p| p.display().to_string(),
-    );
+    let source = match source {
+        ConfigSource::NotFound { .. } => {
+            format!("{} (defaults and environment)", source.describe())
+        }
+        _ => source.describe(),
+    };
     outln!("configuration OK: {source}");
     // Every key of the table outside the device lists, in the table's
     // order, as loaded; the devices follow, one line each.

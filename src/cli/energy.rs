@@ -1,12 +1,14 @@
 //! `victron-poller energy [--days N] [--site S] [--json]`: a table of daily
 //! energy and the SOC range, from `victron.energy_daily` — or, without a
-//! database, computed from the readings in the local store.
+//! database, computed from the readings in the local store. Today's row
+//! until the daemon writes it (its live rollups write the day so far every
+//! five minutes) is computed from the raw readings so far, and marked so.
 
 use chrono::{NaiveDate, Utc};
 use clap::Args;
 use sqlx::Row;
 
-use super::Exit;
+use super::{Context, Exit};
 use crate::config::Config;
 use crate::history::DayEnergy;
 use crate::history::buckets::local_day;
@@ -24,19 +26,48 @@ pub struct EnergyArgs {
     #[arg(long)]
     json: bool,
     /// Directory of the local store, read without a database (default as
-    /// for `run`).
+    /// for `status`).
     #[arg(long, env = "VICTRON_POLLER_STATE_DIR", value_name = "DIR")]
     state_dir: Option<std::path::PathBuf>,
 }
 
 /// Runs the subcommand.
-pub async fn exec(config: &Config, args: EnergyArgs) -> anyhow::Result<Exit> {
+pub async fn exec(config: &Config, args: EnergyArgs, context: &Context) -> anyhow::Result<Exit> {
     let today = local_day(Utc::now(), config.site.timezone);
     let first = today - chrono::Duration::days(i64::from(args.days.max(1)) - 1);
+    let mut so_far = Vec::new();
     let days = match &config.database {
-        Some(db) => from_database(db, first, args.site.as_deref()).await?,
+        Some(db) => {
+            let pool = crate::db::connect(db).await?;
+            let mut days = from_database(&pool, first, args.site.as_deref()).await?;
+            // Today's row may not be written yet: computed from the raw
+            // readings, for each site that has none.
+            let written: Vec<String> = days
+                .iter()
+                .filter(|d| d.day == today)
+                .map(|d| d.site.clone())
+                .collect();
+            let computed = crate::history::rebuild::day_so_far(
+                &pool,
+                config.site.timezone,
+                config.history.max_gap.as_secs_f64(),
+                args.site.as_deref(),
+                today,
+                Utc::now(),
+            )
+            .await?;
+            pool.close().await;
+            for day in computed {
+                if !written.contains(&day.site) {
+                    so_far.push(day.site.clone());
+                    days.push(day);
+                }
+            }
+            days.sort_by(|a, b| (&a.site, a.day).cmp(&(&b.site, b.day)));
+            days
+        }
         None => {
-            let dir = super::run::state_dir(args.state_dir.clone());
+            let dir = context.store_dir(args.state_dir.clone());
             let store = crate::store::LocalStore::open_read_only(&dir).await?;
             let days = crate::history::local::energy(
                 &store,
@@ -50,16 +81,15 @@ pub async fn exec(config: &Config, args: EnergyArgs) -> anyhow::Result<Exit> {
                 .collect()
         }
     };
-    print(config, &days, first, args.json)
+    print(config, &days, first, args.json, (today, &so_far))
 }
 
 /// The days of `victron.energy_daily` from `first` (of `site`).
 async fn from_database(
-    db: &crate::config::DatabaseConfig,
+    pool: &sqlx::PgPool,
     first: NaiveDate,
     site: Option<&str>,
 ) -> anyhow::Result<Vec<DayEnergy>> {
-    let mut conn = crate::db::connect_once(db).await?;
     let rows = sqlx::query(
         "SELECT installation_id, day, solar_kwh, consumption_kwh, battery_charge_kwh,
                 battery_discharge_kwh, grid_import_kwh, grid_export_kwh, genset_kwh,
@@ -70,7 +100,7 @@ async fn from_database(
     )
     .bind(first)
     .bind(site)
-    .fetch_all(&mut conn)
+    .fetch_all(pool)
     .await?;
     Ok(rows
         .iter()
@@ -91,12 +121,14 @@ async fn from_database(
         .collect())
 }
 
-/// The table, or `--json`'s array.
+/// The table, or `--json`'s array. `so_far`: today, and the sites whose
+/// row for it was computed from the raw readings here (marked `*`).
 fn print(
     config: &Config,
     days: &[DayEnergy],
     first: NaiveDate,
     json: bool,
+    so_far: (NaiveDate, &[String]),
 ) -> anyhow::Result<Exit> {
     if json {
         outln!("{}", serde_json::to_string_pretty(days)?);
@@ -127,11 +159,17 @@ fn print(
         "soc %",
         "coverage"
     );
+    let computed = |d: &DayEnergy| d.day == so_far.0 && so_far.1.contains(&d.site);
     for d in days {
+        let day = if computed(d) {
+            format!("{}*", d.day)
+        } else {
+            d.day.to_string()
+        };
         outln!(
             "{:<12} {:<12} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8} {:>9} {:>8.1}%",
             if d.site.is_empty() { "-" } else { &d.site },
-            d.day,
+            day,
             kwh(d.solar_kwh),
             kwh(d.consumption_kwh),
             kwh(d.battery_charge_kwh),
@@ -144,5 +182,10 @@ fn print(
         );
     }
     outln!("(kWh per local day, {})", config.site.timezone.name());
+    if days.iter().any(computed) {
+        outln!(
+            "* today so far, from the raw readings (the daemon writes the day's row every five minutes)"
+        );
+    }
     Ok(Exit::Ok)
 }

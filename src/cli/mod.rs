@@ -22,6 +22,7 @@ pub mod run;
 pub mod simulate;
 pub mod status;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -29,7 +30,10 @@ use clap::error::ErrorKind;
 use clap::parser::ValueSource;
 use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 
-use crate::config::{CONFIG_PATH_ENV, Config, ConfigError};
+use crate::config::{
+    CONFIG_PATH_ENV, Config, ConfigError, ConfigSource, EnvFile, Layout, merge_missing,
+    read_env_file,
+};
 use crate::db::DbError;
 use crate::db::migrate::MigrationError;
 use crate::sources::modbus::probe::ProbeError;
@@ -102,9 +106,10 @@ impl From<Exit> for ExitCode {
 #[derive(Debug, Parser)]
 #[command(name = "victron-poller", version, about, long_about = None, after_help = EXIT_CODES)]
 pub struct Cli {
-    /// The TOML configuration file (every key can also be set by environment).
-    /// For `run`, `migrate`, `check-config` and `status`; `demo`, `simulate`
-    /// and `probe` read none and refuse it.
+    /// The TOML configuration file (every key can also be set by environment);
+    /// default /etc/victron-poller/victron-poller.toml when it exists. For
+    /// `run`, `migrate`, `check-config`, `status`, `history` and `energy`;
+    /// `demo`, `simulate` and `probe` read none and refuse it.
     #[arg(long, short, global = true, env = CONFIG_PATH_ENV, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
@@ -216,35 +221,121 @@ pub struct UsageError(pub String);
 
 /// Runs the parsed command line; errors carry their context for the user.
 pub async fn run(cli: Cli) -> anyhow::Result<Exit> {
-    let path = cli.config.as_deref();
+    run_in(cli, &Layout::installed()).await
+}
+
+/// Where a subcommand that reads the configuration runs: where its file
+/// came from, and the installation's paths.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// The configuration file used, or where none was found.
+    pub source: ConfigSource,
+    /// The installed layout's paths.
+    pub layout: Layout,
+}
+
+impl Context {
+    /// Whether the configuration is the installed one: the daemon that runs
+    /// with it is the systemd service.
+    pub fn is_installed(&self) -> bool {
+        self.source
+            .path()
+            .is_some_and(|path| self.layout.is_installed_config(path))
+    }
+
+    /// The environment the configuration is loaded from: `base` (the
+    /// process's), plus, when `with_env_file`, what the installed
+    /// environment file sets that `base` does not. A file that exists but
+    /// cannot be read is said on standard error, with what to do.
+    pub fn environment(
+        &self,
+        mut base: HashMap<String, String>,
+        with_env_file: bool,
+    ) -> HashMap<String, String> {
+        if !with_env_file {
+            return base;
+        }
+        let file = &self.layout.env_file;
+        match read_env_file(file) {
+            EnvFile::Read(variables) => merge_missing(&mut base, variables),
+            EnvFile::Absent => {}
+            EnvFile::Unreadable(error) => eprintln!(
+                "victron-poller: note: cannot read {} ({error}), the service's environment \
+                 file: what it sets (the database password) is missing here; run as root, \
+                 or set its variables in this shell first",
+                file.display()
+            ),
+        }
+        base
+    }
+
+    /// The state directory a command that reads the daemon's local store
+    /// looks in: `--state-dir`, else `$STATE_DIRECTORY`, else the service's
+    /// (`/var/lib/victron-poller`) when the configuration is the installed
+    /// one, else `./victron-poller-state` as for `run`.
+    pub fn store_dir(&self, flag: Option<PathBuf>) -> PathBuf {
+        let fallback = if self.is_installed() {
+            self.layout.state_dir.clone()
+        } else {
+            PathBuf::from(run::DEFAULT_STATE_DIR)
+        };
+        run::state_dir_or(flag, fallback)
+    }
+}
+
+/// [`run`] with the installation's paths in `layout` (tests point them
+/// elsewhere).
+pub async fn run_in(cli: Cli, layout: &Layout) -> anyhow::Result<Exit> {
+    let context = Context {
+        source: layout.locate(cli.config.as_deref()),
+        layout: layout.clone(),
+    };
+    let path = context.source.path();
+    // The service's environment file holds its secrets: a command run by
+    // hand with the installed configuration reads it as systemd would
+    // (`run` is given it by systemd's `EnvironmentFile=`).
+    let with_env_file = context.is_installed() && !matches!(cli.command, Command::Run(_));
     let configured = || -> Result<Config, ConfigError> {
-        let config = Config::load(path)?;
+        let env = context.environment(std::env::vars().collect(), with_env_file);
+        let config = Config::load_with_env(path, env)?;
         crate::logging::init(&config.log);
         Ok(config)
     };
-    match cli.command {
-        Command::Run(args) => run::exec(configured()?, args).await,
-        Command::Demo => {
-            crate::logging::init(&crate::config::LogConfig {
-                level: "warn".into(),
-                ..crate::config::LogConfig::default()
-            });
-            demo::exec().await
+    let outcome = async {
+        match cli.command {
+            Command::Run(args) => run::exec(configured()?, args).await,
+            Command::Demo => {
+                crate::logging::init(&crate::config::LogConfig {
+                    level: "warn".into(),
+                    ..crate::config::LogConfig::default()
+                });
+                demo::exec().await
+            }
+            Command::Migrate(args) => migrate::exec(&configured()?, args).await,
+            Command::CheckConfig => check_config::exec(&configured()?, &context.source),
+            Command::Status(args) => status::exec(&configured()?, args, &context).await,
+            Command::History(args) => history::exec(&configured()?, args).await,
+            Command::Energy(args) => energy::exec(&configured()?, args, &context).await,
+            // Simulators and the probe need no configuration.
+            Command::Simulate(args) => {
+                crate::logging::init(&crate::config::LogConfig::default());
+                simulate::exec(args).await
+            }
+            Command::Probe(args) => {
+                crate::logging::init(&crate::config::LogConfig::default());
+                probe::exec(args).await
+            }
         }
-        Command::Migrate(args) => migrate::exec(&configured()?, args).await,
-        Command::CheckConfig => check_config::exec(&configured()?, path),
-        Command::Status(args) => status::exec(&configured()?, args).await,
-        Command::History(args) => history::exec(&configured()?, args).await,
-        Command::Energy(args) => energy::exec(&configured()?, args).await,
-        // Simulators and the probe need no configuration.
-        Command::Simulate(args) => {
-            crate::logging::init(&crate::config::LogConfig::default());
-            simulate::exec(args).await
+    }
+    .await;
+    // A configuration refused with no file found: say where it was looked for.
+    match (&context.source, outcome) {
+        (ConfigSource::NotFound { .. }, Err(error))
+            if error.chain().any(|cause| cause.is::<ConfigError>()) =>
+        {
+            Err(error.context(context.source.describe()))
         }
-        Command::Probe(args) => {
-            crate::logging::init(&crate::config::LogConfig::default());
-            probe::exec(args).await
-        }
+        (_, outcome) => outcome,
     }
 }
 
@@ -336,5 +427,100 @@ mod tests {
         );
         let bad_port = anyhow::Error::from(UsageError("`x` is not a port number".into()));
         assert_eq!(exit_for(&bad_port), Exit::Usage);
+    }
+
+    /// An installation under a temporary directory: the configuration file
+    /// (present or not) and the environment file next to it.
+    fn installation(root: &std::path::Path, config: Option<&str>, env_file: &str) -> Layout {
+        let layout = Layout {
+            config_file: root.join("etc/victron-poller.toml"),
+            env_file: root.join("etc/victron-poller.env"),
+            state_dir: root.join("var/lib/victron-poller"),
+        };
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        if let Some(text) = config {
+            std::fs::write(&layout.config_file, text).unwrap();
+        }
+        std::fs::write(&layout.env_file, env_file).unwrap();
+        layout
+    }
+
+    /// With the installed configuration, the environment file's secrets
+    /// complete the database settings, under what the process sets itself;
+    /// with another file, or for `run` (systemd gives it the file), it is
+    /// not read.
+    #[test]
+    fn the_installed_configuration_reads_its_environment_file() {
+        let root = tempfile::tempdir().unwrap();
+        let layout = installation(
+            root.path(),
+            Some("[database]\nurl = \"postgres://victron@db.example:5432/ranch\"\n"),
+            "# secrets\nVICTRON_POLLER_DATABASE__PASSWORD='from the file'\n\
+             VICTRON_POLLER_DATABASE__CONNECT_TIMEOUT_MS=1234\n",
+        );
+        let context = Context {
+            source: layout.locate(None),
+            layout: layout.clone(),
+        };
+        assert!(context.is_installed());
+        let base = HashMap::from([(
+            "VICTRON_POLLER_DATABASE__CONNECT_TIMEOUT_MS".to_string(),
+            "777".to_string(),
+        )]);
+        let env = context.environment(base.clone(), true);
+        let config = Config::load_with_env(context.source.path(), env).unwrap();
+        let db = config.database.unwrap();
+        assert_eq!(
+            db.password().map(crate::config::Secret::expose),
+            Some("from the file")
+        );
+        assert_eq!(
+            db.connect_timeout,
+            std::time::Duration::from_millis(777),
+            "the process's own variable wins"
+        );
+        // Not asked to (the daemon): the file is not read.
+        assert_eq!(context.environment(base.clone(), false), base);
+
+        let other = root.path().join("other.toml");
+        std::fs::copy(&layout.config_file, &other).unwrap();
+        let elsewhere = Context {
+            source: layout.locate(Some(&other)),
+            layout,
+        };
+        assert!(!elsewhere.is_installed());
+    }
+
+    /// `status` and `energy` look for the store where the daemon of that
+    /// configuration keeps it: the service's state directory for the
+    /// installed configuration, else as `run` does.
+    #[test]
+    fn readers_find_the_services_store_with_the_installed_configuration() {
+        assert!(
+            std::env::var_os("STATE_DIRECTORY").is_none(),
+            "this test needs STATE_DIRECTORY unset"
+        );
+        let root = tempfile::tempdir().unwrap();
+        let layout = installation(root.path(), Some(""), "");
+        let installed = Context {
+            source: layout.locate(None),
+            layout: layout.clone(),
+        };
+        assert_eq!(installed.store_dir(None), layout.state_dir);
+        let flag = root.path().join("mine");
+        assert_eq!(installed.store_dir(Some(flag.clone())), flag);
+        // The installed file named on the command line is the installed one.
+        let named = Context {
+            source: layout.locate(Some(&layout.config_file)),
+            layout: layout.clone(),
+        };
+        assert_eq!(named.store_dir(None), layout.state_dir);
+        let none = Context {
+            source: ConfigSource::NotFound {
+                looked_at: vec![layout.config_file.clone()],
+            },
+            layout,
+        };
+        assert_eq!(none.store_dir(None), PathBuf::from("victron-poller-state"));
     }
 }

@@ -26,8 +26,17 @@ pub struct RunArgs {
     pub drain_deadline_s: u64,
 }
 
+/// The state directory when neither `--state-dir` nor systemd names one.
+pub const DEFAULT_STATE_DIR: &str = "victron-poller-state";
+
 /// The state directory from the flag, systemd's `StateDirectory=`, or the default.
 pub fn state_dir(flag: Option<PathBuf>) -> PathBuf {
+    state_dir_or(flag, PathBuf::from(DEFAULT_STATE_DIR))
+}
+
+/// The state directory from the flag, systemd's `StateDirectory=` (its
+/// first directory), or `fallback`.
+pub fn state_dir_or(flag: Option<PathBuf>, fallback: PathBuf) -> PathBuf {
     flag.or_else(|| {
         std::env::var_os("STATE_DIRECTORY")
             .map(PathBuf::from)
@@ -39,7 +48,7 @@ pub fn state_dir(flag: Option<PathBuf>) -> PathBuf {
                     .unwrap_or(p)
             })
     })
-    .unwrap_or_else(|| PathBuf::from("victron-poller-state"))
+    .unwrap_or(fallback)
 }
 
 /// Runs `run`.

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use clap::Args;
 use serde::Serialize;
 
-use super::Exit;
+use super::{Context, Exit};
 use crate::config::Config;
 use crate::db::SchemaReport;
 use crate::db::connect_once;
@@ -30,7 +30,8 @@ pub struct StatusArgs {
     #[arg(long)]
     json: bool,
     /// Directory of the local store, for a daemon without a database
-    /// (default as for `run`).
+    /// (default: $STATE_DIRECTORY; the service's /var/lib/victron-poller
+    /// with the installed configuration; else as for `run`).
     #[arg(long, env = "VICTRON_POLLER_STATE_DIR", value_name = "DIR")]
     state_dir: Option<PathBuf>,
     /// Only this site (its installation id): its status row and devices.
@@ -54,7 +55,9 @@ struct Report {
     /// With a database: each site's row (only the one asked for).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     sites: Vec<PollerView>,
-    /// The devices' status, with their sites.
+    /// The devices' status, with their sites. Without a database, a
+    /// device's `last_success` is the later of the daemon's saved status
+    /// and its newest reading in the local store.
     devices: Vec<SiteDevice>,
     /// With a database: its schema state.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -127,8 +130,8 @@ enum Gathered {
 
 /// Runs the subcommand. `--json` prints one document whatever happens: a
 /// failure to read the status is a document with an `error` field.
-pub async fn exec(config: &Config, args: StatusArgs) -> anyhow::Result<Exit> {
-    match gather(config, &args).await {
+pub async fn exec(config: &Config, args: StatusArgs, context: &Context) -> anyhow::Result<Exit> {
+    match gather(config, &args, context).await {
         Ok(Gathered::Verdict(health, report)) => {
             print(&report, args.json)?;
             Ok(exit_for(health.level))
@@ -155,8 +158,8 @@ pub async fn exec(config: &Config, args: StatusArgs) -> anyhow::Result<Exit> {
     }
 }
 
-async fn gather(config: &Config, args: &StatusArgs) -> anyhow::Result<Gathered> {
-    let dir = super::run::state_dir(args.state_dir.clone());
+async fn gather(config: &Config, args: &StatusArgs, context: &Context) -> anyhow::Result<Gathered> {
+    let dir = context.store_dir(args.state_dir.clone());
     let Some(db) = &config.database else {
         let (health, report) = local_view(&dir, &config.device_sites()).await?;
         return Ok(Gathered::Verdict(health, report));
@@ -230,14 +233,20 @@ async fn local_view(
     sites: &HashMap<String, String>,
 ) -> anyhow::Result<(Health, Report)> {
     let file = dir.join(crate::store::FILE_NAME);
-    if !file.is_file() {
-        let health = Health::from_findings(
-            vec![format!(
-                "no local store at {}: the daemon has not run with this state directory (see --state-dir)",
-                file.display()
-            )],
-            Vec::new(),
-        );
+    let missing = match std::fs::metadata(&file) {
+        Ok(meta) if meta.is_file() => None,
+        Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => Some(format!(
+            "cannot read the local store in {}: permission denied (a service's state \
+             directory is root's only): run status as root",
+            dir.display()
+        )),
+        _ => Some(format!(
+            "no local store at {}: the daemon has not run with this state directory (see --state-dir)",
+            file.display()
+        )),
+    };
+    if let Some(why) = missing {
+        let health = Health::from_findings(vec![why], Vec::new());
         let report = Report {
             store: Some(file),
             ..Report::judged(&health)
@@ -264,17 +273,34 @@ async fn local_view(
         Err(why) => Health::from_findings(vec![why.clone()], Vec::new()),
     };
     let daemon = saved.ok();
-    let report = Report {
-        devices: daemon
-            .as_ref()
-            .map(|d| d.status.devices.clone())
-            .unwrap_or_default()
-            .into_iter()
-            .map(|status| SiteDevice {
+    // One last success per device: the status document is saved every few
+    // seconds, while a stored reading is a successful poll of its own; the
+    // later of the two is the device's last success.
+    let mut newest: HashMap<&str, DateTime<Utc>> = HashMap::new();
+    for (_, device, _, latest) in &counts {
+        let at = newest.entry(device.as_str()).or_insert(*latest);
+        *at = (*at).max(*latest);
+    }
+    let devices = daemon
+        .as_ref()
+        .map(|d| d.status.devices.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|mut status| {
+            if let Some(stored) = newest.get(status.device.as_str()).copied() {
+                if status.last_success.is_none_or(|t| t < stored) {
+                    status.last_success = Some(stored);
+                    status.last_attempt = status.last_attempt.max(Some(stored));
+                }
+            }
+            SiteDevice {
                 site: sites.get(&status.device).cloned().unwrap_or_default(),
                 status,
-            })
-            .collect(),
+            }
+        })
+        .collect();
+    let report = Report {
+        devices,
         store: Some(file),
         readings_stored: Some(depth),
         daemon,
@@ -342,13 +368,13 @@ fn print_text(report: &Report) {
     }
     if let (Some(depth), Some(store)) = (report.readings_stored, &report.store) {
         outln!("store        {depth} readings in {}", store.display());
+        // The newest reading's time is in its device's last success below.
         for r in &report.readings_last_hour {
             outln!(
-                "  {:<20} {:<18} {} in the last hour, latest {}",
+                "  {:<20} {:<18} {} in the last hour",
                 r.device,
                 r.table,
-                r.last_hour,
-                ago(Some(r.latest))
+                r.last_hour
             );
         }
     }

@@ -1,6 +1,9 @@
 //! Configuration: one TOML file, every key overridable by an environment
 //! variable, validated into typed values.
 //!
+//! The file is the one `--config` or `VICTRON_POLLER_CONFIG` names, else the
+//! installed `/etc/victron-poller/victron-poller.toml` when it exists (with
+//! its environment file; see [`Layout`]).
 //! Layers, lowest first: built-in defaults, the TOML file, `DATABASE_URL` (as
 //! Railway provides it, for `database.url`), and `VICTRON_POLLER_<SECTION>__<KEY>`
 //! variables (`VICTRON_POLLER_DATABASE__CONNECT_TIMEOUT_MS=2000`).
@@ -19,6 +22,7 @@
 
 mod keys;
 mod load;
+mod locate;
 mod reader;
 mod redact;
 mod tls;
@@ -32,6 +36,10 @@ use std::time::Duration;
 use url::Url;
 
 pub use keys::{KNOWN_KEYS, KeyKind, KnownKey, Unit};
+pub use locate::{
+    ConfigSource, EnvFile, INSTALLED_CONFIG_FILE, INSTALLED_ENV_FILE, Layout, SERVICE_STATE_DIR,
+    merge_missing, parse_env_file, read_env_file,
+};
 pub use tls::UnverifiedServer;
 
 /// Prefix of the environment variables that override configuration keys.

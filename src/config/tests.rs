@@ -33,17 +33,24 @@ fn problems(result: Result<Config, ConfigError>) -> Vec<ConfigProblem> {
     }
 }
 
-/// The keys the example file shows, by table key (`gx[].port`): the value
-/// of the first line that sets the key, or `None` when the key appears only
-/// in a comment (`# password = "..."`).
-fn example_keys(text: &str) -> HashMap<String, Option<String>> {
-    let mut found: HashMap<String, Option<String>> = HashMap::new();
+/// The keys a configuration file shows, by table key (`gx[].port`): the
+/// value of the first line that sets or shows the key, and whether that line
+/// is commented out (`# password = "..."`). Commented table headers
+/// (`# [[gx]]`) open their table as uncommented ones do.
+fn example_keys(text: &str) -> HashMap<String, (String, bool)> {
+    let mut found: HashMap<String, (String, bool)> = HashMap::new();
     let mut table = String::new();
     for line in text.lines() {
         let line = line.trim();
         let commented = line.starts_with('#');
         let content = line.trim_start_matches(['#', ' ']);
-        if !commented && content.starts_with('[') {
+        let header = content.starts_with('[')
+            && content.ends_with(']')
+            && content
+                .trim_matches(|c: char| c == '[' || c == ']')
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c == '_' || c == '.');
+        if header {
             let name = content.trim_matches(|c: char| c == '[' || c == ']');
             table = if content.starts_with("[[") {
                 name.split('.')
@@ -66,48 +73,114 @@ fn example_keys(text: &str) -> HashMap<String, Option<String>> {
         if !is_key {
             continue;
         }
-        let entry = found.entry(format!("{table}.{key}")).or_insert(None);
-        if !commented && entry.is_none() {
-            *entry = Some(value.trim().to_string());
-        }
+        found
+            .entry(format!("{table}.{key}"))
+            .or_insert_with(|| (value.trim().to_string(), commented));
     }
     found
 }
 
+/// The keys a TOML text sets (read by the TOML parser, not by lines), by
+/// table key (`gx[].devices[].name`), with their values as TOML writes them.
+fn keys_set(text: &str) -> Vec<(String, String)> {
+    fn walk(prefix: &str, value: &serde_json::Value, out: &mut Vec<(String, String)>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, value) in map {
+                    let key = if prefix.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{prefix}.{key}")
+                    };
+                    walk(&key, value, out);
+                }
+            }
+            serde_json::Value::Array(items) if items.iter().all(|i| i.is_object()) => {
+                for item in items {
+                    walk(&format!("{prefix}[]"), item, out);
+                }
+            }
+            other => out.push((prefix.to_string(), other.to_string())),
+        }
+    }
+    let parsed: serde_json::Value = config::Config::builder()
+        .add_source(config::File::from_str(text, config::FileFormat::Toml))
+        .build()
+        .unwrap()
+        .try_deserialize()
+        .unwrap();
+    let mut out = Vec::new();
+    walk("", &parsed, &mut out);
+    out
+}
+
+/// A key's default as a TOML file writes it; `None` for a key without one.
+fn default_as_written(known: &KnownKey) -> Option<String> {
+    match known.kind {
+        KeyKind::Integer { default, .. } => Some(default.to_string()),
+        KeyKind::Boolean { default } => Some(default.to_string()),
+        KeyKind::Text { default } => Some(format!("\"{default}\"")),
+        KeyKind::OptionalInteger { .. } | KeyKind::OptionalText { .. } => None,
+    }
+}
+
+const DEBIAN_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/debian/victron-poller.toml");
+
+/// A copy of a shipped file changes nothing but what its user uncomments:
+/// every key it sets (by the TOML parser) is in the table of keys and set to
+/// the table's default — none without a default (a database URL, a site, a
+/// device) — so it configures no database and no device, and the defaults
+/// that depend on others stay free (`batch.max_age_ms` is 2000 without a
+/// database, not the 1000 a copy would pin).
 #[test]
-fn example_file_loads_and_documents_every_key() {
-    let config = Config::load_with_env(Some(Path::new(EXAMPLE)), env(&[])).unwrap();
-    let db = config.database.expect("the example sets database.url");
-    assert_eq!(
-        db.redacted_url(),
-        "postgres://victron@db.example.net:5432/ranch"
-    );
-    assert_eq!(db.connect_timeout, Duration::from_millis(5000));
-    assert_eq!(config.retention.window, Duration::from_secs(72 * 3600));
+fn the_shipped_files_set_nothing_but_defaults_and_name_no_device() {
+    for path in [EXAMPLE, DEBIAN_CONFIG] {
+        let text = std::fs::read_to_string(path).unwrap();
+        for (key, value) in keys_set(&text) {
+            let Some(known) = KNOWN_KEYS.iter().find(|k| k.key == key) else {
+                panic!("{path} sets {key}, which is not in the table of keys");
+            };
+            assert_eq!(
+                Some(&value),
+                default_as_written(known).as_ref(),
+                "{path} sets {key} to {value}, not to the table's default"
+            );
+        }
+        let config = Config::load_with_env(Some(Path::new(path)), env(&[])).unwrap();
+        assert!(config.database.is_none(), "{path}");
+        assert!(config.gx.is_empty() && config.vedirect.is_empty(), "{path}");
+        assert_eq!(config.site.installation_id, None, "{path}");
+        assert_eq!(
+            config.batch.max_age,
+            Duration::from_millis(keys::STORE_ONLY_BATCH_MAX_AGE_MS),
+            "{path}"
+        );
+        let refused = problems(config.check_runnable().map(|()| config.clone()));
+        assert_eq!(refused.len(), 1, "{path}");
+        assert!(
+            refused[0].message.starts_with("no device configured"),
+            "{path}: {}",
+            refused[0]
+        );
+    }
+}
 
-    assert_eq!(config.site.installation_id.as_deref(), Some("ranch"));
-    assert_eq!(config.gx.len(), 1);
-    assert_eq!(config.gx[0].devices.len(), 4);
-
-    // Every key of the table is in the example, in its section, set to its
-    // default where it has one; the example shows no other key.
+/// The example documents every key of the table, in its section, showing
+/// its default where it has one; it shows no other key.
+#[test]
+fn the_example_documents_every_key_with_its_default() {
     let example = example_keys(&std::fs::read_to_string(EXAMPLE).unwrap());
     for known in KNOWN_KEYS {
-        let Some(written) = example.get(known.key) else {
-            panic!("example does not document {}", known.key);
+        let Some((written, _)) = example.get(known.key) else {
+            panic!("the example does not document {}", known.key);
         };
-        let default = match known.kind {
-            KeyKind::Integer { default, .. } => default.to_string(),
-            KeyKind::Boolean { default } => default.to_string(),
-            KeyKind::Text { default } => format!("\"{default}\""),
-            KeyKind::OptionalInteger { .. } | KeyKind::OptionalText { .. } => continue,
-        };
-        assert_eq!(
-            written.as_deref(),
-            Some(default.as_str()),
-            "the example does not set {} to its default",
-            known.key
-        );
+        if let Some(default) = default_as_written(known) {
+            assert_eq!(
+                written, &default,
+                "the example does not show {}'s default",
+                known.key
+            );
+        }
     }
     for key in example.keys() {
         assert!(
@@ -115,6 +188,36 @@ fn example_file_loads_and_documents_every_key() {
             "the example shows {key}, which is not in the table of keys"
         );
     }
+}
+
+/// Uncommented, the example's device sections are a working configuration:
+/// what a user fills in loads.
+#[test]
+fn the_examples_device_sections_load_once_uncommented() {
+    let text = std::fs::read_to_string(EXAMPLE).unwrap();
+    let mut in_devices = false;
+    let uncommented: String = text
+        .lines()
+        .map(|line| {
+            if line.starts_with("# [[gx]]") {
+                in_devices = true;
+            }
+            let example_line = line
+                .strip_prefix("# ")
+                .filter(|rest| rest.starts_with('[') || rest.contains(" = "))
+                .filter(|rest| !rest.starts_with("address") && !rest.starts_with("site"));
+            match example_line {
+                Some(rest) if in_devices => format!("{rest}\n"),
+                _ => format!("{line}\n"),
+            }
+        })
+        .collect();
+    let f = file(&uncommented);
+    let config = Config::load_with_env(Some(f.path()), env(&[])).unwrap();
+    assert_eq!(config.gx.len(), 1);
+    assert_eq!(config.gx[0].devices.len(), 4);
+    assert_eq!(config.vedirect.len(), 1);
+    assert!(config.check_runnable().is_ok());
 }
 
 /// Loaded from nothing but what brings every table into being (a database,
@@ -202,6 +305,10 @@ fn every_key_outside_the_device_lists_is_shown() {
     let config = Config::load_with_env(
         Some(Path::new(EXAMPLE)),
         env(&[
+            (
+                "DATABASE_URL",
+                "postgres://victron@db.example.net:5432/ranch",
+            ),
             ("VICTRON_POLLER_FAILOVER__ENABLED", "true"),
             ("VICTRON_POLLER_DATABASE__PASSWORD", "hunter2"),
         ]),

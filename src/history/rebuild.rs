@@ -88,6 +88,34 @@ pub async fn rebuild(
     })
 }
 
+/// The energy of local day `day` of `tz` so far — measured before `now` —
+/// from PostgreSQL's raw readings of `site` (every site when `None`), one
+/// row per site with readings: what the live rollups write for the day at
+/// their next five-minute step, for a reader that cannot wait for it (a
+/// daemon that started minutes ago, a day that began minutes ago).
+pub async fn day_so_far(
+    pool: &PgPool,
+    tz: Tz,
+    max_gap_s: f64,
+    site: Option<&str>,
+    day: NaiveDate,
+    now: DateTime<Utc>,
+) -> Result<Vec<DayEnergy>, sqlx::Error> {
+    let (start, end) = (day_start(day, tz), day_end(day, tz));
+    let through = now.min(end);
+    if through <= start {
+        return Ok(Vec::new());
+    }
+    let mut aggregator = Aggregator::new(tz, max_gap_s).within(start, end);
+    // Readings just before midnight bound the intervals that reach into it.
+    let margin = chrono::Duration::milliseconds((max_gap_s * 1000.0) as i64);
+    for table in ReadingTable::ALL {
+        feed(pool, table, site, start - margin, through, &mut aggregator).await?;
+    }
+    let (_, days) = aggregator.provisional(through);
+    Ok(days.into_iter().filter(|d| d.day == day).collect())
+}
+
 /// The server's time now, less what a writer's open transaction may take:
 /// the `updated_at` of days computed from raw rows read after it (a row's
 /// `created_at` is when its transaction began, which may be before this

@@ -180,7 +180,7 @@ pub fn page(snapshot: &Snapshot, health: &Health, now: DateTime<Utc>) -> String 
         }
     }
 
-    let totals: [(&str, Kind, &str, f64); 12] = [
+    let totals: [(&str, Kind, &str, f64); 11] = [
         (
             "victron_poller_store_readings",
             Kind::Gauge,
@@ -238,16 +238,6 @@ pub fn page(snapshot: &Snapshot, health: &Health, now: DateTime<Utc>) -> String 
             count(snapshot.retention_failures),
         ),
         (
-            "victron_poller_database_up",
-            Kind::Gauge,
-            "1 when the database is reachable (or none is configured), else 0.",
-            if snapshot.database_down_since.is_some() {
-                0.0
-            } else {
-                1.0
-            },
-        ),
-        (
             "victron_poller_log_lines_dropped_total",
             Kind::Counter,
             "Log lines dropped because whoever reads the daemon's output fell behind.",
@@ -262,6 +252,26 @@ pub fn page(snapshot: &Snapshot, health: &Health, now: DateTime<Utc>) -> String 
     ];
     for (name, kind, help, value) in totals {
         page.family(name, kind, help).sample(name, &[], value);
+    }
+    // Only with a database: a gauge of something that does not exist would
+    // read as "up" (and `up == 0` alerts would never fire for it), so it is
+    // absent, as Prometheus exporters leave out what they do not have.
+    if snapshot.database.is_some() {
+        let name = "victron_poller_database_up";
+        page.family(
+            name,
+            Kind::Gauge,
+            "1 when the database is reachable, else 0 (absent without a database).",
+        )
+        .sample(
+            name,
+            &[],
+            if snapshot.database_down_since.is_some() {
+                0.0
+            } else {
+                1.0
+            },
+        );
     }
     faults(&mut page, snapshot);
     clock(&mut page, snapshot);
@@ -396,5 +406,61 @@ mod tests {
              x_total{device=\"a\\\"b\\\\c\\nd\"} 3\nx_total 0.5\n\
              # HELP y Y.\n# TYPE y gauge\ny +Inf\n"
         );
+    }
+
+    fn snapshot(database: Option<&str>, down: bool) -> Snapshot {
+        let now = Utc::now();
+        Snapshot {
+            version: "test".into(),
+            host: "test".into(),
+            started_at: now,
+            stopped_at: None,
+            poll_interval_ms: 1000,
+            rows_stored: 0,
+            rows_forwarded: 0,
+            rows_parked: 0,
+            rows_expired_unforwarded: 0,
+            forward_errors: 0,
+            retention_runs: 0,
+            retention_failures: 0,
+            log_lines_dropped: 0,
+            spool_depth: 0,
+            spool_oldest: None,
+            database: database.map(str::to_string),
+            database_down_since: down.then_some(now),
+            stall_timeout_ms: 120_000,
+            stalled: Vec::new(),
+            devices: Vec::new(),
+            clock: crate::clock::ClockReport::default(),
+            held_readings: 0,
+            status_every_ms: 5000,
+            store_writes: Default::default(),
+            store_incidents: Vec::new(),
+            restarts: Vec::new(),
+        }
+    }
+
+    /// The value of the sample `name` (without labels) on `page`, if any.
+    fn value(page: &str, name: &str) -> Option<f64> {
+        page.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .map(|v| v.parse().unwrap())
+    }
+
+    /// `victron_poller_database_up` is there only with a database: 1 while
+    /// it answers, 0 while it does not; without one it is absent, not 1.
+    #[test]
+    fn database_up_only_with_a_database() {
+        let health = Health::from_findings(Vec::new(), Vec::new());
+        let now = Utc::now();
+        let none = page(&snapshot(None, false), &health, now);
+        assert!(!none.contains("victron_poller_database_up"), "{none}");
+        assert_eq!(value(&none, "victron_poller_health"), Some(0.0));
+        let db = Some("postgres://victron@db:5432/ranch");
+        let up = page(&snapshot(db, false), &health, now);
+        assert_eq!(value(&up, "victron_poller_database_up"), Some(1.0));
+        let down = page(&snapshot(db, true), &health, now);
+        assert_eq!(value(&down, "victron_poller_database_up"), Some(0.0));
+        assert!(down.contains("# TYPE victron_poller_database_up gauge\n"));
     }
 }

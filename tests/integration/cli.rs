@@ -345,7 +345,7 @@ fn run_until_the_gx_is_down_in(dir: &Path, env: &[(&str, &str)], stderr: Stderr<
         .unwrap();
     let (stdout, stdout_reader) = read_in_background(child.stdout.take());
     let (stderr, stderr_reader) = read_in_background(child.stderr.take());
-    // "Device is down." comes from a source, and the sources start after the
+    // "The GX does not answer" comes from a source, and the sources start after the
     // signal handlers are installed: from then on SIGTERM is an orderly stop.
     let started = Instant::now();
     loop {
@@ -354,7 +354,7 @@ fn run_until_the_gx_is_down_in(dir: &Path, env: &[(&str, &str)], stderr: Stderr<
         if let Some(path) = log_file {
             logged.push_str(&std::fs::read_to_string(path).unwrap_or_default());
         }
-        if logged.contains("Device is down.") {
+        if logged.contains("The GX does not answer") {
             break;
         }
         if let Some(status) = child.try_wait().unwrap() {
@@ -406,7 +406,7 @@ fn log_format_json_prints_one_json_object_per_line_on_stdout() {
     assert_eq!(
         lines
             .iter()
-            .filter(|l| l.contains("Device is down."))
+            .filter(|l| l.contains("The GX does not answer"))
             .count(),
         1,
         "logged once: {stdout}"
@@ -441,7 +441,7 @@ fn under_journald_lines_carry_a_priority_and_no_timestamp() {
     }
     let down: Vec<&&str> = lines
         .iter()
-        .filter(|l| l.contains("Device is down."))
+        .filter(|l| l.contains("The GX does not answer"))
         .collect();
     assert_eq!(down.len(), 1, "logged once: {text}");
     assert!(down[0].starts_with("<4>"), "a warning: {text}");

@@ -143,6 +143,17 @@ fn worst_error(bridge: &Bridge, rows: &[(f64, DateTime<Utc>)], shift_s: f64) -> 
         .fold(0.0, f64::max)
 }
 
+/// Readings in the local store (held ones included), read while the
+/// daemon runs; 0 before the store exists.
+async fn readings_stored(state: &Path) -> usize {
+    let Ok(store) = LocalStore::open_read_only(state).await else {
+        return 0;
+    };
+    let n = store.oldest(100_000).await.map_or(0, |rows| rows.len());
+    store.close().await;
+    n
+}
+
 /// Lines of the daemon's log that report a step of the system clock.
 fn step_lines(state: &Path) -> Vec<String> {
     log_of(state)
@@ -175,6 +186,13 @@ async fn without_any_reference_readings_are_held_until_the_clock_is_set() {
     wait_for("a dozen more cycles", Duration::from_secs(20), async || {
         bridge.cycles() >= after_step
     })
+    .await;
+    // Sent is not yet read: on a busy machine the daemon may be behind.
+    wait_for(
+        "the cycles sent stored",
+        Duration::from_secs(20),
+        async || readings_stored(&state).await >= after_step - 2,
+    )
     .await;
     sigterm(&daemon);
     assert_eq!(

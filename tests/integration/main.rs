@@ -25,6 +25,12 @@ mod environment_file;
 /// Faults a gateway meets: a full disk, a damaged or deleted store, an
 /// unusable state directory.
 mod faults;
+/// Figures an operator reads: rounded averages, collection at most 100 %,
+/// today's energy before its row is written.
+#[cfg(feature = "servers")]
+mod figures;
+/// A GX that answered and went away: the advice, one warning, "back after".
+mod gx_outage;
 /// One health model: the SQL stale rule is the Rust one; one verdict on
 /// every surface.
 #[cfg(feature = "servers")]
@@ -35,6 +41,9 @@ mod history;
 /// The health endpoint under abuse: every connection held, huge headers,
 /// slow clients, a low open-file limit; the GX reconnects regardless.
 mod http_limits;
+/// The installed layout: no file named, the example copied unchanged, the
+/// paths the unit and the package share.
+mod installed_layout;
 /// Adopting a database built by the legacy Python runner.
 #[cfg(feature = "servers")]
 mod legacy_adoption;
@@ -55,6 +64,8 @@ mod schema;
 mod secrets;
 /// A second signal, and a stop that cannot finish.
 mod shutdown;
+/// `status` on a local store: one last success per device.
+mod status_local;
 /// The unit's sandbox under a real systemd: the clock's state, a UART, open
 /// files; the environment file as the package reads it (needs root).
 #[cfg(feature = "servers")]

@@ -227,64 +227,70 @@ async fn notify_socket_gets_ready_and_a_watchdog_that_stops_when_a_poll_hangs() 
     let ready_and_fed = |messages: &[(Duration, String)]| {
         pings_after_ready(messages).is_some_and(|pings| pings >= 5) && all_answering(messages)
     };
-    receive_until(&mut messages, Duration::from_secs(3), &ready_and_fed).await;
+    // (A busy machine may take seconds to start a debug build: the
+    // deadline is for a daemon that never gets there.)
+    receive_until(&mut messages, Duration::from_secs(30), &ready_and_fed).await;
     let pings = pings_after_ready(&messages).unwrap_or_else(|| panic!("no READY=1: {messages:?}"));
     assert!(pings >= 5, "fed every 200 ms: {messages:?}");
     assert!(all_answering(&messages), "{messages:?}");
 
-    // Every reply now takes 8 s: the poll hangs in its first request.
+    // Every reply now takes 8 s: the poll hangs in its first request, and
+    // its reply comes 8 s after that request, not sooner.
     let hang_at = start.elapsed();
     sim.set_delay(Duration::from_secs(8));
-    // The hang itself: every message of these 7 s.
-    receive_until(
-        &mut messages,
-        hang_at + Duration::from_secs(7),
-        &|_: &[(Duration, String)]| false,
-    )
+    // Stall limit 2 s, checked every 200 ms: the daemon says it stops
+    // feeding the watchdog, and feeds it no more while the poll hangs.
+    wait_for("the hang noticed", Duration::from_secs(6), async || {
+        log_of(&state).contains("A source is hung")
+    })
     .await;
+    // What it sent before it decided is read now (the decision precedes
+    // the log line); any ping from here on is one too many.
+    let mut buf = vec![0u8; 4096];
+    while let Ok(n) = socket.try_recv(&mut buf) {
+        messages.push((
+            start.elapsed(),
+            String::from_utf8_lossy(&buf[..n]).into_owned(),
+        ));
+    }
+    let noticed = start.elapsed();
+    // /healthz says the same (while the hang lasts: at once).
+    let (code, body) = healthz(health_address(&state).await).await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body["reasons"].to_string().contains("(hung)"), "{body}");
     let fed = |from: Duration, to: Duration, messages: &[(Duration, String)]| {
         messages
             .iter()
             .filter(|(t, m)| *t >= from && *t < to && m.lines().any(|l| l == "WATCHDOG=1"))
             .count()
     };
-    // Stall limit 2 s, checked every 200 ms: no ping from 2.5 s on.
+    // Until 7 s into the hang (its reply comes at 8 s at the earliest).
+    receive_until(
+        &mut messages,
+        hang_at + Duration::from_secs(7),
+        &|_: &[(Duration, String)]| false,
+    )
+    .await;
+    assert!(
+        noticed + Duration::from_secs(1) < hang_at + Duration::from_secs(7),
+        "the hang was noticed only {:?} into it",
+        noticed - hang_at
+    );
     assert_eq!(
-        fed(
-            hang_at + Duration::from_millis(2500),
-            hang_at + Duration::from_secs(7),
-            &messages
-        ),
+        fed(noticed, Duration::MAX, &messages),
         0,
         "the watchdog is starved while the poll hangs: {messages:?}"
     );
-    assert!(
-        log_of(&state).contains("A source is hung"),
-        "{}",
-        log_of(&state)
-    );
-    // /healthz says the same.
-    let (code, body) = healthz(health_address(&state).await).await;
-    assert_eq!(code, 503, "{body}");
-    assert!(body["reasons"].to_string().contains("(hung)"), "{body}");
-
     // The device answers promptly again: polls complete, feeding resumes.
     sim.clear_faults();
+    let cleared = start.elapsed();
     let recovered = |messages: &[(Duration, String)]| {
-        fed(
-            hang_at + Duration::from_secs(7),
-            hang_at + Duration::from_secs(11),
-            messages,
-        ) > 0
+        fed(cleared, Duration::MAX, messages) > 0
             && log_of(&state).contains("Every source makes progress again")
     };
-    receive_until(&mut messages, hang_at + Duration::from_secs(11), &recovered).await;
+    receive_until(&mut messages, cleared + Duration::from_secs(30), &recovered).await;
     assert!(
-        fed(
-            hang_at + Duration::from_secs(7),
-            hang_at + Duration::from_secs(11),
-            &messages
-        ) > 0,
+        fed(cleared, Duration::MAX, &messages) > 0,
         "fed again after recovery: {messages:?}"
     );
     assert!(log_of(&state).contains("Every source makes progress again"));
@@ -297,7 +303,7 @@ async fn notify_socket_gets_ready_and_a_watchdog_that_stops_when_a_poll_hangs() 
     };
     receive_until(
         &mut messages,
-        start.elapsed() + Duration::from_secs(1),
+        start.elapsed() + Duration::from_secs(10),
         &stopping,
     )
     .await;

@@ -9,6 +9,13 @@
 //! re-opened with capped exponential backoff plus jitter; devices fully
 //! answered before it keep their readings.
 //!
+//! A GX that cannot be reached takes all its devices with it: that is one
+//! warning for the GX (naming how many devices it carries), not one per
+//! device, and one line when it answers again ("back after N s"). Until the
+//! GX has answered once since start, a refused connection comes with the
+//! advice to enable Modbus TCP on it; after, it is a GX that went away (a
+//! reboot, the network).
+//!
 //! Readings go to a channel; status goes to the [`StatusBoard`].
 
 pub mod fields;
@@ -37,18 +44,21 @@ use crate::registers::plan::{Block, Coalescing, plan};
 use crate::status::{ErrorClass, StatusBoard};
 pub use fields::FieldMap;
 pub use transport::Connection;
-use transport::{Answer, Exchange, ReadRequest, describe_io_error};
+use transport::{Answer, Exchange, ReadRequest, describe_connect_error, describe_io_error};
 
 /// Why one request (or the connection) failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PollError {
     /// No TCP connection could be opened.
-    #[error("cannot connect to {address}: {}", describe_io_error(.source))]
+    #[error("cannot connect to {address}: {}", describe_connect_error(.source, *.answered_before))]
     Connect {
         /// host:port.
         address: String,
         /// The socket error.
         source: io::Error,
+        /// The GX answered since start: it went away, rather than never
+        /// having been reached (which the advice differs for).
+        answered_before: bool,
     },
     /// No reply within the request timeout.
     #[error("no reply within {0:?}")]
@@ -167,6 +177,13 @@ pub struct GxPoller {
     leases: Leases,
     /// Told the GX's clock every poll of its system overview.
     clock: Option<Arc<TimeKeeper>>,
+    /// A connection to the GX was opened since start.
+    answered: bool,
+    /// Since when the GX cannot be reached, while it cannot (logged once).
+    outage: Option<Instant>,
+    /// Per device: marked failed with the GX's outage, so its recovery is
+    /// the GX's (logged once for the GX, not per device).
+    down_with_gx: Vec<bool>,
 }
 
 impl std::fmt::Debug for GxPoller {
@@ -226,6 +243,9 @@ impl GxPoller {
             readings,
             leases: Leases::always(),
             clock: None,
+            answered: false,
+            outage: None,
+            down_with_gx: vec![false; config.devices.len()],
         }
     }
 
@@ -292,7 +312,7 @@ impl GxPoller {
                 return report;
             }
             if let Err(error) = self.connect().await {
-                self.fail(&pending, &error, &mut report);
+                self.gx_down(&pending, &error, &mut report);
                 self.schedule_reconnect();
                 return report;
             }
@@ -312,6 +332,9 @@ impl GxPoller {
                 .collect();
             report.requests += u32::try_from(requests.len()).unwrap_or(u32::MAX);
             let mut exchange = self.exchange(&requests).await;
+            if exchange.answers.iter().any(Option::is_some) {
+                self.gx_answered();
+            }
             let mut again = Vec::new();
             let mut unanswered = Vec::new();
             let mut first = 0;
@@ -338,7 +361,7 @@ impl GxPoller {
                 }
                 self.connection = None;
                 unanswered.extend(again);
-                self.fail(&unanswered, &error, &mut report);
+                self.gx_down(&unanswered, &error, &mut report);
                 self.schedule_reconnect();
                 break;
             }
@@ -446,21 +469,90 @@ impl GxPoller {
             unconfirmed: Some(taken.mono),
             values: device.map.decode(&words),
         };
-        self.status.success(&device.config.name, taken.wall);
+        if std::mem::take(&mut self.down_with_gx[index]) {
+            self.status
+                .success_unlogged(&device.config.name, taken.wall);
+        } else {
+            self.status.success(&device.config.name, taken.wall);
+        }
         report.readings += 1;
         // A closed channel means shutdown: the reading has nowhere to go.
         let _ = self.readings.send(reading).await;
     }
 
-    /// Marks the devices at `indices` failed with `error`.
-    fn fail(&self, indices: &[usize], error: &PollError, report: &mut CycleReport) {
+    /// Marks the devices at `indices` failed with `error`, an error of
+    /// theirs (the GX answered for them); each is logged as it goes down.
+    fn fail(&mut self, indices: &[usize], error: &PollError, report: &mut CycleReport) {
         let now = Utc::now();
         let text = error.to_string();
         for &index in indices {
             report.failed += 1;
+            self.down_with_gx[index] = false;
             self.status
                 .failure(&self.devices[index].config.name, now, error.class(), &text);
         }
+    }
+
+    /// The GX cannot be reached (`error`): the devices at `indices` fail
+    /// with it. The GX's outage is logged once, when it starts.
+    fn gx_down(&mut self, indices: &[usize], error: &PollError, report: &mut CycleReport) {
+        let now = Utc::now();
+        let text = error.to_string();
+        for &index in indices {
+            report.failed += 1;
+            self.down_with_gx[index] = true;
+            self.status.failure_unlogged(
+                &self.devices[index].config.name,
+                now,
+                error.class(),
+                &text,
+            );
+        }
+        if self.outage.is_some() {
+            return;
+        }
+        self.outage = Some(Instant::now());
+        let devices = self.polled_devices();
+        let carried = match devices {
+            1 => "its device is".to_string(),
+            n => format!("its {n} devices are"),
+        };
+        if self.answered {
+            tracing::warn!(
+                gx = %self.address,
+                devices,
+                error = %text,
+                "The GX went away (rebooting, or the network): {carried} down until it answers again."
+            );
+        } else {
+            tracing::warn!(
+                gx = %self.address,
+                devices,
+                error = %text,
+                "The GX does not answer: {carried} down until it does."
+            );
+        }
+    }
+
+    /// The GX answered (a reply came): an outage is over.
+    fn gx_answered(&mut self) {
+        if let Some(since) = self.outage.take() {
+            let devices = self.polled_devices();
+            tracing::info!(
+                gx = %self.address,
+                devices,
+                "The GX is back after {:.1} s.",
+                since.elapsed().as_secs_f64()
+            );
+        }
+    }
+
+    /// The devices this daemon polls on this GX (not on standby).
+    fn polled_devices(&self) -> usize {
+        self.devices
+            .iter()
+            .filter(|d| self.leases.may_poll(&d.config.name))
+            .count()
     }
 
     fn schedule_reconnect(&mut self) {
@@ -479,9 +571,11 @@ impl GxPoller {
 
     async fn connect(&mut self) -> Result<(), PollError> {
         let address = self.address.clone();
+        let answered_before = self.answered;
         let connect_error = |source| PollError::Connect {
             address: address.clone(),
             source,
+            answered_before,
         };
         let stream = timeout(self.request_timeout, async {
             let addrs: Vec<SocketAddr> = tokio::net::lookup_host((self.host.as_str(), self.port))
@@ -519,9 +613,15 @@ impl GxPoller {
             Err(_) => {}
         }
         self.connection = Some(connection);
+        self.answered = true;
         self.backoff = None;
         self.next_connect = None;
-        tracing::info!(gx = %address, "Connected to the GX.");
+        if self.outage.is_some() {
+            // Its first answer says it is back.
+            tracing::debug!(gx = %address, "Connected to the GX again.");
+        } else {
+            tracing::info!(gx = %address, "Connected to the GX.");
+        }
         Ok(())
     }
 }
@@ -611,6 +711,7 @@ mod tests {
         let refused = PollError::Connect {
             address: "10.0.0.5:502".into(),
             source: io::Error::from(io::ErrorKind::ConnectionRefused),
+            answered_before: false,
         };
         assert_eq!(
             refused.to_string(),

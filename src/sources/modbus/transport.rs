@@ -362,6 +362,28 @@ pub fn describe_io_error(error: &io::Error) -> String {
     }
 }
 
+/// What went wrong when a GX that answered since start can no longer be
+/// reached: it went away (a reboot, the network), so the advice for a GX
+/// never reached (enable Modbus TCP, check its address) does not apply.
+pub const WENT_AWAY: &str = "the GX answered before and went away (rebooting, or the network)";
+
+/// A connect error as one line, for a GX that answered since start
+/// (`answered_before`) or one never reached.
+pub fn describe_connect_error(error: &io::Error, answered_before: bool) -> String {
+    use io::ErrorKind as K;
+    if !answered_before {
+        return describe_io_error(error);
+    }
+    match error.kind() {
+        K::ConnectionRefused => format!("connection refused: {WENT_AWAY}"),
+        K::TimedOut => format!("no answer in time: {WENT_AWAY}"),
+        K::HostUnreachable | K::NetworkUnreachable | K::NetworkDown | K::AddrNotAvailable => {
+            format!("{}: {WENT_AWAY}", plain(error))
+        }
+        _ => describe_io_error(error),
+    }
+}
+
 /// The error's text without " (os error N)", starting lower-case.
 fn plain(error: &io::Error) -> String {
     let text = error.to_string();
@@ -409,6 +431,38 @@ mod tests {
             describe_io_error(&io::Error::from_raw_os_error(113)),
             "no route to host: check the GX's address and the network"
         );
+    }
+
+    /// Once the GX has answered, a refused or unanswered connection is a GX
+    /// that went away, not one whose Modbus TCP is off or whose address is
+    /// wrong.
+    #[test]
+    fn a_gx_that_answered_before_went_away() {
+        let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
+        assert_eq!(
+            describe_connect_error(&refused, false),
+            describe_io_error(&refused)
+        );
+        assert_eq!(
+            describe_connect_error(&refused, true),
+            "connection refused: the GX answered before and went away (rebooting, or the network)"
+        );
+        let slow = describe_connect_error(&io::Error::from(io::ErrorKind::TimedOut), true);
+        assert_eq!(
+            slow,
+            "no answer in time: the GX answered before and went away (rebooting, or the network)"
+        );
+        #[cfg(target_os = "linux")]
+        assert_eq!(
+            describe_connect_error(&io::Error::from_raw_os_error(113), true),
+            "no route to host: the GX answered before and went away (rebooting, or the network)"
+        );
+        for text in [describe_connect_error(&refused, true), slow] {
+            assert!(
+                !text.contains("Modbus TCP") && !text.contains("address"),
+                "{text}"
+            );
+        }
     }
 
     #[test]
