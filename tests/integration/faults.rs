@@ -250,7 +250,7 @@ async fn a_damaged_store_is_moved_aside_and_polling_goes_on() {
         let mut daemon = spawn_daemon_with(&config, &state, &[]);
         wait_for(
             "degraded: the store was moved aside",
-            Duration::from_secs(20),
+            Duration::from_secs(60),
             async || healthz(health).contains("was damaged and moved aside"),
         )
         .await;

@@ -284,7 +284,8 @@ async fn run_warns_once_at_start_of_a_remote_server_it_does_not_verify() {
         Duration::from_secs(30),
         async || {
             let log = log_of(&state);
-            log.contains("cannot reach the database at") && log.contains("Device is down.")
+            log.contains("cannot reach the database at")
+                && (log.contains("Device is down.") || log.contains("The GX does not answer"))
         },
     )
     .await;
