@@ -136,7 +136,12 @@ pub fn read_env_file(path: &Path) -> EnvFile {
 /// process's own environment wins, as a variable set on the command line
 /// would for the service).
 pub fn merge_missing(env: &mut HashMap<String, String>, variables: Vec<(String, String)>) {
+    // Within the file the last assignment of a name wins, as in systemd.
+    let mut from_file: HashMap<String, String> = HashMap::new();
     for (name, value) in variables {
+        from_file.insert(name, value);
+    }
+    for (name, value) in from_file {
         env.entry(name).or_insert(value);
     }
 }

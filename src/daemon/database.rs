@@ -308,6 +308,8 @@ async fn write_db_status(
         let mut part = snapshot.clone();
         part.devices
             .retain(|d| devices.iter().any(|s| s.device == d.device));
+        part.stalled
+            .retain(|h| devices.iter().any(|s| s.device == h.device));
         // A stop is the rows' own column (`poller_stopped_at`), which the
         // views say in words.
         part.stopped_at = None;

@@ -130,7 +130,14 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 /// through the daemon's log rather than bare stderr: one that kills a task
 /// outside a supervisor is never a silent hole.
 pub fn log_panics() {
-    std::panic::set_hook(Box::new(|info| {
+    let before_logging = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        // Before the log is set up (reading the configuration), the
+        // standard report on stderr is the only one there is.
+        if !tracing::dispatcher::has_been_set() {
+            before_logging(info);
+            return;
+        }
         let place = info
             .location()
             .map(|l| format!("{}:{}", l.file(), l.line()))

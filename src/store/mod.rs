@@ -459,49 +459,67 @@ impl LocalStore {
             return Ok(false);
         };
         let now = open::FileIdentity::of(&self.path);
-        if now == Some(opened) {
+        let old = self.pool();
+        // A closed pool: an earlier check closed the old file but could not
+        // open the new one; it tries again.
+        if now == Some(opened) && !old.is_closed() {
             return Ok(false);
         }
-        let old = self.pool();
-        // Every connection of the old file taken: nothing commits to it
-        // between the copy below and its close (a writer waits, then finds
-        // the new file).
-        let mut taken = Vec::with_capacity(open::CONNECTIONS as usize);
-        for _ in 0..open::CONNECTIONS {
-            taken.push(old.acquire().await?);
-        }
         let restoring = self.path.with_extension("sqlite.restoring");
-        let _ = std::fs::remove_file(&restoring);
-        let what = if now.is_none() {
-            // The unlinked file is still open here: copy it back.
-            let copied = sqlx::query("VACUUM INTO ?")
-                .bind(restoring.display().to_string())
-                .execute(&mut *taken[0])
-                .await;
-            match copied {
-                Ok(_) => format!(
-                    "the local store {} was deleted while the daemon ran; it was rebuilt from the open file, nothing lost",
-                    self.path.display()
-                ),
-                Err(error) => format!(
-                    "the local store {} was deleted while the daemon ran and could not be rebuilt ({error}): what it held is lost",
-                    self.path.display()
-                ),
+        if !old.is_closed() {
+            // Every connection of the old file taken: nothing commits to it
+            // between the copy below and its close (a writer's next attempt
+            // finds the new file).
+            let mut taken = Vec::with_capacity(open::CONNECTIONS as usize);
+            for _ in 0..open::CONNECTIONS {
+                taken.push(old.acquire().await?);
             }
-        } else {
-            format!(
-                "the local store {} was replaced by another file while the daemon ran; the daemon now writes to that one",
-                self.path.display()
-            )
-        };
-        tracing::error!(store = %self.path.display(), "{what}");
-        // The old file's connections go first: closing them removes its
-        // -wal and -shm by name, which must not be the new file's.
-        for mut conn in taken {
-            conn.close_on_drop();
+            let _ = std::fs::remove_file(&restoring);
+            let what = if now.is_none() {
+                // The directory may have gone with the file.
+                if let Some(dir) = self.path.parent() {
+                    let _ = std::fs::create_dir_all(dir);
+                }
+                // The unlinked file is still open here: copy it back.
+                let copied = sqlx::query("VACUUM INTO ?")
+                    .bind(restoring.display().to_string())
+                    .execute(&mut *taken[0])
+                    .await;
+                match copied {
+                    Ok(_) => format!(
+                        "the local store {} was deleted while the daemon ran; it was rebuilt from the open file, nothing lost",
+                        self.path.display()
+                    ),
+                    Err(error) => {
+                        let _ = std::fs::remove_file(&restoring);
+                        format!(
+                            "the local store {} was deleted while the daemon ran and could not be rebuilt ({error}): what it held is lost",
+                            self.path.display()
+                        )
+                    }
+                }
+            } else {
+                format!(
+                    "the local store {} was replaced by another file while the daemon ran; the daemon now writes to that one",
+                    self.path.display()
+                )
+            };
+            tracing::error!(store = %self.path.display(), "{what}");
+            self.note_incident(StoreIncident {
+                at: Utc::now(),
+                what,
+                file: None,
+            });
+            // The old file's connections go first: closing them removes its
+            // -wal and -shm by name, which must not be the new file's.
+            for mut conn in taken {
+                conn.close_on_drop();
+            }
+            old.close().await;
         }
-        old.close().await;
-        if now.is_none() && restoring.exists() {
+        // From here a failure leaves the old pool closed, and the next check
+        // finishes the move and the reopen.
+        if restoring.exists() && !self.path.exists() {
             std::fs::rename(&restoring, &self.path).map_err(|e| StoreError::Open {
                 path: self.path.display().to_string(),
                 source: sqlx::Error::Io(e),
@@ -518,16 +536,20 @@ impl LocalStore {
         self.count_waiting(0);
         *self.identity.lock().unwrap_or_else(|p| p.into_inner()) = opened.identity;
         *self.pool.write().unwrap_or_else(|p| p.into_inner()) = opened.pool;
-        let mut incidents = self.incidents.lock().unwrap_or_else(|p| p.into_inner());
-        incidents.extend(opened.incidents);
-        incidents.push(StoreIncident {
-            at: Utc::now(),
-            what,
-            file: None,
-        });
-        incidents.sort_by_key(|i| i.at);
-        incidents.dedup();
+        for incident in opened.incidents {
+            self.note_incident(incident);
+        }
+        tracing::info!(store = %self.path.display(), "The local store is open again.");
         Ok(true)
+    }
+
+    /// Adds an incident (once).
+    fn note_incident(&self, incident: StoreIncident) {
+        let mut incidents = self.incidents.lock().unwrap_or_else(|p| p.into_inner());
+        if !incidents.contains(&incident) {
+            incidents.push(incident);
+            incidents.sort_by_key(|i| i.at);
+        }
     }
 
     /// Commits readings in one transaction; a reading already stored (same

@@ -179,8 +179,10 @@ pub(super) async fn open_or_recover(path: &Path, sync: StoreSync) -> Result<Open
                 }
             };
             let saved = super::salvage::salvage(&aside, &opened.pool).await;
+            let other_rows = super::salvage::copy_tables(&aside, &opened.pool).await;
             tracing::error!(
                 readings = saved,
+                rollups_and_parked = other_rows,
                 moved_to = %aside.display(),
                 "Readings copied from the damaged local store into the new one."
             );
@@ -209,12 +211,23 @@ pub(super) async fn open_or_recover(path: &Path, sync: StoreSync) -> Result<Open
 
 /// Opens `path`, brings its schema up to date and checks its integrity.
 async fn open_checked(path: &Path, sync: StoreSync) -> Result<Opened, OpenFailure> {
+    // The file is created once, here; the pool's connections never create
+    // it, so a store deleted under the daemon is not silently replaced by
+    // an empty file before the daemon notices (see `check_file`).
+    if !path.exists() {
+        use sqlx::ConnectOptions as _;
+        let conn = options(path, sync).connect().await?;
+        sqlx::Connection::close(conn).await?;
+    }
     let pool = SqlitePoolOptions::new()
         .max_connections(CONNECTIONS)
         // A local file's connection cannot have died idle: no ping (a
-        // round trip to SQLite's thread) before each use.
+        // round trip to SQLite's thread) before each use, and connections
+        // are kept for the daemon's life (each new one is a reopen).
         .test_before_acquire(false)
-        .connect_with(options(path, sync))
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .connect_with(options(path, sync).create_if_missing(false))
         .await?;
     let checked = async {
         let check: String = sqlx::query_scalar("PRAGMA quick_check(1)")

@@ -45,6 +45,57 @@ pub(super) async fn salvage(damaged: &Path, into: &SqlitePool) -> u64 {
     }
 }
 
+/// Copies the damaged store's other tables — the rollups and days of
+/// energy (without a database, the site's only long-term record) and the
+/// parked readings — table by table through SQLite; a table that cannot be
+/// read whole is skipped. Returns how many rows were copied.
+pub(super) async fn copy_tables(damaged: &Path, into: &SqlitePool) -> u64 {
+    let Ok(mut conn) = into.acquire().await else {
+        return 0;
+    };
+    // The attachment goes with the connection.
+    conn.close_on_drop();
+    if sqlx::query("ATTACH DATABASE ? AS damaged")
+        .bind(damaged.display().to_string())
+        .execute(&mut *conn)
+        .await
+        .is_err()
+    {
+        return 0;
+    }
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM main.sqlite_master WHERE type = 'table'
+         AND name NOT IN ('readings', 'status') AND name NOT LIKE 'sqlite_%' ORDER BY name",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap_or_default();
+    let mut copied = 0;
+    for table in tables {
+        let columns: Vec<String> =
+            sqlx::query_scalar("SELECT name FROM pragma_table_info(?) ORDER BY cid")
+                .bind(&table)
+                .fetch_all(&mut *conn)
+                .await
+                .unwrap_or_default();
+        if columns.is_empty() {
+            continue;
+        }
+        let list = columns
+            .iter()
+            .map(|c| format!("\"{c}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "INSERT OR IGNORE INTO main.\"{table}\" ({list}) SELECT {list} FROM damaged.\"{table}\""
+        );
+        if let Ok(done) = sqlx::query(&sql).execute(&mut *conn).await {
+            copied += done.rows_affected();
+        }
+    }
+    copied
+}
+
 /// Reads the readings through SQLite, skipping what cannot be read;
 /// `None` when SQLite cannot read the table at all.
 async fn through_sqlite(damaged: &Path, into: &SqlitePool) -> Option<u64> {
@@ -397,6 +448,58 @@ mod tests {
             .collect();
         // The first page held no readings (the schema); all are found.
         assert_eq!(found, expected);
+    }
+
+    /// The damaged store's days of energy and parked readings are copied
+    /// into the new store; its readings are the readings' salvage's.
+    #[tokio::test]
+    async fn rollups_days_and_parked_readings_are_copied() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool_at = async |name: &str| {
+            let pool = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(
+                    SqliteConnectOptions::new()
+                        .filename(dir.path().join(name))
+                        .create_if_missing(true),
+                )
+                .await
+                .unwrap();
+            sqlx::raw_sql(super::super::SCHEMA)
+                .execute(&pool)
+                .await
+                .unwrap();
+            sqlx::raw_sql(&super::super::history::schema())
+                .execute(&pool)
+                .await
+                .unwrap();
+            pool
+        };
+        let damaged = pool_at("damaged.sqlite").await;
+        sqlx::raw_sql(
+            "INSERT INTO energy_daily (site, day, solar_kwh, coverage_pct, updated_at_us)
+             VALUES ('ranch', '2026-12-01', 7.25, 99.0, 1), ('ranch', '2026-12-02', 6.5, 100.0, 2);
+             INSERT INTO parked (seq, reading_table, device, source, measured_at_us, vals, error, parked_at_us)
+             VALUES (9, 'battery_readings', 'bank', 'vedirect', 5, '[1]', 'out of range', 6);",
+        )
+        .execute(&damaged)
+        .await
+        .unwrap();
+        damaged.close().await;
+        let new = pool_at("new.sqlite").await;
+        let copied = copy_tables(&dir.path().join("damaged.sqlite"), &new).await;
+        assert_eq!(copied, 3);
+        let solar: Vec<f64> = sqlx::query_scalar("SELECT solar_kwh FROM energy_daily ORDER BY day")
+            .fetch_all(&new)
+            .await
+            .unwrap();
+        assert_eq!(solar, vec![7.25, 6.5]);
+        let parked: String = sqlx::query_scalar("SELECT error FROM parked WHERE seq = 9")
+            .fetch_one(&new)
+            .await
+            .unwrap();
+        assert_eq!(parked, "out of range");
+        new.close().await;
     }
 
     proptest! {
