@@ -345,51 +345,103 @@ pub async fn run(
     );
 
     let background = CancellationToken::new();
-    tasks.spawn(local::local_loop(shared.clone(), background.clone()));
+    // The helpers too run under the supervisor: a panic in one is logged,
+    // counted as a reason in the verdict, and the task started again.
+    let helper = |task: &str| supervise::Supervised {
+        task: task.to_string(),
+        devices: Vec::new(),
+        backoff: (Duration::from_secs(1), Duration::from_secs(30)),
+    };
+    {
+        let (shared_, stop) = (shared.clone(), background.clone());
+        tasks.spawn(shared.supervise(
+            helper("local status and retention"),
+            background.clone(),
+            move || local::local_loop(shared_.clone(), stop.clone()),
+        ));
+    }
     if let Some(db) = lock_database {
-        let keeper = LeaseKeeper::new(
+        let (session, leases, status, link, sites, interval, stop) = (
             db.lock_session().clone(),
             leases.clone(),
             shared.status.clone(),
-            shared.poll_interval,
             Arc::clone(&shared.link),
             Arc::clone(&shared.sites),
+            shared.poll_interval,
+            background.clone(),
         );
-        tasks.spawn(keeper.run(background.clone()));
+        tasks.spawn(
+            shared.supervise(helper("device locks"), background.clone(), move || {
+                LeaseKeeper::new(
+                    session.clone(),
+                    leases.clone(),
+                    status.clone(),
+                    interval,
+                    Arc::clone(&link),
+                    Arc::clone(&sites),
+                )
+                .run(stop.clone())
+            }),
+        );
     }
     if let Some(listener) = http_listener {
         if let Ok(address) = listener.local_addr() {
             tracing::info!(%address, "Serving /healthz and /metrics.");
         }
         let observer = Arc::new(observe::DaemonObserver::new(shared.clone()));
+        // Not restartable (it owns the listening socket); each connection
+        // is a task of its own, so a panic answering one costs that one.
         tasks.spawn(crate::report::http::serve(
             listener,
             observer,
             background.clone(),
         ));
     }
-    tasks.spawn(crate::systemd::feed_watchdog(
-        shared.status.clone(),
-        config.health.stall_timeout,
-        background.clone(),
-    ));
-    if config.database.is_none() {
-        tasks.spawn(rollups::rollup_loop(
-            shared.clone(),
-            crate::history::live::RawRows::Store(store.clone()),
+    {
+        let (status, stall, stop) = (
+            shared.status.clone(),
+            config.health.stall_timeout,
             background.clone(),
-        ));
+        );
+        tasks.spawn(
+            shared.supervise(helper("watchdog"), background.clone(), move || {
+                crate::systemd::feed_watchdog(status.clone(), stall, stop.clone())
+            }),
+        );
+    }
+    if config.database.is_none() {
+        let (shared_, store, stop) = (shared.clone(), store.clone(), background.clone());
+        tasks.spawn(
+            shared.supervise(helper("rollups"), background.clone(), move || {
+                rollups::rollup_loop(
+                    shared_.clone(),
+                    crate::history::live::RawRows::Store(store.clone()),
+                    stop.clone(),
+                )
+            }),
+        );
     }
     if config.database.is_some() {
-        tasks.spawn(database::database_loop(
+        let (shared_, wake, drained, forwarding, stop) = (
             shared.clone(),
-            database::Signals {
-                wake: Arc::clone(&wake),
-                drained: Arc::clone(&drained),
-                forwarding: Arc::clone(&forwarding),
-            },
+            Arc::clone(&wake),
+            Arc::clone(&drained),
+            Arc::clone(&forwarding),
             background.clone(),
-        ));
+        );
+        tasks.spawn(
+            shared.supervise(helper("database"), background.clone(), move || {
+                database::database_loop(
+                    shared_.clone(),
+                    database::Signals {
+                        wake: Arc::clone(&wake),
+                        drained: Arc::clone(&drained),
+                        forwarding: Arc::clone(&forwarding),
+                    },
+                    stop.clone(),
+                )
+            }),
+        );
     }
     tasks.close();
 
