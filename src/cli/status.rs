@@ -269,7 +269,12 @@ async fn local_view(
         None => Err("the daemon has not run with this local store".into()),
     };
     let health = match &saved {
-        Ok(s) => health::judge(&s.status, s.saved_at, Utc::now()),
+        Ok(s) => health::judge_saved(
+            &s.status,
+            s.saved_at,
+            Utc::now(),
+            crate::store::daemon_runs_on(dir),
+        ),
         Err(why) => Health::from_findings(vec![why.clone()], Vec::new()),
     };
     let daemon = saved.ok();

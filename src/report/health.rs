@@ -101,6 +101,19 @@ pub fn backlog_after(poll_interval_s: f64) -> f64 {
 /// Judges a daemon's [`Snapshot`] taken at `saved_at` (now, live; or when
 /// the daemon last saved it in its local store), as of `now`.
 pub fn judge(snapshot: &Snapshot, saved_at: DateTime<Utc>, now: DateTime<Utc>) -> Health {
+    judge_saved(snapshot, saved_at, now, false)
+}
+
+/// [`judge`] for a saved snapshot, knowing whether the daemon still runs
+/// (it holds its state directory's lock): one that runs but has not saved
+/// its status for too long is not down but degraded — its store refuses
+/// writes (a full disk), which it alone can tell live (`/healthz`).
+pub fn judge_saved(
+    snapshot: &Snapshot,
+    saved_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+    still_runs: bool,
+) -> Health {
     let mut down = Vec::new();
     let mut degraded = Vec::new();
     let interval_s = snapshot.poll_interval_s();
@@ -113,9 +126,16 @@ pub fn judge(snapshot: &Snapshot, saved_at: DateTime<Utc>, now: DateTime<Utc>) -
         let ago = seconds_between(stopped, now);
         down.push(format!("the daemon stopped {ago:.0} s ago"));
     } else if age > stale.as_secs_f64() {
-        down.push(format!(
-            "the daemon is not running (last status {age:.0} s ago)"
-        ));
+        if still_runs {
+            degraded.push(format!(
+                "the daemon runs but has not saved its status for {age:.0} s: its local store \
+                 refuses writes (a full disk?); /healthz has its live verdict"
+            ));
+        } else {
+            down.push(format!(
+                "the daemon is not running (last status {age:.0} s ago)"
+            ));
+        }
     }
     for stalled in &snapshot.stalled {
         down.push(format!(
@@ -353,6 +373,10 @@ mod tests {
         assert_eq!(judge(&healthy, now, now).level, Level::Healthy);
         let stale = judge(&healthy, now - chrono::Duration::seconds(60), now);
         assert_eq!(stale.level, Level::Down, "{stale:?}");
+        // Its lock still held: the daemon runs, and cannot save.
+        let unsaved = judge_saved(&healthy, now - chrono::Duration::seconds(60), now, true);
+        assert_eq!(unsaved.level, Level::Degraded, "{unsaved:?}");
+        assert!(unsaved.reasons[0].contains("has not saved its status for 60 s"));
 
         let one_failing = snapshot(&[("a", 0, false), ("b", 3, false)]);
         let verdict = judge(&one_failing, now, now);

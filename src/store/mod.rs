@@ -109,6 +109,19 @@ impl StateLock {
     }
 }
 
+/// Whether a daemon runs on the state directory `dir` now: it holds the
+/// lock there. Read-only (for `status`, which may run as another user): a
+/// lock file that cannot be opened counts as no daemon.
+pub fn daemon_runs_on(dir: &Path) -> bool {
+    let Ok(file) = std::fs::File::open(dir.join(LOCK_NAME)) else {
+        return false;
+    };
+    matches!(
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockShared),
+        Err(rustix::io::Errno::WOULDBLOCK)
+    )
+}
+
 /// Why readings held across a reboot are parked.
 pub const HELD_ACROSS_BOOT: &str = "held for its time across a restart of the machine: the measurement time could not be confirmed";
 

@@ -161,6 +161,27 @@ async fn a_full_disk_loses_no_reading_and_says_so() {
         },
     )
     .await;
+    // `status`, reading the store it cannot write: degraded, not down (the
+    // daemon holds its lock).
+    wait_for(
+        "status: degraded, the status not saved",
+        Duration::from_secs(30),
+        async || {
+            let output = run_cli(
+                &[
+                    "--config",
+                    config.to_str().unwrap(),
+                    "status",
+                    "--state-dir",
+                    state.to_str().unwrap(),
+                ],
+                &[],
+            );
+            let (out, _) = texts(&output);
+            output.status.code() == Some(1) && out.contains("has not saved its status")
+        },
+    )
+    .await;
     std::fs::remove_file(&filler).unwrap();
     let freed = std::time::Instant::now();
     wait_for("writes resumed", Duration::from_secs(10), async || {
