@@ -16,26 +16,20 @@ use crate::daemon::{
     wait_for, write_config,
 };
 use crate::helpers::{run_cli, texts, try_http_get};
+use crate::operations::health_address;
 
 const DEVICES: [&str; 4] = ["gx", "bank", "mppt", "multi"];
 
-/// A free port on loopback for the daemon's HTTP listener.
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
-/// `write_config` with the health endpoint on; returns the file and the
-/// endpoint's address.
-fn config_with_health(dir: &Path, gx_port: u16, poll_ms: u64) -> (PathBuf, SocketAddr) {
+/// `write_config` with the health endpoint on, on a port the kernel
+/// picks (see [`health_address`]).
+fn config_with_health(dir: &Path, gx_port: u16, poll_ms: u64) -> PathBuf {
     let config = write_config(dir, gx_port, poll_ms);
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let mut file = std::fs::OpenOptions::new()
         .append(true)
         .open(&config)
         .unwrap();
-    writeln!(file, "[health]\nlisten = \"{addr}\"").unwrap();
-    (config, addr)
+    writeln!(file, "[health]\nlisten = \"127.0.0.1:0\"").unwrap();
+    config
 }
 
 /// The `/healthz` answer's text (empty while nothing answers).
@@ -130,10 +124,11 @@ fn fill(file: &Path) {
 async fn a_full_disk_loses_no_reading_and_says_so() {
     let sim = simulator().await;
     let dir = tempfile::tempdir().unwrap();
-    let (config, health) = config_with_health(dir.path(), sim.addr().port(), 100);
+    let config = config_with_health(dir.path(), sim.addr().port(), 100);
     let state = dir.path().join("state");
     let _tmpfs = Tmpfs::mount(&state, "4m");
     let mut daemon = spawn_daemon_with(&config, &state, &[]);
+    let health = health_address(&state).await;
     wait_for("40 readings stored", Duration::from_secs(20), async || {
         try_stored(&state).await >= 40
     })
@@ -267,8 +262,9 @@ async fn a_damaged_store_is_moved_aside_and_polling_goes_on() {
         let before = stored(&state).await;
         damage(&state.join("victron-poller.sqlite"), how);
 
-        let (config, health) = config_with_health(dir.path(), sim.addr().port(), 100);
+        let config = config_with_health(dir.path(), sim.addr().port(), 100);
         let mut daemon = spawn_daemon_with(&config, &state, &[]);
+        let health = health_address(&state).await;
         wait_for(
             "degraded: the store was moved aside",
             Duration::from_secs(60),
@@ -343,9 +339,10 @@ async fn a_damaged_store_is_moved_aside_and_polling_goes_on() {
 async fn a_store_deleted_under_the_daemon_is_rebuilt() {
     let sim = simulator().await;
     let dir = tempfile::tempdir().unwrap();
-    let (config, health) = config_with_health(dir.path(), sim.addr().port(), 100);
+    let config = config_with_health(dir.path(), sim.addr().port(), 100);
     let state = dir.path().join("state");
     let mut daemon = spawn_daemon_with(&config, &state, &[]);
+    let health = health_address(&state).await;
     wait_for("readings stored", Duration::from_secs(20), async || {
         try_stored(&state).await >= 40
     })

@@ -9,6 +9,7 @@ use victron_poller::report::health::stale_after;
 
 use crate::daemon::{sigterm, simulator, spawn_daemon_with, wait_exit, wait_for};
 use crate::helpers::{Flavour, TestDb, run_cli, texts, try_http_get};
+use crate::operations::health_address;
 
 /// Ages around the rule's boundary, for polls and status periods of every
 /// kind (a NULL period: a row of an older daemon).
@@ -56,16 +57,12 @@ async fn one_situation_one_verdict_on_every_surface() {
     db.migrate().await;
     let sim = simulator().await;
     let dir = tempfile::tempdir().unwrap();
-    let health: std::net::SocketAddr = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
     let config = dir.path().join("config.toml");
     // Unit 239: no device there on the simulated GX.
     std::fs::write(
         &config,
         format!(
-            "[site]\ninstallation_id = \"ranch\"\n[health]\nlisten = \"{health}\"\n\
+            "[site]\ninstallation_id = \"ranch\"\n[health]\nlisten = \"127.0.0.1:0\"\n\
              [[gx]]\nhost = \"127.0.0.1\"\nport = {}\npoll_interval_ms = 200\n\
              request_timeout_ms = 500\n\
              [[gx.devices]]\nname = \"bank\"\nclass = \"battery\"\nunit_id = 226\n\
@@ -85,6 +82,7 @@ async fn one_situation_one_verdict_on_every_surface() {
             ("NOTIFY_SOCKET", socket_path.to_str().unwrap()),
         ],
     );
+    let health = health_address(&state).await;
     let ghost = |text: &str| text.contains("ghost:");
     // /healthz.
     let mut healthz = serde_json::Value::Null;

@@ -40,11 +40,11 @@ fn config(dir: &Path, sim: &SimHandle, extra: &str) -> std::path::PathBuf {
     path
 }
 
-/// host:port of a database URL.
-/// The address the daemon logged for its health endpoint.
-async fn health_address(state: &Path) -> SocketAddr {
+/// The address the daemon logged for its health endpoint (it listens on
+/// port 0: no port picked by a test can be taken by another meanwhile).
+pub async fn health_address(state: &Path) -> SocketAddr {
     let mut found = None;
-    wait_for("the health endpoint", Duration::from_secs(10), async || {
+    wait_for("the health endpoint", Duration::from_secs(30), async || {
         found = log_of(state)
             .lines()
             .find(|l| l.contains("Serving /healthz"))
