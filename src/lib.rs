@@ -14,6 +14,8 @@
 //! - [`pipeline`]: the batcher, between the sources and the local store.
 //! - [`store`]: the local SQLite store, the durability boundary.
 //! - [`forward`]: the forwarder from the store to PostgreSQL.
+//! - [`history`]: rollups (5 minutes, hours, days) and kWh per day, live
+//!   from the raw readings and rebuilt whole days on demand.
 //! - [`db`]: PostgreSQL: connecting (TLS included), the embedded migrations
 //!   (`migrations/`) and the reconcile step, the server's flavour, the
 //!   status rows, the device locks, and the link every database path shares
@@ -36,9 +38,12 @@
 //! # Data flow
 //!
 //! Sources poll devices and produce typed readings stamped with their
-//! measurement time; a batcher groups them; every batch is committed to a
-//! local store first, and a forwarder ships stored batches to PostgreSQL
-//! (binary COPY, or idempotent multi-row inserts for a replay). The database
+//! measurement time; a batcher groups them; a batch goes straight to
+//! PostgreSQL while the database answers and nothing waits in the local
+//! store (forward-first), and is otherwise committed to the local store,
+//! from which a forwarder ships it in order (binary COPY, or idempotent
+//! multi-row inserts for a replay); without a database the local store is
+//! the database. The database
 //! schema (knowledge base, agent metrics, Victron telemetry) ships with the
 //! binary as migrations.
 

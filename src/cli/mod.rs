@@ -283,7 +283,7 @@ impl Context {
     }
 }
 
-/// [`run`] with the installation's paths in `layout` (tests point them
+/// [`run()`] with the installation's paths in `layout` (tests point them
 /// elsewhere).
 pub async fn run_in(cli: Cli, layout: &Layout) -> anyhow::Result<Exit> {
     let context = Context {

@@ -7,7 +7,7 @@
 //! which wall time such a moment was, from the kernel's synchronisation
 //! state and the references the daemon has: each GX's own clock (read with
 //! the system overview every poll) and the database server's (measured over
-//! the round trip). The rule, one place ([`TimeKeeper::basis`]):
+//! the round trip). The rule, one place ([`TimeKeeper::current_offset`]):
 //!
 //! - the local clock is trusted while it agrees with the best reference
 //!   within [`TOLERANCE_US`], or, with no reference, while the kernel says it

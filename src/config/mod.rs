@@ -335,7 +335,7 @@ impl Default for RetentionConfig {
 pub struct BatchConfig {
     /// A batch closes at this many readings (`batch.max_readings`, default 200).
     pub max_readings: usize,
-    /// …or when its first reading is this old (`batch.max_age_ms`, default 500; 2000 without a database).
+    /// …or when its first reading is this old (`batch.max_age_ms`, default 1000; 2000 without a database).
     pub max_age: Duration,
 }
 
@@ -459,7 +459,8 @@ impl LogFormat {
     }
 }
 
-/// A string that must not be shown: `Debug` and `Display` print `***`.
+/// A string that must not be shown: `Debug` prints `***`, and it has no
+/// `Display`; [`Secret::expose`] is the one way to the value.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
 
@@ -611,7 +612,7 @@ impl Config {
 
 impl DatabaseConfig {
     /// The URL to show in logs and messages: no password, ever (the one
-    /// rule of [`redact`] for every place a URL is shown).
+    /// rule of `config/redact.rs` for every place a URL is shown).
     pub fn redacted_url(&self) -> String {
         redact::redact_url(&self.url)
     }

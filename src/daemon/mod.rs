@@ -48,9 +48,10 @@ use crate::store::LocalStore;
 
 /// How often the daemon's status is saved (the status document in the local
 /// store, the status rows in PostgreSQL) while only its times and counts
-/// move; a change in what it says is saved at once. Well within what
-/// `status` allows before it calls a daemon gone (three poll intervals, at
-/// least 15 s), and rare enough to cost neither the SD card nor the CPU.
+/// move; a change in what it says is saved at once. The snapshot and the
+/// rows carry the period, so that `status` allows for it
+/// ([`crate::report::health::stale_after`]); rare enough to cost neither
+/// the SD card nor the CPU.
 const STATUS_EVERY: Duration = Duration::from_secs(5);
 
 /// How long each step of an ordered stop may take. Sources stop between
@@ -175,7 +176,8 @@ impl Shared {
     }
 }
 
-/// The shortest configured poll interval (status rows are written that often).
+/// The shortest configured poll interval (what the status rows' staleness
+/// is judged by).
 pub fn poll_interval(config: &Config) -> Duration {
     config
         .gx
@@ -513,9 +515,8 @@ pub async fn run(
     Ok(())
 }
 
-/// The host's name, for the status rows: read once (the status is written
-/// every poll interval; a file read each time is a gateway's CPU for
-/// nothing).
+/// The host's name, for the status rows: read once (a file read at every
+/// status write is a gateway's CPU for nothing).
 pub fn host_name() -> String {
     static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     NAME.get_or_init(|| {

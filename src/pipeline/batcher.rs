@@ -3,7 +3,7 @@
 //! that age, when given a [`Grid`]), whichever comes first — and hands each
 //! to a [`BatchSink`]. A batch the sink refuses (a full disk) waits in
 //! memory while new batches keep forming behind it, and is retried with
-//! backoff (at most [`RETRY_MAX`] apart), oldest first; the readings waiting
+//! backoff (at most 2 s apart), oldest first; the readings waiting
 //! are bounded (`store.max_readings_in_memory`): beyond it the oldest are
 //! dropped and counted, never silently. When every source has dropped its
 //! sender, the partial batch and whatever waits are committed (with a

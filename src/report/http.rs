@@ -19,7 +19,7 @@
 //! - failed accepts (out of descriptors and the like) back off from 100 ms
 //!   to 1 s, logged once when they start and once when accepting works
 //!   again; connections closed for want of a place, once when that starts
-//!   and once at the first one served [`REFUSALS_QUIET`] after the last.
+//!   and once at the first one served 5 s after the last.
 //!
 //! At start the soft open-file limit is raised to the hard one (systemd
 //! starts services with 1,024 soft for the sake of `select()`, which nothing

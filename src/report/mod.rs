@@ -1,8 +1,8 @@
 //! What the daemon says about itself, as one typed [`Snapshot`]: saved in
-//! the local store every poll interval (what `status` reads without a
-//! database), judged live by [`health`] for `/healthz` and `status`,
-//! rendered by [`metrics`] for `/metrics`, and summed up in the line systemd
-//! shows. A field renamed here is a compile error everywhere it is read.
+//! the local store when what it says changes and otherwise every few
+//! seconds (what `status` reads without a database), judged by [`health`]
+//! for `/healthz`, `status`, the line systemd shows and the status rows,
+//! and rendered by [`metrics`] for `/metrics`. A field renamed here is a compile error everywhere it is read.
 
 pub mod health;
 pub mod http;
