@@ -99,9 +99,15 @@ pub(super) async fn copy_tables(damaged: &Path, into: &SqlitePool) -> u64 {
 /// Reads the readings through SQLite, skipping what cannot be read;
 /// `None` when SQLite cannot read the table at all.
 async fn through_sqlite(damaged: &Path, into: &SqlitePool) -> Option<u64> {
+    // Without a WAL beside it the file is read as immutable: no locks and
+    // no shared-memory index, which a read-only connection to a WAL-mode
+    // file without its `-shm` would otherwise retry for (with sleeps that
+    // grow on a loaded machine). With a WAL, its frames are read too.
+    let has_wal = Path::new(&format!("{}-wal", damaged.display())).exists();
     let options = SqliteConnectOptions::new()
         .filename(damaged)
         .read_only(true)
+        .immutable(!has_wal)
         .busy_timeout(Duration::from_secs(1));
     let pool = SqlitePoolOptions::new()
         .max_connections(1)

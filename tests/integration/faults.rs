@@ -264,7 +264,26 @@ async fn a_damaged_store_is_moved_aside_and_polling_goes_on() {
 
         let config = config_with_health(dir.path(), sim.addr().port(), 100);
         let mut daemon = spawn_daemon_with(&config, &state, &[]);
-        let health = health_address(&state).await;
+        // The address it logs, or what it logged instead.
+        let since = std::time::Instant::now();
+        let health: SocketAddr = loop {
+            let log = log_of(&state);
+            if let Some(addr) = log
+                .lines()
+                .find(|l| l.contains("Serving /healthz"))
+                .and_then(|l| l.split("address=").nth(1))
+                .and_then(|a| a.split_whitespace().next())
+                .and_then(|a| a.parse().ok())
+            {
+                break addr;
+            }
+            assert!(
+                since.elapsed() < Duration::from_secs(60),
+                "{how}: no health endpoint; exited: {:?}; log: {log}",
+                daemon.0.try_wait()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
         wait_for(
             "degraded: the store was moved aside",
             Duration::from_secs(60),
