@@ -16,7 +16,7 @@ use crate::daemon::{
     wait_for, write_config,
 };
 use crate::helpers::{run_cli, texts, try_http_get};
-use crate::operations::health_address;
+use crate::operations::{health_address, logged_health_address};
 
 const DEVICES: [&str; 4] = ["gx", "bank", "mppt", "multi"];
 
@@ -222,12 +222,14 @@ fn damage(file: &Path, how: &str) {
     );
     match how {
         "header" => bytes[..100].fill(0xA5),
-        // Cut in the middle of a page, two thirds in.
-        "truncated" => bytes.truncate(len * 2 / 3 / 1024 * 1024 + 512),
-        // Pages in the middle overwritten with noise.
+        // Cut in the middle of a page, half-way: what is cut off must hold
+        // pages in use, not only free ones.
+        "truncated" => bytes.truncate(len / 2 / 1024 * 1024 + 512),
+        // The middle third overwritten with noise: wide enough that it
+        // always hits pages in use, not only free ones.
         "scribbled" => {
             let mut x = 0x2545_f491_u32;
-            for b in &mut bytes[len / 2..len / 2 + 3 * 1024] {
+            for b in &mut bytes[len / 3..len * 2 / 3] {
                 x ^= x << 13;
                 x ^= x >> 17;
                 x ^= x << 5;
@@ -267,20 +269,14 @@ async fn a_damaged_store_is_moved_aside_and_polling_goes_on() {
         // The address it logs, or what it logged instead.
         let since = std::time::Instant::now();
         let health: SocketAddr = loop {
-            let log = log_of(&state);
-            if let Some(addr) = log
-                .lines()
-                .find(|l| l.contains("Serving /healthz"))
-                .and_then(|l| l.split("address=").nth(1))
-                .and_then(|a| a.split_whitespace().next())
-                .and_then(|a| a.parse().ok())
-            {
+            if let Some(addr) = logged_health_address(&state) {
                 break addr;
             }
             assert!(
                 since.elapsed() < Duration::from_secs(60),
-                "{how}: no health endpoint; exited: {:?}; log: {log}",
-                daemon.0.try_wait()
+                "{how}: no health endpoint; exited: {:?}; log: {}",
+                daemon.0.try_wait(),
+                log_of(&state)
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         };

@@ -45,16 +45,21 @@ fn config(dir: &Path, sim: &SimHandle, extra: &str) -> std::path::PathBuf {
 pub async fn health_address(state: &Path) -> SocketAddr {
     let mut found = None;
     wait_for("the health endpoint", Duration::from_secs(30), async || {
-        found = log_of(state)
-            .lines()
-            .find(|l| l.contains("Serving /healthz"))
-            .and_then(|l| l.split("address=").nth(1))
-            .and_then(|a| a.split_whitespace().next())
-            .and_then(|a| a.parse().ok());
+        found = logged_health_address(state);
         found.is_some()
     })
     .await;
     found.unwrap()
+}
+
+/// The health endpoint's address in the daemon's log so far, if any.
+pub fn logged_health_address(state: &Path) -> Option<SocketAddr> {
+    log_of(state)
+        .lines()
+        .find(|l| l.contains("Serving /healthz"))
+        .and_then(|l| l.split("address=").nth(1))
+        .and_then(|a| a.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
 }
 
 async fn healthz(addr: SocketAddr) -> (u16, serde_json::Value) {
