@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use sqlx::{Connection, PgConnection, PgPool};
-use victron_poller::history::live::{LiveRollups, RawRows};
+use victron_poller::history::live::{LiveRollups, RollupStore};
+use victron_poller::history::postgres::PostgresRollups;
+use victron_poller::history::sqlite::LocalRollups;
 use victron_poller::reading::{ColumnKind, Reading, ReadingTable, SourceKind, Value};
 use victron_poller::store::LocalStore;
 
@@ -61,7 +63,11 @@ fn cpu() -> Duration {
 
 /// Primes live rollups at `start` and times `steps` five-minute steps:
 /// (median, largest) CPU time per step, rows per step.
-async fn measure(rows: &RawRows, start: DateTime<Utc>, steps: i64) -> (Duration, Duration, u64) {
+async fn measure(
+    rows: &impl RollupStore,
+    start: DateTime<Utc>,
+    steps: i64,
+) -> (Duration, Duration, u64) {
     let five = chrono::Duration::minutes(5);
     let mut live = LiveRollups::new(chrono_tz::UTC, 60.0, vec!["ranch".into()], start);
     live.advance(rows, start + five).await.unwrap();
@@ -98,7 +104,7 @@ async fn main() {
         store.append(chunk).await.unwrap();
     }
     let (local_median, local_max, local_rows) =
-        measure(&RawRows::Store(store.clone()), start, 20).await;
+        measure(&LocalRollups(store.clone()), start, 20).await;
     store.close().await;
 
     // PostgreSQL (a forwarding gateway).
@@ -126,7 +132,7 @@ async fn main() {
             .await
             .unwrap();
     }
-    let (pg_median, pg_max, pg_rows) = measure(&RawRows::Database(pool.clone()), start, 20).await;
+    let (pg_median, pg_max, pg_rows) = measure(&PostgresRollups(pool.clone()), start, 20).await;
     pool.close().await;
     sqlx::query("DROP DATABASE vp_live_bench WITH (FORCE)")
         .execute(&mut admin)

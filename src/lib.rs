@@ -60,7 +60,6 @@ pub mod pipeline;
 pub mod reading;
 pub mod registers;
 pub mod report;
-pub mod retention;
 pub mod schedule;
 pub mod signals;
 pub mod simulator;

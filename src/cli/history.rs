@@ -10,8 +10,9 @@ use clap::{Args, Subcommand};
 use super::{Exit, require_database};
 use crate::config::Config;
 use crate::history::buckets::{day_end, day_start, first_day_from, local_day};
-use crate::history::live::{LiveRollups, RawRows};
+use crate::history::live::LiveRollups;
 use crate::history::rebuild::{self, Range};
+use crate::history::sqlite::LocalRollups;
 use crate::store::LocalStore;
 
 /// Options of `history`.
@@ -124,7 +125,7 @@ async fn in_local_store(
         day_start(first, tz),
     );
     let end = day_end(last, tz).min(live.boundary(now));
-    let rows = RawRows::Store(store.clone());
+    let rows = LocalRollups(store.clone());
     let mut step = live.advance(&rows, end).await?;
     let last_day = live.finish(&rows).await?;
     step.rollups += last_day.rollups;

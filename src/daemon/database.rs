@@ -122,7 +122,7 @@ pub(super) async fn database_loop(shared: Shared, signals: Signals, cancel: Canc
     // Its own task: whatever happens to the rollups, forwarding goes on.
     let rollups = tokio::spawn(super::rollups::rollup_loop(
         shared.clone(),
-        crate::history::live::RawRows::Database(pool.clone()),
+        crate::history::postgres::PostgresRollups(pool.clone()),
         cancel.clone(),
     ));
     tokio::join!(
@@ -391,7 +391,7 @@ async fn retention_loop(
         // next run does (each batch of deletes is its own statement).
         let result = tokio::select! {
             () = cancel.cancelled() => return,
-            result = crate::retention::run(&pool, mode, window) => result,
+            result = crate::db::retention::run(&pool, mode, window) => result,
         };
         shared.counters.count_retention(result.is_ok());
         match &result {
@@ -403,7 +403,7 @@ async fn retention_loop(
             Err(error) => tracing::warn!(%error, "Retention run failed."),
         }
         let _ = status_rows::record_retention(&pool, &result, window).await;
-        match crate::retention::history(&pool, mode, shared.config.history.keep).await {
+        match crate::history::postgres::expire(&pool, mode, shared.config.history.keep).await {
             Ok(0) => {}
             Ok(rows) => tracing::info!(rows, "Expired rollups removed."),
             Err(error) => tracing::warn!(%error, "History retention failed."),

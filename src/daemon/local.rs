@@ -90,7 +90,7 @@ pub(super) async fn local_loop(shared: Shared, cancel: CancellationToken) {
                 }
                 // Without a database the store keeps the rollups too.
                 if shared.config.database.is_none() {
-                    match shared.store.expire_history(shared.config.history.keep, Utc::now()).await {
+                    match crate::history::sqlite::LocalRollups(shared.store.clone()).expire_history(shared.config.history.keep, Utc::now()).await {
                         Ok(0) => {}
                         Ok(rows) => tracing::info!(rows, "Expired rollups removed from the local store."),
                         Err(error) => tracing::warn!(%error, "Local history retention failed."),
@@ -99,16 +99,6 @@ pub(super) async fn local_loop(shared: Shared, cancel: CancellationToken) {
             }
         }
     }
-}
-
-/// The longest gap between two saves of the status document: its period
-/// in whole status ticks, and then up to a batch's age for the batch it
-/// rides with.
-pub(super) fn status_every(shared: &Shared) -> Duration {
-    crate::schedule::whole_ticks(
-        STATUS_EVERY,
-        shared.poll_interval.max(Duration::from_secs(1)),
-    ) + shared.config.batch.max_age.min(STATUS_EVERY)
 }
 
 /// What makes a status document worth saving at once rather than at the

@@ -19,6 +19,7 @@ mod database;
 mod local;
 mod observe;
 mod rollups;
+mod sink;
 pub mod supervise;
 
 use std::collections::HashMap;
@@ -39,12 +40,14 @@ use crate::db::link::DatabaseLink;
 use crate::db::locks::LeaseKeeper;
 use crate::failover::Leases;
 use crate::forward::{DirectPath, ForwardCounters};
-use crate::pipeline::{BatchReport, Batcher, StoreSink, WriteHealth};
+use crate::pipeline::{Batcher, WriteHealth};
 use crate::reading::Reading;
 use crate::sources::modbus::GxPoller;
 use crate::sources::vedirect::VeDirectSource;
 use crate::status::StatusBoard;
 use crate::store::LocalStore;
+pub use sink::BatchReport;
+use sink::StoreSink;
 
 /// How often the daemon's status is saved (the status document in the local
 /// store, the status rows in PostgreSQL) while only its times and counts
@@ -417,7 +420,7 @@ pub async fn run(
             shared.supervise(helper("rollups"), background.clone(), move || {
                 rollups::rollup_loop(
                     shared_.clone(),
-                    crate::history::live::RawRows::Store(store.clone()),
+                    crate::history::sqlite::LocalRollups(store.clone()),
                     stop.clone(),
                 )
             }),

@@ -5,7 +5,9 @@ use std::sync::atomic::Ordering;
 
 use chrono::Utc;
 
-use super::{Shared, host_name};
+use std::time::Duration;
+
+use super::{STATUS_EVERY, Shared, host_name};
 use crate::report::health::{self, Health};
 use crate::report::{Snapshot, Stalled, metrics};
 
@@ -29,8 +31,7 @@ pub(super) async fn snapshot(shared: &Shared) -> Snapshot {
         started_at: shared.started_at,
         stopped_at: shared.stopped_at.get().copied(),
         poll_interval_ms: u64::try_from(shared.poll_interval.as_millis()).unwrap_or(u64::MAX),
-        status_every_ms: u64::try_from(super::local::status_every(shared).as_millis())
-            .unwrap_or(u64::MAX),
+        status_every_ms: u64::try_from(status_every(shared).as_millis()).unwrap_or(u64::MAX),
         rows_stored: counters.rows_stored.load(Ordering::Relaxed),
         rows_forwarded: forward.rows_forwarded.load(Ordering::Relaxed),
         rows_parked: forward.rows_parked.load(Ordering::Relaxed),
@@ -79,4 +80,14 @@ impl crate::report::http::Observe for DaemonObserver {
         let verdict = health::judge(&snapshot, now, now);
         metrics::page(&snapshot, &verdict, now)
     }
+}
+
+/// The longest gap between two saves of the status document: its period
+/// in whole status ticks, and then up to a batch's age for the batch it
+/// rides with.
+pub(super) fn status_every(shared: &Shared) -> Duration {
+    crate::schedule::whole_ticks(
+        STATUS_EVERY,
+        shared.poll_interval.max(Duration::from_secs(1)),
+    ) + shared.config.batch.max_age.min(STATUS_EVERY)
 }

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::Shared;
 use crate::forward::DIRECT_WRITE_LIMIT;
 use crate::history::buckets::{day_start, first_day_from, local_day};
-use crate::history::live::{LiveRollups, RawRows, resume_from, sites_of};
+use crate::history::live::{LiveRollups, RollupStore, sites_of};
 
 /// How often a boundary that cannot be taken yet is looked at again.
 const RECHECK: Duration = Duration::from_secs(5);
@@ -35,7 +35,7 @@ fn settle(shared: &Shared) -> chrono::Duration {
 /// readings are stamped with (a gateway without a real-time clock may take
 /// it from its GX or its database); while readings are held for their
 /// time, nothing is rolled up.
-pub(super) async fn rollup_loop(shared: Shared, rows: RawRows, cancel: CancellationToken) {
+pub(super) async fn rollup_loop(shared: Shared, rows: impl RollupStore, cancel: CancellationToken) {
     let tz = shared.config.site.timezone;
     let sites = sites_of(shared.sites.values());
     let now = loop {
@@ -47,12 +47,7 @@ pub(super) async fn rollup_loop(shared: Shared, rows: RawRows, cancel: Cancellat
             () = tokio::time::sleep(RECHECK) => {}
         }
     };
-    let from = match &rows {
-        // Completed days are PostgreSQL's daily roll-up's: the live side
-        // starts with today.
-        RawRows::Database(_) => now,
-        RawRows::Store(store) => resume_from(store, tz, now).await,
-    };
+    let from = rows.resume_from(tz, now).await;
     let mut live = LiveRollups::new(tz, shared.config.history.max_gap.as_secs_f64(), sites, from);
     let settle = settle(&shared);
     let publish = |live: &LiveRollups| {
@@ -83,7 +78,7 @@ pub(super) async fn rollup_loop(shared: Shared, rows: RawRows, cancel: Cancellat
 /// before the next look.
 async fn step(
     shared: &Shared,
-    rows: &RawRows,
+    rows: &impl RollupStore,
     live: &mut LiveRollups,
     settled: DateTime<Utc>,
     failing: &mut bool,
@@ -157,14 +152,14 @@ fn earliest_rewind(shared: &Shared, live: &LiveRollups, now: DateTime<Utc>) -> D
 /// must wait for it); one before what was read already rewinds.
 async fn waiting_before(
     shared: &Shared,
-    rows: &RawRows,
+    rows: &impl RollupStore,
     live: &mut LiveRollups,
     now: DateTime<Utc>,
     target: DateTime<Utc>,
 ) -> Option<DateTime<Utc>> {
-    let RawRows::Database(_) = rows else {
+    if !rows.after_the_store() {
         return None;
-    };
+    }
     if shared.store.depth().await.is_ok_and(|(n, _)| n == 0) {
         return None;
     }

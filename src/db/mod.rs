@@ -9,6 +9,7 @@ pub mod link;
 pub mod locks;
 pub mod migrate;
 pub mod reconcile;
+pub mod retention;
 pub mod server;
 pub mod status_rows;
 

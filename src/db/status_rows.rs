@@ -10,9 +10,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::{Executor as _, PgPool, Row as _};
 
+use super::retention::RetentionOutcome;
 use crate::db::server::StorageMode;
 use crate::reading::SourceKind;
-use crate::retention::RetentionOutcome;
 use crate::status::DeviceStatus;
 
 /// What the singleton row says about the poller.

@@ -20,7 +20,6 @@ use std::collections::BTreeMap;
 
 use chrono::NaiveDate;
 
-use super::aggregate::DayEnergy;
 use crate::reading::{Reading, ReadingTable};
 
 /// A device's powers at one reading (W), by what they feed.
@@ -336,4 +335,33 @@ mod tests {
             "{pos} {neg}"
         );
     }
+}
+
+/// A site's energy on one local day.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct DayEnergy {
+    /// The site.
+    pub site: String,
+    /// The local day.
+    pub day: NaiveDate,
+    /// PV energy (kWh).
+    pub solar_kwh: Option<f64>,
+    /// Loads (kWh).
+    pub consumption_kwh: Option<f64>,
+    /// Into the battery (kWh).
+    pub battery_charge_kwh: Option<f64>,
+    /// Out of the battery (kWh).
+    pub battery_discharge_kwh: Option<f64>,
+    /// From the grid (kWh).
+    pub grid_import_kwh: Option<f64>,
+    /// To the grid (kWh).
+    pub grid_export_kwh: Option<f64>,
+    /// From a generator (kWh).
+    pub genset_kwh: Option<f64>,
+    /// The battery's lowest state of charge (%).
+    pub min_soc: Option<f64>,
+    /// Its highest (%).
+    pub max_soc: Option<f64>,
+    /// How much of the day the powers cover (%).
+    pub coverage_pct: f64,
 }

@@ -18,12 +18,10 @@
 
 use chrono::{DateTime, NaiveDate, Utc};
 use chrono_tz::Tz;
-use sqlx::PgPool;
 
 use super::aggregate::{Aggregator, DayEnergy, Rollup};
 use super::buckets::{Resolution, day_end, day_start, local_day};
-use crate::reading::ReadingTable;
-use crate::store::{LocalStore, SiteDay, StoreError};
+use crate::store::StoreError;
 
 /// Why a step failed (nothing was written; the next step retries).
 #[derive(Debug, thiserror::Error)]
@@ -36,100 +34,55 @@ pub enum LiveError {
     Store(#[from] StoreError),
 }
 
-/// Where the raw readings are read back from, and the rollups written to.
-#[derive(Debug, Clone)]
-pub enum RawRows {
-    /// PostgreSQL's reading tables and `victron.history_*`.
-    Database(PgPool),
-    /// The local store's readings and its history tables.
-    Store(LocalStore),
-}
+/// Where the live rollups read the raw readings back from and write the
+/// rollups to: PostgreSQL's tables ([`super::postgres::PostgresRollups`]) or
+/// the local store's ([`super::sqlite::LocalRollups`]).
+pub trait RollupStore: Sync {
+    /// Whether the raw rows arrive here after the local store (forwarded
+    /// to PostgreSQL): then a boundary waits while readings measured before
+    /// it still wait in the store, and completed days are the daily
+    /// roll-up's.
+    fn after_the_store(&self) -> bool;
 
-impl RawRows {
+    /// Where the live rollups start when the daemon starts at `now`.
+    fn resume_from(&self, tz: Tz, now: DateTime<Utc>)
+    -> impl Future<Output = DateTime<Utc>> + Send;
+
     /// Feeds the readings of `sites` measured in `[from, to)` to
     /// `aggregator`, in time order per device; returns how many.
-    async fn feed(
+    fn feed(
         &self,
         sites: &[String],
         from: DateTime<Utc>,
         to: DateTime<Utc>,
         aggregator: &mut Aggregator,
-    ) -> Result<u64, LiveError> {
-        let mut count = 0;
-        match self {
-            Self::Database(pool) => {
-                for site in sites {
-                    for table in ReadingTable::ALL {
-                        count +=
-                            super::rebuild::feed(pool, table, Some(site), from, to, aggregator)
-                                .await?;
-                    }
-                }
-            }
-            Self::Store(store) => {
-                // In spans of minutes: a day read again after a restart is
-                // never one large result. A span that holds nothing skips
-                // to the next reading: a day read from its start on a new
-                // store costs one query, not one per span.
-                let mut start = from;
-                while start < to {
-                    let end = (start + chrono::Duration::minutes(10)).min(to);
-                    let rows = store.readings_between(start, end).await?;
-                    if rows.is_empty() {
-                        match store.next_confirmed(end).await? {
-                            Some(next) => start = next.max(end),
-                            None => break,
-                        }
-                        continue;
-                    }
-                    for row in rows {
-                        if sites.iter().any(|s| **s == *row.reading.site) {
-                            aggregator.push(&row.reading);
-                            count += 1;
-                        }
-                    }
-                    start = end;
-                }
-            }
-        }
-        Ok(count)
-    }
+    ) -> impl Future<Output = Result<u64, LiveError>> + Send;
 
     /// Writes rollups and days of energy computed from the readings
     /// measured before `read_through`, in one transaction; `whole` days are
     /// replaced (what was there for them is removed first), and a bucket or
     /// day already there is replaced.
-    async fn write(
+    fn write(
         &self,
         rollups: &[Rollup],
         days: &[DayEnergy],
         whole: &[SiteDay],
         read_through: DateTime<Utc>,
         tz: Tz,
-    ) -> Result<(), LiveError> {
-        match self {
-            Self::Database(pool) => {
-                let read_from = super::rebuild::read_from(pool).await?;
-                if whole.is_empty() {
-                    let mut tx = pool.begin().await?;
-                    super::rebuild::upsert_all(&mut tx, rollups).await?;
-                    if !days.is_empty() {
-                        super::rebuild::upsert_energy(&mut tx, days, read_from).await?;
-                    }
-                    tx.commit().await?;
-                } else {
-                    // As a rebuild writes its days.
-                    super::rebuild::write(pool, tz, rollups, days, read_from).await?;
-                }
-            }
-            Self::Store(store) => {
-                store
-                    .write_history(rollups, days, whole, read_through)
-                    .await?;
-            }
-        }
-        Ok(())
-    }
+    ) -> impl Future<Output = Result<(), LiveError>> + Send;
+}
+
+/// A site's local day whose rollups are replaced whole.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SiteDay {
+    /// The site.
+    pub site: String,
+    /// The local day.
+    pub day: NaiveDate,
+    /// Its start.
+    pub start: DateTime<Utc>,
+    /// Its end.
+    pub end: DateTime<Utc>,
 }
 
 /// What one step did.
@@ -230,7 +183,11 @@ impl LiveRollups {
     /// Feeds what was measured from [`Self::through`] up to `to` and
     /// writes what changed, a day at a time; on an error the day is read
     /// again from its start at the next step.
-    pub async fn advance(&mut self, rows: &RawRows, to: DateTime<Utc>) -> Result<Step, LiveError> {
+    pub async fn advance(
+        &mut self,
+        rows: &impl RollupStore,
+        to: DateTime<Utc>,
+    ) -> Result<Step, LiveError> {
         let mut step = Step::default();
         let result = self.advance_inner(rows, to, &mut step).await;
         if result.is_err() {
@@ -241,7 +198,7 @@ impl LiveRollups {
 
     async fn advance_inner(
         &mut self,
-        rows: &RawRows,
+        rows: &impl RollupStore,
         to: DateTime<Utc>,
         step: &mut Step,
     ) -> Result<(), LiveError> {
@@ -307,7 +264,11 @@ impl LiveRollups {
 
     /// Reads what follows the finished day's end within the gap, and writes
     /// the day whole.
-    async fn finish_day(&mut self, rows: &RawRows, step: &mut Step) -> Result<(), LiveError> {
+    async fn finish_day(
+        &mut self,
+        rows: &impl RollupStore,
+        step: &mut Step,
+    ) -> Result<(), LiveError> {
         let Some((day, mut aggregator)) = self.day.take() else {
             return Ok(());
         };
@@ -338,7 +299,7 @@ impl LiveRollups {
 
     /// Writes the day being rolled up whole when its end has been reached
     /// (a rebuild that ends there); returns whether it did.
-    pub async fn finish(&mut self, rows: &RawRows) -> Result<Step, LiveError> {
+    pub async fn finish(&mut self, rows: &impl RollupStore) -> Result<Step, LiveError> {
         let mut step = Step::default();
         let ended = self
             .day
@@ -374,29 +335,6 @@ fn site_days(
         .collect()
 }
 
-/// Where an embedded gateway's live rollups start: the day after the last
-/// day the store holds whole, or the first day of its readings (today when
-/// it has none).
-pub async fn resume_from(store: &LocalStore, tz: Tz, now: DateTime<Utc>) -> DateTime<Utc> {
-    let today = day_start(local_day(now, tz), tz);
-    let complete = store
-        .energy_days()
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|d| d.updated_at >= day_end(d.energy.day, tz))
-        .map(|d| d.energy.day)
-        .max();
-    let from = match complete {
-        Some(day) => day_end(day, tz),
-        None => match store.oldest_confirmed().await {
-            Ok(Some(oldest)) => day_start(local_day(oldest, tz), tz),
-            _ => today,
-        },
-    };
-    from.min(today)
-}
-
 /// The sites of a daemon's devices, each once.
 pub fn sites_of<'a>(sites: impl IntoIterator<Item = &'a String>) -> Vec<String> {
     let mut sites: Vec<String> = sites.into_iter().map(|s| s.to_string()).collect();
@@ -408,7 +346,9 @@ pub fn sites_of<'a>(sites: impl IntoIterator<Item = &'a String>) -> Vec<String> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reading::{Reading, SourceKind, Value};
+    use crate::history::sqlite::LocalRollups;
+    use crate::reading::{Reading, ReadingTable, SourceKind, Value};
+    use crate::store::LocalStore;
     use chrono::Duration;
 
     /// A day and a half of a solar charger and a battery monitor every
@@ -466,7 +406,7 @@ mod tests {
             for chunk in all.chunks(5_000) {
                 store.append(chunk).await.unwrap();
             }
-            let rows = RawRows::Store(store.clone());
+            let rows = LocalRollups(store.clone());
             let (start, end) = (day_start(day, tz), day_end(day, tz));
             let mut live = LiveRollups::new(tz, 60.0, vec!["ranch".into()], start);
             let mut to = start;
@@ -488,12 +428,12 @@ mod tests {
             want.sort_by_key(key);
             let mut got = Vec::new();
             for resolution in Resolution::ALL {
-                got.extend(store.rollups(resolution, start, end).await.unwrap());
+                got.extend(rows.rollups(resolution, start, end).await.unwrap());
             }
             got.sort_by_key(key);
             assert_eq!(got.len(), want.len(), "{tz}");
             assert!(got == want, "{tz}: the rollups differ");
-            let kept = store.energy_days().await.unwrap();
+            let kept = rows.energy_days().await.unwrap();
             let kept = kept.iter().find(|d| d.energy.day == day).unwrap();
             assert!(kept.is_complete(tz), "{tz}");
             assert_eq!(kept.energy, want_days[0], "{tz}");

@@ -18,7 +18,10 @@ pub async fn energy(
     max_gap_s: f64,
 ) -> Result<Vec<DayEnergy>, StoreError> {
     let mut days: BTreeMap<_, (DayEnergy, bool)> = BTreeMap::new();
-    for kept in store.energy_days().await? {
+    for kept in super::sqlite::LocalRollups(store.clone())
+        .energy_days()
+        .await?
+    {
         let complete = kept.is_complete(tz);
         let key = (kept.energy.day, kept.energy.site.clone());
         days.insert(key, (kept.energy, complete));

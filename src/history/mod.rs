@@ -21,7 +21,9 @@ pub mod buckets;
 pub mod energy;
 pub mod live;
 pub mod local;
+pub mod postgres;
 pub mod rebuild;
+pub mod sqlite;
 
 pub use aggregate::{Aggregator, DayEnergy, Rollup};
 pub use buckets::Resolution;

@@ -2,17 +2,16 @@
 //! from PostgreSQL in time order per device, through the aggregator; those
 //! days' rollups and daily energy are replaced in one transaction.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, NaiveDate, Utc};
 use chrono_tz::Tz;
-use futures_util::TryStreamExt as _;
 use sqlx::{PgPool, Row};
 
-use super::aggregate::{Aggregator, DayEnergy, Rollup};
-use super::buckets::{Resolution, day_end, day_start, first_day_from, local_day};
-use crate::reading::{ColumnKind, Reading, ReadingTable, SourceKind, Value};
+use super::aggregate::{Aggregator, DayEnergy};
+use super::buckets::{day_end, day_start, first_day_from, local_day};
+use super::postgres::{feed, read_from, write};
+use crate::reading::ReadingTable;
 
 /// What to rebuild: a site (every site when `None`) and local days
 /// (from the oldest raw row, to the newest, when not given).
@@ -116,16 +115,6 @@ pub async fn day_so_far(
     Ok(days.into_iter().filter(|d| d.day == day).collect())
 }
 
-/// The server's time now, less what a writer's open transaction may take:
-/// the `updated_at` of days computed from raw rows read after it (a row's
-/// `created_at` is when its transaction began, which may be before this
-/// read although it commits after).
-pub(super) async fn read_from(pool: &PgPool) -> Result<DateTime<Utc>, sqlx::Error> {
-    sqlx::query_scalar("SELECT clock_timestamp() - interval '10 minutes'")
-        .fetch_one(pool)
-        .await
-}
-
 /// The days to rebuild: as given, or those of the oldest and newest raw rows.
 async fn days(
     pool: &PgPool,
@@ -178,206 +167,6 @@ async fn retention_bound(
     .fetch_one(pool)
     .await?;
     Ok((row.get(0), row.get(1)))
-}
-
-/// Streams a table's rows in `[from, to)` (of `site`) into the aggregator,
-/// in time order per device. Returns how many.
-pub(super) async fn feed(
-    pool: &PgPool,
-    table: ReadingTable,
-    site: Option<&str>,
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
-    aggregator: &mut Aggregator,
-) -> Result<u64, sqlx::Error> {
-    let numeric: Vec<&'static str> = table
-        .columns()
-        .iter()
-        .filter(|(_, kind)| *kind != ColumnKind::Text)
-        .map(|(name, _)| *name)
-        .collect();
-    let select = numeric
-        .iter()
-        .map(|c| format!("{c}::float8"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let sql = format!(
-        "SELECT coalesce(installation_id, ''), device, \"timestamp\", {select} FROM victron.{}
-         WHERE \"timestamp\" >= $1 AND \"timestamp\" < $2 AND ($3::text IS NULL OR installation_id = $3)
-         ORDER BY installation_id, device, \"timestamp\"",
-        table.name()
-    );
-    let mut rows = sqlx::query(&sql).bind(from).bind(to).bind(site).fetch(pool);
-    let mut count = 0;
-    let mut site_name: Arc<str> = Arc::from("");
-    while let Some(row) = rows.try_next().await? {
-        let site: &str = row.get(0);
-        if *site != *site_name {
-            site_name = Arc::from(site);
-        }
-        let values = numeric
-            .iter()
-            .enumerate()
-            .filter_map(|(i, column)| {
-                row.get::<Option<f64>, _>(i + 3)
-                    .map(|v| (*column, Value::Float(v)))
-            })
-            .collect();
-        aggregator.push(&Reading {
-            site: Arc::clone(&site_name),
-            device: row.get(1),
-            table,
-            source: SourceKind::Modbus,
-            measured_at: row.get(2),
-            unconfirmed: None,
-            values,
-        });
-        count += 1;
-    }
-    Ok(count)
-}
-
-/// Replaces the rollups and energy of the site-days the raw rows gave.
-pub(super) async fn write(
-    pool: &PgPool,
-    tz: Tz,
-    rollups: &[Rollup],
-    energy: &[DayEnergy],
-    read_from: DateTime<Utc>,
-) -> Result<(), sqlx::Error> {
-    // Only the site-days the raw rows gave are replaced: a day without
-    // raw rows (expired, or never there) keeps what it has.
-    let days: Vec<(&str, DateTime<Utc>)> = rollups
-        .iter()
-        .filter(|r| r.resolution == Resolution::Day)
-        .map(|r| (&*r.site, r.bucket))
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let sites: Vec<&str> = days.iter().map(|(site, _)| *site).collect();
-    let starts: Vec<DateTime<Utc>> = days.iter().map(|(_, start)| *start).collect();
-    let ends: Vec<DateTime<Utc>> = days
-        .iter()
-        .map(|(_, start)| day_end(local_day(*start, tz), tz))
-        .collect();
-    let dates: Vec<NaiveDate> = days
-        .iter()
-        .map(|(_, start)| local_day(*start, tz))
-        .collect();
-    let mut tx = pool.begin().await?;
-    for resolution in Resolution::ALL {
-        sqlx::query(&format!(
-            "DELETE FROM victron.{} h USING UNNEST($1::text[], $2::timestamptz[], $3::timestamptz[]) AS d(site, lo, hi)
-             WHERE h.installation_id = d.site AND h.bucket >= d.lo AND h.bucket < d.hi",
-            resolution.table()
-        ))
-        .bind(&sites)
-        .bind(&starts)
-        .bind(&ends)
-        .execute(&mut *tx)
-        .await?;
-    }
-    upsert_all(&mut tx, rollups).await?;
-    sqlx::query(
-        "DELETE FROM victron.energy_daily e USING UNNEST($1::text[], $2::date[]) AS d(site, day)
-         WHERE e.installation_id = d.site AND e.day = d.day",
-    )
-    .bind(&sites)
-    .bind(&dates)
-    .execute(&mut *tx)
-    .await?;
-    if !energy.is_empty() {
-        upsert_energy(&mut tx, energy, read_from).await?;
-    }
-    tx.commit().await
-}
-
-/// Writes rollup rows of every resolution; a bucket already there is
-/// replaced.
-pub(super) async fn upsert_all(
-    conn: &mut sqlx::PgConnection,
-    rollups: &[Rollup],
-) -> Result<(), sqlx::Error> {
-    for resolution in Resolution::ALL {
-        let rows: Vec<&Rollup> = rollups
-            .iter()
-            .filter(|r| r.resolution == resolution)
-            .collect();
-        for chunk in rows.chunks(20_000) {
-            upsert_rollups(conn, resolution, chunk).await?;
-        }
-    }
-    Ok(())
-}
-
-/// Writes rollup rows; a bucket already there is replaced.
-pub async fn upsert_rollups(
-    conn: &mut sqlx::PgConnection,
-    resolution: Resolution,
-    rows: &[&Rollup],
-) -> Result<(), sqlx::Error> {
-    sqlx::query(&format!(
-        "INSERT INTO victron.{} (installation_id, device, reading_table, metric, bucket, samples, min, max, mean, last)
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::int[],
-             $7::float8[], $8::float8[], $9::float8[], $10::float8[])
-         ON CONFLICT (installation_id, device, metric, bucket) DO UPDATE SET reading_table = excluded.reading_table,
-             samples = excluded.samples, min = excluded.min, max = excluded.max, mean = excluded.mean,
-             last = excluded.last",
-        resolution.table()
-    ))
-    .bind(rows.iter().map(|r| &*r.site).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.device.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.table.name()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.metric).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.bucket).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| i32::try_from(r.samples).unwrap_or(i32::MAX)).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.min).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.max).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.mean).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.last).collect::<Vec<_>>())
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
-/// Writes days of energy computed from the raw rows as they were at
-/// `read_from` (their `updated_at`); a day already there is replaced.
-pub async fn upsert_energy(
-    conn: &mut sqlx::PgConnection,
-    days: &[DayEnergy],
-    read_from: DateTime<Utc>,
-) -> Result<(), sqlx::Error> {
-    let column = |f: fn(&DayEnergy) -> Option<f64>| days.iter().map(f).collect::<Vec<_>>();
-    sqlx::query(
-        "INSERT INTO victron.energy_daily (installation_id, day, solar_kwh, consumption_kwh,
-             battery_charge_kwh, battery_discharge_kwh, grid_import_kwh, grid_export_kwh, genset_kwh,
-             min_soc, max_soc, coverage_pct, updated_at)
-         SELECT *, $13::timestamptz FROM UNNEST($1::text[], $2::date[], $3::float8[], $4::float8[],
-             $5::float8[], $6::float8[], $7::float8[], $8::float8[], $9::float8[], $10::float8[],
-             $11::float8[], $12::float8[])
-         ON CONFLICT (installation_id, day) DO UPDATE SET solar_kwh = excluded.solar_kwh,
-             consumption_kwh = excluded.consumption_kwh, battery_charge_kwh = excluded.battery_charge_kwh,
-             battery_discharge_kwh = excluded.battery_discharge_kwh,
-             grid_import_kwh = excluded.grid_import_kwh, grid_export_kwh = excluded.grid_export_kwh,
-             genset_kwh = excluded.genset_kwh, min_soc = excluded.min_soc, max_soc = excluded.max_soc,
-             coverage_pct = excluded.coverage_pct, updated_at = excluded.updated_at",
-    )
-    .bind(days.iter().map(|d| d.site.as_str()).collect::<Vec<_>>())
-    .bind(days.iter().map(|d| d.day).collect::<Vec<_>>())
-    .bind(column(|d| d.solar_kwh))
-    .bind(column(|d| d.consumption_kwh))
-    .bind(column(|d| d.battery_charge_kwh))
-    .bind(column(|d| d.battery_discharge_kwh))
-    .bind(column(|d| d.grid_import_kwh))
-    .bind(column(|d| d.grid_export_kwh))
-    .bind(column(|d| d.genset_kwh))
-    .bind(column(|d| d.min_soc))
-    .bind(column(|d| d.max_soc))
-    .bind(days.iter().map(|d| d.coverage_pct).collect::<Vec<_>>())
-    .bind(read_from)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
 }
 
 /// How long after a local day ends its readings are taken as all there:

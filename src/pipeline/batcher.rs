@@ -22,7 +22,6 @@ use super::WriteHealth;
 use crate::config::BatchConfig;
 use crate::reading::Reading;
 use crate::schedule::{Alarm, Grid};
-use crate::store::StoreError;
 
 /// The first wait after a failed commit; it doubles up to [`RETRY_MAX`].
 const RETRY_FIRST: Duration = Duration::from_millis(100);
@@ -36,12 +35,15 @@ const DROP_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// Where batches go.
 pub trait BatchSink {
+    /// Why the sink refused a batch.
+    type Error: std::fmt::Display;
+
     /// Commits one batch, all or nothing. The sink may settle the readings'
     /// measurement times in place (see [`crate::clock`]).
     fn commit(
         &mut self,
         batch: &mut [Reading],
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 }
 
 /// What the batcher gives back when its sources are gone.
@@ -241,7 +243,7 @@ impl<S: BatchSink> Batcher<S> {
 
     /// Notes a refused commit: the first of an episode is logged, and the
     /// next attempt is scheduled with backoff.
-    fn refused(&mut self, error: &StoreError) {
+    fn refused(&mut self, error: &S::Error) {
         let delay = match self.retry {
             None => {
                 tracing::error!(
@@ -338,11 +340,13 @@ mod tests {
     }
 
     impl BatchSink for Recorder {
-        async fn commit(&mut self, batch: &mut [Reading]) -> Result<(), StoreError> {
+        type Error = &'static str;
+
+        async fn commit(&mut self, batch: &mut [Reading]) -> Result<(), &'static str> {
             let mut failures = self.failures.lock().unwrap();
             if *failures > 0 {
                 *failures -= 1;
-                return Err(StoreError::Sql(sqlx::Error::PoolClosed));
+                return Err("the store is closed");
             }
             let values = batch.iter().filter_map(|r| r.float("soc")).collect();
             self.batches.lock().unwrap().push((Instant::now(), values));

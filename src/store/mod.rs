@@ -16,17 +16,15 @@ use chrono::{DateTime, Utc};
 use sqlx::Row;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 
-mod history;
 mod open;
 mod rows;
 mod salvage;
-mod write;
+pub(crate) mod write;
 
 pub use open::INCIDENT_LASTS;
 
-pub use history::{SiteDay, StoredDay};
-
-use crate::clock::{Mono, Taken, boot_id, from_micros};
+pub(crate) use crate::clock::from_micros;
+use crate::clock::{Mono, Taken, boot_id};
 use crate::config::StoreSync;
 use crate::reading::{Reading, ReadingTable, Value};
 
@@ -298,11 +296,13 @@ async fn insert_rows(
     .rows_affected())
 }
 
-fn micros(at: DateTime<Utc>) -> i64 {
+/// A time as the store keeps it: microseconds since the Unix epoch.
+pub(crate) fn micros(at: DateTime<Utc>) -> i64 {
     at.timestamp_micros()
 }
 
-fn table_from_name(name: &str) -> Option<ReadingTable> {
+/// The reading table a stored name stands for.
+pub(crate) fn table_from_name(name: &str) -> Option<ReadingTable> {
     ReadingTable::ALL.into_iter().find(|t| t.name() == name)
 }
 
@@ -450,7 +450,7 @@ impl LocalStore {
     }
 
     /// The pool of the current file.
-    fn pool(&self) -> SqlitePool {
+    pub(crate) fn pool(&self) -> SqlitePool {
         self.pool.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 

@@ -17,7 +17,7 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
-use super::{FILE_NAME, SCHEMA, StoreError, StoreIncident, history};
+use super::{FILE_NAME, SCHEMA, StoreError, StoreIncident};
 use crate::config::StoreSync;
 
 /// How long a damaged or lost store keeps the daemon degraded.
@@ -253,7 +253,7 @@ async fn open_checked(path: &Path, sync: StoreSync) -> Result<Opened, OpenFailur
 /// Creates the tables a store needs, and the columns an older store lacks.
 async fn upgrade(pool: &SqlitePool) -> Result<(), sqlx::Error> {
     sqlx::raw_sql(SCHEMA).execute(pool).await?;
-    sqlx::raw_sql(&history::schema()).execute(pool).await?;
+    sqlx::raw_sql(&history_schema()).execute(pool).await?;
     // A store written before readings carried their site (its rows keep
     // NULL: see `legacy_site`), or before readings could be held for
     // their time, gains the columns.
@@ -379,4 +379,40 @@ async fn incidents(path: &Path, pool: &SqlitePool) -> Vec<StoreIncident> {
     }
     found.sort_by_key(|i| i.at);
     found
+}
+
+/// The rollup and daily-energy tables of a gateway without a database
+/// (written by [`crate::history`], one table per rollup resolution); created
+/// with the store, and added to an older one.
+pub(super) fn history_schema() -> String {
+    let mut sql: String = ["history_5m", "history_1h", "history_1d"]
+        .iter()
+        .map(|table| {
+            format!(
+                "CREATE TABLE IF NOT EXISTS {table} (
+                    site          TEXT    NOT NULL,
+                    device        TEXT    NOT NULL,
+                    reading_table TEXT    NOT NULL,
+                    metric        TEXT    NOT NULL,
+                    bucket_us     INTEGER NOT NULL,
+                    samples       INTEGER NOT NULL,
+                    min REAL, max REAL, mean REAL, last REAL,
+                    PRIMARY KEY (site, device, metric, bucket_us)
+                ) WITHOUT ROWID;\n"
+            )
+        })
+        .collect();
+    sql.push_str(
+        "CREATE TABLE IF NOT EXISTS energy_daily (
+            site                  TEXT NOT NULL,
+            day                   TEXT NOT NULL,
+            solar_kwh REAL, consumption_kwh REAL, battery_charge_kwh REAL,
+            battery_discharge_kwh REAL, grid_import_kwh REAL, grid_export_kwh REAL,
+            genset_kwh REAL, min_soc REAL, max_soc REAL,
+            coverage_pct          REAL    NOT NULL,
+            updated_at_us         INTEGER NOT NULL,
+            PRIMARY KEY (site, day)
+        ) WITHOUT ROWID;",
+    );
+    sql
 }

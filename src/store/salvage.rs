@@ -475,7 +475,7 @@ mod tests {
                 .execute(&pool)
                 .await
                 .unwrap();
-            sqlx::raw_sql(&super::super::history::schema())
+            sqlx::raw_sql(&super::super::open::history_schema())
                 .execute(&pool)
                 .await
                 .unwrap();

@@ -20,14 +20,14 @@ use sqlx::{Sqlite, SqlitePool};
 /// A write transaction on a connection of its own: committed by
 /// [`WriteTx::commit`], or, dropped or failed, rolled back by closing the
 /// connection.
-pub(super) struct WriteTx {
+pub(crate) struct WriteTx {
     conn: PoolConnection<Sqlite>,
     committed: bool,
 }
 
 impl WriteTx {
     /// Takes a connection and the write lock.
-    pub(super) async fn begin(pool: &SqlitePool) -> Result<Self, sqlx::Error> {
+    pub(crate) async fn begin(pool: &SqlitePool) -> Result<Self, sqlx::Error> {
         let conn = pool.acquire().await?;
         let mut tx = Self {
             conn,
@@ -40,12 +40,12 @@ impl WriteTx {
     }
 
     /// The connection, for the transaction's statements.
-    pub(super) fn conn(&mut self) -> &mut SqliteConnection {
+    pub(crate) fn conn(&mut self) -> &mut SqliteConnection {
         &mut self.conn
     }
 
     /// Commits; on failure the connection is closed (see the module doc).
-    pub(super) async fn commit(mut self) -> Result<(), sqlx::Error> {
+    pub(crate) async fn commit(mut self) -> Result<(), sqlx::Error> {
         let done = sqlx::query("COMMIT").execute(&mut *self.conn).await;
         self.committed = done.is_ok();
         done.map(drop)
@@ -62,7 +62,7 @@ impl Drop for WriteTx {
 
 /// Runs one writing statement in its own implicit transaction; after an
 /// error its connection is closed, not pooled.
-pub(super) async fn execute<'q>(
+pub(crate) async fn execute<'q>(
     pool: &SqlitePool,
     query: sqlx::query::Query<'q, Sqlite, SqliteArguments<'q>>,
 ) -> Result<SqliteQueryResult, sqlx::Error> {

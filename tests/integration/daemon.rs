@@ -650,7 +650,7 @@ async fn retention(route: Route) {
             0
         };
         let pool = daemon_pool(&db, route).await;
-        let outcome = victron_poller::retention::run(
+        let outcome = victron_poller::db::retention::run(
             &pool,
             report.storage_mode,
             Duration::from_secs(72 * 3600),

@@ -293,8 +293,11 @@ async fn energy_answers_from_the_local_store() {
     assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
     assert!(stdout.contains("1 whole day"), "{stdout}");
     let store = LocalStore::open_read_only(dir.path()).await.unwrap();
-    let kept = store.energy_days().await.unwrap();
-    let hours = store
+    let kept = victron_poller::history::sqlite::LocalRollups(store.clone())
+        .energy_days()
+        .await
+        .unwrap();
+    let hours = victron_poller::history::sqlite::LocalRollups(store.clone())
         .rollups(
             victron_poller::history::Resolution::Hour,
             start,
@@ -479,7 +482,7 @@ async fn rollups_outlive_raw_rows_and_expire_by_their_own_retention(flavour: Fla
     assert_eq!(count("history_1h", &old).await, 24);
 
     let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
-    victron_poller::retention::run(&pool, report.storage_mode, Duration::from_secs(72 * 3600))
+    victron_poller::db::retention::run(&pool, report.storage_mode, Duration::from_secs(72 * 3600))
         .await
         .unwrap();
     assert_eq!(
@@ -492,10 +495,13 @@ async fn rollups_outlive_raw_rows_and_expire_by_their_own_retention(flavour: Fla
     assert_eq!(count("history_5m", &old).await, 288, "{flavour:?}");
 
     let days = |d: u64| Some(Duration::from_secs(d * 86_400));
-    let removed =
-        victron_poller::retention::history(&pool, report.storage_mode, [days(35), days(800), None])
-            .await
-            .unwrap();
+    let removed = victron_poller::history::postgres::expire(
+        &pool,
+        report.storage_mode,
+        [days(35), days(800), None],
+    )
+    .await
+    .unwrap();
     pool.close().await;
     // Two devices' columns of the old day's 288 buckets went.
     assert!(removed >= 2 * 288, "{flavour:?}: {removed}");

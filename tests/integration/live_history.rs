@@ -214,7 +214,7 @@ async fn an_embedded_gateway_keeps_its_rollups_in_the_local_store() {
     let mut daemon = spawn(&config, &state, &clock, &[]);
     let samples = async || -> Option<(i64, usize)> {
         let store = LocalStore::open_read_only(&state).await.ok()?;
-        let rollups = store
+        let rollups = victron_poller::history::sqlite::LocalRollups(store.clone())
             .rollups(Resolution::FiveMinutes, bucket, boundary)
             .await
             .ok()?;
@@ -241,7 +241,10 @@ async fn an_embedded_gateway_keeps_its_rollups_in_the_local_store() {
     assert!(raw >= 20, "{raw}");
     assert_eq!(rolled, raw as i64, "{}", log_of(&state));
     let store = LocalStore::open_read_only(&state).await.unwrap();
-    let kept = store.energy_days().await.unwrap();
+    let kept = victron_poller::history::sqlite::LocalRollups(store.clone())
+        .energy_days()
+        .await
+        .unwrap();
     store.close().await;
     assert!(
         kept.iter()

@@ -12,6 +12,9 @@
 
 mod helpers;
 
+/// The crate's imports: no module imports one above it, no cycle at any level.
+mod layers;
+
 /// Bad config, unreachable or refusing databases: exit codes and messages.
 mod cli;
 /// A wrong or stepped wall clock (libfaketime): true measurement times anyway.

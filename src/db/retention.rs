@@ -2,13 +2,14 @@
 //! licence) drop whole chunks older than the window (`drop_chunks`; under
 //! the TSL licence the retention policy covers it too); on plain PostgreSQL
 //! delete expired rows in bounded batches. The outcome is recorded in the
-//! status row by [`crate::db::status_rows::record_retention`].
+//! status row by [`super::status_rows::record_retention`]. The rollups
+//! have their own retention ([`crate::history::postgres::expire`]).
 
 use std::time::Duration;
 
 use sqlx::PgPool;
 
-use crate::db::server::{READING_TABLES, StorageMode};
+use super::server::{READING_TABLES, StorageMode};
 
 /// What one retention run removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -20,7 +21,7 @@ pub struct RetentionOutcome {
 }
 
 /// Rows deleted per statement on plain PostgreSQL.
-const DELETE_BATCH: i64 = 10_000;
+pub(crate) const DELETE_BATCH: i64 = 10_000;
 
 /// Removes readings older than `window` from the four reading tables.
 pub async fn run(
@@ -61,57 +62,4 @@ pub async fn run(
         }
     }
     Ok(outcome)
-}
-
-/// Removes rollups older than their resolution's retention (`keep`, finest
-/// first; `None`: kept forever), in bounded batches on plain tables (one
-/// statement on hypertables, where a row's `ctid` names a place in its
-/// chunk only); daily energy follows the daily rollups. Returns how many
-/// rows.
-pub async fn history(
-    pool: &PgPool,
-    mode: StorageMode,
-    keep: [Option<Duration>; 3],
-) -> Result<u64, sqlx::Error> {
-    let mut removed = 0;
-    for (resolution, keep) in crate::history::Resolution::ALL.into_iter().zip(keep) {
-        let Some(keep) = keep else { continue };
-        let keep_s = keep.as_secs() as f64;
-        let table = resolution.table();
-        if mode == StorageMode::Postgres {
-            loop {
-                let deleted = sqlx::query(&format!(
-                    "DELETE FROM victron.{table} WHERE ctid IN (SELECT ctid FROM victron.{table}
-                     WHERE bucket < now() - make_interval(secs => $1) LIMIT $2)"
-                ))
-                .bind(keep_s)
-                .bind(DELETE_BATCH)
-                .execute(pool)
-                .await?
-                .rows_affected();
-                removed += deleted;
-                if deleted < DELETE_BATCH as u64 {
-                    break;
-                }
-            }
-        } else {
-            removed += sqlx::query(&format!(
-                "DELETE FROM victron.{table} WHERE bucket < now() - make_interval(secs => $1)"
-            ))
-            .bind(keep_s)
-            .execute(pool)
-            .await?
-            .rows_affected();
-        }
-        if resolution == crate::history::Resolution::Day {
-            removed += sqlx::query(
-                "DELETE FROM victron.energy_daily WHERE day < (now() - make_interval(secs => $1))::date",
-            )
-            .bind(keep_s)
-            .execute(pool)
-            .await?
-            .rows_affected();
-        }
-    }
-    Ok(removed)
 }

@@ -9,43 +9,12 @@ use sqlx::Row;
 
 use std::sync::Arc;
 
-use super::{LocalStore, StoreError, from_micros, micros, table_from_name};
-use crate::history::{DayEnergy, Resolution, Rollup};
+use chrono_tz::Tz;
 
-/// The tables; created with the store, and added to an older one.
-pub(super) fn schema() -> String {
-    let mut sql: String = Resolution::ALL
-        .iter()
-        .map(|resolution| {
-            format!(
-                "CREATE TABLE IF NOT EXISTS {} (
-                    site          TEXT    NOT NULL,
-                    device        TEXT    NOT NULL,
-                    reading_table TEXT    NOT NULL,
-                    metric        TEXT    NOT NULL,
-                    bucket_us     INTEGER NOT NULL,
-                    samples       INTEGER NOT NULL,
-                    min REAL, max REAL, mean REAL, last REAL,
-                    PRIMARY KEY (site, device, metric, bucket_us)
-                ) WITHOUT ROWID;\n",
-                resolution.table()
-            )
-        })
-        .collect();
-    sql.push_str(
-        "CREATE TABLE IF NOT EXISTS energy_daily (
-            site                  TEXT NOT NULL,
-            day                   TEXT NOT NULL,
-            solar_kwh REAL, consumption_kwh REAL, battery_charge_kwh REAL,
-            battery_discharge_kwh REAL, grid_import_kwh REAL, grid_export_kwh REAL,
-            genset_kwh REAL, min_soc REAL, max_soc REAL,
-            coverage_pct          REAL    NOT NULL,
-            updated_at_us         INTEGER NOT NULL,
-            PRIMARY KEY (site, day)
-        ) WITHOUT ROWID;",
-    );
-    sql
-}
+use super::aggregate::{Aggregator, DayEnergy, Rollup};
+use super::buckets::{Resolution, day_end, day_start, local_day};
+use super::live::{LiveError, RollupStore, SiteDay};
+use crate::store::{LocalStore, StoreError, from_micros, micros, table_from_name};
 
 /// A day of energy as the store keeps it, with when it was computed.
 #[derive(Debug, Clone, PartialEq)]
@@ -57,19 +26,6 @@ pub struct StoredDay {
     pub updated_at: DateTime<Utc>,
 }
 
-/// A site's local day whose rollups are replaced whole.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SiteDay {
-    /// The site.
-    pub site: String,
-    /// The local day.
-    pub day: NaiveDate,
-    /// Its start.
-    pub start: DateTime<Utc>,
-    /// Its end.
-    pub end: DateTime<Utc>,
-}
-
 impl StoredDay {
     /// Whether the day was computed from readings through its end (else it
     /// is the day so far).
@@ -78,7 +34,7 @@ impl StoredDay {
     }
 }
 
-impl LocalStore {
+impl LocalRollups {
     /// Writes rollups and days of energy in one transaction, computed from
     /// the readings measured before `read_through`: what `replace` names is
     /// removed first (a day written whole), and a bucket or day already
@@ -90,7 +46,7 @@ impl LocalStore {
         replace: &[SiteDay],
         read_through: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let mut tx = super::write::WriteTx::begin(&self.pool()).await?;
+        let mut tx = crate::store::write::WriteTx::begin(&self.0.pool()).await?;
         for whole in replace {
             for resolution in Resolution::ALL {
                 sqlx::query(&format!(
@@ -192,7 +148,7 @@ impl LocalStore {
                     updated_at_us
              FROM energy_daily ORDER BY day, site",
         )
-        .fetch_all(&self.pool())
+        .fetch_all(&self.0.pool())
         .await?;
         Ok(rows
             .iter()
@@ -238,7 +194,7 @@ impl LocalStore {
         ))
         .bind(micros(from))
         .bind(micros(to))
-        .fetch_all(&self.pool())
+        .fetch_all(&self.0.pool())
         .await?;
         Ok(rows
             .iter()
@@ -298,12 +254,15 @@ impl LocalStore {
                 continue;
             };
             let sql = format!("DELETE FROM {} WHERE bucket_us < ?", resolution.table());
-            removed += super::write::execute(&self.pool(), sqlx::query(&sql).bind(micros(before)))
-                .await?
-                .rows_affected();
+            removed += crate::store::write::execute(
+                &self.0.pool(),
+                sqlx::query(&sql).bind(micros(before)),
+            )
+            .await?
+            .rows_affected();
             if resolution == Resolution::Day {
-                removed += super::write::execute(
-                    &self.pool(),
+                removed += crate::store::write::execute(
+                    &self.0.pool(),
                     sqlx::query("DELETE FROM energy_daily WHERE day < ?")
                         .bind(before.date_naive().to_string()),
                 )
@@ -319,7 +278,93 @@ impl LocalStore {
             "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?",
         )
         .bind(name)
-        .fetch_one(&self.pool())
+        .fetch_one(&self.0.pool())
         .await?)
     }
+}
+
+/// The live rollups' [`RollupStore`] on a gateway without a database: the
+/// local store's readings and its history tables.
+#[derive(Debug, Clone)]
+pub struct LocalRollups(pub LocalStore);
+
+impl RollupStore for LocalRollups {
+    fn after_the_store(&self) -> bool {
+        false
+    }
+
+    async fn resume_from(&self, tz: Tz, now: DateTime<Utc>) -> DateTime<Utc> {
+        resume_from(&self.0, tz, now).await
+    }
+
+    async fn feed(
+        &self,
+        sites: &[String],
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        aggregator: &mut Aggregator,
+    ) -> Result<u64, LiveError> {
+        let store = &self.0;
+        let mut count = 0;
+        // In spans of minutes: a day read again after a restart is
+        // never one large result. A span that holds nothing skips
+        // to the next reading: a day read from its start on a new
+        // store costs one query, not one per span.
+        let mut start = from;
+        while start < to {
+            let end = (start + chrono::Duration::minutes(10)).min(to);
+            let rows = store.readings_between(start, end).await?;
+            if rows.is_empty() {
+                match store.next_confirmed(end).await? {
+                    Some(next) => start = next.max(end),
+                    None => break,
+                }
+                continue;
+            }
+            for row in rows {
+                if sites.iter().any(|s| **s == *row.reading.site) {
+                    aggregator.push(&row.reading);
+                    count += 1;
+                }
+            }
+            start = end;
+        }
+        Ok(count)
+    }
+
+    async fn write(
+        &self,
+        rollups: &[Rollup],
+        days: &[DayEnergy],
+        whole: &[SiteDay],
+        read_through: DateTime<Utc>,
+        _tz: Tz,
+    ) -> Result<(), LiveError> {
+        self.write_history(rollups, days, whole, read_through)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Where an embedded gateway's live rollups start: the day after the last
+/// day the store holds whole, or the first day of its readings (today when
+/// it has none).
+async fn resume_from(store: &LocalStore, tz: Tz, now: DateTime<Utc>) -> DateTime<Utc> {
+    let today = day_start(local_day(now, tz), tz);
+    let complete = LocalRollups(store.clone())
+        .energy_days()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|d| d.updated_at >= day_end(d.energy.day, tz))
+        .map(|d| d.energy.day)
+        .max();
+    let from = match complete {
+        Some(day) => day_end(day, tz),
+        None => match store.oldest_confirmed().await {
+            Ok(Some(oldest)) => day_start(local_day(oldest, tz), tz),
+            _ => today,
+        },
+    };
+    from.min(today)
 }
