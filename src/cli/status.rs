@@ -257,7 +257,7 @@ async fn local_view(
     let saved = store.load_status(STATUS_NAME).await?;
     let since = Utc::now() - chrono::Duration::hours(1);
     let counts = store.counts_since(since).await?;
-    let (depth, _) = store.depth().await?;
+    let depth = store.depth().await?.readings;
     store.close().await;
     let saved = match saved {
         Some((doc, saved_at)) => match serde_json::from_value::<Snapshot>(doc) {
@@ -282,9 +282,9 @@ async fn local_view(
     // seconds, while a stored reading is a successful poll of its own; the
     // later of the two is the device's last success.
     let mut newest: HashMap<&str, DateTime<Utc>> = HashMap::new();
-    for (_, device, _, latest) in &counts {
-        let at = newest.entry(device.as_str()).or_insert(*latest);
-        *at = (*at).max(*latest);
+    for count in &counts {
+        let at = newest.entry(count.device.as_str()).or_insert(count.newest);
+        *at = (*at).max(count.newest);
     }
     let devices = daemon
         .as_ref()
@@ -311,11 +311,11 @@ async fn local_view(
         daemon,
         readings_last_hour: counts
             .into_iter()
-            .map(|(table, device, last_hour, latest)| DeviceCount {
-                table,
-                device,
-                last_hour,
-                latest,
+            .map(|count| DeviceCount {
+                table: count.table,
+                device: count.device,
+                last_hour: count.readings,
+                latest: count.newest,
             })
             .collect(),
         ..Report::judged(&health)

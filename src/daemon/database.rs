@@ -216,7 +216,7 @@ async fn roll_completed_days(shared: &Shared, pool: &PgPool) {
             shared.config.history.max_gap.as_secs_f64(),
             site,
             shared.config.retention.window,
-            waiting.get(site).and_then(|(_, oldest)| *oldest),
+            waiting.get(site).and_then(|b| b.oldest),
         )
         .await;
         match rolled {
@@ -324,7 +324,8 @@ async fn write_db_status(
         .map(|(site, devices)| {
             let healthy = devices.iter().filter(|d| d.is_healthy()).count();
             let verdict = verdict_of(&devices);
-            let (spool_depth, oldest) = spool.get(&site).copied().unwrap_or_default();
+            let backlog = spool.get(&site).copied().unwrap_or_default();
+            let (spool_depth, oldest) = (backlog.readings, backlog.oldest);
             let (rows_total, rows_last_batch) = shared.forward.site(&site);
             let status = PollerRow {
                 last_attempt: devices.iter().filter_map(|d| d.last_attempt).max(),

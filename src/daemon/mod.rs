@@ -482,14 +482,15 @@ pub async fn run(
                 notified.as_mut().enable();
                 wake.notify_one();
                 notified.await;
-                if matches!(store.depth().await, Ok((0, _)) | Err(_)) {
+                if store.depth().await.is_ok_and(|b| b.readings > 0) {
+                } else {
                     break;
                 }
             }
         })
         .await;
         if forwarded.is_err() {
-            let (left, _) = store.depth().await.unwrap_or_default();
+            let left = store.depth().await.unwrap_or_default().readings;
             tracing::warn!(
                 readings = left,
                 "Shutdown deadline reached; the rest is forwarded at the next start."

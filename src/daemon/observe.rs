@@ -13,7 +13,8 @@ use crate::report::{Snapshot, Stalled, metrics};
 
 /// The daemon's status now (one query to the local store for its depth).
 pub(super) async fn snapshot(shared: &Shared) -> Snapshot {
-    let (spool_depth, spool_oldest) = shared.store.depth().await.unwrap_or_default();
+    let backlog = shared.store.depth().await.unwrap_or_default();
+    let (spool_depth, spool_oldest) = (backlog.readings, backlog.oldest);
     let stalled = shared
         .status
         .stalled(shared.config.health.stall_timeout)

@@ -160,7 +160,7 @@ async fn waiting_before(
     if !rows.after_the_store() {
         return None;
     }
-    if shared.store.depth().await.is_ok_and(|(n, _)| n == 0) {
+    if shared.store.depth().await.is_ok_and(|b| b.readings == 0) {
         return None;
     }
     let waiting = match shared.store.depth_by_site().await {
@@ -171,7 +171,7 @@ async fn waiting_before(
     let oldest = live
         .sites()
         .iter()
-        .filter_map(|site| waiting.get(site).and_then(|(_, oldest)| *oldest))
+        .filter_map(|site| waiting.get(site).and_then(|b| b.oldest))
         .min()?;
     if oldest < live.through() {
         live.rewind(oldest.max(earliest_rewind(shared, live, now)));

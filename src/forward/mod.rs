@@ -264,7 +264,7 @@ impl Forwarder {
     pub async fn drain(&self) -> Result<usize, ForwardError> {
         // Nothing waits (the usual case while batches go straight to the
         // database): no query at all.
-        if self.store.depth().await?.0 == 0 {
+        if self.store.depth().await?.readings == 0 {
             return Ok(0);
         }
         let mut total = 0;

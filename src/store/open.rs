@@ -17,7 +17,8 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
-use super::{FILE_NAME, SCHEMA, StoreError, StoreIncident};
+use super::schema::{SCHEMA, history_schema};
+use super::{FILE_NAME, LocalStore, StoreError, StoreIncident};
 use crate::config::StoreSync;
 
 /// How long a damaged or lost store keeps the daemon degraded.
@@ -381,38 +382,115 @@ async fn incidents(path: &Path, pool: &SqlitePool) -> Vec<StoreIncident> {
     found
 }
 
-/// The rollup and daily-energy tables of a gateway without a database
-/// (written by [`crate::history`], one table per rollup resolution); created
-/// with the store, and added to an older one.
-pub(super) fn history_schema() -> String {
-    let mut sql: String = ["history_5m", "history_1h", "history_1d"]
-        .iter()
-        .map(|table| {
-            format!(
-                "CREATE TABLE IF NOT EXISTS {table} (
-                    site          TEXT    NOT NULL,
-                    device        TEXT    NOT NULL,
-                    reading_table TEXT    NOT NULL,
-                    metric        TEXT    NOT NULL,
-                    bucket_us     INTEGER NOT NULL,
-                    samples       INTEGER NOT NULL,
-                    min REAL, max REAL, mean REAL, last REAL,
-                    PRIMARY KEY (site, device, metric, bucket_us)
-                ) WITHOUT ROWID;\n"
-            )
-        })
-        .collect();
-    sql.push_str(
-        "CREATE TABLE IF NOT EXISTS energy_daily (
-            site                  TEXT NOT NULL,
-            day                   TEXT NOT NULL,
-            solar_kwh REAL, consumption_kwh REAL, battery_charge_kwh REAL,
-            battery_discharge_kwh REAL, grid_import_kwh REAL, grid_export_kwh REAL,
-            genset_kwh REAL, min_soc REAL, max_soc REAL,
-            coverage_pct          REAL    NOT NULL,
-            updated_at_us         INTEGER NOT NULL,
-            PRIMARY KEY (site, day)
-        ) WITHOUT ROWID;",
-    );
-    sql
+impl LocalStore {
+    /// Checks that the store's file is still the one this handle writes:
+    /// a file deleted (or replaced) under the running daemon is rebuilt from
+    /// the open, unlinked one (`VACUUM INTO`: nothing it held is lost) and
+    /// reopened. Returns whether it had to; a writer's check only.
+    pub async fn check_file(&self) -> Result<bool, StoreError> {
+        let Some(opened) = *self.identity.lock().unwrap_or_else(|p| p.into_inner()) else {
+            return Ok(false);
+        };
+        let now = FileIdentity::of(&self.path);
+        let old = self.pool();
+        // A closed pool: an earlier check closed the old file but could not
+        // open the new one; it tries again.
+        if now == Some(opened) && !old.is_closed() {
+            return Ok(false);
+        }
+        let restoring = self.path.with_extension("sqlite.restoring");
+        if !old.is_closed() {
+            // Every connection of the old file taken: nothing commits to it
+            // between the copy below and its close (a writer's next attempt
+            // finds the new file).
+            let mut taken = Vec::with_capacity(CONNECTIONS as usize);
+            for _ in 0..CONNECTIONS {
+                taken.push(old.acquire().await?);
+            }
+            let _ = std::fs::remove_file(&restoring);
+            let what = if now.is_none() {
+                // The directory may have gone with the file.
+                if let Some(dir) = self.path.parent() {
+                    let _ = std::fs::create_dir_all(dir);
+                }
+                // The unlinked file is still open here: copy it back.
+                let copied = sqlx::query("VACUUM INTO ?")
+                    .bind(restoring.display().to_string())
+                    .execute(&mut *taken[0])
+                    .await;
+                match copied {
+                    Ok(_) => format!(
+                        "the local store {} was deleted while the daemon ran; it was rebuilt from the open file, nothing lost",
+                        self.path.display()
+                    ),
+                    Err(error) => {
+                        let _ = std::fs::remove_file(&restoring);
+                        format!(
+                            "the local store {} was deleted while the daemon ran and could not be rebuilt ({error}): what it held is lost",
+                            self.path.display()
+                        )
+                    }
+                }
+            } else {
+                format!(
+                    "the local store {} was replaced by another file while the daemon ran; the daemon now writes to that one",
+                    self.path.display()
+                )
+            };
+            tracing::error!(store = %self.path.display(), "{what}");
+            self.note_incident(StoreIncident {
+                at: Utc::now(),
+                what,
+                file: None,
+            });
+            // The old file's connections go first: closing them removes its
+            // -wal and -shm by name, which must not be the new file's.
+            for mut conn in taken {
+                conn.close_on_drop();
+            }
+            old.close().await;
+        }
+        // From here a failure leaves the old pool closed, and the next check
+        // finishes the move and the reopen.
+        if restoring.exists() && !self.path.exists() {
+            std::fs::rename(&restoring, &self.path).map_err(|e| StoreError::Open {
+                path: self.path.display().to_string(),
+                source: sqlx::Error::Io(e),
+            })?;
+        }
+        let opened = open_or_recover(&self.path, self.sync).await?;
+        self.next_seq
+            .fetch_max(opened.highest_seq + 1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(waiting) = &self.waiting {
+            waiting.store(opened.waiting, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.held
+            .store(opened.held, std::sync::atomic::Ordering::Relaxed);
+        self.count_waiting(0);
+        *self.identity.lock().unwrap_or_else(|p| p.into_inner()) = opened.identity;
+        *self.pool.write().unwrap_or_else(|p| p.into_inner()) = opened.pool;
+        for incident in opened.incidents {
+            self.note_incident(incident);
+        }
+        tracing::info!(store = %self.path.display(), "The local store is open again.");
+        Ok(true)
+    }
+
+    /// Adds an incident (once).
+    pub(super) fn note_incident(&self, incident: StoreIncident) {
+        let mut incidents = self.incidents.lock().unwrap_or_else(|p| p.into_inner());
+        if !incidents.contains(&incident) {
+            incidents.push(incident);
+            incidents.sort_by_key(|i| i.at);
+        }
+    }
+
+    /// What happened to the store's file in the last [`INCIDENT_LASTS`]
+    /// (a moved-aside file the operator removed ends its incident).
+    pub fn incidents(&self) -> Vec<StoreIncident> {
+        let since = Utc::now() - chrono::Duration::from_std(INCIDENT_LASTS).unwrap_or_default();
+        let mut incidents = self.incidents.lock().unwrap_or_else(|p| p.into_inner());
+        incidents.retain(|i| i.at >= since && i.file.as_ref().is_none_or(|f| f.exists()));
+        incidents.clone()
+    }
 }

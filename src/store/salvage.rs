@@ -415,7 +415,7 @@ mod tests {
             )
             .await
             .unwrap();
-        sqlx::raw_sql(super::super::SCHEMA)
+        sqlx::raw_sql(super::super::schema::SCHEMA)
             .execute(&pool)
             .await
             .unwrap();
@@ -471,11 +471,11 @@ mod tests {
                 )
                 .await
                 .unwrap();
-            sqlx::raw_sql(super::super::SCHEMA)
+            sqlx::raw_sql(super::super::schema::SCHEMA)
                 .execute(&pool)
                 .await
                 .unwrap();
-            sqlx::raw_sql(&super::super::open::history_schema())
+            sqlx::raw_sql(&super::super::schema::history_schema())
                 .execute(&pool)
                 .await
                 .unwrap();

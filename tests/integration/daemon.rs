@@ -492,7 +492,7 @@ async fn embedded_mode_and_sigterm_during_a_batch() {
 
     let doc = store_status(&state).await;
     let store = LocalStore::open(&state).await.unwrap();
-    let (stored, _) = store.depth().await.unwrap();
+    let stored = store.depth().await.unwrap().readings;
     let produced: i64 = ["gx", "bank", "mppt", "multi"]
         .iter()
         .map(|d| successful_polls(&doc, d))
@@ -583,7 +583,7 @@ async fn parking(route: Route) {
     assert_eq!(forwarder.drain().await.unwrap(), 3);
     assert_eq!(rows(&db, "battery_readings").await, 2);
     assert_eq!(store.parked().await.unwrap(), 1);
-    assert_eq!(store.depth().await.unwrap().0, 0);
+    assert_eq!(store.depth().await.unwrap().readings, 0);
     assert_eq!(
         counters
             .rows_parked
@@ -609,7 +609,7 @@ async fn parking(route: Route) {
     assert_eq!(forwarder.drain().await.unwrap(), 100);
     assert_eq!(rows(&db, "battery_readings").await, 2 + 98);
     assert_eq!(store.parked().await.unwrap(), 1 + 2);
-    assert_eq!(store.depth().await.unwrap().0, 0);
+    assert_eq!(store.depth().await.unwrap().readings, 0);
 }
 
 /// Rows older than the window are gone after the job runs; on TimescaleDB
@@ -988,7 +988,7 @@ async fn batches_skip_the_local_store_while_the_database_answers() {
         "readings went through the local store while the database answered"
     );
     let store = LocalStore::open_read_only(&state).await.unwrap();
-    assert_eq!(store.depth().await.unwrap().0, 0);
+    assert_eq!(store.depth().await.unwrap().readings, 0);
     store.close().await;
 
     sigterm(&daemon);

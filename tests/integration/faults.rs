@@ -42,7 +42,7 @@ fn healthz(addr: SocketAddr) -> String {
 /// Readings in the store at `state`, read by a reader of its own.
 async fn stored(state: &Path) -> i64 {
     let store = LocalStore::open_read_only(state).await.unwrap();
-    let (depth, _) = store.depth().await.unwrap();
+    let depth = store.depth().await.unwrap().readings;
     store.close().await;
     depth
 }
@@ -52,7 +52,7 @@ async fn try_stored(state: &Path) -> i64 {
     let Ok(store) = LocalStore::open_read_only(state).await else {
         return 0;
     };
-    let depth = store.depth().await.map_or(0, |(n, _)| n);
+    let depth = store.depth().await.map_or(0, |b| b.readings);
     store.close().await;
     depth
 }

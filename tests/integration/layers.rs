@@ -109,13 +109,11 @@ fn code_of(text: &str) -> String {
 
 /// The module paths a file's code names through `crate::` or `super::`,
 /// `use` trees expanded, resolved against the file's own module.
-fn imports_of(module: &Module, is_front_door: bool, code: &str) -> BTreeSet<Module> {
+fn imports_of(module: &Module, code: &str) -> BTreeSet<Module> {
     let tokens = tokenize(code);
     let mut found = BTreeSet::new();
-    // The module `super` and `self` are relative to: a `mod.rs` is its
-    // folder's module, another file is its own.
+    // `super` is relative to the file's module (a `mod.rs` is its folder's).
     let here = module.clone();
-    let _ = is_front_door;
     let mut at = 0;
     while at < tokens.len() {
         let start = tokens[at].as_str();
@@ -243,8 +241,7 @@ fn arrows(files: &[(Module, PathBuf)]) -> BTreeMap<Module, BTreeSet<(String, Str
     let mut by_parent: BTreeMap<Module, BTreeSet<(String, String)>> = BTreeMap::new();
     for (module, path) in files {
         let text = std::fs::read_to_string(path).expect("read source");
-        let front = path.file_name().is_some_and(|n| n == "mod.rs" || n == "lib.rs");
-        for target in imports_of(module, front, &code_of(&text)) {
+        for target in imports_of(module, &code_of(&text)) {
             // Cut the target at its longest known module prefix.
             let target: Module = (0..=target.len())
                 .rev()
@@ -354,7 +351,7 @@ fn the_check_sees_an_import_and_a_cycle() {
          fn f() { super::super::forward::ship(); }\n\
          #[cfg(test)]\nmod tests { use crate::cli::X; }\n",
     );
-    let found: Vec<String> = imports_of(&module, false, &code)
+    let found: Vec<String> = imports_of(&module, &code)
         .into_iter()
         .map(|path| path.join("::"))
         .collect();

@@ -16,7 +16,7 @@ use crate::daemon::{
 async fn stored(state: &Path) -> i64 {
     match LocalStore::open_read_only(state).await {
         Ok(store) => {
-            let depth = store.depth().await.map(|(n, _)| n).unwrap_or(0);
+            let depth = store.depth().await.map(|b| b.readings).unwrap_or(0);
             store.close().await;
             depth
         }
