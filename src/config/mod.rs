@@ -25,6 +25,7 @@ mod load;
 mod locate;
 mod reader;
 mod redact;
+mod reference;
 mod tls;
 mod validate;
 
@@ -40,6 +41,7 @@ pub use locate::{
     ConfigSource, EnvFile, INSTALLED_CONFIG_FILE, INSTALLED_ENV_FILE, Layout, SERVICE_STATE_DIR,
     merge_missing, parse_env_file, read_env_file,
 };
+pub use reference::{REFERENCE_PATH, reference_markdown};
 pub use tls::UnverifiedServer;
 
 /// Prefix of the environment variables that override configuration keys.
