@@ -90,33 +90,26 @@ async fn from_database(
     first: NaiveDate,
     site: Option<&str>,
 ) -> anyhow::Result<Vec<DayEnergy>> {
-    let rows = sqlx::query(
-        "SELECT installation_id, day, solar_kwh, consumption_kwh, battery_charge_kwh,
-                battery_discharge_kwh, grid_import_kwh, grid_export_kwh, genset_kwh,
-                min_soc, max_soc, coverage_pct
+    let rows = sqlx::query(&format!(
+        "SELECT installation_id, day, {}, coverage_pct
          FROM victron.energy_daily
          WHERE day >= $1 AND ($2::text IS NULL OR installation_id = $2)
          ORDER BY installation_id, day",
-    )
+        DayEnergy::figure_columns()
+    ))
     .bind(first)
     .bind(site)
     .fetch_all(pool)
     .await?;
     Ok(rows
         .iter()
-        .map(|r| DayEnergy {
-            site: r.get(0),
-            day: r.get::<NaiveDate, _>(1),
-            solar_kwh: r.get(2),
-            consumption_kwh: r.get(3),
-            battery_charge_kwh: r.get(4),
-            battery_discharge_kwh: r.get(5),
-            grid_import_kwh: r.get(6),
-            grid_export_kwh: r.get(7),
-            genset_kwh: r.get(8),
-            min_soc: r.get(9),
-            max_soc: r.get(10),
-            coverage_pct: r.get(11),
+        .map(|r| {
+            DayEnergy::from_columns(
+                r.get("installation_id"),
+                r.get::<NaiveDate, _>("day"),
+                |column| r.get(column),
+                r.get("coverage_pct"),
+            )
         })
         .collect())
 }

@@ -5,21 +5,22 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use backon::BackoffBuilder;
 use chrono::Utc;
 use sqlx::PgPool;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use super::{STATUS_EVERY, Shared, host_name};
+use super::rollups::{RollupTask, rollup_loop};
+use super::state::{Observed, STATUS_EVERY, host_name};
 use crate::clock::Basis;
 use crate::db::link::retry_backoff;
 use crate::db::server::StorageMode;
 use crate::db::status_rows::{self, PollerRow, SiteRows};
-use crate::forward::Forwarder;
+use crate::forward::{DirectPath, Forwarder, ForwarderState};
 use crate::schedule::{Cadence, Save};
 use crate::status::{DeviceStatus, ErrorClass};
 
@@ -37,21 +38,27 @@ const CLOCK_SAMPLE_TIMEOUT: Duration = Duration::from_secs(2);
 /// The longest the last status write at shutdown may take.
 const LAST_STATUS_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// How the forwarder and the rest of the daemon signal each other.
+/// What the database side uses.
 #[derive(Debug, Clone)]
-pub(super) struct Signals {
+pub(super) struct DatabaseTask {
+    /// What the status rows say.
+    pub(super) observed: Observed,
+    /// Forward-first, opened once the forwarder runs.
+    pub(super) direct: DirectPath,
     /// Told when the local store has something new to forward.
     pub(super) wake: Arc<Notify>,
-    /// Told by the forwarder each time it has emptied the store.
-    pub(super) drained: Arc<Notify>,
-    /// Whether a forwarder runs (the database came up): a stop waits for a
-    /// drain only then.
-    pub(super) forwarding: Arc<AtomicBool>,
+    /// Where the forwarder is (a stop waits for a drain only while it runs).
+    pub(super) forwarder: Arc<watch::Sender<ForwarderState>>,
+    /// The live rollups, started once the database is ready.
+    pub(super) rollups: RollupTask,
+    /// The daemon's one tracker, for the rollups' task.
+    pub(super) tasks: TaskTracker,
 }
 
 /// Connects (with backoff), migrates, then forwards, writes status and runs
 /// retention until cancelled. Never blocks polling: the store keeps filling.
-pub(super) async fn database_loop(shared: Shared, signals: Signals, cancel: CancellationToken) {
+pub(super) async fn database_loop(task: DatabaseTask, cancel: CancellationToken) {
+    let shared = &task.observed;
     let Some(db) = shared.config.database.clone() else {
         return;
     };
@@ -107,21 +114,20 @@ pub(super) async fn database_loop(shared: Shared, signals: Signals, cancel: Canc
     tracing::info!(database = %db.redacted_url(), storage = %mode, "Database ready.");
     // Before anything is forwarded: readings held for their time may be
     // stamped from the server's clock.
-    sample_database_clock(&shared, &pool).await;
+    sample_database_clock(shared, &pool).await;
     let forwarder = Forwarder::new(
         shared.store.clone(),
         pool.clone(),
         Arc::clone(&shared.forward),
-        signals.wake,
+        Arc::clone(&task.wake),
         Arc::clone(&shared.link),
     )
     .with_write_timeout(db.write_timeout)
-    .with_direct_path(shared.direct.clone())
-    .on_drained(signals.drained);
-    signals.forwarding.store(true, Ordering::Relaxed);
+    .with_direct_path(task.direct.clone())
+    .reporting(task.forwarder.as_ref().clone());
     // Its own task: whatever happens to the rollups, forwarding goes on.
-    let rollups = tokio::spawn(super::rollups::rollup_loop(
-        shared.clone(),
+    let rollups = task.tasks.spawn(rollup_loop(
+        task.rollups.clone(),
         crate::history::postgres::PostgresRollups(pool.clone()),
         cancel.clone(),
     ));
@@ -136,12 +142,17 @@ pub(super) async fn database_loop(shared: Shared, signals: Signals, cancel: Canc
         },
     );
     // A last status row, best effort.
-    let last = write_db_status(&shared, &pool, mode, polled_devices(&shared));
+    let last = write_db_status(shared, &pool, mode, polled_devices(shared));
     let _ = tokio::time::timeout(LAST_STATUS_TIMEOUT, last).await;
     pool.close().await;
 }
 
-async fn status_writer(shared: Shared, pool: PgPool, mode: StorageMode, cancel: CancellationToken) {
+async fn status_writer(
+    shared: Observed,
+    pool: PgPool,
+    mode: StorageMode,
+    cancel: CancellationToken,
+) {
     let mut tick = crate::schedule::common_ticker(shared.poll_interval);
     let mut cadence = Cadence::new(status_every(&shared));
     let mut failing = false;
@@ -207,7 +218,7 @@ async fn status_writer(shared: Shared, pool: PgPool, mode: StorageMode, cancel: 
 
 /// Rolls up the completed local days of every site this daemon polls
 /// (see [`crate::history::rebuild::roll_completed_days`]).
-async fn roll_completed_days(shared: &Shared, pool: &PgPool) {
+async fn roll_completed_days(shared: &Observed, pool: &PgPool) {
     let waiting = shared.store.depth_by_site().await.unwrap_or_default();
     for site in &crate::history::live::sites_of(shared.sites.values()) {
         let rolled = crate::history::rebuild::roll_completed_days(
@@ -229,7 +240,7 @@ async fn roll_completed_days(shared: &Shared, pool: &PgPool) {
 
 /// Samples the server's clock for the time keeper, bounded; a failure is
 /// only a missing sample.
-async fn sample_database_clock(shared: &Shared, pool: &PgPool) {
+async fn sample_database_clock(shared: &Observed, pool: &PgPool) {
     let sampled = tokio::time::timeout(
         CLOCK_SAMPLE_TIMEOUT,
         crate::db::clock::sample(pool, &shared.clock),
@@ -243,13 +254,13 @@ async fn sample_database_clock(shared: &Shared, pool: &PgPool) {
 /// How often the status rows are rewritten while only their times and
 /// counts move: [`STATUS_EVERY`] in whole poll intervals (every poll, when
 /// a poll interval is longer).
-fn status_every(shared: &Shared) -> Duration {
+fn status_every(shared: &Observed) -> Duration {
     crate::schedule::whole_ticks(STATUS_EVERY, shared.poll_interval)
 }
 
 /// The devices this daemon polls: those another daemon polls (on standby
 /// here) are that daemon's to report.
-fn polled_devices(shared: &Shared) -> Vec<DeviceStatus> {
+fn polled_devices(shared: &Observed) -> Vec<DeviceStatus> {
     let mut devices = shared.status.snapshot();
     devices.retain(|d| !d.standby);
     devices
@@ -268,7 +279,7 @@ struct RowsShape {
 }
 
 impl RowsShape {
-    fn of(shared: &Shared, devices: &[DeviceStatus]) -> Self {
+    fn of(shared: &Observed, devices: &[DeviceStatus]) -> Self {
         let clock = shared.clock.report();
         Self {
             devices: devices
@@ -285,7 +296,7 @@ impl RowsShape {
 /// Writes the status rows of the sites of `devices` (those this daemon
 /// polls).
 async fn write_db_status(
-    shared: &Shared,
+    shared: &Observed,
     pool: &PgPool,
     mode: StorageMode,
     devices: Vec<DeviceStatus>,
@@ -374,7 +385,7 @@ async fn write_db_status(
 }
 
 async fn retention_loop(
-    shared: Shared,
+    shared: Observed,
     pool: PgPool,
     mode: StorageMode,
     cancel: CancellationToken,

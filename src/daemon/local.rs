@@ -7,10 +7,12 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{STATUS_EVERY, Shared, observe};
+use super::observe;
+use super::state::{Observed, STATUS_EVERY};
 use crate::clock::Basis;
 use crate::report::Snapshot;
 use crate::report::health::{self, Health, Level};
@@ -23,7 +25,11 @@ const FILE_CHECK_EVERY: Duration = Duration::from_secs(10);
 
 /// The local side: status document in the store, the store's file, and the
 /// store's retention.
-pub(super) async fn local_loop(shared: Shared, cancel: CancellationToken) {
+pub(super) async fn local_loop(
+    shared: Observed,
+    rolled: watch::Receiver<Option<DateTime<Utc>>>,
+    cancel: CancellationToken,
+) {
     // At most once a second: a 10 Hz daemon need not judge itself ten
     // times a second.
     let mut status_tick =
@@ -71,7 +77,7 @@ pub(super) async fn local_loop(shared: Shared, cancel: CancellationToken) {
                 // Without a database the raw readings are the rollups'
                 // source: none goes before its buckets are rolled up.
                 if shared.config.database.is_none() {
-                    let rolled = crate::clock::from_micros(shared.rolled_through.load(Ordering::Relaxed).max(0));
+                    let rolled = rolled.borrow().unwrap_or(DateTime::UNIX_EPOCH);
                     before = before.min(rolled);
                 }
                 let result = shared.store.expire(before, shared.config.retention.window).await;
@@ -126,7 +132,7 @@ impl Shape {
 }
 
 /// Stages the snapshot as the status document: the next batch commits it.
-fn stage(shared: &Shared, snapshot: &Snapshot) {
+fn stage(shared: &Observed, snapshot: &Snapshot) {
     match serde_json::to_value(snapshot) {
         Ok(doc) => shared.store.stage_status(STATUS_NAME, &doc),
         Err(error) => tracing::debug!(%error, "Cannot encode the status document."),
@@ -134,7 +140,7 @@ fn stage(shared: &Shared, snapshot: &Snapshot) {
 }
 
 /// Saves the daemon's snapshot in the store now (the last one, at a stop).
-pub(super) async fn write_local_status(shared: &Shared) -> Snapshot {
+pub(super) async fn write_local_status(shared: &Observed) -> Snapshot {
     let snapshot = observe::snapshot(shared).await;
     stage(shared, &snapshot);
     if let Err(error) = shared.store.flush_status().await {

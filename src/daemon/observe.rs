@@ -7,12 +7,12 @@ use chrono::Utc;
 
 use std::time::Duration;
 
-use super::{STATUS_EVERY, Shared, host_name};
+use super::state::{Observed, STATUS_EVERY, host_name};
 use crate::report::health::{self, Health};
 use crate::report::{Snapshot, Stalled, metrics};
 
 /// The daemon's status now (one query to the local store for its depth).
-pub(super) async fn snapshot(shared: &Shared) -> Snapshot {
+pub(super) async fn snapshot(shared: &Observed) -> Snapshot {
     let backlog = shared.store.depth().await.unwrap_or_default();
     let (spool_depth, spool_oldest) = (backlog.readings, backlog.oldest);
     let stalled = shared
@@ -60,11 +60,11 @@ pub(super) async fn snapshot(shared: &Shared) -> Snapshot {
 /// Answers the health endpoint from the live daemon.
 #[derive(Debug)]
 pub(super) struct DaemonObserver {
-    shared: Shared,
+    shared: Observed,
 }
 
 impl DaemonObserver {
-    pub(super) fn new(shared: Shared) -> Self {
+    pub(super) fn new(shared: Observed) -> Self {
         Self { shared }
     }
 }
@@ -86,7 +86,7 @@ impl crate::report::http::Observe for DaemonObserver {
 /// The longest gap between two saves of the status document: its period
 /// in whole status ticks, and then up to a batch's age for the batch it
 /// rides with.
-pub(super) fn status_every(shared: &Shared) -> Duration {
+pub(super) fn status_every(shared: &Observed) -> Duration {
     crate::schedule::whole_ticks(
         STATUS_EVERY,
         shared.poll_interval.max(Duration::from_secs(1)),

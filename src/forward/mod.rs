@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use backon::BackoffBuilder;
 use sqlx::PgPool;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 pub use copy::copy_rows;
@@ -137,6 +137,19 @@ fn readings<'a>(rows: &[&'a StoredReading]) -> Vec<&'a Reading> {
     rows.iter().map(|row| &row.reading).collect()
 }
 
+/// Where the forwarder is, as the ordered stop sees it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ForwarderState {
+    /// Not forwarding: no database, or not reached yet.
+    #[default]
+    NotRunning,
+    /// Forwarding; `drains` counts the times a drain left the store empty.
+    Running {
+        /// Drains that left the store empty since it started.
+        drains: u64,
+    },
+}
+
 /// Forwards the store's readings until cancelled.
 #[derive(Debug)]
 pub struct Forwarder {
@@ -146,8 +159,8 @@ pub struct Forwarder {
     counters: Arc<ForwardCounters>,
     wake: Arc<Notify>,
     link: Arc<DatabaseLink>,
-    /// Told each time a drain leaves the store empty.
-    drained: Option<Arc<Notify>>,
+    /// Where it is, for the ordered stop.
+    state: Option<watch::Sender<ForwarderState>>,
     write_timeout: Duration,
     /// Told when the store is empty, so that new batches may skip it.
     direct: DirectPath,
@@ -169,7 +182,7 @@ impl Forwarder {
             counters,
             wake,
             link,
-            drained: None,
+            state: None,
             write_timeout: Duration::from_secs(30),
             direct: DirectPath::default(),
         }
@@ -183,10 +196,10 @@ impl Forwarder {
         self
     }
 
-    /// Tells `drained` each time the store is empty after a drain (a clean
-    /// stop waits for it).
-    pub fn on_drained(mut self, drained: Arc<Notify>) -> Self {
-        self.drained = Some(drained);
+    /// Reports into `state` that it runs, and each time a drain leaves the
+    /// store empty (a clean stop waits for it).
+    pub fn reporting(mut self, state: watch::Sender<ForwarderState>) -> Self {
+        self.state = Some(state);
         self
     }
 
@@ -303,6 +316,9 @@ impl Forwarder {
         let mut recheck = crate::schedule::common_ticker(Duration::from_secs(1));
         let mut delays = retry_backoff().build();
         let mut failing = false;
+        if let Some(state) = &self.state {
+            state.send_replace(ForwarderState::Running { drains: 0 });
+        }
         loop {
             let outcome = tokio::select! {
                 () = cancel.cancelled() => return,
@@ -310,8 +326,12 @@ impl Forwarder {
             };
             if outcome.is_ok() {
                 self.direct.caught_up.store(true, Ordering::Relaxed);
-                if let Some(drained) = &self.drained {
-                    drained.notify_waiters();
+                if let Some(state) = &self.state {
+                    state.send_modify(|state| {
+                        if let ForwarderState::Running { drains } = state {
+                            *drains += 1;
+                        }
+                    });
                 }
             }
             match outcome {

@@ -365,3 +365,81 @@ pub struct DayEnergy {
     /// How much of the day the powers cover (%).
     pub coverage_pct: f64,
 }
+
+impl DayEnergy {
+    /// The columns of a day's figures in `energy_daily` (PostgreSQL's and
+    /// the local store's alike), in the order of [`Self::figures`].
+    pub const FIGURES: [&'static str; 9] = [
+        "solar_kwh",
+        "consumption_kwh",
+        "battery_charge_kwh",
+        "battery_discharge_kwh",
+        "grid_import_kwh",
+        "grid_export_kwh",
+        "genset_kwh",
+        "min_soc",
+        "max_soc",
+    ];
+
+    /// The day's figures, in the order of [`Self::FIGURES`].
+    pub fn figures(&self) -> [Option<f64>; 9] {
+        [
+            self.solar_kwh,
+            self.consumption_kwh,
+            self.battery_charge_kwh,
+            self.battery_discharge_kwh,
+            self.grid_import_kwh,
+            self.grid_export_kwh,
+            self.genset_kwh,
+            self.min_soc,
+            self.max_soc,
+        ]
+    }
+
+    /// A day of `site` from its figures, each read by its column's name
+    /// (`figure`), and its coverage.
+    pub fn from_columns(
+        site: String,
+        day: NaiveDate,
+        mut figure: impl FnMut(&str) -> Option<f64>,
+        coverage_pct: f64,
+    ) -> Self {
+        let [
+            solar_kwh,
+            consumption_kwh,
+            battery_charge_kwh,
+            battery_discharge_kwh,
+            grid_import_kwh,
+            grid_export_kwh,
+            genset_kwh,
+            min_soc,
+            max_soc,
+        ] = Self::FIGURES.map(&mut figure);
+        Self {
+            site,
+            day,
+            solar_kwh,
+            consumption_kwh,
+            battery_charge_kwh,
+            battery_discharge_kwh,
+            grid_import_kwh,
+            grid_export_kwh,
+            genset_kwh,
+            min_soc,
+            max_soc,
+            coverage_pct,
+        }
+    }
+
+    /// The figures' columns, comma-separated (for a statement's text).
+    pub fn figure_columns() -> String {
+        Self::FIGURES.join(", ")
+    }
+
+    /// `column = excluded.column` for every figure (an upsert's update).
+    pub fn figure_updates() -> String {
+        Self::FIGURES
+            .map(|column| format!("{column} = excluded.{column}"))
+            .join(", ")
+    }
+}

@@ -195,36 +195,33 @@ pub async fn upsert_energy(
     days: &[DayEnergy],
     read_from: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
-    let column = |f: fn(&DayEnergy) -> Option<f64>| days.iter().map(f).collect::<Vec<_>>();
-    sqlx::query(
-        "INSERT INTO victron.energy_daily (installation_id, day, solar_kwh, consumption_kwh,
-             battery_charge_kwh, battery_discharge_kwh, grid_import_kwh, grid_export_kwh, genset_kwh,
-             min_soc, max_soc, coverage_pct, updated_at)
-         SELECT *, $13::timestamptz FROM UNNEST($1::text[], $2::date[], $3::float8[], $4::float8[],
-             $5::float8[], $6::float8[], $7::float8[], $8::float8[], $9::float8[], $10::float8[],
-             $11::float8[], $12::float8[])
-         ON CONFLICT (installation_id, day) DO UPDATE SET solar_kwh = excluded.solar_kwh,
-             consumption_kwh = excluded.consumption_kwh, battery_charge_kwh = excluded.battery_charge_kwh,
-             battery_discharge_kwh = excluded.battery_discharge_kwh,
-             grid_import_kwh = excluded.grid_import_kwh, grid_export_kwh = excluded.grid_export_kwh,
-             genset_kwh = excluded.genset_kwh, min_soc = excluded.min_soc, max_soc = excluded.max_soc,
+    // $1 sites, $2 days, one array per figure, then coverage and the time.
+    let figures = DayEnergy::FIGURES.len();
+    let arrays: Vec<String> = (3..3 + figures)
+        .map(|n| format!("${n}::float8[]"))
+        .collect();
+    let statement = format!(
+        "INSERT INTO victron.energy_daily (installation_id, day, {columns}, coverage_pct, updated_at)
+         SELECT *, ${at}::timestamptz FROM UNNEST($1::text[], $2::date[], {arrays}, ${coverage}::float8[])
+         ON CONFLICT (installation_id, day) DO UPDATE SET {updates},
              coverage_pct = excluded.coverage_pct, updated_at = excluded.updated_at",
-    )
-    .bind(days.iter().map(|d| d.site.as_str()).collect::<Vec<_>>())
-    .bind(days.iter().map(|d| d.day).collect::<Vec<_>>())
-    .bind(column(|d| d.solar_kwh))
-    .bind(column(|d| d.consumption_kwh))
-    .bind(column(|d| d.battery_charge_kwh))
-    .bind(column(|d| d.battery_discharge_kwh))
-    .bind(column(|d| d.grid_import_kwh))
-    .bind(column(|d| d.grid_export_kwh))
-    .bind(column(|d| d.genset_kwh))
-    .bind(column(|d| d.min_soc))
-    .bind(column(|d| d.max_soc))
-    .bind(days.iter().map(|d| d.coverage_pct).collect::<Vec<_>>())
-    .bind(read_from)
-    .execute(&mut *conn)
-    .await?;
+        columns = DayEnergy::figure_columns(),
+        arrays = arrays.join(", "),
+        coverage = 3 + figures,
+        at = 4 + figures,
+        updates = DayEnergy::figure_updates(),
+    );
+    let mut query = sqlx::query(&statement)
+        .bind(days.iter().map(|d| d.site.as_str()).collect::<Vec<_>>())
+        .bind(days.iter().map(|d| d.day).collect::<Vec<_>>());
+    for figure in 0..figures {
+        query = query.bind(days.iter().map(|d| d.figures()[figure]).collect::<Vec<_>>());
+    }
+    query
+        .bind(days.iter().map(|d| d.coverage_pct).collect::<Vec<_>>())
+        .bind(read_from)
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 

@@ -101,36 +101,27 @@ impl LocalRollups {
             .execute(tx.conn())
             .await?;
         }
+        let upsert_day = format!(
+            "INSERT INTO energy_daily (site, day, {}, coverage_pct, updated_at_us)
+             VALUES (?, ?, {}, ?, ?)
+             ON CONFLICT (site, day) DO UPDATE SET {},
+                 coverage_pct = excluded.coverage_pct, updated_at_us = excluded.updated_at_us",
+            DayEnergy::figure_columns(),
+            ["?"; DayEnergy::FIGURES.len()].join(", "),
+            DayEnergy::figure_updates(),
+        );
         for d in days {
-            sqlx::query(
-                "INSERT INTO energy_daily (site, day, solar_kwh, consumption_kwh, battery_charge_kwh,
-                     battery_discharge_kwh, grid_import_kwh, grid_export_kwh, genset_kwh, min_soc,
-                     max_soc, coverage_pct, updated_at_us)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                 ON CONFLICT (site, day) DO UPDATE SET solar_kwh = excluded.solar_kwh,
-                     consumption_kwh = excluded.consumption_kwh,
-                     battery_charge_kwh = excluded.battery_charge_kwh,
-                     battery_discharge_kwh = excluded.battery_discharge_kwh,
-                     grid_import_kwh = excluded.grid_import_kwh,
-                     grid_export_kwh = excluded.grid_export_kwh, genset_kwh = excluded.genset_kwh,
-                     min_soc = excluded.min_soc, max_soc = excluded.max_soc,
-                     coverage_pct = excluded.coverage_pct, updated_at_us = excluded.updated_at_us",
-            )
-            .bind(&d.site)
-            .bind(d.day.to_string())
-            .bind(d.solar_kwh)
-            .bind(d.consumption_kwh)
-            .bind(d.battery_charge_kwh)
-            .bind(d.battery_discharge_kwh)
-            .bind(d.grid_import_kwh)
-            .bind(d.grid_export_kwh)
-            .bind(d.genset_kwh)
-            .bind(d.min_soc)
-            .bind(d.max_soc)
-            .bind(d.coverage_pct)
-            .bind(micros(read_through))
-            .execute(tx.conn())
-            .await?;
+            let mut query = sqlx::query(&upsert_day)
+                .bind(&d.site)
+                .bind(d.day.to_string());
+            for figure in d.figures() {
+                query = query.bind(figure);
+            }
+            query
+                .bind(d.coverage_pct)
+                .bind(micros(read_through))
+                .execute(tx.conn())
+                .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -142,34 +133,25 @@ impl LocalRollups {
         if !self.has_table("energy_daily").await? {
             return Ok(Vec::new());
         }
-        let rows = sqlx::query(
-            "SELECT site, day, solar_kwh, consumption_kwh, battery_charge_kwh, battery_discharge_kwh,
-                    grid_import_kwh, grid_export_kwh, genset_kwh, min_soc, max_soc, coverage_pct,
-                    updated_at_us
+        let rows = sqlx::query(&format!(
+            "SELECT site, day, {}, coverage_pct, updated_at_us
              FROM energy_daily ORDER BY day, site",
-        )
+            DayEnergy::figure_columns()
+        ))
         .fetch_all(&self.0.pool())
         .await?;
         Ok(rows
             .iter()
             .filter_map(|row| {
-                let day: String = row.try_get(1).ok()?;
+                let day: String = row.try_get("day").ok()?;
                 Some(StoredDay {
-                    energy: DayEnergy {
-                        site: row.get(0),
-                        day: day.parse::<NaiveDate>().ok()?,
-                        solar_kwh: row.get(2),
-                        consumption_kwh: row.get(3),
-                        battery_charge_kwh: row.get(4),
-                        battery_discharge_kwh: row.get(5),
-                        grid_import_kwh: row.get(6),
-                        grid_export_kwh: row.get(7),
-                        genset_kwh: row.get(8),
-                        min_soc: row.get(9),
-                        max_soc: row.get(10),
-                        coverage_pct: row.try_get(11).ok()?,
-                    },
-                    updated_at: from_micros(row.try_get(12).ok()?),
+                    energy: DayEnergy::from_columns(
+                        row.get("site"),
+                        day.parse::<NaiveDate>().ok()?,
+                        |column| row.get(column),
+                        row.try_get("coverage_pct").ok()?,
+                    ),
+                    updated_at: from_micros(row.try_get("updated_at_us").ok()?),
                 })
             })
             .collect())

@@ -19,10 +19,10 @@ impl LocalStore {
     /// The earliest time readings released since the last call were
     /// stamped with (they joined the readings in the past).
     pub fn take_released_from(&self) -> Option<DateTime<Utc>> {
-        let us = self
-            .released_from
-            .swap(i64::MAX, std::sync::atomic::Ordering::Relaxed);
-        (us != i64::MAX).then(|| from_micros(us))
+        self.released_from
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
     /// Re-stamps the readings held during this boot, now that the time is
@@ -42,7 +42,7 @@ impl LocalStore {
         if rows.is_empty() {
             return Ok(0);
         }
-        let mut earliest = i64::MAX;
+        let mut earliest: Option<DateTime<Utc>> = None;
         let stamps: Vec<serde_json::Value> = rows
             .iter()
             .map(|&(seq, wall_us, mono)| {
@@ -50,9 +50,9 @@ impl LocalStore {
                     mono: Mono::from_nanos(mono),
                     wall: from_micros(wall_us),
                 };
-                let at = micros(stamp(taken));
-                earliest = earliest.min(at);
-                serde_json::json!([seq, at])
+                let at = stamp(taken);
+                earliest = Some(earliest.map_or(at, |e| e.min(at)));
+                serde_json::json!([seq, micros(at)])
             })
             .collect();
         let released = super::write::execute(
@@ -80,8 +80,12 @@ impl LocalStore {
         )
         .await?
         .rows_affected();
-        self.released_from
-            .fetch_min(earliest, std::sync::atomic::Ordering::Relaxed);
+        let mut released_from = self.released_from.lock().unwrap_or_else(|p| p.into_inner());
+        *released_from = match (*released_from, earliest) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        drop(released_from);
         self.held.fetch_sub(
             n + i64::try_from(duplicates).unwrap_or(i64::MAX),
             std::sync::atomic::Ordering::Relaxed,

@@ -159,8 +159,8 @@ pub struct LocalStore {
     /// kept, not forwarded, until re-stamped.
     held: Arc<std::sync::atomic::AtomicI64>,
     /// The earliest time held readings were re-stamped to since it was last
-    /// taken (µs; `i64::MAX`: none).
-    released_from: Arc<std::sync::atomic::AtomicI64>,
+    /// taken.
+    released_from: Arc<std::sync::Mutex<Option<DateTime<Utc>>>>,
     /// The next reading's `seq`: kept by the only writer, above every seq
     /// the file ever held, so it never repeats — a forwarder's pending
     /// `remove_through(seq)` can never take a newer reading, even after the
@@ -198,7 +198,7 @@ impl LocalStore {
             staged_status: Arc::default(),
             waiting: Some(Arc::new(std::sync::atomic::AtomicI64::new(opened.waiting))),
             held: Arc::new(std::sync::atomic::AtomicI64::new(opened.held)),
-            released_from: Arc::new(std::sync::atomic::AtomicI64::new(i64::MAX)),
+            released_from: Arc::default(),
             next_seq: Arc::new(std::sync::atomic::AtomicI64::new(opened.highest_seq + 1)),
             oldest_waiting: Arc::default(),
         })
@@ -246,7 +246,7 @@ impl LocalStore {
             staged_status: Arc::default(),
             waiting: None,
             held: Arc::default(),
-            released_from: Arc::new(std::sync::atomic::AtomicI64::new(i64::MAX)),
+            released_from: Arc::default(),
             next_seq: Arc::default(),
             oldest_waiting: Arc::default(),
         })
