@@ -4,36 +4,39 @@
 //!
 //! # Layout
 //!
-//! The data path, in order:
+//! The modules follow the data, from the top down; each imports only
+//! modules below it (a test reads the imports and checks it):
 //!
-//! - [`sources`]: the Modbus-TCP poller for a GX ([`registers`] is Victron's
-//!   register list and the read planner) and the VE.Direct reader; both on
-//!   the fixed-rate [`schedule`], producing [`reading`]s noted on the boot
-//!   and the wall clock; [`clock`] decides which wall time that was (a
-//!   gateway without a real-time clock may not know yet).
-//! - [`pipeline`]: the batcher, between the sources and the local store.
-//! - [`store`]: the local SQLite store, the durability boundary.
-//! - [`forward`]: the forwarder from the store to PostgreSQL.
-//! - [`history`]: rollups (5 minutes, hours, days) and kWh per day, live
-//!   from the raw readings and rebuilt whole days on demand.
+//! - [`cli`]: one file per subcommand, the exit codes.
+//! - [`daemon`]: the wiring of `run`: a handle per task, every task on one
+//!   tracker under a supervisor, the ordered stop.
+//! - [`report`]: what the daemon says about itself, as one typed snapshot:
+//!   the health verdict, `/healthz` and `/metrics`.
+//! - [`simulator`]: the built-in GX and VE.Direct simulators and the
+//!   simulated off-grid site.
+//! - [`sources`]: the Modbus-TCP poller for a GX and the VE.Direct reader,
+//!   producing [`reading`]s on the fixed-rate [`schedule`].
+//! - [`forward`]: ships the local store's readings to PostgreSQL, and the
+//!   forward-first path while nothing waits in the store.
+//! - [`history`]: rollups (5 minutes, hours, days) and kWh per day, with
+//!   their persistence in PostgreSQL and in the local store.
 //! - [`db`]: PostgreSQL: connecting (TLS included), the embedded migrations
 //!   (`migrations/`) and the reconcile step, the server's flavour, the
-//!   status rows, the device locks, and the link every database path shares
-//!   (reachability, retries); [`retention`] per server flavour.
-//!
-//! Around it:
-//!
-//! - [`daemon`]: the wiring of `run`: every task on one tracker, and the
-//!   ordered stop ([`signals`] turns SIGTERM/SIGINT into it).
-//! - [`status`]: live device status and hang detection; [`failover`]: which
-//!   devices this daemon may poll when another one shares them.
-//! - [`report`]: what the daemon says about itself, as one typed snapshot:
-//!   the health verdict, `/healthz` and `/metrics`; [`systemd`]: the
-//!   notifications and the watchdog; [`logging`]: text, journald or JSON.
-//! - [`config`]: the TOML file and environment overrides, validated against
-//!   one table of keys; [`cli`]: one file per subcommand, the exit codes.
-//! - [`simulator`]: the built-in GX and VE.Direct simulators, and the
-//!   simulated off-grid site whose energy balance the GX values follow.
+//!   status rows, the device locks, the raw readings' retention, and the
+//!   link every database path shares (reachability, retries).
+//! - [`store`]: the local SQLite store, the durability boundary.
+//! - [`systemd`]: notifications and the watchdog.
+//! - [`pipeline`]: the batcher, in front of a sink it defines;
+//!   [`failover`]: which devices this daemon may poll when another one
+//!   shares them; [`status`]: live device status and hang detection;
+//!   [`logging`]: text, journald or JSON.
+//! - [`reading`]: the reading model; [`registers`]: Victron's register list
+//!   and the read planner; [`config`]: the TOML file and environment
+//!   overrides, validated against one table of keys.
+//! - [`clock`]: which wall time a reading was measured at (a gateway
+//!   without a real-time clock may not know yet); [`schedule`]: the common
+//!   grid of periodic tasks; [`signals`]: SIGTERM/SIGINT to the ordered
+//!   stop.
 //!
 //! # Data flow
 //!
@@ -43,9 +46,8 @@
 //! store (forward-first), and is otherwise committed to the local store,
 //! from which a forwarder ships it in order (binary COPY, or idempotent
 //! multi-row inserts for a replay); without a database the local store is
-//! the database. The database
-//! schema (knowledge base, agent metrics, Victron telemetry) ships with the
-//! binary as migrations.
+//! the database. The database schema (knowledge base, agent metrics,
+//! Victron telemetry) ships with the binary as migrations.
 
 pub mod cli;
 pub mod clock;
