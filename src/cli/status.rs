@@ -32,7 +32,7 @@ pub struct StatusArgs {
     /// Directory of the local store, for a daemon without a database
     /// (default: $STATE_DIRECTORY; the service's /var/lib/victron-poller
     /// with the installed configuration; else as for `run`).
-    #[arg(long, env = "VICTRON_POLLER_STATE_DIR", value_name = "DIR")]
+    #[arg(long, env = crate::config::STATE_DIR_ENV, value_name = "DIR")]
     state_dir: Option<PathBuf>,
     /// Only this site (its installation id): its status row and devices.
     #[arg(long, value_name = "SITE")]
