@@ -234,7 +234,7 @@ impl VeDirectSource {
     /// How many text blocks the decoder lost (failed checksum or abandoned)
     /// since its counts were `last`; the corrupt ones are counted in the
     /// device's status.
-    fn lost_blocks(&mut self, now: DecodeStats, last: &mut DecodeStats) -> u64 {
+    fn lost_blocks(&self, now: DecodeStats, last: &mut DecodeStats) -> u64 {
         let corrupt = now.blocks_invalid - last.blocks_invalid;
         let abandoned = now.resyncs - last.resyncs;
         if corrupt > 0 {
