@@ -1,13 +1,15 @@
 //! The fixed-rate schedule every periodic task uses (polls, status writes,
 //! retention runs), the common grid the frequent ones share (woken by a
-//! kernel timer each), and the cadence of a saved status: at once when
-//! what matters in it changed, otherwise every few seconds.
+//! kernel timer each), the cadence of a saved status (at once when what
+//! matters in it changed, otherwise every few seconds), and the delays
+//! between attempts to reach something that failed ([`retry_delays`]).
 
 use std::io;
 use std::os::fd::OwnedFd;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use backon::ExponentialBuilder;
 use rustix::time::{
     ClockId, Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags, Timespec,
 };
@@ -312,6 +314,18 @@ pub fn whole_ticks(every: Duration, tick: Duration) -> Duration {
     let tick_ns = tick.as_nanos().max(1);
     let ticks = every.as_nanos().div_ceil(tick_ns).max(1);
     Duration::from_nanos(u64::try_from(ticks * tick_ns).unwrap_or(u64::MAX))
+}
+
+/// The delays between attempts to reach a device or a server that failed:
+/// from `first`, doubling, to `longest`, each jittered (so that devices
+/// that failed together do not retry together), and never giving up.
+pub fn retry_delays(first: Duration, longest: Duration) -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(first)
+        .with_max_delay(longest)
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
 }
 
 #[cfg(test)]

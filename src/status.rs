@@ -28,8 +28,6 @@ pub enum ErrorClass {
     Unavailable,
     /// The GX refused the request (0x01/0x02/0x03 ...).
     Exception,
-    /// The data could not be decoded.
-    Decode,
     /// A serial port or stream problem.
     Port,
     /// The daemon's own task for the device failed (a panic): a bug.
@@ -45,7 +43,6 @@ impl ErrorClass {
             Self::Transport => "transport",
             Self::Unavailable => "unavailable",
             Self::Exception => "exception",
-            Self::Decode => "decode",
             Self::Port => "port",
             Self::Internal => "internal",
         }

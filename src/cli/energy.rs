@@ -27,7 +27,7 @@ pub struct EnergyArgs {
     json: bool,
     /// Directory of the local store, read without a database (default as
     /// for `status`).
-    #[arg(long, env = "VICTRON_POLLER_STATE_DIR", value_name = "DIR")]
+    #[arg(long, env = crate::config::STATE_DIR_ENV, value_name = "DIR")]
     state_dir: Option<std::path::PathBuf>,
 }
 

@@ -39,7 +39,7 @@ enum HistoryAction {
         to: Option<NaiveDate>,
         /// Without a database: the directory of the local store, whose own
         /// rollups are rebuilt (default as for `run`).
-        #[arg(long, env = "VICTRON_POLLER_STATE_DIR", value_name = "DIR")]
+        #[arg(long, env = crate::config::STATE_DIR_ENV, value_name = "DIR")]
         state_dir: Option<std::path::PathBuf>,
     },
 }

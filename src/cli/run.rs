@@ -19,7 +19,7 @@ use crate::signals::{Forced, Signals};
 pub struct RunArgs {
     /// Directory of the local store (default: $STATE_DIRECTORY as systemd
     /// sets it, else ./victron-poller-state).
-    #[arg(long, env = "VICTRON_POLLER_STATE_DIR", value_name = "DIR")]
+    #[arg(long, env = crate::config::STATE_DIR_ENV, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
     /// Longest wait for the forwarder to drain at shutdown, in seconds.
     #[arg(long, default_value_t = 10)]

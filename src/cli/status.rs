@@ -14,6 +14,7 @@ use clap::Args;
 use serde::Serialize;
 
 use super::{Context, Exit};
+use crate::clock::seconds_between;
 use crate::config::Config;
 use crate::db::SchemaReport;
 use crate::db::connect_once;
@@ -32,7 +33,7 @@ pub struct StatusArgs {
     /// Directory of the local store, for a daemon without a database
     /// (default: $STATE_DIRECTORY; the service's /var/lib/victron-poller
     /// with the installed configuration; else as for `run`).
-    #[arg(long, env = "VICTRON_POLLER_STATE_DIR", value_name = "DIR")]
+    #[arg(long, env = crate::config::STATE_DIR_ENV, value_name = "DIR")]
     state_dir: Option<PathBuf>,
     /// Only this site (its installation id): its status row and devices.
     #[arg(long, value_name = "SITE")]
@@ -325,13 +326,8 @@ async fn local_view(
 
 /// "12 s ago" for a time, "never" for none.
 fn ago(at: Option<DateTime<Utc>>) -> String {
-    at.map(|t| {
-        format!(
-            "{:.0} s ago",
-            (Utc::now() - t).num_milliseconds() as f64 / 1000.0
-        )
-    })
-    .unwrap_or_else(|| "never".into())
+    at.map(|t| format!("{:.0} s ago", seconds_between(t, Utc::now())))
+        .unwrap_or_else(|| "never".into())
 }
 
 /// A site as the table shows it (the empty site as `-`).

@@ -528,6 +528,12 @@ pub fn from_micros(us: i64) -> DateTime<Utc> {
     Utc.timestamp_micros(us).single().unwrap_or_default()
 }
 
+/// The seconds from `from` to `to` (negative when `to` is earlier), to the
+/// millisecond: the ages and durations the daemon reports.
+pub fn seconds_between(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
+    (to - from).num_milliseconds() as f64 / 1000.0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,8 +11,8 @@ use std::path::Path;
 use config::{Environment, File, FileFormat};
 
 use super::{
-    CONFIG_PATH_ENV, Config, ConfigError, ConfigProblem, ENV_PREFIX, LIST_VARIABLES, env_var_for,
-    redact, validate,
+    CONFIG_PATH_ENV, Config, ConfigError, ConfigProblem, ENV_PREFIX, LIST_VARIABLES, STATE_DIR_ENV,
+    env_var_for, redact, validate,
 };
 
 impl Config {
@@ -62,7 +62,7 @@ impl Config {
                 k.starts_with(&format!("{ENV_PREFIX}_"))
                     && k.as_str() != CONFIG_PATH_ENV
                     && !LIST_VARIABLES.iter().any(|(v, _)| v == k)
-                    && k.as_str() != "VICTRON_POLLER_STATE_DIR"
+                    && k.as_str() != STATE_DIR_ENV
             })
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();

@@ -441,9 +441,7 @@ fn defaults_apply_without_a_file() {
     assert_eq!(config.retention.run_every, Duration::from_secs(300));
 
     // The state directory's variable belongs to the command line, not to a key.
-    assert!(
-        Config::load_with_env(None, env(&[("VICTRON_POLLER_STATE_DIR", "/var/lib/x")])).is_ok()
-    );
+    assert!(Config::load_with_env(None, env(&[(STATE_DIR_ENV, "/var/lib/x")])).is_ok());
 }
 
 #[test]

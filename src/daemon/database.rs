@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use super::rollups::{RollupTask, rollup_loop};
 use super::state::{Observed, STATUS_EVERY, host_name};
-use crate::clock::Basis;
+use crate::clock::{Basis, seconds_between};
 use crate::db::link::retry_backoff;
 use crate::db::server::StorageMode;
 use crate::db::status_rows::{self, PollerRow, SiteRows};
@@ -361,8 +361,7 @@ async fn write_db_status(
                 rows_last_batch,
                 rows_total,
                 spool_depth,
-                spool_oldest_age_s: oldest
-                    .map(|o| (Utc::now() - o).num_milliseconds() as f64 / 1000.0),
+                spool_oldest_age_s: oldest.map(|o| seconds_between(o, Utc::now())),
                 retention_window: shared.config.retention.window,
                 storage_mode: mode,
                 clock: clock.basis.as_str(),

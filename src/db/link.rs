@@ -57,11 +57,7 @@ impl DatabaseLink {
 /// it is what bounds the time from the database's return to the backlog
 /// moving.
 pub fn retry_backoff() -> ExponentialBuilder {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(RETRY_MAX)
-        .with_jitter()
-        .without_max_times()
+    crate::schedule::retry_delays(Duration::from_millis(100), RETRY_MAX)
 }
 
 /// The longest wait between two attempts to reach the database.

@@ -35,6 +35,7 @@ pub use copy::copy_rows;
 pub use error::ForwardError;
 pub use insert::insert_rows;
 
+use crate::config::DatabaseConfig;
 use crate::db::link::{DatabaseLink, RETRY_MAX, retry_backoff};
 use crate::reading::Reading;
 use crate::store::{LocalStore, StoredReading};
@@ -183,7 +184,7 @@ impl Forwarder {
             wake,
             link,
             state: None,
-            write_timeout: Duration::from_secs(30),
+            write_timeout: DatabaseConfig::default_write_timeout(),
             direct: DirectPath::default(),
         }
     }

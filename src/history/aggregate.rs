@@ -14,6 +14,7 @@ use chrono_tz::Tz;
 use super::buckets::{Resolution, day_end, day_start, local_day};
 pub use super::energy::DayEnergy;
 use super::energy::{DeviceDay, Powers, combine};
+use crate::clock::seconds_between;
 use crate::reading::{ColumnKind, Reading, ReadingTable, Value};
 
 /// One bucket of one metric of one device.
@@ -242,7 +243,7 @@ impl Aggregator {
             .iter()
             .map(|((site, day), devices)| {
                 let (start, end) = (day_start(*day, tz), day_end(*day, tz).min(through));
-                let seconds = (end - start).num_milliseconds().max(1) as f64 / 1000.0;
+                let seconds = seconds_between(start, end).max(0.001);
                 combine(site, *day, seconds, devices)
             })
             .collect();

@@ -15,6 +15,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::Snapshot;
+use crate::clock::seconds_between;
 use crate::db::status_rows::PollerView;
 use crate::status::DeviceStatus;
 
@@ -292,10 +293,6 @@ pub fn failing_devices(devices: &[DeviceStatus]) -> Vec<String> {
             )
         })
         .collect()
-}
-
-fn seconds_between(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
-    (to - from).num_milliseconds() as f64 / 1000.0
 }
 
 #[cfg(test)]

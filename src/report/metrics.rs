@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 
 use super::Snapshot;
 use super::health::{Health, Level};
-use crate::clock::Basis;
+use crate::clock::{Basis, seconds_between};
 
 /// The kind of a metric family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,10 +152,7 @@ pub fn page(snapshot: &Snapshot, health: &Health, now: DateTime<Utc>) -> String 
             "victron_poller_last_success_age_seconds",
             Kind::Gauge,
             "Seconds since the device's last successful poll (absent before the first).",
-            |d| {
-                d.last_success
-                    .map(|t| (Utc::now() - t).num_milliseconds() as f64 / 1000.0)
-            },
+            |d| d.last_success.map(|t| seconds_between(t, Utc::now())),
         ),
         (
             "victron_poller_vedirect_corrupt_blocks_total",
@@ -193,7 +190,7 @@ pub fn page(snapshot: &Snapshot, health: &Health, now: DateTime<Utc>) -> String 
             "Age of the oldest reading in the local store (0 when empty).",
             snapshot
                 .spool_oldest
-                .map_or(0.0, |o| (now - o).num_milliseconds() as f64 / 1000.0),
+                .map_or(0.0, |o| seconds_between(o, now)),
         ),
         (
             "victron_poller_rows_stored_total",

@@ -105,9 +105,7 @@ async fn an_odd_firmware_byte_costs_the_firmware_only() {
     assert!(!task.is_finished(), "the source task ended");
     cancel.cancel();
     // A panic in the source would surface here as a join error.
-    let source = task.await.expect("the source task ran to its end");
-    assert_eq!(source.stats().blocks_valid, 6);
-    assert_eq!(source.stats().blocks_invalid, 0);
+    task.await.expect("the source task ran to its end");
 }
 
 /// The stricter reading changes nothing for real devices: every block of

@@ -21,7 +21,8 @@ use super::frame::{hex_digit, parse_hex};
 
 /// Longest block kept, in bytes (real blocks are under 300).
 pub const MAX_BLOCK: usize = 1024;
-/// Longest label (`Checksum`, `AC_OUT_V`: 8).
+/// Longest label kept (the longest real ones, `Checksum` and `AC_OUT_V`,
+/// have 8 bytes).
 pub const MAX_LABEL: usize = 16;
 /// Longest value (`SmartShunt 500A/50mV`: 20).
 pub const MAX_VALUE: usize = 64;
@@ -29,6 +30,15 @@ pub const MAX_VALUE: usize = 64;
 pub const MAX_HEX: usize = 512;
 /// Most fields in one block.
 pub const MAX_FIELDS: usize = 48;
+
+/// Whether `label` can be a label: not empty, and only ASCII letters,
+/// digits, `#` and `_` (`SER#`, `AC_OUT_V`).
+fn is_label(label: &[u8]) -> bool {
+    !label.is_empty()
+        && label
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'#' | b'_'))
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -230,11 +240,7 @@ impl VeDirectCodec {
                             self.restart_at_field();
                         }
                         let label = &self.block[self.label_start..self.tab_at];
-                        if label.is_empty()
-                            || !label
-                                .iter()
-                                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'#' | b'_'))
-                        {
+                        if !is_label(label) {
                             self.malformed = true;
                         }
                         self.state = if label.eq_ignore_ascii_case(b"Checksum") {
@@ -442,12 +448,9 @@ fn checked_block(block: &[u8], at: usize) -> Option<TextBlock> {
                     return None;
                 }
                 let label = &block[line..tab];
-                if label.is_empty()
+                if !is_label(label)
                     || label.len() > MAX_LABEL
                     || i - 1 - (tab + 1) > MAX_VALUE
-                    || !label
-                        .iter()
-                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'#' | b'_'))
                     || (label == b"PID" && fields > 0)
                     || label.eq_ignore_ascii_case(b"Checksum")
                 {

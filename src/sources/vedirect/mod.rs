@@ -14,7 +14,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
+use backon::BackoffBuilder;
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt as _;
 use tokio::io::AsyncRead;
@@ -52,8 +52,6 @@ pub struct VeDirectSource {
     status: StatusBoard,
     readings: mpsc::Sender<Reading>,
     merger: Merger,
-    /// Decode counters over every open of the port.
-    stats: DecodeStats,
     /// The received-at time of the last emitted snapshot.
     last_emitted: Option<DateTime<Utc>>,
     /// When the last block arrived: blocks are stamped strictly later, at
@@ -87,7 +85,6 @@ impl VeDirectSource {
             status,
             readings,
             merger: Merger::new(),
-            stats: DecodeStats::default(),
             last_emitted: None,
             last_block_at: None,
             block_moments: VecDeque::with_capacity(BLOCK_MOMENTS),
@@ -102,11 +99,6 @@ impl VeDirectSource {
     pub fn with_leases(mut self, leases: Leases) -> Self {
         self.leases = leases;
         self
-    }
-
-    /// Decode counters so far.
-    pub fn stats(&self) -> DecodeStats {
-        self.stats
     }
 
     async fn open(&self) -> std::io::Result<Port> {
@@ -139,11 +131,8 @@ impl VeDirectSource {
     /// Reads until `cancel` fires, reopening the port as needed. Gives the
     /// source back.
     pub async fn run(mut self, cancel: CancellationToken) -> Self {
-        let builder = ExponentialBuilder::default()
-            .with_min_delay(self.config.reconnect_min)
-            .with_max_delay(self.config.reconnect_max)
-            .with_jitter()
-            .without_max_times();
+        let builder =
+            crate::schedule::retry_delays(self.config.reconnect_min, self.config.reconnect_max);
         let mut delays = builder.build();
         loop {
             if cancel.is_cancelled() {
@@ -211,7 +200,7 @@ impl VeDirectSource {
                 () = cancel.cancelled() => return Ok(()),
                 frame = frames.next() => {
                     // Blocks the decoder dropped came before this frame.
-                    let lost = self.count(frames.decoder().stats(), &mut last_stats);
+                    let lost = self.lost_blocks(frames.decoder().stats(), &mut last_stats);
                     let mut completed = 0;
                     for _ in 0..lost {
                         completed += usize::from(self.merger.lost_block());
@@ -242,20 +231,16 @@ impl VeDirectSource {
         }
     }
 
-    /// Adds the decoder's counts since `last` to the totals; returns how many
-    /// text blocks were lost (failed checksum or abandoned) meanwhile.
-    fn count(&mut self, now: DecodeStats, last: &mut DecodeStats) -> u64 {
+    /// How many text blocks the decoder lost (failed checksum or abandoned)
+    /// since its counts were `last`; the corrupt ones are counted in the
+    /// device's status.
+    fn lost_blocks(&self, now: DecodeStats, last: &mut DecodeStats) -> u64 {
         let corrupt = now.blocks_invalid - last.blocks_invalid;
         let abandoned = now.resyncs - last.resyncs;
         if corrupt > 0 {
             self.status
                 .update(&self.config.name, |s| s.corrupt_blocks += corrupt);
         }
-        self.stats.blocks_valid += now.blocks_valid - last.blocks_valid;
-        self.stats.blocks_invalid += corrupt;
-        self.stats.hex_valid += now.hex_valid - last.hex_valid;
-        self.stats.hex_invalid += now.hex_invalid - last.hex_invalid;
-        self.stats.resyncs += abandoned;
         *last = now;
         corrupt + abandoned
     }

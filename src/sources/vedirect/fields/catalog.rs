@@ -1,6 +1,5 @@
 //! What VE.Direct's numbers mean: product ids to names and reading tables,
-//! state, error, MPPT and mode codes to text, alarm and off-reason bits to
-//! names.
+//! state, error, MPPT and mode codes to text, alarm bits to names.
 
 use std::borrow::Cow;
 
@@ -141,53 +140,6 @@ pub fn alarm_reasons(bits: i64) -> String {
         .join(",")
 }
 
-/// `OR`: off reason bits, as comma-separated names.
-pub fn off_reasons(bits: i64) -> String {
-    const NAMES: [&str; 9] = [
-        "No input power",
-        "Switched off (power switch)",
-        "Switched off (device mode)",
-        "Remote input",
-        "Protection active",
-        "Pay-as-you-go",
-        "BMS",
-        "Engine shutdown detection",
-        "Analysing input voltage",
-    ];
-    NAMES
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| bits >> i & 1 == 1)
-        .map(|(_, n)| *n)
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-/// `MON`: DC monitor mode.
-pub fn monitor_mode_text(mon: i64) -> Cow<'static, str> {
-    Cow::Borrowed(match mon {
-        -9 => "Solar charger",
-        -8 => "Wind turbine",
-        -7 => "Shaft generator",
-        -6 => "Alternator",
-        -5 => "Fuel cell",
-        -4 => "Water generator",
-        -3 => "DC/DC charger",
-        -2 => "AC charger",
-        -1 => "Generic source",
-        0 => "Battery monitor",
-        1 => "Generic load",
-        2 => "Electric drive",
-        3 => "Fridge",
-        4 => "Water pump",
-        5 => "Bilge pump",
-        6 => "DC system",
-        7 => "Inverter",
-        8 => "Water heater",
-        other => return Cow::Owned(format!("unknown ({other})")),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,8 +151,6 @@ mod tests {
         assert_eq!(error_text(33), "Input voltage too high (solar panel)");
         assert_eq!(mppt_text(2), "MPP tracker active");
         assert_eq!(alarm_reasons(1 | 64), "LowVoltage,HighTemperature");
-        assert_eq!(off_reasons(1), "No input power");
-        assert_eq!(monitor_mode_text(-9), "Solar charger");
         assert_eq!(mode_text(2), "On");
         assert_eq!(product_name(0xA05F), Some("SmartSolar MPPT 100/20"));
         assert_eq!(table_of_product(0xA389), Some(ReadingTable::Battery));

@@ -1,7 +1,7 @@
 //! VE.Direct labels and how each is read: the table of every label of the
 //! notes with its kind (a decimal in SI units, an integer, hex, ON/OFF,
-//! text, a firmware version, minutes), the fast label → slot lookup, and the
-//! parsing of a value into a [`Typed`] value.
+//! text, a firmware version, minutes) and the fast label → slot lookup,
+//! both from one list, and the parsing of a value into a [`Typed`] value.
 //!
 //! Every parser here takes the value's raw bytes and is total: any bytes
 //! give a typed value or "does not parse" (the snapshot counts it and leaves
@@ -55,148 +55,122 @@ pub(super) enum Kind {
     Minutes,
 }
 
-/// Every label of the notes, with how to read it.
-pub(super) const LABELS: &[(&str, Kind)] = &[
-    ("V", Kind::Decimal(3)),
-    ("V2", Kind::Decimal(3)),
-    ("V3", Kind::Decimal(3)),
-    ("VS", Kind::Decimal(3)),
-    ("VM", Kind::Decimal(3)),
-    ("DM", Kind::Decimal(1)),
-    ("VPV", Kind::Decimal(3)),
-    ("PPV", Kind::Decimal(0)),
-    ("I", Kind::Decimal(3)),
-    ("I2", Kind::Decimal(3)),
-    ("I3", Kind::Decimal(3)),
-    ("IL", Kind::Decimal(3)),
-    ("LOAD", Kind::OnOff),
-    ("T", Kind::Decimal(0)),
-    ("P", Kind::Decimal(0)),
-    ("CE", Kind::Decimal(3)),
-    ("SOC", Kind::Decimal(1)),
-    ("TTG", Kind::Minutes),
-    ("Alarm", Kind::OnOff),
-    ("Relay", Kind::OnOff),
-    ("AR", Kind::Int),
-    ("OR", Kind::Hex),
-    ("H1", Kind::Decimal(3)),
-    ("H2", Kind::Decimal(3)),
-    ("H3", Kind::Decimal(3)),
-    ("H4", Kind::Int),
-    ("H5", Kind::Int),
-    ("H6", Kind::Decimal(3)),
-    ("H7", Kind::Decimal(3)),
-    ("H8", Kind::Decimal(3)),
-    ("H9", Kind::Decimal(0)),
-    ("H10", Kind::Int),
-    ("H11", Kind::Int),
-    ("H12", Kind::Int),
-    ("H13", Kind::Int),
-    ("H14", Kind::Int),
-    ("H15", Kind::Decimal(3)),
-    ("H16", Kind::Decimal(3)),
-    ("H17", Kind::Decimal(2)),
-    ("H18", Kind::Decimal(2)),
-    ("H19", Kind::Decimal(2)),
-    ("H20", Kind::Decimal(2)),
-    ("H21", Kind::Decimal(0)),
-    ("H22", Kind::Decimal(2)),
-    ("H23", Kind::Decimal(0)),
-    ("HSDS", Kind::Int),
-    ("ERR", Kind::Int),
-    ("CS", Kind::Int),
-    ("MPPT", Kind::Int),
-    ("MODE", Kind::Int),
-    ("WARN", Kind::Int),
-    ("MON", Kind::Int),
-    ("AC_OUT_V", Kind::Decimal(2)),
-    ("AC_OUT_I", Kind::Decimal(1)),
-    ("AC_OUT_S", Kind::Decimal(0)),
-    ("DC_IN_V", Kind::Decimal(2)),
-    ("DC_IN_I", Kind::Decimal(1)),
-    ("DC_IN_P", Kind::Decimal(0)),
-    ("PID", Kind::Hex),
-    ("SER#", Kind::Text),
-    ("FW", Kind::Firmware { release: false }),
-    ("FWE", Kind::Firmware { release: true }),
-    ("BMV", Kind::Text),
-    ("HC#", Kind::Text),
-];
+/// Declares, from one list, the table of labels ([`LABELS`], whose order
+/// is the snapshot's slots) and the lookup of a label's slot ([`slot`]): a
+/// label is written once.
+macro_rules! labels {
+    ($($label:literal => $kind:expr,)*) => {
+        /// Every label of the notes, with how to read it.
+        pub(super) const LABELS: &[(&str, Kind)] = &[$((ascii($label), $kind)),*];
+
+        /// The slot of `label`: its place in [`LABELS`].
+        pub(super) fn slot(label: &[u8]) -> Option<usize> {
+            // A match compiles to a decision tree: much faster than scanning
+            // LABELS. Each arm's slot is found in LABELS when compiling.
+            match label {
+                $($label => Some(const { position($label) }),)*
+                _ => None,
+            }
+        }
+    };
+}
+
+labels! {
+    b"V" => Kind::Decimal(3),
+    b"V2" => Kind::Decimal(3),
+    b"V3" => Kind::Decimal(3),
+    b"VS" => Kind::Decimal(3),
+    b"VM" => Kind::Decimal(3),
+    b"DM" => Kind::Decimal(1),
+    b"VPV" => Kind::Decimal(3),
+    b"PPV" => Kind::Decimal(0),
+    b"I" => Kind::Decimal(3),
+    b"I2" => Kind::Decimal(3),
+    b"I3" => Kind::Decimal(3),
+    b"IL" => Kind::Decimal(3),
+    b"LOAD" => Kind::OnOff,
+    b"T" => Kind::Decimal(0),
+    b"P" => Kind::Decimal(0),
+    b"CE" => Kind::Decimal(3),
+    b"SOC" => Kind::Decimal(1),
+    b"TTG" => Kind::Minutes,
+    b"Alarm" => Kind::OnOff,
+    b"Relay" => Kind::OnOff,
+    b"AR" => Kind::Int,
+    b"OR" => Kind::Hex,
+    b"H1" => Kind::Decimal(3),
+    b"H2" => Kind::Decimal(3),
+    b"H3" => Kind::Decimal(3),
+    b"H4" => Kind::Int,
+    b"H5" => Kind::Int,
+    b"H6" => Kind::Decimal(3),
+    b"H7" => Kind::Decimal(3),
+    b"H8" => Kind::Decimal(3),
+    b"H9" => Kind::Decimal(0),
+    b"H10" => Kind::Int,
+    b"H11" => Kind::Int,
+    b"H12" => Kind::Int,
+    b"H13" => Kind::Int,
+    b"H14" => Kind::Int,
+    b"H15" => Kind::Decimal(3),
+    b"H16" => Kind::Decimal(3),
+    b"H17" => Kind::Decimal(2),
+    b"H18" => Kind::Decimal(2),
+    b"H19" => Kind::Decimal(2),
+    b"H20" => Kind::Decimal(2),
+    b"H21" => Kind::Decimal(0),
+    b"H22" => Kind::Decimal(2),
+    b"H23" => Kind::Decimal(0),
+    b"HSDS" => Kind::Int,
+    b"ERR" => Kind::Int,
+    b"CS" => Kind::Int,
+    b"MPPT" => Kind::Int,
+    b"MODE" => Kind::Int,
+    b"WARN" => Kind::Int,
+    b"MON" => Kind::Int,
+    b"AC_OUT_V" => Kind::Decimal(2),
+    b"AC_OUT_I" => Kind::Decimal(1),
+    b"AC_OUT_S" => Kind::Decimal(0),
+    b"DC_IN_V" => Kind::Decimal(2),
+    b"DC_IN_I" => Kind::Decimal(1),
+    b"DC_IN_P" => Kind::Decimal(0),
+    b"PID" => Kind::Hex,
+    b"SER#" => Kind::Text,
+    b"FW" => Kind::Firmware { release: false },
+    b"FWE" => Kind::Firmware { release: true },
+    b"BMV" => Kind::Text,
+    b"HC#" => Kind::Text,
+}
 
 /// The number of known labels (the snapshot's slots; at most 64, one bit each).
 pub(super) const SLOTS: usize = LABELS.len();
 const _: () = assert!(SLOTS <= 64);
 
-pub(super) fn slot(label: &[u8]) -> Option<usize> {
-    // A match compiles to a decision tree: much faster than scanning LABELS.
-    // A unit test holds it to LABELS' order.
-    Some(match label {
-        b"V" => 0,
-        b"V2" => 1,
-        b"V3" => 2,
-        b"VS" => 3,
-        b"VM" => 4,
-        b"DM" => 5,
-        b"VPV" => 6,
-        b"PPV" => 7,
-        b"I" => 8,
-        b"I2" => 9,
-        b"I3" => 10,
-        b"IL" => 11,
-        b"LOAD" => 12,
-        b"T" => 13,
-        b"P" => 14,
-        b"CE" => 15,
-        b"SOC" => 16,
-        b"TTG" => 17,
-        b"Alarm" => 18,
-        b"Relay" => 19,
-        b"AR" => 20,
-        b"OR" => 21,
-        b"H1" => 22,
-        b"H2" => 23,
-        b"H3" => 24,
-        b"H4" => 25,
-        b"H5" => 26,
-        b"H6" => 27,
-        b"H7" => 28,
-        b"H8" => 29,
-        b"H9" => 30,
-        b"H10" => 31,
-        b"H11" => 32,
-        b"H12" => 33,
-        b"H13" => 34,
-        b"H14" => 35,
-        b"H15" => 36,
-        b"H16" => 37,
-        b"H17" => 38,
-        b"H18" => 39,
-        b"H19" => 40,
-        b"H20" => 41,
-        b"H21" => 42,
-        b"H22" => 43,
-        b"H23" => 44,
-        b"HSDS" => 45,
-        b"ERR" => 46,
-        b"CS" => 47,
-        b"MPPT" => 48,
-        b"MODE" => 49,
-        b"WARN" => 50,
-        b"MON" => 51,
-        b"AC_OUT_V" => 52,
-        b"AC_OUT_I" => 53,
-        b"AC_OUT_S" => 54,
-        b"DC_IN_V" => 55,
-        b"DC_IN_I" => 56,
-        b"DC_IN_P" => 57,
-        b"PID" => 58,
-        b"SER#" => 59,
-        b"FW" => 60,
-        b"FWE" => 61,
-        b"BMV" => 62,
-        b"HC#" => 63,
-        _ => return None,
-    })
+/// A label as text (every label is ASCII).
+const fn ascii(label: &'static [u8]) -> &'static str {
+    match std::str::from_utf8(label) {
+        Ok(text) => text,
+        Err(_) => panic!("a VE.Direct label is ASCII"),
+    }
+}
+
+/// The place of `label` in [`LABELS`].
+const fn position(label: &[u8]) -> usize {
+    let mut i = 0;
+    while i < LABELS.len() {
+        let known = LABELS[i].0.as_bytes();
+        if known.len() == label.len() {
+            let mut j = 0;
+            while j < label.len() && known[j] == label[j] {
+                j += 1;
+            }
+            if j == label.len() {
+                return i;
+            }
+        }
+        i += 1;
+    }
+    panic!("a label of the lookup is in LABELS")
 }
 
 /// A decimal integer, optionally negative; `None` on anything else or overflow.
