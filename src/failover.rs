@@ -15,7 +15,7 @@ use std::sync::{Arc, RwLock};
 
 /// What this daemon knows of one device's lock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LeaseState {
+pub(crate) enum LeaseState {
     /// Not asked yet: the daemon has just started.
     Pending,
     /// This daemon holds the lock: it polls the device.
@@ -28,7 +28,7 @@ pub enum LeaseState {
 
 /// The per-device permission to poll, shared by the sources and the keeper.
 #[derive(Debug, Clone)]
-pub struct Leases {
+pub(crate) struct Leases {
     inner: Option<Arc<Shared>>,
 }
 
@@ -40,12 +40,12 @@ struct Shared {
 
 impl Leases {
     /// No failover: every device is always polled.
-    pub fn always() -> Self {
+    pub(crate) fn always() -> Self {
         Self { inner: None }
     }
 
     /// Failover for `devices`; none is polled until the keeper has asked.
-    pub fn new<'a>(
+    pub(crate) fn new<'a>(
         devices: impl IntoIterator<Item = &'a str>,
         poll_when_unreachable: bool,
     ) -> Self {
@@ -62,7 +62,7 @@ impl Leases {
     }
 
     /// Whether this daemon may poll `device` now.
-    pub fn may_poll(&self, device: &str) -> bool {
+    pub(crate) fn may_poll(&self, device: &str) -> bool {
         let Some(inner) = &self.inner else {
             return true;
         };
@@ -74,7 +74,7 @@ impl Leases {
     }
 
     /// What is known of `device`'s lock (`None` without failover).
-    pub fn state(&self, device: &str) -> Option<LeaseState> {
+    pub(crate) fn state(&self, device: &str) -> Option<LeaseState> {
         let inner = self.inner.as_ref()?;
         let states = inner.states.read().unwrap_or_else(|p| p.into_inner());
         states.get(device).copied()

@@ -33,7 +33,7 @@ static WRITER_GUARD: Mutex<Option<WorkerGuard>> = Mutex::new(None);
 static DROPPED: Mutex<Option<ErrorCounter>> = Mutex::new(None);
 
 /// Log lines dropped so far because whoever reads the output fell behind.
-pub fn dropped_lines() -> u64 {
+pub(crate) fn dropped_lines() -> u64 {
     DROPPED
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -64,7 +64,7 @@ pub fn flush() {
 }
 
 /// Installs the global subscriber; a second call is a no-op.
-pub fn init(config: &LogConfig) {
+pub(crate) fn init(config: &LogConfig) {
     let mut filter = EnvFilter::try_new(&config.level).unwrap_or_else(|_| EnvFilter::new("info"));
     // The driver's own warnings (slow statements, a connection reset while
     // being returned to the pool) repeat what the daemon reports once per
@@ -107,7 +107,7 @@ pub fn init(config: &LogConfig) {
 /// Whether standard error is the journal stream systemd named in
 /// `JOURNAL_STREAM` (`device:inode`), rather than, say, a redirection the
 /// service set up itself.
-pub fn stderr_is_journal() -> bool {
+pub(crate) fn stderr_is_journal() -> bool {
     use std::os::unix::fs::MetadataExt as _;
     let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
         return false;

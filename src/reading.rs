@@ -196,7 +196,7 @@ pub enum SourceKind {
 
 impl SourceKind {
     /// The `source` column's text.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Modbus => "modbus",
             Self::VeDirect => "vedirect",
@@ -229,12 +229,12 @@ pub struct Reading {
 }
 
 /// The current (A) beyond which a battery counts as charging or discharging.
-pub const BATTERY_IDLE_BAND_A: f64 = 0.5;
+pub(crate) const BATTERY_IDLE_BAND_A: f64 = 0.5;
 
 /// A battery's state from its current (positive while charging), the one rule
 /// every source uses: `charging`, `discharging`, or `idle` within
 /// ±[`BATTERY_IDLE_BAND_A`].
-pub fn battery_state(current_a: f64) -> &'static str {
+pub(crate) fn battery_state(current_a: f64) -> &'static str {
     if current_a > BATTERY_IDLE_BAND_A {
         "charging"
     } else if current_a < -BATTERY_IDLE_BAND_A {

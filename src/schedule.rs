@@ -22,7 +22,7 @@ use tokio::time::{Instant, sleep_until};
 /// tenth of a period) are skipped, not fired late or in a burst. The first
 /// tick is immediate.
 #[derive(Debug)]
-pub struct Ticker {
+pub(crate) struct Ticker {
     start: Instant,
     period: Duration,
     next: u64,
@@ -32,7 +32,7 @@ pub struct Ticker {
 
 impl Ticker {
     /// A schedule starting now.
-    pub fn new(period: Duration) -> Self {
+    pub(crate) fn new(period: Duration) -> Self {
         Self {
             start: Instant::now(),
             period: period.max(Duration::from_millis(1)),
@@ -44,7 +44,7 @@ impl Ticker {
 
     /// Sleeps on a kernel timer of its own ([`Alarm::kernel`]): one
     /// wake-up per tick instead of two.
-    pub fn with_kernel_timer(mut self) -> Self {
+    pub(crate) fn with_kernel_timer(mut self) -> Self {
         self.alarm = Alarm::kernel();
         self
     }
@@ -52,7 +52,7 @@ impl Ticker {
     /// Waits for the next grid point that is not in the past; returns it.
     /// Cancellation-safe: dropped before it fires (in a `select!`), it
     /// changes nothing, and the next call waits for the same grid point.
-    pub async fn tick(&mut self) -> Instant {
+    pub(crate) async fn tick(&mut self) -> Instant {
         let elapsed = Instant::now()
             .saturating_duration_since(self.start)
             .as_nanos();
@@ -77,15 +77,16 @@ impl Ticker {
         at
     }
 
+    #[cfg(test)]
     /// Grid points skipped so far because a poll overran them.
-    pub fn skipped(&self) -> u64 {
+    pub(crate) fn skipped(&self) -> u64 {
         self.skipped
     }
 }
 
 /// A fixed-rate schedule of `period` starting now (retention runs: the
 /// first is due at once, however late the task started).
-pub fn ticker(period: Duration) -> Ticker {
+pub(crate) fn ticker(period: Duration) -> Ticker {
     Ticker::new(period)
 }
 
@@ -96,7 +97,7 @@ static COMMON_ORIGIN: OnceLock<Instant> = OnceLock::new();
 /// Points in time at origin + k × period, for any period: schedules on one
 /// grid fall together wherever their periods have common multiples.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Grid {
+pub(crate) struct Grid {
     origin: Instant,
 }
 
@@ -106,21 +107,22 @@ impl Grid {
     /// status writers, the forwarder's recheck, the batches' closing) wake
     /// together, one wake-up of the process where each would take its own,
     /// and a wake-up is most of an idle gateway's CPU.
-    pub fn common() -> Self {
+    pub(crate) fn common() -> Self {
         Self {
             origin: *COMMON_ORIGIN.get_or_init(Instant::now),
         }
     }
 
+    #[cfg(test)]
     /// A grid with its origin at `origin`.
-    pub fn starting_at(origin: Instant) -> Self {
+    pub(crate) fn starting_at(origin: Instant) -> Self {
         Self { origin }
     }
 
     /// A fixed-rate schedule of `period` on this grid. A task started at the
     /// origin ticks at once; one started later, at the next grid point
     /// (within a period).
-    pub fn ticker(self, period: Duration) -> Ticker {
+    pub(crate) fn ticker(self, period: Duration) -> Ticker {
         let mut ticker = Ticker::new(period);
         ticker.start = self.origin;
         ticker
@@ -128,7 +130,7 @@ impl Grid {
 
     /// The latest point of the grid of `period` at or before `t`; `None`
     /// before the origin.
-    pub fn point_at_or_before(self, t: Instant, period: Duration) -> Option<Instant> {
+    pub(crate) fn point_at_or_before(self, t: Instant, period: Duration) -> Option<Instant> {
         let since = t.checked_duration_since(self.origin)?.as_nanos();
         let period = period.as_nanos().max(1);
         let offset = u64::try_from(since - since % period).ok()?;
@@ -138,7 +140,7 @@ impl Grid {
 
 /// A fixed-rate schedule of `period` on the process's common grid
 /// ([`Grid::common`]), on a kernel timer ([`Ticker::with_kernel_timer`]).
-pub fn common_ticker(period: Duration) -> Ticker {
+pub(crate) fn common_ticker(period: Duration) -> Ticker {
     Grid::common().ticker(period).with_kernel_timer()
 }
 
@@ -149,14 +151,14 @@ pub fn common_ticker(period: Duration) -> Ticker {
 /// millisecond (so that two timers due at one instant, one on each, may
 /// take two wake-ups).
 #[derive(Debug)]
-pub struct Alarm {
+pub(crate) struct Alarm {
     timer: Option<KernelTimer>,
 }
 
 impl Alarm {
     /// On a kernel timer (a `timerfd`; the runtime's timer if none can be
     /// made): one wake-up, exactly at the instant.
-    pub fn kernel() -> Self {
+    pub(crate) fn kernel() -> Self {
         match KernelTimer::new() {
             Ok(timer) => Self { timer: Some(timer) },
             Err(error) => {
@@ -167,13 +169,13 @@ impl Alarm {
     }
 
     /// On the runtime's timer (which a paused test clock drives).
-    pub fn runtime() -> Self {
+    pub(crate) fn runtime() -> Self {
         Self { timer: None }
     }
 
     /// Sleeps until `at`. Cancellation-safe: a dropped sleep changes
     /// nothing for the next one.
-    pub async fn sleep_until(&mut self, at: Instant) {
+    pub(crate) async fn sleep_until(&mut self, at: Instant) {
         if let Some(timer) = &self.timer {
             match timer.sleep_until(at).await {
                 Ok(()) => return,
@@ -256,7 +258,7 @@ impl KernelTimer {
 
 /// What a status calls for ([`Cadence::judge`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Save {
+pub(crate) enum Save {
     /// What matters in it changed (or nothing was saved yet): save it now.
     Changed,
     /// Only its times and counts moved, and the period is over: save it.
@@ -269,19 +271,19 @@ pub enum Save {
 /// as each device's health) differs from the last saved one, otherwise
 /// once a period. The status document and the status rows keep this rule.
 #[derive(Debug)]
-pub struct Cadence<S> {
+pub(crate) struct Cadence<S> {
     every: Duration,
     last: Option<(Instant, S)>,
 }
 
 impl<S: PartialEq> Cadence<S> {
     /// Nothing saved yet: the first status is [`Save::Changed`].
-    pub fn new(every: Duration) -> Self {
+    pub(crate) fn new(every: Duration) -> Self {
         Self { every, last: None }
     }
 
     /// What a status of shape `shape` calls for at `now`.
-    pub fn judge(&self, shape: &S, now: Instant) -> Save {
+    pub(crate) fn judge(&self, shape: &S, now: Instant) -> Save {
         match &self.last {
             Some((_, was)) if was != shape => Save::Changed,
             Some((at, _)) if now.saturating_duration_since(*at) < self.every => Save::Not,
@@ -291,17 +293,17 @@ impl<S: PartialEq> Cadence<S> {
     }
 
     /// A status of shape `shape` was saved at `at`.
-    pub fn saved(&mut self, shape: S, at: Instant) {
+    pub(crate) fn saved(&mut self, shape: S, at: Instant) {
         self.last = Some((at, shape));
     }
 
     /// Saving failed: the next status is saved whatever it is.
-    pub fn forget(&mut self) {
+    pub(crate) fn forget(&mut self) {
         self.last = None;
     }
 
     /// How long ago the last status was saved; `None` before the first.
-    pub fn since_saved(&self, now: Instant) -> Option<Duration> {
+    pub(crate) fn since_saved(&self, now: Instant) -> Option<Duration> {
         self.last
             .as_ref()
             .map(|(at, _)| now.saturating_duration_since(*at))
@@ -310,7 +312,7 @@ impl<S: PartialEq> Cadence<S> {
 
 /// The period of a status rewritten on a `tick` schedule at least `every`:
 /// `every` rounded up to whole ticks, at least one.
-pub fn whole_ticks(every: Duration, tick: Duration) -> Duration {
+pub(crate) fn whole_ticks(every: Duration, tick: Duration) -> Duration {
     let tick_ns = tick.as_nanos().max(1);
     let ticks = every.as_nanos().div_ceil(tick_ns).max(1);
     Duration::from_nanos(u64::try_from(ticks * tick_ns).unwrap_or(u64::MAX))
@@ -319,7 +321,7 @@ pub fn whole_ticks(every: Duration, tick: Duration) -> Duration {
 /// The delays between attempts to reach a device or a server that failed:
 /// from `first`, doubling, to `longest`, each jittered (so that devices
 /// that failed together do not retry together), and never giving up.
-pub fn retry_delays(first: Duration, longest: Duration) -> ExponentialBuilder {
+pub(crate) fn retry_delays(first: Duration, longest: Duration) -> ExponentialBuilder {
     ExponentialBuilder::default()
         .with_min_delay(first)
         .with_max_delay(longest)

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Why a stop could not finish in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Forced {
+pub(crate) enum Forced {
     /// A second signal: stop at once.
     SecondSignal,
     /// The ordered stop took longer than its hard limit.
@@ -21,7 +21,7 @@ pub enum Forced {
 
 /// The process's stop signals.
 #[derive(Debug)]
-pub struct Signals {
+pub(crate) struct Signals {
     shutdown: CancellationToken,
     forced: oneshot::Receiver<Forced>,
 }
@@ -29,7 +29,7 @@ pub struct Signals {
 impl Signals {
     /// Listens for SIGTERM and SIGINT; `hard_limit` bounds the ordered stop
     /// that the first one starts.
-    pub fn listen(hard_limit: Duration) -> anyhow::Result<Self> {
+    pub(crate) fn listen(hard_limit: Duration) -> anyhow::Result<Self> {
         let mut term = signal(SignalKind::terminate()).context("Failed to listen for SIGTERM")?;
         let mut int = signal(SignalKind::interrupt()).context("Failed to listen for SIGINT")?;
         let shutdown = CancellationToken::new();
@@ -53,12 +53,12 @@ impl Signals {
     }
 
     /// Cancelled by the first signal.
-    pub fn shutdown(&self) -> CancellationToken {
+    pub(crate) fn shutdown(&self) -> CancellationToken {
         self.shutdown.clone()
     }
 
     /// Resolves when the stop is forced; never, if it is not.
-    pub async fn forced(self) -> Forced {
+    pub(crate) async fn forced(self) -> Forced {
         match self.forced.await {
             Ok(forced) => forced,
             Err(_) => std::future::pending().await,

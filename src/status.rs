@@ -36,7 +36,7 @@ pub enum ErrorClass {
 
 impl ErrorClass {
     /// The name stored in `device_status.last_error_class`.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Connect => "connect",
             Self::Timeout => "timeout",
@@ -53,11 +53,11 @@ impl ErrorClass {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeviceStatus {
     /// The configured name.
-    pub device: String,
+    pub(crate) device: String,
     /// Modbus or VE.Direct.
-    pub source: SourceKind,
+    pub(crate) source: SourceKind,
     /// host:port/unit id, or a serial path.
-    pub address: String,
+    pub(crate) address: String,
     /// Victron product id, when known.
     pub product_id: Option<i64>,
     /// Product name, when known.
@@ -67,9 +67,9 @@ pub struct DeviceStatus {
     /// Firmware version (for Modbus devices: the GX's, register 834).
     pub firmware: Option<String>,
     /// Last poll attempt.
-    pub last_attempt: Option<DateTime<Utc>>,
+    pub(crate) last_attempt: Option<DateTime<Utc>>,
     /// Last successful poll.
-    pub last_success: Option<DateTime<Utc>>,
+    pub(crate) last_success: Option<DateTime<Utc>>,
     /// Last error message.
     pub last_error: Option<String>,
     /// Last error class.
@@ -86,11 +86,11 @@ pub struct DeviceStatus {
     /// Frames dropped for a failed checksum (VE.Direct).
     pub corrupt_blocks: u64,
     /// Another daemon holds this device's lock: it is not polled here.
-    pub standby: bool,
+    pub(crate) standby: bool,
     /// When its source last completed a poll or received data, or was
     /// registered or resumed: what hang detection measures from.
     #[serde(skip, default = "Instant::now")]
-    pub progress_at: Instant,
+    pub(crate) progress_at: Instant,
 }
 
 /// A duration as whole milliseconds (`backoff_ms`).
@@ -118,7 +118,7 @@ impl DeviceStatus {
     /// here (not on standby) and its last poll did not succeed, or none has.
     /// The one definition of "failing" that `status`, `/healthz`, the
     /// metrics and the status rows use.
-    pub fn is_failing(&self) -> bool {
+    pub(crate) fn is_failing(&self) -> bool {
         !self.standby && !self.is_healthy()
     }
 }
@@ -170,7 +170,7 @@ impl StatusBoard {
 
     /// Notes that a device's source is alive: it completed a poll (even a
     /// skipped one, while waiting to reconnect) or received data.
-    pub fn heartbeat(&self, device: &str) {
+    pub(crate) fn heartbeat(&self, device: &str) {
         if let Some(status) = self.lock().get_mut(device) {
             status.progress_at = Instant::now();
         }
@@ -178,7 +178,7 @@ impl StatusBoard {
 
     /// Puts a device in or out of standby (not polled by this daemon: another
     /// one holds its lock, or the lock cannot be checked).
-    pub fn set_standby(&self, device: &str, standby: bool) {
+    pub(crate) fn set_standby(&self, device: &str, standby: bool) {
         if let Some(status) = self.lock().get_mut(device) {
             status.standby = standby;
             // Hang detection starts over when polling resumes.
@@ -188,7 +188,7 @@ impl StatusBoard {
 
     /// Devices whose source has shown no progress for longer than `limit`
     /// (standby devices excluded), with how long.
-    pub fn stalled(&self, limit: Duration) -> Vec<(String, Duration)> {
+    pub(crate) fn stalled(&self, limit: Duration) -> Vec<(String, Duration)> {
         self.lock()
             .values()
             .filter(|s| !s.standby)
@@ -204,7 +204,7 @@ impl StatusBoard {
 
     /// Records a successful poll whose recovery its source logged itself
     /// (a GX that answers again brings all its devices back: one line).
-    pub fn success_unlogged(&self, device: &str, at: DateTime<Utc>) {
+    pub(crate) fn success_unlogged(&self, device: &str, at: DateTime<Utc>) {
         self.record_success(device, at, false);
     }
 
@@ -236,14 +236,14 @@ impl StatusBoard {
     }
 
     /// Records a failed poll; logs only the first failure of a run.
-    pub fn failure(&self, device: &str, at: DateTime<Utc>, class: ErrorClass, error: &str) {
+    pub(crate) fn failure(&self, device: &str, at: DateTime<Utc>, class: ErrorClass, error: &str) {
         self.record_failure(device, at, class, error, true);
     }
 
     /// Records a failed poll whose cause its source logs itself (a GX that
     /// cannot be reached takes all its devices with it: one line for the
     /// GX, not one per device).
-    pub fn failure_unlogged(
+    pub(crate) fn failure_unlogged(
         &self,
         device: &str,
         at: DateTime<Utc>,
@@ -288,7 +288,7 @@ impl StatusBoard {
     }
 
     /// Updates identity fields and the reconnect delay.
-    pub fn update(&self, device: &str, change: impl FnOnce(&mut DeviceStatus)) {
+    pub(crate) fn update(&self, device: &str, change: impl FnOnce(&mut DeviceStatus)) {
         if let Some(status) = self.lock().get_mut(device) {
             change(status);
         }

@@ -15,17 +15,17 @@ use tokio_util::sync::CancellationToken;
 use crate::status::StatusBoard;
 
 /// Tells systemd the daemon is up.
-pub fn ready(status: &str) {
+pub(crate) fn ready(status: &str) {
     notify(&[NotifyState::Ready, NotifyState::Status(status)]);
 }
 
 /// Updates the one-line status `systemctl status` shows.
-pub fn status(status: &str) {
+pub(crate) fn status(status: &str) {
     notify(&[NotifyState::Status(status)]);
 }
 
 /// Tells systemd the daemon is stopping.
-pub fn stopping() {
+pub(crate) fn stopping() {
     notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
 }
 
@@ -36,14 +36,18 @@ fn notify(states: &[NotifyState<'_>]) {
 }
 
 /// The watchdog interval systemd asked for (`WATCHDOG_USEC`), if any.
-pub fn watchdog_interval() -> Option<Duration> {
+pub(crate) fn watchdog_interval() -> Option<Duration> {
     let mut usec = 0;
     sd_notify::watchdog_enabled(false, &mut usec).then(|| Duration::from_micros(usec))
 }
 
 /// Feeds the watchdog at half its interval while no source is hung, until
 /// `cancel`. Returns at once when systemd set no watchdog.
-pub async fn feed_watchdog(board: StatusBoard, stall_timeout: Duration, cancel: CancellationToken) {
+pub(crate) async fn feed_watchdog(
+    board: StatusBoard,
+    stall_timeout: Duration,
+    cancel: CancellationToken,
+) {
     let Some(interval) = watchdog_interval() else {
         return;
     };

@@ -9,7 +9,7 @@ use super::Exit;
 use crate::config::{Config, ConfigSource, KNOWN_KEYS};
 
 /// Runs `check-config`.
-pub fn exec(config: &Config, source: &ConfigSource) -> anyhow::Result<Exit> {
+pub(crate) fn exec(config: &Config, source: &ConfigSource) -> anyhow::Result<Exit> {
     config.check_runnable()?;
     let source = match source {
         ConfigSource::NotFound { .. } => {

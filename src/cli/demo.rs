@@ -24,7 +24,7 @@ const DEMO_TIME_SCALE: f64 = 360.0;
 const DEMO_START_HOUR: f64 = 5.5;
 
 /// Runs `demo`.
-pub async fn exec() -> anyhow::Result<Exit> {
+pub(crate) async fn exec() -> anyhow::Result<Exit> {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .context("Failed to start the GX simulator")?;

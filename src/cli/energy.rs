@@ -15,7 +15,7 @@ use crate::history::buckets::local_day;
 
 /// Options of `energy`.
 #[derive(Debug, Args)]
-pub struct EnergyArgs {
+pub(crate) struct EnergyArgs {
     /// How many local days, up to today.
     #[arg(long, default_value_t = 14)]
     days: u32,
@@ -32,7 +32,11 @@ pub struct EnergyArgs {
 }
 
 /// Runs the subcommand.
-pub async fn exec(config: &Config, args: EnergyArgs, context: &Context) -> anyhow::Result<Exit> {
+pub(crate) async fn exec(
+    config: &Config,
+    args: EnergyArgs,
+    context: &Context,
+) -> anyhow::Result<Exit> {
     let today = local_day(Utc::now(), config.site.timezone);
     let first = today - chrono::Duration::days(i64::from(args.days.max(1)) - 1);
     let mut so_far = Vec::new();

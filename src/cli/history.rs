@@ -17,7 +17,7 @@ use crate::store::LocalStore;
 
 /// Options of `history`.
 #[derive(Debug, Args)]
-pub struct HistoryArgs {
+pub(crate) struct HistoryArgs {
     #[command(subcommand)]
     action: HistoryAction,
 }
@@ -45,7 +45,7 @@ enum HistoryAction {
 }
 
 /// Runs the subcommand.
-pub async fn exec(config: &Config, args: HistoryArgs) -> anyhow::Result<Exit> {
+pub(crate) async fn exec(config: &Config, args: HistoryArgs) -> anyhow::Result<Exit> {
     let HistoryAction::Rebuild {
         site,
         from,

@@ -11,14 +11,14 @@ use crate::db::migrate;
 
 /// Options of `migrate`.
 #[derive(Debug, Args)]
-pub struct MigrateArgs {
+pub(crate) struct MigrateArgs {
     /// Change nothing; exit 1 while a migration is pending.
     #[arg(long)]
     check: bool,
 }
 
 /// Runs the subcommand.
-pub async fn exec(config: &Config, args: MigrateArgs) -> anyhow::Result<Exit> {
+pub(crate) async fn exec(config: &Config, args: MigrateArgs) -> anyhow::Result<Exit> {
     let db = require_database(config)?;
     let mut conn = connect_once(db).await?;
 

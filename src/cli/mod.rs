@@ -12,15 +12,15 @@ macro_rules! outln {
     }};
 }
 
-pub mod check_config;
-pub mod demo;
-pub mod energy;
-pub mod history;
-pub mod migrate;
-pub mod probe;
-pub mod run;
-pub mod simulate;
-pub mod status;
+pub(crate) mod check_config;
+pub(crate) mod demo;
+pub(crate) mod energy;
+pub(crate) mod history;
+pub(crate) mod migrate;
+pub(crate) mod probe;
+pub(crate) mod run;
+pub(crate) mod simulate;
+pub(crate) mod status;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -73,7 +73,7 @@ pub enum Exit {
 
 impl Exit {
     /// The process exit code.
-    pub fn code(self) -> u8 {
+    pub(crate) fn code(self) -> u8 {
         match self {
             Self::Ok => 0,
             Self::Attention => 1,
@@ -111,16 +111,16 @@ pub struct Cli {
     /// `run`, `migrate`, `check-config`, `status`, `history` and `energy`;
     /// `demo`, `simulate` and `probe` read none and refuse it.
     #[arg(long, short, global = true, env = CONFIG_PATH_ENV, value_name = "FILE")]
-    pub config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
 
     /// What to do.
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run the daemon: poll the configured devices, keep every reading in the
     /// local store, forward to PostgreSQL when one is configured.
     Run(run::RunArgs),
@@ -191,7 +191,7 @@ impl Cli {
     }
 
     /// [`Cli::parse_args`] on `args`, the first being the program name.
-    pub fn try_parse_args_from<I, T>(args: I) -> Result<Self, clap::Error>
+    pub(crate) fn try_parse_args_from<I, T>(args: I) -> Result<Self, clap::Error>
     where
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
@@ -217,7 +217,7 @@ impl Cli {
 /// (exit 64, like clap's own usage errors).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct UsageError(pub String);
+pub(crate) struct UsageError(pub String);
 
 /// Runs the parsed command line; errors carry their context for the user.
 pub async fn run(cli: Cli) -> anyhow::Result<Exit> {
@@ -227,17 +227,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<Exit> {
 /// Where a subcommand that reads the configuration runs: where its file
 /// came from, and the installation's paths.
 #[derive(Debug, Clone)]
-pub struct Context {
+pub(crate) struct Context {
     /// The configuration file used, or where none was found.
-    pub source: ConfigSource,
+    pub(crate) source: ConfigSource,
     /// The installed layout's paths.
-    pub layout: Layout,
+    pub(crate) layout: Layout,
 }
 
 impl Context {
     /// Whether the configuration is the installed one: the daemon that runs
     /// with it is the systemd service.
-    pub fn is_installed(&self) -> bool {
+    pub(crate) fn is_installed(&self) -> bool {
         self.source
             .path()
             .is_some_and(|path| self.layout.is_installed_config(path))
@@ -247,7 +247,7 @@ impl Context {
     /// process's), plus, when `with_env_file`, what the installed
     /// environment file sets that `base` does not. A file that exists but
     /// cannot be read is said on standard error, with what to do.
-    pub fn environment(
+    pub(crate) fn environment(
         &self,
         mut base: HashMap<String, String>,
         with_env_file: bool,
@@ -273,7 +273,7 @@ impl Context {
     /// looks in: `--state-dir`, else `$STATE_DIRECTORY`, else the service's
     /// (`/var/lib/victron-poller`) when the configuration is the installed
     /// one, else `./victron-poller-state` as for `run`.
-    pub fn store_dir(&self, flag: Option<PathBuf>) -> PathBuf {
+    pub(crate) fn store_dir(&self, flag: Option<PathBuf>) -> PathBuf {
         let fallback = if self.is_installed() {
             self.layout.state_dir.clone()
         } else {
@@ -285,7 +285,7 @@ impl Context {
 
 /// [`run()`] with the installation's paths in `layout` (tests point them
 /// elsewhere).
-pub async fn run_in(cli: Cli, layout: &Layout) -> anyhow::Result<Exit> {
+pub(crate) async fn run_in(cli: Cli, layout: &Layout) -> anyhow::Result<Exit> {
     let context = Context {
         source: layout.locate(cli.config.as_deref()),
         layout: layout.clone(),

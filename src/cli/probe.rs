@@ -10,22 +10,22 @@ use crate::sources::modbus::probe::{config_snippet, probe};
 
 /// Options of `probe`.
 #[derive(Debug, Args)]
-pub struct ProbeArgs {
+pub(crate) struct ProbeArgs {
     /// The GX: host or host:port (default port 502).
-    pub target: String,
+    pub(crate) target: String,
     /// Try every unit id 0–247, not only the documented ones.
     #[arg(long)]
-    pub all: bool,
+    pub(crate) all: bool,
     /// At most this many requests per second.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=200))]
-    pub rate: u32,
+    pub(crate) rate: u32,
     /// Longest wait for one reply, in milliseconds.
     #[arg(long, default_value_t = 1000)]
-    pub timeout_ms: u64,
+    pub(crate) timeout_ms: u64,
 }
 
 /// Runs `probe`.
-pub async fn exec(args: ProbeArgs) -> anyhow::Result<Exit> {
+pub(crate) async fn exec(args: ProbeArgs) -> anyhow::Result<Exit> {
     let (host, port) = match args.target.rsplit_once(':') {
         Some((host, port)) if !host.contains(':') || host.starts_with('[') => {
             let port: u16 = port

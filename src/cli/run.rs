@@ -16,27 +16,27 @@ use crate::signals::{Forced, Signals};
 
 /// Options of `run`.
 #[derive(Debug, Args)]
-pub struct RunArgs {
+pub(crate) struct RunArgs {
     /// Directory of the local store (default: $STATE_DIRECTORY as systemd
     /// sets it, else ./victron-poller-state).
     #[arg(long, env = crate::config::STATE_DIR_ENV, value_name = "DIR")]
-    pub state_dir: Option<PathBuf>,
+    pub(crate) state_dir: Option<PathBuf>,
     /// Longest wait for the forwarder to drain at shutdown, in seconds.
     #[arg(long, default_value_t = 10)]
-    pub drain_deadline_s: u64,
+    pub(crate) drain_deadline_s: u64,
 }
 
 /// The state directory when neither `--state-dir` nor systemd names one.
-pub const DEFAULT_STATE_DIR: &str = "victron-poller-state";
+pub(crate) const DEFAULT_STATE_DIR: &str = "victron-poller-state";
 
 /// The state directory from the flag, systemd's `StateDirectory=`, or the default.
-pub fn state_dir(flag: Option<PathBuf>) -> PathBuf {
+pub(crate) fn state_dir(flag: Option<PathBuf>) -> PathBuf {
     state_dir_or(flag, PathBuf::from(DEFAULT_STATE_DIR))
 }
 
 /// The state directory from the flag, systemd's `StateDirectory=` (its
 /// first directory), or `fallback`.
-pub fn state_dir_or(flag: Option<PathBuf>, fallback: PathBuf) -> PathBuf {
+pub(crate) fn state_dir_or(flag: Option<PathBuf>, fallback: PathBuf) -> PathBuf {
     flag.or_else(|| {
         std::env::var_os("STATE_DIRECTORY")
             .map(PathBuf::from)
@@ -52,7 +52,7 @@ pub fn state_dir_or(flag: Option<PathBuf>, fallback: PathBuf) -> PathBuf {
 }
 
 /// Runs `run`.
-pub async fn exec(config: Config, args: RunArgs) -> anyhow::Result<Exit> {
+pub(crate) async fn exec(config: Config, args: RunArgs) -> anyhow::Result<Exit> {
     config.check_runnable()?;
     for server in config.unverified_servers() {
         tracing::warn!(key = server.key, host = %server.host, "{server}");
@@ -68,7 +68,7 @@ pub async fn exec(config: Config, args: RunArgs) -> anyhow::Result<Exit> {
 }
 
 /// Runs the daemon future until it ends, or until the stop is forced.
-pub async fn until_stopped(
+pub(crate) async fn until_stopped(
     daemon: impl std::future::Future<Output = anyhow::Result<()>>,
     signals: Signals,
 ) -> anyhow::Result<Exit> {

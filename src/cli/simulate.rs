@@ -19,15 +19,15 @@ use crate::simulator::vedirect::{SimDevice, VeDirectSim};
 
 /// What to simulate.
 #[derive(Debug, Args)]
-pub struct SimulateArgs {
+pub(crate) struct SimulateArgs {
     /// The simulated device.
     #[command(subcommand)]
-    pub target: SimulateTarget,
+    pub(crate) target: SimulateTarget,
 }
 
 /// Simulators.
 #[derive(Debug, Subcommand)]
-pub enum SimulateTarget {
+pub(crate) enum SimulateTarget {
     /// A GX device's Modbus-TCP server: system (unit 100), battery monitor
     /// (226), solar charger (224), VE.Bus inverter/charger (227).
     Gx(GxArgs),
@@ -38,51 +38,51 @@ pub enum SimulateTarget {
 
 /// Options of `simulate vedirect`.
 #[derive(Debug, Args)]
-pub struct VeDirectArgs {
+pub(crate) struct VeDirectArgs {
     /// The device.
     #[arg(long, value_enum, default_value = "bmv")]
-    pub device: SimDevice,
+    pub(crate) device: SimDevice,
     /// Serve TCP clients on this address instead of a pseudo-terminal.
     #[arg(long, value_name = "ADDR")]
-    pub listen: Option<SocketAddr>,
+    pub(crate) listen: Option<SocketAddr>,
     /// Time between cycles, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 1000)]
-    pub interval_ms: u64,
+    pub(crate) interval_ms: u64,
     /// Share of blocks (0 to 1) sent with a flipped bit.
     #[arg(long, default_value_t = 0.0)]
-    pub corrupt_rate: f64,
+    pub(crate) corrupt_rate: f64,
     /// Seed of the value noise and the corruption.
     #[arg(long, default_value_t = 1)]
-    pub seed: u64,
+    pub(crate) seed: u64,
 }
 
 /// Options of `simulate gx`.
 #[derive(Debug, Args)]
-pub struct GxArgs {
+pub(crate) struct GxArgs {
     /// Address to listen on (port 0 picks a free port; the address is printed).
     #[arg(long, default_value = "127.0.0.1:5020")]
-    pub listen: SocketAddr,
+    pub(crate) listen: SocketAddr,
     /// Keep values fixed instead of moving over time.
     #[arg(long = "static")]
-    pub fixed: bool,
+    pub(crate) fixed: bool,
     /// Simulated seconds per real second (360: a minute shows six hours).
     #[arg(long, value_name = "FACTOR", default_value_t = 1.0, value_parser = parse_speed)]
-    pub speed: f64,
+    pub(crate) speed: f64,
     /// Simulated time of day to start at, in hours (0 to 24).
     #[arg(long, value_name = "HOUR", default_value_t = 12.0, value_parser = parse_hour)]
-    pub start_hour: f64,
+    pub(crate) start_hour: f64,
     /// Start with this unit id offline (exception 0x0A); repeatable.
     #[arg(long, value_name = "UNIT")]
-    pub offline: Vec<u8>,
+    pub(crate) offline: Vec<u8>,
     /// Delay every reply by this many milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 0)]
-    pub delay_ms: u64,
+    pub(crate) delay_ms: u64,
     /// Answer 0x02 for reads touching START-END (older firmware's holes); repeatable.
     #[arg(long, value_name = "START-END", value_parser = parse_range)]
-    pub hole: Vec<(u16, u16)>,
+    pub(crate) hole: Vec<(u16, u16)>,
     /// Also listen for fault commands on this address (one command per line).
     #[arg(long, value_name = "ADDR")]
-    pub control: Option<SocketAddr>,
+    pub(crate) control: Option<SocketAddr>,
 }
 
 fn parse_range(text: &str) -> Result<(u16, u16), String> {
@@ -116,7 +116,7 @@ fn parse_hour(text: &str) -> Result<f64, String> {
 }
 
 /// Runs `simulate`.
-pub async fn exec(args: SimulateArgs) -> anyhow::Result<Exit> {
+pub(crate) async fn exec(args: SimulateArgs) -> anyhow::Result<Exit> {
     match args.target {
         SimulateTarget::Gx(args) => exec_gx(args).await,
         SimulateTarget::Vedirect(args) => exec_vedirect(args).await,
@@ -242,7 +242,7 @@ async fn serve_control(listener: TcpListener, handle: std::sync::Arc<SimHandle>)
 }
 
 /// Applies one control command to the simulator.
-pub fn control_command(handle: &SimHandle, line: &str) -> Result<(), String> {
+pub(crate) fn control_command(handle: &SimHandle, line: &str) -> Result<(), String> {
     let words: Vec<&str> = line.split_whitespace().collect();
     let number = |i: usize| -> Result<u64, String> {
         words

@@ -26,7 +26,7 @@ use crate::store::{LocalStore, STATUS_NAME};
 
 /// Options of `status`.
 #[derive(Debug, Args)]
-pub struct StatusArgs {
+pub(crate) struct StatusArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -131,7 +131,11 @@ enum Gathered {
 
 /// Runs the subcommand. `--json` prints one document whatever happens: a
 /// failure to read the status is a document with an `error` field.
-pub async fn exec(config: &Config, args: StatusArgs, context: &Context) -> anyhow::Result<Exit> {
+pub(crate) async fn exec(
+    config: &Config,
+    args: StatusArgs,
+    context: &Context,
+) -> anyhow::Result<Exit> {
     match gather(config, &args, context).await {
         Ok(Gathered::Verdict(health, report)) => {
             print(&report, args.json)?;

@@ -29,11 +29,11 @@ use std::sync::Mutex;
 
 use chrono::{DateTime, TimeZone, Utc};
 use estimate::Estimate;
-pub use monotonic::{Mono, boot_id};
+pub(crate) use monotonic::{Mono, boot_id};
 
 /// The largest disagreement (µs) with a reference at which the local clock
 /// is still trusted.
-pub const TOLERANCE_US: i64 = 2_000_000;
+pub(crate) const TOLERANCE_US: i64 = 2_000_000;
 
 /// A change of the wall clock's offset from the boot clock beyond this (µs)
 /// is a step. (NTP slews by at most 0.5 ms a second; a step is a jump.)
@@ -51,7 +51,7 @@ const KERNEL_EVERY_S: f64 = 5.0;
 /// No clock reads earlier than this (2025-01-01 UTC, µs): a wall time before
 /// it is wrong (a machine that came up at 1970), and so is a reference
 /// that says so.
-pub const EARLIEST_PLAUSIBLE_US: i64 = 1_735_689_600_000_000;
+pub(crate) const EARLIEST_PLAUSIBLE_US: i64 = 1_735_689_600_000_000;
 
 /// Whether the kernel says its clock is synchronised (`None`: it cannot be
 /// asked).
@@ -61,16 +61,16 @@ pub fn kernel_synchronised() -> Option<bool> {
 
 /// When a source measured, on both clocks.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Taken {
+pub(crate) struct Taken {
     /// The boot clock.
-    pub mono: Mono,
+    pub(crate) mono: Mono,
     /// The wall clock, as the machine has it.
-    pub wall: DateTime<Utc>,
+    pub(crate) wall: DateTime<Utc>,
 }
 
 impl Taken {
     /// Now.
-    pub fn now() -> Self {
+    pub(crate) fn now() -> Self {
         Self {
             mono: Mono::now(),
             wall: Utc::now(),
@@ -83,7 +83,7 @@ impl Taken {
     Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
 )]
 #[serde(rename_all = "snake_case")]
-pub enum Basis {
+pub(crate) enum Basis {
     /// The local clock: synchronised, or agreeing with the references.
     #[default]
     Local,
@@ -101,7 +101,7 @@ pub enum Basis {
 
 impl Basis {
     /// The word `status` shows.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Local => "local",
             Self::Gx => "gx",
@@ -125,16 +125,16 @@ impl Basis {
 
 /// One reference as `status` and `/metrics` show it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct ReferenceReport {
+pub(crate) struct ReferenceReport {
     /// `gx HOST:PORT` or `database`.
-    pub name: String,
+    pub(crate) name: String,
     /// Local clock minus the reference (s): positive when the local clock is
     /// ahead.
-    pub offset_s: f64,
+    pub(crate) offset_s: f64,
     /// How far the reference's true offset may be from that (s).
-    pub uncertainty_s: f64,
+    pub(crate) uncertainty_s: f64,
     /// Age of its last sample (s).
-    pub age_s: f64,
+    pub(crate) age_s: f64,
 }
 
 /// The clock's state, for the status document, `status` and `/metrics`.
@@ -142,36 +142,36 @@ pub struct ReferenceReport {
 #[serde(default)]
 pub struct ClockReport {
     /// What measurement times are taken from now.
-    pub basis: Basis,
+    pub(crate) basis: Basis,
     /// The kernel's synchronisation state (`None`: it cannot be asked).
-    pub synchronised: Option<bool>,
+    pub(crate) synchronised: Option<bool>,
     /// The local clock minus the best fresh reference (s).
-    pub offset_s: Option<f64>,
+    pub(crate) offset_s: Option<f64>,
     /// Every reference with a sample.
-    pub references: Vec<ReferenceReport>,
+    pub(crate) references: Vec<ReferenceReport>,
     /// Steps of the wall clock seen since start.
-    pub steps: u64,
+    pub(crate) steps: u64,
     /// The last step (s, negative: back).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_step_s: Option<f64>,
+    pub(crate) last_step_s: Option<f64>,
     /// How long readings have been held (s), while they are.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub held_for_s: Option<f64>,
+    pub(crate) held_for_s: Option<f64>,
     /// Whether a database is configured: held readings then hold back
     /// forwarding (without one they wait in the store, as every reading
     /// does, until they can be re-stamped).
-    pub forwarding: bool,
+    pub(crate) forwarding: bool,
 }
 
 impl ClockReport {
     /// Whether readings are held back because of the clock: what makes a
     /// daemon "degraded".
-    pub fn holds_readings(&self) -> bool {
+    pub(crate) fn holds_readings(&self) -> bool {
         self.basis == Basis::Held && self.forwarding
     }
 
     /// One line for `status`: the basis and the offset to each reference.
-    pub fn summary(&self) -> String {
+    pub(crate) fn summary(&self) -> String {
         let mut line = match self.synchronised {
             Some(true) => "synchronised".to_string(),
             Some(false) => "not synchronised".to_string(),
@@ -202,7 +202,7 @@ impl ClockReport {
 /// clock samples), the database side (database clock samples) and the sink
 /// (which stamps every reading with it).
 #[derive(Debug)]
-pub struct TimeKeeper {
+pub(crate) struct TimeKeeper {
     /// `clock.trust_local`: the machine has a clock that is always right
     /// (a battery-backed RTC, GPS): no checks.
     trust_local: bool,
@@ -236,7 +236,7 @@ struct Inner {
 
 impl TimeKeeper {
     /// A keeper. `forwarding`: a database is configured.
-    pub fn new(trust_local: bool, forwarding: bool) -> Self {
+    pub(crate) fn new(trust_local: bool, forwarding: bool) -> Self {
         Self {
             trust_local,
             forwarding,
@@ -250,7 +250,7 @@ impl TimeKeeper {
 
     /// A GX answered `seconds` (its `/DateAndTime`, UTC) to a request sent
     /// at `sent` and answered at `received`.
-    pub fn gx_sample(&self, gx: &str, sent: Mono, received: Mono, seconds: u64) {
+    pub(crate) fn gx_sample(&self, gx: &str, sent: Mono, received: Mono, seconds: u64) {
         let Ok(seconds) = i64::try_from(seconds) else {
             return;
         };
@@ -274,7 +274,7 @@ impl TimeKeeper {
 
     /// The database server said `server` (its `clock_timestamp()`) to a
     /// query sent at `sent` and answered at `received`.
-    pub fn database_sample(&self, sent: Mono, received: Mono, server: DateTime<Utc>) {
+    pub(crate) fn database_sample(&self, sent: Mono, received: Mono, server: DateTime<Utc>) {
         let reading_us = server.timestamp_micros();
         if reading_us < EARLIEST_PLAUSIBLE_US {
             return;
@@ -292,7 +292,7 @@ impl TimeKeeper {
     /// Whether the database side should sample the server's clock now: no
     /// sample for 30 s, or every status write while the local clock is not
     /// trusted and no GX gives the time.
-    pub fn wants_database_sample(&self) -> bool {
+    pub(crate) fn wants_database_sample(&self) -> bool {
         let inner = self.lock();
         let now = Mono::now();
         let stale = inner
@@ -312,7 +312,7 @@ impl TimeKeeper {
 
     /// The basis and offset (wall − boot, µs) measurement times are taken
     /// with now; `None` while readings are held.
-    pub fn current_offset(&self) -> Option<(Basis, i64)> {
+    pub(crate) fn current_offset(&self) -> Option<(Basis, i64)> {
         let mut inner = self.lock();
         self.decide(&mut inner);
         match inner.basis {
@@ -331,13 +331,13 @@ impl TimeKeeper {
 
     /// The time now on the basis readings are stamped with; `None` while
     /// readings are held.
-    pub fn now(&self) -> Option<DateTime<Utc>> {
+    pub(crate) fn now(&self) -> Option<DateTime<Utc>> {
         let (basis, offset) = self.current_offset()?;
         Some(stamp_with(Taken::now(), basis, offset))
     }
 
     /// The state for `status` and `/metrics`.
-    pub fn report(&self) -> ClockReport {
+    pub(crate) fn report(&self) -> ClockReport {
         let mut inner = self.lock();
         self.decide(&mut inner);
         let now = Mono::now();
@@ -515,7 +515,7 @@ impl Inner {
 /// The wall time of `taken` on a basis with `offset` (wall − boot, µs):
 /// on the local clock, the wall time it noted (unless the clock stepped
 /// since), otherwise the boot-clock moment plus the offset.
-pub fn stamp_with(taken: Taken, basis: Basis, offset: i64) -> DateTime<Utc> {
+pub(crate) fn stamp_with(taken: Taken, basis: Basis, offset: i64) -> DateTime<Utc> {
     let from_boot = taken.mono.micros() + offset;
     if basis == Basis::Local && (taken.wall.timestamp_micros() - from_boot).abs() < STEP_US {
         return taken.wall;
@@ -524,13 +524,13 @@ pub fn stamp_with(taken: Taken, basis: Basis, offset: i64) -> DateTime<Utc> {
 }
 
 /// A wall time from microseconds since the epoch.
-pub fn from_micros(us: i64) -> DateTime<Utc> {
+pub(crate) fn from_micros(us: i64) -> DateTime<Utc> {
     Utc.timestamp_micros(us).single().unwrap_or_default()
 }
 
 /// The seconds from `from` to `to` (negative when `to` is earlier), to the
 /// millisecond: the ages and durations the daemon reports.
-pub fn seconds_between(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
+pub(crate) fn seconds_between(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
     (to - from).num_milliseconds() as f64 / 1000.0
 }
 

@@ -13,7 +13,7 @@ pub struct Mono(i64);
 
 impl Mono {
     /// Now.
-    pub fn now() -> Self {
+    pub(crate) fn now() -> Self {
         let t = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
         Self(
             t.tv_sec
@@ -23,29 +23,29 @@ impl Mono {
     }
 
     /// The moment `nanos` nanoseconds after boot.
-    pub fn from_nanos(nanos: i64) -> Self {
+    pub(crate) fn from_nanos(nanos: i64) -> Self {
         Self(nanos)
     }
 
     /// Nanoseconds since boot.
-    pub fn nanos(self) -> i64 {
+    pub(crate) fn nanos(self) -> i64 {
         self.0
     }
 
     /// Microseconds since boot.
-    pub fn micros(self) -> i64 {
+    pub(crate) fn micros(self) -> i64 {
         self.0 / 1_000
     }
 
     /// Seconds from `earlier` to this moment (negative when it is later).
-    pub fn seconds_since(self, earlier: Mono) -> f64 {
+    pub(crate) fn seconds_since(self, earlier: Mono) -> f64 {
         (self.0 - earlier.0) as f64 / 1e9
     }
 }
 
 /// This boot's id (`/proc/sys/kernel/random/boot_id`), `""` where the
 /// kernel does not say.
-pub fn boot_id() -> &'static str {
+pub(crate) fn boot_id() -> &'static str {
     static ID: OnceLock<String> = OnceLock::new();
     ID.get_or_init(|| {
         std::fs::read_to_string("/proc/sys/kernel/random/boot_id")

@@ -17,16 +17,16 @@ pub struct DatabaseConfig {
     /// The password: from `database.password`, else from the URL.
     pub(super) password: Option<Secret>,
     /// How long one connection attempt may take (`database.connect_timeout_ms`).
-    pub connect_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
     /// Longest wait for one batch to be written (`database.write_timeout_ms`):
     /// a link that went silent is given up after this and retried.
-    pub write_timeout: Duration,
+    pub(crate) write_timeout: Duration,
     /// Connections the daemon's writes share (`database.max_connections`,
     /// default 1).
-    pub max_connections: u32,
+    pub(crate) max_connections: u32,
     /// `url` goes through a pooler in transaction mode
     /// (`database.transaction_pooling`): no session outlives a transaction.
-    pub transaction_pooling: bool,
+    pub(crate) transaction_pooling: bool,
     /// Where the device locks' session connects (`failover.database_url`),
     /// when not `url`: session locks need a session of their own.
     pub(super) lock_session: Option<Box<DatabaseConfig>>,
@@ -35,29 +35,29 @@ pub struct DatabaseConfig {
 impl DatabaseConfig {
     /// `database.write_timeout_ms` when the file does not set it: for a
     /// writer made without a configuration.
-    pub fn default_write_timeout() -> Duration {
+    pub(crate) fn default_write_timeout() -> Duration {
         Duration::from_millis(keys::DATABASE_WRITE_TIMEOUT_MS.integer_default())
     }
 
     /// The URL to show in logs and messages: no password, ever (the one
     /// rule of `config/redact.rs` for every place a URL is shown).
-    pub fn redacted_url(&self) -> String {
+    pub(crate) fn redacted_url(&self) -> String {
         redact::redact_url(&self.url)
     }
 
     /// The connection URL without its password.
-    pub fn url_without_password(&self) -> &Url {
+    pub(crate) fn url_without_password(&self) -> &Url {
         &self.url
     }
 
     /// The password, if one is configured.
-    pub fn password(&self) -> Option<&Secret> {
+    pub(crate) fn password(&self) -> Option<&Secret> {
         self.password.as_ref()
     }
 
     /// The database the device locks' session connects to: the direct
     /// connection of `failover.database_url` when set, else this one.
-    pub fn lock_session(&self) -> &DatabaseConfig {
+    pub(crate) fn lock_session(&self) -> &DatabaseConfig {
         self.lock_session.as_deref().unwrap_or(self)
     }
 }
@@ -83,7 +83,7 @@ pub struct Secret(pub(super) String);
 
 impl Secret {
     /// The secret value, for the one place that needs it.
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 }

@@ -54,11 +54,11 @@ pub enum ModbusClass {
 
 impl ModbusClass {
     /// Every class, in a fixed order.
-    pub const ALL: [ModbusClass; 4] =
+    pub(crate) const ALL: [ModbusClass; 4] =
         [Self::System, Self::Battery, Self::SolarCharger, Self::VeBus];
 
     /// Parses the configuration name.
-    pub fn parse(name: &str) -> Option<Self> {
+    pub(crate) fn parse(name: &str) -> Option<Self> {
         match name {
             "system" => Some(Self::System),
             "battery" => Some(Self::Battery),
@@ -79,7 +79,7 @@ impl ModbusClass {
     }
 
     /// The D-Bus service type whose registers are read.
-    pub fn service(self) -> &'static str {
+    pub(crate) fn service(self) -> &'static str {
         match self {
             Self::System => "com.victronenergy.system",
             Self::Battery => "com.victronenergy.battery",

@@ -14,9 +14,9 @@ pub struct KnownKey {
     /// list of tables is written `gx[]`.
     pub key: &'static str,
     /// What the key holds, and its default.
-    pub kind: KeyKind,
+    pub(crate) kind: KeyKind,
     /// What the key sets, in one line.
-    pub doc: &'static str,
+    pub(crate) doc: &'static str,
 }
 
 /// What a key holds, and what it is when absent.
@@ -84,7 +84,7 @@ pub enum Unit {
 
 impl Unit {
     /// `value` followed by this unit: `5000 ms`, `1 hour`, `72 hours`, `502`.
-    pub fn format(self, value: u64) -> String {
+    pub(crate) fn format(self, value: u64) -> String {
         let (one, many) = match self {
             Self::Milliseconds => ("ms", "ms"),
             Self::Hours => ("hour", "hours"),
@@ -101,19 +101,21 @@ impl Unit {
 
 impl KnownKey {
     /// The key's name inside its table: `max_readings` for `batch.max_readings`.
-    pub fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         let key: &'static str = self.key;
         key.rsplit_once('.').map_or(key, |(_, name)| name)
     }
 
+    #[cfg(test)]
     /// The table the key is in: `batch`, `gx[].devices[]`.
-    pub fn table(&self) -> &'static str {
+    pub(crate) fn table(&self) -> &'static str {
         let key: &'static str = self.key;
         key.rsplit_once('.').map_or("", |(table, _)| table)
     }
 
+    #[cfg(test)]
     /// Whether the key belongs to an entry of a list of tables (`gx[].port`).
-    pub fn in_list(&self) -> bool {
+    pub(crate) fn in_list(&self) -> bool {
         self.key.contains("[]")
     }
 
@@ -122,7 +124,7 @@ impl KnownKey {
     /// # Panics
     ///
     /// When the key is not a number: a mistake in the program, not in a file.
-    pub fn range(&self) -> (u64, u64) {
+    pub(crate) fn range(&self) -> (u64, u64) {
         match self.kind {
             KeyKind::Integer { min, max, .. } | KeyKind::OptionalInteger { min, max, .. } => {
                 (min, max)
@@ -132,7 +134,7 @@ impl KnownKey {
     }
 
     /// The unit of a number key; `None` for any other.
-    pub fn unit(&self) -> Option<Unit> {
+    pub(crate) fn unit(&self) -> Option<Unit> {
         match self.kind {
             KeyKind::Integer { unit, .. } | KeyKind::OptionalInteger { unit, .. } => Some(unit),
             _ => None,
@@ -144,7 +146,7 @@ impl KnownKey {
     /// # Panics
     ///
     /// When the key is not a number with a default.
-    pub fn integer_default(&self) -> u64 {
+    pub(crate) fn integer_default(&self) -> u64 {
         match self.kind {
             KeyKind::Integer { default, .. } => default,
             _ => panic!("{} is not a number key with a default", self.key),
@@ -156,7 +158,7 @@ impl KnownKey {
     /// # Panics
     ///
     /// When the key is not a `true`/`false` key.
-    pub fn boolean_default(&self) -> bool {
+    pub(crate) fn boolean_default(&self) -> bool {
         match self.kind {
             KeyKind::Boolean { default } => default,
             _ => panic!("{} is not a true/false key", self.key),
@@ -168,7 +170,7 @@ impl KnownKey {
     /// # Panics
     ///
     /// When the key is not a text key with a default.
-    pub fn text_default(&self) -> &'static str {
+    pub(crate) fn text_default(&self) -> &'static str {
         match self.kind {
             KeyKind::Text { default } => default,
             _ => panic!("{} is not a text key with a default", self.key),
@@ -177,14 +179,15 @@ impl KnownKey {
 
     /// A number of this key with its unit (`5000 ms`); the number alone for
     /// a key that is not a number.
-    pub fn with_unit(&self, value: u64) -> String {
+    pub(crate) fn with_unit(&self, value: u64) -> String {
         self.unit()
             .map_or_else(|| value.to_string(), |unit| unit.format(value))
     }
 
+    #[cfg(test)]
     /// The default as a user reads it: `5000 ms`, `true`, `text`, or what
     /// an absent key means (`required`, `none (taken from the URL)`).
-    pub fn default_text(&self) -> String {
+    pub(crate) fn default_text(&self) -> String {
         match self.kind {
             KeyKind::Integer { default, unit, .. } => unit.format(default),
             KeyKind::Boolean { default } => default.to_string(),

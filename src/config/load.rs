@@ -16,11 +16,6 @@ use super::{
 };
 
 impl Config {
-    /// Loads the configuration from an optional file and the process environment.
-    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
-        Self::load_with_env(path, std::env::vars().collect())
-    }
-
     /// Loads the configuration from an optional file and the given environment.
     pub fn load_with_env(
         path: Option<&Path>,

@@ -29,17 +29,17 @@ pub const SERVICE_STATE_DIR: &str = "/var/lib/victron-poller";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layout {
     /// The configuration file used when none is given.
-    pub config_file: PathBuf,
+    pub(crate) config_file: PathBuf,
     /// The service's environment file, read with that configuration file.
-    pub env_file: PathBuf,
+    pub(crate) env_file: PathBuf,
     /// The service's state directory, where `status` reads the local store
     /// of the daemon that runs with that configuration file.
-    pub state_dir: PathBuf,
+    pub(crate) state_dir: PathBuf,
 }
 
 impl Layout {
     /// The layout the package and the unit install.
-    pub fn installed() -> Self {
+    pub(crate) fn installed() -> Self {
         Self {
             config_file: PathBuf::from(INSTALLED_CONFIG_FILE),
             env_file: PathBuf::from(INSTALLED_ENV_FILE),
@@ -49,7 +49,7 @@ impl Layout {
 
     /// Where the configuration comes from, given what `--config` (or
     /// `VICTRON_POLLER_CONFIG`) named.
-    pub fn locate(&self, given: Option<&Path>) -> ConfigSource {
+    pub(crate) fn locate(&self, given: Option<&Path>) -> ConfigSource {
         match given {
             Some(path) => ConfigSource::Given(path.to_path_buf()),
             None if self.config_file.is_file() => ConfigSource::Installed(self.config_file.clone()),
@@ -61,7 +61,7 @@ impl Layout {
 
     /// Whether `path` is this layout's configuration file (the same file,
     /// however it is spelt): the daemon that runs with it is the service.
-    pub fn is_installed_config(&self, path: &Path) -> bool {
+    pub(crate) fn is_installed_config(&self, path: &Path) -> bool {
         match (path.canonicalize(), self.config_file.canonicalize()) {
             (Ok(a), Ok(b)) => a == b,
             _ => path == self.config_file,
@@ -86,7 +86,7 @@ pub enum ConfigSource {
 
 impl ConfigSource {
     /// The file to load, if any.
-    pub fn path(&self) -> Option<&Path> {
+    pub(crate) fn path(&self) -> Option<&Path> {
         match self {
             Self::Given(path) | Self::Installed(path) => Some(path),
             Self::NotFound { .. } => None,
@@ -95,7 +95,7 @@ impl ConfigSource {
 
     /// For a user: which file, or that none was found and where it was
     /// looked for.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self {
             Self::Given(path) | Self::Installed(path) => path.display().to_string(),
             Self::NotFound { looked_at } => format!(

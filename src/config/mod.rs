@@ -43,6 +43,7 @@ mod load;
 mod locate;
 mod reader;
 mod redact;
+#[cfg(test)]
 mod reference;
 mod sections;
 mod shown;
@@ -59,22 +60,20 @@ pub use locate::{
     ConfigSource, EnvFile, INSTALLED_CONFIG_FILE, INSTALLED_ENV_FILE, Layout, SERVICE_STATE_DIR,
     merge_missing, parse_env_file, read_env_file,
 };
-pub use reference::{REFERENCE_PATH, reference_markdown};
-pub use sections::{
+pub(crate) use sections::{
     BatchConfig, ClockConfig, FailoverConfig, HealthConfig, HistoryConfig, LogConfig, LogFormat,
     RetentionConfig, SiteConfig, StoreConfig, StoreSync,
 };
-pub use tls::UnverifiedServer;
 
 /// Prefix of the environment variables that override configuration keys.
-pub const ENV_PREFIX: &str = "VICTRON_POLLER";
+pub(crate) const ENV_PREFIX: &str = "VICTRON_POLLER";
 /// Environment variable naming the configuration file (same as `--config`).
-pub const CONFIG_PATH_ENV: &str = "VICTRON_POLLER_CONFIG";
+pub(crate) const CONFIG_PATH_ENV: &str = "VICTRON_POLLER_CONFIG";
 /// Environment variable naming the local store's directory (same as
 /// `--state-dir`); no configuration key.
-pub const STATE_DIR_ENV: &str = "VICTRON_POLLER_STATE_DIR";
+pub(crate) const STATE_DIR_ENV: &str = "VICTRON_POLLER_STATE_DIR";
 /// The lists of tables the environment may hold as TOML: (variable, key).
-pub const LIST_VARIABLES: [(&str, &str); 2] = [
+pub(crate) const LIST_VARIABLES: [(&str, &str); 2] = [
     ("VICTRON_POLLER_GX", "gx"),
     ("VICTRON_POLLER_VEDIRECT", "vedirect"),
 ];
@@ -85,36 +84,36 @@ pub struct Config {
     /// The PostgreSQL/TimescaleDB database; `None` when none is configured.
     pub database: Option<DatabaseConfig>,
     /// Retention of readings in every store.
-    pub retention: RetentionConfig,
+    pub(crate) retention: RetentionConfig,
     /// Batching before the local store.
-    pub batch: BatchConfig,
+    pub(crate) batch: BatchConfig,
     /// How the local store commits.
-    pub store: StoreConfig,
+    pub(crate) store: StoreConfig,
     /// Whether the local clock needs checking.
-    pub clock: ClockConfig,
+    pub(crate) clock: ClockConfig,
     /// Rollups and daily energy.
-    pub history: HistoryConfig,
+    pub(crate) history: HistoryConfig,
     /// Log output.
-    pub log: LogConfig,
+    pub(crate) log: LogConfig,
     /// The site these readings belong to.
-    pub site: SiteConfig,
+    pub(crate) site: SiteConfig,
     /// GX devices polled over Modbus-TCP, with the devices behind each.
-    pub gx: Vec<GxConfig>,
+    pub(crate) gx: Vec<GxConfig>,
     /// Devices read over VE.Direct (serial port or TCP bridge).
-    pub vedirect: Vec<VeDirectConfig>,
+    pub(crate) vedirect: Vec<VeDirectConfig>,
     /// The health and metrics endpoint, and when a source counts as hung.
-    pub health: HealthConfig,
+    pub(crate) health: HealthConfig,
     /// Sharing devices with another daemon.
-    pub failover: FailoverConfig,
+    pub(crate) failover: FailoverConfig,
 }
 
 /// One problem with one key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigProblem {
     /// The dotted key, e.g. `database.max_connections`.
-    pub key: String,
+    pub(crate) key: String,
     /// What is wrong, without the value when the key is secret.
-    pub message: String,
+    pub(crate) message: String,
 }
 
 impl fmt::Display for ConfigProblem {
@@ -142,7 +141,7 @@ pub enum ConfigError {
 impl Config {
     /// Each configured device's site (device names are unique within a
     /// configuration).
-    pub fn device_sites(&self) -> HashMap<String, String> {
+    pub(crate) fn device_sites(&self) -> HashMap<String, String> {
         let modbus = self
             .gx
             .iter()
@@ -157,7 +156,7 @@ impl Config {
     /// What `run` needs beyond a valid file: at least one device. One check,
     /// for `run` and `check-config` alike (a configuration check-config
     /// passes is one the daemon runs with).
-    pub fn check_runnable(&self) -> Result<(), ConfigError> {
+    pub(crate) fn check_runnable(&self) -> Result<(), ConfigError> {
         if self.gx.is_empty() && self.vedirect.is_empty() {
             return Err(ConfigError::Invalid(vec![ConfigProblem {
                 key: "gx".into(),

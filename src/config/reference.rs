@@ -10,13 +10,13 @@ use super::keys::{KNOWN_KEYS, KeyKind, KnownKey};
 use super::{CONFIG_PATH_ENV, LIST_VARIABLES, env_var_for};
 
 /// The path of the rendered reference, relative to the repository root.
-pub const REFERENCE_PATH: &str = "docs/configuration-reference.md";
+pub(crate) const REFERENCE_PATH: &str = "docs/configuration-reference.md";
 
 /// Renders every configuration key as Markdown, one table per TOML table in
 /// the order of [`KNOWN_KEYS`]: the key, the environment variable that sets
 /// it, what it holds (type and accepted range), its default and its
 /// description.
-pub fn reference_markdown() -> String {
+pub(crate) fn reference_markdown() -> String {
     let mut out = String::new();
     out.push_str(
         "# Configuration reference\n\

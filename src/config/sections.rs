@@ -9,11 +9,11 @@ use super::keys;
 
 /// How long readings are kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetentionConfig {
+pub(crate) struct RetentionConfig {
     /// Readings older than this are deleted (`retention.window_hours`, default 72).
-    pub window: Duration,
+    pub(crate) window: Duration,
     /// How often the retention job runs (`retention.run_every_minutes`, default 60).
-    pub run_every: Duration,
+    pub(crate) run_every: Duration,
 }
 
 impl Default for RetentionConfig {
@@ -29,11 +29,11 @@ impl Default for RetentionConfig {
 
 /// How readings are grouped before they are committed to the local store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BatchConfig {
+pub(crate) struct BatchConfig {
     /// A batch closes at this many readings (`batch.max_readings`, default 200).
-    pub max_readings: usize,
+    pub(crate) max_readings: usize,
     /// …or when its first reading is this old (`batch.max_age_ms`, default 1000; 2000 without a database).
-    pub max_age: Duration,
+    pub(crate) max_age: Duration,
 }
 
 impl Default for BatchConfig {
@@ -48,20 +48,20 @@ impl Default for BatchConfig {
 
 /// How far the local clock is trusted (see [`crate::clock`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct ClockConfig {
+pub(crate) struct ClockConfig {
     /// `clock.trust_local`: the machine has a clock that is right from
     /// boot (a battery-backed RTC, GPS), so nothing is checked or held.
-    pub trust_local: bool,
+    pub(crate) trust_local: bool,
 }
 
 /// How the local store commits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StoreConfig {
+pub(crate) struct StoreConfig {
     /// `store.sync`.
-    pub sync: StoreSync,
+    pub(crate) sync: StoreSync,
     /// `store.max_readings_in_memory`: how many readings may wait in memory
     /// while the store refuses writes.
-    pub max_readings_in_memory: usize,
+    pub(crate) max_readings_in_memory: usize,
 }
 
 impl Default for StoreConfig {
@@ -78,7 +78,7 @@ impl Default for StoreConfig {
 
 /// When a commit to the local store reaches the disk (`store.sync`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum StoreSync {
+pub(crate) enum StoreSync {
     /// Every commit is flushed to the disk (fsync) before it counts: a power
     /// cut loses at most the batch being collected.
     #[default]
@@ -92,7 +92,7 @@ pub enum StoreSync {
 
 impl StoreSync {
     /// Parses the configuration name (`full`, `normal`), exactly.
-    pub fn parse(name: &str) -> Option<Self> {
+    pub(crate) fn parse(name: &str) -> Option<Self> {
         match name {
             "full" => Some(Self::Full),
             "normal" => Some(Self::Normal),
@@ -101,7 +101,7 @@ impl StoreSync {
     }
 
     /// The configuration name.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Full => "full",
             Self::Normal => "normal",
@@ -111,11 +111,11 @@ impl StoreSync {
 
 /// Log output settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LogConfig {
+pub(crate) struct LogConfig {
     /// Human-readable lines or JSON lines (`log.format`).
-    pub format: LogFormat,
+    pub(crate) format: LogFormat,
     /// A `tracing` filter directive (`log.level`), e.g. `info` or `victron_poller=debug`.
-    pub level: String,
+    pub(crate) level: String,
 }
 
 impl Default for LogConfig {
@@ -130,7 +130,7 @@ impl Default for LogConfig {
 
 /// The shape of log lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     /// Plain text, one event per line, no colours unless on a terminal.
     Text,
     /// One JSON object per line, for log collectors.
@@ -139,7 +139,7 @@ pub enum LogFormat {
 
 impl LogFormat {
     /// Parses the configuration name (`text`, `json`), exactly.
-    pub fn parse(name: &str) -> Option<Self> {
+    pub(crate) fn parse(name: &str) -> Option<Self> {
         match name {
             "text" => Some(Self::Text),
             "json" => Some(Self::Json),
@@ -148,7 +148,7 @@ impl LogFormat {
     }
 
     /// The configuration name.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Text => "text",
             Self::Json => "json",
@@ -158,23 +158,23 @@ impl LogFormat {
 
 /// The site: what every reading is labelled with.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SiteConfig {
+pub(crate) struct SiteConfig {
     /// Stored in each reading's `installation_id` (`site.installation_id`).
-    pub installation_id: Option<String>,
+    pub(crate) installation_id: Option<String>,
     /// The site's time zone (`site.timezone`): local days of history and
     /// energy.
-    pub timezone: chrono_tz::Tz,
+    pub(crate) timezone: chrono_tz::Tz,
 }
 
 /// The rollups beyond raw retention (`[history]`).
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct HistoryConfig {
+pub(crate) struct HistoryConfig {
     /// How long each resolution is kept (`history.keep_*_days`; `None`:
     /// forever), finest first.
-    pub keep: [Option<Duration>; 3],
+    pub(crate) keep: [Option<Duration>; 3],
     /// The longest interval between two readings that energy bridges
     /// (`history.max_gap_s`).
-    pub max_gap: Duration,
+    pub(crate) max_gap: Duration,
 }
 
 impl Default for HistoryConfig {
@@ -198,13 +198,13 @@ impl Default for HistoryConfig {
 /// The HTTP health/metrics endpoint and the hang detection behind it and the
 /// systemd watchdog.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HealthConfig {
+pub(crate) struct HealthConfig {
     /// Where `/healthz` and `/metrics` are served (`health.listen`); none by default.
-    pub listen: Option<SocketAddr>,
+    pub(crate) listen: Option<SocketAddr>,
     /// A source that completes no poll, successful or not, for this long is
     /// hung (`health.stall_timeout_ms`): health says down and the systemd
     /// watchdog is no longer fed.
-    pub stall_timeout: Duration,
+    pub(crate) stall_timeout: Duration,
 }
 
 impl Default for HealthConfig {
@@ -219,14 +219,14 @@ impl Default for HealthConfig {
 /// Two daemons configured for the same devices (a gateway and a cloud
 /// worker): a PostgreSQL advisory lock per device decides which one polls it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FailoverConfig {
+pub(crate) struct FailoverConfig {
     /// Take a lock per device before polling it (`failover.enabled`).
-    pub enabled: bool,
+    pub(crate) enabled: bool,
     /// While the database cannot be reached, poll the devices no other daemon
     /// is known to hold (`failover.poll_when_database_unreachable`, default
     /// true: right for a gateway next to its devices, whose readings wait in
     /// its local store; a cloud worker sets false).
-    pub poll_when_database_unreachable: bool,
+    pub(crate) poll_when_database_unreachable: bool,
 }
 
 impl Default for FailoverConfig {

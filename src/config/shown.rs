@@ -12,7 +12,7 @@ impl Config {
     /// `[[gx]]` and `[[vedirect]]` entries (shown per device), for the
     /// database's other keys when no database is configured, and for a key
     /// this does not know (a test checks there is none).
-    pub fn shown_value(&self, known: &KnownKey) -> Option<String> {
+    pub(crate) fn shown_value(&self, known: &KnownKey) -> Option<String> {
         enum Shown {
             Number(u64),
             Millis(Duration),

@@ -14,13 +14,13 @@ use super::{Config, DatabaseConfig};
 
 /// A connection to a remote server that does not verify the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UnverifiedServer {
+pub(crate) struct UnverifiedServer {
     /// The key of the URL: `database.url` or `failover.database_url`.
-    pub key: &'static str,
+    pub(crate) key: &'static str,
     /// The host the URL connects to.
-    pub host: String,
+    pub(crate) host: String,
     /// Its `sslmode`, `None` when it names none.
-    pub sslmode: Option<String>,
+    pub(crate) sslmode: Option<String>,
 }
 
 impl fmt::Display for UnverifiedServer {
@@ -48,7 +48,7 @@ impl fmt::Display for UnverifiedServer {
 impl Config {
     /// The connections to a remote server that do not verify it: the
     /// database's, and the device locks' own (`failover.database_url`).
-    pub fn unverified_servers(&self) -> Vec<UnverifiedServer> {
+    pub(crate) fn unverified_servers(&self) -> Vec<UnverifiedServer> {
         let Some(database) = &self.database else {
             return Vec::new();
         };

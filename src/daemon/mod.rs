@@ -43,29 +43,29 @@ use crate::pipeline::Batcher;
 use crate::reading::Reading;
 use crate::status::StatusBoard;
 use crate::store::LocalStore;
-pub use sink::BatchReport;
+pub(crate) use sink::BatchReport;
 use sink::StoreSink;
-pub use state::poll_interval;
+pub(crate) use state::poll_interval;
 use state::{Observed, device_names};
 
 /// How long each step of an ordered stop may take. Sources stop between
 /// polls and the batcher commits the partial batch without a limit (the
 /// local store is the durability boundary); the rest is bounded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DrainPolicy {
+pub(crate) struct DrainPolicy {
     /// The forwarder's time to ship what the store holds; the rest waits
     /// for the next start (`--drain-deadline-s`, default 10 s).
-    pub forward: Duration,
+    pub(crate) forward: Duration,
     /// The helpers' time to end once cancelled (a database call in flight is
     /// bounded by its own timeouts).
-    pub helpers: Duration,
+    pub(crate) helpers: Duration,
     /// The local store's time to close (its last commit is safe regardless).
-    pub store_close: Duration,
+    pub(crate) store_close: Duration,
 }
 
 impl DrainPolicy {
     /// The policy with the forwarder's deadline `forward`.
-    pub fn with_forward_deadline(forward: Duration) -> Self {
+    pub(crate) fn with_forward_deadline(forward: Duration) -> Self {
         Self {
             forward,
             helpers: Duration::from_secs(15),
@@ -75,24 +75,24 @@ impl DrainPolicy {
 
     /// The longest an ordered stop may take before it is forced: every
     /// bounded step, plus 10 s for the sources' last polls and the batch.
-    pub fn hard_limit(&self) -> Duration {
+    pub(crate) fn hard_limit(&self) -> Duration {
         self.forward + self.helpers + self.store_close + Duration::from_secs(10)
     }
 }
 
 /// How the daemon runs, beyond the configuration.
 #[derive(Debug, Clone)]
-pub struct RunOptions {
+pub(crate) struct RunOptions {
     /// Where the local store lives.
-    pub state_dir: PathBuf,
+    pub(crate) state_dir: PathBuf,
     /// The limits of an ordered stop.
-    pub drain: DrainPolicy,
+    pub(crate) drain: DrainPolicy,
     /// Receives a line per batch committed (for `demo`).
-    pub batch_report: Option<mpsc::UnboundedSender<BatchReport>>,
+    pub(crate) batch_report: Option<mpsc::UnboundedSender<BatchReport>>,
 }
 
 /// Runs the daemon until `shutdown` fires.
-pub async fn run(
+pub(crate) async fn run(
     config: Config,
     options: RunOptions,
     shutdown: CancellationToken,

@@ -22,12 +22,12 @@ use crate::store::{LocalStore, StoreError};
 
 /// One committed batch, for `demo`'s line per reading.
 #[derive(Debug, Clone)]
-pub struct BatchReport {
+pub(crate) struct BatchReport {
     /// Readings in the batch.
-    pub readings: Vec<Reading>,
+    pub(crate) readings: Vec<Reading>,
     /// Rows the store took (replays excluded; 0 when the batch went
     /// straight to PostgreSQL).
-    pub stored: u64,
+    pub(crate) stored: u64,
 }
 
 /// Commits batches to the local store.

@@ -107,7 +107,7 @@ impl Observed {
 
 /// The shortest configured poll interval (what the status rows' staleness
 /// is judged by).
-pub fn poll_interval(config: &Config) -> Duration {
+pub(crate) fn poll_interval(config: &Config) -> Duration {
     config
         .gx
         .iter()

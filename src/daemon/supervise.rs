@@ -17,18 +17,18 @@ use crate::report::TaskRestart;
 use crate::status::{ErrorClass, StatusBoard};
 
 /// How long a restart stays a reason in the health verdict.
-pub const RESTART_LASTS: Duration = Duration::from_secs(3600);
+pub(crate) const RESTART_LASTS: Duration = Duration::from_secs(3600);
 
 /// A task that ran this long without panicking starts its backoff afresh.
 const STEADY_AFTER: Duration = Duration::from_secs(60);
 
 /// Every restart since start, shared with the status.
 #[derive(Debug, Default)]
-pub struct Restarts(Mutex<Vec<TaskRestart>>);
+pub(crate) struct Restarts(Mutex<Vec<TaskRestart>>);
 
 impl Restarts {
     /// The tasks restarted within [`RESTART_LASTS`].
-    pub fn recent(&self) -> Vec<TaskRestart> {
+    pub(crate) fn recent(&self) -> Vec<TaskRestart> {
         let since = Utc::now() - chrono::Duration::from_std(RESTART_LASTS).unwrap_or_default();
         self.lock()
             .iter()
@@ -62,18 +62,18 @@ impl Restarts {
 
 /// What a supervised task is, for the log and the status.
 #[derive(Debug, Clone)]
-pub struct Supervised {
+pub(crate) struct Supervised {
     /// Its name.
-    pub task: String,
+    pub(crate) task: String,
     /// The devices it polls (none for a helper task).
-    pub devices: Vec<String>,
+    pub(crate) devices: Vec<String>,
     /// The first and the longest wait before a restart.
-    pub backoff: (Duration, Duration),
+    pub(crate) backoff: (Duration, Duration),
 }
 
 /// Runs `start()`'s task until it ends by itself or `cancel` fires,
 /// starting it again whenever it panics.
-pub async fn supervise<F, Fut>(
+pub(crate) async fn supervise<F, Fut>(
     what: Supervised,
     status: StatusBoard,
     restarts: Arc<Restarts>,

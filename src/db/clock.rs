@@ -9,7 +9,7 @@ use crate::clock::{Mono, TimeKeeper};
 /// Asks the server for its time and tells `clock`. The connection is taken
 /// from the pool first, so that only the query's round trip bounds the
 /// sample.
-pub async fn sample(pool: &PgPool, clock: &TimeKeeper) -> Result<(), sqlx::Error> {
+pub(crate) async fn sample(pool: &PgPool, clock: &TimeKeeper) -> Result<(), sqlx::Error> {
     let mut conn = pool.acquire().await?;
     let sent = Mono::now();
     let server: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT clock_timestamp()")

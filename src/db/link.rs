@@ -26,24 +26,24 @@ pub struct DatabaseLink {
 
 impl DatabaseLink {
     /// Notes a failed connection or write (the first failure starts the outage).
-    pub fn failed(&self) {
+    pub(crate) fn failed(&self) {
         let mut since = self.down_since.lock().unwrap_or_else(|p| p.into_inner());
         since.get_or_insert_with(Utc::now);
     }
 
     /// Notes a successful contact, and wakes whoever waits for one.
-    pub fn works(&self) {
+    pub(crate) fn works(&self) {
         *self.down_since.lock().unwrap_or_else(|p| p.into_inner()) = None;
         self.contact.notify_waiters();
     }
 
     /// Since when the database has been failing, if it is.
-    pub fn down_since(&self) -> Option<DateTime<Utc>> {
+    pub(crate) fn down_since(&self) -> Option<DateTime<Utc>> {
         *self.down_since.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Waits out `delay`, or less if another path reaches the database first.
-    pub async fn retry_after(&self, delay: Duration) {
+    pub(crate) async fn retry_after(&self, delay: Duration) {
         tokio::select! {
             () = self.contact.notified() => {}
             () = tokio::time::sleep(delay) => {}
@@ -56,9 +56,9 @@ impl DatabaseLink {
 /// refused or timed-out connection, so retrying every second is cheap, and
 /// it is what bounds the time from the database's return to the backlog
 /// moving.
-pub fn retry_backoff() -> ExponentialBuilder {
+pub(crate) fn retry_backoff() -> ExponentialBuilder {
     crate::schedule::retry_delays(Duration::from_millis(100), RETRY_MAX)
 }
 
 /// The longest wait between two attempts to reach the database.
-pub const RETRY_MAX: Duration = Duration::from_secs(1);
+pub(crate) const RETRY_MAX: Duration = Duration::from_secs(1);

@@ -30,7 +30,7 @@ use crate::status::StatusBoard;
 /// daemon). Two sites with the same device names never share a lock; the
 /// gateway and the cloud worker of one site (the same site id) do. The empty
 /// site hashes as before sites existed, so such daemons keep agreeing.
-pub fn lock_key(site: &str, device: &str) -> i64 {
+pub(crate) fn lock_key(site: &str, device: &str) -> i64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     let site_part: &[u8] = if site.is_empty() {
         b""
@@ -61,7 +61,7 @@ enum RoundError {
 
 /// Holds the locks of the devices this daemon polls.
 #[derive(Debug)]
-pub struct LeaseKeeper {
+pub(crate) struct LeaseKeeper {
     database: DatabaseConfig,
     leases: Leases,
     status: StatusBoard,
@@ -76,7 +76,7 @@ impl LeaseKeeper {
     /// its first answer every device counts as standby on `status`: a
     /// starting daemon polls and reports none, so its empty status never
     /// overwrites the active daemon's.
-    pub fn new(
+    pub(crate) fn new(
         database: DatabaseConfig,
         leases: Leases,
         status: StatusBoard,
@@ -104,7 +104,7 @@ impl LeaseKeeper {
 
     /// Runs until `cancel`; dropping the connection at the end releases the
     /// locks, so a standby daemon takes over at once.
-    pub async fn run(self, cancel: CancellationToken) {
+    pub(crate) async fn run(self, cancel: CancellationToken) {
         // Reconnecting follows the retry policy every database path shares
         // (at most one attempt a second): the locks come back as soon as
         // the database does, without a storm of attempts while it is down.

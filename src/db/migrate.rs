@@ -58,27 +58,27 @@ pub enum MigrationError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct MigrationInfo {
     /// The version (file number).
-    pub version: i64,
+    pub(crate) version: i64,
     /// The file name, e.g. `0003_victron_readings.sql`.
     pub file: String,
 }
 
 /// Applied versus embedded migrations.
 #[derive(Debug, Clone, Serialize)]
-pub struct MigrationStatus {
+pub(crate) struct MigrationStatus {
     /// Embedded migrations recorded as applied.
-    pub applied: Vec<MigrationInfo>,
+    pub(crate) applied: Vec<MigrationInfo>,
     /// Embedded migrations not yet applied.
-    pub pending: Vec<MigrationInfo>,
+    pub(crate) pending: Vec<MigrationInfo>,
     /// Versions applied to the database that this binary does not have.
-    pub unknown: Vec<i64>,
+    pub(crate) unknown: Vec<i64>,
     /// Applied migrations whose embedded text differs from what was applied.
-    pub modified: Vec<MigrationInfo>,
+    pub(crate) modified: Vec<MigrationInfo>,
 }
 
 impl MigrationStatus {
     /// Nothing to apply and nothing inconsistent.
-    pub fn is_current(&self) -> bool {
+    pub(crate) fn is_current(&self) -> bool {
         self.pending.is_empty() && self.unknown.is_empty() && self.modified.is_empty()
     }
 }
@@ -100,7 +100,7 @@ fn file_name(version: i64, description: &str) -> String {
 }
 
 /// Compares the embedded migrations with those recorded in the database.
-pub async fn status(conn: &mut PgConnection) -> Result<MigrationStatus, sqlx::Error> {
+pub(crate) async fn status(conn: &mut PgConnection) -> Result<MigrationStatus, sqlx::Error> {
     let table_exists: bool =
         sqlx::query_scalar("SELECT to_regclass('public._sqlx_migrations') IS NOT NULL")
             .fetch_one(&mut *conn)
@@ -152,7 +152,7 @@ pub struct MigrateReport {
     /// What the reconcile step changed.
     pub reconcile: ReconcileReport,
     /// The server's capabilities.
-    pub server: ServerInfo,
+    pub(crate) server: ServerInfo,
     /// How readings are stored and expired.
     pub storage_mode: StorageMode,
     /// Features this database runs without.

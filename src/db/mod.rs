@@ -4,9 +4,9 @@
 //!
 //! Nothing here prints; callers decide how to show the results.
 
-pub mod clock;
-pub mod link;
-pub mod locks;
+pub(crate) mod clock;
+pub(crate) mod link;
+pub(crate) mod locks;
 pub mod migrate;
 pub mod reconcile;
 pub mod retention;
@@ -65,7 +65,7 @@ pub enum DbError {
 }
 
 /// The options to connect with: the URL's settings plus the configured password.
-pub fn connect_options(config: &DatabaseConfig) -> Result<PgConnectOptions, DbError> {
+pub(crate) fn connect_options(config: &DatabaseConfig) -> Result<PgConnectOptions, DbError> {
     let mut options =
         PgConnectOptions::from_str(config.url_without_password().as_str()).map_err(|e| {
             DbError::Refused {
@@ -128,7 +128,7 @@ pub async fn connect_once(config: &DatabaseConfig) -> Result<sqlx::PgConnection,
 }
 
 /// Sorts a connection failure into the cases a user acts on differently.
-pub fn classify_connect_error(error: sqlx::Error, config: &DatabaseConfig) -> DbError {
+pub(crate) fn classify_connect_error(error: sqlx::Error, config: &DatabaseConfig) -> DbError {
     let target = config.redacted_url();
     match &error {
         sqlx::Error::Database(db) => {
@@ -190,17 +190,17 @@ fn redact(message: &str, config: &DatabaseConfig) -> String {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct SchemaReport {
     /// The database, redacted.
-    pub database: String,
+    pub(crate) database: String,
     /// The server's capabilities.
-    pub server: server::ServerInfo,
+    pub(crate) server: server::ServerInfo,
     /// Applied versus embedded migrations.
-    pub migrations: migrate::MigrationStatus,
+    pub(crate) migrations: migrate::MigrationStatus,
     /// How readings are stored and expired.
-    pub storage_mode: server::StorageMode,
+    pub(crate) storage_mode: server::StorageMode,
     /// The server-dependent schema objects.
     pub schema: server::SchemaState,
     /// Features this database runs without.
-    pub degraded: Vec<server::Degraded>,
+    pub(crate) degraded: Vec<server::Degraded>,
 }
 
 impl SchemaReport {

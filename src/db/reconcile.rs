@@ -46,7 +46,7 @@ pub struct ReconcileReport {
     /// Changes made, one sentence each.
     pub actions: Vec<String>,
     /// Optional upgrades the server refused, one sentence each.
-    pub refused: Vec<String>,
+    pub(crate) refused: Vec<String>,
 }
 
 /// Whether a run changes the schema or only finds out what it would change.
@@ -82,18 +82,18 @@ pub async fn run(
 /// What [`run`] would do now, found by the same rules without changing
 /// anything, and the server and schema state it looked at.
 #[derive(Debug)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// What `run` would change, one sentence each (after an extension to
     /// enable, the steps that depend on it are not looked at).
-    pub actions: Vec<String>,
+    pub(crate) actions: Vec<String>,
     /// The server's capabilities.
-    pub server: ServerInfo,
+    pub(crate) server: ServerInfo,
     /// The schema state.
-    pub state: SchemaState,
+    pub(crate) state: SchemaState,
 }
 
 /// Plans the reconcile step (see [`Plan`]).
-pub async fn plan(
+pub(crate) async fn plan(
     conn: &mut PgConnection,
     retention_window: Duration,
 ) -> Result<Plan, ReconcileError> {

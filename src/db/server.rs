@@ -12,7 +12,7 @@ use serde::Serialize;
 use sqlx::PgConnection;
 
 /// The four reading tables, in schema `victron`.
-pub const READING_TABLES: [&str; 4] = [
+pub(crate) const READING_TABLES: [&str; 4] = [
     "battery_readings",
     "solar_readings",
     "inverter_readings",
@@ -22,44 +22,44 @@ pub const READING_TABLES: [&str; 4] = [
 /// The rollup tables, in schema `victron`, with the chunk interval each
 /// gets as a hypertable (about a hundred thousand rows per chunk for a
 /// five-device site).
-pub const HISTORY_TABLES: [(&str, &str); 3] = [
+pub(crate) const HISTORY_TABLES: [(&str, &str); 3] = [
     ("history_5m", "7 days"),
     ("history_1h", "90 days"),
     ("history_1d", "3650 days"),
 ];
 
 /// Chunk interval of the reading hypertables, in microseconds (1 hour).
-pub const CHUNK_INTERVAL_US: i64 = 3_600_000_000;
+pub(crate) const CHUNK_INTERVAL_US: i64 = 3_600_000_000;
 
 /// Whether an extension can be used.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Extension {
+pub(crate) struct Extension {
     /// The version the server could install, if any.
-    pub available: Option<String>,
+    pub(crate) available: Option<String>,
     /// The version installed in this database, if any.
-    pub installed: Option<String>,
+    pub(crate) installed: Option<String>,
 }
 
 /// The server's capabilities, as seen from this database.
 #[derive(Debug, Clone, Serialize)]
-pub struct ServerInfo {
+pub(crate) struct ServerInfo {
     /// `server_version`, e.g. `17.12 (Debian 17.12-0+deb13u1)`.
-    pub version: String,
+    pub(crate) version: String,
     /// TimescaleDB.
-    pub timescaledb: Extension,
+    pub(crate) timescaledb: Extension,
     /// pgvector.
-    pub vector: Extension,
+    pub(crate) vector: Extension,
     /// Whether `shared_preload_libraries` names timescaledb (it must, or
     /// `CREATE EXTENSION timescaledb` kills the session).
-    pub timescaledb_preloaded: bool,
+    pub(crate) timescaledb_preloaded: bool,
     /// `timescaledb.license`: `apache` or `timescale` once the extension is
     /// installed in this database.
-    pub timescaledb_license: Option<String>,
+    pub(crate) timescaledb_license: Option<String>,
 }
 
 impl ServerInfo {
     /// Reads the server's capabilities.
-    pub async fn probe(conn: &mut PgConnection) -> Result<Self, sqlx::Error> {
+    pub(crate) async fn probe(conn: &mut PgConnection) -> Result<Self, sqlx::Error> {
         #[allow(clippy::type_complexity)]
         let row: (
             String,
@@ -105,12 +105,12 @@ impl ServerInfo {
     }
 
     /// TimescaleDB is installed in this database and loaded by the server.
-    pub fn timescaledb_usable(&self) -> bool {
+    pub(crate) fn timescaledb_usable(&self) -> bool {
         self.timescaledb.installed.is_some() && self.timescaledb_preloaded
     }
 
     /// How readings are stored and expired on this server.
-    pub fn storage_mode(&self) -> StorageMode {
+    pub(crate) fn storage_mode(&self) -> StorageMode {
         if !self.timescaledb_usable() {
             StorageMode::Postgres
         } else if self.timescaledb_license.as_deref() == Some("timescale") {
@@ -171,22 +171,22 @@ impl fmt::Display for Degraded {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct SchemaState {
     /// Reading tables that exist.
-    pub reading_tables: Vec<String>,
+    pub(crate) reading_tables: Vec<String>,
     /// Reading tables that are hypertables, with their chunk interval (µs).
     pub hypertables: Vec<(String, i64)>,
     /// Rollup tables that are hypertables.
-    pub history_hypertables: Vec<String>,
+    pub(crate) history_hypertables: Vec<String>,
     /// Reading tables with a TimescaleDB retention policy, with its `drop_after`.
-    pub retention_policies: Vec<(String, String)>,
+    pub(crate) retention_policies: Vec<(String, String)>,
     /// `kb_chunks.embedding`'s type (`vector(1536)`, `real[]`), if the column exists.
-    pub embedding_type: Option<String>,
+    pub(crate) embedding_type: Option<String>,
     /// The access method of `idx_kb_chunks_embedding` (`hnsw`, `ivfflat`), if it exists.
-    pub embedding_index: Option<String>,
+    pub(crate) embedding_index: Option<String>,
 }
 
 impl SchemaState {
     /// Reads the current shape of the server-dependent objects.
-    pub async fn inspect(
+    pub(crate) async fn inspect(
         conn: &mut PgConnection,
         server: &ServerInfo,
     ) -> Result<Self, sqlx::Error> {
@@ -265,12 +265,12 @@ impl SchemaState {
     }
 
     /// Whether `table` is a hypertable.
-    pub fn is_hypertable(&self, table: &str) -> bool {
+    pub(crate) fn is_hypertable(&self, table: &str) -> bool {
         self.hypertables.iter().any(|(t, _)| t == table)
     }
 
     /// Every feature this database runs without, with the reason.
-    pub fn degraded(&self, server: &ServerInfo) -> Vec<Degraded> {
+    pub(crate) fn degraded(&self, server: &ServerInfo) -> Vec<Degraded> {
         let mut degraded = Vec::new();
         let ts = &server.timescaledb;
         if server.timescaledb_usable() {

@@ -17,52 +17,52 @@ use crate::status::DeviceStatus;
 
 /// What the singleton row says about the poller.
 #[derive(Debug, Clone)]
-pub struct PollerRow {
+pub(crate) struct PollerRow {
     /// The latest poll attempt of any device.
-    pub last_attempt: Option<DateTime<Utc>>,
+    pub(crate) last_attempt: Option<DateTime<Utc>>,
     /// The latest successful poll of any device.
-    pub last_success: Option<DateTime<Utc>>,
+    pub(crate) last_success: Option<DateTime<Utc>>,
     /// The first failing device's error, `device: error`.
-    pub last_error: Option<String>,
+    pub(crate) last_error: Option<String>,
     /// The most consecutive failures of any device.
-    pub consecutive_failures: u32,
+    pub(crate) consecutive_failures: u32,
     /// Every device answers, and the poller runs.
-    pub healthy: bool,
+    pub(crate) healthy: bool,
     /// The host the poller runs on.
-    pub host: String,
+    pub(crate) host: String,
     /// The poller's version.
-    pub version: &'static str,
+    pub(crate) version: &'static str,
     /// When the poller started.
-    pub started_at: DateTime<Utc>,
+    pub(crate) started_at: DateTime<Utc>,
     /// When it stopped cleanly; `None` while it runs.
-    pub stopped_at: Option<DateTime<Utc>>,
+    pub(crate) stopped_at: Option<DateTime<Utc>>,
     /// The shortest poll interval.
-    pub poll_interval: Duration,
+    pub(crate) poll_interval: Duration,
     /// Devices this poller reports.
-    pub devices_configured: usize,
+    pub(crate) devices_configured: usize,
     /// Of them, those answering.
-    pub devices_healthy: usize,
+    pub(crate) devices_healthy: usize,
     /// Rows in the last forwarded batch.
-    pub rows_last_batch: u64,
+    pub(crate) rows_last_batch: u64,
     /// Rows forwarded since start.
-    pub rows_total: u64,
+    pub(crate) rows_total: u64,
     /// Readings waiting in the local store.
-    pub spool_depth: i64,
+    pub(crate) spool_depth: i64,
     /// Age of the oldest of them, in seconds.
-    pub spool_oldest_age_s: Option<f64>,
+    pub(crate) spool_oldest_age_s: Option<f64>,
     /// The raw readings' retention window.
-    pub retention_window: Duration,
+    pub(crate) retention_window: Duration,
     /// How readings are stored.
-    pub storage_mode: StorageMode,
+    pub(crate) storage_mode: StorageMode,
     /// Where measurement times come from ([`crate::clock::Basis`]).
-    pub clock: &'static str,
+    pub(crate) clock: &'static str,
     /// The local clock minus its best reference (s).
-    pub clock_offset_s: Option<f64>,
+    pub(crate) clock_offset_s: Option<f64>,
     /// Readings waiting in the local store for their time.
-    pub held_readings: i64,
+    pub(crate) held_readings: i64,
     /// How often the rows are rewritten while only their times and counts
     /// change (what the views' `is_stale` allows for).
-    pub status_every: Duration,
+    pub(crate) status_every: Duration,
 }
 
 fn int(n: impl TryInto<i32>) -> i32 {
@@ -75,13 +75,13 @@ fn big(n: impl TryInto<i64>) -> i64 {
 
 /// One site's status row and the rows of its devices this daemon polls.
 #[derive(Debug, Clone)]
-pub struct SiteRows {
+pub(crate) struct SiteRows {
     /// The site (`installation_id`; `""` for none).
-    pub site: String,
+    pub(crate) site: String,
     /// The site's status.
-    pub status: PollerRow,
+    pub(crate) status: PollerRow,
     /// Its devices this daemon polls.
-    pub devices: Vec<DeviceStatus>,
+    pub(crate) devices: Vec<DeviceStatus>,
 }
 
 /// Upserts each site's row and its devices' rows, then recomputes the
@@ -89,7 +89,7 @@ pub struct SiteRows {
 /// database never holds the caller for long). The singleton's row lock is
 /// taken first, so writers of other sites wait their turn and each
 /// recomputation sees every committed site row.
-pub async fn write(pool: &PgPool, sites: &[SiteRows]) -> Result<(), sqlx::Error> {
+pub(crate) async fn write(pool: &PgPool, sites: &[SiteRows]) -> Result<(), sqlx::Error> {
     // Three round trips (each one is a gateway's CPU): one opens the transaction, bounds it and takes the
     // lock; one per site writes its rows; one recomputes the singleton and
     // commits.
@@ -299,124 +299,124 @@ pub async fn record_retention(
 
 /// A row of `victron.polling_status_view`, as `status` reads it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PollerView {
+pub(crate) struct PollerView {
     /// The site, in a row of `site_status_view` (absent from the singleton's).
     #[serde(default)]
-    pub installation_id: Option<String>,
+    pub(crate) installation_id: Option<String>,
     /// Always 1: the singleton.
-    pub id: Option<i64>,
+    pub(crate) id: Option<i64>,
     /// Every device answered at the last write, and the poller runs.
-    pub is_healthy: Option<bool>,
+    pub(crate) is_healthy: Option<bool>,
     /// The latest poll attempt of any device.
-    pub last_poll_attempt: Option<DateTime<Utc>>,
+    pub(crate) last_poll_attempt: Option<DateTime<Utc>>,
     /// The latest successful poll of any device.
-    pub last_successful_poll: Option<DateTime<Utc>>,
+    pub(crate) last_successful_poll: Option<DateTime<Utc>>,
     /// Seconds since then.
-    pub seconds_since_last_success: Option<f64>,
+    pub(crate) seconds_since_last_success: Option<f64>,
     /// No successful poll for 2 poll intervals plus the longer of a poll
     /// interval and the rows' rewrite period (3 poll intervals, when the
     /// rows are rewritten every poll).
-    pub is_stale: Option<bool>,
+    pub(crate) is_stale: Option<bool>,
     /// The first failing device's error.
-    pub last_error: Option<String>,
+    pub(crate) last_error: Option<String>,
     /// The most consecutive failures of any device.
-    pub consecutive_failures: Option<i64>,
+    pub(crate) consecutive_failures: Option<i64>,
     /// The shortest poll interval.
-    pub poll_interval_ms: Option<i64>,
+    pub(crate) poll_interval_ms: Option<i64>,
     /// Devices the poller reports.
-    pub devices_configured: Option<i64>,
+    pub(crate) devices_configured: Option<i64>,
     /// Of them, those answering at the last write.
-    pub devices_healthy: Option<i64>,
+    pub(crate) devices_healthy: Option<i64>,
     /// Device rows failing or never polled.
-    pub devices_unhealthy: Option<i64>,
+    pub(crate) devices_unhealthy: Option<i64>,
     /// Readings measured in the last hour.
-    pub readings_last_hour: Option<i64>,
+    pub(crate) readings_last_hour: Option<i64>,
     /// Readings measured in the last 24 h.
-    pub readings_last_24h: Option<i64>,
+    pub(crate) readings_last_24h: Option<i64>,
     /// What the poller could have taken in the part of those 24 h it ran.
-    pub expected_readings_24h: Option<i64>,
+    pub(crate) expected_readings_24h: Option<i64>,
     /// The one as a percentage of the other.
-    pub collection_health_pct: Option<f64>,
+    pub(crate) collection_health_pct: Option<f64>,
     /// The newest reading.
-    pub newest_reading_at: Option<DateTime<Utc>>,
+    pub(crate) newest_reading_at: Option<DateTime<Utc>>,
     /// The oldest reading.
-    pub oldest_reading_at: Option<DateTime<Utc>>,
+    pub(crate) oldest_reading_at: Option<DateTime<Utc>>,
     /// Its age, in seconds.
-    pub oldest_reading_age_s: Option<f64>,
+    pub(crate) oldest_reading_age_s: Option<f64>,
     /// Rows in the last forwarded batch.
-    pub rows_written_last_batch: Option<i64>,
+    pub(crate) rows_written_last_batch: Option<i64>,
     /// Rows forwarded since the poller started.
-    pub rows_written_total: Option<i64>,
+    pub(crate) rows_written_total: Option<i64>,
     /// Readings waiting in the local store.
-    pub spool_depth: Option<i64>,
+    pub(crate) spool_depth: Option<i64>,
     /// Age of the oldest of them, in seconds.
-    pub spool_oldest_age_s: Option<f64>,
+    pub(crate) spool_oldest_age_s: Option<f64>,
     /// `timescaledb`, `timescaledb-apache` or `postgres`.
-    pub storage_mode: Option<String>,
+    pub(crate) storage_mode: Option<String>,
     /// Reading tables that are hypertables.
-    pub reading_hypertables: Option<i64>,
+    pub(crate) reading_hypertables: Option<i64>,
     /// Reading tables with a TimescaleDB retention policy.
-    pub retention_policies: Option<i64>,
+    pub(crate) retention_policies: Option<i64>,
     /// The raw readings' retention window.
-    pub retention_window_s: Option<i64>,
+    pub(crate) retention_window_s: Option<i64>,
     /// When retention last ran.
-    pub last_retention_run: Option<DateTime<Utc>>,
+    pub(crate) last_retention_run: Option<DateTime<Utc>>,
     /// Rows it deleted (plain PostgreSQL).
-    pub last_retention_rows_dropped: Option<i64>,
+    pub(crate) last_retention_rows_dropped: Option<i64>,
     /// Chunks it dropped (TimescaleDB).
-    pub last_retention_chunks_dropped: Option<i64>,
+    pub(crate) last_retention_chunks_dropped: Option<i64>,
     /// Its error, if it failed.
-    pub last_retention_error: Option<String>,
+    pub(crate) last_retention_error: Option<String>,
     /// The poller's host.
-    pub poller_host: Option<String>,
+    pub(crate) poller_host: Option<String>,
     /// The poller's version.
-    pub poller_version: Option<String>,
+    pub(crate) poller_version: Option<String>,
     /// When the poller started; `None` before any daemon wrote.
-    pub poller_started_at: Option<DateTime<Utc>>,
+    pub(crate) poller_started_at: Option<DateTime<Utc>>,
     /// Legacy: requests in the current hour (the VRM poller's).
-    pub requests_this_hour: Option<i64>,
+    pub(crate) requests_this_hour: Option<i64>,
     /// Legacy: when that hour started.
-    pub hour_window_start: Option<DateTime<Utc>>,
+    pub(crate) hour_window_start: Option<DateTime<Utc>>,
     /// When the row was last written.
-    pub updated_at: Option<DateTime<Utc>>,
+    pub(crate) updated_at: Option<DateTime<Utc>>,
     /// When the poller stopped cleanly; `None` while it runs.
-    pub poller_stopped_at: Option<DateTime<Utc>>,
+    pub(crate) poller_stopped_at: Option<DateTime<Utc>>,
     /// A poller has started and not stopped.
-    pub is_running: Option<bool>,
+    pub(crate) is_running: Option<bool>,
     /// Sites with a status row.
     #[serde(default)]
-    pub sites: Option<i64>,
+    pub(crate) sites: Option<i64>,
     /// Of them, those not healthy or stale.
     #[serde(default)]
-    pub sites_unhealthy: Option<i64>,
+    pub(crate) sites_unhealthy: Option<i64>,
     /// Where measurement times come from (the worst site's, in the
     /// singleton): `local`, `gx`, `database`, `carried` or `held`.
     #[serde(default)]
-    pub clock: Option<String>,
+    pub(crate) clock: Option<String>,
     /// The local clock minus its best reference (s; the largest, in the
     /// singleton).
     #[serde(default)]
-    pub clock_offset_s: Option<f64>,
+    pub(crate) clock_offset_s: Option<f64>,
     /// Readings waiting in the local store for their time.
     #[serde(default)]
-    pub held_readings: Option<i64>,
+    pub(crate) held_readings: Option<i64>,
 }
 
 /// What `status` reads: the operator's view, one row per site, and the
 /// device rows with their sites.
 #[derive(Debug, Clone, Default)]
-pub struct StatusRows {
+pub(crate) struct StatusRows {
     /// `polling_status_view`, or with a site given that site's row of
     /// `site_status_view`; `None` when missing.
-    pub poller: Option<PollerView>,
+    pub(crate) poller: Option<PollerView>,
     /// Every site's row of `site_status_view` (only the one given).
-    pub sites: Vec<PollerView>,
+    pub(crate) sites: Vec<PollerView>,
     /// The device rows, with their site.
-    pub devices: Vec<(String, DeviceStatus)>,
+    pub(crate) devices: Vec<(String, DeviceStatus)>,
 }
 
 /// Reads the status rows: of every site, or of `site` only.
-pub async fn read(
+pub(crate) async fn read(
     conn: &mut sqlx::PgConnection,
     site: Option<&str>,
 ) -> Result<StatusRows, sqlx::Error> {

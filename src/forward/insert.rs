@@ -23,7 +23,7 @@ type TableRows<'a> = (
 );
 
 /// Inserts `rows` (any tables) in one statement.
-pub async fn insert_rows(pool: &PgPool, rows: &[&Reading]) -> Result<(), ForwardError> {
+pub(crate) async fn insert_rows(pool: &PgPool, rows: &[&Reading]) -> Result<(), ForwardError> {
     let tables: Vec<TableRows<'_>> = by_table(rows)
         .map(|(table, of_table)| {
             let columns = present_columns(table, &of_table);

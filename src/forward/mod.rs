@@ -32,8 +32,8 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 pub use copy::copy_rows;
-pub use error::ForwardError;
-pub use insert::insert_rows;
+pub(crate) use error::ForwardError;
+pub(crate) use insert::insert_rows;
 
 use crate::config::DatabaseConfig;
 use crate::db::link::{DatabaseLink, RETRY_MAX, retry_backoff};
@@ -44,9 +44,9 @@ use crate::store::{LocalStore, StoredReading};
 #[derive(Debug, Default)]
 pub struct ForwardCounters {
     /// Rows committed to PostgreSQL (including replays it ignored).
-    pub rows_forwarded: AtomicU64,
+    pub(crate) rows_forwarded: AtomicU64,
     /// Failed attempts.
-    pub errors: AtomicU64,
+    pub(crate) errors: AtomicU64,
     /// Rows parked for a permanent error.
     pub rows_parked: AtomicU64,
     /// Per site: rows forwarded since start, and in the last batch.
@@ -73,7 +73,7 @@ impl ForwardCounters {
     }
 
     /// Rows forwarded for `site` since start, and in the last batch.
-    pub fn site(&self, site: &str) -> (u64, u64) {
+    pub(crate) fn site(&self, site: &str) -> (u64, u64) {
         let by_site = self.by_site.lock().unwrap_or_else(|p| p.into_inner());
         by_site.get(site).copied().unwrap_or_default()
     }
@@ -82,7 +82,7 @@ impl ForwardCounters {
 /// How long a batch sent straight to PostgreSQL may take to be acknowledged
 /// before it is committed to the local store instead (its readings then
 /// reach PostgreSQL through the forwarder, once: the key ignores a repeat).
-pub const DIRECT_WRITE_LIMIT: Duration = Duration::from_secs(2);
+pub(crate) const DIRECT_WRITE_LIMIT: Duration = Duration::from_secs(2);
 
 /// Forward-first: while the local store holds nothing to forward and the
 /// database answers, a new batch goes straight to PostgreSQL and never
@@ -94,7 +94,7 @@ pub const DIRECT_WRITE_LIMIT: Duration = Duration::from_secs(2);
 /// power cut during the direct write loses that batch, as it would lose a
 /// batch still being collected.
 #[derive(Debug, Clone, Default)]
-pub struct DirectPath {
+pub(crate) struct DirectPath {
     /// The database, once the forwarder runs.
     pool: Arc<std::sync::OnceLock<PgPool>>,
     /// The forwarder found the store empty, and no batch went to it since.
@@ -104,7 +104,7 @@ pub struct DirectPath {
 impl DirectPath {
     /// Writes `batch` straight to PostgreSQL when the path is open; true
     /// when PostgreSQL committed it.
-    pub async fn forward(
+    pub(crate) async fn forward(
         &self,
         batch: &[Reading],
         counters: &ForwardCounters,
@@ -128,7 +128,7 @@ impl DirectPath {
     }
 
     /// The batch went to the store: the next ones follow it there.
-    pub fn stored_locally(&self) {
+    pub(crate) fn stored_locally(&self) {
         self.caught_up.store(false, Ordering::Relaxed);
     }
 }
@@ -140,7 +140,7 @@ fn readings<'a>(rows: &[&'a StoredReading]) -> Vec<&'a Reading> {
 
 /// Where the forwarder is, as the ordered stop sees it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum ForwarderState {
+pub(crate) enum ForwarderState {
     /// Not forwarding: no database, or not reached yet.
     #[default]
     NotRunning,
@@ -191,7 +191,7 @@ impl Forwarder {
 
     /// Opens `direct` to this forwarder's database: batches may go straight
     /// to it while the store holds nothing to forward.
-    pub fn with_direct_path(mut self, direct: DirectPath) -> Self {
+    pub(crate) fn with_direct_path(mut self, direct: DirectPath) -> Self {
         let _ = direct.pool.set(self.pool.clone());
         self.direct = direct;
         self
@@ -199,13 +199,13 @@ impl Forwarder {
 
     /// Reports into `state` that it runs, and each time a drain leaves the
     /// store empty (a clean stop waits for it).
-    pub fn reporting(mut self, state: watch::Sender<ForwarderState>) -> Self {
+    pub(crate) fn reporting(mut self, state: watch::Sender<ForwarderState>) -> Self {
         self.state = Some(state);
         self
     }
 
     /// Longest wait for one batch to be written (default 30 s).
-    pub fn with_write_timeout(mut self, timeout: Duration) -> Self {
+    pub(crate) fn with_write_timeout(mut self, timeout: Duration) -> Self {
         self.write_timeout = timeout;
         self
     }
@@ -311,7 +311,7 @@ impl Forwarder {
     }
 
     /// Runs until `cancel`; a batch in flight is abandoned (it stays in the store).
-    pub async fn run(self, cancel: CancellationToken) {
+    pub(crate) async fn run(self, cancel: CancellationToken) {
         // Idle, it looks again every second (a wake-up it may have missed),
         // on the common grid: with the polls, not a wake-up of its own.
         let mut recheck = crate::schedule::common_ticker(Duration::from_secs(1));

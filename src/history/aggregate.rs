@@ -12,7 +12,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use chrono_tz::Tz;
 
 use super::buckets::{Resolution, day_end, day_start, local_day};
-pub use super::energy::DayEnergy;
+pub(crate) use super::energy::DayEnergy;
 use super::energy::{DeviceDay, Powers, combine};
 use crate::clock::seconds_between;
 use crate::reading::{ColumnKind, Reading, ReadingTable, Value};
@@ -21,27 +21,27 @@ use crate::reading::{ColumnKind, Reading, ReadingTable, Value};
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rollup {
     /// The site (`installation_id`).
-    pub site: Arc<str>,
+    pub(crate) site: Arc<str>,
     /// The device.
     pub device: String,
     /// Its reading table.
-    pub table: ReadingTable,
+    pub(crate) table: ReadingTable,
     /// The column.
     pub metric: &'static str,
     /// Which table of rollups.
-    pub resolution: Resolution,
+    pub(crate) resolution: Resolution,
     /// The bucket's start.
-    pub bucket: DateTime<Utc>,
+    pub(crate) bucket: DateTime<Utc>,
     /// Readings in the bucket with a value.
     pub samples: i64,
     /// Their smallest value.
-    pub min: f64,
+    pub(crate) min: f64,
     /// Their largest value.
-    pub max: f64,
+    pub(crate) max: f64,
     /// Their mean.
     pub mean: f64,
     /// The latest value.
-    pub last: f64,
+    pub(crate) last: f64,
 }
 
 /// Statistics of one metric in an open bucket.
@@ -102,7 +102,7 @@ pub struct Aggregator {
 impl Aggregator {
     /// An aggregator for local days of `tz`, bridging intervals up to
     /// `max_gap_s` seconds.
-    pub fn new(tz: Tz, max_gap_s: f64) -> Self {
+    pub(crate) fn new(tz: Tz, max_gap_s: f64) -> Self {
         Self {
             tz,
             max_gap_s,
@@ -115,7 +115,7 @@ impl Aggregator {
 
     /// Counts only what falls in `[from, to)`: readings outside it only
     /// bound the intervals that reach into it.
-    pub fn within(mut self, from: DateTime<Utc>, to: DateTime<Utc>) -> Self {
+    pub(crate) fn within(mut self, from: DateTime<Utc>, to: DateTime<Utc>) -> Self {
         self.window = Some((from, to));
         self
     }
@@ -126,7 +126,7 @@ impl Aggregator {
 
     /// Takes the next reading of its device (in time order per device;
     /// a reading not later than the device's last is ignored).
-    pub fn push(&mut self, reading: &Reading) {
+    pub(crate) fn push(&mut self, reading: &Reading) {
         let at = reading.measured_at;
         let powers = Powers::of(reading);
         let inside = self.inside(at);
@@ -205,7 +205,7 @@ impl Aggregator {
     /// The buckets closed since the last call, final: a device's bucket
     /// closes at its first reading of a later bucket, or when everything
     /// measured before `through` has been fed and the bucket ends by then.
-    pub fn take_closed(&mut self, through: DateTime<Utc>) -> Vec<Rollup> {
+    pub(crate) fn take_closed(&mut self, through: DateTime<Utc>) -> Vec<Rollup> {
         for ((site, device, table), series) in &mut self.series {
             for (index, slot) in series.open.iter_mut().enumerate() {
                 let resolution = Resolution::ALL[index];
@@ -221,7 +221,7 @@ impl Aggregator {
     /// What the buckets still open and the days so far hold, as of
     /// `through` (the days' coverage is of their part before it): what a
     /// reader sees of the current hour and day until they close.
-    pub fn provisional(&self, through: DateTime<Utc>) -> (Vec<Rollup>, Vec<DayEnergy>) {
+    pub(crate) fn provisional(&self, through: DateTime<Utc>) -> (Vec<Rollup>, Vec<DayEnergy>) {
         let mut rollups = Vec::new();
         for ((site, device, table), series) in &self.series {
             for (index, open) in series.open.iter().enumerate() {
@@ -251,7 +251,7 @@ impl Aggregator {
     }
 
     /// Every rollup and every day's energy.
-    pub fn finish(mut self) -> (Vec<Rollup>, Vec<DayEnergy>) {
+    pub(crate) fn finish(mut self) -> (Vec<Rollup>, Vec<DayEnergy>) {
         for ((site, device, table), series) in std::mem::take(&mut self.series) {
             for (index, open) in series.open.into_iter().enumerate() {
                 if let Some(open) = open {

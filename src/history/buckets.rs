@@ -19,10 +19,10 @@ pub enum Resolution {
 
 impl Resolution {
     /// Every resolution, finest first.
-    pub const ALL: [Resolution; 3] = [Self::FiveMinutes, Self::Hour, Self::Day];
+    pub(crate) const ALL: [Resolution; 3] = [Self::FiveMinutes, Self::Hour, Self::Day];
 
     /// Its table in schema `victron`.
-    pub fn table(self) -> &'static str {
+    pub(crate) fn table(self) -> &'static str {
         match self {
             Self::FiveMinutes => "history_5m",
             Self::Hour => "history_1h",
@@ -31,7 +31,7 @@ impl Resolution {
     }
 
     /// The start of the bucket `at` falls in.
-    pub fn bucket(self, at: DateTime<Utc>, tz: Tz) -> DateTime<Utc> {
+    pub(crate) fn bucket(self, at: DateTime<Utc>, tz: Tz) -> DateTime<Utc> {
         let length = match self {
             Self::FiveMinutes => 300,
             Self::Hour => 3_600,
@@ -50,7 +50,7 @@ impl Resolution {
 
 /// The first local day that starts at or after `instant` (the first day
 /// whole after a retention bound).
-pub fn first_day_from(instant: DateTime<Utc>, tz: Tz) -> NaiveDate {
+pub(crate) fn first_day_from(instant: DateTime<Utc>, tz: Tz) -> NaiveDate {
     let day = local_day(instant, tz);
     if day_start(day, tz) < instant {
         day.succ_opt().unwrap_or(day)
@@ -60,13 +60,13 @@ pub fn first_day_from(instant: DateTime<Utc>, tz: Tz) -> NaiveDate {
 }
 
 /// The local date `at` falls on.
-pub fn local_day(at: DateTime<Utc>, tz: Tz) -> NaiveDate {
+pub(crate) fn local_day(at: DateTime<Utc>, tz: Tz) -> NaiveDate {
     at.with_timezone(&tz).date_naive()
 }
 
 /// When local day `day` starts: its midnight, or the first local time that
 /// exists when a DST change skips midnight.
-pub fn day_start(day: NaiveDate, tz: Tz) -> DateTime<Utc> {
+pub(crate) fn day_start(day: NaiveDate, tz: Tz) -> DateTime<Utc> {
     let midnight = day.and_hms_opt(0, 0, 0).unwrap_or_default();
     (0..=180)
         .step_by(15)
@@ -78,7 +78,7 @@ pub fn day_start(day: NaiveDate, tz: Tz) -> DateTime<Utc> {
 }
 
 /// When local day `day` ends (the next one starts).
-pub fn day_end(day: NaiveDate, tz: Tz) -> DateTime<Utc> {
+pub(crate) fn day_end(day: NaiveDate, tz: Tz) -> DateTime<Utc> {
     day_start(day.succ_opt().unwrap_or(day), tz)
 }
 

@@ -347,21 +347,21 @@ pub struct DayEnergy {
     /// PV energy (kWh).
     pub solar_kwh: Option<f64>,
     /// Loads (kWh).
-    pub consumption_kwh: Option<f64>,
+    pub(crate) consumption_kwh: Option<f64>,
     /// Into the battery (kWh).
-    pub battery_charge_kwh: Option<f64>,
+    pub(crate) battery_charge_kwh: Option<f64>,
     /// Out of the battery (kWh).
-    pub battery_discharge_kwh: Option<f64>,
+    pub(crate) battery_discharge_kwh: Option<f64>,
     /// From the grid (kWh).
-    pub grid_import_kwh: Option<f64>,
+    pub(crate) grid_import_kwh: Option<f64>,
     /// To the grid (kWh).
-    pub grid_export_kwh: Option<f64>,
+    pub(crate) grid_export_kwh: Option<f64>,
     /// From a generator (kWh).
-    pub genset_kwh: Option<f64>,
+    pub(crate) genset_kwh: Option<f64>,
     /// The battery's lowest state of charge (%).
-    pub min_soc: Option<f64>,
+    pub(crate) min_soc: Option<f64>,
     /// Its highest (%).
-    pub max_soc: Option<f64>,
+    pub(crate) max_soc: Option<f64>,
     /// How much of the day the powers cover (%).
     pub coverage_pct: f64,
 }
@@ -369,7 +369,7 @@ pub struct DayEnergy {
 impl DayEnergy {
     /// The columns of a day's figures in `energy_daily` (PostgreSQL's and
     /// the local store's alike), in the order of [`Self::figures`].
-    pub const FIGURES: [&'static str; 9] = [
+    pub(crate) const FIGURES: [&'static str; 9] = [
         "solar_kwh",
         "consumption_kwh",
         "battery_charge_kwh",
@@ -382,7 +382,7 @@ impl DayEnergy {
     ];
 
     /// The day's figures, in the order of [`Self::FIGURES`].
-    pub fn figures(&self) -> [Option<f64>; 9] {
+    pub(crate) fn figures(&self) -> [Option<f64>; 9] {
         [
             self.solar_kwh,
             self.consumption_kwh,
@@ -398,7 +398,7 @@ impl DayEnergy {
 
     /// A day of `site` from its figures, each read by its column's name
     /// (`figure`), and its coverage.
-    pub fn from_columns(
+    pub(crate) fn from_columns(
         site: String,
         day: NaiveDate,
         mut figure: impl FnMut(&str) -> Option<f64>,
@@ -432,12 +432,12 @@ impl DayEnergy {
     }
 
     /// The figures' columns, comma-separated (for a statement's text).
-    pub fn figure_columns() -> String {
+    pub(crate) fn figure_columns() -> String {
         Self::FIGURES.join(", ")
     }
 
     /// `column = excluded.column` for every figure (an upsert's update).
-    pub fn figure_updates() -> String {
+    pub(crate) fn figure_updates() -> String {
         Self::FIGURES
             .map(|column| format!("{column} = excluded.{column}"))
             .join(", ")

@@ -76,13 +76,13 @@ pub trait RollupStore: Sync {
 #[derive(Debug, Clone, PartialEq)]
 pub struct SiteDay {
     /// The site.
-    pub site: String,
+    pub(crate) site: String,
     /// The local day.
-    pub day: NaiveDate,
+    pub(crate) day: NaiveDate,
     /// Its start.
-    pub start: DateTime<Utc>,
+    pub(crate) start: DateTime<Utc>,
     /// Its end.
-    pub end: DateTime<Utc>,
+    pub(crate) end: DateTime<Utc>,
 }
 
 /// What one step did.
@@ -91,9 +91,9 @@ pub struct Step {
     /// Raw readings read.
     pub readings: u64,
     /// Rollup rows written (final and provisional).
-    pub rollups: usize,
+    pub(crate) rollups: usize,
     /// Days that ended and were written whole.
-    pub days_completed: usize,
+    pub(crate) days_completed: usize,
 }
 
 /// The live rollups of a daemon's sites. See the module doc.
@@ -128,17 +128,17 @@ impl LiveRollups {
     }
 
     /// Everything measured before this is rolled up.
-    pub fn through(&self) -> DateTime<Utc> {
+    pub(crate) fn through(&self) -> DateTime<Utc> {
         self.through
     }
 
     /// The sites rolled up.
-    pub fn sites(&self) -> &[String] {
+    pub(crate) fn sites(&self) -> &[String] {
         &self.sites
     }
 
     /// The start of the day being rolled up.
-    pub fn open_day_start(&self) -> DateTime<Utc> {
+    pub(crate) fn open_day_start(&self) -> DateTime<Utc> {
         let day = match &self.day {
             Some((day, _)) => *day,
             None => local_day(self.through, self.tz),
@@ -149,14 +149,14 @@ impl LiveRollups {
     /// The earliest measurement a later step may read again: from the
     /// start of the day being rolled up, less the longest bridged gap.
     /// Raw readings before it are no longer needed by the rollups.
-    pub fn needed_from(&self) -> DateTime<Utc> {
+    pub(crate) fn needed_from(&self) -> DateTime<Utc> {
         self.open_day_start() - self.gap()
     }
 
     /// Readings measured at `at` reached the raw rows after their five
     /// minutes were read: the day they fall on is read again from its
     /// start at the next step.
-    pub fn rewind(&mut self, at: DateTime<Utc>) {
+    pub(crate) fn rewind(&mut self, at: DateTime<Utc>) {
         if at < self.through {
             self.through = day_start(local_day(at, self.tz), self.tz);
             self.day = None;
@@ -172,7 +172,7 @@ impl LiveRollups {
 
     /// The latest five-minute boundary at or before `at`: what a step may
     /// bring the rollups up to once `at` is settled.
-    pub fn boundary(&self, at: DateTime<Utc>) -> DateTime<Utc> {
+    pub(crate) fn boundary(&self, at: DateTime<Utc>) -> DateTime<Utc> {
         Resolution::FiveMinutes.bucket(at, self.tz)
     }
 
@@ -299,7 +299,7 @@ impl LiveRollups {
 
     /// Writes the day being rolled up whole when its end has been reached
     /// (a rebuild that ends there); returns whether it did.
-    pub async fn finish(&mut self, rows: &impl RollupStore) -> Result<Step, LiveError> {
+    pub(crate) async fn finish(&mut self, rows: &impl RollupStore) -> Result<Step, LiveError> {
         let mut step = Step::default();
         let ended = self
             .day
@@ -336,7 +336,7 @@ fn site_days(
 }
 
 /// The sites of a daemon's devices, each once.
-pub fn sites_of<'a>(sites: impl IntoIterator<Item = &'a String>) -> Vec<String> {
+pub(crate) fn sites_of<'a>(sites: impl IntoIterator<Item = &'a String>) -> Vec<String> {
     let mut sites: Vec<String> = sites.into_iter().map(|s| s.to_string()).collect();
     sites.sort();
     sites.dedup();

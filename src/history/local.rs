@@ -12,7 +12,7 @@ use super::aggregate::{Aggregator, DayEnergy};
 use crate::store::{LocalStore, StoreError};
 
 /// Every local day of energy the store knows, oldest first.
-pub async fn energy(
+pub(crate) async fn energy(
     store: &LocalStore,
     tz: Tz,
     max_gap_s: f64,

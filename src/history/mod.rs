@@ -16,14 +16,14 @@
 //! (local days of `site.timezone`, 23 or 25 hours on DST days), [`energy`]
 //! which powers feed which energy.
 
-pub mod aggregate;
-pub mod buckets;
-pub mod energy;
+pub(crate) mod aggregate;
+pub(crate) mod buckets;
+pub(crate) mod energy;
 pub mod live;
-pub mod local;
+pub(crate) mod local;
 pub mod postgres;
 pub mod rebuild;
 pub mod sqlite;
 
-pub use aggregate::{Aggregator, DayEnergy, Rollup};
+pub(crate) use aggregate::DayEnergy;
 pub use buckets::Resolution;

@@ -159,7 +159,7 @@ pub(super) async fn upsert_all(
 }
 
 /// Writes rollup rows; a bucket already there is replaced.
-pub async fn upsert_rollups(
+pub(crate) async fn upsert_rollups(
     conn: &mut sqlx::PgConnection,
     resolution: Resolution,
     rows: &[&Rollup],
@@ -190,7 +190,7 @@ pub async fn upsert_rollups(
 
 /// Writes days of energy computed from the raw rows as they were at
 /// `read_from` (their `updated_at`); a day already there is replaced.
-pub async fn upsert_energy(
+pub(crate) async fn upsert_energy(
     conn: &mut sqlx::PgConnection,
     days: &[DayEnergy],
     read_from: DateTime<Utc>,

@@ -16,32 +16,32 @@ use crate::reading::ReadingTable;
 /// What to rebuild: a site (every site when `None`) and local days
 /// (from the oldest raw row, to the newest, when not given).
 #[derive(Debug, Clone, Default)]
-pub struct Range {
+pub(crate) struct Range {
     /// The site.
-    pub site: Option<String>,
+    pub(crate) site: Option<String>,
     /// The first day.
-    pub from: Option<NaiveDate>,
+    pub(crate) from: Option<NaiveDate>,
     /// The last day (included).
-    pub to: Option<NaiveDate>,
+    pub(crate) to: Option<NaiveDate>,
 }
 
 /// What a rebuild did.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct Report {
+pub(crate) struct Report {
     /// The days rebuilt, when there were raw rows.
-    pub days: Option<(NaiveDate, NaiveDate)>,
+    pub(crate) days: Option<(NaiveDate, NaiveDate)>,
     /// Raw readings read.
-    pub readings: u64,
+    pub(crate) readings: u64,
     /// Rollup rows written.
-    pub rollups: usize,
+    pub(crate) rollups: usize,
     /// Site-days of energy written.
-    pub energy_days: usize,
+    pub(crate) energy_days: usize,
     /// How long it took.
-    pub elapsed: Duration,
+    pub(crate) elapsed: Duration,
 }
 
 /// Rebuilds `range` for local days of `tz`, bridging up to `max_gap_s`.
-pub async fn rebuild(
+pub(crate) async fn rebuild(
     pool: &PgPool,
     tz: Tz,
     max_gap_s: f64,
@@ -92,7 +92,7 @@ pub async fn rebuild(
 /// row per site with readings: what the live rollups write for the day at
 /// their next five-minute step, for a reader that cannot wait for it (a
 /// daemon that started minutes ago, a day that began minutes ago).
-pub async fn day_so_far(
+pub(crate) async fn day_so_far(
     pool: &PgPool,
     tz: Tz,
     max_gap_s: f64,
@@ -172,7 +172,7 @@ async fn retention_bound(
 /// How long after a local day ends its readings are taken as all there:
 /// what the daemon forwards late (a batch in flight, a short outage) has
 /// arrived by then.
-pub const SETTLE: chrono::Duration = chrono::Duration::hours(1);
+pub(crate) const SETTLE: chrono::Duration = chrono::Duration::hours(1);
 
 /// Rolls up the completed local days of `site` whose raw readings are all
 /// still there (raw retention has not started on them) that have no daily

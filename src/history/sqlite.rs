@@ -23,13 +23,13 @@ pub struct StoredDay {
     pub energy: DayEnergy,
     /// The readings measured before this were in it (a day computed from
     /// readings before its end is the day so far).
-    pub updated_at: DateTime<Utc>,
+    pub(crate) updated_at: DateTime<Utc>,
 }
 
 impl StoredDay {
     /// Whether the day was computed from readings through its end (else it
     /// is the day so far).
-    pub fn is_complete(&self, tz: chrono_tz::Tz) -> bool {
+    pub(crate) fn is_complete(&self, tz: chrono_tz::Tz) -> bool {
         self.updated_at > crate::history::buckets::day_end(self.energy.day, tz)
     }
 }
@@ -39,7 +39,7 @@ impl LocalRollups {
     /// the readings measured before `read_through`: what `replace` names is
     /// removed first (a day written whole), and a bucket or day already
     /// there is replaced.
-    pub async fn write_history(
+    pub(crate) async fn write_history(
         &self,
         rollups: &[Rollup],
         days: &[DayEnergy],
@@ -221,7 +221,7 @@ impl LocalRollups {
     /// Removes rollups older than their resolution's retention (`keep`,
     /// finest first; `None`: kept forever) as of `now`; daily energy
     /// follows the daily rollups. Returns how many rows.
-    pub async fn expire_history(
+    pub(crate) async fn expire_history(
         &self,
         keep: [Option<std::time::Duration>; 3],
         now: DateTime<Utc>,

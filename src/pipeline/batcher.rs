@@ -34,7 +34,7 @@ const RETRY_CHUNK: usize = 2_000;
 const DROP_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// Where batches go.
-pub trait BatchSink {
+pub(crate) trait BatchSink {
     /// Why the sink refused a batch.
     type Error: std::fmt::Display;
 
@@ -48,16 +48,14 @@ pub trait BatchSink {
 
 /// What the batcher gives back when its sources are gone.
 #[derive(Debug)]
-pub struct Finished<S> {
-    /// The sink.
-    pub sink: S,
+pub(crate) struct Finished {
     /// Readings the sink never took, even at the stop: lost.
-    pub unstored: usize,
+    pub(crate) unstored: usize,
 }
 
 /// The batching stage.
 #[derive(Debug)]
-pub struct Batcher<S> {
+pub(crate) struct Batcher<S> {
     limits: BatchConfig,
     sink: S,
     batch: Vec<Reading>,
@@ -88,7 +86,7 @@ enum Next {
 
 impl<S: BatchSink> Batcher<S> {
     /// A batcher committing into `sink`.
-    pub fn new(limits: BatchConfig, sink: S) -> Self {
+    pub(crate) fn new(limits: BatchConfig, sink: S) -> Self {
         Self {
             batch: Vec::with_capacity(limits.max_readings.min(10_000)),
             limits,
@@ -109,7 +107,7 @@ impl<S: BatchSink> Batcher<S> {
     /// multiple of the poll interval, a batch closes as a poll starts, in
     /// the same wake-up (with the polls' kind of `alarm`), not in one of
     /// its own.
-    pub fn on_grid(mut self, grid: Grid, alarm: Alarm) -> Self {
+    pub(crate) fn on_grid(mut self, grid: Grid, alarm: Alarm) -> Self {
         self.grid = Some(grid);
         self.alarm = alarm;
         self
@@ -118,7 +116,7 @@ impl<S: BatchSink> Batcher<S> {
     /// While the sink refuses batches, keeps at most `max_waiting` readings
     /// in memory (the oldest beyond it are dropped and counted), reporting
     /// in `health`; at the stop, tries for at most `stop_patience`.
-    pub fn holding(
+    pub(crate) fn holding(
         mut self,
         max_waiting: usize,
         health: Arc<WriteHealth>,
@@ -146,7 +144,7 @@ impl<S: BatchSink> Batcher<S> {
     /// Batches `readings` until every sender is gone, commits the partial
     /// batch and whatever waits, and gives the sink back with how many
     /// readings it could not take.
-    pub async fn run(mut self, mut readings: mpsc::Receiver<Reading>) -> Finished<S> {
+    pub(crate) async fn run(mut self, mut readings: mpsc::Receiver<Reading>) -> Finished {
         loop {
             let next = match self.retry {
                 Some((at, _)) => tokio::select! {
@@ -294,7 +292,7 @@ impl<S: BatchSink> Batcher<S> {
     }
 
     /// At the stop: what still waits gets `stop_patience` to be written.
-    async fn finish(mut self) -> Finished<S> {
+    async fn finish(mut self) -> Finished {
         self.commit().await;
         let give_up = Instant::now() + self.stop_patience;
         while !self.waiting.is_empty() {
@@ -312,10 +310,7 @@ impl<S: BatchSink> Batcher<S> {
                 h.last_dropped_at = Some(chrono::Utc::now());
             });
         }
-        Finished {
-            sink: self.sink,
-            unstored,
-        }
+        Finished { unstored }
     }
 }
 

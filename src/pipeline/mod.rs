@@ -4,11 +4,11 @@
 //! PostgreSQL directly while nothing waits in the store). A batch the sink
 //! refuses waits in memory, bounded; [`WriteHealth`] says so.
 
-pub mod batcher;
+pub(crate) mod batcher;
 
 use chrono::{DateTime, Utc};
 
-pub use batcher::{BatchSink, Batcher, Finished};
+pub(crate) use batcher::{BatchSink, Batcher};
 
 /// How the local store takes the batches, for the daemon's status: whether
 /// it refuses writes now (a full disk) and since when, how many readings
@@ -16,25 +16,25 @@ pub use batcher::{BatchSink, Batcher, Finished};
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StoreWrites {
     /// Since when the store refuses writes; `None` while it takes them.
-    pub failing_since: Option<DateTime<Utc>>,
+    pub(crate) failing_since: Option<DateTime<Utc>>,
     /// The last error it answered.
-    pub last_error: Option<String>,
+    pub(crate) last_error: Option<String>,
     /// Readings waiting in memory for the store.
-    pub readings_in_memory: u64,
+    pub(crate) readings_in_memory: u64,
     /// Readings dropped since start because the store refused them for
     /// too long (the memory bound), or at the stop.
-    pub readings_dropped: u64,
+    pub(crate) readings_dropped: u64,
     /// When readings were last dropped.
-    pub last_dropped_at: Option<DateTime<Utc>>,
+    pub(crate) last_dropped_at: Option<DateTime<Utc>>,
 }
 
 /// The batcher's [`StoreWrites`], shared with the status writers.
 #[derive(Debug, Default)]
-pub struct WriteHealth(std::sync::Mutex<StoreWrites>);
+pub(crate) struct WriteHealth(std::sync::Mutex<StoreWrites>);
 
 impl WriteHealth {
     /// What it says now.
-    pub fn now(&self) -> StoreWrites {
+    pub(crate) fn now(&self) -> StoreWrites {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 

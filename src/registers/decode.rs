@@ -14,7 +14,7 @@ use super::{ModbusType, Register};
 
 /// A decoded register value.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Decoded {
+pub(crate) enum Decoded {
     /// A scaled number.
     Number(f64),
     /// A string register's text.
@@ -25,7 +25,7 @@ pub enum Decoded {
 
 /// The words are no value of the register.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum DecodeError {
+pub(crate) enum DecodeError {
     /// The words do not fit the register.
     #[error("register at {address} needs {expected} words, got {got}")]
     Words {
@@ -47,7 +47,7 @@ pub enum DecodeError {
 }
 
 /// The raw integer of the words, with the signedness the scale implies.
-pub fn raw_integer(ty: ModbusType, scale: f64, words: &[u16]) -> Option<i128> {
+pub(crate) fn raw_integer(ty: ModbusType, scale: f64, words: &[u16]) -> Option<i128> {
     let wide = words
         .iter()
         .fold(0u128, |acc, w| (acc << 16) | u128::from(*w));
@@ -71,7 +71,7 @@ pub fn raw_integer(ty: ModbusType, scale: f64, words: &[u16]) -> Option<i128> {
 /// 0.01: a coarser register) is a multiplication by its whole reciprocal,
 /// exact for every register width, rather than a division by an inexact
 /// 0.01.
-pub fn scaled(raw: i128, scale: f64) -> f64 {
+pub(crate) fn scaled(raw: i128, scale: f64) -> f64 {
     let reciprocal = (1.0 / scale).round();
     if scale.abs() < 1.0 && reciprocal * scale == 1.0 {
         raw as f64 * reciprocal
@@ -81,7 +81,7 @@ pub fn scaled(raw: i128, scale: f64) -> f64 {
 }
 
 /// Decodes a register's words.
-pub fn decode(register: &Register, words: &[u16]) -> Result<Decoded, DecodeError> {
+pub(crate) fn decode(register: &Register, words: &[u16]) -> Result<Decoded, DecodeError> {
     let expected = register.ty.words();
     if words.len() != usize::from(expected) {
         return Err(DecodeError::Words {
@@ -121,7 +121,7 @@ fn decode_text(words: &[u16]) -> Result<String, u8> {
 
 /// The words the GX serves for `value` (the simulator's side): the rounded
 /// scaled value, wrapped into the register's width.
-pub fn encode_number(ty: ModbusType, scale: f64, value: f64) -> Vec<u16> {
+pub(crate) fn encode_number(ty: ModbusType, scale: f64, value: f64) -> Vec<u16> {
     let words = usize::from(ty.words());
     let raw = (value * scale).round();
     let raw = if raw.is_finite() {
@@ -137,7 +137,7 @@ pub fn encode_number(ty: ModbusType, scale: f64, value: f64) -> Vec<u16> {
 }
 
 /// The words of a string register.
-pub fn encode_text(words: u16, text: &str) -> Vec<u16> {
+pub(crate) fn encode_text(words: u16, text: &str) -> Vec<u16> {
     let mut bytes: Vec<u8> = text
         .chars()
         .map(|c| u8::try_from(u32::from(c)).unwrap_or(b'?'))

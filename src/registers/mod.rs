@@ -6,7 +6,7 @@
 //! Decoding words into values is in [`decode`]; grouping reads into requests
 //! in [`plan`]. Nothing here does I/O.
 
-pub mod decode;
+pub(crate) mod decode;
 pub mod plan;
 
 use std::collections::BTreeMap;
@@ -17,7 +17,7 @@ const ATTRIBUTES_CSV: &str = include_str!("../../data/victron/attributes.csv");
 
 /// How a register's words encode its value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ModbusType {
+pub(crate) enum ModbusType {
     /// One word, unsigned.
     U16,
     /// One word, two's complement.
@@ -38,7 +38,7 @@ pub enum ModbusType {
 
 impl ModbusType {
     /// Parses `uint16`, `string[6]`, `reserved[3]` ...
-    pub fn parse(text: &str) -> Option<Self> {
+    pub(crate) fn parse(text: &str) -> Option<Self> {
         let sized = |prefix: &str| -> Option<u16> {
             text.strip_prefix(prefix)?
                 .strip_suffix(']')?
@@ -65,7 +65,7 @@ impl ModbusType {
     }
 
     /// How many 16-bit registers the value occupies.
-    pub fn words(self) -> u16 {
+    pub(crate) fn words(self) -> u16 {
         match self {
             Self::U16 | Self::I16 => 1,
             Self::U32 | Self::I32 => 2,
@@ -77,38 +77,38 @@ impl ModbusType {
 
 /// One row of the register list.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Register {
+pub(crate) struct Register {
     /// D-Bus service type, e.g. `com.victronenergy.battery`.
-    pub service: String,
+    pub(crate) service: String,
     /// D-Bus path, e.g. `/Dc/0/Voltage`; `RESERVED` for placeholders.
-    pub path: String,
+    pub(crate) path: String,
     /// The unit text (`V DC`), empty for enums.
-    pub unit: String,
+    pub(crate) unit: String,
     /// Enum texts by raw value, for registers documented as enums.
-    pub enum_texts: BTreeMap<i64, String>,
+    pub(crate) enum_texts: BTreeMap<i64, String>,
     /// First register address (the PDU address on the wire).
-    pub address: u16,
+    pub(crate) address: u16,
     /// Encoding.
-    pub ty: ModbusType,
+    pub(crate) ty: ModbusType,
     /// value = raw / scale (never 0: an empty scale means 1).
-    pub scale: f64,
+    pub(crate) scale: f64,
     /// Whether the GX accepts writes.
-    pub writable: bool,
+    pub(crate) writable: bool,
 }
 
 impl Register {
     /// Whether `address` falls inside this register.
-    pub fn covers(&self, address: u16) -> bool {
+    pub(crate) fn covers(&self, address: u16) -> bool {
         address >= self.address && u32::from(address) < self.end()
     }
 
     /// One past the last address (as u32: the map ends near 65535).
-    pub fn end(&self) -> u32 {
+    pub(crate) fn end(&self) -> u32 {
         u32::from(self.address) + u32::from(self.ty.words())
     }
 
     /// The enum text of a raw value, if this register is an enum.
-    pub fn enum_text(&self, raw: i64) -> Option<&str> {
+    pub(crate) fn enum_text(&self, raw: i64) -> Option<&str> {
         self.enum_texts.get(&raw).map(String::as_str)
     }
 }
@@ -116,22 +116,22 @@ impl Register {
 /// A malformed row of the register list.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("register list line {line}: {problem}")]
-pub struct ParseError {
+pub(crate) struct ParseError {
     /// 1-based line number.
-    pub line: usize,
+    pub(crate) line: usize,
     /// What is wrong.
-    pub problem: String,
+    pub(crate) problem: String,
 }
 
 /// The whole register list, ordered by address.
 #[derive(Debug, Clone)]
-pub struct RegisterList {
+pub(crate) struct RegisterList {
     registers: Vec<Register>,
 }
 
 impl RegisterList {
     /// The list embedded in the binary, parsed on first use.
-    pub fn victron() -> &'static RegisterList {
+    pub(crate) fn victron() -> &'static RegisterList {
         static LIST: OnceLock<RegisterList> = OnceLock::new();
         LIST.get_or_init(|| {
             RegisterList::parse(ATTRIBUTES_CSV)
@@ -140,7 +140,7 @@ impl RegisterList {
     }
 
     /// Parses `attributes.csv` text.
-    pub fn parse(text: &str) -> Result<Self, ParseError> {
+    pub(crate) fn parse(text: &str) -> Result<Self, ParseError> {
         let mut registers = Vec::new();
         for (index, line) in text.lines().enumerate() {
             let line_no = index + 1;
@@ -182,14 +182,20 @@ impl RegisterList {
         Ok(Self { registers })
     }
 
+    #[cfg(test)]
     /// Every register, by address.
-    pub fn iter(&self) -> impl Iterator<Item = &Register> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Register> {
         self.registers.iter()
     }
 
     /// The register of `service` holding `path`; with several (16- and 32-bit
     /// variants), the one of type `prefer`, else the first by address.
-    pub fn find(&self, service: &str, path: &str, prefer: Option<ModbusType>) -> Option<&Register> {
+    pub(crate) fn find(
+        &self,
+        service: &str,
+        path: &str,
+        prefer: Option<ModbusType>,
+    ) -> Option<&Register> {
         let mut candidates = self
             .registers
             .iter()
@@ -207,14 +213,14 @@ impl RegisterList {
     }
 
     /// The register covering `address`, of any service.
-    pub fn covering(&self, address: u16) -> Option<&Register> {
+    pub(crate) fn covering(&self, address: u16) -> Option<&Register> {
         let index = self.registers.partition_point(|r| r.address <= address);
         let candidate = self.registers[..index].last()?;
         candidate.covers(address).then_some(candidate)
     }
 
     /// Whether every address of `start..end` is mapped to `service`.
-    pub fn all_mapped(&self, service: &str, start: u16, end: u32) -> bool {
+    pub(crate) fn all_mapped(&self, service: &str, start: u16, end: u32) -> bool {
         let mut address = u32::from(start);
         while address < end {
             let Ok(a) = u16::try_from(address) else {

@@ -8,15 +8,15 @@
 use super::RegisterList;
 
 /// The most registers one read request may ask for (Modbus and the GX agree).
-pub const MAX_REGISTERS: u16 = 125;
+pub(crate) const MAX_REGISTERS: u16 = 125;
 
 /// One register (or multi-word item) a device needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Need {
+pub(crate) struct Need {
     /// First address.
-    pub address: u16,
+    pub(crate) address: u16,
     /// Number of words.
-    pub words: u16,
+    pub(crate) words: u16,
 }
 
 impl Need {
@@ -36,19 +36,19 @@ pub struct Block {
 
 impl Block {
     /// One past the last address.
-    pub fn end(self) -> u32 {
+    pub(crate) fn end(self) -> u32 {
         u32::from(self.start) + u32::from(self.count)
     }
 
     /// Whether the block holds all of `need`.
-    pub fn contains(self, need: Need) -> bool {
+    pub(crate) fn contains(self, need: Need) -> bool {
         need.address >= self.start && need.end() <= self.end()
     }
 }
 
 /// How far reads are merged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Coalescing {
+pub(crate) enum Coalescing {
     /// Merge across any register the list maps, needed or not (fewest requests).
     AcrossMapped,
     /// Merge only registers that touch (no unneeded register is read).
@@ -59,7 +59,7 @@ pub enum Coalescing {
 
 impl Coalescing {
     /// The next finer level, if any.
-    pub fn finer(self) -> Option<Self> {
+    pub(crate) fn finer(self) -> Option<Self> {
         match self {
             Self::AcrossMapped => Some(Self::Adjacent),
             Self::Adjacent => Some(Self::Single),
@@ -69,7 +69,12 @@ impl Coalescing {
 }
 
 /// Plans the reads of `needs`, all registers of `service`.
-pub fn plan(needs: &[Need], service: &str, list: &RegisterList, level: Coalescing) -> Vec<Block> {
+pub(crate) fn plan(
+    needs: &[Need],
+    service: &str,
+    list: &RegisterList,
+    level: Coalescing,
+) -> Vec<Block> {
     let mut sorted: Vec<Need> = needs.to_vec();
     sorted.sort();
     sorted.dedup();

@@ -22,7 +22,7 @@ use crate::status::DeviceStatus;
 /// How well the daemon is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Level {
+pub(crate) enum Level {
     /// Every device answers and readings flow.
     Healthy,
     /// Working, with something to look at (a device failing, a backlog).
@@ -34,7 +34,7 @@ pub enum Level {
 
 impl Level {
     /// The word `status` prints.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Healthy => "healthy",
             Self::Degraded => "degraded",
@@ -45,17 +45,17 @@ impl Level {
 
 /// The verdict and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Health {
+pub(crate) struct Health {
     /// The verdict.
-    pub level: Level,
+    pub(crate) level: Level,
     /// What made it degraded or down.
-    pub reasons: Vec<String>,
+    pub(crate) reasons: Vec<String>,
 }
 
 impl Health {
     /// Down when anything says down, else degraded when anything says so;
     /// the reasons for down first, then the others.
-    pub fn from_findings(mut down: Vec<String>, degraded: Vec<String>) -> Self {
+    pub(crate) fn from_findings(mut down: Vec<String>, degraded: Vec<String>) -> Self {
         if !down.is_empty() {
             down.extend(degraded);
             Self {
@@ -79,7 +79,7 @@ impl Health {
 /// How long the database may stay unreachable before the daemon counts as
 /// down: three poll intervals, at least 10 s (a restart of the server or a
 /// short network blip is only degraded).
-pub fn database_down_after(poll_interval_s: f64) -> f64 {
+pub(crate) fn database_down_after(poll_interval_s: f64) -> f64 {
     (3.0 * poll_interval_s).max(10.0)
 }
 
@@ -95,13 +95,13 @@ pub fn stale_after(poll_interval: Duration, status_every: Duration) -> Duration 
 
 /// How old the oldest reading waiting to be forwarded may be before the
 /// backlog is a reason: three poll intervals, at least 15 s.
-pub fn backlog_after(poll_interval_s: f64) -> f64 {
+pub(crate) fn backlog_after(poll_interval_s: f64) -> f64 {
     3.0 * poll_interval_s.max(5.0)
 }
 
 /// Judges a daemon's [`Snapshot`] taken at `saved_at` (now, live; or when
 /// the daemon last saved it in its local store), as of `now`.
-pub fn judge(snapshot: &Snapshot, saved_at: DateTime<Utc>, now: DateTime<Utc>) -> Health {
+pub(crate) fn judge(snapshot: &Snapshot, saved_at: DateTime<Utc>, now: DateTime<Utc>) -> Health {
     judge_saved(snapshot, saved_at, now, false)
 }
 
@@ -109,7 +109,7 @@ pub fn judge(snapshot: &Snapshot, saved_at: DateTime<Utc>, now: DateTime<Utc>) -
 /// (it holds its state directory's lock): one that runs but has not saved
 /// its status for too long is not down but degraded — its store refuses
 /// writes (a full disk), which it alone can tell live (`/healthz`).
-pub fn judge_saved(
+pub(crate) fn judge_saved(
     snapshot: &Snapshot,
     saved_at: DateTime<Utc>,
     now: DateTime<Utc>,
@@ -221,7 +221,7 @@ fn store_findings(snapshot: &Snapshot, now: DateTime<Utc>) -> Vec<String> {
 /// [`judge`]'s verdict of the daemon that wrote it (`is_healthy`, and its
 /// first reason as `last_error`); staleness is `victron.status_is_stale`,
 /// which is [`stale_after`].
-pub fn judge_rows(
+pub(crate) fn judge_rows(
     migrations_pending: usize,
     poller: Option<&PollerView>,
     devices: &[DeviceStatus],
@@ -281,7 +281,7 @@ pub fn judge_rows(
 }
 
 /// `device: what is wrong`, for each failing device.
-pub fn failing_devices(devices: &[DeviceStatus]) -> Vec<String> {
+pub(crate) fn failing_devices(devices: &[DeviceStatus]) -> Vec<String> {
     devices
         .iter()
         .filter(|d| d.is_failing())

@@ -44,10 +44,10 @@ use tokio_util::sync::CancellationToken;
 use super::health::{Health, Level};
 
 /// The content type of the Prometheus text format.
-pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub(crate) const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// What the endpoint reports: implemented by the daemon.
-pub trait Observe: Send + Sync + 'static {
+pub(crate) trait Observe: Send + Sync + 'static {
     /// The current verdict.
     fn health(&self) -> impl Future<Output = Health> + Send;
     /// The current metrics, in Prometheus text format.
@@ -55,7 +55,7 @@ pub trait Observe: Send + Sync + 'static {
 }
 
 /// Binds `address` (port 0 picks a free port).
-pub async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
+pub(crate) async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
     use anyhow::Context as _;
     TcpListener::bind(address)
         .await
@@ -66,7 +66,7 @@ pub async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
 /// scrape holds one for milliseconds (a scraper that keeps its connection
 /// alive, one each): a handful of monitors never come near it, while 32
 /// connections' buffers (about 20 KB each) stay well under a megabyte.
-pub const MAX_CONNECTIONS: usize = 32;
+pub(crate) const MAX_CONNECTIONS: usize = 32;
 
 /// Open files kept for everything but HTTP clients: the daemon's own
 /// descriptors (about 25 with one database connection: the store and its
@@ -74,19 +74,19 @@ pub const MAX_CONNECTIONS: usize = 32;
 /// timers, one socket per GX and database connection) with room for more
 /// database connections, devices and a reconnect's new socket before the
 /// old one is closed.
-pub const DESCRIPTOR_RESERVE: u64 = 48;
+pub(crate) const DESCRIPTOR_RESERVE: u64 = 48;
 
 /// The most bytes of request line and headers (hyper's smallest buffer; its
 /// default is about 400 KB). `/healthz` and `/metrics` requests are a few
 /// hundred bytes.
-pub const MAX_HEADER_BYTES: usize = 8 * 1024;
+pub(crate) const MAX_HEADER_BYTES: usize = 8 * 1024;
 
 /// How long a client has to send its request line and headers, from
 /// connecting or from the end of its previous response.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long a connection lives at most, however busy.
-pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
+pub(crate) const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
 
 /// The first pause after a failed accept; it doubles to [`ACCEPT_BACKOFF_MAX`].
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -95,7 +95,7 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// How many connections the endpoint serves at once under a soft open-file
 /// limit of `soft` (`None`: unlimited): [`MAX_CONNECTIONS`], or what the
 /// limit leaves beyond [`DESCRIPTOR_RESERVE`], and at least one.
-pub fn connection_limit(soft: Option<u64>) -> usize {
+pub(crate) fn connection_limit(soft: Option<u64>) -> usize {
     let room = soft.map_or(u64::MAX, |soft| soft.saturating_sub(DESCRIPTOR_RESERVE));
     usize::try_from(room)
         .unwrap_or(usize::MAX)
@@ -160,7 +160,11 @@ struct Refusals {
 }
 
 /// Serves until `cancel`.
-pub async fn serve<O: Observe>(listener: TcpListener, observer: Arc<O>, cancel: CancellationToken) {
+pub(crate) async fn serve<O: Observe>(
+    listener: TcpListener,
+    observer: Arc<O>,
+    cancel: CancellationToken,
+) {
     let open_files = raise_open_file_limit();
     let limit = connection_limit(open_files);
     tracing::info!(

@@ -14,7 +14,7 @@ use crate::clock::{Basis, seconds_between};
 
 /// The kind of a metric family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     /// Only goes up (resets when the daemon restarts).
     Counter,
     /// Any value.
@@ -23,18 +23,18 @@ pub enum Kind {
 
 /// A metrics page being written.
 #[derive(Debug, Default)]
-pub struct MetricsText {
+pub(crate) struct MetricsText {
     text: String,
 }
 
 impl MetricsText {
     /// An empty page.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// Starts a family: its help text and kind. Counter names end in `_total`.
-    pub fn family(&mut self, name: &str, kind: Kind, help: &str) -> &mut Self {
+    pub(crate) fn family(&mut self, name: &str, kind: Kind, help: &str) -> &mut Self {
         let kind = match kind {
             Kind::Counter => "counter",
             Kind::Gauge => "gauge",
@@ -46,7 +46,7 @@ impl MetricsText {
     }
 
     /// One sample of the current family.
-    pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) -> &mut Self {
+    pub(crate) fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) -> &mut Self {
         self.text.push_str(name);
         if !labels.is_empty() {
             self.text.push('{');
@@ -63,7 +63,7 @@ impl MetricsText {
     }
 
     /// The finished page.
-    pub fn finish(self) -> String {
+    pub(crate) fn finish(self) -> String {
         self.text
     }
 }
@@ -86,7 +86,7 @@ fn number(value: f64) -> String {
 }
 
 /// The `/metrics` page of a snapshot and its verdict, as of `now`.
-pub fn page(snapshot: &Snapshot, health: &Health, now: DateTime<Utc>) -> String {
+pub(crate) fn page(snapshot: &Snapshot, health: &Health, now: DateTime<Utc>) -> String {
     let devices = &snapshot.devices;
     let count = |n: u64| n as f64;
     let mut page = MetricsText::new();

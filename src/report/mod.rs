@@ -5,8 +5,8 @@
 //! and rendered by [`metrics`] for `/metrics`. A field renamed here is a compile error everywhere it is read.
 
 pub mod health;
-pub mod http;
-pub mod metrics;
+pub(crate) mod http;
+pub(crate) mod metrics;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -95,33 +95,33 @@ fn older_status_every_ms() -> u64 {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskRestart {
     /// The task: `source gx 127.0.0.1:502`, `source vedirect bank` …
-    pub task: String,
+    pub(crate) task: String,
     /// How many times it panicked since the daemon started.
-    pub panics: u64,
+    pub(crate) panics: u64,
     /// The last panic's message.
-    pub last_panic: String,
+    pub(crate) last_panic: String,
     /// When it last panicked.
-    pub at: DateTime<Utc>,
+    pub(crate) at: DateTime<Utc>,
 }
 
 /// A source that made no progress for too long.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Stalled {
     /// The device.
-    pub device: String,
+    pub(crate) device: String,
     /// Seconds since its source last made progress.
-    pub idle_s: f64,
+    pub(crate) idle_s: f64,
 }
 
 impl Snapshot {
     /// The poll interval in seconds.
-    pub fn poll_interval_s(&self) -> f64 {
+    pub(crate) fn poll_interval_s(&self) -> f64 {
         self.poll_interval_ms as f64 / 1000.0
     }
 
     /// The line for `systemctl status`: the verdict and its first reason,
     /// then the summary.
-    pub fn status_line(&self, verdict: &health::Health) -> String {
+    pub(crate) fn status_line(&self, verdict: &health::Health) -> String {
         let mut line = verdict.level.as_str().to_string();
         if let Some(first) = verdict.reasons.first() {
             line.push_str(": ");
@@ -136,7 +136,7 @@ impl Snapshot {
     }
 
     /// One line summing the daemon up.
-    pub fn one_line(&self) -> String {
+    pub(crate) fn one_line(&self) -> String {
         let active = self.devices.iter().filter(|d| !d.standby).count();
         let failing = self.devices.iter().filter(|d| d.is_failing()).count();
         let mut line = format!("{} of {active} device(s) answering", active - failing);

@@ -67,7 +67,7 @@ impl Default for GxSimOptions {
 }
 
 /// The GX firmware the simulator reports (registers 834–835): v3.42.
-pub const SIM_FIRMWARE: [u16; 2] = [0x0342, 0];
+pub(crate) const SIM_FIRMWARE: [u16; 2] = [0x0342, 0];
 
 /// Shared state: configuration, faults and counters.
 #[derive(Debug)]
@@ -173,7 +173,7 @@ impl SimHandle {
 
     /// The simulated site now (time of day, SOC, flows); `None` when not
     /// animated.
-    pub fn site(&self) -> Option<SiteModel> {
+    pub(crate) fn site(&self) -> Option<SiteModel> {
         self.state.site_now()
     }
 

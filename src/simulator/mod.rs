@@ -3,5 +3,5 @@
 //! the real protocols over real sockets and pseudo-terminals.
 
 pub mod gx;
-pub mod site;
+pub(crate) mod site;
 pub mod vedirect;

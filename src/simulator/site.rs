@@ -22,9 +22,9 @@ use crate::config::ModbusClass;
 use crate::reading::BATTERY_IDLE_BAND_A;
 
 /// Seconds in a day.
-pub const DAY_S: f64 = 86_400.0;
+pub(crate) const DAY_S: f64 = 86_400.0;
 /// The longest integration step (simulated seconds).
-pub const MAX_STEP_S: f64 = 10.0;
+pub(crate) const MAX_STEP_S: f64 = 10.0;
 /// At most this many steps per [`SiteModel::advance_to`] (a long gap
 /// between reads is crossed in coarser steps, not in a long stall).
 const MAX_STEPS_PER_ADVANCE: f64 = 20_000.0;
@@ -67,45 +67,36 @@ const MAX_TIME_TO_GO_S: f64 = 864_000.0;
 
 /// The site's power flows at one instant: W, and V and A for the bank.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct Flows {
+pub(crate) struct Flows {
     /// Power the panels give the MPPT (its `/Yield/Power`).
-    pub pv_panel_w: f64,
+    pub(crate) pv_panel_w: f64,
     /// The MPPT's output into the DC bus (the system's `/Dc/Pv/Power`).
-    pub pv_dc_w: f64,
+    pub(crate) pv_dc_w: f64,
     /// Whether the MPPT holds PV back because the bank takes no more.
-    pub pv_limited: bool,
+    pub(crate) pv_limited: bool,
     /// AC loads on the Multi's output (`/Ac/Consumption/L1/Power`).
-    pub ac_load_w: f64,
+    pub(crate) ac_load_w: f64,
     /// DC loads (`/Dc/System/Power`).
-    pub dc_load_w: f64,
+    pub(crate) dc_load_w: f64,
     /// Power imported from the grid: this site has none.
-    pub grid_w: f64,
+    pub(crate) grid_w: f64,
     /// Power drawn from the generator on AC input 1.
-    pub genset_w: f64,
+    pub(crate) genset_w: f64,
     /// The Multi's DC side: positive into the bank, negative when inverting.
-    pub vebus_dc_w: f64,
+    pub(crate) vebus_dc_w: f64,
     /// Battery power, positive when charging.
-    pub battery_w: f64,
+    pub(crate) battery_w: f64,
     /// Battery terminal voltage.
-    pub battery_v: f64,
+    pub(crate) battery_v: f64,
     /// Battery current, positive when charging.
-    pub battery_a: f64,
+    pub(crate) battery_a: f64,
 }
 
-impl Flows {
-    /// What the Multi loses converting, ≥ 0: the AC side's residual
-    /// `PV + grid + genset − AC loads − DC loads − battery`.
-    pub fn multi_losses_w(&self) -> f64 {
-        self.pv_dc_w + self.grid_w + self.genset_w
-            - self.ac_load_w
-            - self.dc_load_w
-            - self.battery_w
-    }
-}
+impl Flows {}
 
 /// The whole simulated site; every animated value is derived from it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct SiteModel {
+pub(crate) struct SiteModel {
     /// Simulated seconds since the model started.
     clock_s: f64,
     /// Simulated time of day, `0..DAY_S`.
@@ -126,7 +117,7 @@ pub struct SiteModel {
 impl SiteModel {
     /// The site at `start_hour` (0–24, simulated local time) with the bank at
     /// `soc` %. Today's yield so far is the clear-sky harvest since midnight.
-    pub fn new(start_hour: f64, soc: f64) -> Self {
+    pub(crate) fn new(start_hour: f64, soc: f64) -> Self {
         let time_of_day_s = (start_hour * 3600.0).rem_euclid(DAY_S);
         let (mut yield_today_kwh, mut max_power_today_w) = (0.0_f64, 0.0_f64);
         let mut t = 0.0;
@@ -154,35 +145,27 @@ impl SiteModel {
         site
     }
 
-    /// Simulated seconds since the model started.
-    pub fn clock_s(&self) -> f64 {
-        self.clock_s
-    }
-
     /// Simulated time of day, in hours (0 ≤ h < 24).
-    pub fn time_of_day_h(&self) -> f64 {
+    pub(crate) fn time_of_day_h(&self) -> f64 {
         self.time_of_day_s / 3600.0
     }
 
+    #[cfg(test)]
     /// State of charge, %.
-    pub fn soc(&self) -> f64 {
+    pub(crate) fn soc(&self) -> f64 {
         self.soc
     }
 
-    /// Whether the generator runs.
-    pub fn genset_running(&self) -> bool {
-        self.genset_running
-    }
-
+    #[cfg(test)]
     /// The flows now.
-    pub fn flows(&self) -> Flows {
+    pub(crate) fn flows(&self) -> Flows {
         self.flows
     }
 
     /// Steps the model to `clock_s` simulated seconds since it started, in
     /// equal steps of at most [`MAX_STEP_S`] (coarser only for a gap of more
     /// than 20 000 of them). Earlier times leave it unchanged.
-    pub fn advance_to(&mut self, clock_s: f64) {
+    pub(crate) fn advance_to(&mut self, clock_s: f64) {
         let gap = clock_s - self.clock_s;
         if gap.is_nan() || gap <= 0.0 {
             return;
@@ -198,7 +181,7 @@ impl SiteModel {
     /// One explicit step of `dt` simulated seconds: the bank charges or
     /// discharges with the current flows, the yields grow, the generator
     /// starts or stops, midnight rolls today's yield into yesterday's.
-    pub fn step(&mut self, dt: f64) {
+    pub(crate) fn step(&mut self, dt: f64) {
         if dt.is_nan() || dt <= 0.0 {
             return;
         }
@@ -271,7 +254,7 @@ impl SiteModel {
 
     /// The D-Bus value of `path` of `class` now; `None` for paths the
     /// simulated devices do not have (the GX serves 0).
-    pub fn value(&self, class: ModbusClass, path: &str) -> Option<f64> {
+    pub(crate) fn value(&self, class: ModbusClass, path: &str) -> Option<f64> {
         let f = &self.flows;
         let v = f.battery_v;
         let genset = self.genset_running;

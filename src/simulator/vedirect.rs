@@ -24,7 +24,7 @@ pub struct VeDirectSim {
     rng: u64,
     corrupt_rate: f64,
     /// Blocks corrupted so far.
-    pub corrupted: u64,
+    pub(crate) corrupted: u64,
 }
 
 impl VeDirectSim {

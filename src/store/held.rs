@@ -8,17 +8,17 @@ use super::{LocalStore, StoreError, micros};
 use crate::clock::{Mono, Taken, boot_id, from_micros};
 
 /// Why readings held across a reboot are parked.
-pub const HELD_ACROSS_BOOT: &str = "held for its time across a restart of the machine: the measurement time could not be confirmed";
+pub(crate) const HELD_ACROSS_BOOT: &str = "held for its time across a restart of the machine: the measurement time could not be confirmed";
 
 impl LocalStore {
     /// How many readings are held for their time (this handle's count).
-    pub fn held(&self) -> i64 {
+    pub(crate) fn held(&self) -> i64 {
         self.held.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The earliest time readings released since the last call were
     /// stamped with (they joined the readings in the past).
-    pub fn take_released_from(&self) -> Option<DateTime<Utc>> {
+    pub(crate) fn take_released_from(&self) -> Option<DateTime<Utc>> {
         self.released_from
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -28,7 +28,7 @@ impl LocalStore {
     /// Re-stamps the readings held during this boot, now that the time is
     /// known (`stamp` turns a reading's two clocks into its wall time), and
     /// queues them for forwarding. Returns how many.
-    pub async fn release_held(
+    pub(crate) async fn release_held(
         &self,
         stamp: impl Fn(Taken) -> DateTime<Utc>,
     ) -> Result<u64, StoreError> {
@@ -96,7 +96,7 @@ impl LocalStore {
     /// Parks the readings held during an earlier boot: their boot-clock
     /// moments mean nothing now, so their time can never be confirmed.
     /// Returns how many.
-    pub async fn park_held_from_earlier_boots(&self) -> Result<u64, StoreError> {
+    pub(crate) async fn park_held_from_earlier_boots(&self) -> Result<u64, StoreError> {
         if self.held() == 0 {
             return Ok(0);
         }

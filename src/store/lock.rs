@@ -6,19 +6,19 @@ use std::path::Path;
 use super::StoreError;
 
 /// The lock file a running daemon holds in its state directory.
-pub const LOCK_NAME: &str = "victron-poller.lock";
+pub(crate) const LOCK_NAME: &str = "victron-poller.lock";
 
 /// A state directory held by this process for as long as it lives: one
 /// daemon per local store (its writer keeps the readings' order).
 #[derive(Debug)]
-pub struct StateLock {
+pub(crate) struct StateLock {
     _file: std::fs::File,
 }
 
 impl StateLock {
     /// Takes the state directory `dir` (creating it), or says which daemon
     /// has it. The kernel releases it when the process ends, however.
-    pub fn take(dir: &Path) -> Result<Self, StoreError> {
+    pub(crate) fn take(dir: &Path) -> Result<Self, StoreError> {
         let path = dir.join(LOCK_NAME);
         let open_error = |e: std::io::Error| StoreError::StateDir {
             path: dir.display().to_string(),
@@ -44,7 +44,7 @@ impl StateLock {
 /// Whether a daemon runs on the state directory `dir` now: it holds the
 /// lock there. Read-only (for `status`, which may run as another user): a
 /// lock file that cannot be opened counts as no daemon.
-pub fn daemon_runs_on(dir: &Path) -> bool {
+pub(crate) fn daemon_runs_on(dir: &Path) -> bool {
     let Ok(file) = std::fs::File::open(dir.join(LOCK_NAME)) else {
         return false;
     };

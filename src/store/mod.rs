@@ -37,9 +37,8 @@ pub(crate) mod write;
 use queue::OldestWaiting;
 use status_doc::StagedStatus;
 
-pub use held::HELD_ACROSS_BOOT;
-pub use lock::{LOCK_NAME, StateLock, daemon_runs_on};
-pub use open::INCIDENT_LASTS;
+pub(crate) use lock::{LOCK_NAME, StateLock, daemon_runs_on};
+pub(crate) use open::INCIDENT_LASTS;
 pub(crate) use readings::{micros, table_from_name};
 pub use status_doc::STATUS_NAME;
 
@@ -48,7 +47,7 @@ use crate::config::StoreSync;
 use crate::reading::Reading;
 
 /// The store's file name inside the state directory.
-pub const FILE_NAME: &str = "victron-poller.sqlite";
+pub(crate) const FILE_NAME: &str = "victron-poller.sqlite";
 
 /// Why the local store failed.
 #[derive(Debug, thiserror::Error)]
@@ -105,12 +104,12 @@ pub struct StoredReading {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StoreIncident {
     /// When it happened.
-    pub at: DateTime<Utc>,
+    pub(crate) at: DateTime<Utc>,
     /// What happened, for the operator.
-    pub what: String,
+    pub(crate) what: String,
     /// The moved-aside file, while it lasts: removing it ends the incident.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub file: Option<PathBuf>,
+    pub(crate) file: Option<PathBuf>,
 }
 
 /// The readings waiting to be forwarded (of a site, or all).
@@ -119,20 +118,20 @@ pub struct Backlog {
     /// How many.
     pub readings: i64,
     /// The measurement time of the oldest.
-    pub oldest: Option<DateTime<Utc>>,
+    pub(crate) oldest: Option<DateTime<Utc>>,
 }
 
 /// How many readings of one table and device the store holds since a time.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeviceCount {
+pub(crate) struct DeviceCount {
     /// The reading table's name.
-    pub table: String,
+    pub(crate) table: String,
     /// The device.
-    pub device: String,
+    pub(crate) device: String,
     /// How many readings.
-    pub readings: i64,
+    pub(crate) readings: i64,
     /// The newest one's measurement time.
-    pub newest: DateTime<Utc>,
+    pub(crate) newest: DateTime<Utc>,
 }
 
 /// The local store.
@@ -181,7 +180,7 @@ impl LocalStore {
 
     /// Opens (creating if needed) the store in `dir`, committing as `sync`
     /// says.
-    pub async fn open_with(dir: &Path, sync: StoreSync) -> Result<Self, StoreError> {
+    pub(crate) async fn open_with(dir: &Path, sync: StoreSync) -> Result<Self, StoreError> {
         let path = dir.join(FILE_NAME);
         std::fs::create_dir_all(dir).map_err(|e| StoreError::StateDir {
             path: dir.display().to_string(),
@@ -205,7 +204,7 @@ impl LocalStore {
     }
 
     /// Readings stored before the store recorded sites belong to `site`.
-    pub fn with_legacy_site(mut self, site: &str) -> Self {
+    pub(crate) fn with_legacy_site(mut self, site: &str) -> Self {
         self.legacy_site = Arc::from(site);
         self
     }
@@ -253,7 +252,7 @@ impl LocalStore {
     }
 
     /// The store's file.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 

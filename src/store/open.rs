@@ -22,7 +22,7 @@ use super::{FILE_NAME, LocalStore, StoreError, StoreIncident};
 use crate::config::StoreSync;
 
 /// How long a damaged or lost store keeps the daemon degraded.
-pub const INCIDENT_LASTS: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const INCIDENT_LASTS: Duration = Duration::from_secs(24 * 3600);
 
 /// The connections of a daemon's store: its writer and one reader.
 pub(super) const CONNECTIONS: u32 = 2;
@@ -387,7 +387,7 @@ impl LocalStore {
     /// a file deleted (or replaced) under the running daemon is rebuilt from
     /// the open, unlinked one (`VACUUM INTO`: nothing it held is lost) and
     /// reopened. Returns whether it had to; a writer's check only.
-    pub async fn check_file(&self) -> Result<bool, StoreError> {
+    pub(crate) async fn check_file(&self) -> Result<bool, StoreError> {
         let Some(opened) = *self.identity.lock().unwrap_or_else(|p| p.into_inner()) else {
             return Ok(false);
         };
@@ -487,7 +487,7 @@ impl LocalStore {
 
     /// What happened to the store's file in the last [`INCIDENT_LASTS`]
     /// (a moved-aside file the operator removed ends its incident).
-    pub fn incidents(&self) -> Vec<StoreIncident> {
+    pub(crate) fn incidents(&self) -> Vec<StoreIncident> {
         let since = Utc::now() - chrono::Duration::from_std(INCIDENT_LASTS).unwrap_or_default();
         let mut incidents = self.incidents.lock().unwrap_or_else(|p| p.into_inner());
         incidents.retain(|i| i.at >= since && i.file.as_ref().is_none_or(|f| f.exists()));

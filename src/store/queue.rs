@@ -86,7 +86,7 @@ impl LocalStore {
 
     /// Removes every reading up to and including `seq` (the forwarder ships
     /// the oldest first, so these are exactly the ones it committed).
-    pub async fn remove_through(&self, seq: i64) -> Result<(), StoreError> {
+    pub(crate) async fn remove_through(&self, seq: i64) -> Result<(), StoreError> {
         let removed = super::write::execute(
             &self.pool(),
             sqlx::query("DELETE FROM readings WHERE seq <= ? AND held_mono IS NULL").bind(seq),
@@ -98,7 +98,7 @@ impl LocalStore {
     }
 
     /// Moves a reading the database refuses for good to the parked table.
-    pub async fn park(&self, seq: i64, error: &str) -> Result<(), StoreError> {
+    pub(crate) async fn park(&self, seq: i64, error: &str) -> Result<(), StoreError> {
         let mut tx = super::write::WriteTx::begin(&self.pool()).await?;
         sqlx::query(
             "INSERT OR REPLACE INTO parked (seq, reading_table, device, source, measured_at_us, vals, error, parked_at_us, site)
@@ -122,7 +122,7 @@ impl LocalStore {
     /// How many readings of each site wait, and the measurement time of
     /// the oldest (readings stored before sites were recorded count for the
     /// legacy site).
-    pub async fn depth_by_site(&self) -> Result<HashMap<String, Backlog>, StoreError> {
+    pub(crate) async fn depth_by_site(&self) -> Result<HashMap<String, Backlog>, StoreError> {
         if self.known_waiting() == Some(0) {
             return Ok(HashMap::new());
         }
@@ -146,7 +146,7 @@ impl LocalStore {
     }
 
     /// How many readings of each site are held for their time.
-    pub async fn held_by_site(&self) -> Result<HashMap<String, i64>, StoreError> {
+    pub(crate) async fn held_by_site(&self) -> Result<HashMap<String, i64>, StoreError> {
         if self.held() == 0 {
             return Ok(HashMap::new());
         }
@@ -213,7 +213,7 @@ impl LocalStore {
     /// Deletes readings measured before `before`, and readings held for
     /// their time longer than `held_for` on the boot clock (without any
     /// reference they would otherwise pile up); returns how many.
-    pub async fn expire(
+    pub(crate) async fn expire(
         &self,
         before: DateTime<Utc>,
         held_for: std::time::Duration,

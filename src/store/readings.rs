@@ -209,7 +209,7 @@ impl LocalStore {
 
     /// The sites of the stored readings (a reading stored before sites were
     /// recorded is the legacy site's).
-    pub async fn sites(&self) -> Result<Vec<String>, StoreError> {
+    pub(crate) async fn sites(&self) -> Result<Vec<String>, StoreError> {
         let sites: Vec<Option<String>> =
             sqlx::query_scalar("SELECT DISTINCT site FROM readings ORDER BY 1")
                 .fetch_all(&self.pool())
@@ -223,18 +223,9 @@ impl LocalStore {
         Ok(sites)
     }
 
-    /// When the newest confirmed reading was measured.
-    pub async fn newest_confirmed(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
-        let newest: Option<i64> =
-            sqlx::query_scalar("SELECT max(measured_at_us) FROM readings WHERE held_mono IS NULL")
-                .fetch_one(&self.pool())
-                .await?;
-        Ok(newest.map(from_micros))
-    }
-
     /// When the first confirmed reading measured at or after `at` was
     /// measured.
-    pub async fn next_confirmed(
+    pub(crate) async fn next_confirmed(
         &self,
         at: DateTime<Utc>,
     ) -> Result<Option<DateTime<Utc>>, StoreError> {
@@ -248,7 +239,7 @@ impl LocalStore {
     }
 
     /// When the oldest confirmed reading was measured.
-    pub async fn oldest_confirmed(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+    pub(crate) async fn oldest_confirmed(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
         let oldest: Option<i64> =
             sqlx::query_scalar("SELECT min(measured_at_us) FROM readings WHERE held_mono IS NULL")
                 .fetch_one(&self.pool())
@@ -257,7 +248,10 @@ impl LocalStore {
     }
 
     /// Readings per table and device since `since` (embedded status).
-    pub async fn counts_since(&self, since: DateTime<Utc>) -> Result<Vec<DeviceCount>, StoreError> {
+    pub(crate) async fn counts_since(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<DeviceCount>, StoreError> {
         let rows = sqlx::query(
             "SELECT reading_table, device, count(*), max(measured_at_us) FROM readings
              WHERE measured_at_us >= ? GROUP BY reading_table, device ORDER BY reading_table, device",

@@ -155,7 +155,7 @@ impl GxPoller {
 
 /// Register 834 (major/minor as hex digits) and 835 (beta number, 0 for a
 /// release) as a version text, e.g. `v3.42` or `v3.50~12`.
-pub fn firmware_text(words: &[u16]) -> String {
+pub(crate) fn firmware_text(words: &[u16]) -> String {
     let major_minor = words.first().copied().unwrap_or_default();
     let beta = words.get(1).copied().unwrap_or_default();
     let [major, minor] = major_minor.to_be_bytes();

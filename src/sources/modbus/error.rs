@@ -11,7 +11,7 @@ use crate::status::ErrorClass;
 
 /// Why one request (or the connection) failed.
 #[derive(Debug, thiserror::Error)]
-pub enum PollError {
+pub(crate) enum PollError {
     /// No TCP connection could be opened.
     #[error("cannot connect to {address}: {}", describe_connect_error(.source, *.answered_before))]
     Connect {
@@ -42,7 +42,7 @@ pub enum PollError {
 }
 
 /// The GX's meaning of an exception code.
-pub fn exception_name(code: ExceptionCode) -> &'static str {
+pub(crate) fn exception_name(code: ExceptionCode) -> &'static str {
     match code {
         ExceptionCode::IllegalFunction => "illegal function",
         ExceptionCode::IllegalDataAddress => "illegal data address: a register is not mapped",
@@ -57,7 +57,7 @@ pub fn exception_name(code: ExceptionCode) -> &'static str {
 
 impl PollError {
     /// The status class of this error.
-    pub fn class(&self) -> ErrorClass {
+    pub(crate) fn class(&self) -> ErrorClass {
         match self {
             Self::Connect { .. } => ErrorClass::Connect,
             Self::Timeout(_) => ErrorClass::Timeout,
@@ -71,7 +71,7 @@ impl PollError {
 
     /// Whether the connection can no longer be trusted (a late reply would
     /// be taken for the next request's).
-    pub fn drops_connection(&self) -> bool {
+    pub(crate) fn drops_connection(&self) -> bool {
         !matches!(self, Self::Exception(_))
     }
 }

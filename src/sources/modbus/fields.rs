@@ -47,13 +47,13 @@ impl Kind {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct FieldSpec {
     /// Target column (unused where the kind is no column).
-    pub column: &'static str,
+    pub(crate) column: &'static str,
     /// D-Bus path in the class's service.
-    pub path: &'static str,
+    pub(crate) path: &'static str,
     /// Which variant when the list has a 16- and a 32-bit register.
-    pub prefer: Option<ModbusType>,
+    pub(crate) prefer: Option<ModbusType>,
     /// How the value is turned into the column.
-    pub kind: Kind,
+    pub(crate) kind: Kind,
 }
 
 const fn num(column: &'static str, path: &'static str, min: f64, max: f64) -> FieldSpec {
@@ -315,7 +315,7 @@ pub(crate) fn specs(class: ModbusClass) -> &'static [FieldSpec] {
 }
 
 /// The reading table of a class.
-pub fn table(class: ModbusClass) -> ReadingTable {
+pub(crate) fn table(class: ModbusClass) -> ReadingTable {
     match class {
         ModbusClass::System => ReadingTable::System,
         ModbusClass::Battery => ReadingTable::Battery,
@@ -327,8 +327,8 @@ pub fn table(class: ModbusClass) -> ReadingTable {
 /// A field bound to its register.
 #[derive(Debug, Clone)]
 pub(crate) struct Field {
-    pub spec: FieldSpec,
-    pub register: Register,
+    pub(crate) spec: FieldSpec,
+    pub(crate) register: Register,
 }
 
 impl Field {
@@ -342,7 +342,7 @@ impl Field {
 
 /// A class's fields resolved against the register list.
 #[derive(Debug, Clone)]
-pub struct FieldMap {
+pub(crate) struct FieldMap {
     class: ModbusClass,
     fields: Vec<Field>,
 }
@@ -350,14 +350,14 @@ pub struct FieldMap {
 /// A field names a path the register list lacks.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{service} has no register for {path}")]
-pub struct UnknownPath {
+pub(crate) struct UnknownPath {
     service: &'static str,
     path: &'static str,
 }
 
 impl FieldMap {
     /// Binds the class's fields to registers.
-    pub fn resolve(class: ModbusClass, list: &RegisterList) -> Result<Self, UnknownPath> {
+    pub(crate) fn resolve(class: ModbusClass, list: &RegisterList) -> Result<Self, UnknownPath> {
         let service = class.service();
         let fields = specs(class)
             .iter()
@@ -376,13 +376,8 @@ impl FieldMap {
         Ok(Self { class, fields })
     }
 
-    /// The class.
-    pub fn class(&self) -> ModbusClass {
-        self.class
-    }
-
     /// Every register range the class reads.
-    pub fn needs(&self) -> Vec<Need> {
+    pub(crate) fn needs(&self) -> Vec<Need> {
         self.fields.iter().map(Field::need).collect()
     }
 
@@ -393,7 +388,7 @@ impl FieldMap {
 
     /// The GX's clock (UTC seconds) and the index of the block that held
     /// it, when this class reads it and the block was read.
-    pub fn gx_clock(&self, blocks: &[(Block, Vec<u16>)]) -> Option<(u64, usize)> {
+    pub(crate) fn gx_clock(&self, blocks: &[(Block, Vec<u16>)]) -> Option<(u64, usize)> {
         let field = self.fields.iter().find(|f| f.spec.kind == Kind::Clock)?;
         let need = field.need();
         blocks
@@ -412,7 +407,7 @@ impl FieldMap {
 
     /// Column values from the words read for `blocks` (parallel slices).
     /// A field whose words are missing (a failed block) is left out (NULL).
-    pub fn decode(&self, blocks: &[(Block, Vec<u16>)]) -> Vec<(&'static str, Value)> {
+    pub(crate) fn decode(&self, blocks: &[(Block, Vec<u16>)]) -> Vec<(&'static str, Value)> {
         let mut values: Vec<(&'static str, Value)> = Vec::new();
         let mut alarms: Vec<(&'static str, String)> = Vec::new();
         let mut phases: Option<f64> = None;

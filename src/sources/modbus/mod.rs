@@ -32,9 +32,9 @@
 mod connect;
 mod cycle;
 mod error;
-pub mod fields;
-pub mod probe;
-pub mod transport;
+pub(crate) mod fields;
+pub(crate) mod probe;
+pub(crate) mod transport;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,10 +50,9 @@ use crate::reading::{Reading, SourceKind};
 use crate::registers::RegisterList;
 use crate::registers::plan::{Block, Coalescing, plan};
 use crate::status::StatusBoard;
-pub use connect::firmware_text;
-pub use error::{PollError, exception_name};
-pub use fields::FieldMap;
-pub use transport::Connection;
+pub(crate) use error::PollError;
+pub(crate) use fields::FieldMap;
+pub(crate) use transport::Connection;
 
 /// One device's read plan.
 #[derive(Debug)]
@@ -190,14 +189,14 @@ impl GxPoller {
     }
 
     /// Polls only the devices `leases` allows (failover between daemons).
-    pub fn with_leases(mut self, leases: Leases) -> Self {
+    pub(crate) fn with_leases(mut self, leases: Leases) -> Self {
         self.leases = leases;
         self
     }
 
     /// Tells `clock` the GX's time (`/DateAndTime`) at every poll of the
     /// system overview: a clock reference.
-    pub fn with_clock(mut self, clock: Arc<TimeKeeper>) -> Self {
+    pub(crate) fn with_clock(mut self, clock: Arc<TimeKeeper>) -> Self {
         self.clock = Some(clock);
         self
     }

@@ -30,7 +30,7 @@ fn probe_register(class: ModbusClass) -> u16 {
 }
 
 /// The unit ids to try, documented ones first (100 before all).
-pub fn candidate_units(all: bool) -> Vec<u8> {
+pub(crate) fn candidate_units(all: bool) -> Vec<u8> {
     let mut units: Vec<u8> = vec![100];
     for line in UNIT_ID_TABLE.lines().skip(1) {
         if let Some(Ok(unit)) = line.split(',').next().map(|f| f.trim().parse::<u8>()) {
@@ -51,20 +51,20 @@ pub fn candidate_units(all: bool) -> Vec<u8> {
 
 /// What the probe found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ProbeReport {
+pub(crate) struct ProbeReport {
     /// (unit id, class) pairs that answered.
-    pub found: Vec<(u8, ModbusClass)>,
+    pub(crate) found: Vec<(u8, ModbusClass)>,
     /// Unit ids tried.
-    pub units_tried: usize,
+    pub(crate) units_tried: usize,
     /// Requests sent.
-    pub requests: usize,
+    pub(crate) requests: usize,
     /// How long it took.
-    pub elapsed: Duration,
+    pub(crate) elapsed: Duration,
 }
 
 /// Why probing stopped; `victron-poller probe` exits with 2 (down) for both.
 #[derive(Debug, thiserror::Error)]
-pub enum ProbeError {
+pub(crate) enum ProbeError {
     /// The GX could not be reached.
     #[error("cannot connect to {0}: {reason}", reason = describe_io_error(.1))]
     Connect(String, io::Error),
@@ -74,7 +74,7 @@ pub enum ProbeError {
 }
 
 /// Probes `host:port` at no more than `rate_per_s` requests per second.
-pub async fn probe(
+pub(crate) async fn probe(
     host: &str,
     port: u16,
     all: bool,
@@ -142,7 +142,7 @@ async fn reconnect(
 }
 
 /// A configuration snippet for what was found.
-pub fn config_snippet(host: &str, port: u16, found: &[(u8, ModbusClass)]) -> String {
+pub(crate) fn config_snippet(host: &str, port: u16, found: &[(u8, ModbusClass)]) -> String {
     let mut text = format!("[[gx]]\nhost = \"{host}\"\nport = {port}\n");
     for (unit, class) in found {
         let name = match class {

@@ -33,13 +33,14 @@ use crate::clock::Mono;
 use crate::registers::plan::Block;
 
 /// The fix for a refused connection.
-pub const ENABLE_MODBUS_TCP: &str = "enable Modbus TCP on the GX: Settings → Services → Modbus TCP";
+pub(crate) const ENABLE_MODBUS_TCP: &str =
+    "enable Modbus TCP on the GX: Settings → Services → Modbus TCP";
 
 /// What a connection the GX closed reads as.
-pub const CLOSED_BY_GX: &str = "connection closed by the GX";
+pub(crate) const CLOSED_BY_GX: &str = "connection closed by the GX";
 
 /// Most requests sent before their replies are awaited.
-pub const WINDOW: usize = 16;
+pub(crate) const WINDOW: usize = 16;
 
 /// Modbus function 0x03, read holding registers.
 const READ_HOLDING_REGISTERS: u8 = 0x03;
@@ -52,41 +53,41 @@ const MAX_LENGTH_FIELD: usize = 254;
 
 /// One register read: a block of holding registers of one unit id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ReadRequest {
+pub(crate) struct ReadRequest {
     /// The unit id (the device behind the GX).
-    pub unit: u8,
+    pub(crate) unit: u8,
     /// The registers.
-    pub block: Block,
+    pub(crate) block: Block,
 }
 
 /// The GX's answer to one read.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Answer {
+pub(crate) struct Answer {
     /// The registers, or the exception the GX raised.
-    pub result: Result<Vec<u16>, ExceptionCode>,
+    pub(crate) result: Result<Vec<u16>, ExceptionCode>,
     /// When the request went out (with the others of its window).
-    pub sent: Mono,
+    pub(crate) sent: Mono,
     /// When the reply arrived.
-    pub received: Mono,
+    pub(crate) received: Mono,
 }
 
 /// What an exchange of several reads brought back.
 #[derive(Debug)]
-pub struct Exchange {
+pub(crate) struct Exchange {
     /// One entry per request, in request order; `None` where no answer came.
-    pub answers: Vec<Option<Answer>>,
+    pub(crate) answers: Vec<Option<Answer>>,
     /// What ended the exchange early; the connection is then no longer to be
     /// used. After a malformed or mismatched reply no answer is kept: a stream
     /// that sent one is trusted for none.
-    pub failure: Option<PollError>,
+    pub(crate) failure: Option<PollError>,
     /// The failure came after some but not all replies of a window of several
     /// requests: the sign of a server that answers one request per read.
-    pub stalled_mid_window: bool,
+    pub(crate) stalled_mid_window: bool,
 }
 
 /// One Modbus-TCP connection to a GX.
 #[derive(Debug)]
-pub struct Connection {
+pub(crate) struct Connection {
     stream: TcpStream,
     /// Bytes read and not yet taken as a reply.
     received: Vec<u8>,
@@ -103,7 +104,7 @@ struct Outstanding {
 
 impl Connection {
     /// A Modbus-TCP client on a connected stream.
-    pub fn attach(stream: TcpStream) -> Self {
+    pub(crate) fn attach(stream: TcpStream) -> Self {
         Self {
             stream,
             received: Vec::with_capacity(512),
@@ -112,7 +113,7 @@ impl Connection {
     }
 
     /// Reads one block; `wait` bounds the send and the wait for the reply.
-    pub async fn read(
+    pub(crate) async fn read(
         &mut self,
         unit: u8,
         block: Block,
@@ -131,7 +132,7 @@ impl Connection {
     /// Sends `requests`, at most `window` of them before their replies, and
     /// collects the answers. `wait` bounds each send and the wait for each
     /// next reply, as it bounds a request sent alone.
-    pub async fn exchange(
+    pub(crate) async fn exchange(
         &mut self,
         requests: &[ReadRequest],
         wait: Duration,
@@ -345,7 +346,7 @@ fn take_answer(
 }
 
 /// A socket error as one actionable line.
-pub fn describe_io_error(error: &io::Error) -> String {
+pub(crate) fn describe_io_error(error: &io::Error) -> String {
     use io::ErrorKind as K;
     match error.kind() {
         K::ConnectionRefused => format!("connection refused: {ENABLE_MODBUS_TCP}"),
@@ -365,11 +366,12 @@ pub fn describe_io_error(error: &io::Error) -> String {
 /// What went wrong when a GX that answered since start can no longer be
 /// reached: it went away (a reboot, the network), so the advice for a GX
 /// never reached (enable Modbus TCP, check its address) does not apply.
-pub const WENT_AWAY: &str = "the GX answered before and went away (rebooting, or the network)";
+pub(crate) const WENT_AWAY: &str =
+    "the GX answered before and went away (rebooting, or the network)";
 
 /// A connect error as one line, for a GX that answered since start
 /// (`answered_before`) or one never reached.
-pub fn describe_connect_error(error: &io::Error, answered_before: bool) -> String {
+pub(crate) fn describe_connect_error(error: &io::Error, answered_before: bool) -> String {
     use io::ErrorKind as K;
     if !answered_before {
         return describe_io_error(error);

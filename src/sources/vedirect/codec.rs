@@ -20,16 +20,16 @@ pub use super::frame::{DecodeStats, Frame, HexFrame, TextBlock, encode_block, en
 use super::frame::{hex_digit, parse_hex};
 
 /// Longest block kept, in bytes (real blocks are under 300).
-pub const MAX_BLOCK: usize = 1024;
+pub(crate) const MAX_BLOCK: usize = 1024;
 /// Longest label kept (the longest real ones, `Checksum` and `AC_OUT_V`,
 /// have 8 bytes).
-pub const MAX_LABEL: usize = 16;
+pub(crate) const MAX_LABEL: usize = 16;
 /// Longest value (`SmartShunt 500A/50mV`: 20).
-pub const MAX_VALUE: usize = 64;
+pub(crate) const MAX_VALUE: usize = 64;
 /// Longest HEX frame, `:` to `\n`.
-pub const MAX_HEX: usize = 512;
+pub(crate) const MAX_HEX: usize = 512;
 /// Most fields in one block.
-pub const MAX_FIELDS: usize = 48;
+pub(crate) const MAX_FIELDS: usize = 48;
 
 /// Whether `label` can be a label: not empty, and only ASCII letters,
 /// digits, `#` and `_` (`SER#`, `AC_OUT_V`).
@@ -104,15 +104,6 @@ impl VeDirectCodec {
         self.stats
     }
 
-    /// Forgets a partial block (after a gap in the stream, e.g. a reopen).
-    pub fn reset(&mut self) {
-        self.state = State::Idle;
-        self.in_hex = None;
-        self.hex.clear();
-        self.pending_cr = false;
-        self.clear_block();
-    }
-
     fn clear_block(&mut self) {
         self.block.clear();
         self.fields = 0;
@@ -138,7 +129,7 @@ impl VeDirectCodec {
     /// that completes a frame; returns how many bytes it used and the frame.
     /// Runs of ordinary bytes inside labels and values, and between blocks,
     /// are handled a slice at a time.
-    pub fn scan(&mut self, bytes: &[u8]) -> (usize, Option<Frame>) {
+    pub(crate) fn scan(&mut self, bytes: &[u8]) -> (usize, Option<Frame>) {
         self.scan_with(bytes, false)
     }
 

@@ -14,7 +14,7 @@ pub struct TextBlock {
 
 impl TextBlock {
     /// The fields in order, as raw bytes (the checksum field excluded).
-    pub fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+    pub(crate) fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         // The checksum line is always the last 12 bytes: CR LF, the 8
         // letters of "Checksum", a tab and the checksum byte. Cutting 10
         // keeps its CR LF, which ends the last field's line; the first 2
@@ -47,14 +47,15 @@ impl TextBlock {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HexFrame {
     /// The command or response nibble (`7` get reply, `A` async ...).
-    pub command: u8,
+    pub(crate) command: u8,
     /// The payload bytes, without the check byte.
-    pub payload: Vec<u8>,
+    pub(crate) payload: Vec<u8>,
 }
 
 impl HexFrame {
+    #[cfg(test)]
     /// The register id of a get/set/async reply (little-endian first two bytes).
-    pub fn register(&self) -> Option<u16> {
+    pub(crate) fn register(&self) -> Option<u16> {
         Some(u16::from_le_bytes([
             *self.payload.first()?,
             *self.payload.get(1)?,
@@ -81,9 +82,9 @@ pub struct DecodeStats {
     /// HEX frames that passed their check.
     pub hex_valid: u64,
     /// HEX frames that failed their check or were malformed (dropped).
-    pub hex_invalid: u64,
+    pub(crate) hex_invalid: u64,
     /// Partial blocks or frames abandoned for exceeding a size bound.
-    pub resyncs: u64,
+    pub(crate) resyncs: u64,
 }
 
 /// Parses and checks the hex digits of a HEX frame (between `:` and the line end).

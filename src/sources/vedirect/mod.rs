@@ -7,7 +7,7 @@
 
 pub mod codec;
 pub mod fields;
-pub mod frame;
+pub(crate) mod frame;
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -32,7 +32,7 @@ use codec::{DecodeStats, Frame, VeDirectCodec};
 use fields::{Merger, product_name};
 
 /// VE.Direct's line settings: 19200 baud, 8N1, no flow control.
-pub const BAUD_RATE: u32 = 19_200;
+pub(crate) const BAUD_RATE: u32 = 19_200;
 
 /// How often a standby source asks whether it may read the device.
 const STANDBY_RECHECK: Duration = Duration::from_millis(500);
@@ -96,7 +96,7 @@ impl VeDirectSource {
     }
 
     /// Reads the device only while `leases` allows (failover between daemons).
-    pub fn with_leases(mut self, leases: Leases) -> Self {
+    pub(crate) fn with_leases(mut self, leases: Leases) -> Self {
         self.leases = leases;
         self
     }

@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use crate::reading::ReadingTable;
 
 /// The table a product id's rows belong in.
-pub fn table_of_product(pid: i64) -> Option<ReadingTable> {
+pub(crate) fn table_of_product(pid: i64) -> Option<ReadingTable> {
     match pid {
         0x0203..=0x0205 | 0xA381..=0xA38F => Some(ReadingTable::Battery),
         0x0300 | 0xA040..=0xA0FF | 0xA100..=0xA1FF => Some(ReadingTable::Solar),
@@ -16,7 +16,7 @@ pub fn table_of_product(pid: i64) -> Option<ReadingTable> {
 }
 
 /// A product name for the ids the notes list.
-pub fn product_name(pid: i64) -> Option<&'static str> {
+pub(crate) fn product_name(pid: i64) -> Option<&'static str> {
     Some(match pid {
         0x0203 => "BMV-700",
         0x0204 => "BMV-702",
@@ -43,7 +43,7 @@ pub fn product_name(pid: i64) -> Option<&'static str> {
 }
 
 /// `CS`: state of operation.
-pub fn state_text(cs: i64) -> Cow<'static, str> {
+pub(crate) fn state_text(cs: i64) -> Cow<'static, str> {
     Cow::Borrowed(match cs {
         0 => "Off",
         1 => "Low power",
@@ -65,7 +65,7 @@ pub fn state_text(cs: i64) -> Cow<'static, str> {
 }
 
 /// `ERR`: charger error code.
-pub fn error_text(err: i64) -> Cow<'static, str> {
+pub(crate) fn error_text(err: i64) -> Cow<'static, str> {
     Cow::Borrowed(match err {
         0 => "No error",
         2 => "Battery voltage too high",
@@ -92,7 +92,7 @@ pub fn error_text(err: i64) -> Cow<'static, str> {
 }
 
 /// `MPPT`: tracker mode.
-pub fn mppt_text(mode: i64) -> Cow<'static, str> {
+pub(crate) fn mppt_text(mode: i64) -> Cow<'static, str> {
     Cow::Borrowed(match mode {
         0 => "Off",
         1 => "Voltage or current limited",
@@ -102,7 +102,7 @@ pub fn mppt_text(mode: i64) -> Cow<'static, str> {
 }
 
 /// `MODE`: device mode.
-pub fn mode_text(mode: i64) -> Cow<'static, str> {
+pub(crate) fn mode_text(mode: i64) -> Cow<'static, str> {
     Cow::Borrowed(match mode {
         0 => "Off",
         2 => "On",
@@ -114,7 +114,7 @@ pub fn mode_text(mode: i64) -> Cow<'static, str> {
 }
 
 /// `AR` / `WARN`: alarm reason bits, as comma-separated names.
-pub fn alarm_reasons(bits: i64) -> String {
+pub(crate) fn alarm_reasons(bits: i64) -> String {
     const NAMES: [&str; 14] = [
         "LowVoltage",
         "HighVoltage",

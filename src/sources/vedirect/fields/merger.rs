@@ -117,7 +117,7 @@ impl Merger {
     /// Notes that a block failed its checksum (or was abandoned) right
     /// before the next block pushed; returns true when that completed a
     /// snapshot (the cycle cannot get the blocks it still lacked).
-    pub fn lost_block(&mut self) -> bool {
+    pub(crate) fn lost_block(&mut self) -> bool {
         match &mut self.cycle {
             Cycle::Reading { lost } => {
                 *lost += 1;
@@ -174,12 +174,13 @@ impl Merger {
     }
 
     /// Forgets the cycle being read (a gap in the stream broke it).
-    pub fn break_cycle(&mut self) {
+    pub(crate) fn break_cycle(&mut self) {
         self.cycle = Cycle::Idle;
     }
 
+    #[cfg(test)]
     /// The latest complete snapshot.
-    pub fn latest(&self) -> Option<&Snapshot> {
+    pub(crate) fn latest(&self) -> Option<&Snapshot> {
         self.complete.as_ref()
     }
 

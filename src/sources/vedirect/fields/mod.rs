@@ -3,16 +3,16 @@
 //! snapshot → reading-table row mapping, and what the codes mean
 //! ([`catalog`]).
 
-pub mod catalog;
-pub mod labels;
-pub mod merger;
-pub mod snapshot;
+pub(crate) mod catalog;
+pub(crate) mod labels;
+pub(crate) mod merger;
+pub(crate) mod snapshot;
 
 /// Any bytes as any label's value, through the codec and the snapshot.
 #[cfg(test)]
 mod odd_values;
 
-pub use catalog::{product_name, table_of_product};
+pub(crate) use catalog::product_name;
 pub use labels::Typed;
 pub use merger::Merger;
 pub use snapshot::Snapshot;

@@ -27,9 +27,9 @@ pub struct Snapshot {
     /// Which labels had a value that did not parse (one bit per slot).
     bad_labels: u64,
     /// Blocks merged into it.
-    pub blocks: u32,
+    pub(crate) blocks: u32,
     /// When its last block arrived.
-    pub received_at: DateTime<Utc>,
+    pub(crate) received_at: DateTime<Utc>,
 }
 
 impl Snapshot {
@@ -63,7 +63,7 @@ impl Snapshot {
     }
 
     /// Adds a block's fields (later values win).
-    pub fn merge(&mut self, block: &TextBlock, at: DateTime<Utc>) {
+    pub(crate) fn merge(&mut self, block: &TextBlock, at: DateTime<Utc>) {
         for (label, value) in block.fields() {
             match slot(label) {
                 Some(i) => {
@@ -84,12 +84,12 @@ impl Snapshot {
 
     /// The labels whose values did not parse, as bits of the label table's
     /// order (see [`Self::label_names`]).
-    pub fn bad_labels(&self) -> u64 {
+    pub(crate) fn bad_labels(&self) -> u64 {
         self.bad_labels
     }
 
     /// The labels of the set bits of `bits` ([`Self::bad_labels`]).
-    pub fn label_names(bits: u64) -> impl Iterator<Item = &'static str> {
+    pub(crate) fn label_names(bits: u64) -> impl Iterator<Item = &'static str> {
         LABELS
             .iter()
             .enumerate()
@@ -134,7 +134,7 @@ impl Snapshot {
     }
 
     /// The serial number (`SER#`).
-    pub fn serial(&self) -> Option<&str> {
+    pub(crate) fn serial(&self) -> Option<&str> {
         self.text("SER#")
     }
 
