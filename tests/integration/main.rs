@@ -100,8 +100,8 @@ mod systemd_sandbox;
 /// The unit under a real systemd in its own namespace (needs root).
 #[cfg(feature = "servers")]
 mod systemd_service;
-/// The systemd unit: verify, security rating (`systemd-analyze`).
-#[cfg(feature = "system-tools")]
+/// The systemd unit: verify, security rating (`systemd-analyze`), what
+/// it allows.
 mod systemd_unit;
 /// TLS to PostgreSQL: verify-full with a CA file, refusals.
 mod tls;
