@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 #[cfg(feature = "servers")]
-use crate::helpers::{Flavour, TestDb};
-use crate::helpers::{run_cli, texts};
+use crate::helpers::database::{Flavour, TestDb};
+use crate::helpers::process::{run_cli, texts};
 
 const SECRET: &str = "hunter2-secret";
 

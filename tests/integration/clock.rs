@@ -15,67 +15,9 @@ use tokio::net::TcpListener;
 use victron_poller::clock::kernel_synchronised;
 use victron_poller::store::LocalStore;
 
-use crate::daemon::{log_of, sigterm, spawn_daemon_with, wait_exit, wait_for};
-use crate::vedirect_source::bmv_cycle;
-
-/// libfaketime, as Debian's `libfaketime` package installs it.
-pub fn libfaketime() -> PathBuf {
-    let candidates = [
-        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
-        "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
-    ];
-    candidates
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
-        .expect("libfaketime is not installed: scripts/setup-machine.sh installs it (apt-get install libfaketime)")
-}
-
-/// A wrong wall clock for a daemon: the offset in a file libfaketime reads
-/// at every clock call, so the test can step it while the daemon runs. The
-/// monotonic clocks stay true (`FAKETIME_DONT_FAKE_MONOTONIC`), as on a
-/// real machine whose wall clock is stepped.
-pub struct FakeClock {
-    file: PathBuf,
-}
-
-impl FakeClock {
-    pub fn new(dir: &Path, offset: &str) -> Self {
-        let clock = Self {
-            file: dir.join("faketime"),
-        };
-        clock.set(offset);
-        clock
-    }
-
-    /// `-1d`, `+0`, `-1h`: libfaketime's relative offsets.
-    pub fn set(&self, offset: &str) {
-        let staged = self.file.with_extension("new");
-        std::fs::write(&staged, format!("{offset}\n")).unwrap();
-        std::fs::rename(&staged, &self.file).unwrap();
-    }
-
-    pub fn env(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("LD_PRELOAD", libfaketime().display().to_string()),
-            ("FAKETIME_TIMESTAMP_FILE", self.file.display().to_string()),
-            ("FAKETIME_NO_CACHE", "1".into()),
-            ("FAKETIME_DONT_FAKE_MONOTONIC", "1".into()),
-        ]
-    }
-}
-
-/// The daemon's environment: the fake clock's plus `extra`.
-pub fn env_with<'a>(
-    clock: &'a [(&'static str, String)],
-    extra: &[(&'a str, &'a str)],
-) -> Vec<(&'a str, &'a str)> {
-    clock
-        .iter()
-        .map(|(k, v)| (*k, v.as_str()))
-        .chain(extra.iter().copied())
-        .collect()
-}
+use crate::helpers::faketime::{FakeClock, env_with};
+use crate::helpers::process::{log_of, sigterm, spawn_daemon_with, wait_exit, wait_for};
+use crate::helpers::simulator::bmv_cycle;
 
 /// A serial-to-network bridge the test plays: a battery monitor's cycle
 /// every 250 ms, its voltage counting the cycles, and the true time each
@@ -234,8 +176,9 @@ async fn without_any_reference_readings_are_held_until_the_clock_is_set() {
 #[cfg(feature = "servers")]
 mod with_servers {
     use super::*;
-    use crate::daemon::{simulator, write_site_config};
-    use crate::helpers::{Flavour, TcpProxy, TestDb, run_cli, server_address, url_via};
+    use crate::helpers::database::{Flavour, TcpProxy, TestDb, server_address, url_via};
+    use crate::helpers::process::run_cli;
+    use crate::helpers::simulator::{simulator, write_site_config};
 
     /// Rows of every reading table whose time is 1 s or more away from when
     /// the server inserted them (readings go to the database within a
@@ -280,7 +223,7 @@ mod with_servers {
         dir: tempfile::TempDir,
         clock: FakeClock,
         state: PathBuf,
-        daemon: crate::daemon::Daemon,
+        daemon: crate::helpers::process::Daemon,
     }
 
     impl GxRun {

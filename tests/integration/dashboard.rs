@@ -11,7 +11,7 @@ use chrono::{DateTime, Duration, Utc};
 use sqlx::{Column as _, Connection as _, Executor as _, PgConnection, Statement as _};
 
 #[cfg(feature = "servers")]
-use crate::helpers::{Flavour, TestDb};
+use crate::helpers::database::{Flavour, TestDb};
 
 const DASHBOARD: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),

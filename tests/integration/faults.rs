@@ -11,14 +11,13 @@ use std::time::Duration;
 
 use victron_poller::store::LocalStore;
 
-use crate::daemon::{
-    log_of, sigterm, simulator, spawn_daemon_with, successful_polls, try_store_status, wait_exit,
-    wait_for, write_config,
+use crate::helpers::http::try_http_get;
+use crate::helpers::http::{health_address, logged_health_address};
+use crate::helpers::process::{
+    log_of, sigterm, spawn_daemon_with, successful_polls, try_store_status, wait_exit, wait_for,
 };
-use crate::helpers::{run_cli, texts, try_http_get};
-use crate::operations::{health_address, logged_health_address};
-
-const DEVICES: [&str; 4] = ["gx", "bank", "mppt", "multi"];
+use crate::helpers::process::{run_cli, texts};
+use crate::helpers::simulator::{simulator, site_device_names, write_config};
 
 /// `write_config` with the health endpoint on, on a port the kernel
 /// picks (see [`health_address`]).
@@ -59,7 +58,7 @@ async fn try_stored(state: &Path) -> i64 {
 
 /// Every successful poll the daemon's last status document counts.
 fn polls_made(doc: &serde_json::Value) -> i64 {
-    DEVICES.iter().map(|d| successful_polls(doc, d)).sum()
+    site_device_names().map(|d| successful_polls(doc, d)).sum()
 }
 
 /// A tmpfs of `size` mounted at `at`, unmounted when dropped.

@@ -5,7 +5,8 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::helpers::{Flavour, TestDb, run_cli, texts};
+use crate::helpers::database::{Flavour, TestDb};
+use crate::helpers::process::{run_cli, texts};
 
 /// 87.3, 87.4 and 87.5 average to 87.39999999999999 in double precision;
 /// the view says 87.4, and rounds the other averages to what the devices

@@ -10,20 +10,16 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use victron_poller::config::{GxConfig, ModbusClass, ModbusDeviceConfig};
+use victron_poller::config::GxConfig;
 use victron_poller::simulator::gx::{self, GxSimOptions};
 use victron_poller::sources::modbus::GxPoller;
 use victron_poller::status::{ErrorClass, StatusBoard};
 
-use crate::daemon::{log_of, sigterm, simulator, spawn_daemon_with, wait_exit, wait_for};
-use crate::helpers::http_get;
-
-const DEVICES: [(&str, ModbusClass, u8); 4] = [
-    ("gx", ModbusClass::System, 100),
-    ("bank", ModbusClass::Battery, 226),
-    ("mppt", ModbusClass::SolarCharger, 224),
-    ("multi", ModbusClass::VeBus, 227),
-];
+use crate::helpers::http::http_get;
+use crate::helpers::process::{log_of, sigterm, spawn_daemon_with, wait_exit, wait_for};
+use crate::helpers::simulator::{
+    simulator, site_device_configs, site_device_names, site_devices_toml,
+};
 
 fn gx_config(port: u16) -> GxConfig {
     GxConfig {
@@ -34,14 +30,7 @@ fn gx_config(port: u16) -> GxConfig {
         request_timeout: Duration::from_millis(300),
         reconnect_min: Duration::from_millis(20),
         reconnect_max: Duration::from_millis(50),
-        devices: DEVICES
-            .iter()
-            .map(|(name, class, unit_id)| ModbusDeviceConfig {
-                name: (*name).into(),
-                class: *class,
-                unit_id: *unit_id,
-            })
-            .collect(),
+        devices: site_device_configs(),
     }
 }
 
@@ -124,17 +113,12 @@ async fn a_refused_connection_advises_modbus_tcp_only_before_the_gx_answered() {
 /// 200 ms, quick reconnects, and the health endpoint on a free port.
 fn write_config(dir: &Path, port: u16) -> std::path::PathBuf {
     let path = dir.join("config.toml");
-    let mut text = format!(
+    let text = format!(
         "[health]\nlisten = \"127.0.0.1:0\"\n\
          [[gx]]\nhost = \"127.0.0.1\"\nport = {port}\npoll_interval_ms = 200\n\
-         request_timeout_ms = 500\nreconnect_min_ms = 50\nreconnect_max_ms = 200\n"
+         request_timeout_ms = 500\nreconnect_min_ms = 50\nreconnect_max_ms = 200\n{}",
+        site_devices_toml()
     );
-    for (name, class, unit_id) in DEVICES {
-        text.push_str(&format!(
-            "[[gx.devices]]\nname = \"{name}\"\nclass = \"{}\"\nunit_id = {unit_id}\n",
-            class.as_str()
-        ));
-    }
     std::fs::write(&path, text).unwrap();
     path
 }
@@ -144,9 +128,8 @@ async fn consecutive_failures(addr: SocketAddr) -> Vec<f64> {
     let (_, page) = tokio::task::spawn_blocking(move || http_get(addr, "/metrics"))
         .await
         .unwrap();
-    DEVICES
-        .iter()
-        .map(|(name, _, _)| {
+    site_device_names()
+        .map(|name| {
             page.lines()
                 .find(|l| {
                     l.starts_with("victron_poller_consecutive_failures{")

@@ -7,9 +7,12 @@ use std::time::Duration;
 
 use victron_poller::report::health::stale_after;
 
-use crate::daemon::{sigterm, simulator, spawn_daemon_with, wait_exit, wait_for};
-use crate::helpers::{Flavour, TestDb, run_cli, texts, try_http_get};
-use crate::operations::health_address;
+use crate::helpers::database::{Flavour, TestDb};
+use crate::helpers::http::health_address;
+use crate::helpers::http::try_http_get;
+use crate::helpers::process::{run_cli, texts};
+use crate::helpers::process::{sigterm, spawn_daemon_with, wait_exit, wait_for};
+use crate::helpers::simulator::simulator;
 
 /// Ages around the rule's boundary, for polls and status periods of every
 /// kind (a NULL period: a row of an older daemon).

@@ -4,8 +4,8 @@
 //! is 12 kWh) and the calendar (a DST day has 23 or 25 hours).
 
 #[cfg(feature = "servers")]
-use crate::helpers::{Flavour, TestDb};
-use crate::helpers::{run_cli, texts};
+use crate::helpers::database::{Flavour, TestDb};
+use crate::helpers::process::{run_cli, texts};
 
 /// Inserts a synthetic day of site `ranch` in `tz`: PV 1 kW from 06:00 to
 /// 18:00 local (solar charger `mppt`), 500 W of loads all day, the battery
@@ -330,9 +330,8 @@ async fn energy_answers_from_the_local_store() {
 async fn the_daemon_rolls_up_completed_days() {
     use std::time::Duration;
 
-    use crate::daemon::{
-        log_of, sigterm, simulator, spawn_daemon_with, wait_exit, wait_for, write_site_config,
-    };
+    use crate::helpers::process::{log_of, sigterm, spawn_daemon_with, wait_exit, wait_for};
+    use crate::helpers::simulator::{simulator, write_site_config};
 
     let db = TestDb::create(Flavour::Timescale).await;
     db.migrate().await;

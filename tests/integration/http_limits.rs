@@ -4,7 +4,6 @@
 //! finish theirs. The GX connection, the local store and the endpoint itself
 //! keep working.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -14,10 +13,11 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use victron_poller::simulator::gx::SimHandle;
 
-use crate::daemon::{
-    Daemon, log_of, sigterm, simulator, successful_polls, try_store_status, wait_exit, wait_for,
+use crate::helpers::http::{health_address, try_http_get};
+use crate::helpers::process::{
+    Daemon, log_of, sigterm, successful_polls, try_store_status, wait_exit, wait_for,
 };
-use crate::helpers::try_http_get;
+use crate::helpers::simulator::{simulator, site_devices_toml};
 
 /// What the daemon logs each time its Modbus connection to the GX opens.
 const GX_CONNECTED: &str = "Connected to the GX.";
@@ -32,12 +32,9 @@ fn config(dir: &Path, sim: &SimHandle) -> PathBuf {
             "[site]\ninstallation_id = \"http-limits\"\n[log]\nlevel = \"info\"\n\
              [health]\nlisten = \"127.0.0.1:0\"\n\
              [[gx]]\nhost = \"127.0.0.1\"\nport = {}\npoll_interval_ms = 200\n\
-             request_timeout_ms = 500\nreconnect_min_ms = 50\nreconnect_max_ms = 500\n\
-             [[gx.devices]]\nname = \"gx\"\nclass = \"system\"\n\
-             [[gx.devices]]\nname = \"bank\"\nclass = \"battery\"\nunit_id = 226\n\
-             [[gx.devices]]\nname = \"mppt\"\nclass = \"solarcharger\"\nunit_id = 224\n\
-             [[gx.devices]]\nname = \"multi\"\nclass = \"vebus\"\nunit_id = 227\n",
-            sim.addr().port()
+             request_timeout_ms = 500\nreconnect_min_ms = 50\nreconnect_max_ms = 500\n{}",
+            sim.addr().port(),
+            site_devices_toml()
         ),
     )
     .unwrap();
@@ -83,22 +80,6 @@ fn open_descriptors(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
         .count()
-}
-
-/// The address the daemon logged for its health endpoint.
-async fn health_address(state: &Path) -> SocketAddr {
-    let mut found = None;
-    wait_for("the health endpoint", Duration::from_secs(10), async || {
-        found = log_of(state)
-            .lines()
-            .find(|l| l.contains("Serving /healthz"))
-            .and_then(|l| l.split("address=").nth(1))
-            .and_then(|a| a.split_whitespace().next())
-            .and_then(|a| a.parse().ok());
-        found.is_some()
-    })
-    .await;
-    found.unwrap()
 }
 
 fn count(log: &str, what: &str) -> usize {

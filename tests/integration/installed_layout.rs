@@ -7,7 +7,7 @@ use std::path::Path;
 
 use victron_poller::config::{INSTALLED_CONFIG_FILE, INSTALLED_ENV_FILE, SERVICE_STATE_DIR};
 
-use crate::helpers::{run_cli, texts};
+use crate::helpers::process::{run_cli, texts};
 
 fn repository_file(path: &str) -> String {
     let full = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);

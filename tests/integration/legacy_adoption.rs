@@ -3,7 +3,8 @@
 //! is kept, the legacy flaws are repaired, and a failing migration is loud and
 //! leaves nothing half-applied.
 
-use crate::helpers::{Flavour, TestDb, run_cli, texts};
+use crate::helpers::database::{Flavour, TestDb};
+use crate::helpers::process::{run_cli, texts};
 
 const LEGACY: &str = include_str!("../fixtures/legacy_python_schema.sql");
 

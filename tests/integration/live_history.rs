@@ -10,10 +10,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 
-use crate::clock::{FakeClock, env_with};
-use crate::daemon::{
-    Daemon, log_of, sigterm, simulator, spawn_daemon_with, wait_exit, wait_for, write_site_config,
-};
+use crate::helpers::faketime::{FakeClock, env_with};
+use crate::helpers::process::{Daemon, log_of, sigterm, spawn_daemon_with, wait_exit, wait_for};
+use crate::helpers::simulator::{simulator, write_site_config};
 
 /// A fake clock `lead` seconds before the next five-minute boundary (of
 /// the true time plus a little), and that boundary.
@@ -44,7 +43,8 @@ fn spawn(config: &Path, state: &Path, clock: &FakeClock, extra: &[(&str, &str)])
 #[cfg(feature = "servers")]
 mod with_database {
     use super::*;
-    use crate::helpers::{Flavour, TcpProxy, TestDb, run_cli, server_address, texts, url_via};
+    use crate::helpers::database::{Flavour, TcpProxy, TestDb, server_address, url_via};
+    use crate::helpers::process::{run_cli, texts};
 
     /// A 5-minute bucket's rows: (device, metric, samples, min, max, mean, last).
     type Rows = Vec<(String, String, i32, f64, f64, f64, f64)>;
@@ -145,7 +145,12 @@ mod with_database {
         assert_eq!(live, rebuilt, "{}", log_of(&state));
     }
 
-    /// A 30 s database outage and a kill -9 inside one bucket: after the
+    /// Long enough for the daemon's retry delays to reach their 1 s cap
+    /// (within 1.5 s) and for batches to be given up on after 2 s and kept
+    /// in the local store: the backlog the kill then interrupts.
+    const OUTAGE: Duration = Duration::from_secs(5);
+
+    /// A 5 s database outage and a kill -9 inside one bucket: after the
     /// boundary the bucket holds every reading PostgreSQL has of it, once.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_outage_and_a_kill_in_a_bucket_count_every_reading_once() {
@@ -166,9 +171,7 @@ mod with_database {
                 > 3
         })
         .await;
-        proxy.cut();
-        tokio::time::sleep(Duration::from_secs(30)).await;
-        proxy.restore();
+        proxy.outage(OUTAGE).await;
         // Killed while what the outage left in the store may still be on
         // its way.
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -251,7 +254,7 @@ async fn an_embedded_gateway_keeps_its_rollups_in_the_local_store() {
             .any(|d| d.energy.site == "ranch" && d.energy.coverage_pct > 0.0),
         "today's energy so far is kept: {kept:?}"
     );
-    let out = crate::helpers::run_cli(
+    let out = crate::helpers::process::run_cli(
         &[
             "energy",
             "--days",
@@ -262,7 +265,7 @@ async fn an_embedded_gateway_keeps_its_rollups_in_the_local_store() {
         ],
         &[],
     );
-    let (stdout, stderr) = crate::helpers::texts(&out);
+    let (stdout, stderr) = crate::helpers::process::texts(&out);
     assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
     let days: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert!(

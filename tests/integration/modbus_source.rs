@@ -7,21 +7,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use victron_poller::config::{GxConfig, ModbusClass, ModbusDeviceConfig};
+use victron_poller::config::{GxConfig, ModbusClass};
 use victron_poller::reading::{Reading, ReadingTable, SourceKind};
 use victron_poller::simulator::gx::{self, GxSimOptions, SimHandle};
 use victron_poller::sources::modbus::{CycleReport, GxPoller};
 use victron_poller::status::{ErrorClass, StatusBoard};
 
-use crate::helpers::wait_for_status;
-
-fn device(name: &str, class: ModbusClass, unit_id: u8) -> ModbusDeviceConfig {
-    ModbusDeviceConfig {
-        name: name.into(),
-        class,
-        unit_id,
-    }
-}
+use crate::helpers::process::wait_for_status;
+use crate::helpers::simulator::{BANK, site_device_configs};
 
 fn gx_config(port: u16, poll_ms: u64) -> GxConfig {
     GxConfig {
@@ -32,12 +25,7 @@ fn gx_config(port: u16, poll_ms: u64) -> GxConfig {
         request_timeout: Duration::from_millis(300),
         reconnect_min: Duration::from_millis(50),
         reconnect_max: Duration::from_millis(200),
-        devices: vec![
-            device("gx", ModbusClass::System, 100),
-            device("bank", ModbusClass::Battery, 226),
-            device("mppt", ModbusClass::SolarCharger, 224),
-            device("multi", ModbusClass::VeBus, 227),
-        ],
+        devices: site_device_configs(),
     }
 }
 
@@ -190,7 +178,7 @@ async fn values_read_equal_the_values_served() {
 #[tokio::test]
 async fn an_offline_unit_is_reported_and_the_others_keep_their_schedule() {
     let sim = simulator(true).await;
-    sim.set_offline(226, true);
+    sim.set_offline(BANK.unit_id, true);
     let (tx, mut rx) = mpsc::channel(256);
     let status = StatusBoard::new();
     let poller = GxPoller::new(&gx_config(sim.addr().port(), 200), status.clone(), tx);
@@ -220,7 +208,7 @@ async fn an_offline_unit_is_reported_and_the_others_keep_their_schedule() {
         assert_eq!(n, s.polls, "{device}: one reading per poll");
     }
 
-    sim.set_offline(226, false);
+    sim.set_offline(BANK.unit_id, false);
     assert_eq!(poller.poll_once().await.readings, 4);
     assert!(status.get("bank").unwrap().is_healthy());
     assert!(drain(&mut rx).iter().any(|r| r.device == "bank"));

@@ -7,16 +7,18 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use victron_poller::simulator::gx::SimHandle;
+#[cfg(feature = "servers")]
+use victron_poller::store::LocalStore;
 
 #[cfg(feature = "servers")]
-use crate::daemon::{Daemon, store_status, successful_polls, try_store_status};
-use crate::daemon::{log_of, sigterm, simulator, spawn_daemon_with, wait_exit, wait_for};
-use crate::helpers::http_get;
+use crate::helpers::database::{Flavour, Route, TcpProxy, TestDb, rows, server_address, url_via};
+use crate::helpers::http::{health_address, http_get};
 #[cfg(feature = "servers")]
-use crate::helpers::{Flavour, Route, TcpProxy, TestDb, server_address, url_via};
-
+use crate::helpers::process::{Daemon, store_status, successful_polls, try_store_status};
+use crate::helpers::process::{log_of, sigterm, spawn_daemon_with, wait_exit, wait_for};
 #[cfg(feature = "servers")]
-const UNITS: [u8; 4] = [100, 226, 224, 227];
+use crate::helpers::simulator::{SITE, site_device_names};
+use crate::helpers::simulator::{simulator, site_devices_toml};
 
 /// A notify-socket message and when it arrived (since the daemon started).
 type Notification = (Duration, String);
@@ -28,38 +30,13 @@ fn config(dir: &Path, sim: &SimHandle, extra: &str) -> std::path::PathBuf {
         format!(
             "[site]\ninstallation_id = \"ops\"\n{extra}\n\
              [[gx]]\nhost = \"127.0.0.1\"\nport = {}\npoll_interval_ms = 200\n\
-             reconnect_min_ms = 50\nreconnect_max_ms = 500\n\
-             [[gx.devices]]\nname = \"gx\"\nclass = \"system\"\n\
-             [[gx.devices]]\nname = \"bank\"\nclass = \"battery\"\nunit_id = 226\n\
-             [[gx.devices]]\nname = \"mppt\"\nclass = \"solarcharger\"\nunit_id = 224\n\
-             [[gx.devices]]\nname = \"multi\"\nclass = \"vebus\"\nunit_id = 227\n",
-            sim.addr().port()
+             reconnect_min_ms = 50\nreconnect_max_ms = 500\n{}",
+            sim.addr().port(),
+            site_devices_toml()
         ),
     )
     .unwrap();
     path
-}
-
-/// The address the daemon logged for its health endpoint (it listens on
-/// port 0: no port picked by a test can be taken by another meanwhile).
-pub async fn health_address(state: &Path) -> SocketAddr {
-    let mut found = None;
-    wait_for("the health endpoint", Duration::from_secs(30), async || {
-        found = logged_health_address(state);
-        found.is_some()
-    })
-    .await;
-    found.unwrap()
-}
-
-/// The health endpoint's address in the daemon's log so far, if any.
-pub fn logged_health_address(state: &Path) -> Option<SocketAddr> {
-    log_of(state)
-        .lines()
-        .find(|l| l.contains("Serving /healthz"))
-        .and_then(|l| l.split("address=").nth(1))
-        .and_then(|a| a.split_whitespace().next())
-        .and_then(|a| a.parse().ok())
 }
 
 async fn healthz(addr: SocketAddr) -> (u16, serde_json::Value) {
@@ -326,18 +303,83 @@ async fn healthz_and_metrics_follow_device_and_database_outages() {
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path(), &sim, "[health]\nlisten = \"127.0.0.1:0\"");
     let state = dir.path().join("state");
+    let spawned = Instant::now();
     let mut daemon = spawn_daemon_with(&config, &state, &[("DATABASE_URL", &url)]);
     let addr = health_address(&state).await;
+    let metrics = async || {
+        let page = tokio::task::spawn_blocking(move || http_get(addr, "/metrics"))
+            .await
+            .unwrap();
+        assert_eq!(page.0, 200);
+        parse_metrics(&page.1)
+    };
+    let readings_in_db = async || {
+        let mut sum = 0;
+        for table in SITE.map(|d| d.table) {
+            sum += rows(&db, table).await;
+        }
+        sum
+    };
 
     let body = wait_health(addr, 200, Duration::from_secs(20)).await;
     assert_eq!(body["health"], "healthy", "{body}");
-    let page = tokio::task::spawn_blocking(move || http_get(addr, "/metrics"))
-        .await
-        .unwrap();
-    assert_eq!(page.0, 200);
-    let samples = parse_metrics(&page.1);
-    for device in ["gx", "bank", "mppt", "multi"] {
-        assert!(sample(&samples, "victron_poller_polls_total", Some(device)) >= 1.0);
+    // Forward-first with the database answering: the local store empties
+    // and stays empty; the database's retention job has run (at start).
+    wait_for(
+        "readings forwarded, the store empty, a retention run",
+        Duration::from_secs(20),
+        async || {
+            // Migrated (the daemon answers before it has migrated).
+            db.scalar_i64("SELECT (to_regclass('victron.polling_status') IS NOT NULL)::int::bigint")
+                .await
+                == 1
+                && readings_in_db().await > 0
+                && local_depth(&state).await == Some(0)
+                && db
+                    .scalar_i64(
+                        "SELECT count(*) FROM victron.polling_status WHERE last_retention_run IS NOT NULL",
+                    )
+                    .await
+                    == 1
+        },
+    )
+    .await;
+    let mut in_db = std::collections::BTreeMap::new();
+    for device in SITE {
+        let n = db
+            .scalar_i64(&format!(
+                "SELECT count(*) FROM victron.{} WHERE device = '{}'",
+                device.table, device.name
+            ))
+            .await;
+        in_db.insert(device.name, n);
+    }
+    let forwarded_before = readings_in_db().await;
+    let samples = metrics().await;
+    let forwarded_after = readings_in_db().await;
+    let since_spawn = spawned.elapsed().as_secs_f64();
+    for device in site_device_names() {
+        // Every row in PostgreSQL is a successful poll, and a poll every
+        // 200 ms at most since the daemon started.
+        let polls = sample(&samples, "victron_poller_polls_total", Some(device));
+        assert!(
+            in_db[device] as f64 <= polls && polls <= since_spawn / 0.2 + 2.0,
+            "{device}: {polls} polls, {} rows, {since_spawn:.1} s",
+            in_db[device]
+        );
+        // The simulator answers every poll.
+        assert_eq!(
+            sample(&samples, "victron_poller_poll_failures_total", Some(device)),
+            0.0
+        );
+        assert_eq!(
+            sample(
+                &samples,
+                "victron_poller_consecutive_failures",
+                Some(device)
+            ),
+            0.0
+        );
         assert_eq!(
             sample(&samples, "victron_poller_device_up", Some(device)),
             1.0
@@ -347,30 +389,34 @@ async fn healthz_and_metrics_follow_device_and_database_outages() {
             "victron_poller_last_success_age_seconds",
             Some(device),
         );
-        assert!((0.0..5.0).contains(&age), "{device}: {age}");
+        assert!(
+            (0.0..2.0).contains(&age),
+            "{device}: {age} s, polled every 0.2 s"
+        );
     }
     assert_eq!(sample(&samples, "victron_poller_health", None), 0.0);
     assert_eq!(sample(&samples, "victron_poller_database_up", None), 1.0);
-    for name in [
-        "victron_poller_store_readings",
-        "victron_poller_store_oldest_age_seconds",
-        "victron_poller_rows_forwarded_total",
-        "victron_poller_forward_errors_total",
-        "victron_poller_retention_runs_total",
-    ] {
-        sample(&samples, name, None);
-    }
-    wait_for("rows forwarded", Duration::from_secs(10), async || {
-        let page = tokio::task::spawn_blocking(move || http_get(addr, "/metrics"))
-            .await
-            .unwrap();
-        sample(
-            &parse_metrics(&page.1),
-            "victron_poller_rows_forwarded_total",
-            None,
-        ) > 0.0
-    })
-    .await;
+    assert_eq!(sample(&samples, "victron_poller_store_readings", None), 0.0);
+    assert_eq!(
+        sample(&samples, "victron_poller_store_oldest_age_seconds", None),
+        0.0
+    );
+    // What PostgreSQL held just before and just after the page was made.
+    let forwarded = sample(&samples, "victron_poller_rows_forwarded_total", None);
+    assert!(
+        forwarded_before as f64 <= forwarded && forwarded <= forwarded_after as f64,
+        "{forwarded} rows forwarded; {forwarded_before} then {forwarded_after} in PostgreSQL"
+    );
+    assert_eq!(
+        sample(&samples, "victron_poller_forward_errors_total", None),
+        0.0
+    );
+    // Two retention runs, both due at start and then hourly: the local
+    // store's and the database's (recorded in PostgreSQL, waited for above).
+    assert_eq!(
+        sample(&samples, "victron_poller_retention_runs_total", None),
+        2.0
+    );
     assert_eq!(
         tokio::task::spawn_blocking(move || http_get(addr, "/nope"))
             .await
@@ -380,8 +426,8 @@ async fn healthz_and_metrics_follow_device_and_database_outages() {
     );
 
     // Every device offline (exception 0x0A): down within a cycle or two.
-    for unit in UNITS {
-        sim.set_offline(unit, true);
+    for device in SITE {
+        sim.set_offline(device.unit_id, true);
     }
     let body = wait_health(addr, 503, Duration::from_secs(5)).await;
     assert_eq!(body["health"], "down", "{body}");
@@ -389,22 +435,59 @@ async fn healthz_and_metrics_follow_device_and_database_outages() {
     sim.clear_faults();
     wait_health(addr, 200, Duration::from_secs(5)).await;
 
-    // The database unreachable: degraded at first, down after 10 s.
+    // The database unreachable: degraded at first, down once it has been
+    // unreachable for 10 s (`database_down_after`: three 200 ms poll
+    // intervals, at least 10 s), and not before.
     proxy.cut();
-    let body = wait_health(addr, 503, Duration::from_secs(25)).await;
-    assert!(
-        body["reasons"]
+    let cut = Instant::now();
+    let mut degraded_at = None;
+    let down_at = loop {
+        let (code, body) = healthz(addr).await;
+        let elapsed = cut.elapsed();
+        let unreachable = body["reasons"]
             .to_string()
-            .contains("the database has been unreachable"),
-        "{body}"
+            .contains("the database has been unreachable");
+        if code == 503 {
+            assert!(unreachable, "{body}");
+            break elapsed;
+        }
+        if unreachable && degraded_at.is_none() {
+            assert_eq!(body["health"], "degraded", "{body}");
+            degraded_at = Some(elapsed);
+        }
+        assert!(
+            elapsed < Duration::from_secs(25),
+            "not down 25 s after the cut: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let degraded_at = degraded_at.expect("degraded before down");
+    eprintln!("cut → degraded {degraded_at:?}, → down {down_at:?}");
+    assert!(
+        down_at >= Duration::from_secs(10),
+        "down {down_at:?} after the cut, before the database was unreachable for 10 s"
     );
-    let page = tokio::task::spawn_blocking(move || http_get(addr, "/metrics"))
-        .await
-        .unwrap();
-    let samples = parse_metrics(&page.1);
+    assert!(
+        down_at - degraded_at >= Duration::from_secs(9),
+        "degraded {degraded_at:?}, down {down_at:?} after the cut"
+    );
+    let samples = metrics().await;
+    let since_cut = cut.elapsed().as_secs_f64();
     assert_eq!(sample(&samples, "victron_poller_database_up", None), 0.0);
     assert_eq!(sample(&samples, "victron_poller_health", None), 2.0);
-    assert!(sample(&samples, "victron_poller_store_readings", None) > 0.0);
+    // What waits was polled since the cut, or in the batch open at the cut
+    // (it closes after 1 s): the store was empty before. Four devices, a
+    // poll every 200 ms.
+    let waiting = sample(&samples, "victron_poller_store_readings", None);
+    assert!(
+        (1.0..=4.0 * ((since_cut + 1.0) / 0.2 + 2.0)).contains(&waiting),
+        "{waiting} readings waiting {since_cut:.1} s after the cut"
+    );
+    let oldest = sample(&samples, "victron_poller_store_oldest_age_seconds", None);
+    assert!(
+        (since_cut - 5.0..=since_cut + 1.5).contains(&oldest),
+        "the oldest waiting reading is {oldest} s old, {since_cut:.1} s after the cut"
+    );
     assert!(sample(&samples, "victron_poller_forward_errors_total", None) > 0.0);
     proxy.restore();
     let body = wait_health(addr, 200, Duration::from_secs(60)).await;
@@ -412,6 +495,16 @@ async fn healthz_and_metrics_follow_device_and_database_outages() {
 
     sigterm(&daemon);
     assert_eq!(wait_exit(&mut daemon, Duration::from_secs(20)), 0);
+}
+
+/// Readings waiting in the local store at `state`, read while the daemon
+/// runs (`None` while it cannot be opened).
+#[cfg(feature = "servers")]
+async fn local_depth(state: &Path) -> Option<i64> {
+    let store = LocalStore::open_read_only(state).await.ok()?;
+    let depth = store.depth().await.ok().map(|b| b.readings);
+    store.close().await;
+    depth
 }
 
 /// Two daemons configured for the same GX and the same database: one polls,
@@ -482,7 +575,7 @@ async fn fail_over(route: Route) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let b_status = store_status(&state_b).await;
-    for device in ["gx", "bank", "mppt", "multi"] {
+    for device in site_device_names() {
         assert_eq!(
             successful_polls(&b_status, device),
             0,

@@ -10,8 +10,8 @@
 
 use std::time::Duration;
 
-use crate::daemon::simulator;
-use crate::helpers::Systemd;
+use crate::helpers::simulator::simulator;
+use crate::helpers::systemd::Systemd;
 
 const CONFIG: &str = "/etc/victron-poller/victron-poller.toml";
 

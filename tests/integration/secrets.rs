@@ -10,12 +10,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::daemon::{
+#[cfg(feature = "servers")]
+use crate::helpers::database::{Flavour, TestDb};
+use crate::helpers::process::{
     log_of, sigterm, spawn_daemon_with, store_status, try_store_status, wait_exit, wait_for,
 };
-#[cfg(feature = "servers")]
-use crate::helpers::{Flavour, TestDb};
-use crate::helpers::{run_cli, texts};
+use crate::helpers::process::{run_cli, texts};
 
 const SECRET: &str = "hunter2-in-the-query";
 

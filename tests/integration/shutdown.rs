@@ -8,9 +8,8 @@ use std::time::{Duration, Instant};
 
 use victron_poller::store::LocalStore;
 
-use crate::daemon::{
-    log_of, sigterm, simulator, spawn_daemon_with, wait_exit, wait_for, write_config,
-};
+use crate::helpers::process::{log_of, sigterm, spawn_daemon_with, wait_exit, wait_for};
+use crate::helpers::simulator::{simulator, write_config};
 
 /// Readings waiting in the local store at `state`.
 async fn stored(state: &Path) -> i64 {
@@ -62,7 +61,7 @@ async fn with_the_database_out_of_reach_a_stop_does_not_wait_to_drain() {
 #[cfg(feature = "servers")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_signal_stops_at_once_and_keeps_the_store() {
-    use crate::helpers::{Flavour, TcpProxy, TestDb, server_address, url_via};
+    use crate::helpers::database::{Flavour, TcpProxy, TestDb, server_address, url_via};
     let db = TestDb::create(Flavour::Timescale).await;
     db.migrate().await;
     let proxy = TcpProxy::start(server_address(&db.url)).await;

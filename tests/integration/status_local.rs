@@ -11,7 +11,7 @@ use victron_poller::report::Snapshot;
 use victron_poller::status::StatusBoard;
 use victron_poller::store::{LocalStore, STATUS_NAME};
 
-use crate::helpers::{run_cli, texts};
+use crate::helpers::process::{run_cli, texts};
 
 /// The status document of a daemon polling `bank` and `mppt`, both last
 /// successful at `at`.

@@ -12,8 +12,8 @@
 
 use std::time::Duration;
 
-use crate::environment_file::{ENV_FILE, t_variables};
-use crate::helpers::Systemd;
+use crate::helpers::env_file::{ENV_FILE, t_variables};
+use crate::helpers::systemd::Systemd;
 
 const UNIT: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use victron_poller::simulator::gx;
 
-use crate::daemon::simulator;
-use crate::helpers::Systemd;
+use crate::helpers::simulator::simulator;
+use crate::helpers::systemd::Systemd;
 
 const UNIT: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),

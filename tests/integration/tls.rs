@@ -4,8 +4,8 @@
 //! or no CA is refused with a clear error, and the password never shows.
 
 #[cfg(feature = "servers")]
-use crate::helpers::{Flavour, TestDb};
-use crate::helpers::{run_cli, texts};
+use crate::helpers::database::{Flavour, TestDb};
+use crate::helpers::process::{run_cli, texts};
 
 #[cfg(feature = "servers")]
 fn ca(var: &str) -> String {

@@ -14,12 +14,13 @@ use victron_poller::config::{VeDirectConfig, VeDirectPort};
 use victron_poller::reading::{Reading, ReadingTable, SourceKind, Value};
 use victron_poller::sources::vedirect::VeDirectSource;
 use victron_poller::sources::vedirect::codec::{
-    Frame, TextBlock, VeDirectCodec, decode_all, encode_block, encode_hex,
+    Frame, TextBlock, VeDirectCodec, decode_all, encode_block,
 };
 use victron_poller::sources::vedirect::fields::Snapshot;
 use victron_poller::status::{ErrorClass, StatusBoard};
 
-use crate::helpers::wait_for_status;
+use crate::helpers::process::wait_for_status;
+use crate::helpers::simulator::bmv_cycle;
 
 fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(format!(
@@ -408,32 +409,6 @@ async fn a_pty_and_a_tcp_socket_give_the_same_readings_as_the_capture() {
     }
 }
 
-/// A SmartShunt's cycle (a text block, a HEX frame, its history block)
-/// whose voltage counts `n`: 26.000 V + n mV.
-pub fn bmv_cycle(n: u32) -> Vec<u8> {
-    let mut bytes = encode_block(&[
-        ("PID", "0xA389"),
-        ("V", &format!("{}", 26000 + n)),
-        ("I", "-1500"),
-        ("P", "-39"),
-        ("CE", "-12000"),
-        ("SOC", "950"),
-        ("TTG", "-1"),
-        ("Alarm", "OFF"),
-        ("AR", "0"),
-        ("BMV", "SmartShunt 500A/50mV"),
-        ("FW", "0414"),
-        ("MON", "0"),
-    ]);
-    bytes.extend(encode_hex(0xA, &[0x50, 0x10, 0x00, 0x01]));
-    bytes.extend(encode_block(&[
-        ("H1", "-50000"),
-        ("H2", "-10000"),
-        ("H4", "12"),
-    ]));
-    bytes
-}
-
 #[tokio::test]
 async fn an_unplugged_bridge_is_reopened_and_the_gap_reported() {
     let OnTcp {
@@ -612,15 +587,18 @@ fn readings_map_to_their_tables() {
     assert!(columns.iter().any(|(c, _)| *c == "charge_state"));
 }
 
-/// The built-in simulator's stream, through a TCP socket into the source.
+/// The built-in simulator's stream, through a TCP socket into the source:
+/// one reading per poll interval (200 ms), not one per cycle (every 50 ms),
+/// each from a newer cycle than the reading before it.
 #[tokio::test]
-async fn the_simulators_stream_gives_readings() {
+async fn the_simulators_stream_gives_one_reading_per_poll_interval() {
     use victron_poller::simulator::vedirect::{SimDevice, VeDirectSim};
+    const POLL: Duration = Duration::from_millis(200);
+    const CYCLES: u32 = 30;
     for (device, table) in [
         (SimDevice::Bmv, ReadingTable::Battery),
         (SimDevice::Mppt, ReadingTable::Solar),
     ] {
-        // One reading per 200 ms poll interval while cycles arrive every 50 ms.
         let OnTcp {
             mut socket,
             mut rx,
@@ -629,18 +607,43 @@ async fn the_simulators_stream_gives_readings() {
             task,
             ..
         } = source_on_tcp(|c| VeDirectConfig {
-            poll_interval: Duration::from_millis(200),
+            poll_interval: POLL,
             ..c
         })
         .await;
         let mut sim = VeDirectSim::new(device, 0.0, 3);
-        for _ in 0..30 {
+        let started = std::time::Instant::now();
+        for _ in 0..CYCLES {
             socket.write_all(&sim.next_cycle()).await.unwrap();
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let readings = collect(&mut rx, 3).await;
-        assert_eq!(readings.len(), 3, "{device:?}: {:?}", status.get("dev"));
+        // The last cycle is sent at the next tick at the latest.
+        tokio::time::sleep(POLL + Duration::from_millis(50)).await;
+        let streamed = started.elapsed();
+        let mut readings = Vec::new();
+        while let Ok(reading) = rx.try_recv() {
+            readings.push(reading);
+        }
+        // A tick every 200 ms while cycles arrived; the first tick may come
+        // before the first complete cycle, and a tick may be late or skipped
+        // on a loaded machine: one or two either way.
+        let ticks = (streamed.as_secs_f64() / POLL.as_secs_f64()).round() as usize;
+        assert!(
+            (ticks - 2..=ticks + 1).contains(&readings.len()),
+            "{device:?}: {} readings in {streamed:?} of {CYCLES} cycles, {ticks} ticks: {:?}",
+            readings.len(),
+            status.get("dev")
+        );
         assert!(readings.iter().all(|r| r.table == table));
+        // Each from a newer cycle: none sent twice.
+        for pair in readings.windows(2) {
+            assert!(
+                pair[1].measured_at > pair[0].measured_at,
+                "{device:?}: {} then {}",
+                pair[0].measured_at,
+                pair[1].measured_at
+            );
+        }
         cancel.cancel();
         task.await.unwrap();
     }

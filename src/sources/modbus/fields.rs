@@ -315,7 +315,7 @@ pub(crate) fn specs(class: ModbusClass) -> &'static [FieldSpec] {
 }
 
 /// The reading table of a class.
-pub(crate) fn table(class: ModbusClass) -> ReadingTable {
+pub fn table(class: ModbusClass) -> ReadingTable {
     match class {
         ModbusClass::System => ReadingTable::System,
         ModbusClass::Battery => ReadingTable::Battery,

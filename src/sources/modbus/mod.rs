@@ -32,7 +32,7 @@
 mod connect;
 mod cycle;
 mod error;
-pub(crate) mod fields;
+pub mod fields;
 pub(crate) mod probe;
 pub(crate) mod transport;
 

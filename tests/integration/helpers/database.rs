@@ -1,27 +1,22 @@
-//! Shared test plumbing: the real PostgreSQL servers started by
-//! `scripts/test` (and the PgBouncer in front of each), a fresh database per
-//! test, the built binary, and a catalog snapshot to compare schemas.
+//! The test PostgreSQL servers `scripts/test` starts (and the PgBouncer in
+//! front of each): a fresh database per test, dropped when it ends; queries
+//! a test asks of it; a TCP proxy to break the link to it; the outage
+//! server a test stops and starts; the library's pool as the daemon opens it.
 //!
-//! A test that cannot reach its server fails with a message saying how to
-//! start the servers; it never passes silently. Those tests, and what only
-//! they use here, are built with the `servers` feature (`scripts/test`
-//! enables it); every database a test creates is dropped when it ends.
+//! Built with the `servers` feature only. A test that cannot reach its
+//! server fails with a message saying how to start the servers; it never
+//! passes silently.
 
-#[cfg(feature = "servers")]
-use std::process::Stdio;
-use std::process::{Command, Output};
-#[cfg(feature = "servers")]
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-#[cfg(feature = "servers")]
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-#[cfg(feature = "servers")]
 use sqlx::{Connection, PgConnection};
-#[cfg(feature = "servers")]
 use victron_poller::config::{Config, DatabaseConfig};
 
+use super::process::successful_polls;
+
 /// The server flavours of `schema.md`.
-#[cfg(feature = "servers")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flavour {
     /// PostgreSQL 17 + TimescaleDB (preloaded, Apache edition) + pgvector.
@@ -32,7 +27,6 @@ pub enum Flavour {
     Plain,
 }
 
-#[cfg(feature = "servers")]
 impl Flavour {
     pub const ALL: [Flavour; 3] = [Flavour::Timescale, Flavour::NoPreload, Flavour::Plain];
 
@@ -73,7 +67,6 @@ impl Flavour {
 }
 
 /// How a daemon reaches its database in a test.
-#[cfg(feature = "servers")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
     /// Straight to the server.
@@ -82,7 +75,6 @@ pub enum Route {
     PgBouncer,
 }
 
-#[cfg(feature = "servers")]
 impl Route {
     /// The URL of `db` by this route.
     pub fn url(self, db: &TestDb) -> String {
@@ -107,7 +99,6 @@ impl Route {
 
 /// A database created for one test on one server, dropped when it goes out
 /// of scope (at the end of the test, passed or failed).
-#[cfg(feature = "servers")]
 #[derive(Debug)]
 pub struct TestDb {
     pub flavour: Flavour,
@@ -117,10 +108,8 @@ pub struct TestDb {
     server: String,
 }
 
-#[cfg(feature = "servers")]
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-#[cfg(feature = "servers")]
 impl TestDb {
     /// Creates an empty database with a unique name.
     pub async fn create(flavour: Flavour) -> TestDb {
@@ -256,7 +245,6 @@ impl TestDb {
     }
 }
 
-#[cfg(feature = "servers")]
 impl Drop for TestDb {
     fn drop(&mut self) {
         drop_database(&self.server, &self.name);
@@ -269,7 +257,6 @@ impl Drop for TestDb {
 /// own runtime: it is called from `Drop`, which is synchronous and may run
 /// inside a test's runtime. After a failed test with `VP_PG_KEEP_DATA=1`
 /// (as `scripts/test` documents it), the database is kept to look at.
-#[cfg(feature = "servers")]
 pub fn drop_database(server_url: &str, name: &str) {
     if std::thread::panicking() && std::env::var_os("VP_PG_KEEP_DATA").is_some_and(|v| v == "1") {
         return;
@@ -294,52 +281,27 @@ pub fn drop_database(server_url: &str, name: &str) {
 }
 
 /// Drops a database a test created by hand, when it goes out of scope.
-#[cfg(feature = "servers")]
 #[derive(Debug)]
 pub struct DropDatabaseOnExit {
     pub server_url: String,
     pub name: String,
 }
 
-#[cfg(feature = "servers")]
 impl Drop for DropDatabaseOnExit {
     fn drop(&mut self) {
         drop_database(&self.server_url, &self.name);
     }
 }
 
-/// Runs the built binary with a clean environment plus `env`.
-pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_victron-poller"));
-    command
-        .args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default());
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    command.output().expect("run victron-poller")
-}
-
-/// Standard output and error of a finished command, as text.
-pub fn texts(output: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
-
 /// A TCP proxy in front of a server, to break the network between a daemon
 /// and its database the ways a flaky link does: cut (connections closed,
 /// both ends notice at once) or frozen (nothing passes, nobody is told).
-#[cfg(feature = "servers")]
 #[derive(Debug)]
 pub struct TcpProxy {
     addr: std::net::SocketAddr,
     state: std::sync::Arc<std::sync::Mutex<ProxyState>>,
 }
 
-#[cfg(feature = "servers")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ProxyMode {
     Open,
@@ -347,7 +309,6 @@ enum ProxyMode {
     Frozen,
 }
 
-#[cfg(feature = "servers")]
 #[derive(Debug)]
 struct ProxyState {
     mode: ProxyMode,
@@ -357,7 +318,6 @@ struct ProxyState {
     held: Vec<tokio::net::TcpStream>,
 }
 
-#[cfg(feature = "servers")]
 impl TcpProxy {
     /// Listens on a free loopback port and forwards to `upstream`.
     pub async fn start(upstream: std::net::SocketAddr) -> TcpProxy {
@@ -433,6 +393,14 @@ impl TcpProxy {
         self.set(ProxyMode::Frozen);
     }
 
+    /// A link down for `length`: [`Self::cut`], then [`Self::restore`].
+    #[cfg(feature = "system-tools")]
+    pub async fn outage(&self, length: Duration) {
+        self.cut();
+        tokio::time::sleep(length).await;
+        self.restore();
+    }
+
     /// Lets connections through again (held ones are closed: their peers
     /// time out or see them end, as after a real outage).
     pub fn restore(&self) {
@@ -441,14 +409,12 @@ impl TcpProxy {
 }
 
 /// The host:port of a test server's URL.
-#[cfg(feature = "servers")]
 pub fn server_address(url: &str) -> std::net::SocketAddr {
     let after_user = url.split_once('@').unwrap().1;
     after_user.split_once('/').unwrap().0.parse().unwrap()
 }
 
 /// `url` with its host and port replaced by `addr`.
-#[cfg(feature = "servers")]
 pub fn url_via(url: &str, addr: std::net::SocketAddr) -> String {
     let (scheme, rest) = url.split_once("://").unwrap();
     let (userinfo, rest) = rest.split_once('@').unwrap();
@@ -456,184 +422,94 @@ pub fn url_via(url: &str, addr: std::net::SocketAddr) -> String {
     format!("{scheme}://{userinfo}@{addr}/{path}")
 }
 
-/// A blocking HTTP/1.1 GET: (status code, body).
-pub fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    try_http_get(addr, path).unwrap_or_else(|e| panic!("GET {path} from {addr}: {e}"))
+/// Rows in `victron.{table}` of `db`.
+pub async fn rows(db: &TestDb, table: &str) -> i64 {
+    db.scalar_i64(&format!("SELECT count(*) FROM victron.{table}"))
+        .await
 }
 
-/// [`http_get`], with an error instead of a panic when nothing answers (yet)
-/// or the answer is no HTTP response.
-pub fn try_http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    use std::io::{Read as _, Write as _};
-    let invalid = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
-    let mut stream = std::net::TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| invalid(format!("no HTTP header end: {response:?}")))?;
-    let code = head
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| invalid(format!("no status: {head}")))?;
-    Ok((code, body.to_string()))
-}
-
-/// Waits until `device`'s status on `board` satisfies `done` (at most 10 s),
-/// and returns that status.
-pub async fn wait_for_status(
-    board: &victron_poller::status::StatusBoard,
-    device: &str,
-    what: &str,
-    done: impl Fn(&victron_poller::status::DeviceStatus) -> bool,
-) -> victron_poller::status::DeviceStatus {
-    let start = std::time::Instant::now();
-    loop {
-        if let Some(status) = board.get(device).filter(&done) {
-            return status;
-        }
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(10),
-            "timed out waiting for {what}: {:?}",
-            board.get(device)
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+/// Every successful poll the status document `doc` counts for each
+/// `(device, table)` is one row in PostgreSQL: none lost, none twice.
+pub async fn assert_every_poll_stored_once(
+    db: &TestDb,
+    doc: &serde_json::Value,
+    devices: &[(&str, &str)],
+    context: &str,
+) {
+    for (device, table) in devices {
+        let in_db = db
+            .scalar_i64(&format!(
+                "SELECT count(*) FROM victron.{table} WHERE device = '{device}'"
+            ))
+            .await;
+        assert_eq!(in_db, successful_polls(doc, device), "{context} {device}");
     }
 }
 
-/// `scripts/systemd-ns.sh`: boots systemd in a namespace of its own.
-#[cfg(feature = "servers")]
-const SYSTEMD_NS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/systemd-ns.sh");
-
-/// One systemd namespace at a time: they would share this machine's cgroup
-/// tree, and two systemds managing the same unit's cgroup break each other.
-#[cfg(feature = "servers")]
-static ONE_SYSTEMD: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// A systemd in its own namespace, stopped when dropped.
-#[cfg(feature = "servers")]
-pub struct Systemd {
-    pid: String,
-    _turn: std::sync::MutexGuard<'static, ()>,
+/// The library's pool for `db` by `route`, as the daemon opens it.
+pub async fn daemon_pool(db: &TestDb, route: Route) -> sqlx::PgPool {
+    let env = route.daemon_env(&route.url(db));
+    let env = env.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    let config = Config::load_with_env(None, env).unwrap();
+    victron_poller::db::connect(config.database.as_ref().unwrap())
+        .await
+        .unwrap()
 }
 
-#[cfg(feature = "servers")]
-impl Systemd {
-    pub fn boot() -> Systemd {
-        // A test that failed while holding it has stopped its systemd.
-        let turn = ONE_SYSTEMD.lock().unwrap_or_else(|e| e.into_inner());
-        let output = Command::new("bash")
-            .args([SYSTEMD_NS, "start", "600"])
-            .output()
-            .expect("run scripts/systemd-ns.sh");
-        assert!(
-            output.status.success(),
-            "systemd did not boot in its namespace (root and systemd needed: scripts/test): {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        Systemd {
-            pid: String::from_utf8(output.stdout).unwrap().trim().to_string(),
-            _turn: turn,
+/// The server the outage tests stop and start (`outage` in
+/// `scripts/test-databases.sh`; `TEST_OUTAGE_SERVER` is
+/// `user:pg_ctl:data directory`).
+#[derive(Debug)]
+pub struct OutageServer {
+    user: String,
+    pg_ctl: String,
+    data: String,
+    /// Its admin URL (`TEST_DATABASE_URL_OUTAGE`).
+    pub url: String,
+    /// The admin URL of the PgBouncer in front of it.
+    pub pooler_url: String,
+}
+
+impl OutageServer {
+    pub fn from_env() -> OutageServer {
+        let var = |name: &str| {
+            std::env::var(name).unwrap_or_else(|_| {
+                panic!("{name} is not set: run the suite with scripts/test, which starts the test servers")
+            })
+        };
+        let server = var("TEST_OUTAGE_SERVER");
+        let mut parts = server.splitn(3, ':');
+        let mut part = || {
+            parts
+                .next()
+                .expect("TEST_OUTAGE_SERVER is user:pg_ctl:data")
+        };
+        OutageServer {
+            user: part().to_string(),
+            pg_ctl: part().to_string(),
+            data: part().to_string(),
+            url: var("TEST_DATABASE_URL_OUTAGE"),
+            pooler_url: var("TEST_PGBOUNCER_URL_OUTAGE"),
         }
     }
 
-    /// Runs `args` inside, with `stdin` as its input.
-    pub fn run_with(&self, args: &[&str], stdin: Stdio) -> Output {
-        Command::new("bash")
-            .args([SYSTEMD_NS, "run", &self.pid])
-            .args(args)
-            .stdin(stdin)
-            .output()
-            .unwrap()
+    fn pg_ctl(&self, action: &str) {
+        let status = Command::new("runuser")
+            .args(["-u", &self.user, "--", &self.pg_ctl, "-D", &self.data])
+            .args(["-m", "fast", "-w", "-l"])
+            .arg(format!("{}/server.log", self.data))
+            .arg(action)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "pg_ctl {action}");
     }
 
-    pub fn run(&self, args: &[&str]) -> Output {
-        self.run_with(args, Stdio::null())
-    }
-
-    pub fn sh(&self, script: &str) -> String {
-        let output = self.run(&["sh", "-c", script]);
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    }
-
-    /// Writes `contents` to `path` inside.
-    pub fn write(&self, path: &str, contents: &[u8], mode: &str) {
-        let file = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(file.path(), contents).unwrap();
-        let output = self.run_with(
-            &[
-                "sh",
-                "-c",
-                &format!("mkdir -p \"$(dirname {path})\" && cat > {path} && chmod {mode} {path}"),
-            ],
-            Stdio::from(std::fs::File::open(file.path()).unwrap()),
-        );
-        assert!(output.status.success(), "write {path}: {output:?}");
-    }
-
-    pub fn systemctl(&self, args: &[&str]) -> Output {
-        let mut all = vec!["systemctl"];
-        all.extend_from_slice(args);
-        self.run(&all)
-    }
-
-    /// One property of the unit (`systemctl show -p NAME --value`).
-    pub fn property(&self, name: &str) -> String {
-        let output = self.systemctl(&["show", "-p", name, "--value", "victron-poller"]);
-        String::from_utf8_lossy(&output.stdout).trim().to_string()
-    }
-
-    pub fn journal(&self, extra: &[&str]) -> String {
-        let mut args = vec![
-            "journalctl",
-            "-u",
-            "victron-poller",
-            "--no-pager",
-            "-o",
-            "cat",
-        ];
-        args.extend_from_slice(extra);
-        String::from_utf8_lossy(&self.run(&args).stdout).into_owned()
-    }
-
-    /// Waits until `check` holds, showing the unit's state and journal if not.
-    pub fn wait(&self, what: &str, limit: Duration, check: impl Fn(&Systemd) -> bool) {
-        let start = Instant::now();
-        while !check(self) {
-            assert!(
-                start.elapsed() < limit,
-                "timed out waiting for {what}: {} {} NRestarts={}\n{}",
-                self.property("ActiveState"),
-                self.property("SubState"),
-                self.property("NRestarts"),
-                self.journal(&[])
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// Readings in the service's local store, by `status --json` (-1 when
-    /// it cannot tell).
-    pub fn readings_stored(&self) -> i64 {
-        let out = self.sh("victron-poller status --json --state-dir /var/lib/victron-poller");
-        serde_json::from_str::<serde_json::Value>(&out)
-            .ok()
-            .and_then(|v| v["readings_stored"].as_i64())
-            .unwrap_or(-1)
-    }
-}
-
-#[cfg(feature = "servers")]
-impl Drop for Systemd {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .args([SYSTEMD_NS, "stop", &self.pid])
-            .status();
+    /// Stops the server for `length` (a fast shutdown: sessions are ended),
+    /// then starts it again and waits until it accepts connections.
+    pub async fn outage(&self, length: Duration) {
+        self.pg_ctl("stop");
+        tokio::time::sleep(length).await;
+        self.pg_ctl("start");
     }
 }
