@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 
-use super::server::{READING_TABLES, StorageMode};
+use super::server::{StorageMode, reading_table_names};
 
 /// What one retention run removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -31,7 +31,7 @@ pub async fn run(
 ) -> Result<RetentionOutcome, sqlx::Error> {
     let window_s = i64::try_from(window.as_secs()).unwrap_or(i64::MAX);
     let mut outcome = RetentionOutcome::default();
-    for table in READING_TABLES {
+    for table in reading_table_names() {
         match mode {
             StorageMode::TimescaleDb | StorageMode::TimescaleDbApache => {
                 let dropped: i64 = sqlx::query_scalar(

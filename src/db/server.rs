@@ -11,13 +11,12 @@ use std::fmt;
 use serde::Serialize;
 use sqlx::PgConnection;
 
-/// The four reading tables, in schema `victron`.
-pub(crate) const READING_TABLES: [&str; 4] = [
-    "battery_readings",
-    "solar_readings",
-    "inverter_readings",
-    "system_readings",
-];
+use crate::reading::ReadingTable;
+
+/// The four reading tables' names, in schema `victron`.
+pub(crate) fn reading_table_names() -> [&'static str; 4] {
+    ReadingTable::ALL.map(ReadingTable::name)
+}
 
 /// The rollup tables, in schema `victron`, with the chunk interval each
 /// gets as a hypertable (about a hundred thousand rows per chunk for a
@@ -196,7 +195,7 @@ impl SchemaState {
                AND c.relname = ANY($1) AND c.relkind IN ('r', 'p')
              ORDER BY 1",
         )
-        .bind(&READING_TABLES[..])
+        .bind(&reading_table_names()[..])
         .fetch_all(&mut *conn)
         .await?;
 
@@ -211,7 +210,7 @@ impl SchemaState {
                  WHERE h.hypertable_schema = 'victron' AND h.hypertable_name = ANY($1)
                  ORDER BY 1",
             )
-            .bind(&READING_TABLES[..])
+            .bind(&reading_table_names()[..])
             .fetch_all(&mut *conn)
             .await?;
             let policies = sqlx::query_as(
@@ -221,7 +220,7 @@ impl SchemaState {
                    AND hypertable_name = ANY($1)
                  ORDER BY 1",
             )
-            .bind(&READING_TABLES[..])
+            .bind(&reading_table_names()[..])
             .fetch_all(&mut *conn)
             .await?;
             (hypertables, policies)

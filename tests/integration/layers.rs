@@ -1,5 +1,7 @@
 //! The crate's imports follow the data: no module imports one above it in
-//! [`LAYERS`], and no cycle at any level of the module tree.
+//! [`LAYERS`], and no cycle at any level of the module tree; and no source
+//! file grows past [`MOST_LINES`] lines of code (the daemon's wiring past
+//! [`MOST_WIRING_LINES`]).
 //!
 //! Read from the source text (`use crate::…`, `use super::…` and paths
 //! written inline), so that the rule holds without a tool: a module is a
@@ -30,6 +32,12 @@ const LAYERS: &[&[&str]] = &[
     &["reading", "registers", "config"],
     &["clock", "schedule", "signals"],
 ];
+
+/// The most lines of non-test code in one source file.
+const MOST_LINES: usize = 600;
+
+/// The most lines of `src/daemon/mod.rs`, the wiring of `run`.
+const MOST_WIRING_LINES: usize = 300;
 
 type Module = Vec<String>;
 
@@ -369,4 +377,30 @@ fn the_check_sees_an_import_and_a_cycle() {
         .map(|(a, b)| (a.to_owned(), b.to_owned()))
         .collect();
     assert_eq!(find_cycle(&edges).unwrap(), ["a", "b", "c", "a"]);
+}
+
+#[test]
+fn no_source_file_is_over_its_limit() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut over = Vec::new();
+    for (_, path) in source_files(&src) {
+        let text = std::fs::read_to_string(&path).expect("read source");
+        let lines = text.lines().collect::<Vec<_>>();
+        let code = lines
+            .windows(2)
+            .position(|pair| pair[0].trim() == "#[cfg(test)]" && pair[1].starts_with("mod "))
+            .unwrap_or(lines.len());
+        let limit = if path.ends_with("daemon/mod.rs") {
+            MOST_WIRING_LINES
+        } else {
+            MOST_LINES
+        };
+        if code > limit {
+            over.push(format!(
+                "{}: {code} lines of code (at most {limit})",
+                path.display()
+            ));
+        }
+    }
+    assert!(over.is_empty(), "{}", over.join("\n"));
 }
