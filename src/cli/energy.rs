@@ -72,7 +72,7 @@ pub(crate) async fn exec(
         }
         None => {
             let dir = context.store_dir(args.state_dir.clone());
-            let store = crate::store::LocalStore::open_read_only(&dir).await?;
+            let store = crate::store::StoreReader::open(&dir).await?;
             let days = crate::history::local::energy(
                 &store,
                 config.site.timezone,

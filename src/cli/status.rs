@@ -22,7 +22,7 @@ use crate::db::status_rows::{self, PollerView};
 use crate::report::Snapshot;
 use crate::report::health::{self, Health, Level};
 use crate::status::DeviceStatus;
-use crate::store::{LocalStore, STATUS_NAME};
+use crate::store::{STATUS_NAME, StoreReader};
 
 /// Options of `status`.
 #[derive(Debug, Args)]
@@ -258,7 +258,7 @@ async fn local_view(
         };
         return Ok((health, report));
     }
-    let store = LocalStore::open_read_only(dir).await?;
+    let store = StoreReader::open(dir).await?;
     let saved = store.load_status(STATUS_NAME).await?;
     let since = Utc::now() - chrono::Duration::hours(1);
     let counts = store.counts_since(since).await?;

@@ -346,7 +346,7 @@ pub(crate) fn sites_of<'a>(sites: impl IntoIterator<Item = &'a String>) -> Vec<S
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::history::sqlite::LocalRollups;
+    use crate::history::sqlite::{LocalRollups, StoredRollups};
     use crate::reading::{Reading, ReadingTable, SourceKind, Value};
     use crate::store::LocalStore;
     use chrono::Duration;
@@ -426,14 +426,15 @@ mod tests {
             let (mut want, want_days) = reference.finish();
             let key = |r: &Rollup| (r.resolution, r.device.clone(), r.metric, r.bucket);
             want.sort_by_key(key);
+            let stored = StoredRollups(crate::store::StoreReader::clone(&store));
             let mut got = Vec::new();
             for resolution in Resolution::ALL {
-                got.extend(rows.rollups(resolution, start, end).await.unwrap());
+                got.extend(stored.rollups(resolution, start, end).await.unwrap());
             }
             got.sort_by_key(key);
             assert_eq!(got.len(), want.len(), "{tz}");
             assert!(got == want, "{tz}: the rollups differ");
-            let kept = rows.energy_days().await.unwrap();
+            let kept = stored.energy_days().await.unwrap();
             let kept = kept.iter().find(|d| d.energy.day == day).unwrap();
             assert!(kept.is_complete(tz), "{tz}");
             assert_eq!(kept.energy, want_days[0], "{tz}");

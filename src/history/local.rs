@@ -9,16 +9,16 @@ use std::collections::BTreeMap;
 use chrono_tz::Tz;
 
 use super::aggregate::{Aggregator, DayEnergy};
-use crate::store::{LocalStore, StoreError};
+use crate::store::{StoreError, StoreReader};
 
 /// Every local day of energy the store knows, oldest first.
 pub(crate) async fn energy(
-    store: &LocalStore,
+    store: &StoreReader,
     tz: Tz,
     max_gap_s: f64,
 ) -> Result<Vec<DayEnergy>, StoreError> {
     let mut days: BTreeMap<_, (DayEnergy, bool)> = BTreeMap::new();
-    for kept in super::sqlite::LocalRollups(store.clone())
+    for kept in super::sqlite::StoredRollups(store.clone())
         .energy_days()
         .await?
     {
@@ -43,7 +43,7 @@ pub(crate) async fn energy(
 /// The days the store's confirmed readings give (read in time order, an
 /// hour at a time).
 async fn from_readings(
-    store: &LocalStore,
+    store: &StoreReader,
     tz: Tz,
     max_gap_s: f64,
 ) -> Result<Vec<DayEnergy>, StoreError> {

@@ -14,7 +14,7 @@ use chrono_tz::Tz;
 use super::aggregate::{Aggregator, DayEnergy, Rollup};
 use super::buckets::{Resolution, day_end, day_start, local_day};
 use super::live::{LiveError, RollupStore, SiteDay};
-use crate::store::{LocalStore, StoreError, from_micros, micros, table_from_name};
+use crate::store::{LocalStore, StoreError, StoreReader, from_micros, micros, table_from_name};
 
 /// A day of energy as the store keeps it, with when it was computed.
 #[derive(Debug, Clone, PartialEq)]
@@ -127,6 +127,136 @@ impl LocalRollups {
         Ok(())
     }
 
+    /// Removes rollups older than their resolution's retention (`keep`,
+    /// finest first; `None`: kept forever) as of `now`; daily energy
+    /// follows the daily rollups. Returns how many rows.
+    pub(crate) async fn expire_history(
+        &self,
+        keep: [Option<std::time::Duration>; 3],
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let mut removed = 0;
+        for (resolution, keep) in Resolution::ALL.into_iter().zip(keep) {
+            let Some(keep) = keep else { continue };
+            let Some(before) = chrono::Duration::from_std(keep)
+                .ok()
+                .and_then(|keep| now.checked_sub_signed(keep))
+            else {
+                continue;
+            };
+            let sql = format!("DELETE FROM {} WHERE bucket_us < ?", resolution.table());
+            removed += crate::store::write::execute(
+                &self.0.pool(),
+                sqlx::query(&sql).bind(micros(before)),
+            )
+            .await?
+            .rows_affected();
+            if resolution == Resolution::Day {
+                removed += crate::store::write::execute(
+                    &self.0.pool(),
+                    sqlx::query("DELETE FROM energy_daily WHERE day < ?")
+                        .bind(before.date_naive().to_string()),
+                )
+                .await?
+                .rows_affected();
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// The live rollups' [`RollupStore`] on a gateway without a database: the
+/// local store's readings and its history tables.
+#[derive(Debug, Clone)]
+pub struct LocalRollups(pub LocalStore);
+
+impl RollupStore for LocalRollups {
+    fn after_the_store(&self) -> bool {
+        false
+    }
+
+    async fn resume_from(&self, tz: Tz, now: DateTime<Utc>) -> DateTime<Utc> {
+        resume_from(&self.0, tz, now).await
+    }
+
+    async fn feed(
+        &self,
+        sites: &[String],
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        aggregator: &mut Aggregator,
+    ) -> Result<u64, LiveError> {
+        let store = &self.0;
+        let mut count = 0;
+        // In spans of minutes: a day read again after a restart is
+        // never one large result. A span that holds nothing skips
+        // to the next reading: a day read from its start on a new
+        // store costs one query, not one per span.
+        let mut start = from;
+        while start < to {
+            let end = (start + chrono::Duration::minutes(10)).min(to);
+            let rows = store.readings_between(start, end).await?;
+            if rows.is_empty() {
+                match store.next_confirmed(end).await? {
+                    Some(next) => start = next.max(end),
+                    None => break,
+                }
+                continue;
+            }
+            for row in rows {
+                if sites.iter().any(|s| **s == *row.reading.site) {
+                    aggregator.push(&row.reading);
+                    count += 1;
+                }
+            }
+            start = end;
+        }
+        Ok(count)
+    }
+
+    async fn write(
+        &self,
+        rollups: &[Rollup],
+        days: &[DayEnergy],
+        whole: &[SiteDay],
+        read_through: DateTime<Utc>,
+        _tz: Tz,
+    ) -> Result<(), LiveError> {
+        self.write_history(rollups, days, whole, read_through)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Where an embedded gateway's live rollups start: the day after the last
+/// day the store holds whole, or the first day of its readings (today when
+/// it has none).
+async fn resume_from(store: &LocalStore, tz: Tz, now: DateTime<Utc>) -> DateTime<Utc> {
+    let today = day_start(local_day(now, tz), tz);
+    let complete = StoredRollups(StoreReader::clone(store))
+        .energy_days()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|d| d.updated_at >= day_end(d.energy.day, tz))
+        .map(|d| d.energy.day)
+        .max();
+    let from = match complete {
+        Some(day) => day_end(day, tz),
+        None => match store.oldest_confirmed().await {
+            Ok(Some(oldest)) => day_start(local_day(oldest, tz), tz),
+            _ => today,
+        },
+    };
+    from.min(today)
+}
+
+/// The rollups and days of energy a local store keeps, read only (for
+/// `energy`, and for where the live rollups resume).
+#[derive(Debug, Clone)]
+pub struct StoredRollups(pub StoreReader);
+
+impl StoredRollups {
     /// Every day of energy the store keeps, oldest first (none in a store
     /// written before it kept energy).
     pub async fn energy_days(&self) -> Result<Vec<StoredDay>, StoreError> {
@@ -218,43 +348,6 @@ impl LocalRollups {
             .collect())
     }
 
-    /// Removes rollups older than their resolution's retention (`keep`,
-    /// finest first; `None`: kept forever) as of `now`; daily energy
-    /// follows the daily rollups. Returns how many rows.
-    pub(crate) async fn expire_history(
-        &self,
-        keep: [Option<std::time::Duration>; 3],
-        now: DateTime<Utc>,
-    ) -> Result<u64, StoreError> {
-        let mut removed = 0;
-        for (resolution, keep) in Resolution::ALL.into_iter().zip(keep) {
-            let Some(keep) = keep else { continue };
-            let Some(before) = chrono::Duration::from_std(keep)
-                .ok()
-                .and_then(|keep| now.checked_sub_signed(keep))
-            else {
-                continue;
-            };
-            let sql = format!("DELETE FROM {} WHERE bucket_us < ?", resolution.table());
-            removed += crate::store::write::execute(
-                &self.0.pool(),
-                sqlx::query(&sql).bind(micros(before)),
-            )
-            .await?
-            .rows_affected();
-            if resolution == Resolution::Day {
-                removed += crate::store::write::execute(
-                    &self.0.pool(),
-                    sqlx::query("DELETE FROM energy_daily WHERE day < ?")
-                        .bind(before.date_naive().to_string()),
-                )
-                .await?
-                .rows_affected();
-            }
-        }
-        Ok(removed)
-    }
-
     async fn has_table(&self, name: &str) -> Result<bool, StoreError> {
         Ok(sqlx::query_scalar(
             "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?",
@@ -263,90 +356,4 @@ impl LocalRollups {
         .fetch_one(&self.0.pool())
         .await?)
     }
-}
-
-/// The live rollups' [`RollupStore`] on a gateway without a database: the
-/// local store's readings and its history tables.
-#[derive(Debug, Clone)]
-pub struct LocalRollups(pub LocalStore);
-
-impl RollupStore for LocalRollups {
-    fn after_the_store(&self) -> bool {
-        false
-    }
-
-    async fn resume_from(&self, tz: Tz, now: DateTime<Utc>) -> DateTime<Utc> {
-        resume_from(&self.0, tz, now).await
-    }
-
-    async fn feed(
-        &self,
-        sites: &[String],
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
-        aggregator: &mut Aggregator,
-    ) -> Result<u64, LiveError> {
-        let store = &self.0;
-        let mut count = 0;
-        // In spans of minutes: a day read again after a restart is
-        // never one large result. A span that holds nothing skips
-        // to the next reading: a day read from its start on a new
-        // store costs one query, not one per span.
-        let mut start = from;
-        while start < to {
-            let end = (start + chrono::Duration::minutes(10)).min(to);
-            let rows = store.readings_between(start, end).await?;
-            if rows.is_empty() {
-                match store.next_confirmed(end).await? {
-                    Some(next) => start = next.max(end),
-                    None => break,
-                }
-                continue;
-            }
-            for row in rows {
-                if sites.iter().any(|s| **s == *row.reading.site) {
-                    aggregator.push(&row.reading);
-                    count += 1;
-                }
-            }
-            start = end;
-        }
-        Ok(count)
-    }
-
-    async fn write(
-        &self,
-        rollups: &[Rollup],
-        days: &[DayEnergy],
-        whole: &[SiteDay],
-        read_through: DateTime<Utc>,
-        _tz: Tz,
-    ) -> Result<(), LiveError> {
-        self.write_history(rollups, days, whole, read_through)
-            .await?;
-        Ok(())
-    }
-}
-
-/// Where an embedded gateway's live rollups start: the day after the last
-/// day the store holds whole, or the first day of its readings (today when
-/// it has none).
-async fn resume_from(store: &LocalStore, tz: Tz, now: DateTime<Utc>) -> DateTime<Utc> {
-    let today = day_start(local_day(now, tz), tz);
-    let complete = LocalRollups(store.clone())
-        .energy_days()
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|d| d.updated_at >= day_end(d.energy.day, tz))
-        .map(|d| d.energy.day)
-        .max();
-    let from = match complete {
-        Some(day) => day_end(day, tz),
-        None => match store.oldest_confirmed().await {
-            Ok(Some(oldest)) => day_start(local_day(oldest, tz), tz),
-            _ => today,
-        },
-    };
-    from.min(today)
 }

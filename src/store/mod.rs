@@ -8,7 +8,10 @@
 //! Values are kept as a JSON array per row, in the order of the reading
 //! table's columns (the reading model's).
 //!
-//! By concern: [`LocalStore`] and its errors here; `open` (options,
+//! Two handles: [`LocalStore`], the daemon's (the file's only writer, it
+//! counts its own writes), and [`StoreReader`] for `status` and `energy`
+//! (nothing created or written). By concern: the handles and their errors
+//! here; `open` (options,
 //! integrity check, recovery from a damaged or deleted file) with
 //! `salvage` (what can be read from a damaged one) and `schema`; `write`
 //! (the one way to write: a transaction closed on error); `readings`
@@ -134,26 +137,35 @@ pub(crate) struct DeviceCount {
     pub(crate) newest: DateTime<Utc>,
 }
 
-/// The local store.
+/// The local store as `status` and `energy` read it: nothing is created or
+/// written. [`LocalStore`], the daemon's handle, reads all of it too.
 #[derive(Debug, Clone)]
-pub struct LocalStore {
+pub struct StoreReader {
     /// Replaced when the file is deleted under the running daemon.
     pool: Arc<std::sync::RwLock<SqlitePool>>,
     path: PathBuf,
-    sync: StoreSync,
-    /// The file's identity when opened (`None`: read-only handle).
-    identity: Arc<std::sync::Mutex<Option<open::FileIdentity>>>,
-    /// What happened to the file lately.
-    incidents: Arc<std::sync::Mutex<Vec<StoreIncident>>>,
     /// The site of readings stored before the store recorded sites (the
     /// column is NULL for them): the configured site.
     legacy_site: Arc<str>,
+}
+
+/// The local store, as the daemon writes it: its file's only writer, so
+/// it keeps counts of its own writes (readings waiting, held, the next
+/// `seq`) instead of asking SQLite. Everything a [`StoreReader`] reads, it
+/// reads too.
+#[derive(Debug, Clone)]
+pub struct LocalStore {
+    reader: StoreReader,
+    sync: StoreSync,
+    /// The file's identity when opened.
+    identity: Arc<std::sync::Mutex<Option<open::FileIdentity>>>,
+    /// What happened to the file lately.
+    incidents: Arc<std::sync::Mutex<Vec<StoreIncident>>>,
     /// A status document waiting to be committed with the next batch.
     staged_status: Arc<std::sync::Mutex<Option<StagedStatus>>>,
     /// How many readings wait to be forwarded, kept by this handle's own
-    /// writes (it is the file's only writer); `None` for a read-only
-    /// handle, which counts.
-    waiting: Option<Arc<std::sync::atomic::AtomicI64>>,
+    /// writes.
+    waiting: Arc<std::sync::atomic::AtomicI64>,
     /// How many readings are held for their time (see [`crate::clock`]):
     /// kept, not forwarded, until re-stamped.
     held: Arc<std::sync::atomic::AtomicI64>,
@@ -169,6 +181,14 @@ pub struct LocalStore {
     /// The measurement time of the oldest waiting reading, as this handle's
     /// writes keep it (asked every poll interval for the status).
     oldest_waiting: Arc<std::sync::Mutex<OldestWaiting>>,
+}
+
+impl std::ops::Deref for LocalStore {
+    type Target = StoreReader;
+
+    fn deref(&self) -> &StoreReader {
+        &self.reader
+    }
 }
 
 impl LocalStore {
@@ -188,14 +208,16 @@ impl LocalStore {
         })?;
         let opened = open::open_or_recover(&path, sync).await?;
         Ok(Self {
-            pool: Arc::new(std::sync::RwLock::new(opened.pool)),
-            path,
+            reader: StoreReader {
+                pool: Arc::new(std::sync::RwLock::new(opened.pool)),
+                path,
+                legacy_site: Arc::from(""),
+            },
             sync,
             identity: Arc::new(std::sync::Mutex::new(opened.identity)),
             incidents: Arc::new(std::sync::Mutex::new(opened.incidents)),
-            legacy_site: Arc::from(""),
             staged_status: Arc::default(),
-            waiting: Some(Arc::new(std::sync::atomic::AtomicI64::new(opened.waiting))),
+            waiting: Arc::new(std::sync::atomic::AtomicI64::new(opened.waiting)),
             held: Arc::new(std::sync::atomic::AtomicI64::new(opened.held)),
             released_from: Arc::default(),
             next_seq: Arc::new(std::sync::atomic::AtomicI64::new(opened.highest_seq + 1)),
@@ -205,16 +227,31 @@ impl LocalStore {
 
     /// Readings stored before the store recorded sites belong to `site`.
     pub(crate) fn with_legacy_site(mut self, site: &str) -> Self {
-        self.legacy_site = Arc::from(site);
+        self.reader.legacy_site = Arc::from(site);
         self
     }
 
+    /// Closes the pool after a checkpoint, so that the file holds
+    /// everything (a reader opens it as immutable when no daemon runs).
+    pub async fn close(&self) {
+        let pool = self.pool();
+        if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&pool)
+            .await
+        {
+            tracing::debug!(%error, "The last checkpoint of the local store failed.");
+        }
+        pool.close().await;
+    }
+}
+
+impl StoreReader {
     /// Opens an existing store for reading only, for `status`: nothing is
     /// created or written, so an administrator's `status` never leaves files
     /// owned by another user in a service's state directory. While a daemon
     /// has the store open, its WAL index is shared; otherwise the file is
     /// read as immutable (everything was checkpointed into it at close).
-    pub async fn open_read_only(dir: &Path) -> Result<Self, StoreError> {
+    pub async fn open(dir: &Path) -> Result<Self, StoreError> {
         let path = dir.join(FILE_NAME);
         let open_error = |source| StoreError::Open {
             path: path.display().to_string(),
@@ -238,16 +275,7 @@ impl LocalStore {
         Ok(Self {
             pool: Arc::new(std::sync::RwLock::new(pool)),
             path,
-            sync: StoreSync::default(),
-            identity: Arc::default(),
-            incidents: Arc::default(),
             legacy_site: Arc::from(""),
-            staged_status: Arc::default(),
-            waiting: None,
-            held: Arc::default(),
-            released_from: Arc::default(),
-            next_seq: Arc::default(),
-            oldest_waiting: Arc::default(),
         })
     }
 
@@ -261,7 +289,7 @@ impl LocalStore {
         self.pool.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Closes the pool, finishing the WAL checkpoint.
+    /// Closes the pool.
     pub async fn close(&self) {
         self.pool().close().await;
     }
@@ -356,7 +384,7 @@ mod tests {
             (1, Some(Utc.timestamp_opt(1_700_000_100, 0).unwrap()))
         );
         // The count this handle keeps is what a reader counts in the file.
-        let reader = LocalStore::open_read_only(dir.path()).await.unwrap();
+        let reader = StoreReader::open(dir.path()).await.unwrap();
         assert_eq!(reader.depth().await.unwrap(), depth);
         reader.close().await;
         store.close().await;

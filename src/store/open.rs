@@ -461,9 +461,8 @@ impl LocalStore {
         let opened = open_or_recover(&self.path, self.sync).await?;
         self.next_seq
             .fetch_max(opened.highest_seq + 1, std::sync::atomic::Ordering::Relaxed);
-        if let Some(waiting) = &self.waiting {
-            waiting.store(opened.waiting, std::sync::atomic::Ordering::Relaxed);
-        }
+        self.waiting
+            .store(opened.waiting, std::sync::atomic::Ordering::Relaxed);
         self.held
             .store(opened.held, std::sync::atomic::Ordering::Relaxed);
         self.count_waiting(0);

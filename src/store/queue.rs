@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 
-use super::{Backlog, LocalStore, StoreError, StoredReading, micros};
+use super::{Backlog, LocalStore, StoreError, StoreReader, StoredReading, micros};
 use crate::clock::{Mono, boot_id, from_micros};
 
 /// What [`LocalStore::depth`] knows of the oldest waiting reading without
@@ -26,9 +26,8 @@ impl LocalStore {
     /// Counts `delta` more (or fewer) readings waiting, after a change
     /// other than an append: the oldest is not known any more.
     pub(super) fn count_waiting(&self, delta: i64) {
-        if let Some(waiting) = &self.waiting {
-            waiting.fetch_add(delta, std::sync::atomic::Ordering::Relaxed);
-        }
+        self.waiting
+            .fetch_add(delta, std::sync::atomic::Ordering::Relaxed);
         let mut oldest = self.oldest_waiting();
         oldest.generation += 1;
         oldest.known = None;
@@ -36,12 +35,10 @@ impl LocalStore {
 
     /// Counts `added` readings appended, the oldest measured at `oldest_us`.
     pub(super) fn count_appended(&self, added: u64, oldest_us: i64) {
-        if let Some(waiting) = &self.waiting {
-            waiting.fetch_add(
-                i64::try_from(added).unwrap_or(i64::MAX),
-                std::sync::atomic::Ordering::Relaxed,
-            );
-        }
+        self.waiting.fetch_add(
+            i64::try_from(added).unwrap_or(i64::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         if added > 0 {
             let mut oldest = self.oldest_waiting();
             oldest.generation += 1;
@@ -58,30 +55,8 @@ impl LocalStore {
     }
 
     /// The count of readings waiting, when this handle keeps it.
-    pub(super) fn known_waiting(&self) -> Option<i64> {
-        self.waiting
-            .as_ref()
-            .map(|w| w.load(std::sync::atomic::Ordering::Relaxed))
-    }
-
-    /// The oldest `limit` readings, in order.
-    pub async fn oldest(&self, limit: i64) -> Result<Vec<StoredReading>, StoreError> {
-        self.oldest_after(i64::MIN, limit).await
-    }
-
-    /// The oldest `limit` readings after position `seq`, in order.
-    pub async fn oldest_after(
-        &self,
-        seq: i64,
-        limit: i64,
-    ) -> Result<Vec<StoredReading>, StoreError> {
-        self.select(
-            "WHERE seq > ?1 AND held_mono IS NULL ORDER BY seq LIMIT ?2",
-            seq,
-            limit,
-            "",
-        )
-        .await
+    pub(super) fn waiting(&self) -> i64 {
+        self.waiting.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Removes every reading up to and including `seq` (the forwarder ships
@@ -123,26 +98,10 @@ impl LocalStore {
     /// the oldest (readings stored before sites were recorded count for the
     /// legacy site).
     pub(crate) async fn depth_by_site(&self) -> Result<HashMap<String, Backlog>, StoreError> {
-        if self.known_waiting() == Some(0) {
+        if self.waiting() == 0 {
             return Ok(HashMap::new());
         }
-        let rows =
-            sqlx::query("SELECT site, count(*), min(measured_at_us) FROM readings WHERE held_mono IS NULL GROUP BY site")
-                .fetch_all(&self.pool())
-                .await?;
-        let mut by_site: HashMap<String, Backlog> = HashMap::new();
-        for row in rows {
-            let site: Option<String> = row.get(0);
-            let site = site.unwrap_or_else(|| self.legacy_site.to_string());
-            let (n, oldest): (i64, Option<i64>) = (row.get(1), row.get(2));
-            let entry = by_site.entry(site).or_default();
-            entry.readings += n;
-            entry.oldest = match (entry.oldest, oldest.map(from_micros)) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-        }
-        Ok(by_site)
+        self.reader.depth_by_site().await
     }
 
     /// How many readings of each site are held for their time.
@@ -168,17 +127,7 @@ impl LocalStore {
     /// Asked every poll interval: the count is this handle's own (no scan
     /// of a backlog of days), and the oldest time comes from its index.
     pub async fn depth(&self) -> Result<Backlog, StoreError> {
-        let Some(waiting) = self.known_waiting() else {
-            let row = sqlx::query(
-                "SELECT count(*), min(measured_at_us) FROM readings WHERE held_mono IS NULL",
-            )
-            .fetch_one(&self.pool())
-            .await?;
-            return Ok(Backlog {
-                readings: row.get(0),
-                oldest: row.get::<Option<i64>, _>(1).map(from_micros),
-            });
-        };
+        let waiting = self.waiting();
         if waiting == 0 {
             return Ok(Backlog::default());
         }
@@ -201,13 +150,6 @@ impl LocalStore {
             readings: waiting,
             oldest,
         })
-    }
-
-    /// How many readings are parked.
-    pub async fn parked(&self) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar("SELECT count(*) FROM parked")
-            .fetch_one(&self.pool())
-            .await?)
     }
 
     /// Deletes readings measured before `before`, and readings held for
@@ -258,5 +200,72 @@ impl LocalStore {
         )
         .await?;
         Ok(total)
+    }
+}
+
+impl StoreReader {
+    /// The oldest `limit` readings, in order.
+    pub async fn oldest(&self, limit: i64) -> Result<Vec<StoredReading>, StoreError> {
+        self.oldest_after(i64::MIN, limit).await
+    }
+
+    /// The oldest `limit` readings after position `seq`, in order.
+    pub async fn oldest_after(
+        &self,
+        seq: i64,
+        limit: i64,
+    ) -> Result<Vec<StoredReading>, StoreError> {
+        self.select(
+            "WHERE seq > ?1 AND held_mono IS NULL ORDER BY seq LIMIT ?2",
+            seq,
+            limit,
+            "",
+        )
+        .await
+    }
+
+    /// How many readings are parked.
+    pub async fn parked(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT count(*) FROM parked")
+            .fetch_one(&self.pool())
+            .await?)
+    }
+}
+
+impl StoreReader {
+    /// How many readings of each site wait, and the measurement time of
+    /// the oldest (readings stored before sites were recorded count for the
+    /// legacy site).
+    pub(crate) async fn depth_by_site(&self) -> Result<HashMap<String, Backlog>, StoreError> {
+        let rows =
+            sqlx::query("SELECT site, count(*), min(measured_at_us) FROM readings WHERE held_mono IS NULL GROUP BY site")
+                .fetch_all(&self.pool())
+                .await?;
+        let mut by_site: HashMap<String, Backlog> = HashMap::new();
+        for row in rows {
+            let site: Option<String> = row.get(0);
+            let site = site.unwrap_or_else(|| self.legacy_site.to_string());
+            let (n, oldest): (i64, Option<i64>) = (row.get(1), row.get(2));
+            let entry = by_site.entry(site).or_default();
+            entry.readings += n;
+            entry.oldest = match (entry.oldest, oldest.map(from_micros)) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        Ok(by_site)
+    }
+
+    /// How many readings wait, and the measurement time of the oldest.
+    pub async fn depth(&self) -> Result<Backlog, StoreError> {
+        let row = sqlx::query(
+            "SELECT count(*), min(measured_at_us) FROM readings WHERE held_mono IS NULL",
+        )
+        .fetch_one(&self.pool())
+        .await?;
+        Ok(Backlog {
+            readings: row.get(0),
+            oldest: row.get::<Option<i64>, _>(1).map(from_micros),
+        })
     }
 }

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use sqlx::Row;
 
 use super::status_doc::upsert_status;
-use super::{DeviceCount, LocalStore, StoreError, StoredReading};
+use super::{DeviceCount, LocalStore, StoreError, StoreReader, StoredReading};
 use crate::clock::{Mono, boot_id, from_micros};
 use crate::reading::{Reading, ReadingTable, Value};
 
@@ -150,7 +150,9 @@ impl LocalStore {
         );
         Ok(added + held)
     }
+}
 
+impl StoreReader {
     /// The latest reading of a device, if any.
     pub async fn latest(&self, device: &str) -> Result<Option<StoredReading>, StoreError> {
         let found = self

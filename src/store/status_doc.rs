@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 
 use sqlx::Row;
 
-use super::{LocalStore, StoreError, micros};
+use super::{LocalStore, StoreError, StoreReader, micros};
 use crate::clock::from_micros;
 
 /// The name the daemon saves its [`crate::report::Snapshot`] under.
@@ -74,7 +74,9 @@ impl LocalStore {
             *slot = status;
         }
     }
+}
 
+impl StoreReader {
     /// Loads a named status document and when it was saved.
     pub async fn load_status(
         &self,

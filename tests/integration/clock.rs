@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use victron_poller::clock::kernel_synchronised;
-use victron_poller::store::LocalStore;
+use victron_poller::store::StoreReader;
 
 use crate::helpers::faketime::{FakeClock, env_with};
 use crate::helpers::process::{log_of, sigterm, spawn_daemon_with, wait_exit, wait_for};
@@ -88,7 +88,7 @@ fn worst_error(bridge: &Bridge, rows: &[(f64, DateTime<Utc>)], shift_s: f64) -> 
 /// Readings in the local store (held ones included), read while the
 /// daemon runs; 0 before the store exists.
 async fn readings_stored(state: &Path) -> usize {
-    let Ok(store) = LocalStore::open_read_only(state).await else {
+    let Ok(store) = StoreReader::open(state).await else {
         return 0;
     };
     let n = store.oldest(100_000).await.map_or(0, |rows| rows.len());
@@ -144,7 +144,7 @@ async fn without_any_reference_readings_are_held_until_the_clock_is_set() {
         log_of(&state)
     );
 
-    let store = LocalStore::open_read_only(&state).await.unwrap();
+    let store = StoreReader::open(&state).await.unwrap();
     let rows: Vec<(f64, DateTime<Utc>)> = store
         .oldest(100_000)
         .await

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use victron_poller::store::LocalStore;
+use victron_poller::store::{LocalStore, StoreReader};
 
 use crate::helpers::http::try_http_get;
 use crate::helpers::http::{health_address, logged_health_address};
@@ -40,7 +40,7 @@ fn healthz(addr: SocketAddr) -> String {
 
 /// Readings in the store at `state`, read by a reader of its own.
 async fn stored(state: &Path) -> i64 {
-    let store = LocalStore::open_read_only(state).await.unwrap();
+    let store = StoreReader::open(state).await.unwrap();
     let depth = store.depth().await.unwrap().readings;
     store.close().await;
     depth
@@ -48,7 +48,7 @@ async fn stored(state: &Path) -> i64 {
 
 /// [`stored`], or 0 while the store is not there (yet): for waits.
 async fn try_stored(state: &Path) -> i64 {
-    let Ok(store) = LocalStore::open_read_only(state).await else {
+    let Ok(store) = StoreReader::open(state).await else {
         return 0;
     };
     let depth = store.depth().await.map_or(0, |b| b.readings);

@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::{TimeZone, Utc};
 use victron_poller::forward::{ForwardCounters, Forwarder};
 use victron_poller::reading::{Reading, ReadingTable, SourceKind, Value};
-use victron_poller::store::LocalStore;
+use victron_poller::store::{LocalStore, StoreReader};
 
 use crate::helpers::database::{
     Flavour, Route, TestDb, assert_every_poll_stored_once, daemon_pool, rows,
@@ -110,7 +110,7 @@ async fn batches_skip_the_local_store_while_the_database_answers() {
     .await;
     // The status document as saved now, and one saved after 40 more polls.
     let saved = async || {
-        let store = LocalStore::open_read_only(&state).await.ok()?;
+        let store = StoreReader::open(&state).await.ok()?;
         let doc = store.load_status("daemon").await.ok().flatten();
         store.close().await;
         doc
@@ -131,7 +131,7 @@ async fn batches_skip_the_local_store_while_the_database_answers() {
         after["rows_stored"], before["rows_stored"],
         "readings went through the local store while the database answered"
     );
-    let store = LocalStore::open_read_only(&state).await.unwrap();
+    let store = StoreReader::open(&state).await.unwrap();
     assert_eq!(store.depth().await.unwrap().readings, 0);
     store.close().await;
 

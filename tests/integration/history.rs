@@ -210,7 +210,7 @@ async fn dst_days_have_their_hours() {
 async fn energy_answers_from_the_local_store() {
     use chrono::{Duration, TimeZone, Utc};
     use victron_poller::reading::{Reading, ReadingTable, SourceKind, Value};
-    use victron_poller::store::LocalStore;
+    use victron_poller::store::{LocalStore, StoreReader};
 
     let dir = tempfile::tempdir().unwrap();
     let store = LocalStore::open(dir.path()).await.unwrap();
@@ -292,12 +292,12 @@ async fn energy_answers_from_the_local_store() {
     let (stdout, stderr) = texts(&out);
     assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
     assert!(stdout.contains("1 whole day"), "{stdout}");
-    let store = LocalStore::open_read_only(dir.path()).await.unwrap();
-    let kept = victron_poller::history::sqlite::LocalRollups(store.clone())
+    let store = StoreReader::open(dir.path()).await.unwrap();
+    let kept = victron_poller::history::sqlite::StoredRollups(store.clone())
         .energy_days()
         .await
         .unwrap();
-    let hours = victron_poller::history::sqlite::LocalRollups(store.clone())
+    let hours = victron_poller::history::sqlite::StoredRollups(store.clone())
         .rollups(
             victron_poller::history::Resolution::Hour,
             start,

@@ -206,7 +206,7 @@ mod with_database {
 async fn an_embedded_gateway_keeps_its_rollups_in_the_local_store() {
     use victron_poller::history::Resolution;
     use victron_poller::reading::ReadingTable;
-    use victron_poller::store::LocalStore;
+    use victron_poller::store::StoreReader;
 
     let sim = simulator().await;
     let dir = tempfile::tempdir().unwrap();
@@ -216,8 +216,8 @@ async fn an_embedded_gateway_keeps_its_rollups_in_the_local_store() {
     let state = dir.path().join("state");
     let mut daemon = spawn(&config, &state, &clock, &[]);
     let samples = async || -> Option<(i64, usize)> {
-        let store = LocalStore::open_read_only(&state).await.ok()?;
-        let rollups = victron_poller::history::sqlite::LocalRollups(store.clone())
+        let store = StoreReader::open(&state).await.ok()?;
+        let rollups = victron_poller::history::sqlite::StoredRollups(store.clone())
             .rollups(Resolution::FiveMinutes, bucket, boundary)
             .await
             .ok()?;
@@ -243,8 +243,8 @@ async fn an_embedded_gateway_keeps_its_rollups_in_the_local_store() {
     let (rolled, raw) = samples().await.unwrap();
     assert!(raw >= 20, "{raw}");
     assert_eq!(rolled, raw as i64, "{}", log_of(&state));
-    let store = LocalStore::open_read_only(&state).await.unwrap();
-    let kept = victron_poller::history::sqlite::LocalRollups(store.clone())
+    let store = StoreReader::open(&state).await.unwrap();
+    let kept = victron_poller::history::sqlite::StoredRollups(store.clone())
         .energy_days()
         .await
         .unwrap();

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use victron_poller::simulator::gx::SimHandle;
 #[cfg(feature = "servers")]
-use victron_poller::store::LocalStore;
+use victron_poller::store::StoreReader;
 
 #[cfg(feature = "servers")]
 use crate::helpers::database::{Flavour, Route, TcpProxy, TestDb, rows, server_address, url_via};
@@ -501,7 +501,7 @@ async fn healthz_and_metrics_follow_device_and_database_outages() {
 /// runs (`None` while it cannot be opened).
 #[cfg(feature = "servers")]
 async fn local_depth(state: &Path) -> Option<i64> {
-    let store = LocalStore::open_read_only(state).await.ok()?;
+    let store = StoreReader::open(state).await.ok()?;
     let depth = store.depth().await.ok().map(|b| b.readings);
     store.close().await;
     depth

@@ -6,14 +6,14 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use victron_poller::store::LocalStore;
+use victron_poller::store::StoreReader;
 
 use crate::helpers::process::{log_of, sigterm, spawn_daemon_with, wait_exit, wait_for};
 use crate::helpers::simulator::{simulator, write_config};
 
 /// Readings waiting in the local store at `state`.
 async fn stored(state: &Path) -> i64 {
-    match LocalStore::open_read_only(state).await {
+    match StoreReader::open(state).await {
         Ok(store) => {
             let depth = store.depth().await.map(|b| b.readings).unwrap_or(0);
             store.close().await;

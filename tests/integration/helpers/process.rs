@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use victron_poller::store::LocalStore;
+use victron_poller::store::{LocalStore, StoreReader};
 
 #[cfg(feature = "servers")]
 use super::database::Route;
@@ -161,7 +161,7 @@ pub async fn store_status(state: &Path) -> serde_json::Value {
 /// The daemon's last status document, read (read-only) while it may be
 /// running; `None` until it has saved one.
 pub async fn try_store_status(state: &Path) -> Option<serde_json::Value> {
-    let store = LocalStore::open_read_only(state).await.ok()?;
+    let store = StoreReader::open(state).await.ok()?;
     let doc = store.load_status("daemon").await.ok().flatten();
     store.close().await;
     doc.map(|(doc, _)| doc)
