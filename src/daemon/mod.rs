@@ -20,6 +20,7 @@ mod rollups;
 mod sink;
 mod sources;
 mod state;
+mod status_rows;
 mod stop;
 pub mod supervise;
 

@@ -408,32 +408,9 @@ mod tests {
     fn snapshot(database: Option<&str>, down: bool) -> Snapshot {
         let now = Utc::now();
         Snapshot {
-            version: "test".into(),
-            host: "test".into(),
-            started_at: now,
-            stopped_at: None,
-            poll_interval_ms: 1000,
-            rows_stored: 0,
-            rows_forwarded: 0,
-            rows_parked: 0,
-            rows_expired_unforwarded: 0,
-            forward_errors: 0,
-            retention_runs: 0,
-            retention_failures: 0,
-            log_lines_dropped: 0,
-            spool_depth: 0,
-            spool_oldest: None,
             database: database.map(str::to_string),
             database_down_since: down.then_some(now),
-            stall_timeout_ms: 120_000,
-            stalled: Vec::new(),
-            devices: Vec::new(),
-            clock: crate::clock::ClockReport::default(),
-            held_readings: 0,
-            status_every_ms: 5000,
-            store_writes: Default::default(),
-            store_incidents: Vec::new(),
-            restarts: Vec::new(),
+            ..Snapshot::starting("test", now)
         }
     }
 

@@ -114,6 +114,40 @@ pub struct Stalled {
 }
 
 impl Snapshot {
+    /// A daemon on `host` as it starts at `started_at`: nothing counted
+    /// yet, no device, no database, polling every second and saving its
+    /// status every 5 s (what tests and examples change from).
+    pub fn starting(host: &str, started_at: DateTime<Utc>) -> Self {
+        Self {
+            version: env!("CARGO_PKG_VERSION").into(),
+            host: host.into(),
+            started_at,
+            stopped_at: None,
+            poll_interval_ms: 1000,
+            status_every_ms: 5000,
+            rows_stored: 0,
+            rows_forwarded: 0,
+            rows_parked: 0,
+            rows_expired_unforwarded: 0,
+            forward_errors: 0,
+            retention_runs: 0,
+            retention_failures: 0,
+            log_lines_dropped: 0,
+            spool_depth: 0,
+            spool_oldest: None,
+            database: None,
+            database_down_since: None,
+            stall_timeout_ms: 120_000,
+            stalled: Vec::new(),
+            devices: Vec::new(),
+            clock: ClockReport::default(),
+            held_readings: 0,
+            store_writes: StoreWrites::default(),
+            store_incidents: Vec::new(),
+            restarts: Vec::new(),
+        }
+    }
+
     /// The poll interval in seconds.
     pub(crate) fn poll_interval_s(&self) -> f64 {
         self.poll_interval_ms as f64 / 1000.0

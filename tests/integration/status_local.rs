@@ -22,32 +22,11 @@ fn snapshot(at: DateTime<Utc>) -> Snapshot {
         board.success(device, at);
     }
     Snapshot {
-        version: "test".into(),
-        host: "gateway".into(),
-        started_at: at - Duration::minutes(1),
-        stopped_at: None,
-        poll_interval_ms: 1000,
         rows_stored: 1,
-        rows_forwarded: 0,
-        rows_parked: 0,
-        rows_expired_unforwarded: 0,
-        forward_errors: 0,
-        retention_runs: 0,
-        retention_failures: 0,
-        log_lines_dropped: 0,
         spool_depth: 1,
-        spool_oldest: None,
-        database: None,
-        database_down_since: None,
-        stall_timeout_ms: 120_000,
-        stalled: Vec::new(),
-        devices: board.snapshot(),
-        clock: Default::default(),
-        held_readings: 0,
         status_every_ms: 7000,
-        store_writes: Default::default(),
-        store_incidents: Vec::new(),
-        restarts: Vec::new(),
+        devices: board.snapshot(),
+        ..Snapshot::starting("gateway", at - Duration::minutes(1))
     }
 }
 
