@@ -319,8 +319,12 @@ fn move_aside(path: &Path) -> std::io::Result<PathBuf> {
     let aside = PathBuf::from(format!("{}{CORRUPT_MARK}{stamp}", path.display()));
     for suffix in ["-wal", "-shm"] {
         let from = PathBuf::from(format!("{}{suffix}", path.display()));
-        if from.exists() {
-            std::fs::rename(&from, format!("{}{suffix}", aside.display()))?;
+        // SQLite removes them when the last connection closes, which may
+        // be a moment after the pool that found the damage closed: one
+        // that is gone by now is no error.
+        match std::fs::rename(&from, format!("{}{suffix}", aside.display())) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error),
+            _ => {}
         }
     }
     std::fs::rename(path, &aside)?;
