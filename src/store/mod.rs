@@ -233,9 +233,10 @@ impl LocalStore {
 
     /// Closes the pool after a checkpoint, so that the file holds
     /// everything (a reader opens it as immutable when no daemon runs).
+    /// Passive: a reader of the file never makes a stop wait.
     pub async fn close(&self) {
         let pool = self.pool();
-        if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+        if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
             .execute(&pool)
             .await
         {
@@ -336,6 +337,34 @@ mod tests {
         let (doc, _) = store.load_status("daemon").await.unwrap().unwrap();
         assert_eq!(doc, serde_json::json!({"n": 3}));
         store.close().await;
+    }
+
+    /// Closing the daemon's handle leaves every reading in the file itself,
+    /// even while another handle still has it open (then SQLite's own
+    /// checkpoint at the last close does not happen): a reader that opens
+    /// the file as immutable sees them all.
+    #[tokio::test]
+    async fn close_leaves_every_reading_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).await.unwrap();
+        let readings: Vec<Reading> = (0..50).map(|i| reading("bank", i, 50.0)).collect();
+        store.append(&readings).await.unwrap();
+        let other = StoreReader::open(dir.path()).await.unwrap();
+        assert_eq!(other.depth().await.unwrap().readings, 50);
+        store.close().await;
+        // The file alone, its WAL ignored.
+        let file = SqliteConnectOptions::new()
+            .filename(dir.path().join(FILE_NAME))
+            .read_only(true)
+            .immutable(true);
+        let pool = SqlitePoolOptions::new().connect_with(file).await.unwrap();
+        let in_file: i64 = sqlx::query_scalar("SELECT count(*) FROM readings")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(in_file, 50);
+        pool.close().await;
+        other.close().await;
     }
 
     #[tokio::test]
