@@ -29,24 +29,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use chrono::Utc;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::clock::TimeKeeper;
 use crate::config::Config;
-use crate::db::link::DatabaseLink;
 use crate::db::locks::LeaseKeeper;
 use crate::failover::Leases;
 use crate::forward::{DirectPath, ForwarderState};
 use crate::pipeline::Batcher;
 use crate::reading::Reading;
-use crate::status::StatusBoard;
 use crate::store::LocalStore;
 pub(crate) use sink::BatchReport;
 use sink::StoreSink;
-pub(crate) use state::poll_interval;
 use state::{Observed, device_names};
 
 /// How long each step of an ordered stop may take. Sources stop between
@@ -125,24 +120,7 @@ pub(crate) async fn run(
         ),
         None => Leases::always(),
     };
-    let observed = Observed {
-        config: Arc::clone(&config),
-        store: store.clone(),
-        status: StatusBoard::new(),
-        counters: Arc::default(),
-        forward: Arc::default(),
-        link: Arc::new(DatabaseLink::default()),
-        started_at: Utc::now(),
-        stopped_at: Arc::default(),
-        poll_interval: poll_interval(&config),
-        sites: Arc::new(config.device_sites()),
-        writes: Arc::default(),
-        restarts: Arc::default(),
-        clock: Arc::new(TimeKeeper::new(
-            config.clock.trust_local,
-            config.database.is_some(),
-        )),
-    };
+    let observed = Observed::starting(&config, &store);
 
     // One tracker for every task; the ordered stop follows the data:
     // sources end on `shutdown`, the batcher ends when their stream does,

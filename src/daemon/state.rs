@@ -83,6 +83,28 @@ pub(super) struct Observed {
 }
 
 impl Observed {
+    /// A daemon of `config` on `store`, starting now: nothing counted yet.
+    pub(super) fn starting(config: &Arc<Config>, store: &LocalStore) -> Self {
+        Self {
+            config: Arc::clone(config),
+            store: store.clone(),
+            status: StatusBoard::new(),
+            counters: Arc::default(),
+            forward: Arc::default(),
+            link: Arc::new(DatabaseLink::default()),
+            started_at: Utc::now(),
+            stopped_at: Arc::default(),
+            poll_interval: poll_interval(config),
+            sites: Arc::new(config.device_sites()),
+            writes: Arc::default(),
+            restarts: Arc::default(),
+            clock: Arc::new(TimeKeeper::new(
+                config.clock.trust_local,
+                config.database.is_some(),
+            )),
+        }
+    }
+
     /// `start()`'s task under a supervisor reporting to this daemon's
     /// status and restarts.
     pub(super) fn supervise<F, Fut>(
