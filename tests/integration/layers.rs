@@ -155,7 +155,35 @@ fn tokenize(code: &str) -> Vec<String> {
             while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_') {
                 i += 1;
             }
-            tokens.push(chars[start..i].iter().collect());
+            let word: String = chars[start..i].iter().collect();
+            // A raw string (`r"…"`, `r#"…"#`, `br"…"`): skipped whole.
+            let hashes = chars[i..].iter().take_while(|c| **c == '#').count();
+            if (word == "r" || word == "br") && chars.get(i + hashes) == Some(&'"') {
+                let close: Vec<char> = std::iter::once('"')
+                    .chain(std::iter::repeat_n('#', hashes))
+                    .collect();
+                i += hashes + 1;
+                while i < chars.len() && !chars[i..].starts_with(&close) {
+                    i += 1;
+                }
+                i += close.len();
+                continue;
+            }
+            tokens.push(word);
+        } else if c == '\'' {
+            // A character literal (`'"'`, `'\''`, `'\u{1F600}'`) is
+            // skipped; otherwise it is a lifetime's quote.
+            if chars.get(i + 1) == Some(&'\\') {
+                i += 2;
+                while i < chars.len() && chars[i] != '\'' {
+                    i += 1;
+                }
+                i += 1;
+            } else if chars.get(i + 2) == Some(&'\'') {
+                i += 3;
+            } else {
+                i += 1;
+            }
         } else if c == ':' && chars.get(i + 1) == Some(&':') {
             tokens.push("::".to_owned());
             i += 2;
@@ -356,6 +384,8 @@ fn the_check_sees_an_import_and_a_cycle() {
     let code = code_of(
         "use crate::{store::{LocalStore, StoreError}, reading::Reading as R};\n\
          // use crate::db::Nothing;\n\
+         const Q: char = '\"'; const S: &str = r#\"crate::cli::NotCode\"#;\n\
+         fn g<'a>(x: &'a str) -> char { '\\'' }\n\
          fn f() { super::super::forward::ship(); }\n\
          #[cfg(test)]\nmod tests { use crate::cli::X; }\n",
     );
