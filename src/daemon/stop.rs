@@ -69,7 +69,8 @@ pub(super) async fn ordered_stop(stopping: Stopping<'_>) {
                 if forwarder.changed().await.is_err() {
                     break;
                 }
-                if store.depth().await.is_ok_and(|b| b.readings == 0) {
+                // Empty, or it cannot tell: no use waiting.
+                if !store.depth().await.is_ok_and(|b| b.readings > 0) {
                     break;
                 }
             }

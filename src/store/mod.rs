@@ -233,14 +233,17 @@ impl LocalStore {
 
     /// Closes the pool after a checkpoint, so that the file holds
     /// everything (a reader opens it as immutable when no daemon runs).
-    /// Passive: a reader of the file never makes a stop wait.
+    /// Passive, and given a second at most: neither a reader of the file
+    /// nor a connection still busy makes a stop wait for it.
     pub async fn close(&self) {
         let pool = self.pool();
-        if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .execute(&pool)
-            .await
-        {
-            tracing::debug!(%error, "The last checkpoint of the local store failed.");
+        let checkpoint = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&pool);
+        match tokio::time::timeout(std::time::Duration::from_secs(1), checkpoint).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "The last checkpoint of the local store failed.");
+            }
+            Err(_) => tracing::debug!("No connection for the last checkpoint in time."),
         }
         pool.close().await;
     }
