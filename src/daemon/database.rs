@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 use super::rollups::{RollupTask, rollup_loop};
 use super::state::Observed;
 use super::status_rows::{polled_devices, sample_database_clock, status_writer, write_db_status};
+use super::supervise::Supervised;
 use crate::db::link::retry_backoff;
 use crate::db::server::StorageMode;
 use crate::db::status_rows;
@@ -38,7 +39,7 @@ pub(super) struct DatabaseTask {
     /// Told when the local store has something new to forward.
     pub(super) wake: Arc<Notify>,
     /// Where the forwarder is (a stop waits for a drain only while it runs).
-    pub(super) forwarder: Arc<watch::Sender<ForwarderState>>,
+    pub(super) forwarder: watch::Sender<ForwarderState>,
     /// The live rollups, started once the database is ready.
     pub(super) rollups: RollupTask,
     /// The daemon's one tracker, for the rollups' task.
@@ -114,13 +115,24 @@ pub(super) async fn database_loop(task: DatabaseTask, cancel: CancellationToken)
     )
     .with_write_timeout(db.write_timeout)
     .with_direct_path(task.direct.clone())
-    .reporting(task.forwarder.as_ref().clone());
-    // Its own task: whatever happens to the rollups, forwarding goes on.
-    let rollups = task.tasks.spawn(rollup_loop(
-        task.rollups.clone(),
-        crate::history::postgres::PostgresRollups(pool.clone()),
-        cancel.clone(),
-    ));
+    .reporting(task.forwarder.clone());
+    // The live rollups: a task of their own under the supervisor (whatever
+    // happens to them, forwarding goes on), ending with this database side
+    // (dropped by a panic too: a restart of it starts them afresh).
+    let rollups_stop = cancel.child_token();
+    let _rollups_end = rollups_stop.clone().drop_guard();
+    let rollups = {
+        let (rollups, rows, stop) = (
+            task.rollups.clone(),
+            crate::history::postgres::PostgresRollups(pool.clone()),
+            rollups_stop.clone(),
+        );
+        task.tasks.spawn(
+            shared.supervise(Supervised::helper("rollups"), rollups_stop, move || {
+                rollup_loop(rollups.clone(), rows.clone(), stop.clone())
+            }),
+        )
+    };
     tokio::join!(
         forwarder.run(cancel.clone()),
         status_writer(shared.clone(), pool.clone(), mode, cancel.clone()),

@@ -168,11 +168,7 @@ pub(crate) async fn run(
     let background = CancellationToken::new();
     // The helpers too run under the supervisor: a panic in one is logged,
     // counted as a reason in the verdict, and the task started again.
-    let helper = |task: &str| supervise::Supervised {
-        task: task.to_string(),
-        devices: Vec::new(),
-        backoff: (Duration::from_secs(1), Duration::from_secs(30)),
-    };
+    let helper = supervise::Supervised::helper;
     {
         let (state, stop) = (observed.clone(), background.clone());
         tasks.spawn(observed.supervise(
@@ -227,13 +223,13 @@ pub(crate) async fn run(
             }),
         );
     }
-    let rollups = rollups::RollupTask::new(&observed, Arc::new(rolled));
+    let rollups = rollups::RollupTask::new(&observed, rolled);
     if config.database.is_some() {
         let task = database::DatabaseTask {
             observed: observed.clone(),
             direct,
             wake: Arc::clone(&wake),
-            forwarder: Arc::new(forwarder),
+            forwarder,
             rollups,
             tasks: tasks.clone(),
         };

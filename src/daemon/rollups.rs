@@ -37,16 +37,13 @@ pub(super) struct RollupTask {
     sites: Arc<HashMap<String, String>>,
     /// How far the rollups have come: everything measured before it is
     /// rolled up (the local store's retention waits for it).
-    rolled: Arc<watch::Sender<Option<DateTime<Utc>>>>,
+    rolled: watch::Sender<Option<DateTime<Utc>>>,
 }
 
 impl RollupTask {
     /// The rollups of the daemon's devices, telling `rolled` how far they
     /// have come.
-    pub(super) fn new(
-        observed: &Observed,
-        rolled: Arc<watch::Sender<Option<DateTime<Utc>>>>,
-    ) -> Self {
+    pub(super) fn new(observed: &Observed, rolled: watch::Sender<Option<DateTime<Utc>>>) -> Self {
         Self {
             config: Arc::clone(&observed.config),
             clock: Arc::clone(&observed.clock),

@@ -71,6 +71,18 @@ pub(crate) struct Supervised {
     pub(crate) backoff: (Duration, Duration),
 }
 
+impl Supervised {
+    /// A helper task (no device of its own): restarted after 1 s, at most
+    /// 30 s after repeated panics.
+    pub(crate) fn helper(task: &str) -> Self {
+        Self {
+            task: task.to_string(),
+            devices: Vec::new(),
+            backoff: (Duration::from_secs(1), Duration::from_secs(30)),
+        }
+    }
+}
+
 /// Runs `start()`'s task until it ends by itself or `cancel` fires,
 /// starting it again whenever it panics.
 pub(crate) async fn supervise<F, Fut>(
