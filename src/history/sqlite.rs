@@ -4,12 +4,11 @@
 //! ([`crate::history::live`]) and kept for `history.keep_*_days`, so that
 //! an embedded gateway's energy record outlives its raw readings.
 
-use chrono::{DateTime, NaiveDate, Utc};
-use sqlx::Row;
-
 use std::sync::Arc;
 
+use chrono::{DateTime, NaiveDate, Utc};
 use chrono_tz::Tz;
+use sqlx::Row;
 
 use super::aggregate::{Aggregator, DayEnergy, Rollup};
 use super::buckets::{Resolution, day_end, day_start, local_day};
@@ -29,10 +28,15 @@ pub struct StoredDay {
 impl StoredDay {
     /// Whether the day was computed from readings through its end (else it
     /// is the day so far).
-    pub(crate) fn is_complete(&self, tz: chrono_tz::Tz) -> bool {
-        self.updated_at > crate::history::buckets::day_end(self.energy.day, tz)
+    pub(crate) fn is_complete(&self, tz: Tz) -> bool {
+        self.updated_at >= day_end(self.energy.day, tz)
     }
 }
+
+/// The live rollups' [`RollupStore`] on a gateway without a database: the
+/// local store's readings and its history tables.
+#[derive(Debug, Clone)]
+pub struct LocalRollups(pub LocalStore);
 
 impl LocalRollups {
     /// Writes rollups and days of energy in one transaction, computed from
@@ -165,11 +169,6 @@ impl LocalRollups {
     }
 }
 
-/// The live rollups' [`RollupStore`] on a gateway without a database: the
-/// local store's readings and its history tables.
-#[derive(Debug, Clone)]
-pub struct LocalRollups(pub LocalStore);
-
 impl RollupStore for LocalRollups {
     fn after_the_store(&self) -> bool {
         false
@@ -238,7 +237,7 @@ async fn resume_from(store: &LocalStore, tz: Tz, now: DateTime<Utc>) -> DateTime
         .await
         .unwrap_or_default()
         .into_iter()
-        .filter(|d| d.updated_at >= day_end(d.energy.day, tz))
+        .filter(|d| d.is_complete(tz))
         .map(|d| d.energy.day)
         .max();
     let from = match complete {
