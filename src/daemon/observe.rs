@@ -2,10 +2,9 @@
 //! observer that answers `/healthz` and `/metrics` from it.
 
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use chrono::Utc;
-
-use std::time::Duration;
 
 use super::state::{Observed, STATUS_EVERY, host_name};
 use crate::report::health::{self, Health};

@@ -48,13 +48,14 @@ impl LocalStore {
         }
     }
 
+    /// What this handle knows of the oldest waiting reading's time.
     pub(super) fn oldest_waiting(&self) -> std::sync::MutexGuard<'_, OldestWaiting> {
         self.oldest_waiting
             .lock()
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The count of readings waiting, when this handle keeps it.
+    /// How many readings wait, as this handle (the only writer) counts them.
     pub(super) fn waiting(&self) -> i64 {
         self.waiting.load(std::sync::atomic::Ordering::Relaxed)
     }
