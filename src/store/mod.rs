@@ -240,10 +240,14 @@ impl LocalStore {
         let checkpoint = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&pool);
         match tokio::time::timeout(std::time::Duration::from_secs(1), checkpoint).await {
             Ok(Ok(_)) => {}
+            // Nothing is lost: the WAL stays beside the file, and a reader
+            // then reads both.
             Ok(Err(error)) => {
-                tracing::debug!(%error, "The last checkpoint of the local store failed.");
+                tracing::warn!(%error, "The last checkpoint of the local store failed.");
             }
-            Err(_) => tracing::debug!("No connection for the last checkpoint in time."),
+            Err(_) => {
+                tracing::warn!("No connection for the last checkpoint of the local store in time.")
+            }
         }
         pool.close().await;
     }
