@@ -81,6 +81,9 @@ pub(crate) async fn exec() -> anyhow::Result<Exit> {
         dir.path().display()
     );
     outln!("Polling 4 devices every second. Ctrl-C stops.");
+    if let Some(address) = config.health.listen {
+        outln!("The site's page: open http://{address}/");
+    }
     outln!("The simulated site's clock starts at 05:30 and runs 360 times fast.");
     let (tx, mut rx) = mpsc::unbounded_channel();
     let drain = DrainPolicy::with_forward_deadline(Duration::from_secs(1));
@@ -97,34 +100,7 @@ pub(crate) async fn exec() -> anyhow::Result<Exit> {
         while let Some(batch) = rx.recv().await {
             total += batch.stored;
             for reading in &batch.readings {
-                let summary = match reading.device.as_str() {
-                    "house-bank" => format!(
-                        "SOC {:.1} %  {:.2} V  {:+.1} A",
-                        reading.float("soc").unwrap_or(f64::NAN),
-                        reading.float("voltage").unwrap_or(f64::NAN),
-                        reading.float("current").unwrap_or(f64::NAN)
-                    ),
-                    "roof-mppt" => format!(
-                        "PV {:.0} W  {}",
-                        reading.float("pv_power").unwrap_or(f64::NAN),
-                        reading.text("charge_state").unwrap_or("?")
-                    ),
-                    "multiplus" => format!(
-                        "AC out {:.0} W  {}",
-                        reading.float("ac_out_l1_power").unwrap_or(f64::NAN),
-                        reading.text("state").unwrap_or("?")
-                    ),
-                    _ => format!(
-                        "consumption {:.0} W  battery {:.0} W",
-                        reading.float("ac_consumption_l1_power").unwrap_or(f64::NAN),
-                        reading.float("battery_power").unwrap_or(f64::NAN)
-                    ),
-                };
-                outln!(
-                    "{}  {:<11} {summary}",
-                    reading.measured_at.format("%H:%M:%S%.3f"),
-                    reading.device
-                );
+                outln!("{}", super::now::line(reading));
             }
             let at = clock.site().map_or_else(String::new, |site| {
                 let minutes = (site.time_of_day_h() * 60.0) as u32;

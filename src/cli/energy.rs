@@ -6,7 +6,6 @@
 
 use chrono::{NaiveDate, Utc};
 use clap::Args;
-use sqlx::Row;
 
 use super::{Context, Exit};
 use crate::config::Config;
@@ -43,7 +42,8 @@ pub(crate) async fn exec(
     let days = match &config.database {
         Some(db) => {
             let pool = crate::db::connect(db).await?;
-            let mut days = from_database(&pool, first, args.site.as_deref()).await?;
+            let mut days =
+                crate::history::postgres::energy_days(&pool, first, args.site.as_deref()).await?;
             // Today's row may not be written yet: computed from the raw
             // readings, for each site that has none.
             let written: Vec<String> = days
@@ -86,36 +86,6 @@ pub(crate) async fn exec(
         }
     };
     print(config, &days, first, args.json, (today, &so_far))
-}
-
-/// The days of `victron.energy_daily` from `first` (of `site`).
-async fn from_database(
-    pool: &sqlx::PgPool,
-    first: NaiveDate,
-    site: Option<&str>,
-) -> anyhow::Result<Vec<DayEnergy>> {
-    let rows = sqlx::query(&format!(
-        "SELECT installation_id, day, {}, coverage_pct
-         FROM victron.energy_daily
-         WHERE day >= $1 AND ($2::text IS NULL OR installation_id = $2)
-         ORDER BY installation_id, day",
-        DayEnergy::figure_columns()
-    ))
-    .bind(first)
-    .bind(site)
-    .fetch_all(pool)
-    .await?;
-    Ok(rows
-        .iter()
-        .map(|r| {
-            DayEnergy::from_columns(
-                r.get("installation_id"),
-                r.get::<NaiveDate, _>("day"),
-                |column| r.get(column),
-                r.get("coverage_pct"),
-            )
-        })
-        .collect())
 }
 
 /// The table, or `--json`'s array. `so_far`: today, and the sites whose

@@ -17,10 +17,12 @@ pub(crate) mod demo;
 pub(crate) mod energy;
 pub(crate) mod history;
 pub(crate) mod migrate;
+mod now;
 pub(crate) mod probe;
 pub(crate) mod run;
 pub(crate) mod simulate;
 pub(crate) mod status;
+pub(crate) mod watch;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -154,6 +156,9 @@ pub(crate) enum Command {
     History(history::HistoryArgs),
     /// Daily energy (kWh) and the battery's SOC range, per site and local day.
     Energy(energy::EnergyArgs),
+    /// The running daemon's readings as they come: one line per device per
+    /// poll, from its API (`health.listen`).
+    Watch(watch::WatchArgs),
     /// Run a built-in device simulator (for demos and tests).
     Simulate(simulate::SimulateArgs),
     /// Discover which unit ids of a GX answer, and print a configuration snippet.
@@ -177,7 +182,8 @@ impl Command {
             | Self::CheckConfig
             | Self::Status(_)
             | Self::History(_)
-            | Self::Energy(_) => None,
+            | Self::Energy(_)
+            | Self::Watch(_) => None,
         }
     }
 }
@@ -316,6 +322,7 @@ pub(crate) async fn run_in(cli: Cli, layout: &Layout) -> anyhow::Result<Exit> {
             Command::Status(args) => status::exec(&configured()?, args, &context).await,
             Command::History(args) => history::exec(&configured()?, args).await,
             Command::Energy(args) => energy::exec(&configured()?, args, &context).await,
+            Command::Watch(args) => watch::exec(&configured()?, args).await,
             // Simulators and the probe need no configuration.
             Command::Simulate(args) => {
                 crate::logging::init(&crate::config::LogConfig::default());

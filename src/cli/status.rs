@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::db::SchemaReport;
 use crate::db::connect_once;
 use crate::db::status_rows::{self, PollerView};
+use crate::history::read::Archive;
 use crate::report::Snapshot;
 use crate::report::health::{self, Health, Level};
 use crate::status::DeviceStatus;
@@ -75,6 +76,12 @@ struct Report {
     /// Readings of the last hour per device.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     readings_last_hour: Vec<DeviceCount>,
+    /// Each site now: its devices' newest values, its flow, its kWh today.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    now: Vec<super::now::SiteNow>,
+    /// Why the newest values could not be read, when they could not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    now_error: Option<String>,
 }
 
 /// A device's status and its site.
@@ -108,6 +115,16 @@ impl Report {
             health: health.level.as_str().into(),
             reasons: health.reasons.clone(),
             ..Self::default()
+        }
+    }
+
+    /// Adds the sites now (or why they cannot be read).
+    async fn attach_now(&mut self, config: &Config, archive: &Archive) {
+        match super::now::gather(config, archive).await {
+            Ok(now) => self.now = now,
+            Err(error) => {
+                self.now_error = Some(format!("cannot read the newest values: {error:#}"))
+            }
         }
     }
 }
@@ -166,7 +183,14 @@ pub(crate) async fn exec(
 async fn gather(config: &Config, args: &StatusArgs, context: &Context) -> anyhow::Result<Gathered> {
     let dir = context.store_dir(args.state_dir.clone());
     let Some(db) = &config.database else {
-        let (health, report) = local_view(&dir, &config.device_sites()).await?;
+        let (health, mut report) = local_view(&dir, &config.device_sites()).await?;
+        if dir.join(crate::store::FILE_NAME).is_file() {
+            let store = StoreReader::open(&dir).await?;
+            report
+                .attach_now(config, &Archive::Store(store.clone()))
+                .await;
+            store.close().await;
+        }
         return Ok(Gathered::Verdict(health, report));
     };
     let mut conn = match connect_once(db).await {
@@ -208,7 +232,7 @@ async fn gather(config: &Config, args: &StatusArgs, context: &Context) -> anyhow
         &devices,
         args.site.as_deref(),
     );
-    let report = Report {
+    let mut report = Report {
         poller: rows.poller,
         sites: rows.sites,
         devices: rows
@@ -219,6 +243,11 @@ async fn gather(config: &Config, args: &StatusArgs, context: &Context) -> anyhow
         schema: Some(schema),
         ..Report::judged(&health)
     };
+    let pool = crate::db::connect(db).await?;
+    report
+        .attach_now(config, &Archive::Database(pool.clone()))
+        .await;
+    pool.close().await;
     Ok(Gathered::Verdict(health, report))
 }
 
@@ -447,6 +476,12 @@ fn print_text(report: &Report) {
             // feature): a note, not part of the verdict.
             outln!("note         {}: {}", d.feature, d.reason);
         }
+    }
+    for line in super::now::lines(&report.now) {
+        outln!("{line}");
+    }
+    if let Some(error) = &report.now_error {
+        outln!("now          {error}");
     }
 }
 

@@ -403,11 +403,8 @@ table! {
         "info",
         "a level or comma-separated target=level directives",
     );
-    HEALTH_LISTEN = optional_text(
-        "health.listen",
-        "none (PORT sets 0.0.0.0:$PORT)",
-        "address of the /healthz and /metrics endpoint",
-    );
+    HEALTH_LISTEN = text("health.listen", "127.0.0.1:9480", "the page, API, /healthz and /metrics (\"off\": none)");
+    HEALTH_PASSWORD = optional_text("health.password", "none", "HTTP basic auth of all but /healthz");
     HEALTH_STALL_TIMEOUT_MS = integer(
         "health.stall_timeout_ms",
         120_000,

@@ -197,20 +197,34 @@ impl Default for HistoryConfig {
 
 /// The HTTP health/metrics endpoint and the hang detection behind it and the
 /// systemd watchdog.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub(crate) struct HealthConfig {
-    /// Where `/healthz` and `/metrics` are served (`health.listen`); none by default.
+    /// Where the page, the API, `/healthz` and `/metrics` are served
+    /// (`health.listen`, default 127.0.0.1:9480; `off`: nowhere).
     pub(crate) listen: Option<SocketAddr>,
+    /// The password of everything but `/healthz` (`health.password`).
+    pub(crate) password: Option<String>,
     /// A source that completes no poll, successful or not, for this long is
     /// hung (`health.stall_timeout_ms`): health says down and the systemd
     /// watchdog is no longer fed.
     pub(crate) stall_timeout: Duration,
 }
 
+impl std::fmt::Debug for HealthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HealthConfig")
+            .field("listen", &self.listen)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("stall_timeout", &self.stall_timeout)
+            .finish()
+    }
+}
+
 impl Default for HealthConfig {
     fn default() -> Self {
         Self {
-            listen: None,
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 9480))),
+            password: None,
             stall_timeout: Duration::from_millis(keys::HEALTH_STALL_TIMEOUT_MS.integer_default()),
         }
     }

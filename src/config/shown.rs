@@ -61,7 +61,11 @@ impl Config {
             "health.listen" => self
                 .health
                 .listen
-                .map_or_else(not_set, |a| Shown::Text(a.to_string())),
+                .map_or_else(|| Shown::Text("off".into()), |a| Shown::Text(a.to_string())),
+            "health.password" => match &self.health.password {
+                Some(_) => Shown::Text("set (hidden)".into()),
+                None => not_set(),
+            },
             "health.stall_timeout_ms" => Shown::Millis(self.health.stall_timeout),
             "failover.enabled" => Shown::Flag(self.failover.enabled),
             "failover.poll_when_database_unreachable" => {

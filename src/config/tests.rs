@@ -348,7 +348,10 @@ fn every_key_outside_the_device_lists_is_shown() {
         shown(&keys::BATCH_MAX_READINGS).as_deref(),
         Some("200 readings")
     );
-    assert_eq!(shown(&keys::HEALTH_LISTEN).as_deref(), Some("not set"));
+    assert_eq!(
+        shown(&keys::HEALTH_LISTEN).as_deref(),
+        Some("127.0.0.1:9480")
+    );
 
     let bare = Config::load_with_env(None, env(&[])).unwrap();
     assert_eq!(

@@ -108,7 +108,7 @@ pub(crate) async fn run(
         );
     }
     let http_listener = match config.health.listen {
-        Some(address) => Some(crate::report::http::bind(address).await?),
+        Some(address) => crate::report::http::bind(address).await?,
         None => None,
     };
     // The database that holds the device locks, when failover is on.
@@ -141,7 +141,8 @@ pub(crate) async fn run(
         Arc::clone(&wake),
         Arc::clone(&observed.clock),
     )
-    .with_report(options.batch_report.clone());
+    .with_report(options.batch_report.clone())
+    .with_latest(observed.latest.clone());
     let sink = if config.database.is_some() {
         sink.with_direct_path(
             direct.clone(),
@@ -200,14 +201,17 @@ pub(crate) async fn run(
     }
     if let Some(listener) = http_listener {
         if let Ok(address) = listener.local_addr() {
-            tracing::info!(%address, "Serving /healthz and /metrics.");
+            tracing::info!(%address, "Serving the page at http://{address}/, the API, /healthz and /metrics.");
         }
-        let observer = Arc::new(observe::DaemonObserver::new(observed.clone()));
+        let site =
+            crate::web::Site::new(&config, (*store).clone(), observed.latest.clone()).await?;
+        let observer = Arc::new(observe::DaemonObserver::new(observed.clone(), site));
         // Not restartable (it owns the listening socket); each connection
         // is a task of its own, so a panic answering one costs that one.
         tasks.spawn(crate::report::http::serve(
             listener,
             observer,
+            crate::report::http::Access::new(config.health.password.clone()),
             background.clone(),
         ));
     }

@@ -1,5 +1,6 @@
 //! The running daemon's [`Snapshot`], taken from its shared state, and the
-//! observer that answers `/healthz` and `/metrics` from it.
+//! observer that answers `/healthz`, `/metrics`, the page and the API
+//! from it.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -8,7 +9,9 @@ use chrono::Utc;
 
 use super::state::{Observed, STATUS_EVERY, host_name};
 use crate::report::health::{self, Health};
+use crate::report::http::Reply;
 use crate::report::{Snapshot, Stalled, metrics};
+use crate::web::{Daemon, Site};
 
 /// The daemon's status now (one query to the local store for its depth).
 pub(super) async fn snapshot(shared: &Observed) -> Snapshot {
@@ -60,11 +63,12 @@ pub(super) async fn snapshot(shared: &Observed) -> Snapshot {
 #[derive(Debug)]
 pub(super) struct DaemonObserver {
     shared: Observed,
+    site: Site,
 }
 
 impl DaemonObserver {
-    pub(super) fn new(shared: Observed) -> Self {
-        Self { shared }
+    pub(super) fn new(shared: Observed, site: Site) -> Self {
+        Self { shared, site }
     }
 }
 
@@ -78,7 +82,24 @@ impl crate::report::http::Observe for DaemonObserver {
         let now = Utc::now();
         let snapshot = snapshot(&self.shared).await;
         let verdict = health::judge(&snapshot, now, now);
-        metrics::page(&snapshot, &verdict, now)
+        let mut page = metrics::page(&snapshot, &verdict, now);
+        page.push_str(&metrics::values(&self.shared.latest.all()));
+        page
+    }
+
+    async fn answer(&self, path: &str, query: Option<&str>) -> Option<Reply> {
+        if !Site::serves(path) {
+            return None;
+        }
+        let now = Utc::now();
+        let snapshot = snapshot(&self.shared).await;
+        let health = health::judge(&snapshot, now, now);
+        let daemon = Daemon {
+            snapshot: &snapshot,
+            health: &health,
+            now,
+        };
+        self.site.answer(path, query, daemon).await
     }
 }
 

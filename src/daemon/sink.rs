@@ -16,6 +16,7 @@ use tokio::sync::{Notify, mpsc};
 use crate::clock::{Taken, TimeKeeper, stamp_with};
 use crate::db::link::DatabaseLink;
 use crate::forward::{DirectPath, ForwardCounters};
+use crate::latest::LatestReadings;
 use crate::pipeline::BatchSink;
 use crate::reading::{Reading, ReadingTable};
 use crate::store::{LocalStore, StoreError};
@@ -40,6 +41,8 @@ pub(super) struct StoreSink {
     forwarder: Arc<Notify>,
     /// Receives every committed batch (for `demo`).
     report: Option<mpsc::UnboundedSender<BatchReport>>,
+    /// Each device's newest reading (for `/metrics`, the page and the API).
+    latest: Option<LatestReadings>,
     /// Forward-first, when a database is configured.
     direct: Option<Direct>,
     /// Decides measurement times.
@@ -70,6 +73,7 @@ impl StoreSink {
             rows_stored,
             forwarder,
             report: None,
+            latest: None,
             direct: None,
             clock,
             last_times: HashMap::new(),
@@ -145,6 +149,12 @@ impl StoreSink {
         self
     }
 
+    /// Keeps each device's newest committed reading on `board`.
+    pub(super) fn with_latest(mut self, board: LatestReadings) -> Self {
+        self.latest = Some(board);
+        self
+    }
+
     /// Also sends every committed batch to `report`.
     pub(super) fn with_report(
         mut self,
@@ -176,6 +186,9 @@ impl BatchSink for StoreSink {
             self.forwarder.notify_one();
             stored
         };
+        if let Some(board) = &self.latest {
+            board.record(batch);
+        }
         if let Some(report) = &self.report {
             let _ = report.send(BatchReport {
                 readings: batch.to_vec(),

@@ -17,6 +17,7 @@ use crate::clock::TimeKeeper;
 use crate::config::Config;
 use crate::db::link::DatabaseLink;
 use crate::forward::ForwardCounters;
+use crate::latest::LatestReadings;
 use crate::pipeline::WriteHealth;
 use crate::status::StatusBoard;
 use crate::store::LocalStore;
@@ -80,6 +81,8 @@ pub(super) struct Observed {
     pub(super) writes: Arc<WriteHealth>,
     /// The tasks restarted after a panic.
     pub(super) restarts: Arc<supervise::Restarts>,
+    /// Each device's newest reading.
+    pub(super) latest: LatestReadings,
 }
 
 impl Observed {
@@ -98,6 +101,7 @@ impl Observed {
             sites: Arc::new(config.device_sites()),
             writes: Arc::default(),
             restarts: Arc::default(),
+            latest: LatestReadings::new(),
             clock: Arc::new(TimeKeeper::new(
                 config.clock.trust_local,
                 config.database.is_some(),

@@ -25,11 +25,13 @@ use crate::reading::{Reading, ReadingTable};
 /// A device's powers at one reading (W), by what they feed.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub(super) struct Powers {
-    solar: Option<f64>,
-    consumption: Option<f64>,
-    battery: Option<f64>,
-    grid: Option<f64>,
-    genset: Option<f64>,
+    pub(super) solar: Option<f64>,
+    pub(super) consumption: Option<f64>,
+    /// Positive while charging.
+    pub(super) battery: Option<f64>,
+    /// Positive while importing.
+    pub(super) grid: Option<f64>,
+    pub(super) genset: Option<f64>,
     /// The battery's state of charge (%), not a power.
     pub(super) soc: Option<f64>,
 }

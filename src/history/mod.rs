@@ -19,9 +19,11 @@
 pub(crate) mod aggregate;
 pub(crate) mod buckets;
 pub(crate) mod energy;
+pub mod flow;
 pub mod live;
 pub(crate) mod local;
 pub mod postgres;
+pub mod read;
 pub mod rebuild;
 pub mod sqlite;
 

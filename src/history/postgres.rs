@@ -334,3 +334,34 @@ impl RollupStore for PostgresRollups {
         Ok(())
     }
 }
+
+/// The days of energy from `first` on (of `site`, or every site's), by site
+/// and day.
+pub async fn energy_days(
+    pool: &PgPool,
+    first: NaiveDate,
+    site: Option<&str>,
+) -> Result<Vec<DayEnergy>, sqlx::Error> {
+    let rows = sqlx::query(&format!(
+        "SELECT installation_id, day, {}, coverage_pct
+         FROM victron.energy_daily
+         WHERE day >= $1 AND ($2::text IS NULL OR installation_id = $2)
+         ORDER BY installation_id, day",
+        DayEnergy::figure_columns()
+    ))
+    .bind(first)
+    .bind(site)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            DayEnergy::from_columns(
+                r.get("installation_id"),
+                r.get::<NaiveDate, _>("day"),
+                |column| r.get(column),
+                r.get("coverage_pct"),
+            )
+        })
+        .collect())
+}

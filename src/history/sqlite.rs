@@ -185,32 +185,7 @@ impl RollupStore for LocalRollups {
         to: DateTime<Utc>,
         aggregator: &mut Aggregator,
     ) -> Result<u64, LiveError> {
-        let store = &self.0;
-        let mut count = 0;
-        // In spans of minutes: a day read again after a restart is
-        // never one large result. A span that holds nothing skips
-        // to the next reading: a day read from its start on a new
-        // store costs one query, not one per span.
-        let mut start = from;
-        while start < to {
-            let end = (start + chrono::Duration::minutes(10)).min(to);
-            let rows = store.readings_between(start, end).await?;
-            if rows.is_empty() {
-                match store.next_confirmed(end).await? {
-                    Some(next) => start = next.max(end),
-                    None => break,
-                }
-                continue;
-            }
-            for row in rows {
-                if sites.iter().any(|s| **s == *row.reading.site) {
-                    aggregator.push(&row.reading);
-                    count += 1;
-                }
-            }
-            start = end;
-        }
-        Ok(count)
+        Ok(feed_reader(&self.0, sites, from, to, aggregator).await?)
     }
 
     async fn write(
@@ -248,6 +223,42 @@ async fn resume_from(store: &LocalStore, tz: Tz, now: DateTime<Utc>) -> DateTime
         },
     };
     from.min(today)
+}
+
+/// Feeds the store's confirmed readings of `sites` in `[from, to)` to the
+/// aggregator, in time order. Returns how many.
+pub(super) async fn feed_reader(
+    store: &StoreReader,
+    sites: &[String],
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    aggregator: &mut Aggregator,
+) -> Result<u64, StoreError> {
+    let mut count = 0;
+    // In spans of minutes: a day read again after a restart is
+    // never one large result. A span that holds nothing skips
+    // to the next reading: a day read from its start on a new
+    // store costs one query, not one per span.
+    let mut start = from;
+    while start < to {
+        let end = (start + chrono::Duration::minutes(10)).min(to);
+        let rows = store.readings_between(start, end).await?;
+        if rows.is_empty() {
+            match store.next_confirmed(end).await? {
+                Some(next) => start = next.max(end),
+                None => break,
+            }
+            continue;
+        }
+        for row in rows {
+            if sites.iter().any(|s| **s == *row.reading.site) {
+                aggregator.push(&row.reading);
+                count += 1;
+            }
+        }
+        start = end;
+    }
+    Ok(count)
 }
 
 /// The rollups and days of energy a local store keeps, read only (for
@@ -347,7 +358,7 @@ impl StoredRollups {
             .collect())
     }
 
-    async fn has_table(&self, name: &str) -> Result<bool, StoreError> {
+    pub(super) async fn has_table(&self, name: &str) -> Result<bool, StoreError> {
         Ok(sqlx::query_scalar(
             "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?",
         )

@@ -1,8 +1,12 @@
-//! The HTTP health and metrics endpoint (`health.listen`, or `PORT`):
+//! The daemon's HTTP listener (`health.listen`, or `PORT`):
 //!
 //! - `GET /healthz`: 200 when healthy or degraded, 503 when down, with the
 //!   verdict and its reasons as JSON (the same verdict as `status`);
-//! - `GET /metrics`: Prometheus text exposition format 0.0.4.
+//! - `GET /metrics`: Prometheus text exposition format 0.0.4;
+//! - anything else the observer answers (the page at `/`, the API under
+//!   `/api/v1/`), behind HTTP basic authentication when a password is set
+//!   (`/healthz` stays open), with a content security policy that lets a
+//!   page load nothing from another host.
 //!
 //! HTTP/1.1 on hyper; GET and HEAD only. Whatever clients do, the endpoint
 //! cannot take the daemon down:
@@ -52,14 +56,97 @@ pub(crate) trait Observe: Send + Sync + 'static {
     fn health(&self) -> impl Future<Output = Health> + Send;
     /// The current metrics, in Prometheus text format.
     fn metrics(&self) -> impl Future<Output = String> + Send;
+    /// The answer to any other `GET path?query` (the page, the API), or
+    /// `None`: not found.
+    fn answer(&self, path: &str, query: Option<&str>)
+    -> impl Future<Output = Option<Reply>> + Send;
 }
 
-/// Binds `address` (port 0 picks a free port).
-pub(crate) async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
+/// An answer to a request.
+#[derive(Debug, Clone)]
+pub(crate) struct Reply {
+    /// Its status.
+    pub(crate) status: StatusCode,
+    /// Its content type.
+    pub(crate) content_type: &'static str,
+    /// Its body.
+    pub(crate) body: Bytes,
+}
+
+/// What a page may load: only from the daemon itself, and its own inline
+/// style and script (the page must work on a LAN without internet, and
+/// must not leak a request elsewhere).
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+
+/// HTTP basic authentication against one password (any user name):
+/// `health.password`. `/healthz` stays open for checks.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Access {
+    password: Option<String>,
+}
+
+impl Access {
+    /// Open to all, or behind `password`.
+    pub(crate) fn new(password: Option<String>) -> Self {
+        Self { password }
+    }
+
+    /// Whether a request with these headers may see `path`.
+    fn allows(&self, path: &str, headers: &hyper::HeaderMap) -> bool {
+        let Some(password) = &self.password else {
+            return true;
+        };
+        if path == "/healthz" {
+            return true;
+        }
+        use base64::Engine as _;
+        headers
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Basic "))
+            .and_then(|b64| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(b64.trim())
+                    .ok()
+            })
+            .and_then(|raw| String::from_utf8(raw).ok())
+            .and_then(|pair| pair.split_once(':').map(|(_, given)| given.to_string()))
+            .is_some_and(|given| constant_time_eq(given.as_bytes(), password.as_bytes()))
+    }
+}
+
+/// Compares without stopping at the first difference (the time a
+/// comparison takes says nothing of where a guess went wrong).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The listener's default address: loopback only, so that the page is
+/// there on the gateway and nothing is exposed until the operator opens it.
+pub(crate) const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9480);
+
+/// Binds `address` (port 0 picks a free port). The default address taken
+/// by something else (a second daemon on the machine) is a warning and no
+/// listener — polling matters more than the page; any other failure, or an
+/// address the operator chose, is an error.
+pub(crate) async fn bind(address: SocketAddr) -> anyhow::Result<Option<TcpListener>> {
     use anyhow::Context as _;
-    TcpListener::bind(address)
-        .await
-        .with_context(|| format!("Cannot listen on {address} (health.listen)"))
+    match TcpListener::bind(address).await {
+        Ok(listener) => Ok(Some(listener)),
+        Err(error)
+            if address == DEFAULT_LISTEN && error.kind() == std::io::ErrorKind::AddrInUse =>
+        {
+            tracing::warn!(
+                %address,
+                "The page, the API, /healthz and /metrics are not served: their default address is taken; set health.listen to another one."
+            );
+            Ok(None)
+        }
+        Err(error) => {
+            Err(error).with_context(|| format!("Cannot listen on {address} (health.listen)"))
+        }
+    }
 }
 
 /// The most connections served at once. A health check or a Prometheus
@@ -163,8 +250,10 @@ struct Refusals {
 pub(crate) async fn serve<O: Observe>(
     listener: TcpListener,
     observer: Arc<O>,
+    access: Access,
     cancel: CancellationToken,
 ) {
+    let access = Arc::new(access);
     let open_files = raise_open_file_limit();
     let limit = connection_limit(open_files);
     tracing::info!(
@@ -265,9 +354,11 @@ pub(crate) async fn serve<O: Observe>(
             );
         }
         let observer = Arc::clone(&observer);
+        let access = Arc::clone(&access);
         let service = service_fn(move |request| {
             let observer = Arc::clone(&observer);
-            async move { Ok::<_, Infallible>(respond(request, observer.as_ref()).await) }
+            let access = Arc::clone(&access);
+            async move { Ok::<_, Infallible>(respond(request, observer.as_ref(), &access).await) }
         });
         let connection = builder.serve_connection(TokioIo::new(stream), service);
         connections.spawn(async move {
@@ -283,10 +374,22 @@ pub(crate) async fn serve<O: Observe>(
     connections.abort_all();
 }
 
-async fn respond<O: Observe>(request: Request<Incoming>, observer: &O) -> Response<Full<Bytes>> {
+async fn respond<O: Observe>(
+    request: Request<Incoming>,
+    observer: &O,
+    access: &Access,
+) -> Response<Full<Bytes>> {
     let head = request.method() == Method::HEAD;
     if request.method() != Method::GET && !head {
         return plain(StatusCode::METHOD_NOT_ALLOWED, "GET or HEAD only\n");
+    }
+    if !access.allows(request.uri().path(), request.headers()) {
+        let mut response = plain(StatusCode::UNAUTHORIZED, "a password is needed\n");
+        response.headers_mut().insert(
+            hyper::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"victron-poller\", charset=\"UTF-8\""),
+        );
+        return response;
     }
     let mut response = match request.uri().path() {
         "/healthz" => {
@@ -313,10 +416,34 @@ async fn respond<O: Observe>(request: Request<Incoming>, observer: &O) -> Respon
                 .insert(CONTENT_TYPE, HeaderValue::from_static(METRICS_CONTENT_TYPE));
             response
         }
-        _ => plain(
-            StatusCode::NOT_FOUND,
-            "not found: try /healthz or /metrics\n",
-        ),
+        path => match observer.answer(path, request.uri().query()).await {
+            Some(reply) => {
+                let html = reply.content_type.starts_with("text/html");
+                let mut response = Response::new(Full::new(reply.body));
+                *response.status_mut() = reply.status;
+                let headers = response.headers_mut();
+                headers.insert(CONTENT_TYPE, HeaderValue::from_static(reply.content_type));
+                headers.insert(
+                    hyper::header::CACHE_CONTROL,
+                    HeaderValue::from_static("no-store"),
+                );
+                if html {
+                    headers.insert(
+                        hyper::header::CONTENT_SECURITY_POLICY,
+                        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+                    );
+                }
+                headers.insert(
+                    hyper::header::X_CONTENT_TYPE_OPTIONS,
+                    HeaderValue::from_static("nosniff"),
+                );
+                response
+            }
+            None => plain(
+                StatusCode::NOT_FOUND,
+                "not found: try /, /api/v1/latest, /healthz or /metrics\n",
+            ),
+        },
     };
     if head {
         *response.body_mut() = Full::new(Bytes::new());

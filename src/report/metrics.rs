@@ -385,6 +385,68 @@ fn clock(page: &mut MetricsText, snapshot: &Snapshot) {
     );
 }
 
+/// The devices' newest values as gauges (a device's running total as a
+/// counter), named by [`crate::quantity::prometheus_name`] and labelled
+/// with the site and device: `victron_battery_soc_percent{site="ranch",device="bank"} 81.5`.
+/// A value a device did not give has no sample (never 0); the measurement
+/// time of each device is `victron_reading_timestamp_seconds`.
+pub(crate) fn values(readings: &[crate::reading::Reading]) -> String {
+    use std::collections::BTreeMap;
+    /// Whether a counter, its help, and its samples (reading, value).
+    type Family = (bool, String, Vec<(usize, f64)>);
+    let mut families: BTreeMap<String, Family> = BTreeMap::new();
+    for (index, reading) in readings.iter().enumerate() {
+        for (column, _) in reading.table.columns() {
+            let (Some(metric), Some(value)) = (
+                crate::quantity::prometheus_name(reading.table, column),
+                reading.float(column).filter(|v| v.is_finite()),
+            ) else {
+                continue;
+            };
+            let unit =
+                crate::quantity::unit_of(reading.table, column).map_or("", |(u, _)| u.symbol());
+            let family = families.entry(metric.name).or_insert_with(|| {
+                let help = format!(
+                    "The newest {column} ({unit}) of each {} device ({}).",
+                    crate::quantity::device_kind(reading.table),
+                    reading.table.name()
+                );
+                (metric.counter, help, Vec::new())
+            });
+            family.2.push((index, value));
+        }
+    }
+    let mut page = MetricsText::new();
+    for (name, (counter, help, samples)) in &families {
+        let kind = if *counter { Kind::Counter } else { Kind::Gauge };
+        page.family(name, kind, help);
+        for (index, value) in samples {
+            let reading = &readings[*index];
+            page.sample(
+                name,
+                &[("site", &reading.site), ("device", &reading.device)],
+                *value,
+            );
+        }
+    }
+    if !readings.is_empty() {
+        let name = "victron_reading_timestamp_seconds";
+        page.family(
+            name,
+            Kind::Gauge,
+            "When each device's newest values were measured (Unix time).",
+        );
+        for reading in readings {
+            page.sample(
+                name,
+                &[("site", &reading.site), ("device", &reading.device)],
+                reading.measured_at.timestamp_micros() as f64 / 1e6,
+            );
+        }
+    }
+    page.finish()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

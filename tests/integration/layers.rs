@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&[&str]] = &[
     &["cli"],
     &["daemon"],
+    &["web"],
     &["report"],
     &["simulator"],
     &["sources"],
@@ -28,7 +29,8 @@ const LAYERS: &[&[&str]] = &[
     &["db"],
     &["store"],
     &["systemd"],
-    &["pipeline", "failover", "status", "logging"],
+    &["pipeline", "failover", "status", "logging", "latest"],
+    &["quantity"],
     &["reading", "registers", "config"],
     &["clock", "schedule", "signals"],
 ];

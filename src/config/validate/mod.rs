@@ -194,19 +194,21 @@ fn health(
     problems: &mut Problems,
 ) -> HealthConfig {
     let listen_key = t.key("listen");
-    let listen = t
-        .string(&keys::HEALTH_LISTEN, problems)
-        .filter(|l| !l.trim().is_empty())
-        .and_then(|text| match text.trim().parse() {
-            Ok(address) => Some(address),
-            Err(_) => {
-                let message = format!(
-                    "\"{text}\" is not an address and port such as 127.0.0.1:9480 or 0.0.0.0:8080"
-                );
-                problems.push(&listen_key, message);
-                None
-            }
-        });
+    let listen = Some(
+        t.string(&keys::HEALTH_LISTEN, problems)
+            .unwrap_or_else(|| keys::HEALTH_LISTEN.default_text()),
+    )
+    .filter(|l| !l.trim().is_empty() && !l.trim().eq_ignore_ascii_case("off"))
+    .and_then(|text| match text.trim().parse() {
+        Ok(address) => Some(address),
+        Err(_) => {
+            let message = format!(
+                "\"{text}\" is not an address and port such as 127.0.0.1:9480 or 0.0.0.0:8080"
+            );
+            problems.push(&listen_key, message);
+            None
+        }
+    });
     let stall_key = t.key("stall_timeout_ms");
     let stall_ms = t.integer(&keys::HEALTH_STALL_TIMEOUT_MS, problems);
     // A source legitimately waits this long between two polls: the stall
@@ -230,8 +232,17 @@ fn health(
             ),
         );
     }
+    let password_key = t.key("password");
+    let password = t.string(&keys::HEALTH_PASSWORD, problems);
+    if password.as_deref().is_some_and(|p| p.is_empty()) {
+        problems.push(
+            &password_key,
+            "is empty: remove the key for no password".to_string(),
+        );
+    }
     HealthConfig {
         listen,
+        password: password.filter(|p| !p.is_empty()),
         stall_timeout: Duration::from_millis(stall_ms),
     }
 }
