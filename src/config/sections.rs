@@ -223,7 +223,7 @@ impl std::fmt::Debug for HealthConfig {
 impl Default for HealthConfig {
     fn default() -> Self {
         Self {
-            listen: Some(SocketAddr::from(([127, 0, 0, 1], 9480))),
+            listen: keys::HEALTH_LISTEN.text_default().parse().ok(),
             password: None,
             stall_timeout: Duration::from_millis(keys::HEALTH_STALL_TIMEOUT_MS.integer_default()),
         }

@@ -196,7 +196,7 @@ fn health(
     let listen_key = t.key("listen");
     let listen = Some(
         t.string(&keys::HEALTH_LISTEN, problems)
-            .unwrap_or_else(|| keys::HEALTH_LISTEN.default_text()),
+            .unwrap_or_else(|| keys::HEALTH_LISTEN.text_default().to_string()),
     )
     .filter(|l| !l.trim().is_empty() && !l.trim().eq_ignore_ascii_case("off"))
     .and_then(|text| match text.trim().parse() {
