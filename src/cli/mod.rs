@@ -15,6 +15,7 @@ macro_rules! outln {
 pub(crate) mod check_config;
 pub(crate) mod demo;
 pub(crate) mod energy;
+pub(crate) mod export;
 pub(crate) mod history;
 pub(crate) mod migrate;
 pub(crate) mod probe;
@@ -108,8 +109,8 @@ impl From<Exit> for ExitCode {
 pub struct Cli {
     /// The TOML configuration file (every key can also be set by environment);
     /// default /etc/victron-poller/victron-poller.toml when it exists. For
-    /// `run`, `migrate`, `check-config`, `status`, `history` and `energy`;
-    /// `demo`, `simulate` and `probe` read none and refuse it.
+    /// `run`, `migrate`, `check-config`, `status`, `history`, `energy` and
+    /// `export`; `demo`, `simulate` and `probe` read none and refuse it.
     #[arg(long, short, global = true, env = CONFIG_PATH_ENV, value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
 
@@ -154,6 +155,9 @@ pub(crate) enum Command {
     History(history::HistoryArgs),
     /// Daily energy (kWh) and the battery's SOC range, per site and local day.
     Energy(energy::EnergyArgs),
+    /// Readings, rollups or daily energy of a time range as CSV or JSON
+    /// lines on standard output (for a spreadsheet or another tool).
+    Export(export::ExportArgs),
     /// Run a built-in device simulator (for demos and tests).
     Simulate(simulate::SimulateArgs),
     /// Discover which unit ids of a GX answer, and print a configuration snippet.
@@ -177,7 +181,8 @@ impl Command {
             | Self::CheckConfig
             | Self::Status(_)
             | Self::History(_)
-            | Self::Energy(_) => None,
+            | Self::Energy(_)
+            | Self::Export(_) => None,
         }
     }
 }
@@ -316,6 +321,7 @@ pub(crate) async fn run_in(cli: Cli, layout: &Layout) -> anyhow::Result<Exit> {
             Command::Status(args) => status::exec(&configured()?, args, &context).await,
             Command::History(args) => history::exec(&configured()?, args).await,
             Command::Energy(args) => energy::exec(&configured()?, args, &context).await,
+            Command::Export(args) => export::exec(&configured()?, args, &context).await,
             // Simulators and the probe need no configuration.
             Command::Simulate(args) => {
                 crate::logging::init(&crate::config::LogConfig::default());
