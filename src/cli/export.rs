@@ -312,10 +312,15 @@ struct ExportReading {
     values: Vec<(&'static str, Value)>,
 }
 
-/// Readings in export order: by time, then table, then device.
+/// Readings in export order: by time, then table, then device (then site).
 fn sort_readings(rows: &mut [ExportReading]) {
     rows.sort_by(|a, b| {
-        (a.measured_at, a.table, &a.device).cmp(&(b.measured_at, b.table, &b.device))
+        (a.measured_at, a.table, &a.device, &a.site).cmp(&(
+            b.measured_at,
+            b.table,
+            &b.device,
+            &b.site,
+        ))
     });
 }
 
@@ -334,7 +339,8 @@ struct ExportRollup {
     last: Option<f64>,
 }
 
-/// Rollups in export order: by bucket, then table, then device, then metric.
+/// Rollups in export order: by bucket, then table, then device, then metric
+/// (then site).
 fn sort_rollups(rows: &mut [ExportRollup]) {
     rows.sort_by(|a, b| {
         let key = |r: &ExportRollup| {
@@ -343,7 +349,13 @@ fn sort_rollups(rows: &mut [ExportRollup]) {
                 table_from_name(&r.table).map_or(ReadingTable::ALL.len(), |t| t as usize),
             )
         };
-        (key(a), &a.table, &a.device, &a.metric).cmp(&(key(b), &b.table, &b.device, &b.metric))
+        (key(a), &a.table, &a.device, &a.metric, &a.site).cmp(&(
+            key(b),
+            &b.table,
+            &b.device,
+            &b.metric,
+            &b.site,
+        ))
     });
 }
 
