@@ -15,6 +15,7 @@ macro_rules! outln {
 pub(crate) mod check_config;
 pub(crate) mod demo;
 pub(crate) mod energy;
+pub(crate) mod export;
 pub(crate) mod history;
 pub(crate) mod migrate;
 mod now;
@@ -110,8 +111,8 @@ impl From<Exit> for ExitCode {
 pub struct Cli {
     /// The TOML configuration file (every key can also be set by environment);
     /// default /etc/victron-poller/victron-poller.toml when it exists. For
-    /// `run`, `migrate`, `check-config`, `status`, `history` and `energy`;
-    /// `demo`, `simulate` and `probe` read none and refuse it.
+    /// `run`, `migrate`, `check-config`, `status`, `history`, `energy` and
+    /// `export`; `demo`, `simulate` and `probe` read none and refuse it.
     #[arg(long, short, global = true, env = CONFIG_PATH_ENV, value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
 
@@ -159,6 +160,9 @@ pub(crate) enum Command {
     /// The running daemon's readings as they come: one line per device per
     /// poll, from its API (`health.listen`).
     Watch(watch::WatchArgs),
+    /// Readings, rollups or daily energy of a time range as CSV or JSON
+    /// lines on standard output (for a spreadsheet or another tool).
+    Export(export::ExportArgs),
     /// Run a built-in device simulator (for demos and tests).
     Simulate(simulate::SimulateArgs),
     /// Discover which unit ids of a GX answer, and print a configuration snippet.
@@ -183,7 +187,8 @@ impl Command {
             | Self::Status(_)
             | Self::History(_)
             | Self::Energy(_)
-            | Self::Watch(_) => None,
+            | Self::Watch(_)
+            | Self::Export(_) => None,
         }
     }
 }
@@ -323,6 +328,7 @@ pub(crate) async fn run_in(cli: Cli, layout: &Layout) -> anyhow::Result<Exit> {
             Command::History(args) => history::exec(&configured()?, args).await,
             Command::Energy(args) => energy::exec(&configured()?, args, &context).await,
             Command::Watch(args) => watch::exec(&configured()?, args).await,
+            Command::Export(args) => export::exec(&configured()?, args, &context).await,
             // Simulators and the probe need no configuration.
             Command::Simulate(args) => {
                 crate::logging::init(&crate::config::LogConfig::default());

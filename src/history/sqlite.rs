@@ -358,6 +358,26 @@ impl StoredRollups {
             .collect())
     }
 
+    /// The start of the first bucket of one resolution at or after `at`, if
+    /// any (for a reader that skips what holds nothing).
+    pub(crate) async fn next_bucket(
+        &self,
+        resolution: Resolution,
+        at: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        if !self.has_table(resolution.table()).await? {
+            return Ok(None);
+        }
+        let next: Option<i64> = sqlx::query_scalar(&format!(
+            "SELECT min(bucket_us) FROM {} WHERE bucket_us >= ?",
+            resolution.table()
+        ))
+        .bind(micros(at))
+        .fetch_one(&self.0.pool())
+        .await?;
+        Ok(next.map(from_micros))
+    }
+
     pub(super) async fn has_table(&self, name: &str) -> Result<bool, StoreError> {
         Ok(sqlx::query_scalar(
             "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?",

@@ -287,6 +287,13 @@ impl StoreReader {
         })
     }
 
+    /// Readings stored before the store recorded sites belong to `site`
+    /// (as the daemon that wrote them was configured).
+    pub(crate) fn with_legacy_site(mut self, site: &str) -> Self {
+        self.legacy_site = Arc::from(site);
+        self
+    }
+
     /// The store's file.
     pub(crate) fn path(&self) -> &Path {
         &self.path

@@ -36,6 +36,9 @@ mod embedded;
 mod end_to_end;
 /// The service's environment file as the package reads it: never run.
 mod environment_file;
+/// `export`: the store's and the database's readings row for row, as CSV
+/// and JSON lines; the range's edges.
+mod export;
 /// Faults a gateway meets: a full disk, a damaged or deleted store, an
 /// unusable state directory.
 mod faults;
