@@ -170,7 +170,7 @@ async fn a_gx_outage_is_one_warning_and_one_line_when_it_is_back() {
     .await;
     let mut health = None;
     wait_for("the health endpoint", Duration::from_secs(10), async || {
-        health = lines_with(&log_of(&state), "Serving /healthz")
+        health = lines_with(&log_of(&state), "Serving the page")
             .first()
             .and_then(|l| l.split("address=").nth(1))
             .and_then(|a| a.split_whitespace().next())

@@ -94,6 +94,8 @@ mod schema;
 mod secrets;
 /// A second signal, and a stop that cannot finish.
 mod shutdown;
+/// The site's page, its API and values in /metrics.
+mod site_page;
 /// Several sites on one database.
 #[cfg(feature = "servers")]
 mod sites;

@@ -12,6 +12,8 @@ use victron_poller::store::StoreReader;
 
 #[cfg(feature = "servers")]
 use crate::helpers::database::{Flavour, Route, TcpProxy, TestDb, rows, server_address, url_via};
+#[cfg(feature = "servers")]
+use crate::helpers::http::parse_metrics;
 use crate::helpers::http::{health_address, http_get};
 #[cfg(feature = "servers")]
 use crate::helpers::process::{Daemon, store_status, successful_polls, try_store_status};
@@ -57,45 +59,6 @@ async fn wait_health(addr: SocketAddr, code: u16, limit: Duration) -> serde_json
     })
     .await;
     last
-}
-
-/// `/metrics` parsed by Prometheus's own Python parser: (name, labels, value)
-/// for every sample.
-#[cfg(feature = "servers")]
-fn parse_metrics(text: &str) -> Vec<(String, serde_json::Value, f64)> {
-    use std::io::Write as _;
-    let script = "import json, sys\n\
-        from prometheus_client.parser import text_string_to_metric_families\n\
-        out = []\n\
-        for family in text_string_to_metric_families(sys.stdin.read()):\n\
-        \x20   for s in family.samples:\n\
-        \x20       out.append([s.name, s.labels, s.value, family.type])\n\
-        print(json.dumps(out))\n";
-    let mut child = std::process::Command::new("/usr/bin/python3")
-        .args(["-c", script])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3 with prometheus_client (scripts/setup-machine.sh installs it)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "the Prometheus parser refused /metrics: {}\n{text}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let samples: Vec<(String, serde_json::Value, f64, String)> =
-        serde_json::from_slice(&output.stdout).unwrap();
-    samples
-        .into_iter()
-        .map(|(name, labels, value, _)| (name, labels, value))
-        .collect()
 }
 
 #[cfg(feature = "servers")]

@@ -6,6 +6,9 @@
 //! (libfaketime) with the `system-tools` feature. `scripts/test` enables
 //! both; plain `cargo test` builds neither.
 
+/// Debian's headless chromium: a page, its console, its requests.
+#[cfg(feature = "system-tools")]
+pub mod chromium;
 /// Test databases on the servers `scripts/test` starts; links to break.
 #[cfg(feature = "servers")]
 pub mod database;
