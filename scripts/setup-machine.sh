@@ -25,6 +25,9 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)             # the TLS t
   missing+=(python3-prometheus-client) # Prometheus's own parser checks /metrics
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)      # the unit file's checks and test
 command -v pgrep >/dev/null 2>&1 || missing+=(procps)                # scripts/systemd-ns.sh finds its systemd
+[ -x /usr/lib/chromium/chromium ] || missing+=(chromium)         # the page on the gateway, in a real browser
+dpkg -s fonts-dejavu-core >/dev/null 2>&1 ||
+  missing+=(fonts-dejavu-core)                                       # text in chromium's screenshots
 dpkg -s libfaketime >/dev/null 2>&1 ||
   missing+=(libfaketime)                                             # the clock tests run the daemon on a wrong clock
 if [ ${#missing[@]} -gt 0 ]; then

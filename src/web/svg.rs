@@ -83,7 +83,7 @@ pub(super) fn lines(
     // A time label every 6 hours of the site's clock.
     for (i, at) in times.iter().enumerate() {
         let local = at.with_timezone(&tz);
-        if local.minute() == 0 && local.hour() % 6 == 0 {
+        if local.minute() == 0 && local.hour() % 6 == 0 && x(i) < WIDTH - 20.0 {
             let _ = write!(
                 svg,
                 r#"<text class="axis" x="{:.1}" y="{}" text-anchor="middle">{}</text>"#,

@@ -568,6 +568,18 @@ async fn the_page_in_chromium(
         page.screenshot.metadata().unwrap().len() > 10_000,
         "a screenshot of the page"
     );
+    // The whole page on a desktop, light and dark, for the test's output.
+    let url = format!("http://{address}/?site={SITE_ID}");
+    for dark in [false, true] {
+        let scheme = if dark { "dark" } else { "light" };
+        crate::helpers::chromium::screenshot(
+            &url,
+            dir,
+            &format!("{name}-{scheme}"),
+            (1000, 2000),
+            dark,
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

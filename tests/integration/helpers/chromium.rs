@@ -103,3 +103,42 @@ fn page_requests(net_log: &Path) -> Vec<String> {
         })
         .collect()
 }
+
+/// A screenshot of `url` in a `width` × `height` window, in the dark
+/// colour scheme when `dark`, saved as `target/screenshots/<name>.png`.
+pub fn screenshot(url: &str, dir: &Path, name: &str, (width, height): (u32, u32), dark: bool) {
+    let saved = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+    std::fs::create_dir_all(&saved).unwrap();
+    let path = saved.join(format!("{name}.png"));
+    let mut command = Command::new("timeout");
+    command
+        .arg("60")
+        .arg(CHROMIUM)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--no-first-run",
+            "--virtual-time-budget=5000",
+        ])
+        .arg(format!("--window-size={width},{height}"))
+        .arg(format!(
+            "--user-data-dir={}",
+            dir.join(format!("{name}-profile")).display()
+        ))
+        .arg(format!("--screenshot={}", path.display()))
+        .env("XDG_CONFIG_HOME", dir.join(format!("{name}-xdg")));
+    if dark {
+        command.arg("--blink-settings=preferredColorScheme=0");
+    }
+    let output = command
+        .arg(url)
+        .output()
+        .expect("timeout (coreutils) runs chromium");
+    assert!(
+        output.status.success() && path.exists(),
+        "chromium's screenshot of {url}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
