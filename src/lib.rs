@@ -10,6 +10,8 @@
 //! - [`cli`]: one file per subcommand, the exit codes.
 //! - [`daemon`]: the wiring of `run`: a handle per task, every task on one
 //!   tracker under a supervisor, the ordered stop.
+//! - [`web`]: the site for people on the daemon's listener: the page at `/`
+//!   and the JSON API under `/api/v1/`.
 //! - [`report`]: what the daemon says about itself, as one typed snapshot:
 //!   the health verdict, `/healthz` and `/metrics`.
 //! - [`simulator`]: the built-in GX and VE.Direct simulators and the
@@ -29,7 +31,9 @@
 //! - [`pipeline`]: the batcher, in front of a sink it defines;
 //!   [`failover`]: which devices this daemon may poll when another one
 //!   shares them; [`status`]: live device status and hang detection;
-//!   [`logging`]: text, journald or JSON.
+//!   [`logging`]: text, journald or JSON; [`latest`]: each device's newest
+//!   reading, in memory; [`quantity`]: what each value column measures
+//!   (its unit, its Prometheus name).
 //! - [`reading`]: the reading model; [`registers`]: Victron's register list
 //!   and the read planner; [`config`]: the TOML file and environment
 //!   overrides, validated against one table of keys.

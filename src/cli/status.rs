@@ -243,7 +243,7 @@ async fn gather(config: &Config, args: &StatusArgs, context: &Context) -> anyhow
         schema: Some(schema),
         ..Report::judged(&health)
     };
-    let pool = crate::db::connect(db).await?;
+    let pool = crate::db::lazy_pool(db, 1)?;
     report
         .attach_now(config, &Archive::Database(pool.clone()))
         .await;

@@ -1,7 +1,8 @@
 //! `victron-poller watch [--device D] [--interval S] [--url U]`: the running
 //! daemon's readings as they come, one line per device per poll — the
 //! values that matter, as `demo` prints them — from its API
-//! (`/api/v1/latest` on `health.listen`, with `health.password`).
+//! (`/api/v1/readings` on `health.listen`, with `health.password`: the
+//! last few readings of each device, kept in memory by the daemon).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -70,12 +71,38 @@ pub(crate) async fn exec(config: &Config, args: WatchArgs) -> anyhow::Result<Exi
     let mut ticker = tokio::time::interval(Duration::from_secs_f64(args.interval));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
+    let device = args
+        .device
+        .as_deref()
+        .map(|d| {
+            format!(
+                "&device={}",
+                url::form_urlencoded::byte_serialize(d.as_bytes()).collect::<String>()
+            )
+        })
+        .unwrap_or_default();
+    // One listener for the whole run: a Ctrl-C during a request counts too.
+    let mut interrupted = std::pin::pin!(tokio::signal::ctrl_c());
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => return Ok(Exit::Ok),
+            _ = &mut interrupted => return Ok(Exit::Ok),
             _ = ticker.tick() => {}
         }
-        let body = match get(&address, "/api/v1/latest", auth.as_deref()).await {
+        // At first, each device's newest reading; then every one since the
+        // oldest newest shown (each device's own are filtered here).
+        let since = shown.values().min().map_or_else(
+            || {
+                (Utc::now() - chrono::Duration::seconds(2))
+                    .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+            },
+            |t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        );
+        let path = format!("/api/v1/readings?since={since}{device}");
+        let answer = tokio::select! {
+            _ = &mut interrupted => return Ok(Exit::Ok),
+            answer = get(&address, &path, auth.as_deref()) => answer,
+        };
+        let body = match answer {
             Ok(body) => body,
             Err(error) => {
                 if !failing {
@@ -86,14 +113,14 @@ pub(crate) async fn exec(config: &Config, args: WatchArgs) -> anyhow::Result<Exi
             }
         };
         failing = false;
-        let latest: serde_json::Value =
+        let answer: serde_json::Value =
             serde_json::from_slice(&body).context("The daemon's answer is not JSON")?;
-        for reading in readings(&latest) {
-            if args.device.as_deref().is_some_and(|d| d != reading.device) {
-                continue;
-            }
+        for reading in readings(&answer) {
             let key = (reading.site.to_string(), reading.device.clone());
-            if shown.get(&key) == Some(&reading.measured_at) {
+            if shown
+                .get(&key)
+                .is_some_and(|last| *last >= reading.measured_at)
+            {
                 continue;
             }
             shown.insert(key, reading.measured_at);
@@ -127,52 +154,49 @@ async fn get(address: &str, path: &str, auth: Option<&str>) -> anyhow::Result<By
     .context("no answer in 5 s")?
 }
 
-/// The readings of an `/api/v1/latest` answer.
-fn readings(latest: &serde_json::Value) -> Vec<Reading> {
+/// The readings of an `/api/v1/readings` answer.
+fn readings(answer: &serde_json::Value) -> Vec<Reading> {
     let mut found = Vec::new();
-    let sites = latest["sites"].as_array().cloned().unwrap_or_default();
-    for site in sites {
-        let name: Arc<str> = Arc::from(site["site"].as_str().unwrap_or_default());
-        for device in site["devices"].as_array().cloned().unwrap_or_default() {
-            let Some(table) = ReadingTable::ALL
-                .into_iter()
-                .find(|t| Some(crate::quantity::device_kind(*t)) == device["kind"].as_str())
-            else {
-                continue;
-            };
-            let Some(measured_at) = device["measured_at"]
-                .as_str()
-                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-            else {
-                continue;
-            };
-            let values = table
-                .columns()
-                .iter()
-                .filter_map(|(column, kind)| {
-                    let value = &device["values"][*column]["value"];
-                    let value = match kind {
-                        ColumnKind::Float => Value::Float(value.as_f64()?),
-                        ColumnKind::Int => Value::Int(value.as_i64()?),
-                        ColumnKind::Text => Value::Text(value.as_str()?.to_string().into()),
-                    };
-                    Some((*column, value))
-                })
-                .collect();
-            found.push(Reading {
-                site: Arc::clone(&name),
-                device: device["device"].as_str().unwrap_or_default().to_string(),
-                table,
-                source: if device["source"] == "vedirect" {
-                    SourceKind::VeDirect
-                } else {
-                    SourceKind::Modbus
-                },
-                measured_at: measured_at.with_timezone(&Utc),
-                unconfirmed: None,
-                values,
-            });
-        }
+    for device in answer["readings"].as_array().cloned().unwrap_or_default() {
+        let name: Arc<str> = Arc::from(device["site"].as_str().unwrap_or_default());
+        let Some(table) = ReadingTable::ALL
+            .into_iter()
+            .find(|t| Some(crate::quantity::device_kind(*t)) == device["kind"].as_str())
+        else {
+            continue;
+        };
+        let Some(measured_at) = device["measured_at"]
+            .as_str()
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        else {
+            continue;
+        };
+        let values = table
+            .columns()
+            .iter()
+            .filter_map(|(column, kind)| {
+                let value = &device["values"][*column]["value"];
+                let value = match kind {
+                    ColumnKind::Float => Value::Float(value.as_f64()?),
+                    ColumnKind::Int => Value::Int(value.as_i64()?),
+                    ColumnKind::Text => Value::Text(value.as_str()?.to_string().into()),
+                };
+                Some((*column, value))
+            })
+            .collect();
+        found.push(Reading {
+            site: Arc::clone(&name),
+            device: device["device"].as_str().unwrap_or_default().to_string(),
+            table,
+            source: if device["source"] == "vedirect" {
+                SourceKind::VeDirect
+            } else {
+                SourceKind::Modbus
+            },
+            measured_at: measured_at.with_timezone(&Utc),
+            unconfirmed: None,
+            values,
+        });
     }
     found
 }

@@ -203,8 +203,7 @@ pub(crate) async fn run(
         if let Ok(address) = listener.local_addr() {
             tracing::info!(%address, "Serving the page at http://{address}/, the API, /healthz and /metrics.");
         }
-        let site =
-            crate::web::Site::new(&config, (*store).clone(), observed.latest.clone()).await?;
+        let site = crate::web::Site::new(&config, (*store).clone(), observed.latest.clone())?;
         let observer = Arc::new(observe::DaemonObserver::new(observed.clone(), site));
         // Not restartable (it owns the listening socket); each connection
         // is a task of its own, so a panic answering one costs that one.

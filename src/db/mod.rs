@@ -92,9 +92,21 @@ pub(crate) fn connect_options(config: &DatabaseConfig) -> Result<PgConnectOption
 /// turns: a writer waits for the one before it for up to a write's own time
 /// limit; connections beyond the first close after a minute unused.
 pub async fn connect(config: &DatabaseConfig) -> Result<PgPool, DbError> {
+    let pool = lazy_pool(config, config.max_connections)?;
+    match pool.acquire().await {
+        Ok(conn) => drop(conn),
+        Err(e) => return Err(classify_connect_error(e, config)),
+    }
+    Ok(pool)
+}
+
+/// A pool of at most `max_connections` that connects on first use (none
+/// is opened here): for a reader that must not hold the daemon's start, nor
+/// a connection while it is not used.
+pub fn lazy_pool(config: &DatabaseConfig, max_connections: u32) -> Result<PgPool, DbError> {
     let options = connect_options(config)?;
-    let pool = PgPoolOptions::new()
-        .max_connections(config.max_connections)
+    Ok(PgPoolOptions::new()
+        .max_connections(max_connections)
         .min_connections(0)
         .idle_timeout(Some(std::time::Duration::from_secs(60)))
         // No ping before each use (two round trips a second on every
@@ -103,12 +115,7 @@ pub async fn connect(config: &DatabaseConfig) -> Result<PgPool, DbError> {
         // use fails that one write, and the local store keeps its batch.
         .test_before_acquire(false)
         .acquire_timeout(config.connect_timeout.max(config.write_timeout))
-        .connect_lazy_with(options);
-    match pool.acquire().await {
-        Ok(conn) => drop(conn),
-        Err(e) => return Err(classify_connect_error(e, config)),
-    }
-    Ok(pool)
+        .connect_lazy_with(options))
 }
 
 /// Opens one connection (not a pool): for `migrate` and `status`, and for

@@ -14,7 +14,9 @@
 //! for completed days and `victron-poller history rebuild`; [`local`] gives
 //! `energy` its days without a database. [`buckets`] owns the boundaries
 //! (local days of `site.timezone`, 23 or 25 hours on DST days), [`energy`]
-//! which powers feed which energy.
+//! which powers feed which energy, and [`flow`] the site's power flow at
+//! one moment by the same rule. [`read`] reads the record back for people
+//! (the page, its API, `status`), from the local store or PostgreSQL.
 
 pub(crate) mod aggregate;
 pub(crate) mod buckets;

@@ -31,6 +31,10 @@ pub enum ReadError {
     /// Reading the raw rows for the open buckets.
     #[error("the raw readings: {0}")]
     Raw(#[from] super::live::LiveError),
+    /// The database is known to be out of reach: not asked (a reader must
+    /// not wait for its timeouts).
+    #[error("the database: unreachable since {0}")]
+    Unreachable(DateTime<Utc>),
 }
 
 /// A rollup row as read: device, table, metric, bucket (µs), samples, and
@@ -285,17 +289,15 @@ impl Archive {
                 }
             }
             Self::Database(pool) => {
-                for table in ReadingTable::ALL {
-                    found.extend(
-                        latest_in(pool, table, since)
-                            .await?
-                            .into_iter()
-                            .filter(|r| {
-                                devices
-                                    .iter()
-                                    .any(|(s, d)| **s == *r.site && *d == r.device)
-                            }),
-                    );
+                // One index probe per device and table (the key is
+                // (device, "timestamp")), not a scan of a day of rows.
+                for (site, device) in devices {
+                    for table in ReadingTable::ALL {
+                        if let Some(reading) = latest_in(pool, table, (site, device), since).await?
+                        {
+                            found.push(reading);
+                        }
+                    }
                 }
             }
         }
@@ -303,12 +305,14 @@ impl Archive {
     }
 }
 
-/// The newest row of each device of a PostgreSQL reading table since `since`.
+/// The newest row of `device` of `site` in a PostgreSQL reading table, if
+/// measured since `since`.
 async fn latest_in(
     pool: &PgPool,
     table: ReadingTable,
+    (site, device): (&str, &str),
     since: DateTime<Utc>,
-) -> Result<Vec<Reading>, sqlx::Error> {
+) -> Result<Option<Reading>, sqlx::Error> {
     let columns = table.columns();
     let select = columns
         .iter()
@@ -320,13 +324,15 @@ async fn latest_in(
         .collect::<Vec<_>>()
         .join(", ");
     let rows = sqlx::query(&format!(
-        "SELECT DISTINCT ON (installation_id, device)
-                coalesce(installation_id, ''), device, \"timestamp\", source, {select}
-         FROM victron.{} WHERE \"timestamp\" >= $1
-         ORDER BY installation_id, device, \"timestamp\" DESC",
+        "SELECT coalesce(installation_id, ''), device, \"timestamp\", source, {select}
+         FROM victron.{} WHERE device = $1 AND \"timestamp\" >= $2
+           AND coalesce(installation_id, '') = $3
+         ORDER BY \"timestamp\" DESC LIMIT 1",
         table.name()
     ))
+    .bind(device)
     .bind(since)
+    .bind(site)
     .fetch_all(pool)
     .await?;
     Ok(rows
@@ -362,5 +368,5 @@ async fn latest_in(
                 values,
             }
         })
-        .collect())
+        .next())
 }

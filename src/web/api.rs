@@ -3,6 +3,8 @@
 //!
 //! - `latest[?site=]`: each device's newest values with units, and the
 //!   site's power flow;
+//! - `readings[?since=&site=&device=]`: the last few readings of each device
+//!   (kept in memory) measured after `since`, in time order;
 //! - `devices`: the verdict and every device's health;
 //! - `flow[?site=&hours=]`: the site's power flow and SOC per 5 minutes;
 //! - `history?device=&metric=[&site=&from=&to=&step=]`: one metric of one
@@ -18,7 +20,6 @@ use serde::Serialize;
 
 use super::series::{Point, Step};
 use super::{Daemon, Query, Site, measured_values};
-use crate::history::DayEnergy;
 use crate::history::flow::Flow;
 use crate::history::read::ReadError;
 use crate::reading::Reading;
@@ -51,7 +52,7 @@ pub(crate) fn error(status: StatusCode, message: &str) -> Reply {
 
 /// A failure to read the record: the service is unavailable, for a reason.
 fn unavailable(e: &ReadError) -> Reply {
-    tracing::warn!(error = %e, "The page or API cannot read the record.");
+    tracing::debug!(error = %e, "The page or API cannot read the record.");
     error(StatusCode::SERVICE_UNAVAILABLE, &format!("cannot read {e}"))
 }
 
@@ -93,6 +94,7 @@ pub(super) async fn answer(
 ) -> Reply {
     match endpoint {
         "latest" => latest(site, query, daemon),
+        "readings" => readings(site, query, daemon),
         "devices" => json(&serde_json::json!({
             "at": daemon.now,
             "health": daemon.health.level.as_str(),
@@ -105,7 +107,7 @@ pub(super) async fn answer(
         "energy" => energy(site, query, daemon).await,
         _ => error(
             StatusCode::NOT_FOUND,
-            "no such endpoint: latest, devices, sites, flow, history, energy",
+            "no such endpoint: latest, readings, devices, sites, flow, history, energy",
         ),
     }
 }
@@ -130,6 +132,29 @@ fn latest(site: &Site, query: &Query, daemon: Daemon<'_>) -> Reply {
         })
         .collect();
     json(&serde_json::json!({ "at": daemon.now, "sites": sites }))
+}
+
+/// The readings kept in memory (the last few of each device) measured
+/// after `since` (all kept without it), of `site` and `device` when given,
+/// in time order: what `watch` follows.
+fn readings(site: &Site, query: &Query, daemon: Daemon<'_>) -> Reply {
+    let since = match time(query, "since", DateTime::<Utc>::MIN_UTC) {
+        Ok(t) => t,
+        Err(reply) => return reply,
+    };
+    let found: Vec<serde_json::Value> = site
+        .latest
+        .after(since)
+        .iter()
+        .filter(|r| query.get("site").is_none_or(|s| *r.site == *s))
+        .filter(|r| query.get("device").is_none_or(|d| r.device == d))
+        .map(|r| {
+            let mut json = serde_json::to_value(DeviceNow::of(r)).unwrap_or_default();
+            json["site"] = serde_json::json!(&*r.site);
+            json
+        })
+        .collect();
+    json(&serde_json::json!({ "at": daemon.now, "readings": found }))
 }
 
 /// A whole number parameter within `1..=most`, or its default.
@@ -169,7 +194,11 @@ async fn flow(site: &Site, query: &Query, daemon: Daemon<'_>) -> Reply {
         (Err(reply), _) | (_, Err(reply)) => return reply,
     };
     let range = (daemon.now - Duration::hours(hours), daemon.now);
-    match site.reader().flow(&name, range).await {
+    let reader = match site.reader(daemon) {
+        Ok(reader) => reader,
+        Err(e) => return unavailable(&e),
+    };
+    match reader.flow(&name, range).await {
         Ok(points) => json(&serde_json::json!({
             "site": name, "step": "5m", "from": range.0, "to": range.1, "points": points,
         })),
@@ -219,11 +248,11 @@ async fn history(site: &Site, query: &Query, daemon: Daemon<'_>) -> Reply {
             &format!("{metric:?} is not a numeric value of any device"),
         );
     };
-    match site
-        .reader()
-        .metric(&name, device, metric, (from, to), step)
-        .await
-    {
+    let reader = match site.reader(daemon) {
+        Ok(reader) => reader,
+        Err(e) => return unavailable(&e),
+    };
+    match reader.metric(&name, device, metric, (from, to), step).await {
         Ok(points) => json(&History {
             site: name,
             device: device.to_string(),
@@ -256,22 +285,12 @@ async fn energy(site: &Site, query: &Query, daemon: Daemon<'_>) -> Reply {
         (Ok(name), Ok(days)) => (name, days),
         (Err(reply), _) | (_, Err(reply)) => return reply,
     };
-    match site.days(&name, days, daemon.now).await {
+    let reader = match site.reader(daemon) {
+        Ok(reader) => reader,
+        Err(e) => return unavailable(&e),
+    };
+    match reader.days(&name, days, daemon.now).await {
         Ok(days) => json(&serde_json::json!({ "site": name, "days": days })),
         Err(e) => unavailable(&e),
-    }
-}
-
-impl Site {
-    /// `site`'s last `days` local days of energy, today included.
-    pub(crate) async fn days(
-        &self,
-        site: &str,
-        days: i64,
-        now: DateTime<Utc>,
-    ) -> Result<Vec<DayEnergy>, ReadError> {
-        let today = crate::history::buckets::local_day(now, self.tz);
-        let first = today - Duration::days(days - 1);
-        self.archive.days(Some(site), first).await
     }
 }

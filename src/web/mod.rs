@@ -18,13 +18,17 @@ use hyper::StatusCode;
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::history::read::Archive;
+use crate::history::read::{Archive, ReadError};
 use crate::latest::LatestReadings;
 use crate::reading::Reading;
 use crate::report::Snapshot;
 use crate::report::health::Health;
 use crate::report::http::Reply;
 use crate::store::StoreReader;
+
+/// The most connections the page and the API hold to PostgreSQL (closed
+/// after a minute unused).
+const READER_CONNECTIONS: u32 = 2;
 
 /// What the page and the API read from.
 #[derive(Debug, Clone)]
@@ -53,14 +57,15 @@ pub(crate) struct Daemon<'a> {
 
 impl Site {
     /// The site of `config`: history from `store`, or from PostgreSQL when
-    /// a database is configured (a pool of its own, connected on first use).
-    pub(crate) async fn new(
+    /// a database is configured (a pool of its own, connected on first use:
+    /// the daemon starts, and polls, whether the database answers or not).
+    pub(crate) fn new(
         config: &Config,
         store: StoreReader,
         latest: LatestReadings,
     ) -> Result<Self, crate::db::DbError> {
         let archive = match &config.database {
-            Some(db) => Archive::Database(crate::db::connect(db).await?),
+            Some(db) => Archive::Database(crate::db::lazy_pool(db, READER_CONNECTIONS)?),
             None => Archive::Store(store),
         };
         let device_sites = config.device_sites();
@@ -117,13 +122,20 @@ impl Site {
             .collect()
     }
 
-    /// How the record is read.
-    fn reader(&self) -> series::Reader<'_> {
-        series::Reader {
+    /// How the record is read — unless it is in PostgreSQL and the daemon
+    /// knows the database cannot be reached (a page must not wait for the
+    /// pool's timeouts; the site now comes from memory regardless).
+    fn reader(&self, daemon: Daemon<'_>) -> Result<series::Reader<'_>, ReadError> {
+        if let (Archive::Database(_), Some(since)) =
+            (&self.archive, daemon.snapshot.database_down_since)
+        {
+            return Err(ReadError::Unreachable(since));
+        }
+        Ok(series::Reader {
             archive: &self.archive,
             tz: self.tz,
             max_gap_s: self.max_gap_s,
-        }
+        })
     }
 }
 

@@ -18,6 +18,7 @@ use super::svg::{self, Line};
 use super::{Daemon, Query, Site};
 use crate::history::DayEnergy;
 use crate::history::flow::Flow;
+use crate::history::read::ReadError;
 use crate::quantity::{label, shown};
 use crate::reading::Reading;
 use crate::report::http::Reply;
@@ -86,9 +87,16 @@ pub(crate) async fn render(site: &Site, query: &Query, daemon: Daemon<'_>) -> Re
     let now = daemon.now;
     let readings = site.latest_of(&name);
     let flow = Flow::of(&readings);
-    let reader = site.reader();
-    let day = reader.flow(&name, (now - Duration::hours(24), now)).await;
-    let days = site.days(&name, 30, now).await;
+    let (day, days) = match site.reader(daemon) {
+        Ok(reader) => (
+            reader.flow(&name, (now - Duration::hours(24), now)).await,
+            reader.days(&name, 30, now).await,
+        ),
+        Err(e) => {
+            let since = daemon.snapshot.database_down_since.unwrap_or(now);
+            (Err(e), Err(ReadError::Unreachable(since)))
+        }
+    };
 
     let mut html = String::with_capacity(64 * 1024);
     let title = if name.is_empty() {

@@ -10,10 +10,10 @@ use chrono::{DateTime, Duration, Utc};
 use chrono_tz::Tz;
 use serde::Serialize;
 
-use crate::history::Resolution;
 use crate::history::aggregate::Rollup;
 use crate::history::flow::{self, Flow};
 use crate::history::read::{Archive, ReadError};
+use crate::history::{DayEnergy, Resolution};
 use crate::reading::{Reading, Value};
 
 /// The farthest back the open buckets are computed from the raw readings
@@ -75,6 +75,18 @@ impl Reader<'_> {
             }));
         }
         Ok(rollups)
+    }
+
+    /// `site`'s last `days` local days of energy, today included.
+    pub(crate) async fn days(
+        &self,
+        site: &str,
+        days: i64,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<DayEnergy>, ReadError> {
+        let today = crate::history::buckets::local_day(now, self.tz);
+        let first = today - Duration::days(days - 1);
+        self.archive.days(Some(site), first).await
     }
 
     /// The site's flow per 5-minute bucket over `range`.

@@ -474,8 +474,9 @@ async fn the_page_in_chromium(
     dir: &Path,
     name: &str,
 ) {
-    let page =
-        crate::helpers::chromium::load(&format!("http://{address}/?site={SITE_ID}"), dir, name);
+    // 20 s of the page's time: its script fetches it again after 15.
+    let url = format!("http://{address}/?site={SITE_ID}");
+    let page = crate::helpers::chromium::load(&url, dir, name, 20);
     assert!(
         page.console_errors.is_empty(),
         "console errors: {:?}",
@@ -490,9 +491,11 @@ async fn the_page_in_chromium(
         elsewhere.is_empty(),
         "requests to other hosts: {elsewhere:?}"
     );
+    let loads = page.requests.iter().filter(|u| **u == url).count();
     assert!(
-        !page.requests.is_empty(),
-        "the net log saw the page's own request"
+        loads >= 2,
+        "the page fetches itself again while open: {:?}",
+        page.requests
     );
     let dom = &page.dom;
     // The GX's row says when its newest reading was measured: the tiles are
@@ -569,7 +572,6 @@ async fn the_page_in_chromium(
         "a screenshot of the page"
     );
     // The whole page on a desktop, light and dark, for the test's output.
-    let url = format!("http://{address}/?site={SITE_ID}");
     for dark in [false, true] {
         let scheme = if dark { "dark" } else { "light" };
         crate::helpers::chromium::screenshot(
@@ -579,6 +581,132 @@ async fn the_page_in_chromium(
             (1000, 2000),
             dark,
         );
+    }
+}
+
+/// `status --json` shows each device's newest values as stored, with
+/// units; the table for people has a line for the site now.
+async fn status_shows_the_record(
+    config: &Path,
+    state: &Path,
+    env: &[(&str, &str)],
+    record: &Record,
+) {
+    let args = |json: bool| {
+        let mut args = vec![
+            "--config",
+            config.to_str().unwrap(),
+            "status",
+            "--state-dir",
+            state.to_str().unwrap(),
+        ];
+        if json {
+            args.push("--json");
+        }
+        args
+    };
+    let output = crate::helpers::process::run_cli(&args(true), env);
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "status --json: {e}: {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    });
+    let site = report["now"]
+        .as_array()
+        .and_then(|sites| sites.iter().find(|s| s["site"] == SITE_ID))
+        .unwrap_or_else(|| panic!("no site now in {report}"));
+    let bank = site["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["device"] == BANK.name)
+        .unwrap_or_else(|| panic!("no bank in {site}"));
+    let at: DateTime<Utc> = bank["measured_at"].as_str().unwrap().parse().unwrap();
+    let row = record.row_at(BANK.name, at).await;
+    for column in ["soc", "voltage", "power"] {
+        let stored = row.iter().find(|(c, _)| *c == column).unwrap().1.as_f64();
+        assert_eq!(
+            bank["values"][column]["value"].as_f64(),
+            stored,
+            "status --json {column}"
+        );
+    }
+    assert_eq!(bank["values"]["soc"]["unit"], "%");
+    assert!(site["flow"]["soc_pct"].is_number(), "{site}");
+    let text = String::from_utf8_lossy(&crate::helpers::process::run_cli(&args(false), env).stdout)
+        .to_string();
+    assert!(
+        text.contains(&format!("now          {SITE_ID}: ")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.trim_start().starts_with("bank ") && l.contains("soc ")),
+        "{text}"
+    );
+}
+
+/// `watch --device bank` prints the bank's readings as they come: each
+/// line's SOC is that of the stored reading at the line's time.
+async fn watch_follows_the_daemon(config: &Path, address: std::net::SocketAddr, record: &Record) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_victron-poller"))
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "watch",
+            "--device",
+            BANK.name,
+            "--interval",
+            "0.3",
+        ])
+        .arg("--address")
+        .arg(address.to_string())
+        .env_clear()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Ctrl-C, as a user stops it.
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let stopped = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if stopped.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("watch did not stop on Ctrl-C");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let output = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).to_string();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines.len() >= 3,
+        "a line per poll of the bank: {text} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let times = record.times(BANK.name).await;
+    for line in lines.iter().take(3) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(words[1], BANK.name, "{line}");
+        let at = times
+            .iter()
+            .find(|t| t.format("%H:%M:%S%.3f").to_string() == words[0])
+            .unwrap_or_else(|| panic!("no stored reading at {}", words[0]));
+        let soc_at = words.iter().position(|w| *w == "soc").expect("the SOC") + 1;
+        let shown: f64 = words[soc_at].parse().unwrap();
+        let row = record.row_at(BANK.name, *at).await;
+        let stored = row
+            .iter()
+            .find(|(c, _)| *c == "soc")
+            .unwrap()
+            .1
+            .as_f64()
+            .unwrap();
+        assert!((shown - stored).abs() < 0.005, "{line}: stored {stored}");
     }
 }
 
@@ -599,6 +727,8 @@ async fn the_site_without_a_database() {
     flow_equals_the_seed(address, &seeded).await;
     #[cfg(feature = "system-tools")]
     the_page_in_chromium(address, &record, dir.path(), "page-without-database").await;
+    status_shows_the_record(&config, &state, &[], &record).await;
+    watch_follows_the_daemon(&config, address, &record).await;
     a_gap_is_a_gap(address, &record, &sim).await;
 }
 
@@ -635,6 +765,7 @@ async fn the_site_with_a_database() {
     flow_equals_the_seed(address, &seeded).await;
     #[cfg(feature = "system-tools")]
     the_page_in_chromium(address, &record, dir.path(), "page-with-database").await;
+    status_shows_the_record(&config, &state, &[("DATABASE_URL", &url)], &record).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -668,6 +799,50 @@ async fn a_password_guards_all_but_healthz() {
         )],
     );
     assert_eq!(code, 401);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_sites_have_a_picker() {
+    let sim = simulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let config = config(
+        dir.path(),
+        &sim,
+        &format!(
+            "[[gx]]\nhost = \"127.0.0.1\"\nport = {}\nsite = \"cabin\"\n\
+             [[gx.devices]]\nname = \"cabin-bank\"\nclass = \"battery\"\nunit_id = 226\n",
+            sim.addr().port()
+        ),
+    );
+    let _daemon: Daemon = spawn_daemon(&config, &state, None);
+    let address = health_address(&state).await;
+    wait_for(
+        "the cabin's bank in /api/v1/latest",
+        Duration::from_secs(30),
+        async || {
+            let (_, body) = http_get(address, "/api/v1/latest?site=cabin");
+            body.contains("\"cabin-bank\"")
+        },
+    )
+    .await;
+    let (code, page) = http_get(address, "/?site=cabin");
+    assert_eq!(code, 200);
+    assert!(
+        page.contains("href=\"?site=page-test\""),
+        "a link to the other site"
+    );
+    assert!(page.contains("<tr data-device=\"cabin-bank\">"));
+    assert!(
+        !page.contains("<tr data-device=\"bank\">"),
+        "only the chosen site's devices"
+    );
+    let (code, page) = http_get(address, &format!("/?site={SITE_ID}"));
+    assert_eq!(code, 200);
+    assert!(page.contains("<tr data-device=\"bank\">"));
+    assert!(!page.contains("<tr data-device=\"cabin-bank\">"));
+    let (code, body) = http_get(address, "/?site=nowhere");
+    assert_eq!(code, 404, "{body}");
 }
 
 /// Base64 (RFC 4648) of `text`, written out here so that the check does

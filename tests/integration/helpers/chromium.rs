@@ -25,9 +25,10 @@ pub struct Page {
     pub screenshot: PathBuf,
 }
 
-/// Loads `url` in a phone-sized window; the screenshot is saved as
+/// Loads `url` in a phone-sized window and lets its scripts run for
+/// `seconds` of the page's (virtual) time; the screenshot is saved as
 /// `<dir>/<name>.png` and, for the test's output, in `target/screenshots/`.
-pub fn load(url: &str, dir: &Path, name: &str) -> Page {
+pub fn load(url: &str, dir: &Path, name: &str, seconds: u32) -> Page {
     assert!(
         Path::new(CHROMIUM).exists(),
         "{CHROMIUM} is missing: scripts/setup-machine.sh installs Debian's chromium"
@@ -44,11 +45,11 @@ pub fn load(url: &str, dir: &Path, name: &str) -> Page {
             "--disable-gpu",
             "--hide-scrollbars",
             "--no-first-run",
-            "--virtual-time-budget=5000",
             "--enable-logging=stderr",
             "--v=0",
             "--window-size=412,915",
         ])
+        .arg(format!("--virtual-time-budget={}", seconds * 1000))
         .arg(format!("--user-data-dir={}", profile.display()))
         .arg(format!("--log-net-log={}", net_log.display()))
         .arg(format!("--screenshot={}", screenshot.display()))
