@@ -179,6 +179,15 @@ pub fn shown(reading: &Reading, column: &str) -> Option<String> {
     })
 }
 
+/// A power as people read it: `1.23 kW` from a kilowatt, else `850 W`.
+pub fn watts(w: f64) -> String {
+    if w.abs() >= 1000.0 {
+        format!("{:.2} kW", w / 1000.0)
+    } else {
+        format!("{w:.0} W")
+    }
+}
+
 /// A number with at most two decimals, without trailing zeros.
 fn trim_number(v: f64) -> String {
     let text = format!("{v:.2}");

@@ -3,7 +3,7 @@
 //! (with units in `--json`), the site's power flow and its kWh today — read
 //! from where the readings are (the local store, or PostgreSQL).
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use serde::Serialize;
 
 use crate::config::Config;
@@ -11,7 +11,7 @@ use crate::history::DayEnergy;
 use crate::history::flow::Flow;
 use crate::history::read::Archive;
 use crate::reading::Reading;
-use crate::web::measured_values;
+use crate::web::api::DeviceNow;
 
 /// How old a device's newest reading may be to be shown.
 const NEWEST_WITHIN: chrono::Duration = chrono::Duration::days(1);
@@ -28,18 +28,9 @@ pub(super) struct SiteNow {
     today: Option<DayEnergy>,
     /// Each device's newest values.
     devices: Vec<DeviceNow>,
-}
-
-/// A device's newest values, typed, with units.
-#[derive(Debug, Serialize)]
-struct DeviceNow {
-    device: String,
-    kind: &'static str,
-    measured_at: DateTime<Utc>,
-    values: serde_json::Map<String, serde_json::Value>,
-    /// The values that matter, as people read them (for the table).
+    /// The readings they are from (for the lines people read).
     #[serde(skip)]
-    headline: String,
+    readings: Vec<Reading>,
 }
 
 /// The newest values of the configured devices, per site.
@@ -62,16 +53,8 @@ pub(super) async fn gather(config: &Config, archive: &Archive) -> anyhow::Result
             SiteNow {
                 flow: Flow::of(of_site.iter().copied()),
                 today: days.iter().find(|d| d.site == site).cloned(),
-                devices: of_site
-                    .iter()
-                    .map(|r| DeviceNow {
-                        device: r.device.clone(),
-                        kind: crate::quantity::device_kind(r.table),
-                        measured_at: r.measured_at,
-                        values: measured_values(r),
-                        headline: headline(r),
-                    })
-                    .collect(),
+                devices: of_site.iter().map(|r| DeviceNow::of(r)).collect(),
+                readings: of_site.into_iter().cloned().collect(),
                 site,
             }
         })
@@ -103,13 +86,7 @@ pub(super) fn line(reading: &Reading) -> String {
 
 /// A power for people.
 fn watts(value: Option<f64>) -> Option<String> {
-    value.map(|w| {
-        if w.abs() >= 1000.0 {
-            format!("{:.2} kW", w / 1000.0)
-        } else {
-            format!("{w:.0} W")
-        }
-    })
+    value.map(crate::quantity::watts)
 }
 
 /// The lines `status` prints for the sites.
@@ -151,12 +128,12 @@ pub(super) fn lines(sites: &[SiteNow]) -> Vec<String> {
                 parts.join(" · ")
             }
         ));
-        for device in &site.devices {
+        for reading in &site.readings {
             lines.push(format!(
                 "  {:<14} {}  ({})",
-                device.device,
-                device.headline,
-                device.measured_at.format("%H:%M:%S UTC")
+                reading.device,
+                headline(reading),
+                reading.measured_at.format("%H:%M:%S UTC")
             ));
         }
     }

@@ -1,4 +1,4 @@
-//! `victron-poller watch [--device D] [--interval S] [--url U]`: the running
+//! `victron-poller watch [--device D] [--interval S] [--address HOST:PORT]`: the running
 //! daemon's readings as they come, one line per device per poll — the
 //! values that matter, as `demo` prints them — from its API
 //! (`/api/v1/readings` on `health.listen`, with `health.password`: the

@@ -200,17 +200,28 @@ pub(crate) async fn run(
         );
     }
     if let Some(listener) = http_listener {
-        if let Ok(address) = listener.local_addr() {
+        let address = listener.local_addr().ok();
+        if let Some(address) = address {
             tracing::info!(%address, "Serving the page at http://{address}/, the API, /healthz and /metrics.");
+            if !address.ip().is_loopback() && config.health.password.is_none() {
+                tracing::warn!(%address, "The page and the API are open to whoever reaches this address: set health.password on a network you do not trust.");
+            }
         }
-        let site = crate::web::Site::new(&config, (*store).clone(), observed.latest.clone())?;
+        let loopback = address.is_some_and(|a| a.ip().is_loopback());
+        let access = crate::report::http::Access::new(config.health.password.clone(), loopback);
+        // A read-only connection of its own: the page's queries never wait
+        // for, nor hold up, the store's writer.
+        let reader = crate::store::StoreReader::open(&options.state_dir)
+            .await?
+            .with_legacy_site(config.site.installation_id.as_deref().unwrap_or_default());
+        let site = crate::web::Site::new(&config, reader, observed.latest.clone())?;
         let observer = Arc::new(observe::DaemonObserver::new(observed.clone(), site));
         // Not restartable (it owns the listening socket); each connection
         // is a task of its own, so a panic answering one costs that one.
         tasks.spawn(crate::report::http::serve(
             listener,
             observer,
-            crate::report::http::Access::new(config.health.password.clone()),
+            access,
             background.clone(),
         ));
     }

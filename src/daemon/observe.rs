@@ -83,7 +83,7 @@ impl crate::report::http::Observe for DaemonObserver {
         let snapshot = snapshot(&self.shared).await;
         let verdict = health::judge(&snapshot, now, now);
         let mut page = metrics::page(&snapshot, &verdict, now);
-        page.push_str(&metrics::values(&self.shared.latest.all()));
+        page.push_str(&metrics::values(&self.site.fresh(now)));
         page
     }
 

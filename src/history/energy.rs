@@ -36,6 +36,34 @@ pub(super) struct Powers {
     pub(super) soc: Option<f64>,
 }
 
+/// The system overview's PV: DC-coupled, and AC-coupled on the output and
+/// the input.
+pub(super) const SYSTEM_SOLAR: [&str; 7] = [
+    "dc_pv_power",
+    "pv_on_output_l1_power",
+    "pv_on_output_l2_power",
+    "pv_on_output_l3_power",
+    "pv_on_input_l1_power",
+    "pv_on_input_l2_power",
+    "pv_on_input_l3_power",
+];
+/// The system overview's loads: AC consumption and the DC system.
+pub(super) const SYSTEM_CONSUMPTION: [&str; 4] = [
+    "ac_consumption_l1_power",
+    "ac_consumption_l2_power",
+    "ac_consumption_l3_power",
+    "dc_system_power",
+];
+/// The system overview's grid (positive: importing).
+pub(super) const SYSTEM_GRID: [&str; 3] = ["grid_l1_power", "grid_l2_power", "grid_l3_power"];
+/// The system overview's generator.
+pub(super) const SYSTEM_GENSET: [&str; 3] =
+    ["genset_l1_power", "genset_l2_power", "genset_l3_power"];
+/// The other columns the powers are read from: the system's battery and
+/// SOC, a solar charger's PV, a battery monitor's power and SOC.
+pub(super) const OTHER_POWERS: [&str; 5] =
+    ["battery_power", "battery_soc", "pv_power", "power", "soc"];
+
 /// The sum of the columns present, `None` when none is.
 fn sum(reading: &Reading, columns: &[&str]) -> Option<f64> {
     columns
@@ -49,36 +77,11 @@ impl Powers {
     pub(super) fn of(reading: &Reading) -> Self {
         match reading.table {
             ReadingTable::System => Self {
-                solar: sum(
-                    reading,
-                    &[
-                        "dc_pv_power",
-                        "pv_on_output_l1_power",
-                        "pv_on_output_l2_power",
-                        "pv_on_output_l3_power",
-                        "pv_on_input_l1_power",
-                        "pv_on_input_l2_power",
-                        "pv_on_input_l3_power",
-                    ],
-                ),
-                consumption: sum(
-                    reading,
-                    &[
-                        "ac_consumption_l1_power",
-                        "ac_consumption_l2_power",
-                        "ac_consumption_l3_power",
-                        "dc_system_power",
-                    ],
-                ),
+                solar: sum(reading, &SYSTEM_SOLAR),
+                consumption: sum(reading, &SYSTEM_CONSUMPTION),
                 battery: reading.float("battery_power"),
-                grid: sum(
-                    reading,
-                    &["grid_l1_power", "grid_l2_power", "grid_l3_power"],
-                ),
-                genset: sum(
-                    reading,
-                    &["genset_l1_power", "genset_l2_power", "genset_l3_power"],
-                ),
+                grid: sum(reading, &SYSTEM_GRID),
+                genset: sum(reading, &SYSTEM_GENSET),
                 soc: reading.float("battery_soc"),
             },
             ReadingTable::Solar => Self {

@@ -27,30 +27,19 @@ pub struct Flow {
 }
 
 /// Every column the flow is made of (what a series of it needs read back).
-pub const METRICS: &[&str] = &[
-    "dc_pv_power",
-    "pv_on_output_l1_power",
-    "pv_on_output_l2_power",
-    "pv_on_output_l3_power",
-    "pv_on_input_l1_power",
-    "pv_on_input_l2_power",
-    "pv_on_input_l3_power",
-    "ac_consumption_l1_power",
-    "ac_consumption_l2_power",
-    "ac_consumption_l3_power",
-    "dc_system_power",
-    "battery_power",
-    "grid_l1_power",
-    "grid_l2_power",
-    "grid_l3_power",
-    "genset_l1_power",
-    "genset_l2_power",
-    "genset_l3_power",
-    "battery_soc",
-    "pv_power",
-    "power",
-    "soc",
-];
+pub fn metrics() -> Vec<&'static str> {
+    use super::energy::{
+        OTHER_POWERS, SYSTEM_CONSUMPTION, SYSTEM_GENSET, SYSTEM_GRID, SYSTEM_SOLAR,
+    };
+    [
+        &SYSTEM_SOLAR[..],
+        &SYSTEM_CONSUMPTION,
+        &SYSTEM_GRID,
+        &SYSTEM_GENSET,
+        &OTHER_POWERS,
+    ]
+    .concat()
+}
 
 /// Sums what is present.
 fn total(values: impl Iterator<Item = Option<f64>>) -> Option<f64> {
@@ -78,7 +67,9 @@ impl Flow {
         };
         let system: Vec<Powers> = of_table(ReadingTable::System)
             .filter(|p| {
-                [p.solar, p.consumption, p.battery, p.soc]
+                // As the daily energy counts a system overview: any power
+                // or the SOC.
+                [p.solar, p.consumption, p.battery, p.grid, p.genset, p.soc]
                     .iter()
                     .any(Option::is_some)
             })
@@ -159,7 +150,7 @@ mod tests {
                     .columns()
                     .iter()
                     .filter(|(c, k)| {
-                        *k == crate::reading::ColumnKind::Float && METRICS.contains(c) == keep
+                        *k == crate::reading::ColumnKind::Float && metrics().contains(c) == keep
                     })
                     .map(|(c, _)| (*c, 100.0))
                     .collect()

@@ -64,14 +64,14 @@ pub enum Archive {
 }
 
 impl Archive {
-    /// The rollups of `site`'s `metrics` (all when empty; of `device`
-    /// only, when given) with buckets in `[from, to)`, by device, metric
-    /// and bucket.
+    /// The rollups of `metrics` (all when empty) of `site`'s `devices`
+    /// with buckets in `[from, to)`, by device, metric and bucket (each
+    /// device a range of the tables' key: site, device, metric, bucket).
     pub async fn rollups(
         &self,
         resolution: Resolution,
         site: &str,
-        device: Option<&str>,
+        devices: &[&str],
         metrics: &[&str],
         (from, to): (DateTime<Utc>, DateTime<Utc>),
     ) -> Result<Vec<Rollup>, ReadError> {
@@ -84,29 +84,32 @@ impl Archive {
                 {
                     return Ok(Vec::new());
                 }
-                // One row of JSON: sqlx hands SQLite rows over one by one.
-                let json: Option<String> = sqlx::query_scalar(&format!(
-                    "SELECT json_group_array(json_array(device, reading_table, metric, bucket_us,
-                                                        samples, min, max, mean, last))
-                     FROM (SELECT * FROM {} WHERE site = ?1 AND bucket_us >= ?2 AND bucket_us < ?3
-                             AND (?4 IS NULL OR device = ?4)
-                             AND (?5 = '[]' OR metric IN (SELECT value FROM json_each(?5)))
-                           ORDER BY device, metric, bucket_us)",
-                    resolution.table()
-                ))
-                .bind(site)
-                .bind(micros(from))
-                .bind(micros(to))
-                .bind(device)
-                .bind(&metrics)
-                .fetch_one(&store.pool())
-                .await
-                .map_err(StoreError::from)?;
-                let parsed: Vec<RollupJson> = json
-                    .map(|j| serde_json::from_str(&j))
-                    .transpose()
-                    .map_err(|e| StoreError::Sql(sqlx::Error::Decode(Box::new(e))))?
-                    .unwrap_or_default();
+                let mut parsed: Vec<RollupJson> = Vec::new();
+                for device in devices {
+                    // One row of JSON: sqlx hands SQLite rows over one by one.
+                    let json: Option<String> = sqlx::query_scalar(&format!(
+                        "SELECT json_group_array(json_array(device, reading_table, metric, bucket_us,
+                                                            samples, min, max, mean, last))
+                         FROM (SELECT * FROM {} WHERE site = ?1 AND device = ?4
+                                 AND (?5 = '[]' OR metric IN (SELECT value FROM json_each(?5)))
+                                 AND bucket_us >= ?2 AND bucket_us < ?3
+                               ORDER BY metric, bucket_us)",
+                        resolution.table()
+                    ))
+                    .bind(site)
+                    .bind(micros(from))
+                    .bind(micros(to))
+                    .bind(device)
+                    .bind(&metrics)
+                    .fetch_one(&store.pool())
+                    .await
+                    .map_err(StoreError::from)?;
+                    if let Some(json) = json {
+                        let rows: Vec<RollupJson> = serde_json::from_str(&json)
+                            .map_err(|e| StoreError::Sql(sqlx::Error::Decode(Box::new(e))))?;
+                        parsed.extend(rows);
+                    }
+                }
                 parsed
                     .into_iter()
                     .map(|(d, t, m, b, s, min, max, mean, last)| {
@@ -116,8 +119,8 @@ impl Archive {
             }
             Self::Database(pool) => sqlx::query(&format!(
                 "SELECT device, reading_table, metric, bucket, samples::int8, min, max, mean, last
-                 FROM victron.{} WHERE installation_id = $1 AND bucket >= $2 AND bucket < $3
-                   AND ($4::text IS NULL OR device = $4)
+                 FROM victron.{} WHERE installation_id = $1 AND device = ANY($4)
+                   AND bucket >= $2 AND bucket < $3
                    AND ($5 = '[]' OR metric IN (SELECT jsonb_array_elements_text($5::jsonb)))
                  ORDER BY device, metric, bucket",
                 resolution.table()
@@ -125,7 +128,7 @@ impl Archive {
             .bind(site)
             .bind(from)
             .bind(to)
-            .bind(device)
+            .bind(devices)
             .bind(&metrics)
             .fetch_all(pool)
             .await?
@@ -209,19 +212,13 @@ impl Archive {
         let mut points = Vec::new();
         match self {
             Self::Store(store) => {
-                let mut start = from;
-                while start < to {
-                    let end = (start + chrono::Duration::minutes(10)).min(to);
-                    for row in store.readings_between(start, end).await? {
-                        let reading = row.reading;
-                        if *reading.site == *site
-                            && reading.device == device
-                            && let Some(value) = reading.float(metric)
-                        {
-                            points.push((reading.measured_at, value));
-                        }
+                for row in store.device_between(device, from, to).await? {
+                    let reading = row.reading;
+                    if *reading.site == *site
+                        && let Some(value) = reading.float(metric)
+                    {
+                        points.push((reading.measured_at, value));
                     }
-                    start = end;
                 }
             }
             Self::Database(pool) => {
@@ -231,7 +228,7 @@ impl Archive {
                     }
                     let rows: Vec<(DateTime<Utc>, f64)> = sqlx::query_as(&format!(
                         "SELECT \"timestamp\", {metric}::float8 FROM victron.{}
-                         WHERE coalesce(installation_id, '') = $1 AND device = $2
+                         WHERE installation_id = $1 AND device = $2
                            AND \"timestamp\" >= $3 AND \"timestamp\" < $4 AND {metric} IS NOT NULL
                          ORDER BY \"timestamp\"",
                         table.name()
@@ -289,8 +286,8 @@ impl Archive {
                 }
             }
             Self::Database(pool) => {
-                // One index probe per device and table (the key is
-                // (device, "timestamp")), not a scan of a day of rows.
+                // One probe of the (installation_id, device, "timestamp")
+                // key per device and table, not a scan of a day of rows.
                 for (site, device) in devices {
                     for table in ReadingTable::ALL {
                         if let Some(reading) = latest_in(pool, table, (site, device), since).await?
@@ -326,7 +323,7 @@ async fn latest_in(
     let rows = sqlx::query(&format!(
         "SELECT coalesce(installation_id, ''), device, \"timestamp\", source, {select}
          FROM victron.{} WHERE device = $1 AND \"timestamp\" >= $2
-           AND coalesce(installation_id, '') = $3
+           AND installation_id = $3
          ORDER BY \"timestamp\" DESC LIMIT 1",
         table.name()
     ))

@@ -4,9 +4,12 @@
 //!   verdict and its reasons as JSON (the same verdict as `status`);
 //! - `GET /metrics`: Prometheus text exposition format 0.0.4;
 //! - anything else the observer answers (the page at `/`, the API under
-//!   `/api/v1/`), behind HTTP basic authentication when a password is set
-//!   (`/healthz` stays open), with a content security policy that lets a
-//!   page load nothing from another host.
+//!   `/api/v1/`), with a content security policy that lets a page load
+//!   nothing from another host.
+//!
+//! Everything but `/healthz` is behind HTTP basic authentication when a
+//! password is set, and a loopback listener answers only requests
+//! addressed to loopback ([`Access`]).
 //!
 //! HTTP/1.1 on hyper; GET and HEAD only. Whatever clients do, the endpoint
 //! cannot take the daemon down:
@@ -80,39 +83,86 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; style-src 'unsafe-inl
 
 /// HTTP basic authentication against one password (any user name):
 /// `health.password`. `/healthz` stays open for checks.
+///
+/// A listener on loopback also answers only requests addressed to
+/// loopback (`Host: localhost`, `127.0.0.1`, `[::1]`): a web page elsewhere
+/// that points its own host name at 127.0.0.1 (DNS rebinding) cannot read
+/// the API through the owner's browser.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Access {
     password: Option<String>,
+    loopback_only: bool,
+}
+
+/// Why a request is refused.
+enum Refused {
+    /// No password, or the wrong one.
+    Password,
+    /// Addressed to another host than the loopback listener.
+    Host,
 }
 
 impl Access {
-    /// Open to all, or behind `password`.
-    pub(crate) fn new(password: Option<String>) -> Self {
-        Self { password }
+    /// Open to all, or behind `password`; `loopback_only` for a listener
+    /// on a loopback address.
+    pub(crate) fn new(password: Option<String>, loopback_only: bool) -> Self {
+        Self {
+            password,
+            loopback_only,
+        }
     }
 
     /// Whether a request with these headers may see `path`.
-    fn allows(&self, path: &str, headers: &hyper::HeaderMap) -> bool {
-        let Some(password) = &self.password else {
-            return true;
-        };
+    fn check(&self, path: &str, headers: &hyper::HeaderMap) -> Result<(), Refused> {
         if path == "/healthz" {
-            return true;
+            return Ok(());
         }
+        if self.loopback_only {
+            let host = headers
+                .get(hyper::header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("localhost");
+            if !is_loopback_host(host) {
+                return Err(Refused::Host);
+            }
+        }
+        let Some(password) = &self.password else {
+            return Ok(());
+        };
         use base64::Engine as _;
-        headers
+        let given = headers
             .get(hyper::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Basic "))
+            .and_then(|v| {
+                let (scheme, credentials) = v.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("basic").then_some(credentials)
+            })
             .and_then(|b64| {
                 base64::engine::general_purpose::STANDARD
                     .decode(b64.trim())
                     .ok()
             })
             .and_then(|raw| String::from_utf8(raw).ok())
-            .and_then(|pair| pair.split_once(':').map(|(_, given)| given.to_string()))
-            .is_some_and(|given| constant_time_eq(given.as_bytes(), password.as_bytes()))
+            .and_then(|pair| pair.split_once(':').map(|(_, given)| given.to_string()));
+        if given.is_some_and(|given| constant_time_eq(given.as_bytes(), password.as_bytes())) {
+            Ok(())
+        } else {
+            Err(Refused::Password)
+        }
     }
+}
+
+/// Whether a `Host` header names this machine's loopback (with or
+/// without a port).
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Compares without stopping at the first difference (the time a
@@ -383,13 +433,22 @@ async fn respond<O: Observe>(
     if request.method() != Method::GET && !head {
         return plain(StatusCode::METHOD_NOT_ALLOWED, "GET or HEAD only\n");
     }
-    if !access.allows(request.uri().path(), request.headers()) {
-        let mut response = plain(StatusCode::UNAUTHORIZED, "a password is needed\n");
-        response.headers_mut().insert(
-            hyper::header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Basic realm=\"victron-poller\", charset=\"UTF-8\""),
-        );
-        return response;
+    match access.check(request.uri().path(), request.headers()) {
+        Ok(()) => {}
+        Err(Refused::Password) => {
+            let mut response = plain(StatusCode::UNAUTHORIZED, "a password is needed\n");
+            response.headers_mut().insert(
+                hyper::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"victron-poller\", charset=\"UTF-8\""),
+            );
+            return response;
+        }
+        Err(Refused::Host) => {
+            return plain(
+                StatusCode::MISDIRECTED_REQUEST,
+                "this listener is on loopback: address it as localhost or 127.0.0.1\n",
+            );
+        }
     }
     let mut response = match request.uri().path() {
         "/healthz" => {
@@ -477,5 +536,29 @@ mod tests {
         assert_eq!(connection_limit(Some(49)), 1);
         assert_eq!(connection_limit(Some(10)), 1);
         assert_eq!(connection_limit(Some(0)), 1);
+    }
+
+    #[test]
+    fn loopback_hosts_are_this_machine_only() {
+        for host in [
+            "localhost",
+            "LOCALHOST:9480",
+            "127.0.0.1",
+            "127.0.0.1:9480",
+            "127.1.2.3",
+            "[::1]:9480",
+            "[::1]",
+        ] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in [
+            "evil.example",
+            "evil.example:9480",
+            "192.168.1.5:9480",
+            "localhost.evil.example",
+            "[2001:db8::1]:80",
+        ] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
     }
 }

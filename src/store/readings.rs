@@ -182,6 +182,22 @@ impl StoreReader {
         self.select(&tail, micros(from), i64::MAX, "").await
     }
 
+    /// Every confirmed reading of `device` measured in `[from, to)`, in
+    /// time order (only its rows are parsed).
+    pub(crate) async fn device_between(
+        &self,
+        device: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<StoredReading>, StoreError> {
+        let tail = format!(
+            "WHERE measured_at_us >= ?1 AND measured_at_us < {} AND device = ?3 AND held_mono IS NULL
+             ORDER BY measured_at_us LIMIT ?2",
+            micros(to)
+        );
+        self.select(&tail, micros(from), i64::MAX, device).await
+    }
+
     /// Readings matching `tail` (binds: ?1 an i64, ?2 a limit, ?3 a text).
     /// They come back as one row of JSON: sqlx's SQLite driver hands rows
     /// over one by one between threads, which costs far more than parsing.

@@ -50,7 +50,8 @@ pub(super) fn history_schema() -> String {
                     samples       INTEGER NOT NULL,
                     min REAL, max REAL, mean REAL, last REAL,
                     PRIMARY KEY (site, device, metric, bucket_us)
-                ) WITHOUT ROWID;\n"
+                ) WITHOUT ROWID;
+                CREATE INDEX IF NOT EXISTS {table}_bucket ON {table} (bucket_us);\n"
             )
         })
         .collect();

@@ -25,6 +25,12 @@ use crate::history::read::ReadError;
 use crate::reading::Reading;
 use crate::report::http::Reply;
 
+/// The most points a bucketed history answers (5-minute points for 34
+/// days, hourly for 416, daily for 27 years), and the longest raw one: an
+/// answer's memory and time stay bounded whatever is asked.
+const MOST_POINTS: i64 = 10_000;
+const MOST_RAW: Duration = Duration::hours(6);
+
 /// The most days `energy` answers, and hours `flow` does.
 const MOST_DAYS: i64 = 3660;
 const MOST_HOURS: i64 = 24 * 31;
@@ -123,7 +129,7 @@ fn latest(site: &Site, query: &Query, daemon: Daemon<'_>) -> Reply {
     let sites: Vec<SiteNow> = sites
         .into_iter()
         .map(|name| {
-            let readings = site.latest_of(&name);
+            let readings = site.fresh_of(&name, daemon.now);
             SiteNow {
                 flow: Flow::of(&readings),
                 devices: readings.iter().map(DeviceNow::of).collect(),
@@ -238,6 +244,19 @@ async fn history(site: &Site, query: &Query, daemon: Daemon<'_>) -> Reply {
             }
         },
     };
+    let span = to - from;
+    let too_long = match step.length() {
+        None => (span > MOST_RAW)
+            .then(|| format!("at most {} hours of raw readings", MOST_RAW.num_hours())),
+        Some(length) => (span.num_seconds() / length.num_seconds() > MOST_POINTS)
+            .then(|| format!("at most {MOST_POINTS} points: a longer step, or a shorter range")),
+    };
+    if let Some(limit) = too_long {
+        return error(
+            StatusCode::BAD_REQUEST,
+            &format!("from..to is too long: {limit}"),
+        );
+    }
     let unit = crate::reading::ReadingTable::ALL
         .into_iter()
         .find_map(|t| crate::quantity::unit_of(t, metric))

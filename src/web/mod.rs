@@ -26,6 +26,10 @@ use crate::report::health::Health;
 use crate::report::http::Reply;
 use crate::store::StoreReader;
 
+/// The least age at which a device's newest reading is no longer "now"
+/// (see [`Site::fresh`]).
+const FRESH_AT_LEAST: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The most connections the page and the API hold to PostgreSQL (closed
 /// after a minute unused).
 const READER_CONNECTIONS: u32 = 2;
@@ -122,6 +126,27 @@ impl Site {
             .collect()
     }
 
+    /// Each device's newest reading, unless it is older than the history
+    /// bridges (`history.max_gap_s`, at least [`FRESH_AT_LEAST`]): a device
+    /// that stopped answering an hour ago has no "now" — not in the flow,
+    /// not in `/metrics`.
+    pub(crate) fn fresh(&self, now: DateTime<Utc>) -> Vec<Reading> {
+        let fresh_for = self.max_gap_s.max(FRESH_AT_LEAST.as_secs_f64());
+        self.latest
+            .all()
+            .into_iter()
+            .filter(|r| crate::clock::seconds_between(r.measured_at, now) <= fresh_for)
+            .collect()
+    }
+
+    /// [`Self::fresh`], of one site.
+    fn fresh_of(&self, site: &str, now: DateTime<Utc>) -> Vec<Reading> {
+        self.fresh(now)
+            .into_iter()
+            .filter(|r| *r.site == *site)
+            .collect()
+    }
+
     /// How the record is read — unless it is in PostgreSQL and the daemon
     /// knows the database cannot be reached (a page must not wait for the
     /// pool's timeouts; the site now comes from memory regardless).
@@ -133,6 +158,7 @@ impl Site {
         }
         Ok(series::Reader {
             archive: &self.archive,
+            device_sites: &self.device_sites,
             tz: self.tz,
             max_gap_s: self.max_gap_s,
         })

@@ -10,7 +10,7 @@
 use std::fmt::Write as _;
 
 use bytes::Bytes;
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Duration, Timelike as _, Utc};
 use hyper::StatusCode;
 
 use super::series::Point;
@@ -71,11 +71,7 @@ fn escape(text: &str) -> String {
 
 /// A power for people: `1.23 kW` or `850 W`; `–` when unknown.
 fn watts(value: Option<f64>) -> String {
-    match value {
-        Some(w) if w.abs() >= 1000.0 => format!("{:.2} kW", w / 1000.0),
-        Some(w) => format!("{w:.0} W"),
-        None => "–".into(),
-    }
+    value.map_or_else(|| "–".into(), crate::quantity::watts)
 }
 
 /// The page for the site the query chooses.
@@ -86,7 +82,7 @@ pub(crate) async fn render(site: &Site, query: &Query, daemon: Daemon<'_>) -> Re
     };
     let now = daemon.now;
     let readings = site.latest_of(&name);
-    let flow = Flow::of(&readings);
+    let flow = Flow::of(&site.fresh_of(&name, now));
     let (day, days) = match site.reader(daemon) {
         Ok(reader) => (
             reader.flow(&name, (now - Duration::hours(24), now)).await,
@@ -351,8 +347,13 @@ fn day_section(html: &mut String, points: &[Point<Flow>], tz: chrono_tz::Tz) {
         let _ = write!(html, "<th>{}</th>", line.name);
     }
     html.push_str("</tr></thead><tbody>");
-    for start in (0..points.len()).step_by(12) {
-        let end = (start + 12).min(points.len());
+    // Rows from each hour of the site's clock the points reach into.
+    let mut starts: Vec<usize> = (0..points.len())
+        .filter(|&i| i == 0 || points[i].at.with_timezone(&tz).minute() == 0)
+        .collect();
+    starts.push(points.len());
+    for row in starts.windows(2) {
+        let (start, end) = (row[0], row[1]);
         let _ = write!(
             html,
             "<tr><td>{}</td>",

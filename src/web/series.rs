@@ -39,11 +39,25 @@ pub(crate) struct Point<T> {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Reader<'a> {
     pub(crate) archive: &'a Archive,
+    /// Each configured device's site.
+    pub(crate) device_sites: &'a std::collections::HashMap<String, String>,
     pub(crate) tz: Tz,
     pub(crate) max_gap_s: f64,
 }
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
+    /// The configured devices of `site`.
+    fn devices_of(&self, site: &str) -> Vec<&'a str> {
+        let mut devices: Vec<&str> = self
+            .device_sites
+            .iter()
+            .filter(|(_, s)| *s == site)
+            .map(|(d, _)| d.as_str())
+            .collect();
+        devices.sort_unstable();
+        devices
+    }
+
     /// The rollups of `metrics` in `range` at `resolution`, with the open
     /// buckets after the last rolled one computed from the raw readings.
     async fn buckets(
@@ -54,9 +68,13 @@ impl Reader<'_> {
         metrics: &[&str],
         (from, to): (DateTime<Utc>, DateTime<Utc>),
     ) -> Result<Vec<Rollup>, ReadError> {
+        let devices = match device {
+            Some(device) => vec![device],
+            None => self.devices_of(site),
+        };
         let mut rollups = self
             .archive
-            .rollups(resolution, site, device, metrics, (from, to))
+            .rollups(resolution, site, &devices, metrics, (from, to))
             .await?;
         let rolled_through = rollups
             .iter()
@@ -101,7 +119,7 @@ impl Reader<'_> {
                 Resolution::FiveMinutes,
                 site,
                 None,
-                flow::METRICS,
+                &flow::metrics(),
                 (start, to),
             )
             .await?;
@@ -234,8 +252,8 @@ pub(crate) enum Step {
 
 impl Step {
     /// The step a range calls for: raw up to 3 hours, 5-minute means up to
-    /// 2 days, hourly up to 60 days, daily beyond (a few hundred to a
-    /// thousand points).
+    /// 2 days, hourly up to 60 days, daily beyond (at most about 1,500
+    /// bucketed points; raw, as many as the device polled).
     pub(crate) fn for_range(from: DateTime<Utc>, to: DateTime<Utc>) -> Self {
         let span = to - from;
         if span <= Duration::hours(3) {
@@ -246,6 +264,16 @@ impl Step {
             Self::Hour
         } else {
             Self::Day
+        }
+    }
+
+    /// A bucket's nominal length; `None` for raw.
+    pub(crate) fn length(self) -> Option<Duration> {
+        match self {
+            Self::Raw => None,
+            Self::FiveMinutes => Some(five_minutes()),
+            Self::Hour => Some(Duration::hours(1)),
+            Self::Day => Some(Duration::days(1)),
         }
     }
 

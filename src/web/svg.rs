@@ -44,11 +44,47 @@ fn y_range(lines: &[Line<'_>], fixed: Option<(f64, f64)>) -> (f64, f64, f64) {
     }
     let values = lines
         .iter()
-        .flat_map(|l| l.values.iter().flatten().copied());
+        .flat_map(|l| l.values.iter().flatten().copied())
+        .filter(|v| v.is_finite());
     let (lo, hi) = values.fold((0.0f64, 0.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
     let hi = if hi - lo < 1.0 { lo + 1.0 } else { hi };
     let step = grid_step(hi - lo);
     ((lo / step).floor() * step, (hi / step).ceil() * step, step)
+}
+
+/// A chart's y axis: its range and the step of its grid lines.
+#[derive(Debug, Clone, Copy)]
+struct Frame {
+    lo: f64,
+    hi: f64,
+    step: f64,
+}
+
+impl Frame {
+    /// The y coordinate of `v`.
+    fn y(self, v: f64) -> f64 {
+        TOP + (HEIGHT - TOP - BOTTOM) * (1.0 - (v - self.lo) / (self.hi - self.lo))
+    }
+
+    /// The chart's opening tag and title, and its grid lines labelled in `unit`.
+    fn start(self, title: &str, unit: &str) -> String {
+        let mut svg = format!(
+            r#"<svg viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="{title}" class="chart"><title>{title}</title>"#
+        );
+        let mut level = self.lo;
+        while level <= self.hi + self.step / 2.0 {
+            let _ = write!(
+                svg,
+                r#"<line class="grid" x1="{LEFT}" x2="{WIDTH}" y1="{y:.1}" y2="{y:.1}"/><text class="axis" x="{tx}" y="{ty:.1}" text-anchor="end">{label}</text>"#,
+                y = self.y(level),
+                tx = LEFT - 4.0,
+                ty = self.y(level) + 4.0,
+                label = format_number(level, unit),
+            );
+            level += self.step;
+        }
+        svg
+    }
 }
 
 /// A chart of `lines` over `times` (evenly spaced), in `unit`; `fixed`: a
@@ -62,24 +98,11 @@ pub(super) fn lines(
     tz: Tz,
 ) -> String {
     let (lo, hi, step) = y_range(lines, fixed);
+    let frame = Frame { lo, hi, step };
     let n = times.len().max(2);
     let x = |i: usize| LEFT + (WIDTH - LEFT) * i as f64 / (n - 1) as f64;
-    let y = |v: f64| TOP + (HEIGHT - TOP - BOTTOM) * (1.0 - (v - lo) / (hi - lo));
-    let mut svg = format!(
-        r#"<svg viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="{title}" class="chart"><title>{title}</title>"#
-    );
-    let mut level = lo;
-    while level <= hi + step / 2.0 {
-        let _ = write!(
-            svg,
-            r#"<line class="grid" x1="{LEFT}" x2="{WIDTH}" y1="{y:.1}" y2="{y:.1}"/><text class="axis" x="{tx}" y="{ty:.1}" text-anchor="end">{label}</text>"#,
-            y = y(level),
-            tx = LEFT - 4.0,
-            ty = y(level) + 4.0,
-            label = format_number(level, unit),
-        );
-        level += step;
-    }
+    let y = |v: f64| frame.y(v);
+    let mut svg = frame.start(title, unit);
     // A time label every 6 hours of the site's clock.
     for (i, at) in times.iter().enumerate() {
         let local = at.with_timezone(&tz);
@@ -97,7 +120,7 @@ pub(super) fn lines(
         let mut path = String::new();
         let mut pen_down = false;
         for (i, value) in line.values.iter().enumerate() {
-            match value {
+            match value.filter(|v| v.is_finite()) {
                 Some(v) => {
                     let _ = write!(
                         path,
@@ -128,29 +151,15 @@ pub(super) fn lines(
 /// Bars per day: for each day, one bar per series (`None`: no bar).
 pub(super) fn bars(title: &str, days: &[NaiveDate], series: &[Line<'_>]) -> String {
     let (_, hi, step) = y_range(series, None);
-    let lo = 0.0;
+    let frame = Frame { lo: 0.0, hi, step };
+    let y = |v: f64| frame.y(v);
     let slot = (WIDTH - LEFT) / days.len().max(1) as f64;
     let bar = (slot * 0.8 / series.len().max(1) as f64).max(1.0);
-    let y = |v: f64| TOP + (HEIGHT - TOP - BOTTOM) * (1.0 - (v - lo) / (hi - lo));
-    let mut svg = format!(
-        r#"<svg viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="{title}" class="chart"><title>{title}</title>"#
-    );
-    let mut level = lo;
-    while level <= hi + step / 2.0 {
-        let _ = write!(
-            svg,
-            r#"<line class="grid" x1="{LEFT}" x2="{WIDTH}" y1="{y:.1}" y2="{y:.1}"/><text class="axis" x="{tx}" y="{ty:.1}" text-anchor="end">{label}</text>"#,
-            y = y(level),
-            tx = LEFT - 4.0,
-            ty = y(level) + 4.0,
-            label = format_number(level, "kWh"),
-        );
-        level += step;
-    }
+    let mut svg = frame.start(title, "kWh");
     for (d, day) in days.iter().enumerate() {
         let left = LEFT + slot * d as f64 + slot * 0.1;
         for (s, line) in series.iter().enumerate() {
-            if let Some(Some(v)) = line.values.get(d) {
+            if let Some(Some(v)) = line.values.get(d).filter(|v| v.is_some_and(f64::is_finite)) {
                 let top = y(v.max(0.0));
                 let _ = write!(
                     svg,
@@ -196,6 +205,39 @@ mod tests {
         assert_eq!(grid_step(100.0), 25.0);
         assert_eq!(grid_step(3000.0), 1000.0);
         assert_eq!(grid_step(7.0), 2.0);
+    }
+
+    #[test]
+    fn a_value_that_is_no_number_is_a_gap_not_a_hang() {
+        let t = chrono::TimeZone::with_ymd_and_hms(&Utc, 2026, 12, 7, 0, 0, 0).unwrap();
+        let times: Vec<_> = (0..3)
+            .map(|i| t + chrono::Duration::minutes(5 * i))
+            .collect();
+        let line = Line {
+            name: "PV",
+            class: "pv",
+            values: vec![Some(f64::INFINITY), Some(f64::NAN), Some(5.0)],
+        };
+        let svg = lines("t", &times, &[line], "W", None, chrono_tz::UTC);
+        let d = svg
+            .split(" d=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
+        assert_eq!(d.matches('M').count(), 1, "{d}");
+        let day = [NaiveDate::from_ymd_opt(2026, 12, 7).unwrap()];
+        let bars_svg = bars(
+            "t",
+            &day,
+            &[Line {
+                name: "PV",
+                class: "pv",
+                values: vec![Some(f64::INFINITY)],
+            }],
+        );
+        assert!(!bars_svg.contains("<rect"));
     }
 
     #[test]

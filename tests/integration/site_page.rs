@@ -333,10 +333,33 @@ async fn metrics_equal_the_record(address: std::net::SocketAddr, record: &Record
         );
     }
     assert!(stored("soc").is_some(), "the simulated bank gives its SOC");
+    // A value the row has not: no sample of the bank whose name is the
+    // column's (`victron_battery_<column>…`), never a 0.
+    let float_columns = victron_poller::reading::ReadingTable::Battery.columns();
+    let absent: Vec<&str> = row
+        .iter()
+        .filter(|(c, v)| {
+            v.is_null()
+                && float_columns.iter().any(|(name, kind)| {
+                    name == c && *kind == victron_poller::reading::ColumnKind::Float
+                })
+        })
+        .map(|(c, _)| *c)
+        .collect();
     assert!(
-        row.iter().any(|(_, v)| v.is_null()),
-        "the check of an absent value needs a column the simulator leaves out"
+        !absent.is_empty(),
+        "the check needs a value the simulated bank leaves out"
     );
+    for column in absent {
+        let prefix = format!("victron_battery_{column}_");
+        let found = samples
+            .iter()
+            .find(|(name, labels, _)| name.starts_with(&prefix) && label(labels) == BANK.name);
+        assert!(
+            found.is_none(),
+            "{found:?} for a value the bank did not give"
+        );
+    }
 }
 
 /// A raw history's `from` is in, its `to` out; a bucketed one has a point
@@ -380,6 +403,15 @@ async fn history_edges(address: std::net::SocketAddr, record: &Record) {
     );
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("from"), "{body}");
+    // 26 years at 5 minutes: refused, not 2.7 million points.
+    let (code, body) = http_get(
+        address,
+        &format!(
+            "/api/v1/history?site={SITE_ID}&device=bank&metric=soc&step=5m&from=2000-01-01T00:00:00Z"
+        ),
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("too long"), "{body}");
 }
 
 /// The bank offline for longer than the history bridges: the raw series
@@ -434,6 +466,7 @@ async fn a_gap_is_a_gap(address: std::net::SocketAddr, record: &Record, sim: &Si
 async fn flow_equals_the_seed(
     address: std::net::SocketAddr,
     seeded: &[(DateTime<Utc>, Option<f64>)],
+    today: NaiveDate,
 ) {
     let (code, body) = http_get(address, &format!("/api/v1/flow?site={SITE_ID}&hours=24"));
     assert_eq!(code, 200, "{body}");
@@ -454,9 +487,43 @@ async fn flow_equals_the_seed(
             assert_eq!(point["value"]["soc_pct"].as_f64(), Some(50.0));
         }
     }
+    // One metric of one device at 5 minutes: the seeded means, and a
+    // null for each bucket of the hole.
+    let (from, to) = (seeded[0].0, seeded[0].0 + Span::hours(8));
+    let url = format!(
+        "/api/v1/history?site={SITE_ID}&device=gx&metric=dc_pv_power&step=5m&from={}&to={}",
+        from.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        to.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    );
+    let (code, body) = http_get(address, &url);
+    assert_eq!(code, 200, "{body}");
+    let history: Value = serde_json::from_str(&body).unwrap();
+    let points = history["points"].as_array().unwrap();
+    let expected: Vec<(DateTime<Utc>, Option<f64>)> =
+        seeded.iter().filter(|(at, _)| *at < to).copied().collect();
+    assert_eq!(
+        points.len(),
+        expected.len(),
+        "a point per 5 minutes: {body}"
+    );
+    for (point, (at, pv)) in points.iter().zip(&expected) {
+        assert_eq!(
+            point["at"]
+                .as_str()
+                .unwrap()
+                .parse::<DateTime<Utc>>()
+                .unwrap(),
+            *at
+        );
+        assert_eq!(point["value"].as_f64(), *pv, "dc_pv_power at {at}");
+    }
+    assert!(
+        expected.iter().any(|(_, pv)| pv.is_none()),
+        "the range holds the hole"
+    );
     let (_, body) = http_get(address, &format!("/api/v1/energy?site={SITE_ID}&days=30"));
     let energy: Value = serde_json::from_str(&body).unwrap();
-    let yesterday = (Utc::now().date_naive() - Span::days(1)).to_string();
+    let yesterday = (today - Span::days(1)).to_string();
     let day = energy["days"]
         .as_array()
         .unwrap()
@@ -471,8 +538,8 @@ async fn flow_equals_the_seed(
 async fn the_page_in_chromium(
     address: std::net::SocketAddr,
     record: &Record,
-    dir: &Path,
-    name: &str,
+    (dir, name): (&Path, &str),
+    today: NaiveDate,
 ) {
     // 20 s of the page's time: its script fetches it again after 15.
     let url = format!("http://{address}/?site={SITE_ID}");
@@ -553,7 +620,7 @@ async fn the_page_in_chromium(
     );
     assert!(dom.contains("class=\"pv\" d=\"M"), "the PV line is drawn");
     for k in [1, 7, 29] {
-        let day = Utc::now().date_naive() - Span::days(k);
+        let day = today - Span::days(k);
         let row = dom
             .split(&format!("<tr data-day=\"{day}\">"))
             .nth(1)
@@ -710,26 +777,63 @@ async fn watch_follows_the_daemon(config: &Path, address: std::net::SocketAddr, 
     }
 }
 
+/// A daemon of the simulated site on its own state directory, its listener
+/// up.
+struct Running {
+    sim: SimHandle,
+    /// Holds the state directory's parent (removed with it).
+    _dir: tempfile::TempDir,
+    state: PathBuf,
+    config: PathBuf,
+    address: std::net::SocketAddr,
+    _daemon: Daemon,
+}
+
+impl Running {
+    /// With `extra` lines in `[health]` (or more sections), and the
+    /// database at `database_url`, if any.
+    async fn start(extra: impl FnOnce(&SimHandle) -> String, database_url: Option<&str>) -> Self {
+        let sim = simulator().await;
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let config = config(dir.path(), &sim, &extra(&sim));
+        let daemon = spawn_daemon(&config, &state, database_url);
+        let address = health_address(&state).await;
+        Self {
+            sim,
+            _dir: dir,
+            state,
+            config,
+            address,
+            _daemon: daemon,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_site_without_a_database() {
-    let sim = simulator().await;
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let config = config(dir.path(), &sim, "");
-    let _daemon: Daemon = spawn_daemon(&config, &state, None);
-    let address = health_address(&state).await;
-    let record = Record::store(&state).await;
-    let seeded = record.seed(Utc::now()).await;
+    let site = Running::start(|_| String::new(), None).await;
+    let (address, state, config) = (site.address, &site.state, &site.config);
+    let sim = &site.sim;
+    let record = Record::store(state).await;
+    let now = Utc::now();
+    let seeded = record.seed(now).await;
 
     api_equals_the_record(address, &record).await;
     metrics_equal_the_record(address, &record).await;
     history_edges(address, &record).await;
-    flow_equals_the_seed(address, &seeded).await;
+    flow_equals_the_seed(address, &seeded, now.date_naive()).await;
     #[cfg(feature = "system-tools")]
-    the_page_in_chromium(address, &record, dir.path(), "page-without-database").await;
-    status_shows_the_record(&config, &state, &[], &record).await;
-    watch_follows_the_daemon(&config, address, &record).await;
-    a_gap_is_a_gap(address, &record, &sim).await;
+    the_page_in_chromium(
+        address,
+        &record,
+        (site.state.parent().unwrap(), "page-without-database"),
+        now.date_naive(),
+    )
+    .await;
+    status_shows_the_record(config, state, &[], &record).await;
+    watch_follows_the_daemon(config, address, &record).await;
+    a_gap_is_a_gap(address, &record, sim).await;
 }
 
 #[cfg(feature = "servers")]
@@ -737,13 +841,9 @@ async fn the_site_without_a_database() {
 async fn the_site_with_a_database() {
     use crate::helpers::database::{Flavour, TestDb};
     let db = TestDb::create(Flavour::Timescale).await;
-    let sim = simulator().await;
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let config = config(dir.path(), &sim, "");
     let url = db.url.clone();
-    let _daemon: Daemon = spawn_daemon(&config, &state, Some(&url));
-    let address = health_address(&state).await;
+    let site = Running::start(|_| String::new(), Some(&url)).await;
+    let (address, state, config) = (site.address, &site.state, &site.config);
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
     wait_for(
         "the daemon's migrations",
@@ -757,25 +857,28 @@ async fn the_site_with_a_database() {
     )
     .await;
     let record = Record::Database(pool);
-    let seeded = record.seed(Utc::now()).await;
+    let now = Utc::now();
+    let seeded = record.seed(now).await;
 
     api_equals_the_record(address, &record).await;
     metrics_equal_the_record(address, &record).await;
     history_edges(address, &record).await;
-    flow_equals_the_seed(address, &seeded).await;
+    flow_equals_the_seed(address, &seeded, now.date_naive()).await;
     #[cfg(feature = "system-tools")]
-    the_page_in_chromium(address, &record, dir.path(), "page-with-database").await;
-    status_shows_the_record(&config, &state, &[("DATABASE_URL", &url)], &record).await;
+    the_page_in_chromium(
+        address,
+        &record,
+        (site.state.parent().unwrap(), "page-with-database"),
+        now.date_naive(),
+    )
+    .await;
+    status_shows_the_record(config, state, &[("DATABASE_URL", &url)], &record).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_password_guards_all_but_healthz() {
-    let sim = simulator().await;
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let config = config(dir.path(), &sim, "password = \"hunter2 hunter2\"");
-    let _daemon: Daemon = spawn_daemon(&config, &state, None);
-    let address = health_address(&state).await;
+    let site = Running::start(|_| "password = \"hunter2 hunter2\"".into(), None).await;
+    let address = site.address;
     let (code, _) = http_get(address, "/healthz");
     assert_ne!(code, 401, "/healthz stays open");
     for path in ["/", "/api/v1/latest", "/metrics"] {
@@ -801,22 +904,56 @@ async fn a_password_guards_all_but_healthz() {
     assert_eq!(code, 401);
 }
 
+/// The status code of a GET of `path` that names `host` as its host.
+fn status_for_host(address: std::net::SocketAddr, path: &str, host: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response.split(' ').nth(1).unwrap_or_default().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_loopback_listener_answers_loopback_names_only() {
+    let site = Running::start(|_| String::new(), None).await;
+    let (address, port) = (site.address, site.address.port());
+    // A page of another site whose name points at 127.0.0.1 (DNS rebinding).
+    assert_eq!(
+        status_for_host(address, "/api/v1/latest", &format!("evil.example:{port}")),
+        "421"
+    );
+    assert_eq!(status_for_host(address, "/", "evil.example"), "421");
+    assert_eq!(
+        status_for_host(address, "/api/v1/latest", &format!("localhost:{port}")),
+        "200"
+    );
+    assert_eq!(
+        status_for_host(address, "/api/v1/latest", &format!("127.0.0.1:{port}")),
+        "200"
+    );
+    // Checks keep working whatever they call the host.
+    assert_ne!(
+        status_for_host(address, "/healthz", "monitor.example"),
+        "421"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn two_sites_have_a_picker() {
-    let sim = simulator().await;
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let config = config(
-        dir.path(),
-        &sim,
-        &format!(
+    let cabin = |sim: &SimHandle| {
+        format!(
             "[[gx]]\nhost = \"127.0.0.1\"\nport = {}\nsite = \"cabin\"\n\
              [[gx.devices]]\nname = \"cabin-bank\"\nclass = \"battery\"\nunit_id = 226\n",
             sim.addr().port()
-        ),
-    );
-    let _daemon: Daemon = spawn_daemon(&config, &state, None);
-    let address = health_address(&state).await;
+        )
+    };
+    let site = Running::start(cabin, None).await;
+    let address = site.address;
     wait_for(
         "the cabin's bank in /api/v1/latest",
         Duration::from_secs(30),

@@ -33,28 +33,13 @@ pub fn load(url: &str, dir: &Path, name: &str, seconds: u32) -> Page {
         Path::new(CHROMIUM).exists(),
         "{CHROMIUM} is missing: scripts/setup-machine.sh installs Debian's chromium"
     );
-    let profile = dir.join(format!("{name}-profile"));
     let net_log = dir.join(format!("{name}-net.json"));
     let screenshot = dir.join(format!("{name}.png"));
-    let output = Command::new("timeout")
-        .arg("60")
-        .arg(CHROMIUM)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--hide-scrollbars",
-            "--no-first-run",
-            "--enable-logging=stderr",
-            "--v=0",
-            "--window-size=412,915",
-        ])
-        .arg(format!("--virtual-time-budget={}", seconds * 1000))
-        .arg(format!("--user-data-dir={}", profile.display()))
+    let output = chromium(dir, name, seconds, (412, 915))
+        .args(["--enable-logging=stderr", "--v=0"])
         .arg(format!("--log-net-log={}", net_log.display()))
         .arg(format!("--screenshot={}", screenshot.display()))
         .args(["--dump-dom", url])
-        .env("XDG_CONFIG_HOME", dir.join(format!("{name}-xdg")))
         .output()
         .expect("timeout (coreutils) runs chromium");
     let dom = String::from_utf8_lossy(&output.stdout).to_string();
@@ -111,25 +96,8 @@ pub fn screenshot(url: &str, dir: &Path, name: &str, (width, height): (u32, u32)
     let saved = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
     std::fs::create_dir_all(&saved).unwrap();
     let path = saved.join(format!("{name}.png"));
-    let mut command = Command::new("timeout");
-    command
-        .arg("60")
-        .arg(CHROMIUM)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--hide-scrollbars",
-            "--no-first-run",
-            "--virtual-time-budget=5000",
-        ])
-        .arg(format!("--window-size={width},{height}"))
-        .arg(format!(
-            "--user-data-dir={}",
-            dir.join(format!("{name}-profile")).display()
-        ))
-        .arg(format!("--screenshot={}", path.display()))
-        .env("XDG_CONFIG_HOME", dir.join(format!("{name}-xdg")));
+    let mut command = chromium(dir, name, 5, (width, height));
+    command.arg(format!("--screenshot={}", path.display()));
     if dark {
         command.arg("--blink-settings=preferredColorScheme=0");
     }
@@ -142,4 +110,29 @@ pub fn screenshot(url: &str, dir: &Path, name: &str, (width, height): (u32, u32)
         "chromium's screenshot of {url}: {}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// Headless chromium as root on a throwaway profile under `dir`, with a
+/// `width` × `height` window, letting pages run `seconds` of their time;
+/// under `timeout` (a request that is never answered hangs chromium).
+fn chromium(dir: &Path, name: &str, seconds: u32, (width, height): (u32, u32)) -> Command {
+    let mut command = Command::new("timeout");
+    command
+        .arg("60")
+        .arg(CHROMIUM)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--no-first-run",
+        ])
+        .arg(format!("--virtual-time-budget={}", seconds * 1000))
+        .arg(format!("--window-size={width},{height}"))
+        .arg(format!(
+            "--user-data-dir={}",
+            dir.join(format!("{name}-profile")).display()
+        ))
+        .env("XDG_CONFIG_HOME", dir.join(format!("{name}-xdg")));
+    command
 }
