@@ -131,12 +131,17 @@ impl Site {
     /// that stopped answering an hour ago has no "now" — not in the flow,
     /// not in `/metrics`.
     pub(crate) fn fresh(&self, now: DateTime<Utc>) -> Vec<Reading> {
-        let fresh_for = self.max_gap_s.max(FRESH_AT_LEAST.as_secs_f64());
         self.latest
             .all()
             .into_iter()
-            .filter(|r| crate::clock::seconds_between(r.measured_at, now) <= fresh_for)
+            .filter(|r| self.is_fresh(r, now))
             .collect()
+    }
+
+    /// Whether `reading` is still "now" (see [`Self::fresh`]).
+    fn is_fresh(&self, reading: &Reading, now: DateTime<Utc>) -> bool {
+        let fresh_for = self.max_gap_s.max(FRESH_AT_LEAST.as_secs_f64());
+        crate::clock::seconds_between(reading.measured_at, now) <= fresh_for
     }
 
     /// [`Self::fresh`], of one site.

@@ -249,9 +249,19 @@ fn health_section(
         let (last, values) = match reading {
             Some(r) => (
                 format!(
-                    r#"<time datetime="{}">{}</time>"#,
+                    r#"<time datetime="{}"{}>{}</time>{}"#,
                     r.measured_at.to_rfc3339(),
-                    r.measured_at.with_timezone(&site.tz).format("%H:%M:%S")
+                    if site.is_fresh(r, daemon.now) {
+                        ""
+                    } else {
+                        r#" class="failing""#
+                    },
+                    r.measured_at.with_timezone(&site.tz).format("%H:%M:%S"),
+                    if site.is_fresh(r, daemon.now) {
+                        ""
+                    } else {
+                        " (old: not counted as now)"
+                    },
                 ),
                 crate::quantity::headline(r.table)
                     .iter()
