@@ -67,7 +67,10 @@ pub(crate) async fn exec() -> anyhow::Result<Exit> {
             ],
         }],
         vedirect: Vec::new(),
-        health: HealthConfig::default(),
+        health: HealthConfig {
+            listen: Some(page_address()),
+            ..HealthConfig::default()
+        },
         failover: FailoverConfig::default(),
         clock: ClockConfig::default(),
         history: HistoryConfig::default(),
@@ -117,4 +120,17 @@ pub(crate) async fn exec() -> anyhow::Result<Exit> {
     drop(simulator);
     outln!("Demo stopped.");
     Ok(Exit::Ok)
+}
+
+/// Where the demo serves the page: the daemon's default address, or a free
+/// port beside it when something else holds that one (a daemon already
+/// running on this machine), so that the address printed is the demo's.
+fn page_address() -> std::net::SocketAddr {
+    let default = crate::report::http::DEFAULT_LISTEN;
+    if std::net::TcpListener::bind(default).is_ok() {
+        return default;
+    }
+    std::net::TcpListener::bind((default.ip(), 0))
+        .and_then(|free| free.local_addr())
+        .unwrap_or(default)
 }
